@@ -1,0 +1,9 @@
+package main
+
+import "github.com/spf13/cobra"
+
+// extraCommands lists the subcommands of the larger capabilities (backup, wal, restore,
+// pool …); each lives in its own file.
+func extraCommands(a *app) []*cobra.Command {
+	return []*cobra.Command{}
+}

@@ -1,0 +1,268 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole configuration file. Every leaf is also settable through the
+// environment as PGHARBOR_<SECTION>_<KEY> (upper case, yaml names), e.g.
+// PGHARBOR_REPO_URL, PGHARBOR_S3_ENDPOINT, PGHARBOR_ENCRYPTION_RECIPIENTS (comma-separated
+// for lists). Flags override both. docs/configuration.md documents every key.
+type Config struct {
+	Repo        RepoConfig        `yaml:"repo"`
+	S3          S3Config          `yaml:"s3"`
+	GCS         GCSConfig         `yaml:"gcs"`
+	Encryption  EncryptionConfig  `yaml:"encryption"`
+	Compression CompressionConfig `yaml:"compression"`
+	Postgres    PostgresConfig    `yaml:"postgres"`
+	Backup      BackupConfig      `yaml:"backup"`
+	WAL         WALConfig         `yaml:"wal"`
+
+	// raw keeps the parsed document so that capabilities with their own configuration
+	// (the pool) decode their section themselves.
+	raw map[string]yaml.Node
+}
+
+// RepoConfig says where the repository is.
+type RepoConfig struct {
+	URL     string `yaml:"url"`     // file:///path, s3://bucket/prefix, gs://bucket/prefix
+	Cluster string `yaml:"cluster"` // the cluster's name inside the repository
+}
+
+// S3Config holds what the AWS SDK does not find on its own.
+type S3Config struct {
+	Endpoint        string `yaml:"endpoint"`
+	Region          string `yaml:"region"`
+	PathStyle       bool   `yaml:"path_style"`
+	AccessKeyID     string `yaml:"access_key_id"`
+	SecretAccessKey string `yaml:"secret_access_key"`
+	SessionToken    string `yaml:"session_token"`
+	PartSizeMB      int    `yaml:"part_size_mb"`
+	Concurrency     int    `yaml:"concurrency"`
+}
+
+// GCSConfig configures Google Cloud Storage.
+type GCSConfig struct {
+	Endpoint        string `yaml:"endpoint"`
+	CredentialsFile string `yaml:"credentials_file"`
+}
+
+// EncryptionConfig: mode age (X25519 recipients), passphrase, or none (explicitly).
+type EncryptionConfig struct {
+	Mode         string   `yaml:"mode"`
+	Recipients   []string `yaml:"recipients"`
+	IdentityFile string   `yaml:"identity_file"`
+	Passphrase   string   `yaml:"passphrase"`
+}
+
+// CompressionConfig: zstd (default) or none, and the zstd level.
+type CompressionConfig struct {
+	Type  string `yaml:"type"`
+	Level int    `yaml:"level"`
+}
+
+// PostgresConfig says how to reach the cluster being backed up.
+type PostgresConfig struct {
+	Conn    string `yaml:"conn"`     // libpq connection string or URL
+	BinDir  string `yaml:"bin_dir"`  // where pg_ctl etc. live (restore --start)
+	DataDir string `yaml:"data_dir"` // PGDATA of the local cluster (wal push of relative paths)
+}
+
+// BackupConfig tunes base backups.
+type BackupConfig struct {
+	FastCheckpoint *bool         `yaml:"fast_checkpoint"`
+	Workers        int           `yaml:"workers"`
+	Uploads        int           `yaml:"uploads"`
+	BundleSizeMB   int           `yaml:"bundle_size_mb"`
+	LockTimeout    time.Duration `yaml:"lock_timeout"`
+}
+
+// WALConfig tunes archive push and fetch.
+type WALConfig struct {
+	PushParallel  int    `yaml:"push_parallel"`
+	FetchPrefetch int    `yaml:"fetch_prefetch"`
+	SpoolDir      string `yaml:"spool_dir"`
+}
+
+// LoadConfig reads path (may be empty: defaults and environment only) and applies env.
+func LoadConfig(path string) (*Config, error) {
+	cfg := &Config{raw: map[string]yaml.Node{}}
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("read config: %w", err)
+		}
+		if err := parseConfig(data, cfg); err != nil {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	if err := applyEnv(reflect.ValueOf(cfg).Elem(), "PGHARBOR"); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// sectionsDecodedElsewhere are top-level keys that capabilities decode with Config.Section.
+var sectionsDecodedElsewhere = map[string]bool{"pool": true}
+
+func parseConfig(data []byte, cfg *Config) error {
+	if err := yaml.Unmarshal(data, &cfg.raw); err != nil {
+		return err
+	}
+	if cfg.raw == nil {
+		cfg.raw = map[string]yaml.Node{}
+	}
+	v := reflect.ValueOf(cfg).Elem()
+	known := map[string]bool{}
+	for i := 0; i < v.NumField(); i++ {
+		f := v.Type().Field(i)
+		name := yamlName(f)
+		if !f.IsExported() || name == "" {
+			continue
+		}
+		known[name] = true
+		if node, ok := cfg.raw[name]; ok {
+			if err := decodeStrict(&node, v.Field(i).Addr().Interface()); err != nil {
+				return fmt.Errorf("section %s: %w", name, err)
+			}
+		}
+	}
+	for k := range cfg.raw {
+		if !known[k] && !sectionsDecodedElsewhere[k] {
+			return fmt.Errorf("unknown section %q", k)
+		}
+	}
+	return nil
+}
+
+// Section decodes the raw YAML section name into out (strict: unknown keys are errors) and
+// then applies PGHARBOR_<NAME>_<KEY> environment overrides.
+func (c *Config) Section(name string, out any) error {
+	if node, ok := c.raw[name]; ok {
+		if err := decodeStrict(&node, out); err != nil {
+			return fmt.Errorf("config section %s: %w", name, err)
+		}
+	}
+	return applyEnv(reflect.ValueOf(out).Elem(), "PGHARBOR_"+strings.ToUpper(name))
+}
+
+func decodeStrict(node *yaml.Node, out any) error {
+	data, err := yaml.Marshal(node)
+	if err != nil {
+		return err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(out); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
+}
+
+func yamlName(f reflect.StructField) string {
+	tag := f.Tag.Get("yaml")
+	name, _, _ := strings.Cut(tag, ",")
+	if name == "-" {
+		return ""
+	}
+	if name == "" {
+		return strings.ToLower(f.Name)
+	}
+	return name
+}
+
+// applyEnv walks a struct and sets each leaf from PREFIX_<YAMLNAME> when that variable is set.
+func applyEnv(v reflect.Value, prefix string) error {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name := yamlName(f)
+		if name == "" {
+			continue
+		}
+		key := prefix + "_" + strings.ToUpper(name)
+		fv := v.Field(i)
+		if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Duration(0)) {
+			if err := applyEnv(fv, key); err != nil {
+				return err
+			}
+			continue
+		}
+		s, ok := os.LookupEnv(key)
+		if !ok {
+			continue
+		}
+		if err := setFromString(fv, s); err != nil {
+			return fmt.Errorf("environment %s=%q: %w", key, s, err)
+		}
+	}
+	return nil
+}
+
+func setFromString(fv reflect.Value, s string) error {
+	if fv.Kind() == reflect.Pointer {
+		nv := reflect.New(fv.Type().Elem())
+		if err := setFromString(nv.Elem(), s); err != nil {
+			return err
+		}
+		fv.Set(nv)
+		return nil
+	}
+	if fv.Type() == reflect.TypeOf(time.Duration(0)) {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return err
+		}
+		fv.SetInt(int64(d))
+		return nil
+	}
+	switch fv.Kind() {
+	case reflect.String:
+		fv.SetString(s)
+	case reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return err
+		}
+		fv.SetBool(b)
+	case reflect.Int, reflect.Int64, reflect.Int32:
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return err
+		}
+		fv.SetInt(n)
+	case reflect.Float64:
+		n, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return err
+		}
+		fv.SetFloat(n)
+	case reflect.Slice:
+		if fv.Type().Elem().Kind() != reflect.String {
+			return fmt.Errorf("unsupported list type %s", fv.Type())
+		}
+		var parts []string
+		for _, p := range strings.Split(s, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				parts = append(parts, p)
+			}
+		}
+		fv.Set(reflect.ValueOf(parts))
+	default:
+		return fmt.Errorf("unsupported type %s", fv.Type())
+	}
+	return nil
+}
