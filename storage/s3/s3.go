@@ -17,6 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
@@ -71,6 +72,7 @@ type Backend struct {
 	partSize    int64
 	concurrency int
 	bufs        bufferPool
+	checksum    types.ChecksumAlgorithm // for multipart uploads; "" when checksums are off
 	bucketOK    atomic.Bool // a HeadBucket has seen the bucket
 }
 
@@ -134,6 +136,10 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		}
 		o.UsePathStyle = cfg.PathStyle
 	})
+	checksum := types.ChecksumAlgorithmCrc32 // what the SDK computes for PutObject too
+	if awsCfg.RequestChecksumCalculation == aws.RequestChecksumCalculationWhenRequired {
+		checksum = ""
+	}
 	return &Backend{
 		client:      client,
 		transport:   tr,
@@ -143,6 +149,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		partSize:    cfg.PartSize,
 		concurrency: cfg.Concurrency,
 		bufs:        newBufferPool(int(cfg.PartSize)),
+		checksum:    checksum,
 	}, nil
 }
 

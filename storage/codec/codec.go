@@ -1,0 +1,325 @@
+package codec
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+
+	"filippo.io/age"
+	"github.com/klauspost/compress/zstd"
+)
+
+// Sentinel errors; errors returned by this package wrap them (test with errors.Is).
+var (
+	// ErrUnknownFormat: the bytes are not a pgharbor object, or use a version, compression
+	// or encryption this pgharbor does not know.
+	ErrUnknownFormat = errors.New("unknown object format")
+	// ErrNoIdentity: the object is encrypted and no identity (or passphrase) is configured.
+	ErrNoIdentity = errors.New("object is encrypted; configure an identity (--identity FILE)")
+	// ErrWrongKey: none of the configured identities can decrypt the object.
+	ErrWrongKey = errors.New("no identity matches the object's recipients")
+	// ErrCorrupt: the object's bytes are damaged (checksum or authentication failure,
+	// trailing data, or truncation). Re-reading it will not help unless the transport
+	// damaged it.
+	ErrCorrupt = errors.New("object is corrupt")
+	// ErrTruncated: the object ends early. Errors wrapping it also wrap ErrCorrupt.
+	ErrTruncated = errors.New("object is truncated")
+	// ErrConfig: the Config passed to New is invalid.
+	ErrConfig = errors.New("invalid codec configuration")
+)
+
+// damagedError reports a damaged object; it matches ErrCorrupt, and ErrTruncated when the
+// damage is known to be a truncation.
+type damagedError struct {
+	truncated bool
+	detail    string
+	cause     error
+}
+
+func (e *damagedError) Error() string {
+	s := ErrCorrupt.Error()
+	if e.truncated {
+		s = ErrTruncated.Error()
+	}
+	if e.detail != "" {
+		s += ": " + e.detail
+	}
+	if e.cause != nil {
+		s += ": " + e.cause.Error()
+	}
+	return s
+}
+
+func (e *damagedError) Is(target error) bool {
+	return target == ErrCorrupt || (e.truncated && target == ErrTruncated)
+}
+
+func (e *damagedError) Unwrap() error { return e.cause }
+
+func damaged(truncated bool, detail string, cause error) error {
+	return &damagedError{truncated: truncated, detail: detail, cause: cause}
+}
+
+// Config selects how new objects are written and which keys can read objects.
+type Config struct {
+	// Compression of new objects: "zstd" (default when empty) or "none".
+	Compression string
+	// Level is the zstd level, 1..22 as in the zstd CLI (mapped onto klauspost's four
+	// encoder speeds: <3 fastest, 3..5 default, 6..9 better, ≥10 best); 0 means 3.
+	Level int
+	// Encryption of new objects: "age" (to Recipients), "passphrase" or "none". Required:
+	// never defaulted, so that "no encryption" is always an explicit choice.
+	Encryption string
+	// Recipients are age public keys ("age1…", or "age1pq1…" for post-quantum hybrid keys;
+	// the two kinds cannot be mixed). Required for Encryption "age"; writing needs nothing else.
+	Recipients []string
+	// Identities are age secret keys ("AGE-SECRET-KEY-1…" or "AGE-SECRET-KEY-PQ-1…") used to
+	// read encrypted objects, whatever Encryption says. May be empty on a write-only host.
+	Identities []string
+	// Passphrase seals new objects in Encryption "passphrase" mode and, when set, also
+	// reads passphrase objects in any mode.
+	Passphrase string
+	// ScryptWorkFactor is log2 of the scrypt cost for passphrase objects (1..30). 0 means
+	// age's default (18). Meant for tests; lowering it in production weakens the passphrase.
+	ScryptWorkFactor int
+	// Concurrency is the number of goroutines one zstd stream may use (default 1: pgharbor
+	// runs many streams in parallel instead).
+	Concurrency int
+}
+
+const (
+	defaultLevel      = 3
+	defaultScrypt     = 18 // age's default
+	maxZstdWindow     = 8 << 20
+	lowLevelZstdWin   = 4 << 20
+	identityFileLimit = 1 << 20
+)
+
+// Codec seals and opens objects. It is safe for concurrent use; create one per
+// configuration and share it, since it pools zstd encoders and decoders.
+type Codec struct {
+	header     Header // header of new objects
+	recipients []age.Recipient
+	recStrings []string
+	identities []age.Identity
+	idFPs      []string
+	hasScrypt  bool
+
+	encOpts []zstd.EOption
+	encPool sync.Pool // *zstd.Encoder
+	decPool sync.Pool // *zstd.Decoder
+}
+
+// New validates cfg and returns a Codec. Errors wrap ErrConfig and say which setting is
+// wrong; they never contain secret key material.
+func New(cfg Config) (*Codec, error) {
+	c := &Codec{header: Header{Version: FormatVersion}}
+
+	switch cfg.Compression {
+	case "", "zstd":
+		c.header.Compression = CompressionZstd
+	case "none":
+		c.header.Compression = CompressionNone
+		if cfg.Level != 0 {
+			return nil, fmt.Errorf("%w: compression level %d is set but compression is none", ErrConfig, cfg.Level)
+		}
+	default:
+		return nil, fmt.Errorf("%w: unknown compression %q (use zstd or none)", ErrConfig, cfg.Compression)
+	}
+	level := cfg.Level
+	if level == 0 {
+		level = defaultLevel
+	}
+	if level < 1 || level > 22 {
+		return nil, fmt.Errorf("%w: zstd level %d out of range 1..22", ErrConfig, cfg.Level)
+	}
+	conc := cfg.Concurrency
+	if conc == 0 {
+		conc = 1
+	}
+	if conc < 0 || conc > 256 {
+		return nil, fmt.Errorf("%w: concurrency %d out of range 1..256", ErrConfig, cfg.Concurrency)
+	}
+	if cfg.ScryptWorkFactor < 0 || cfg.ScryptWorkFactor > 30 {
+		return nil, fmt.Errorf("%w: scrypt work factor %d out of range 1..30", ErrConfig, cfg.ScryptWorkFactor)
+	}
+	scryptFactor := cfg.ScryptWorkFactor
+	if scryptFactor == 0 {
+		scryptFactor = defaultScrypt
+	}
+
+	recs, err := parseRecipients(cfg.Recipients)
+	if err != nil {
+		return nil, err
+	}
+	switch cfg.Encryption {
+	case "age":
+		if len(recs) == 0 {
+			return nil, fmt.Errorf("%w: encryption is age but no recipients are configured (add an age1… public key; `pgharbor key generate` makes one)", ErrConfig)
+		}
+		c.header.Encryption = EncryptionAge
+		c.recipients = recs
+	case "passphrase":
+		if cfg.Passphrase == "" {
+			return nil, fmt.Errorf("%w: encryption is passphrase but the passphrase is empty", ErrConfig)
+		}
+		if len(recs) > 0 {
+			return nil, fmt.Errorf("%w: encryption is passphrase but recipients are configured; age cannot mix both (use encryption age, or remove the recipients)", ErrConfig)
+		}
+		r, err := age.NewScryptRecipient(cfg.Passphrase)
+		if err != nil {
+			return nil, fmt.Errorf("%w: passphrase: %w", ErrConfig, err)
+		}
+		r.SetWorkFactor(scryptFactor)
+		c.header.Encryption = EncryptionPassphrase
+		c.recipients = []age.Recipient{r}
+	case "none":
+		if len(recs) > 0 {
+			return nil, fmt.Errorf("%w: encryption is none but recipients are configured; set encryption to age or remove the recipients", ErrConfig)
+		}
+		c.header.Encryption = EncryptionNone
+	case "":
+		return nil, fmt.Errorf("%w: encryption must be set explicitly: age, passphrase or none", ErrConfig)
+	default:
+		return nil, fmt.Errorf("%w: unknown encryption %q (use age, passphrase or none)", ErrConfig, cfg.Encryption)
+	}
+	if c.header.Encryption == EncryptionAge {
+		for _, r := range cfg.Recipients {
+			c.recStrings = append(c.recStrings, canonicalRecipient(r))
+		}
+	}
+
+	for i, s := range cfg.Identities {
+		id, rec, err := parseIdentity(strings.TrimSpace(s))
+		if err != nil {
+			return nil, fmt.Errorf("%w: identity #%d: %w", ErrConfig, i+1, err)
+		}
+		c.identities = append(c.identities, id)
+		c.idFPs = append(c.idFPs, fingerprint(rec))
+	}
+	if cfg.Passphrase != "" {
+		id, err := age.NewScryptIdentity(cfg.Passphrase)
+		if err != nil {
+			return nil, fmt.Errorf("%w: passphrase: %w", ErrConfig, err)
+		}
+		// Cap the work (and memory: 2^logN KiB) a tampered object can demand of a reader.
+		id.SetMaxWorkFactor(max(scryptFactor, defaultScrypt))
+		c.identities = append(c.identities, id)
+		c.hasScrypt = true
+	}
+
+	window := maxZstdWindow
+	if level < 6 {
+		window = lowLevelZstdWin
+	}
+	c.encOpts = []zstd.EOption{
+		zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)),
+		zstd.WithEncoderCRC(true),
+		zstd.WithEncoderConcurrency(conc),
+		zstd.WithWindowSize(window),
+	}
+	if c.header.Compression == CompressionZstd {
+		// Build one encoder now so option errors surface here, not on the first write.
+		enc, err := zstd.NewWriter(nil, c.encOpts...)
+		if err != nil {
+			return nil, fmt.Errorf("%w: zstd: %w", ErrConfig, err)
+		}
+		c.encPool.Put(enc)
+	}
+	return c, nil
+}
+
+func (c *Codec) getEncoder(w io.Writer) (*zstd.Encoder, error) {
+	if enc, ok := c.encPool.Get().(*zstd.Encoder); ok {
+		enc.Reset(w)
+		return enc, nil
+	}
+	enc, err := zstd.NewWriter(w, c.encOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("zstd encoder: %w", err)
+	}
+	return enc, nil
+}
+
+func (c *Codec) putEncoder(enc *zstd.Encoder) {
+	enc.Reset(io.Discard) // drop the reference to the caller's writer
+	c.encPool.Put(enc)
+}
+
+func (c *Codec) getDecoder(r io.Reader) (*zstd.Decoder, error) {
+	if dec, ok := c.decPool.Get().(*zstd.Decoder); ok {
+		if err := dec.Reset(r); err != nil {
+			return nil, fmt.Errorf("zstd decoder: %w", err)
+		}
+		return dec, nil
+	}
+	dec, err := zstd.NewReader(r,
+		zstd.WithDecoderConcurrency(1), // synchronous: no goroutines, memory ≈ one window
+		zstd.WithDecoderLowmem(true),
+		zstd.WithDecoderMaxWindow(maxZstdWindow),
+		zstd.WithDecoderMaxMemory(maxZstdWindow),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("zstd decoder: %w", err)
+	}
+	return dec, nil
+}
+
+func (c *Codec) putDecoder(dec *zstd.Decoder) {
+	_ = dec.Reset(nil) // drop the reference to the caller's reader; the error is expected
+	c.decPool.Put(dec)
+}
+
+// Header returns the header new objects get.
+func (c *Codec) Header() Header { return c.header }
+
+// Seal encodes a small payload into a whole object (manifests, identity files).
+func (c *Codec) Seal(plain []byte) ([]byte, error) {
+	var buf bytes.Buffer
+	buf.Grow(len(plain)/2 + 512)
+	w, err := c.NewWriter(&buf)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := w.Write(plain); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// Open decodes a whole object produced by Seal or NewWriter. Use it for small objects only:
+// the payload is returned in memory.
+func (c *Codec) Open(sealed []byte) ([]byte, error) {
+	r, err := c.NewReader(bytes.NewReader(sealed))
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	plain, err := io.ReadAll(r)
+	if err != nil {
+		return nil, err
+	}
+	return plain, nil
+}
+
+// Fingerprints returns the fingerprints of the recipients new objects are sealed to, in
+// configuration order (nil unless Encryption is "age"). They contain no secrets.
+func (c *Codec) Fingerprints() []string {
+	out := make([]string, 0, len(c.recStrings))
+	for _, r := range c.recStrings {
+		out = append(out, fingerprint(r))
+	}
+	return out
+}
+
+// IdentityFingerprints returns the fingerprints of the recipients the configured
+// identities can decrypt, to compare with a repository's fingerprints before a restore.
+func (c *Codec) IdentityFingerprints() []string {
+	return append([]string(nil), c.idFPs...)
+}

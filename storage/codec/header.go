@@ -1,0 +1,112 @@
+package codec
+
+import (
+	"errors"
+	"fmt"
+	"io"
+)
+
+// HeaderSize is the length of the clear header at the start of every object.
+const HeaderSize = 8
+
+// FormatVersion is the envelope version this package writes and reads.
+const FormatVersion = 1
+
+// Magic opens every object.
+const Magic = "PGHB"
+
+// Compression identifies how the payload inside an object is compressed.
+type Compression uint8
+
+// Compression ids as stored in the header.
+const (
+	CompressionNone Compression = 0
+	CompressionZstd Compression = 1
+)
+
+func (c Compression) String() string {
+	switch c {
+	case CompressionNone:
+		return "none"
+	case CompressionZstd:
+		return "zstd"
+	}
+	return fmt.Sprintf("compression(%d)", uint8(c))
+}
+
+// Encryption identifies how an object's body is encrypted.
+type Encryption uint8
+
+// Encryption ids as stored in the header.
+const (
+	EncryptionNone       Encryption = 0
+	EncryptionAge        Encryption = 1 // age, X25519 or hybrid post-quantum recipients
+	EncryptionPassphrase Encryption = 2 // age, scrypt passphrase
+)
+
+func (e Encryption) String() string {
+	switch e {
+	case EncryptionNone:
+		return "none"
+	case EncryptionAge:
+		return "age"
+	case EncryptionPassphrase:
+		return "passphrase"
+	}
+	return fmt.Sprintf("encryption(%d)", uint8(e))
+}
+
+// Header is the decoded clear header of an object.
+type Header struct {
+	Version     uint8
+	Compression Compression
+	Encryption  Encryption
+}
+
+// Append appends the 8-byte encoding of h to b.
+func (h Header) Append(b []byte) []byte {
+	return append(b, Magic[0], Magic[1], Magic[2], Magic[3], h.Version, byte(h.Compression), byte(h.Encryption), 0)
+}
+
+// ParseHeader decodes the first HeaderSize bytes of an object. Errors wrap ErrUnknownFormat
+// (not a pgharbor object, or one from a newer pgharbor) or ErrTruncated.
+func ParseHeader(b []byte) (Header, error) {
+	if len(b) < HeaderSize {
+		if len(b) < len(Magic) && string(b) != Magic[:len(b)] {
+			return Header{}, fmt.Errorf("%w: no %q magic", ErrUnknownFormat, Magic)
+		}
+		return Header{}, damaged(true, fmt.Sprintf("header is %d of %d bytes", len(b), HeaderSize), io.ErrUnexpectedEOF)
+	}
+	if string(b[:4]) != Magic {
+		return Header{}, fmt.Errorf("%w: object does not start with %q (not written by pgharbor?)", ErrUnknownFormat, Magic)
+	}
+	h := Header{Version: b[4], Compression: Compression(b[5]), Encryption: Encryption(b[6])}
+	if h.Version != FormatVersion {
+		return Header{}, fmt.Errorf("%w: envelope version %d (this pgharbor reads version %d; upgrade pgharbor)", ErrUnknownFormat, h.Version, FormatVersion)
+	}
+	switch h.Compression {
+	case CompressionNone, CompressionZstd:
+	default:
+		return Header{}, fmt.Errorf("%w: unknown compression id %d (upgrade pgharbor?)", ErrUnknownFormat, b[5])
+	}
+	switch h.Encryption {
+	case EncryptionNone, EncryptionAge, EncryptionPassphrase:
+	default:
+		return Header{}, fmt.Errorf("%w: unknown encryption id %d (upgrade pgharbor?)", ErrUnknownFormat, b[6])
+	}
+	if b[7] != 0 {
+		return Header{}, fmt.Errorf("%w: unknown header flags %#02x (upgrade pgharbor?)", ErrUnknownFormat, b[7])
+	}
+	return h, nil
+}
+
+// ReadHeader reads and decodes the header of an object without decoding the body, e.g. to
+// tell how an object is sealed without holding its key.
+func ReadHeader(r io.Reader) (Header, error) {
+	var buf [HeaderSize]byte
+	n, err := io.ReadFull(r, buf[:])
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return Header{}, fmt.Errorf("read object header: %w", err)
+	}
+	return ParseHeader(buf[:n])
+}

@@ -1,0 +1,129 @@
+package codec
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+
+	"filippo.io/age"
+	"github.com/klauspost/compress/zstd"
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// errWriterClosed is returned by Write after Close.
+var errWriterClosed = errors.New("codec: write after close")
+
+// NewWriter starts a new object on w and returns the writer for its payload. The header
+// (and the age header) are written at once. Close finishes the object (zstd frame, final
+// age chunk or checksum trailer) but does not close w. After any error the object is
+// incomplete and must be discarded. Memory is bounded (one zstd window plus one age chunk)
+// whatever the payload size.
+func (c *Codec) NewWriter(w io.Writer) (io.WriteCloser, error) {
+	hdr := c.header.Append(make([]byte, 0, HeaderSize))
+	ow := &writer{c: c, dst: w}
+	if c.header.Encryption == EncryptionNone {
+		ow.crc = crc32.New(castagnoli)
+		ow.crcDst = io.MultiWriter(w, ow.crc)
+	} else {
+		ow.crcDst = w
+	}
+	if _, err := ow.crcDst.Write(hdr); err != nil {
+		return nil, fmt.Errorf("write object header: %w", err)
+	}
+	inner := ow.crcDst
+	if c.header.Encryption != EncryptionNone {
+		aw, err := age.Encrypt(w, c.recipients...)
+		if err != nil {
+			return nil, fmt.Errorf("start age encryption: %w", err)
+		}
+		// The authenticated copy of the header (see the package doc).
+		if _, err := aw.Write(hdr); err != nil {
+			return nil, fmt.Errorf("write object header: %w", err)
+		}
+		ow.age = aw
+		inner = aw
+	}
+	ow.top = inner
+	if c.header.Compression == CompressionZstd {
+		enc, err := c.getEncoder(inner)
+		if err != nil {
+			return nil, err
+		}
+		ow.zw = enc
+		ow.top = enc
+	}
+	return ow, nil
+}
+
+type writer struct {
+	c      *Codec
+	dst    io.Writer
+	crcDst io.Writer   // dst, or dst+crc when unencrypted
+	crc    hash.Hash32 // nil when encrypted
+	age    io.WriteCloser
+	zw     *zstd.Encoder
+	top    io.Writer // where payload bytes go
+	err    error     // sticky
+	closed bool
+}
+
+func (w *writer) Write(p []byte) (int, error) {
+	if w.closed {
+		return 0, errWriterClosed
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	n, err := w.top.Write(p)
+	if err != nil {
+		w.fail(fmt.Errorf("write object: %w", err))
+		return n, w.err
+	}
+	return n, nil
+}
+
+// fail records the first error and abandons the encoder (its state is unknown).
+func (w *writer) fail(err error) {
+	if w.err == nil {
+		w.err = err
+	}
+	w.zw = nil
+}
+
+// Close finishes the object. It is idempotent and returns the first error.
+func (w *writer) Close() error {
+	if w.closed {
+		return w.err
+	}
+	w.closed = true
+	if w.err != nil {
+		return w.err
+	}
+	if w.zw != nil {
+		if err := w.zw.Close(); err != nil {
+			w.fail(fmt.Errorf("finish zstd frame: %w", err))
+			return w.err
+		}
+		w.c.putEncoder(w.zw)
+		w.zw = nil
+	}
+	if w.age != nil {
+		if err := w.age.Close(); err != nil {
+			w.fail(fmt.Errorf("finish age stream: %w", err))
+			return w.err
+		}
+	}
+	if w.crc != nil {
+		var t [4]byte
+		binary.BigEndian.PutUint32(t[:], w.crc.Sum32())
+		if _, err := w.dst.Write(t[:]); err != nil {
+			w.fail(fmt.Errorf("write object trailer: %w", err))
+			return w.err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,299 @@
+// Package fs is the filesystem storage.Backend: a directory tree whose files are objects.
+//
+// Writes go to a temp file in the target directory, are fsynced, then renamed (or, for
+// IfNotExists, hard-linked: link(2) fails atomically when the name exists, so concurrent
+// writers from any process cannot both win), and the directory is fsynced. A crash leaves at
+// most a temp file, which List never shows.
+//
+// When running as root, new files and directories take the owner of the repository root, so
+// that an archive_command running as the postgres user and a backup running as root can share
+// one repository.
+package fs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/pgharbor/pgharbor/storage"
+)
+
+const tmpPrefix = ".pgharbor-tmp-"
+
+// Backend stores objects as files under Root.
+type Backend struct {
+	root     string
+	uid, gid int // owner for new entries, -1 to leave as created
+}
+
+var _ storage.Backend = (*Backend)(nil)
+
+// New opens (and creates, if missing) the directory root as a backend.
+func New(root string) (*Backend, error) {
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("repository path %s: %w", root, err)
+	}
+	if err := os.MkdirAll(abs, 0o750); err != nil {
+		return nil, storage.Permanent(fmt.Errorf("create repository directory %s: %w", abs, err))
+	}
+	b := &Backend{root: abs, uid: -1, gid: -1}
+	if os.Geteuid() == 0 {
+		st, err := os.Stat(abs)
+		if err != nil {
+			return nil, fmt.Errorf("stat %s: %w", abs, err)
+		}
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Uid != 0 {
+			b.uid, b.gid = int(sys.Uid), int(sys.Gid)
+		}
+	}
+	return b, nil
+}
+
+// Location implements storage.Backend.
+func (b *Backend) Location() string { return "file://" + b.root }
+
+// Close implements storage.Backend.
+func (b *Backend) Close() error { return nil }
+
+func (b *Backend) path(key string) (string, error) {
+	if err := storage.ValidateKey(key); err != nil {
+		return "", err
+	}
+	for _, el := range strings.Split(key, "/") {
+		if strings.HasPrefix(el, tmpPrefix) {
+			return "", storage.Permanent(fmt.Errorf("invalid object key %q: reserved name", key))
+		}
+	}
+	return filepath.Join(b.root, filepath.FromSlash(key)), nil
+}
+
+func (b *Backend) own(path string) error {
+	if b.uid < 0 {
+		return nil
+	}
+	return os.Lchown(path, b.uid, b.gid)
+}
+
+// mkdirAll creates dir and its missing parents, giving each new one the root's owner.
+func (b *Backend) mkdirAll(dir string) error {
+	if st, err := os.Stat(dir); err == nil && st.IsDir() {
+		return nil
+	}
+	if dir != b.root {
+		if err := b.mkdirAll(filepath.Dir(dir)); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o750); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return b.own(dir)
+}
+
+// Put implements storage.Backend.
+func (b *Backend) Put(ctx context.Context, key string, r io.Reader, opts storage.PutOptions) (err error) {
+	path, err := b.path(key)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(path)
+	if err := b.mkdirAll(dir); err != nil {
+		return fmt.Errorf("put %s: create directory: %w", key, err)
+	}
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	tmp := filepath.Join(dir, tmpPrefix+hex.EncodeToString(rnd[:]))
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	defer func() {
+		if f != nil {
+			f.Close()
+		}
+		os.Remove(tmp) // after a rename or link this removes the temp name only
+	}()
+	if _, err := io.Copy(f, ctxReader{ctx, r}); err != nil {
+		return fmt.Errorf("put %s: write: %w", key, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("put %s: fsync: %w", key, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("put %s: close: %w", key, err)
+	}
+	f = nil
+	if err := b.own(tmp); err != nil {
+		return fmt.Errorf("put %s: chown: %w", key, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if opts.IfNotExists {
+		if err := os.Link(tmp, path); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("put %s: %w", key, storage.ErrExists)
+			}
+			return fmt.Errorf("put %s: link: %w", key, err)
+		}
+	} else if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("put %s: rename: %w", key, err)
+	}
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("put %s: fsync directory: %w", key, err)
+	}
+	return nil
+}
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return err
+	}
+	return nil
+}
+
+func notFound(op, key string, err error) error {
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		return fmt.Errorf("%s %s: %w", op, key, storage.ErrNotFound)
+	}
+	return fmt.Errorf("%s %s: %w", op, key, err)
+}
+
+// Get implements storage.Backend.
+func (b *Backend) Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
+	path, err := b.path(key)
+	if err != nil {
+		return nil, err
+	}
+	if offset < 0 {
+		return nil, storage.Permanent(fmt.Errorf("get %s: negative offset %d", key, offset))
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, notFound("get", key, err)
+	}
+	if st, err := f.Stat(); err == nil && st.IsDir() {
+		f.Close()
+		return nil, fmt.Errorf("get %s: %w", key, storage.ErrNotFound)
+	}
+	if offset > 0 {
+		if _, err := f.Seek(offset, io.SeekStart); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("get %s: seek: %w", key, err)
+		}
+	}
+	if length < 0 {
+		return f, nil
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.LimitReader(f, length), f}, nil
+}
+
+// Stat implements storage.Backend.
+func (b *Backend) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
+	path, err := b.path(key)
+	if err != nil {
+		return storage.ObjectInfo{}, err
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return storage.ObjectInfo{}, notFound("stat", key, err)
+	}
+	if st.IsDir() {
+		return storage.ObjectInfo{}, fmt.Errorf("stat %s: %w", key, storage.ErrNotFound)
+	}
+	return storage.ObjectInfo{Key: key, Size: st.Size(), ModTime: st.ModTime()}, nil
+}
+
+// List implements storage.Backend. It walks only the directories that can hold keys with
+// the prefix, and sorts the keys (a directory walk is not in key order: "a/b-x" < "a/b/c").
+func (b *Backend) List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error {
+	start := b.root
+	if i := strings.LastIndex(prefix, "/"); i >= 0 {
+		start = filepath.Join(b.root, filepath.FromSlash(prefix[:i]))
+	}
+	var infos []storage.ObjectInfo
+	err := filepath.WalkDir(start, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(b.root, path)
+		key := filepath.ToSlash(rel)
+		if d.IsDir() {
+			if path != start && !strings.HasPrefix(key+"/", prefix) && !strings.HasPrefix(prefix, key+"/") {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		if strings.HasPrefix(d.Name(), tmpPrefix) || !strings.HasPrefix(key, prefix) {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // deleted during the walk
+			}
+			return err
+		}
+		infos = append(infos, storage.ObjectInfo{Key: key, Size: info.Size(), ModTime: info.ModTime()})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list %s/%s: %w", b.Location(), prefix, err)
+	}
+	sort.Slice(infos, func(i, j int) bool { return infos[i].Key < infos[j].Key })
+	for _, info := range infos {
+		if err := fn(info); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Delete implements storage.Backend. Empty parent directories are left in place (cheap,
+// and removing them would race with concurrent writers).
+func (b *Backend) Delete(ctx context.Context, key string) error {
+	path, err := b.path(key)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	return nil
+}
