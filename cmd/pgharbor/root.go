@@ -16,6 +16,7 @@ type app struct {
 	logFormat  string
 	logLevel   string
 	output     string
+	repoFlags  repoFlags
 
 	cfg    *Config
 	logger *slog.Logger
@@ -41,7 +42,7 @@ func newRootCmd() *cobra.Command {
 	f.StringVarP(&a.output, "output", "o", "text", "output of listings: text or json")
 	addRepoFlags(root, a)
 
-	root.AddCommand(newVersionCmd(a))
+	root.AddCommand(newVersionCmd(a), newKeygenCmd(a), newRepoCmd(a))
 	for _, c := range extraCommands(a) {
 		root.AddCommand(c)
 	}

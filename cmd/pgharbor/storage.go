@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/pgharbor/pgharbor/internal/repo"
+	"github.com/pgharbor/pgharbor/storage"
+	"github.com/pgharbor/pgharbor/storage/codec"
+	"github.com/pgharbor/pgharbor/storage/fs"
+	"github.com/pgharbor/pgharbor/storage/gcs"
+	"github.com/pgharbor/pgharbor/storage/retry"
+	"github.com/pgharbor/pgharbor/storage/s3"
+)
+
+// openBackend builds the storage stack for the configured repository URL: the driver, then
+// the retry decorator.
+func (a *app) openBackend(ctx context.Context) (storage.Backend, error) {
+	raw := a.cfg.Repo.URL
+	if raw == "" {
+		return nil, fmt.Errorf("no repository: set --repo, repo.url in the config file, or PGHARBOR_REPO_URL (file:///path, s3://bucket/prefix or gs://bucket/prefix)")
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("repository URL %q: %w", raw, err)
+	}
+	prefix := strings.Trim(u.Path, "/")
+	var b storage.Backend
+	switch u.Scheme {
+	case "file", "":
+		p := u.Path
+		if u.Scheme == "" {
+			p = raw
+		}
+		if u.Host != "" && u.Host != "localhost" {
+			return nil, fmt.Errorf("repository URL %q: file URLs need three slashes (file:///path)", raw)
+		}
+		b, err = fs.New(p)
+	case "s3":
+		s := a.cfg.S3
+		b, err = s3.New(ctx, s3.Config{
+			Bucket: u.Host, Prefix: prefix, Endpoint: s.Endpoint, Region: s.Region, PathStyle: s.PathStyle,
+			AccessKeyID: s.AccessKeyID, SecretAccessKey: s.SecretAccessKey, SessionToken: s.SessionToken,
+			PartSize: int64(s.PartSizeMB) << 20, Concurrency: s.Concurrency,
+		})
+	case "gs", "gcs":
+		b, err = gcs.New(ctx, gcs.Config{Bucket: u.Host, Prefix: prefix, Endpoint: a.cfg.GCS.Endpoint, CredentialsFile: a.cfg.GCS.CredentialsFile})
+	default:
+		return nil, fmt.Errorf("repository URL %q: unknown scheme %q (use file://, s3:// or gs://)", raw, u.Scheme)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return retry.New(b, retry.Policy{Logger: a.logger}), nil
+}
+
+// codecConfig turns the encryption and compression settings into a codec.Config.
+func (a *app) codecConfig(needIdentity bool) (codec.Config, error) {
+	e := a.cfg.Encryption
+	cc := codec.Config{
+		Compression: a.cfg.Compression.Type,
+		Level:       a.cfg.Compression.Level,
+		Encryption:  e.Mode,
+		Recipients:  e.Recipients,
+		Passphrase:  e.Passphrase,
+	}
+	if e.Mode == "" {
+		return cc, fmt.Errorf("encryption is not configured: set encryption.mode to age (with encryption.recipients), passphrase, or none (PGHARBOR_ENCRYPTION_MODE); pgharbor never stores unencrypted data unless told so")
+	}
+	if e.IdentityFile != "" {
+		ids, err := codec.LoadIdentities(e.IdentityFile)
+		if err != nil {
+			return cc, err
+		}
+		cc.Identities = ids
+	} else if needIdentity && e.Mode == "age" {
+		return cc, fmt.Errorf("reading encrypted objects needs the age identity: pass --identity FILE or set encryption.identity_file (writers need only the public recipients)")
+	}
+	return cc, nil
+}
+
+// openRepo opens the configured cluster in the repository. needIdentity is true for
+// commands that decrypt (restore, verify, repo get, wal fetch).
+func (a *app) openRepo(ctx context.Context, needIdentity bool) (*repo.Repo, error) {
+	if a.cfg.Repo.Cluster == "" {
+		return nil, fmt.Errorf("no cluster name: set --cluster, repo.cluster or PGHARBOR_REPO_CLUSTER")
+	}
+	cc, err := a.codecConfig(needIdentity)
+	if err != nil {
+		return nil, err
+	}
+	c, err := codec.New(cc)
+	if err != nil {
+		return nil, err
+	}
+	b, err := a.openBackend(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return repo.New(b, c, a.cfg.Repo.Cluster)
+}
