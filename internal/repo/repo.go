@@ -46,8 +46,8 @@ type Identity struct {
 	SystemIdentifier string    `json:"system_identifier,omitempty"` // decimal, as pg_control_system() shows it
 	PGVersion        int       `json:"pg_version,omitempty"`        // server_version_num
 	WALSegmentSize   int64     `json:"wal_segment_size,omitempty"`
-	Encryption       string    `json:"encryption"`             // age, passphrase or none
-	Recipients       []string  `json:"recipients,omitempty"`   // fingerprints of the age recipients
+	Encryption       string    `json:"encryption"`           // age, passphrase or none
+	Recipients       []string  `json:"recipients,omitempty"` // fingerprints of the age recipients
 	Created          time.Time `json:"created"`
 }
 
