@@ -11,6 +11,11 @@
 // conditional write whose first attempt landed would otherwise report ErrExists for the
 // caller's own object.
 //
+// A missing bucket is reported by New (and by Put and List) as a permanent error. Reads
+// cannot tell it apart: GCS answers a read in a missing bucket with the same 404 as a missing
+// object, and the Go client reports both as ErrObjectNotExist, so Get and Stat return
+// ErrNotFound if the bucket disappears after New.
+//
 // Emulators: set Config.Endpoint (e.g. "http://127.0.0.1:4443/storage/v1/") or the
 // STORAGE_EMULATOR_HOST environment variable, which the Go client honours itself; both turn
 // authentication off.
