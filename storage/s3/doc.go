@@ -10,8 +10,10 @@
 //
 // Conditional writes (PutOptions.IfNotExists) use the real If-None-Match: * header, on
 // PutObject for single-request uploads and on CompleteMultipartUpload for streamed ones, so
-// among concurrent writers the server picks exactly one winner. There is no HEAD-then-PUT
-// fallback: that would be racy.
+// among concurrent writers the server picks exactly one winner (the Versity gateway honours
+// both and answers 412). There is no HEAD-then-PUT fallback for servers that ignore the
+// header: it would be racy. A server that drops the connection instead of answering 412 is
+// handled: after a transport error on a conditional Put, an existing key means ErrExists.
 //
 // The SDK's own retries are off: pgharbor's retry decorator owns retrying, and an SDK retry
 // of a conditional PUT whose first attempt was applied would turn a success into ErrExists.

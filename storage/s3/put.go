@@ -18,9 +18,9 @@ import (
 	"github.com/pgharbor/pgharbor/storage"
 )
 
-// abortTimeout bounds the clean-up of a failed multipart upload, which runs even when the
-// Put's ctx is already cancelled.
-const abortTimeout = 30 * time.Second
+// cleanupTimeout bounds the requests that run even when the Put's ctx is cancelled: creating
+// a multipart upload and aborting it.
+const cleanupTimeout = 30 * time.Second
 
 // Put implements storage.Backend. A body that fits in one part (known from opts.Size, or
 // found by reading one part's worth) takes a single PutObject; a larger one is streamed as a
@@ -103,28 +103,25 @@ func (b *Backend) putObject(ctx context.Context, key string, data []byte, opts s
 // upload, so nothing is stored.
 func (b *Backend) multipart(ctx context.Context, key string, first *[]byte, r io.Reader, opts storage.PutOptions) (err error) {
 	okey := b.objectKey(key)
-	created, err := b.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{
+	// Not cancellable: a Create the server applied but whose answer we dropped would leave an
+	// upload we cannot abort.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	created, err := b.client.CreateMultipartUpload(cctx, &s3.CreateMultipartUploadInput{
 		Bucket: &b.bucket, Key: &okey, ChecksumAlgorithm: b.checksum,
 	})
+	cancel()
 	if err != nil {
 		b.bufs.put(first)
 		return b.mapErr(ctx, "put", key, err)
 	}
 	uploadID := created.UploadId
 	defer func() {
-		if err == nil {
-			return
+		if err != nil {
+			b.abort(ctx, okey, uploadID)
 		}
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
-		defer cancel()
-		// A failed abort leaves an incomplete upload: invisible to readers, removed by the
-		// bucket's lifecycle rule for incomplete multipart uploads.
-		_, _ = b.client.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{Bucket: &b.bucket, Key: &okey, UploadId: uploadID})
 	}()
 
-	pctx, cancelParts := context.WithCancel(ctx)
-	defer cancelParts()
-	g, gctx := errgroup.WithContext(pctx)
+	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(b.concurrency) // plus the part being read: Concurrency+1 buffers at most
 	var (
 		mu    sync.Mutex
@@ -161,24 +158,20 @@ func (b *Backend) multipart(ctx context.Context, key string, first *[]byte, r io
 		}
 		bp = b.bufs.get()
 		size, err = io.ReadFull(r, *bp)
+		last = errors.Is(err, io.ErrUnexpectedEOF)
 		switch {
 		case errors.Is(err, io.EOF):
-			b.bufs.put(bp)
-		case errors.Is(err, io.ErrUnexpectedEOF):
-			last = true
-		case err != nil:
+		case err != nil && !last:
 			readErr = fmt.Errorf("put %s: read body: %w", b.url(key), err)
 		case num == maxParts:
 			readErr = storage.Permanent(fmt.Errorf("put %s: object is larger than %d parts of %d bytes: raise the part size", b.url(key), maxParts, b.partSize))
+		default:
+			continue
 		}
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if readErr != nil {
-			b.bufs.put(bp)
-			cancelParts()
-			break
-		}
+		// End of body or failure. Parts in flight finish: an abort racing a part the server
+		// is still receiving may not stick.
+		b.bufs.put(bp)
+		break
 	}
 	if werr := g.Wait(); readErr == nil && werr != nil {
 		return b.mapErr(ctx, "put", key, werr)
@@ -199,6 +192,32 @@ func (b *Backend) multipart(ctx context.Context, key string, first *[]byte, r io
 		return b.putErr(ctx, key, opts, err)
 	}
 	return nil
+}
+
+// abort removes a failed multipart upload and its parts. A part the server was still
+// receiving can outlive an abort (S3 documents this too, Versity answers 500 meanwhile), so it
+// aborts until ListParts says the upload is gone. An upload left behind is invisible to
+// readers; a lifecycle rule for incomplete multipart uploads removes it.
+func (b *Backend) abort(ctx context.Context, okey string, uploadID *string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	for i := 0; ; i++ {
+		_, err := b.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &b.bucket, Key: &okey, UploadId: uploadID})
+		if err == nil || apiCode(err) == "NoSuchUpload" {
+			_, err = b.client.ListParts(ctx, &s3.ListPartsInput{Bucket: &b.bucket, Key: &okey, UploadId: uploadID, MaxParts: aws.Int32(1)})
+			if apiCode(err) == "NoSuchUpload" {
+				return
+			}
+		}
+		if i == 5 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Duration(50<<i) * time.Millisecond):
+		}
+	}
 }
 
 // putErr maps a failed upload's error. A server may drop the connection instead of answering
@@ -226,5 +245,5 @@ func newBufferPool(size int) bufferPool {
 	}}}
 }
 
-func (p bufferPool) get() *[]byte   { return p.pool.Get().(*[]byte) }
+func (p bufferPool) get() *[]byte  { return p.pool.Get().(*[]byte) }
 func (p bufferPool) put(b *[]byte) { p.pool.Put(b) }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -29,6 +30,8 @@ const (
 	DefaultPartSize = 16 << 20
 	// MinPartSize is the smallest part S3 accepts (except for the last part).
 	MinPartSize = 5 << 20
+	// MaxPartSize is the largest part S3 accepts.
+	MaxPartSize = 5 << 30
 	// DefaultConcurrency is the number of parts uploaded at once when Config.Concurrency is 0.
 	DefaultConcurrency = 4
 	// maxParts is S3's limit on parts per multipart upload.
@@ -65,7 +68,7 @@ type Config struct {
 // Backend is an S3 bucket (or a prefix in one) as a storage.Backend.
 type Backend struct {
 	client      *s3.Client
-	transport   *http.Transport
+	httpClient  aws.HTTPClient
 	bucket      string
 	prefix      string // "" or "dir/sub"; keys are prefix + "/" + key
 	endpoint    string // for messages
@@ -73,7 +76,7 @@ type Backend struct {
 	concurrency int
 	bufs        bufferPool
 	checksum    types.ChecksumAlgorithm // for multipart uploads; "" when checksums are off
-	bucketOK    atomic.Bool // a HeadBucket has seen the bucket
+	bucketOK    atomic.Bool             // a listing has seen the bucket
 }
 
 var _ storage.Backend = (*Backend)(nil)
@@ -99,22 +102,26 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.PartSize == 0 {
 		cfg.PartSize = DefaultPartSize
 	}
-	if cfg.PartSize < MinPartSize {
-		return nil, storage.Permanent(fmt.Errorf("s3: part size %d is below the S3 minimum of %d bytes", cfg.PartSize, MinPartSize))
+	if cfg.PartSize < MinPartSize || cfg.PartSize > MaxPartSize {
+		return nil, storage.Permanent(fmt.Errorf("s3: part size %d is outside the S3 limits of %d to %d bytes", cfg.PartSize, MinPartSize, MaxPartSize))
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = DefaultConcurrency
 	}
 
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
-	tr.TLSHandshakeTimeout = dialTimeout
-	tr.MaxIdleConnsPerHost = 4 * cfg.Concurrency
-	tr.ExpectContinueTimeout = time.Second
-
+	// A buildable client, so that the SDK can still add AWS_CA_BUNDLE or ca_bundle roots.
+	httpClient := awshttp.NewBuildableClient().
+		WithDialerOptions(func(d *net.Dialer) { d.Timeout = dialTimeout }).
+		WithTransportOptions(func(tr *http.Transport) {
+			tr.TLSHandshakeTimeout = dialTimeout
+			tr.MaxIdleConnsPerHost = 4 * cfg.Concurrency
+		})
 	opts := []func(*config.LoadOptions) error{
-		config.WithHTTPClient(&http.Client{Transport: tr}),
+		config.WithHTTPClient(httpClient),
 		config.WithRetryer(func() aws.Retryer { return aws.NopRetryer{} }),
+		// Uploads still carry a CRC32 the server verifies. Whole-object response checksums
+		// never cover ranged or multipart reads, and the codec above authenticates every byte.
+		config.WithResponseChecksumValidation(aws.ResponseChecksumValidationWhenRequired),
 	}
 	if cfg.Region != "" {
 		opts = append(opts, config.WithRegion(cfg.Region))
@@ -126,6 +133,9 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("s3: load AWS configuration: %w", err)
+	}
+	if bc, ok := awsCfg.HTTPClient.(*awshttp.BuildableClient); ok {
+		awsCfg.HTTPClient = bc.Freeze() // a plain *http.Client whose idle connections Close can drop
 	}
 	if awsCfg.Region == "" {
 		awsCfg.Region = "us-east-1"
@@ -142,7 +152,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	}
 	return &Backend{
 		client:      client,
-		transport:   tr,
+		httpClient:  awsCfg.HTTPClient,
 		bucket:      cfg.Bucket,
 		prefix:      strings.Trim(cfg.Prefix, "/"),
 		endpoint:    endpoint,
@@ -163,7 +173,9 @@ func (b *Backend) Location() string {
 
 // Close implements storage.Backend; it drops idle connections.
 func (b *Backend) Close() error {
-	b.transport.CloseIdleConnections()
+	if c, ok := b.httpClient.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
 	return nil
 }
 
@@ -273,23 +285,24 @@ func (b *Backend) mapErr(ctx context.Context, op, key string, err error) error {
 	switch {
 	case code == "NoSuchBucket":
 		return b.noBucket(where, err)
+	case code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch" || code == "InvalidToken" ||
+		code == "XAdminUserNotFound": // Versity's 404 for an unknown access key
+		return storage.Permanent(fmt.Errorf("%s: credentials rejected by %s (%s): check the access key and secret: %w", where, b.endpoint, code, err))
 	case code == "NoSuchKey" || code == "NotFound" || status == http.StatusNotFound:
-		// A HEAD has no body, so a missing bucket looks like a missing key: check once.
+		// A HEAD response has no body, so a missing bucket (or, on Versity, an unknown access
+		// key) looks like a missing key. Ask once with a request whose errors carry a code.
 		if op == "stat" && !b.bucketOK.Load() {
-			_, herr := b.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: &b.bucket})
-			switch {
-			case herr == nil:
+			_, lerr := b.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: &b.bucket, MaxKeys: aws.Int32(1)})
+			if lerr == nil {
 				b.bucketOK.Store(true)
-			case httpStatus(herr) == http.StatusNotFound:
-				return b.noBucket(where, err)
+			} else if c := apiCode(lerr); c == "NoSuchBucket" || c == "XAdminUserNotFound" || c == "InvalidAccessKeyId" {
+				return b.mapErr(ctx, op, key, lerr)
 			}
 		}
 		return fmt.Errorf("%s: %w", where, storage.ErrNotFound)
 	case code == "PreconditionFailed" || code == "ConditionalRequestConflict" ||
 		status == http.StatusPreconditionFailed:
 		return fmt.Errorf("%s: %w", where, storage.ErrExists)
-	case code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch" || code == "InvalidToken":
-		return storage.Permanent(fmt.Errorf("%s: credentials rejected by %s (%s): check the access key and secret: %w", where, b.endpoint, code, err))
 	case code == "AccessDenied" || status == http.StatusForbidden:
 		return storage.Permanent(fmt.Errorf("%s: access denied by %s: check the credentials and the bucket policy: %w", where, b.endpoint, err))
 	case code == "InvalidBucketName" || code == "InvalidArgument" || code == "EntityTooLarge":

@@ -191,11 +191,19 @@ func TestWrongCredentialsIsPermanent(t *testing.T) {
 	if !storage.IsPermanent(err) || !strings.Contains(err.Error(), "credentials rejected") {
 		t.Errorf("put: got %v, want a permanent credentials-rejected error", err)
 	}
-	cfg.AccessKeyID = "nobody"
-	b = newBackend(t, cfg)
-	_, err = b.Stat(ctx, "k")
+	_, err = b.Stat(ctx, "k") // a HEAD: 403 without an error code
 	if !storage.IsPermanent(err) || errors.Is(err, storage.ErrNotFound) {
 		t.Errorf("stat: got %v, want a permanent error", err)
+	}
+	cfg.AccessKeyID = "nobody"
+	b = newBackend(t, cfg)
+	err = b.Put(ctx, "k", strings.NewReader("x"), storage.PutOptions{Size: 1})
+	if !storage.IsPermanent(err) || !strings.Contains(err.Error(), "credentials rejected") {
+		t.Errorf("put with an unknown access key: got %v, want a permanent credentials-rejected error", err)
+	}
+	_, err = b.Stat(ctx, "k")
+	if !storage.IsPermanent(err) || !strings.Contains(err.Error(), "credentials rejected") {
+		t.Errorf("stat with an unknown access key: got %v, want a permanent credentials-rejected error", err)
 	}
 	t.Logf("error: %v", err)
 }
@@ -310,6 +318,9 @@ func TestFailedStreamAbortsMultipartUpload(t *testing.T) {
 	if err := b.Put(ctx, "obj", src, storage.PutOptions{Size: -1}); err == nil || !strings.Contains(err.Error(), "failed on purpose") {
 		t.Fatalf("put: got %v, want the reader's error", err)
 	}
+	if n := pendingUploads(t, srv, "abort"); n != 0 {
+		t.Fatalf("%d multipart uploads left behind by a failing reader", n)
+	}
 	cctx, cancel := context.WithCancel(ctx)
 	src = &failAfter{r: rand.Reader, left: 1 << 40}
 	go func() { time.Sleep(200 * time.Millisecond); cancel() }()
@@ -320,6 +331,12 @@ func TestFailedStreamAbortsMultipartUpload(t *testing.T) {
 		t.Fatalf("failed puts left an object (%v, %v)", ok, err)
 	}
 	if n := pendingUploads(t, srv, "abort"); n != 0 {
+		out, _ := rawClient(srv).ListMultipartUploads(ctx, &awss3.ListMultipartUploadsInput{Bucket: aws.String("abort")})
+		for _, u := range out.Uploads {
+			t.Logf("upload %s %s", *u.Key, *u.UploadId)
+			_, err := rawClient(srv).AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: aws.String("abort"), Key: u.Key, UploadId: u.UploadId})
+			t.Logf("abort again: %v", err)
+		}
 		t.Fatalf("%d multipart uploads left behind", n)
 	}
 }
