@@ -82,8 +82,9 @@ type Config struct {
 	// Passphrase seals new objects in Encryption "passphrase" mode and, when set, also
 	// reads passphrase objects in any mode.
 	Passphrase string
-	// ScryptWorkFactor is log2 of the scrypt cost for passphrase objects (1..30). 0 means
-	// age's default (18). Meant for tests; lowering it in production weakens the passphrase.
+	// ScryptWorkFactor is log2 of the scrypt cost for passphrase objects (1..30); readers
+	// refuse objects that demand more. 0 means age's default (18). Meant for tests: lowering
+	// it in production weakens the passphrase.
 	ScryptWorkFactor int
 	// Concurrency is the number of goroutines one zstd stream may use (default 1: pgharbor
 	// runs many streams in parallel instead).
@@ -195,7 +196,7 @@ func New(cfg Config) (*Codec, error) {
 	for i, s := range cfg.Identities {
 		id, rec, err := parseIdentity(strings.TrimSpace(s))
 		if err != nil {
-			return nil, fmt.Errorf("%w: identity #%d: %w", ErrConfig, i+1, err)
+			return nil, fmt.Errorf("%w: identity #%d %w", ErrConfig, i+1, err)
 		}
 		c.identities = append(c.identities, id)
 		c.idFPs = append(c.idFPs, fingerprint(rec))
@@ -205,8 +206,9 @@ func New(cfg Config) (*Codec, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: passphrase: %w", ErrConfig, err)
 		}
-		// Cap the work (and memory: 2^logN KiB) a tampered object can demand of a reader.
-		id.SetMaxWorkFactor(max(scryptFactor, defaultScrypt))
+		// Cap the work (and memory: 2^logN KiB) a tampered object can demand of a reader
+		// at what this configuration writes.
+		id.SetMaxWorkFactor(scryptFactor)
 		c.identities = append(c.identities, id)
 		c.hasScrypt = true
 	}

@@ -39,7 +39,9 @@
 //
 //	inner || CRC-32C (Castagnoli, 4 bytes big-endian) of every preceding byte, header included
 //
-// so that unencrypted objects also detect truncation and bit rot.
+// so that unencrypted objects also detect truncation and bit rot. The trailer is checked
+// at the end of the object, so a consumer of an unencrypted stream may already hold
+// damaged bytes when the error comes: write to a temporary file, keep it after io.EOF.
 //
 // inner is the payload itself (compression 0) or one zstd frame (compression 1) with the
 // content checksum on and a window of at most 8 MiB; readers refuse larger windows, which
@@ -52,7 +54,7 @@
 // keys means: add the new recipient (new objects are sealed to it), keep the old identity
 // on restore hosts as long as objects sealed to it exist.
 //
-// Passphrase mode runs scrypt (age's default work factor 2^18: about a second and 256 MiB
+// Passphrase mode runs scrypt (age's default work factor 2^18: 1–3 s of CPU and 256 MiB
 // of memory) once per object written and once per object read. It suits a few small
 // objects, not a WAL archive; prefer recipients.
 package codec

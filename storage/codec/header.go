@@ -71,14 +71,11 @@ func (h Header) Append(b []byte) []byte {
 // ParseHeader decodes the first HeaderSize bytes of an object. Errors wrap ErrUnknownFormat
 // (not a pgharbor object, or one from a newer pgharbor) or ErrTruncated.
 func ParseHeader(b []byte) (Header, error) {
-	if len(b) < HeaderSize {
-		if len(b) < len(Magic) && string(b) != Magic[:len(b)] {
-			return Header{}, fmt.Errorf("%w: no %q magic", ErrUnknownFormat, Magic)
-		}
-		return Header{}, damaged(true, fmt.Sprintf("header is %d of %d bytes", len(b), HeaderSize), io.ErrUnexpectedEOF)
-	}
-	if string(b[:4]) != Magic {
+	if m := min(len(b), len(Magic)); string(b[:m]) != Magic[:m] {
 		return Header{}, fmt.Errorf("%w: object does not start with %q (not written by pgharbor?)", ErrUnknownFormat, Magic)
+	}
+	if len(b) < HeaderSize {
+		return Header{}, damaged(true, fmt.Sprintf("header is %d of %d bytes", len(b), HeaderSize), io.ErrUnexpectedEOF)
 	}
 	h := Header{Version: b[4], Compression: Compression(b[5]), Encryption: Encryption(b[6])}
 	if h.Version != FormatVersion {

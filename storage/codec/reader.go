@@ -105,7 +105,7 @@ func (c *Codec) decrypt(h Header, src *recorder) (io.Reader, error) {
 	case errors.As(err, &noMatch):
 		return nil, &keyError{fmt.Sprintf("%s (the object was sealed to other recipients; check --identity, or the object's key block is damaged; configured identities: %s)",
 			ErrWrongKey, strings.Join(c.idFPs, ", ")), ErrWrongKey}
-	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || strings.Contains(err.Error(), "unexpected EOF"):
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || strings.Contains(err.Error(), "unexpected EOF") || strings.Contains(err.Error(), "file is empty"):
 		return nil, damaged(true, "in the age header", err)
 	}
 	return nil, damaged(false, "age header", err)
