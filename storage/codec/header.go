@@ -56,16 +56,46 @@ func (e Encryption) String() string {
 	return fmt.Sprintf("encryption(%d)", uint8(e))
 }
 
+// FlagDigest in the header's flags byte says that the SHA-256 of the payload follows the
+// fixed header in clear (DigestSize bytes). Write-once objects (WAL segments) carry it so a
+// host holding only public recipients can tell an identical re-push from a conflicting one.
+const FlagDigest = 0x01
+
+// DigestSize is the length of the optional payload digest.
+const DigestSize = 32
+
+// MaxHeaderSize is the longest clear header: the fixed part plus the digest.
+const MaxHeaderSize = HeaderSize + DigestSize
+
 // Header is the decoded clear header of an object.
 type Header struct {
 	Version     uint8
 	Compression Compression
 	Encryption  Encryption
+	// HasDigest says Digest holds the SHA-256 of the payload.
+	HasDigest bool
+	Digest    [DigestSize]byte
 }
 
-// Append appends the 8-byte encoding of h to b.
+// Size is the length of the header's encoding.
+func (h Header) Size() int {
+	if h.HasDigest {
+		return MaxHeaderSize
+	}
+	return HeaderSize
+}
+
+// Append appends the encoding of h to b.
 func (h Header) Append(b []byte) []byte {
-	return append(b, Magic[0], Magic[1], Magic[2], Magic[3], h.Version, byte(h.Compression), byte(h.Encryption), 0)
+	var flags byte
+	if h.HasDigest {
+		flags |= FlagDigest
+	}
+	b = append(b, Magic[0], Magic[1], Magic[2], Magic[3], h.Version, byte(h.Compression), byte(h.Encryption), flags)
+	if h.HasDigest {
+		b = append(b, h.Digest[:]...)
+	}
+	return b
 }
 
 // ParseHeader decodes the first HeaderSize bytes of an object. Errors wrap ErrUnknownFormat
@@ -91,19 +121,46 @@ func ParseHeader(b []byte) (Header, error) {
 	default:
 		return Header{}, fmt.Errorf("%w: unknown encryption id %d (upgrade pgharbor?)", ErrUnknownFormat, b[6])
 	}
-	if b[7] != 0 {
+	if b[7]&^FlagDigest != 0 {
 		return Header{}, fmt.Errorf("%w: unknown header flags %#02x (upgrade pgharbor?)", ErrUnknownFormat, b[7])
 	}
+	if b[7]&FlagDigest != 0 {
+		if len(b) < MaxHeaderSize {
+			return Header{}, damaged(true, fmt.Sprintf("header with digest is %d of %d bytes", len(b), MaxHeaderSize), io.ErrUnexpectedEOF)
+		}
+		h.HasDigest = true
+		copy(h.Digest[:], b[HeaderSize:MaxHeaderSize])
+	}
 	return h, nil
+}
+
+// readHeader reads the fixed header and, when its flags say so, the digest.
+func readHeader(r io.Reader) ([]byte, Header, error) {
+	buf := make([]byte, HeaderSize, MaxHeaderSize)
+	n, err := io.ReadFull(r, buf)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return nil, Header{}, err
+	}
+	buf = buf[:n]
+	if n == HeaderSize && buf[7]&FlagDigest != 0 {
+		buf = buf[:MaxHeaderSize]
+		m, err := io.ReadFull(r, buf[HeaderSize:])
+		if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+			return nil, Header{}, err
+		}
+		buf = buf[:HeaderSize+m]
+	}
+	h, err := ParseHeader(buf)
+	return buf, h, err
 }
 
 // ReadHeader reads and decodes the header of an object without decoding the body, e.g. to
 // tell how an object is sealed without holding its key.
 func ReadHeader(r io.Reader) (Header, error) {
-	var buf [HeaderSize]byte
-	n, err := io.ReadFull(r, buf[:])
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+	_, h, err := readHeader(r)
+	var de *damagedError
+	if err != nil && !errors.Is(err, ErrUnknownFormat) && !errors.As(err, &de) {
 		return Header{}, fmt.Errorf("read object header: %w", err)
 	}
-	return ParseHeader(buf[:n])
+	return h, err
 }

@@ -1,9 +1,12 @@
 package codec
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"hash/crc32"
 	"io"
 	"strings"
@@ -36,33 +39,31 @@ func (e *keyError) Is(target error) bool { return target == e.sentinel }
 // transient).
 func (c *Codec) NewReader(r io.Reader) (io.ReadCloser, error) {
 	src := &recorder{r: r}
-	var hb [HeaderSize]byte
-	n, err := io.ReadFull(src, hb[:])
+	hb, h, err := readHeader(src)
 	if err != nil && src.err != nil {
 		return nil, fmt.Errorf("read object header: %w", src.err)
 	}
-	h, err := ParseHeader(hb[:n])
 	if err != nil {
 		return nil, err
 	}
 	rd := &reader{c: c, src: src}
 	switch h.Encryption {
 	case EncryptionNone:
-		rd.inner = &recorder{r: newCRCReader(src, hb[:])}
+		rd.inner = &recorder{r: newCRCReader(src, hb)}
 	default:
 		ar, err := c.decrypt(h, src)
 		if err != nil {
 			return nil, err
 		}
 		rd.inner = &recorder{r: ar}
-		var cp [HeaderSize]byte
-		if _, err := io.ReadFull(rd.inner, cp[:]); err != nil {
+		cp := make([]byte, len(hb))
+		if _, err := io.ReadFull(rd.inner, cp); err != nil {
 			if rd.inner.err == nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
 				return nil, damaged(false, "encrypted payload lacks the header copy", nil)
 			}
 			return nil, rd.classify(err)
 		}
-		if cp != hb {
+		if !bytes.Equal(cp, hb) {
 			return nil, damaged(false, "clear header does not match its authenticated copy", nil)
 		}
 	}
@@ -74,6 +75,10 @@ func (c *Codec) NewReader(r io.Reader) (io.ReadCloser, error) {
 		}
 		rd.dec = dec
 		rd.body = dec
+	}
+	if h.HasDigest {
+		rd.digest, rd.want = sha256.New(), h.Digest
+		rd.body = io.TeeReader(rd.body, rd.digest)
 	}
 	return rd, nil
 }
@@ -118,6 +123,9 @@ type reader struct {
 	dec   *zstd.Decoder
 	body  io.Reader
 	err   error // sticky
+	// digest hashes the payload when the header carries want.
+	digest hash.Hash
+	want   [DigestSize]byte
 }
 
 func (r *reader) Read(p []byte) (int, error) {
@@ -143,6 +151,12 @@ func (r *reader) Read(p []byte) (int, error) {
 
 // checkEnd makes sure the zstd frame ended exactly where the verified stream ends.
 func (r *reader) checkEnd() error {
+	if r.digest != nil {
+		var got [DigestSize]byte
+		if !bytes.Equal(r.digest.Sum(got[:0]), r.want[:]) {
+			return damaged(false, "payload does not match the SHA-256 in the header", nil)
+		}
+	}
 	if r.dec == nil {
 		return nil // body is inner, whose EOF is already verified
 	}

@@ -1,6 +1,8 @@
 package codec
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -23,9 +25,39 @@ var errWriterClosed = errors.New("codec: write after close")
 // incomplete and must be discarded. Memory is bounded (one zstd window plus one age chunk)
 // whatever the payload size.
 func (c *Codec) NewWriter(w io.Writer) (io.WriteCloser, error) {
-	hdr := c.header.Append(make([]byte, 0, HeaderSize))
+	return c.newWriter(w, c.header)
+}
+
+// NewWriterDigest is NewWriter for an object whose header carries digest, the SHA-256 of
+// the payload the caller is about to write (readers check it at the end).
+func (c *Codec) NewWriterDigest(w io.Writer, digest [DigestSize]byte) (io.WriteCloser, error) {
+	h := c.header
+	h.HasDigest, h.Digest = true, digest
+	return c.newWriter(w, h)
+}
+
+// SealDigest seals plain with its SHA-256 in the header and returns both.
+func (c *Codec) SealDigest(plain []byte) ([]byte, [DigestSize]byte, error) {
+	digest := sha256.Sum256(plain)
+	var buf bytes.Buffer
+	buf.Grow(len(plain)/2 + 1024)
+	w, err := c.NewWriterDigest(&buf, digest)
+	if err != nil {
+		return nil, digest, err
+	}
+	if _, err := w.Write(plain); err != nil {
+		return nil, digest, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, digest, err
+	}
+	return buf.Bytes(), digest, nil
+}
+
+func (c *Codec) newWriter(w io.Writer, h Header) (io.WriteCloser, error) {
+	hdr := h.Append(make([]byte, 0, MaxHeaderSize))
 	ow := &writer{c: c, dst: w}
-	if c.header.Encryption == EncryptionNone {
+	if h.Encryption == EncryptionNone {
 		ow.crc = crc32.New(castagnoli)
 		ow.crcDst = io.MultiWriter(w, ow.crc)
 	} else {
@@ -35,7 +67,7 @@ func (c *Codec) NewWriter(w io.Writer) (io.WriteCloser, error) {
 		return nil, fmt.Errorf("write object header: %w", err)
 	}
 	inner := ow.crcDst
-	if c.header.Encryption != EncryptionNone {
+	if h.Encryption != EncryptionNone {
 		aw, err := age.Encrypt(w, c.recipients...)
 		if err != nil {
 			return nil, fmt.Errorf("start age encryption: %w", err)
@@ -48,7 +80,7 @@ func (c *Codec) NewWriter(w io.Writer) (io.WriteCloser, error) {
 		inner = aw
 	}
 	ow.top = inner
-	if c.header.Compression == CompressionZstd {
+	if h.Compression == CompressionZstd {
 		enc, err := c.getEncoder(inner)
 		if err != nil {
 			return nil, err
