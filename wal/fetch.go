@@ -1,0 +1,380 @@
+package wal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/pgharbor/pgharbor/internal/repo"
+	"github.com/pgharbor/pgharbor/storage"
+)
+
+// DefaultFetchPrefetch is how many segments after a fetched one are downloaded ahead.
+const DefaultFetchPrefetch = 8
+
+// ErrSegmentMissing means the archive has no such WAL file. For restore_command it is the
+// normal end of the archive (and history files of future timelines are always missing);
+// every other fetch error must stop recovery instead.
+var ErrSegmentMissing = errors.New("WAL file not in the archive")
+
+// FetchOptions tune Fetch.
+type FetchOptions struct {
+	// SpoolDir holds prefetched segments; default DefaultSpoolDir(cluster).
+	SpoolDir string
+	// Prefetch is how many following segments of the same timeline to have downloaded
+	// ahead: 0 means DefaultFetchPrefetch, a negative value turns prefetching off.
+	Prefetch int
+	// StartPrefetcher starts a process that runs Prefetch with PrefetchOptions.SpoolDir =
+	// spoolDir and returns without waiting for it. Fetch calls it when segments ahead are
+	// missing from the spool and no prefetcher runs. Nil turns prefetching off.
+	StartPrefetcher func(spoolDir string) error
+	// Logger receives warnings about prefetching (nil: discarded).
+	Logger *slog.Logger
+}
+
+// Fetch writes the archived WAL file name (a segment, .partial, .history or .backup file)
+// to dest, for restore_command = 'pgharbor wal fetch %f %p'. dest appears atomically
+// (temp file and rename in its directory). A file the archive does not hold is an error
+// wrapping ErrSegmentMissing; any other error means the archive could not be read.
+//
+// A segment already downloaded by the prefetcher is moved into place without a download.
+// After a segment, Fetch makes sure the next opts.Prefetch ones are being downloaded.
+func Fetch(ctx context.Context, r *repo.Repo, name, dest string, opts FetchOptions) error {
+	kind := Classify(name)
+	if kind == KindUnknown {
+		return fmt.Errorf("fetch %q: %w (restore_command must be 'pgharbor wal fetch %%f %%p')", name, ErrInvalidName)
+	}
+	p, err := ObjectPath(name)
+	if err != nil {
+		return err
+	}
+	key := r.Key(p)
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	prefetch := opts.Prefetch
+	if prefetch == 0 {
+		prefetch = DefaultFetchPrefetch
+	}
+	var spool string
+	if kind == KindSegment && prefetch > 0 && opts.StartPrefetcher != nil {
+		if spool, err = openSpool(opts.SpoolDir, r.Cluster(), "prefetch"); err != nil {
+			log.Warn("prefetch off", "err", err)
+			spool = ""
+		}
+	}
+	var size int64
+	if spool != "" {
+		size, err = takePrefetched(filepath.Join(spool, name), dest)
+		if err != nil {
+			log.Warn("prefetched segment unusable; downloading it", "segment", name, "err", err)
+		}
+	}
+	if size == 0 {
+		if size, err = download(ctx, r, key, name, dest); err != nil {
+			return err
+		}
+	}
+	if spool != "" {
+		start := func() error { return opts.StartPrefetcher(filepath.Dir(spool)) }
+		if err := schedulePrefetch(spool, name, size, prefetch, start); err != nil {
+			log.Warn("prefetch not started", "err", err)
+		}
+	}
+	return nil
+}
+
+// download decodes key into dest through a temp file in dest's directory, and returns the
+// payload size.
+func download(ctx context.Context, r *repo.Repo, key, name, dest string) (int64, error) {
+	rc, err := r.GetStream(ctx, key)
+	if errors.Is(err, storage.ErrNotFound) {
+		return 0, fmt.Errorf("%w: %s is not in %s", ErrSegmentMissing, name, r.Location(key))
+	}
+	if err != nil {
+		return 0, fmt.Errorf("fetch %s: %w", r.Location(key), err)
+	}
+	f, err := os.CreateTemp(filepath.Dir(dest), ".pgharbor-fetch-"+name+"-")
+	if err != nil {
+		rc.Close()
+		return 0, fmt.Errorf("fetch %s: %w", name, err)
+	}
+	n, err := io.Copy(f, rc) // the codec verifies the whole object before EOF
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := rc.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		// No fsync: PostgreSQL fetches again after a crash, and makes durable what it keeps.
+		err = os.Rename(f.Name(), dest)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return 0, fmt.Errorf("fetch %s: %w", r.Location(key), err)
+	}
+	return n, nil
+}
+
+// takePrefetched moves a prefetched segment to dest and returns its size (0 when there is
+// none). Prefetched files were fully decoded and checked before they became visible.
+func takePrefetched(src, dest string) (int64, error) {
+	st, err := os.Stat(src)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	if err := os.Rename(src, dest); err == nil {
+		return st.Size(), nil
+	} else if !errors.Is(err, syscall.EXDEV) {
+		return 0, err
+	}
+	// The spool is on another filesystem: copy next to dest, then rename.
+	in, err := os.Open(src)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	out, err := os.CreateTemp(filepath.Dir(dest), ".pgharbor-fetch-")
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && n != st.Size() {
+		err = fmt.Errorf("%s: copied %d of %d bytes", src, n, st.Size())
+	}
+	if err == nil {
+		err = os.Rename(out.Name(), dest)
+	}
+	if err != nil {
+		os.Remove(out.Name())
+		return 0, err
+	}
+	os.Remove(src)
+	return n, nil
+}
+
+// want is the prefetch window a fetch asks for: count segments after After.
+type want struct {
+	After Segment
+	Size  int64
+	Count int
+}
+
+const wantFile = "want"
+const lockFile = ".lock"
+
+func (w want) names() []string {
+	out := make([]string, 0, w.Count)
+	s := w.After
+	for range w.Count {
+		s = s.Next()
+		out = append(out, s.name(w.Size))
+	}
+	return out
+}
+
+func readWant(dir string) (want, error) {
+	b, err := os.ReadFile(filepath.Join(dir, wantFile))
+	if err != nil {
+		return want{}, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 3 {
+		return want{}, fmt.Errorf("%s: malformed", wantFile)
+	}
+	size, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		return want{}, err
+	}
+	seg, err := ParseSegmentName(f[0], size)
+	if err != nil {
+		return want{}, err
+	}
+	n, err := strconv.Atoi(f[2])
+	if err != nil || n < 1 || n > 1024 {
+		return want{}, fmt.Errorf("%s: bad count %q", wantFile, f[2])
+	}
+	return want{After: seg, Size: size, Count: n}, nil
+}
+
+// schedulePrefetch records the window after name and starts a prefetcher unless the
+// window is already in the spool or one is running (it reads the window again when done).
+func schedulePrefetch(dir, name string, size int64, n int, start func() error) error {
+	seg, err := ParseSegmentName(name, size)
+	if err != nil {
+		return fmt.Errorf("fetched %s has %d bytes: %w", name, size, err)
+	}
+	w := want{After: seg, Size: size, Count: n}
+	if err := writeFileAtomic(dir, wantFile, fmt.Appendf(nil, "%s %d %d\n", name, size, n)); err != nil {
+		return err
+	}
+	complete := true
+	for _, nm := range w.names() {
+		if _, err := os.Stat(filepath.Join(dir, nm)); err != nil {
+			complete = false
+			break
+		}
+	}
+	if complete {
+		return nil
+	}
+	lock, err := tryLock(dir)
+	if err != nil {
+		return err
+	}
+	if lock == nil {
+		return nil // a prefetcher runs and will see the new window
+	}
+	lock.Close() // the child takes it
+	return start()
+}
+
+// tryLock takes the prefetcher lock of dir; nil, nil when another process holds it. The
+// lock dies with its process, so a killed prefetcher never blocks the next one.
+func tryLock(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+	}
+	return f, nil
+}
+
+// PrefetchOptions tune Prefetch.
+type PrefetchOptions struct {
+	// SpoolDir as in FetchOptions.
+	SpoolDir string
+	// Parallel downloads (default 4).
+	Parallel int
+	// Logger receives one line per failed download (nil: discarded).
+	Logger *slog.Logger
+}
+
+// prefetchMaxAge is how long an unused prefetched segment is kept.
+const prefetchMaxAge = time.Hour
+
+// Prefetch is the body of the background prefetcher: it downloads the window the last
+// fetch asked for into the spool, each segment decoded completely into a temp file before
+// it is renamed into view, and repeats while fetches move the window. It returns at once
+// when another prefetcher holds the spool's lock.
+func Prefetch(ctx context.Context, r *repo.Repo, opts PrefetchOptions) error {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	dir, err := openSpool(opts.SpoolDir, r.Cluster(), "prefetch")
+	if err != nil {
+		return err
+	}
+	lock, err := tryLock(dir)
+	if err != nil || lock == nil {
+		return err
+	}
+	defer lock.Close()
+	_ = lock.Truncate(0)
+	_, _ = lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	parallel := opts.Parallel
+	if parallel <= 0 {
+		parallel = 4
+	}
+	var last want
+	for {
+		w, err := readWant(dir)
+		if err != nil {
+			return fmt.Errorf("prefetch: %w", err)
+		}
+		if w == last {
+			return nil
+		}
+		last = w
+		prune(dir, w)
+		sem := make(chan struct{}, parallel)
+		var wg sync.WaitGroup
+		for _, name := range w.names() {
+			if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+				continue
+			}
+			if ctx.Err() != nil {
+				break
+			}
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				if err := prefetchOne(ctx, r, dir, name, w.Size); err != nil && !errors.Is(err, ErrSegmentMissing) {
+					log.Warn("prefetch failed", "segment", name, "err", err)
+				}
+			})
+		}
+		wg.Wait()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+}
+
+func prefetchOne(ctx context.Context, r *repo.Repo, dir, name string, size int64) error {
+	p, err := ObjectPath(name)
+	if err != nil {
+		return err
+	}
+	// download renames into place only after the object decoded completely.
+	n, err := download(ctx, r, r.Key(p), name, filepath.Join(dir, name))
+	if err != nil {
+		return err
+	}
+	if n != size {
+		os.Remove(filepath.Join(dir, name))
+		return fmt.Errorf("%s: %d bytes, segments are %d", r.Location(r.Key(p)), n, size)
+	}
+	return nil
+}
+
+// prune removes prefetched segments the window has passed and any older than prefetchMaxAge.
+func prune(dir string, w want) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if !IsSegmentName(name) {
+			if strings.HasPrefix(name, ".tmp-") || strings.HasPrefix(name, ".pgharbor-fetch-") {
+				if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > prefetchMaxAge {
+					os.Remove(filepath.Join(dir, name))
+				}
+			}
+			continue
+		}
+		seg, err := ParseSegmentName(name, w.Size)
+		stale := err != nil || (seg.TLI == w.After.TLI && seg.No <= w.After.No)
+		if info, ierr := e.Info(); ierr == nil && time.Since(info.ModTime()) > prefetchMaxAge {
+			stale = true
+		}
+		if stale {
+			os.Remove(filepath.Join(dir, name))
+		}
+	}
+}
