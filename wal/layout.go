@@ -7,7 +7,6 @@ import (
 	"path"
 	"slices"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/pgharbor/pgharbor/internal/repo"
@@ -17,10 +16,6 @@ import (
 
 // Dir is the directory of the WAL archive inside a cluster's prefix.
 const Dir = "wal"
-
-// digestSuffix marks the digest sidecars of repo.PutWithDigest's interim implementation;
-// listings skip them.
-const digestSuffix = ".sha256"
 
 // ObjectPath returns where an archived WAL file lives below the cluster prefix (pass the
 // result to repo.Repo.Key):
@@ -125,9 +120,6 @@ func ListArchive(ctx context.Context, r *repo.Repo) (Archive, error) {
 	prefix := r.Key(Dir) + "/"
 	err = r.Backend().List(ctx, prefix, func(o storage.ObjectInfo) error {
 		name := path.Base(o.Key)
-		if strings.HasSuffix(name, digestSuffix) {
-			return nil
-		}
 		a.Objects++
 		a.StoredBytes += o.Size
 		if o.ModTime.After(a.Newest) {
