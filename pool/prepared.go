@@ -1,0 +1,110 @@
+package pool
+
+import (
+	"encoding/binary"
+	"strconv"
+	"sync"
+)
+
+// Protocol-level prepared statements in transaction mode.
+//
+// A client's named statement may be used on any server connection, so the pool renames it:
+// every distinct (query, parameter types) gets a pool-wide id and the server-side name
+// "pgharbor_<id>". Each server connection remembers which ids it has prepared. When a
+// client's Bind or Describe names a statement the current server connection has not seen,
+// the pool sends the Parse first and swallows its ParseComplete. A client Parse of a
+// statement the server already has becomes a no-op Parse+Close pair, so the client still
+// gets its ParseComplete in order.
+
+// noopStmt is a statement name used for no-op Parse/Close pairs.
+const noopStmt = "pgharbor_noop"
+
+// stmtRegistry maps Parse contents (query and parameter types) to ids. Safe for concurrent use.
+type stmtRegistry struct {
+	mu  sync.RWMutex
+	ids map[string]uint64
+}
+
+func (r *stmtRegistry) id(key []byte) uint64 {
+	r.mu.RLock()
+	id, ok := r.ids[string(key)]
+	r.mu.RUnlock()
+	if ok {
+		return id
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if id, ok := r.ids[string(key)]; ok {
+		return id
+	}
+	id = uint64(len(r.ids) + 1)
+	r.ids[string(key)] = id
+	return id
+}
+
+// stmt is a client's named prepared statement.
+type stmt struct {
+	id    uint64
+	query string
+	rest  []byte // Parse body after the name: query, parameter count and types
+}
+
+func serverStmtName(id uint64) string { return "pgharbor_" + strconv.FormatUint(id, 10) }
+
+// parseMsg decodes a Parse body: statement name, query and the rest after the name.
+func parseMsg(body []byte) (name, query string, rest []byte, ok bool) {
+	name, rest, ok = cstring(body)
+	if !ok {
+		return "", "", nil, false
+	}
+	query, tail, ok := cstring(rest)
+	if !ok || len(tail) < 2 {
+		return "", "", nil, false
+	}
+	n := int(binary.BigEndian.Uint16(tail))
+	if len(tail) != 2+4*n {
+		return "", "", nil, false
+	}
+	return name, query, rest, true
+}
+
+// encodeParse builds a Parse message for name with a body rest (query, types).
+func encodeParse(dst []byte, name string, rest []byte) []byte {
+	dst, at := beginMsg(dst, 'P')
+	dst = appendCString(dst, name)
+	dst = append(dst, rest...)
+	return finishMsg(dst, at)
+}
+
+// encodeClose builds Close('S', name).
+func encodeClose(dst []byte, name string) []byte {
+	dst, at := beginMsg(dst, 'C')
+	dst = append(dst, 'S')
+	dst = appendCString(dst, name)
+	return finishMsg(dst, at)
+}
+
+// bindStmt splits a Bind body into portal, statement name and the rest.
+func bindStmt(body []byte) (portal, name string, rest []byte, ok bool) {
+	portal, rest, ok = cstring(body)
+	if !ok {
+		return "", "", nil, false
+	}
+	name, rest, ok = cstring(rest)
+	return portal, name, rest, ok
+}
+
+func encodeBind(dst []byte, portal, name string, rest []byte) []byte {
+	dst, at := beginMsg(dst, 'B')
+	dst = appendCString(dst, portal)
+	dst = appendCString(dst, name)
+	dst = append(dst, rest...)
+	return finishMsg(dst, at)
+}
+
+func encodeDescribeStmt(dst []byte, name string) []byte {
+	dst, at := beginMsg(dst, 'D')
+	dst = append(dst, 'S')
+	dst = appendCString(dst, name)
+	return finishMsg(dst, at)
+}

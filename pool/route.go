@@ -1,0 +1,178 @@
+package pool
+
+import "strings"
+
+// Statement classification for statement-level load balancing. Like pgpool, a statement
+// goes to a reader only when it is certainly read-only: a SELECT (or WITH/VALUES/TABLE)
+// with no data-modifying CTE, no SELECT INTO, no row locks (FOR UPDATE/SHARE) and no call
+// of a function known to write or to depend on the session (nextval, advisory locks …,
+// plus the configured write_functions). Anything the lexer cannot vouch for goes to the
+// primary.
+
+var writeWords = map[string]bool{
+	"insert": true, "update": true, "delete": true, "merge": true, "into": true,
+	"nextval": true, "setval": true, "lastval": true, "currval": true,
+	"set_config": true, "pg_notify": true, "txid_current": true, "pg_current_xact_id": true,
+	"pg_switch_wal": true, "pg_terminate_backend": true, "pg_cancel_backend": true,
+	"pg_reload_conf": true, "pg_rotate_logfile": true, "pg_promote": true,
+	"pg_start_backup": true, "pg_stop_backup": true, "pg_backup_start": true, "pg_backup_stop": true,
+	"lo_import": true, "lo_export": true, "lo_create": true, "lo_creat": true, "lo_unlink": true,
+	"lo_open": true, "lo_write": true, "lo_put": true, "lo_from_bytea": true,
+	"pg_logical_emit_message": true, "pg_log_backend_memory_contexts": true,
+}
+
+var writePrefixes = []string{"pg_advisory_", "pg_try_advisory_", "pg_create_", "pg_drop_", "pg_replication_origin_", "dblink", "pg_logical_slot_"}
+
+// isReadOnlyQuery reports whether sql is safe to run on a standby outside a transaction.
+func isReadOnlyQuery(sql string, extraWrite []string) bool {
+	words, ok := sqlWords(sql)
+	if !ok || len(words) == 0 {
+		return false
+	}
+	first := true
+	for i, w := range words {
+		if w == ";" {
+			first = true
+			continue
+		}
+		if first {
+			switch w {
+			case "select", "with", "values", "table":
+			default:
+				return false
+			}
+			first = false
+		}
+		if writeWords[w] {
+			return false
+		}
+		for _, p := range writePrefixes {
+			if strings.HasPrefix(w, p) {
+				return false
+			}
+		}
+		for _, f := range extraWrite {
+			if strings.EqualFold(w, f) {
+				return false
+			}
+		}
+		if w == "for" && i+1 < len(words) {
+			switch words[i+1] {
+			case "update", "share", "no", "key":
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// sqlWords lower-cases the identifiers and keywords of sql, skipping comments, literals and
+// quoted identifiers; ";" separates statements. ok is false when the text cannot be lexed
+// (an unterminated literal or comment).
+func sqlWords(sql string) ([]string, bool) {
+	var words []string
+	s := sql
+	for i := 0; i < len(s); {
+		c := s[i]
+		switch {
+		case c == '-' && i+1 < len(s) && s[i+1] == '-':
+			j := strings.IndexByte(s[i:], '\n')
+			if j < 0 {
+				return words, true
+			}
+			i += j + 1
+		case c == '/' && i+1 < len(s) && s[i+1] == '*':
+			depth, j := 1, i+2
+			for j < len(s) && depth > 0 {
+				switch {
+				case strings.HasPrefix(s[j:], "/*"):
+					depth++
+					j += 2
+				case strings.HasPrefix(s[j:], "*/"):
+					depth--
+					j += 2
+				default:
+					j++
+				}
+			}
+			if depth > 0 {
+				return nil, false
+			}
+			i = j
+		case c == '\'':
+			escapes := i > 0 && (s[i-1] == 'e' || s[i-1] == 'E')
+			j := i + 1
+			for {
+				if j >= len(s) {
+					return nil, false
+				}
+				if escapes && s[j] == '\\' {
+					j += 2
+					continue
+				}
+				if s[j] == '\'' {
+					if j+1 < len(s) && s[j+1] == '\'' {
+						j += 2
+						continue
+					}
+					break
+				}
+				j++
+			}
+			i = j + 1
+		case c == '"':
+			j := strings.IndexByte(s[i+1:], '"')
+			if j < 0 {
+				return nil, false
+			}
+			i += j + 2
+			words = append(words, "\"")
+		case c == '$' && i+1 < len(s) && (s[i+1] == '$' || isIdentStart(s[i+1])):
+			j := i + 1
+			for j < len(s) && s[j] != '$' && isIdentChar(s[j]) {
+				j++
+			}
+			if j >= len(s) || s[j] != '$' {
+				i = j // $1 parameter or odd text
+				continue
+			}
+			tag := s[i : j+1]
+			end := strings.Index(s[j+1:], tag)
+			if end < 0 {
+				return nil, false
+			}
+			i = j + 1 + end + len(tag)
+		case c == ';':
+			words = append(words, ";")
+			i++
+		case isIdentStart(c):
+			j := i
+			for j < len(s) && isIdentChar(s[j]) {
+				j++
+			}
+			words = append(words, strings.ToLower(s[i:j]))
+			i = j
+		default:
+			i++
+		}
+	}
+	// drop trailing separators
+	for len(words) > 0 && words[len(words)-1] == ";" {
+		words = words[:len(words)-1]
+	}
+	return words, true
+}
+
+func isIdentStart(c byte) bool {
+	return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c >= 0x80
+}
+
+func isIdentChar(c byte) bool { return isIdentStart(c) || (c >= '0' && c <= '9') || c == '$' }
+
+// isShowPoolNodes reports whether a simple query is SHOW POOL_NODES.
+func isShowPoolNodes(sql string) bool {
+	s := strings.TrimSpace(sql)
+	s = strings.TrimSpace(strings.TrimSuffix(s, ";"))
+	f := strings.Fields(s)
+	return len(f) == 2 && strings.EqualFold(f[0], "show") && strings.EqualFold(f[1], "pool_nodes")
+}

@@ -1,0 +1,333 @@
+package pool
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// serverConn is one connection to a PostgreSQL server. While a session holds it, only that
+// session's goroutines touch it; idle ones belong to their serverPool.
+type serverConn struct {
+	id     uint64
+	pool   *serverPool
+	conn   net.Conn
+	mr     msgReader
+	w      *bufio.Writer
+	pid    uint32
+	secret []byte
+
+	// params are the server's current settings as reported by ParameterStatus or set by us;
+	// dirty names the ones a client changed away from the login value.
+	params map[string]string
+	dirty  map[string]bool
+	// prepared holds the ids (see stmtRegistry) of statements prepared on this connection.
+	prepared map[uint64]bool
+	// login is the ParameterStatus set the server sent at login (canonical names).
+	login []pgproto3.ParameterStatus
+
+	created  time.Time
+	lastUsed time.Time // when it last went idle
+	// guarded by pool.mu:
+	active bool
+	client *session
+}
+
+// serverCreds say how to log in to a server.
+type serverCreds struct {
+	user     string
+	password string     // plaintext; preferred
+	md5      string     // "md5..." hash, for md5 servers
+	keys     *scramKeys // with clientKey: SCRAM pass-through
+}
+
+// dialServer opens and logs in a server connection; a *pgError it returns came from the
+// server and may be shown to the client as is.
+func dialServer(ctx context.Context, cfg *Config, host string, port int, db string, creds serverCreds) (*serverConn, error) {
+	d := net.Dialer{KeepAlive: 30 * time.Second}
+	network, addr := "tcp", net.JoinHostPort(host, strconv.Itoa(port))
+	if len(host) > 0 && host[0] == '/' {
+		network, addr = "unix", fmt.Sprintf("%s/.s.PGSQL.%d", host, port)
+	}
+	conn, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", addr, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	sc, err := loginServer(conn, cfg, host, db, creds)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	_ = sc.conn.SetDeadline(time.Time{})
+	return sc, nil
+}
+
+func loginServer(conn net.Conn, cfg *Config, host, db string, creds serverCreds) (*serverConn, error) {
+	if cfg.ServerTLSMode != "disable" && conn.RemoteAddr().Network() != "unix" {
+		var err error
+		if conn, err = serverTLS(conn, cfg, host); err != nil {
+			return nil, err
+		}
+	}
+	sc := &serverConn{conn: conn, mr: msgReader{r: bufio.NewReaderSize(conn, bufSize)}, w: bufio.NewWriterSize(conn, bufSize),
+		params: map[string]string{}, dirty: map[string]bool{}, prepared: map[uint64]bool{}, created: time.Now()}
+	start := &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": creds.user, "database": db}}
+	buf := appendMsg(nil, start)
+	if _, err := conn.Write(buf); err != nil {
+		return nil, fmt.Errorf("send startup: %w", err)
+	}
+	var scram *scramClient
+	for {
+		typ, n, err := sc.mr.header()
+		if err != nil {
+			return nil, fmt.Errorf("server login: %w", err)
+		}
+		msg, err := sc.mr.whole(n)
+		if err != nil {
+			return nil, fmt.Errorf("server login: %w", err)
+		}
+		body := msg[5:]
+		switch typ {
+		case 'R':
+			if len(body) < 4 {
+				return nil, fmt.Errorf("server login: %w: short authentication message", errProtocol)
+			}
+			var reply []byte
+			switch code := binary.BigEndian.Uint32(body); code {
+			case 0: // ok
+				continue
+			case 3: // cleartext
+				if creds.password == "" {
+					return nil, errors.New("server asks for a cleartext password and none is configured for user " + creds.user)
+				}
+				reply = appendMsg(nil, &pgproto3.PasswordMessage{Password: creds.password})
+			case 5: // md5
+				if len(body) < 8 {
+					return nil, fmt.Errorf("server login: %w: short md5 request", errProtocol)
+				}
+				hash := creds.md5
+				if creds.password != "" {
+					hash = md5Hash(creds.password, creds.user)
+				}
+				if hash == "" {
+					return nil, errors.New("server asks for md5 and neither the password nor its md5 hash is known for user " + creds.user)
+				}
+				var salt [4]byte
+				copy(salt[:], body[4:8])
+				reply = appendMsg(nil, &pgproto3.PasswordMessage{Password: md5Response(hash, salt)})
+			case 10: // SASL
+				scram = &scramClient{password: creds.password, keys: creds.keys}
+				first, err := scram.first()
+				if err != nil {
+					return nil, err
+				}
+				reply = appendMsg(nil, &pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256", Data: first})
+			case 11: // SASL continue
+				if scram == nil {
+					return nil, fmt.Errorf("server login: %w: SASL continue before SASL", errProtocol)
+				}
+				fin, err := scram.final(body[4:])
+				if err != nil {
+					return nil, fmt.Errorf("server login as %s: %w", creds.user, err)
+				}
+				reply = appendMsg(nil, &pgproto3.SASLResponse{Data: fin})
+			case 12: // SASL final
+				if scram == nil {
+					return nil, fmt.Errorf("server login: %w: SASL final before SASL", errProtocol)
+				}
+				if err := scram.verify(body[4:]); err != nil {
+					return nil, err
+				}
+				continue
+			default:
+				return nil, fmt.Errorf("server login: authentication method %d is not supported", code)
+			}
+			if _, err := conn.Write(reply); err != nil {
+				return nil, fmt.Errorf("server login: %w", err)
+			}
+		case 'E':
+			return nil, decodeServerError(body)
+		case 'S':
+			var ps pgproto3.ParameterStatus
+			if err := ps.Decode(body); err == nil {
+				sc.params[strings.ToLower(ps.Name)] = ps.Value
+				sc.login = append(sc.login, ps)
+			}
+		case 'K':
+			var k pgproto3.BackendKeyData
+			if err := k.Decode(body); err != nil {
+				return nil, fmt.Errorf("server login: %w", err)
+			}
+			sc.pid, sc.secret = k.ProcessID, k.SecretKey
+		case 'Z':
+			return sc, nil
+		case 'N', 'v':
+			// notices and protocol negotiation: nothing to do
+		default:
+			return nil, fmt.Errorf("server login: %w: unexpected message %q", errProtocol, typ)
+		}
+	}
+}
+
+func decodeServerError(body []byte) *pgError {
+	var er pgproto3.ErrorResponse
+	if err := er.Decode(body); err != nil {
+		return fatal(sqlstateProtocolViolation, "server sent a malformed error")
+	}
+	return &pgError{Severity: er.Severity, Code: er.Code, Message: er.Message, Detail: er.Detail, Hint: er.Hint}
+}
+
+func serverTLS(conn net.Conn, cfg *Config, host string) (net.Conn, error) {
+	req := u32(u32(nil, 8), codeSSLRequest)
+	if _, err := conn.Write(req); err != nil {
+		return nil, fmt.Errorf("SSLRequest: %w", err)
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(conn, b[:]); err != nil {
+		return nil, fmt.Errorf("SSLRequest: %w", err)
+	}
+	if b[0] != 'S' {
+		if cfg.ServerTLSMode == "prefer" {
+			return conn, nil
+		}
+		return nil, fmt.Errorf("server %s does not support TLS (server_tls_sslmode %s)", host, cfg.ServerTLSMode)
+	}
+	tc := &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+	switch cfg.ServerTLSMode {
+	case "prefer", "require":
+		tc.InsecureSkipVerify = true
+	case "verify-ca", "verify-full":
+		pool := x509.NewCertPool()
+		if cfg.ServerTLSCAFile != "" {
+			pem, err := os.ReadFile(cfg.ServerTLSCAFile)
+			if err != nil {
+				return nil, fmt.Errorf("server_tls_ca_file: %w", err)
+			}
+			pool.AppendCertsFromPEM(pem)
+			tc.RootCAs = pool
+		}
+		if cfg.ServerTLSMode == "verify-ca" {
+			tc.InsecureSkipVerify = true
+			tc.VerifyConnection = func(cs tls.ConnectionState) error {
+				opts := x509.VerifyOptions{Roots: tc.RootCAs, Intermediates: x509.NewCertPool()}
+				for _, c := range cs.PeerCertificates[1:] {
+					opts.Intermediates.AddCert(c)
+				}
+				_, err := cs.PeerCertificates[0].Verify(opts)
+				return err
+			}
+		}
+	}
+	t := tls.Client(conn, tc)
+	if err := t.Handshake(); err != nil {
+		return nil, fmt.Errorf("TLS to %s: %w", host, err)
+	}
+	return t, nil
+}
+
+// cancelServer sends a CancelRequest for the backend (pid, secret) at host:port.
+func cancelServer(ctx context.Context, host string, port int, pid uint32, secret []byte) error {
+	d := net.Dialer{}
+	network, addr := "tcp", net.JoinHostPort(host, strconv.Itoa(port))
+	if len(host) > 0 && host[0] == '/' {
+		network, addr = "unix", fmt.Sprintf("%s/.s.PGSQL.%d", host, port)
+	}
+	conn, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return fmt.Errorf("cancel: %w", err)
+	}
+	defer conn.Close()
+	msg := appendMsg(nil, &pgproto3.CancelRequest{ProcessID: pid, SecretKey: secret})
+	if _, err := conn.Write(msg); err != nil {
+		return fmt.Errorf("cancel: %w", err)
+	}
+	// The server closes the connection once it has read the request.
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _ = io.Copy(io.Discard, conn)
+	return nil
+}
+
+// alive probes an idle connection without blocking: a closed or chattering server
+// connection is not reused.
+func (sc *serverConn) alive() bool {
+	if sc.mr.r.Buffered() > 0 {
+		return false
+	}
+	_ = sc.conn.SetReadDeadline(time.Now().Add(time.Millisecond))
+	_, err := sc.mr.r.Peek(1)
+	_ = sc.conn.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// simpleQuery runs sql on an idle connection and swallows the results; used for resets
+// and parameter changes between clients.
+func (sc *serverConn) simpleQuery(sql string, onParam func(name, value string)) error {
+	if _, err := sc.w.Write(appendMsg(nil, &pgproto3.Query{String: sql})); err != nil {
+		return err
+	}
+	if err := sc.w.Flush(); err != nil {
+		return err
+	}
+	var qerr error
+	for {
+		typ, n, err := sc.mr.header()
+		if err != nil {
+			return err
+		}
+		msg, err := sc.mr.whole(n)
+		if err != nil {
+			return err
+		}
+		switch typ {
+		case 'E':
+			qerr = decodeServerError(msg[5:])
+		case 'S':
+			var ps pgproto3.ParameterStatus
+			if ps.Decode(msg[5:]) == nil {
+				sc.params[strings.ToLower(ps.Name)] = ps.Value
+				if onParam != nil {
+					onParam(ps.Name, ps.Value)
+				}
+			}
+		case 'Z':
+			if qerr == nil && len(msg) == 6 && msg[5] != 'I' {
+				qerr = fmt.Errorf("%q left the connection in transaction status %q", sql, msg[5])
+			}
+			return qerr
+		}
+	}
+}
+
+func (sc *serverConn) close() {
+	_ = sc.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	_, _ = sc.conn.Write([]byte{'X', 0, 0, 0, 4})
+	_ = sc.conn.Close()
+}
+
+// randomKey returns a random non-zero 32-bit value for BackendKeyData.
+func randomKey() uint32 {
+	var b [4]byte
+	for {
+		_, _ = rand.Read(b[:])
+		if v := binary.BigEndian.Uint32(b[:]); v != 0 {
+			return v & 0x7fffffff
+		}
+	}
+}

@@ -1,0 +1,276 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// poolKey names one server pool: a node, a server database and a server user.
+type poolKey struct {
+	nodeID int
+	host   string
+	port   int
+	db     string
+	user   string
+	// clientDB is the database name clients use (the pool's name in SHOW POOLS).
+	clientDB string
+}
+
+// serverPool holds the server connections of one poolKey. Safe for concurrent use.
+type serverPool struct {
+	srv *Server
+	key poolKey
+
+	mu      sync.Mutex
+	idle    []*serverConn // LIFO: the most recently used first (warm caches)
+	all     map[*serverConn]struct{}
+	opening int
+	waiters []chan *serverConn // FIFO; a nil handed over means "capacity freed, try again"
+	size    int
+	minSize int
+
+	stats poolStats
+}
+
+// poolStats are cumulative counters for SHOW STATS and /metrics.
+type poolStats struct {
+	xacts, queries        atomic.Int64
+	xactTime, queryTime   atomic.Int64 // nanoseconds
+	waits, waitTime       atomic.Int64 // acquisitions that waited, and how long in total
+	loginErrors, timeouts atomic.Int64
+}
+
+var errPoolClosed = errors.New("pool is shutting down")
+
+// acquire returns a server connection, opening one when the pool is below its size, or
+// waiting (FIFO) for one to be released until ctx is done.
+func (p *serverPool) acquire(ctx context.Context) (*serverConn, error) {
+	waited := false
+	start := time.Now()
+	defer func() {
+		if waited {
+			p.stats.waits.Add(1)
+			p.stats.waitTime.Add(int64(time.Since(start)))
+		}
+	}()
+	for {
+		p.mu.Lock()
+		if p.size < 0 {
+			p.mu.Unlock()
+			return nil, errPoolClosed
+		}
+		if n := len(p.idle); n > 0 {
+			sc := p.idle[n-1]
+			p.idle = p.idle[:n-1]
+			sc.active = true
+			p.mu.Unlock()
+			if d := p.srv.config().ServerCheckDelay; d > 0 && time.Since(sc.lastUsed) > d && !sc.alive() {
+				p.drop(sc)
+				continue
+			}
+			return sc, nil
+		}
+		if len(p.all)+p.opening < p.size {
+			p.opening++
+			creds := p.srv.credsFor(p.key.user)
+			p.mu.Unlock()
+			sc, err := p.open(ctx, creds)
+			p.mu.Lock()
+			p.opening--
+			if err != nil {
+				p.wakeOneLocked()
+				p.mu.Unlock()
+				p.stats.loginErrors.Add(1)
+				return nil, err
+			}
+			sc.active = true
+			p.all[sc] = struct{}{}
+			p.mu.Unlock()
+			return sc, nil
+		}
+		ch := make(chan *serverConn, 1)
+		p.waiters = append(p.waiters, ch)
+		p.mu.Unlock()
+		waited = true
+		select {
+		case sc := <-ch:
+			if sc == nil {
+				continue
+			}
+			return sc, nil
+		case <-ctx.Done():
+			p.mu.Lock()
+			found := false
+			for i, w := range p.waiters {
+				if w == ch {
+					p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+					found = true
+					break
+				}
+			}
+			p.mu.Unlock()
+			if !found { // a connection (or a wake-up) is on its way: pass it on
+				if sc := <-ch; sc != nil {
+					p.release(sc)
+				} else {
+					p.mu.Lock()
+					p.wakeOneLocked()
+					p.mu.Unlock()
+				}
+			}
+			p.stats.timeouts.Add(1)
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (p *serverPool) open(ctx context.Context, creds serverCreds) (*serverConn, error) {
+	cfg := p.srv.config()
+	ctx, cancel := context.WithTimeout(ctx, cfg.ServerConnectTimeout)
+	defer cancel()
+	sc, err := dialServer(ctx, cfg, p.key.host, p.key.port, p.key.db, creds)
+	if err != nil {
+		return nil, err
+	}
+	sc.pool = p
+	sc.id = p.srv.nextID.Add(1)
+	sc.lastUsed = time.Now()
+	return sc, nil
+}
+
+// wakeOneLocked tells the first waiter that capacity was freed.
+func (p *serverPool) wakeOneLocked() {
+	if len(p.waiters) > 0 {
+		ch := p.waiters[0]
+		p.waiters = p.waiters[1:]
+		ch <- nil
+	}
+}
+
+// release returns a clean (ReadyForQuery idle) connection: to the first waiter, or idle.
+func (p *serverPool) release(sc *serverConn) {
+	cfg := p.srv.config()
+	if lt := positive(cfg.ServerLifetime); lt > 0 && time.Since(sc.created) > lt {
+		p.drop(sc)
+		return
+	}
+	usable := p.srv.nodeUsable(p.key.nodeID)
+	p.mu.Lock()
+	sc.client = nil
+	if p.size < 0 || !usable {
+		p.mu.Unlock()
+		p.drop(sc)
+		return
+	}
+	if len(p.waiters) > 0 {
+		ch := p.waiters[0]
+		p.waiters = p.waiters[1:]
+		p.mu.Unlock()
+		ch <- sc
+		return
+	}
+	sc.active = false
+	sc.lastUsed = time.Now()
+	p.idle = append(p.idle, sc)
+	p.mu.Unlock()
+}
+
+// drop closes a connection that must not be reused and frees its slot.
+func (p *serverPool) drop(sc *serverConn) {
+	p.mu.Lock()
+	delete(p.all, sc)
+	for i, c := range p.idle {
+		if c == sc {
+			p.idle = append(p.idle[:i], p.idle[i+1:]...)
+			break
+		}
+	}
+	p.wakeOneLocked()
+	p.mu.Unlock()
+	sc.close()
+}
+
+// maintain closes idle connections past server_idle_timeout (above min_pool_size) or
+// server_lifetime, and opens connections up to min_pool_size.
+func (p *serverPool) maintain(ctx context.Context) {
+	cfg := p.srv.config()
+	idleTO, life := positive(cfg.ServerIdleTimeout), positive(cfg.ServerLifetime)
+	now := time.Now()
+	var victims []*serverConn
+	usable := p.srv.nodeUsable(p.key.nodeID)
+	p.mu.Lock()
+	keep := p.idle[:0]
+	total := len(p.all)
+	for _, sc := range p.idle { // oldest-used first
+		expired := (idleTO > 0 && now.Sub(sc.lastUsed) > idleTO && total > p.minSize) || (life > 0 && now.Sub(sc.created) > life)
+		if expired || !usable {
+			victims = append(victims, sc)
+			delete(p.all, sc)
+			total--
+			continue
+		}
+		keep = append(keep, sc)
+	}
+	p.idle = keep
+	missing := 0
+	if usable && p.size > 0 {
+		missing = p.minSize - (len(p.all) + p.opening)
+	}
+	p.opening += max(missing, 0)
+	p.mu.Unlock()
+	creds := p.srv.credsFor(p.key.user)
+	for _, sc := range victims {
+		sc.close()
+	}
+	for i := 0; i < missing; i++ {
+		sc, err := p.open(ctx, creds)
+		p.mu.Lock()
+		p.opening--
+		if err == nil {
+			p.all[sc] = struct{}{}
+			sc.lastUsed = time.Now()
+			p.idle = append([]*serverConn{sc}, p.idle...)
+			p.wakeOneLocked()
+		}
+		p.mu.Unlock()
+		if err != nil {
+			p.srv.log.Warn("min_pool_size: open server connection", "pool", p.name(), "err", err)
+		}
+	}
+}
+
+// closeAll closes every idle connection and marks the pool closed; active ones are
+// dropped when released.
+func (p *serverPool) closeAll() {
+	p.mu.Lock()
+	p.size = -1
+	idle := p.idle
+	p.idle = nil
+	for _, sc := range idle {
+		delete(p.all, sc)
+	}
+	waiters := p.waiters
+	p.waiters = nil
+	p.mu.Unlock()
+	for _, ch := range waiters {
+		ch <- nil
+	}
+	for _, sc := range idle {
+		sc.close()
+	}
+}
+
+func (p *serverPool) name() string {
+	return fmt.Sprintf("%s/%s@%s:%d", p.key.clientDB, p.key.user, p.key.host, p.key.port)
+}
+
+// counts returns (active, idle, opening, waiting).
+func (p *serverPool) counts() (int, int, int, int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.all) - len(p.idle), len(p.idle), p.opening, len(p.waiters)
+}

@@ -1,0 +1,889 @@
+package pool
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// session is one client connection after login.
+//
+// Two goroutines serve it: the client loop (run) reads client messages and writes them to
+// the attached server connection, attaching one first when needed; the server loop
+// (serverLoop, one per attachment) forwards the server's answers. The attachment ends only
+// at a safe point: a ReadyForQuery with status idle when no Sync or Query is outstanding and
+// no batch is half sent (transaction mode), or at the end of the session.
+//
+// State transitions happen under mu, in one of two places: attach (client loop) and
+// detachLocked (server loop or cleanup).
+type session struct {
+	srv  *Server
+	id   uint64
+	conn net.Conn
+	mr   msgReader
+	cwMu sync.Mutex // guards cw: both loops write to the client
+	cw   *bufio.Writer
+
+	user, db    string
+	tgt         target
+	params      map[string]string // settings the client asked for (lower-case names)
+	pid, secret uint32
+	sessionRO   bool // all traffic of this session is read-only (load-balanced)
+	addr        string
+	tls         bool
+	started     time.Time
+	stmts       map[string]*stmt // named prepared statements (transaction mode)
+
+	mu        sync.Mutex
+	sc        *serverConn
+	node      int  // node id of sc
+	roAttach  bool // sc was chosen for a read-only route (statement level)
+	pending   int  // Syncs and Queries sent whose ReadyForQuery has not come
+	inBatch   bool // extended-protocol messages sent since the last Sync
+	syncSeq   uint64
+	rfqSeq    uint64
+	parseQ    []parseEntry
+	txStatus  byte
+	detached  chan struct{} // closed when the current attachment ends
+	detachReq bool          // the client is gone: finish at the next safe point
+	waiting   bool
+	xactStart time.Time
+	lastQuery time.Time
+}
+
+// parseEntry is a ParseComplete or CloseComplete the server owes us, in order.
+type parseEntry struct {
+	seq     uint64 // the Sync it belongs to
+	kind    byte   // '1' or '3'
+	swallow bool   // injected by the pool: the client must not see it
+	id      uint64 // statement id being prepared (0: none)
+}
+
+// trackedParams are reported settings a client may change and expects to keep across
+// transactions; the pool re-applies them when it attaches another server connection.
+var trackedParams = map[string]bool{
+	"client_encoding": true, "datestyle": true, "intervalstyle": true, "timezone": true,
+	"standard_conforming_strings": true, "application_name": true, "search_path": true,
+	"extra_float_digits": true, "default_transaction_read_only": true,
+}
+
+// run is the client loop. It returns when the client leaves or the session fails.
+func (s *session) run(ctx context.Context) {
+	defer s.cleanup()
+	idleArmed := false
+	for {
+		if to := positive(s.srv.config().ClientIdleTimeout); to > 0 {
+			s.mu.Lock()
+			idle := s.sc == nil || (s.pending == 0 && !s.inBatch && s.txStatus == 'I')
+			s.mu.Unlock()
+			if idle && s.mr.r.Buffered() == 0 {
+				_ = s.conn.SetReadDeadline(time.Now().Add(to))
+				idleArmed = true
+			} else if idleArmed {
+				_ = s.conn.SetReadDeadline(time.Time{})
+				idleArmed = false
+			}
+		}
+		typ, n, err := s.mr.header()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && idleArmed {
+				s.writeClient((&pgError{Severity: "FATAL", Code: sqlstateAdminShutdown, Message: "client_idle_timeout: closing idle connection"}).encode(nil), true)
+			} else if errors.Is(err, errProtocol) {
+				s.writeClient(fatal(sqlstateProtocolViolation, "%v", err).encode(nil), true)
+			}
+			return
+		}
+		if err := s.handle(ctx, typ, n); err != nil {
+			var pe *pgError
+			if errors.As(err, &pe) {
+				s.writeClient(pe.encode(nil), true)
+			} else if !errors.Is(err, errClientGone) {
+				s.srv.log.Debug("client session ended", "client", s.addr, "err", err)
+			}
+			return
+		}
+	}
+}
+
+var errClientGone = errors.New("client left")
+
+// handle processes one client message (type typ, body length n, not yet consumed).
+func (s *session) handle(ctx context.Context, typ byte, n int) error {
+	txn := s.tgt.mode == ModeTransaction
+	switch typ {
+	case 'X':
+		return errClientGone
+	case 'Q':
+		msg, err := s.mr.whole(n)
+		if err != nil {
+			return err
+		}
+		q, _, ok := cstring(msg[5:])
+		if !ok {
+			return fatal(sqlstateProtocolViolation, "malformed Query message")
+		}
+		if isShowPoolNodes(q) {
+			s.waitQuiet()
+			s.mu.Lock()
+			st := s.txStatus
+			s.mu.Unlock()
+			s.writeClient(s.srv.poolNodesResponse(nil, st), true)
+			return nil
+		}
+		sc, err := s.ensureAttached(ctx, typ, msg)
+		if err != nil {
+			return err
+		}
+		return s.send(sc, typ, msg)
+	case 'P', 'B', 'D', 'C':
+		if !s.mr.fits(n) {
+			// messages this big are passed through untouched
+			if txn && (typ == 'P' || typ == 'C') {
+				s.mu.Lock()
+				s.parseQ = append(s.parseQ, parseEntry{seq: s.syncSeq + 1, kind: completionOf(typ)})
+				s.mu.Unlock()
+			}
+			return s.forward(ctx, typ, n)
+		}
+		msg, err := s.mr.whole(n)
+		if err != nil {
+			return err
+		}
+		if txn {
+			return s.handleStmtMsg(ctx, typ, msg)
+		}
+		sc, err := s.ensureAttached(ctx, typ, msg)
+		if err != nil {
+			return err
+		}
+		return s.send(sc, typ, msg)
+	case 'S':
+		s.mu.Lock()
+		sc := s.sc
+		st := s.txStatus
+		s.mu.Unlock()
+		if sc == nil {
+			msg, err := s.mr.whole(n)
+			if err != nil {
+				return err
+			}
+			_ = msg
+			s.writeClient(appendMsg(nil, &pgproto3.ReadyForQuery{TxStatus: orIdle(st)}), true)
+			return nil
+		}
+		return s.forward(ctx, typ, n)
+	case 'H', 'd', 'c', 'f':
+		s.mu.Lock()
+		sc := s.sc
+		s.mu.Unlock()
+		if sc == nil {
+			_, err := s.mr.r.Discard(5 + n)
+			if typ == 'H' {
+				s.writeClient(nil, true)
+			}
+			return err
+		}
+		return s.forward(ctx, typ, n)
+	case 'E', 'F':
+		return s.forward(ctx, typ, n)
+	default:
+		return fatal(sqlstateProtocolViolation, "invalid frontend message type %q", typ)
+	}
+}
+
+func completionOf(typ byte) byte {
+	if typ == 'P' {
+		return '1'
+	}
+	return '3'
+}
+
+func orIdle(b byte) byte {
+	if b == 0 {
+		return 'I'
+	}
+	return b
+}
+
+// forward attaches a server if needed and copies the next message to it unchanged.
+func (s *session) forward(ctx context.Context, typ byte, n int) error {
+	var first []byte
+	if s.mr.fits(n) {
+		// Peek without consuming so ensureAttached can classify the batch.
+		b, err := s.mr.r.Peek(5 + n)
+		if err != nil {
+			return noEOF(err)
+		}
+		first = b
+	}
+	sc, err := s.ensureAttached(ctx, typ, first)
+	if err != nil {
+		return err
+	}
+	s.account(sc, typ)
+	if err := s.mr.copyTo(sc.w, n); err != nil {
+		return s.serverWriteErr(sc, err)
+	}
+	return s.maybeFlush(sc, typ)
+}
+
+// send writes one whole client message to sc.
+func (s *session) send(sc *serverConn, typ byte, msg []byte) error {
+	s.account(sc, typ)
+	if _, err := sc.w.Write(msg); err != nil {
+		return s.serverWriteErr(sc, err)
+	}
+	return s.maybeFlush(sc, typ)
+}
+
+// account updates the batch state before a message goes to the server.
+func (s *session) account(sc *serverConn, typ byte) {
+	s.mu.Lock()
+	switch typ {
+	case 'S', 'Q':
+		s.pending++
+		s.syncSeq++
+		s.inBatch = false
+		s.lastQuery = time.Now()
+	case 'd', 'c', 'f':
+	default:
+		s.inBatch = true
+	}
+	s.mu.Unlock()
+}
+
+func (s *session) maybeFlush(sc *serverConn, typ byte) error {
+	if typ == 'S' || typ == 'Q' || typ == 'H' || typ == 'c' || typ == 'f' || !s.mr.complete() {
+		if err := sc.w.Flush(); err != nil {
+			return s.serverWriteErr(sc, err)
+		}
+	}
+	return nil
+}
+
+func (s *session) serverWriteErr(sc *serverConn, err error) error {
+	_ = sc.conn.Close() // the server loop sees it and ends the attachment
+	return fatal(sqlstateConnFailure, "server connection lost: %v", err)
+}
+
+// handleStmtMsg rewrites Parse/Bind/Describe/Close of named statements in transaction mode.
+func (s *session) handleStmtMsg(ctx context.Context, typ byte, msg []byte) error {
+	body := msg[5:]
+	var out []byte
+	switch typ {
+	case 'P':
+		name, _, rest, ok := parseMsg(body)
+		if !ok {
+			return fatal(sqlstateProtocolViolation, "malformed Parse message")
+		}
+		if name == "" {
+			break
+		}
+		sc, err := s.ensureAttached(ctx, typ, msg)
+		if err != nil {
+			return err
+		}
+		st := &stmt{id: s.srv.stmts.id(rest), rest: append([]byte(nil), rest...)}
+		st.query, _, _ = cstring(rest)
+		s.stmts[name] = st
+		s.mu.Lock()
+		seq := s.syncSeq + 1
+		if sc.prepared[st.id] {
+			out = encodeParse(nil, noopStmt, []byte{0, 0, 0})
+			out = encodeClose(out, noopStmt)
+			s.parseQ = append(s.parseQ, parseEntry{seq: seq, kind: '1'}, parseEntry{seq: seq, kind: '3', swallow: true})
+		} else {
+			out = encodeParse(nil, serverStmtName(st.id), st.rest)
+			sc.prepared[st.id] = true
+			s.parseQ = append(s.parseQ, parseEntry{seq: seq, kind: '1', id: st.id})
+		}
+		s.mu.Unlock()
+		return s.send(sc, typ, out)
+	case 'B':
+		portal, name, rest, ok := bindStmt(body)
+		if !ok {
+			return fatal(sqlstateProtocolViolation, "malformed Bind message")
+		}
+		st := s.stmts[name]
+		if name == "" || st == nil {
+			break
+		}
+		sc, err := s.ensureAttached(ctx, typ, msg)
+		if err != nil {
+			return err
+		}
+		out = s.reprepare(sc, st, nil)
+		out = encodeBind(out, portal, serverStmtName(st.id), rest)
+		return s.send(sc, typ, out)
+	case 'D':
+		if len(body) < 2 || body[0] != 'S' {
+			break
+		}
+		name, _, ok := cstring(body[1:])
+		if !ok {
+			return fatal(sqlstateProtocolViolation, "malformed Describe message")
+		}
+		st := s.stmts[name]
+		if name == "" || st == nil {
+			break
+		}
+		sc, err := s.ensureAttached(ctx, typ, msg)
+		if err != nil {
+			return err
+		}
+		out = s.reprepare(sc, st, nil)
+		out = encodeDescribeStmt(out, serverStmtName(st.id))
+		return s.send(sc, typ, out)
+	case 'C':
+		if len(body) < 2 || body[0] != 'S' {
+			break
+		}
+		name, _, ok := cstring(body[1:])
+		if !ok {
+			return fatal(sqlstateProtocolViolation, "malformed Close message")
+		}
+		if name == "" {
+			break
+		}
+		delete(s.stmts, name)
+		sc, err := s.ensureAttached(ctx, typ, msg)
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.parseQ = append(s.parseQ, parseEntry{seq: s.syncSeq + 1, kind: '3'})
+		s.mu.Unlock()
+		return s.send(sc, typ, encodeClose(nil, noopStmt))
+	}
+	sc, err := s.ensureAttached(ctx, typ, msg)
+	if err != nil {
+		return err
+	}
+	if typ == 'P' || typ == 'C' {
+		// unnamed statements still produce completions that must stay in order
+		s.mu.Lock()
+		s.parseQ = append(s.parseQ, parseEntry{seq: s.syncSeq + 1, kind: completionOf(typ)})
+		s.mu.Unlock()
+	}
+	return s.send(sc, typ, msg)
+}
+
+// reprepare returns dst with a Parse of st prepended when sc has not prepared it yet.
+func (s *session) reprepare(sc *serverConn, st *stmt, dst []byte) []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sc.prepared[st.id] {
+		return dst
+	}
+	sc.prepared[st.id] = true
+	s.parseQ = append(s.parseQ, parseEntry{seq: s.syncSeq + 1, kind: '1', swallow: true, id: st.id})
+	return encodeParse(dst, serverStmtName(st.id), st.rest)
+}
+
+// ensureAttached returns the attached server connection, attaching one when there is none.
+// msg is the message that needs it (whole, for classification; nil if unknown).
+func (s *session) ensureAttached(ctx context.Context, typ byte, msg []byte) (*serverConn, error) {
+	s.mu.Lock()
+	sc := s.sc
+	if sc != nil && s.roAttach && !s.inBatch {
+		// A new batch pipelined on a read-only attachment must itself be read-only.
+		s.mu.Unlock()
+		if s.classify(typ, msg) {
+			return sc, nil
+		}
+		s.waitDetached()
+		s.mu.Lock()
+		sc = s.sc
+	}
+	s.mu.Unlock()
+	if sc != nil {
+		return sc, nil
+	}
+	return s.attach(ctx, s.classify(typ, msg))
+}
+
+// waitDetached waits until the current attachment ends.
+func (s *session) waitDetached() {
+	s.mu.Lock()
+	ch := s.detached
+	has := s.sc != nil
+	s.mu.Unlock()
+	if has && ch != nil {
+		<-ch
+	}
+}
+
+// waitQuiet waits until no answer from the server is outstanding.
+func (s *session) waitQuiet() {
+	for {
+		s.mu.Lock()
+		quiet := s.sc == nil || (s.pending == 0 && !s.inBatch)
+		s.mu.Unlock()
+		if quiet {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// classify says whether the transaction starting with msg may run on a reader.
+func (s *session) classify(typ byte, msg []byte) bool {
+	cfg := s.srv.config()
+	if !cfg.LoadBalance || s.tgt.route == "primary" {
+		return false
+	}
+	if s.sessionRO {
+		return true
+	}
+	if !cfg.StatementLevelLoadBalance || s.tgt.mode != ModeTransaction || msg == nil {
+		return false
+	}
+	s.mu.Lock()
+	inTx := s.txStatus == 'T' || s.txStatus == 'E'
+	s.mu.Unlock()
+	if inTx {
+		return false
+	}
+	switch typ {
+	case 'Q':
+		q, _, ok := cstring(msg[5:])
+		return ok && isReadOnlyQuery(q, cfg.WriteFunctions)
+	case 'P', 'B':
+		if !s.roMessage(typ, msg[5:], cfg.WriteFunctions) {
+			return false
+		}
+		// The rest of the batch (up to Sync) must be buffered and read-only too.
+		buf, _ := s.mr.r.Peek(s.mr.r.Buffered())
+		if typ == 'B' || typ == 'P' {
+			// forward() peeks without consuming: skip the message itself
+			if len(buf) >= len(msg) && string(buf[:len(msg)]) == string(msg) {
+				buf = buf[len(msg):]
+			}
+		}
+		for len(buf) >= 5 {
+			t := buf[0]
+			l := int(binary.BigEndian.Uint32(buf[1:5])) + 1
+			if l < 5 || l > len(buf) {
+				return false
+			}
+			switch t {
+			case 'S':
+				return true
+			case 'P', 'B':
+				if !s.roMessage(t, buf[5:l], cfg.WriteFunctions) {
+					return false
+				}
+			case 'D', 'E':
+			default:
+				return false
+			}
+			buf = buf[l:]
+		}
+		return false
+	}
+	return false
+}
+
+func (s *session) roMessage(typ byte, body []byte, extra []string) bool {
+	switch typ {
+	case 'P':
+		_, q, _, ok := parseMsg(body)
+		return ok && isReadOnlyQuery(q, extra)
+	case 'B':
+		_, name, _, ok := bindStmt(body)
+		if !ok || name == "" {
+			return true // the unnamed statement was parsed in this batch and checked there
+		}
+		st := s.stmts[name]
+		return st != nil && isReadOnlyQuery(st.query, extra)
+	}
+	return false
+}
+
+// attach acquires a server connection for the next transaction (or the session).
+func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error) {
+	cfg := s.srv.config()
+	wait := positive(cfg.QueryWaitTimeout)
+	actx, cancel := ctx, context.CancelFunc(func() {})
+	if wait > 0 {
+		actx, cancel = context.WithTimeout(ctx, wait)
+	}
+	defer cancel()
+	s.mu.Lock()
+	s.waiting = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.waiting = false
+		s.mu.Unlock()
+	}()
+	if err := s.srv.waitResumed(actx); err != nil {
+		return nil, &pgError{Severity: "ERROR", Code: sqlstateCannotConnect, Message: "query_wait_timeout: the pool is paused"}
+	}
+	for attempt := 0; ; attempt++ {
+		p, nodeID, isReader, err := s.srv.poolFor(actx, s, readOnly)
+		if err != nil {
+			return nil, err
+		}
+		sc, err := p.acquire(actx)
+		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				return nil, &pgError{Severity: "ERROR", Code: sqlstateCannotConnect, Message: "query_wait_timeout: no server connection became free in time"}
+			}
+			if errors.Is(err, context.Canceled) || errors.Is(err, errPoolClosed) {
+				return nil, fatal(sqlstateAdminShutdown, "pgharbor pool is shutting down")
+			}
+			var pe *pgError
+			if errors.As(err, &pe) {
+				return nil, pe
+			}
+			if isReader && attempt == 0 {
+				// a reader that cannot be reached: fall back to the primary
+				s.srv.log.Warn("reader unreachable, using the primary", "node", nodeID, "err", err)
+				readOnly = false
+				continue
+			}
+			return nil, fatal(sqlstateCannotConnect, "cannot connect to server: %v", err)
+		}
+		if err := s.syncParams(sc); err != nil {
+			p.drop(sc)
+			var pe *pgError
+			if errors.As(err, &pe) {
+				return nil, pe
+			}
+			return nil, fatal(sqlstateConnFailure, "server connection lost: %v", err)
+		}
+		if isReader {
+			s.srv.cl.CountSelect(nodeID)
+		}
+		p.mu.Lock()
+		sc.client = s
+		p.mu.Unlock()
+		s.mu.Lock()
+		s.sc = sc
+		s.node = nodeID
+		s.roAttach = readOnly && s.tgt.mode == ModeTransaction && !s.sessionRO
+		s.pending, s.inBatch = 0, false
+		s.detached = make(chan struct{})
+		s.xactStart = time.Now()
+		done := s.detached
+		s.mu.Unlock()
+		s.srv.attached.Add(1)
+		go s.serverLoop(sc, done)
+		return sc, nil
+	}
+}
+
+// syncParams makes the server connection's settings match what the client asked for.
+func (s *session) syncParams(sc *serverConn) error {
+	var b strings.Builder
+	for k, v := range s.params {
+		if cur, ok := sc.params[k]; ok && cur == v {
+			continue
+		}
+		if !validGUC(k) {
+			continue
+		}
+		fmt.Fprintf(&b, "SET %s TO %s;", k, quoteLiteral(v))
+	}
+	for k := range sc.dirty {
+		if _, ok := s.params[k]; !ok && validGUC(k) {
+			fmt.Fprintf(&b, "RESET %s;", k)
+		}
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	if err := sc.simpleQuery(b.String(), func(name, value string) {
+		sc.params[strings.ToLower(name)] = value
+	}); err != nil {
+		return err
+	}
+	for k := range sc.dirty {
+		if _, ok := s.params[k]; !ok {
+			delete(sc.dirty, k)
+			if !reportedParam(k) {
+				delete(sc.params, k)
+			}
+		}
+	}
+	for k, v := range s.params {
+		sc.params[k] = v
+		sc.dirty[k] = true
+	}
+	return nil
+}
+
+func reportedParam(k string) bool {
+	return k != "extra_float_digits" && k != "search_path"
+}
+
+func validGUC(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if !(c == '_' || c == '.' || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) {
+			return false
+		}
+	}
+	return true
+}
+
+func quoteLiteral(v string) string {
+	return "'" + strings.ReplaceAll(v, "'", "''") + "'"
+}
+
+// writeClient writes b to the client, flushing when asked.
+func (s *session) writeClient(b []byte, flush bool) {
+	s.cwMu.Lock()
+	defer s.cwMu.Unlock()
+	if len(b) > 0 {
+		_, _ = s.cw.Write(b)
+	}
+	if flush {
+		_ = s.cw.Flush()
+	}
+}
+
+// serverLoop forwards the server's messages to the client until the attachment ends.
+func (s *session) serverLoop(sc *serverConn, done chan struct{}) {
+	clientOK := true
+	write := func(f func() error) {
+		if !clientOK {
+			return
+		}
+		s.cwMu.Lock()
+		err := f()
+		s.cwMu.Unlock()
+		if err != nil {
+			clientOK = false
+			s.mu.Lock()
+			s.detachReq = true
+			s.mu.Unlock()
+			_ = s.conn.Close()
+		}
+	}
+	flush := func() { write(s.cw.Flush) }
+	for {
+		typ, n, err := sc.mr.header()
+		if err != nil {
+			s.serverGone(sc, done, err)
+			return
+		}
+		switch typ {
+		case 'Z':
+			msg, err := sc.mr.whole(n)
+			if err != nil || n != 1 {
+				s.serverGone(sc, done, fmt.Errorf("bad ReadyForQuery: %v", err))
+				return
+			}
+			status := msg[5]
+			write(func() error { _, err := s.cw.Write(msg); return err })
+			flush()
+			s.mu.Lock()
+			s.pending--
+			s.rfqSeq++
+			s.txStatus = status
+			// completions of this Sync that never came: their statements were not prepared
+			i := 0
+			for ; i < len(s.parseQ) && s.parseQ[i].seq <= s.rfqSeq; i++ {
+				if id := s.parseQ[i].id; id != 0 {
+					delete(sc.prepared, id)
+				}
+			}
+			s.parseQ = s.parseQ[i:]
+			quiet := s.pending <= 0 && !s.inBatch
+			if quiet {
+				s.pending = 0
+			}
+			st := &sc.pool.stats
+			st.queries.Add(1)
+			if !s.lastQuery.IsZero() {
+				st.queryTime.Add(int64(time.Since(s.lastQuery)))
+			}
+			release := quiet && status == 'I' && s.tgt.mode == ModeTransaction
+			finish := quiet && s.detachReq
+			if release || finish {
+				st.xacts.Add(1)
+				st.xactTime.Add(int64(time.Since(s.xactStart)))
+				s.detachLocked()
+			}
+			s.mu.Unlock()
+			if release || finish {
+				s.finishServer(sc, done, status)
+				return
+			}
+		case '1', '3':
+			s.mu.Lock()
+			var e parseEntry
+			if len(s.parseQ) > 0 && s.parseQ[0].kind == typ {
+				e = s.parseQ[0]
+				s.parseQ = s.parseQ[1:]
+			}
+			s.mu.Unlock()
+			if e.swallow {
+				if _, err := sc.mr.whole(n); err != nil {
+					s.serverGone(sc, done, err)
+					return
+				}
+				break
+			}
+			write(func() error { return sc.mr.copyTo(s.cw, n) })
+		case 'S':
+			msg, err := sc.mr.whole(n)
+			if err != nil {
+				s.serverGone(sc, done, err)
+				return
+			}
+			var ps pgproto3.ParameterStatus
+			if ps.Decode(msg[5:]) == nil {
+				k := strings.ToLower(ps.Name)
+				s.mu.Lock()
+				sc.params[k] = ps.Value
+				if trackedParams[k] {
+					s.params[k] = ps.Value
+					sc.dirty[k] = true
+				}
+				s.mu.Unlock()
+			}
+			write(func() error { _, err := s.cw.Write(msg); return err })
+		default:
+			if !clientOK {
+				if _, err := sc.mr.r.Discard(5 + n); err != nil {
+					s.serverGone(sc, done, err)
+					return
+				}
+				break
+			}
+			s.cwMu.Lock()
+			werr := sc.mr.copyTo(s.cw, n)
+			s.cwMu.Unlock()
+			if werr != nil {
+				clientOK = false
+				_ = s.conn.Close()
+				s.serverGone(sc, done, werr)
+				return
+			}
+		}
+		if sc.mr.r.Buffered() == 0 {
+			flush()
+		}
+	}
+}
+
+// detachLocked ends the attachment (caller holds mu).
+func (s *session) detachLocked() {
+	s.sc = nil
+	s.roAttach = false
+}
+
+// finishServer returns sc to its pool after the attachment ended at ReadyForQuery; when the
+// client is gone it first rolls back and (session mode) resets the connection.
+func (s *session) finishServer(sc *serverConn, done chan struct{}, status byte) {
+	defer s.srv.attached.Add(-1)
+	defer close(done)
+	s.mu.Lock()
+	gone := s.detachReq
+	s.mu.Unlock()
+	if gone {
+		_ = sc.conn.SetReadDeadline(time.Time{})
+		if err := s.resetServer(sc, status); err != nil {
+			sc.pool.drop(sc)
+			return
+		}
+	}
+	sc.pool.release(sc)
+}
+
+// resetServer rolls back an open transaction and, in session mode, runs DISCARD ALL.
+func (s *session) resetServer(sc *serverConn, status byte) error {
+	_ = sc.conn.SetDeadline(time.Now().Add(10 * time.Second))
+	defer sc.conn.SetDeadline(time.Time{})
+	if status != 'I' {
+		if err := sc.simpleQuery("ROLLBACK", nil); err != nil {
+			return err
+		}
+	}
+	if s.tgt.mode == ModeSession {
+		if err := sc.simpleQuery("DISCARD ALL", func(name, value string) { sc.params[strings.ToLower(name)] = value }); err != nil {
+			return err
+		}
+		for k := range sc.dirty {
+			if !reportedParam(k) {
+				delete(sc.params, k)
+			}
+		}
+		sc.dirty = map[string]bool{}
+		sc.prepared = map[uint64]bool{}
+	}
+	return nil
+}
+
+// serverGone handles a read error on the attached server connection.
+func (s *session) serverGone(sc *serverConn, done chan struct{}, err error) {
+	s.mu.Lock()
+	req := s.detachReq
+	clean := s.pending == 0 && !s.inBatch && sc.mr.r.Buffered() == 0
+	status := s.txStatus
+	if s.sc == sc {
+		s.detachLocked()
+	}
+	s.mu.Unlock()
+	var ne net.Error
+	if req && clean && errors.As(err, &ne) && ne.Timeout() {
+		// woken by cleanup at a safe point: reset and keep the connection
+		s.finishServer(sc, done, status)
+		return
+	}
+	defer s.srv.attached.Add(-1)
+	defer close(done)
+	sc.pool.drop(sc)
+	if !req {
+		s.srv.log.Warn("server connection lost", "client", s.addr, "pool", sc.pool.name(), "err", err)
+		s.writeClient(fatal(sqlstateConnFailure, "server connection lost").encode(nil), true)
+		_ = s.conn.Close()
+	}
+}
+
+// cleanup runs when the client loop ends: the attachment, if any, is finished at the next
+// safe point (or dropped), and the session is forgotten.
+func (s *session) cleanup() {
+	s.mu.Lock()
+	s.detachReq = true
+	sc := s.sc
+	done := s.detached
+	// Acting on sc under mu: the server loop cannot release it meanwhile.
+	if sc != nil {
+		switch {
+		case s.inBatch:
+			_ = sc.conn.Close() // a half-sent batch: the connection cannot be reused
+		case s.pending > 0:
+			// cancel what runs, then reset at ReadyForQuery
+			if sc.pid != 0 {
+				cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_ = cancelServer(cctx, sc.pool.key.host, sc.pool.key.port, sc.pid, sc.secret)
+				cancel()
+			}
+			_ = sc.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		default:
+			_ = sc.conn.SetReadDeadline(time.Now())
+		}
+	}
+	s.mu.Unlock()
+	if sc != nil {
+		<-done
+	}
+	_ = s.conn.Close()
+	s.srv.forget(s)
+}
