@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# Pooler benchmark: pgbench through direct TCP, PgBouncer and `pgharbor pool`, transaction
+# pooling, the same server pool size for both poolers.
+#
+#   bench/pool/run.sh            (from the repository root, or via `make bench`)
+#
+# Two workloads: pgbench -S (select-only) with $SELECT_CLIENTS clients and TPC-B with
+# $TPCB_CLIENTS clients, each $DURATION seconds, $ROUNDS rounds; the target order alternates
+# between rounds so drift in the machine's load does not favour one target. Reported per
+# workload and target: median tps, median p99 latency (from pgbench's per-transaction logs),
+# the pooler process's CPU in cores per 10k tps (utime+stime from /proc/<pid>/stat), and
+# ratios against direct TCP and PgBouncer.
+#
+# Settings (environment):
+#   ROUNDS=3 DURATION=20 SCALE=10 SELECT_CLIENTS=50 TPCB_CLIENTS=20 POOL_SIZE=20 THREADS=2
+#   TARGETS="direct pgbouncer pgharbor"  WORKLOADS="select tpcb"  MODE=simple (pgbench -M)
+#   PGBIN=/usr/lib/postgresql/15/bin  PGBOUNCER=pgbouncer  KEEP=1 (keep the work dir)
+#   RESULTS_FILE=path (also write the table there)  STRICT=1 (exit 1 when a target is missed)
+# Needs: PostgreSQL 15 server binaries and pgbench, `apt-get install -y pgbouncer`, Go.
+# Run as root (PostgreSQL and PgBouncer then run as the postgres OS user) or as a normal user.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-20}
+SCALE=${SCALE:-10}
+SELECT_CLIENTS=${SELECT_CLIENTS:-50}
+TPCB_CLIENTS=${TPCB_CLIENTS:-20}
+POOL_SIZE=${POOL_SIZE:-20}
+THREADS=${THREADS:-2}
+TARGETS=${TARGETS:-"direct pgbouncer pgharbor"}
+WORKLOADS=${WORKLOADS:-"select tpcb"}
+MODE=${MODE:-simple}
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PGBOUNCER=${PGBOUNCER:-pgbouncer}
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HZ=$(getconf CLK_TCK)
+
+log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# as_pg runs a command as the postgres OS user when we are root (PostgreSQL and PgBouncer
+# refuse to run as root).
+as_pg() {
+	if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+	local p
+	for _ in $(seq 1 200); do
+		p=$((20000 + RANDOM % 30000))
+		if port_free "$p"; then echo "$p"; return; fi
+	done
+	die "no free port"
+}
+
+# wait_sql waits until a SELECT 1 succeeds through host 127.0.0.1 port $1.
+wait_sql() {
+	for _ in $(seq 1 150); do
+		if "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$1" -U postgres -d postgres -tAc 'SELECT 1' >/dev/null 2>&1; then return 0; fi
+		sleep 0.2
+	done
+	return 1
+}
+
+# cpu_ticks prints utime+stime of a process (clock ticks).
+cpu_ticks() {
+	[ -r "/proc/$1/stat" ] || { echo 0; return; }
+	# Fields after the ")" that closes the command name: state is field 1, utime 12, stime 13.
+	sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "nan"; exit} if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+for bin in initdb pg_ctl pgbench psql; do
+	[ -x "$PGBIN/$bin" ] || die "$PGBIN/$bin not found (apt-get install -y postgresql-15)"
+done
+if [[ " $TARGETS " == *" pgbouncer "* ]] && ! command -v "$PGBOUNCER" >/dev/null; then
+	die "pgbouncer not found (apt-get install -y pgbouncer), or drop it from TARGETS"
+fi
+
+WORK=$(mktemp -d /tmp/pgharbor-bench-pool.XXXXXX)
+chmod 755 "$WORK"
+[ "$(id -u)" = 0 ] && chown postgres: "$WORK"
+mkdir -p "$WORK/logs"
+PGDATA="$WORK/data"
+PG_PORT=$(free_port)
+BOUNCER_PORT=$(free_port)
+HARBOR_PORT=$(free_port)
+HARBOR_PID=""
+BOUNCER_PID=""
+
+cleanup() {
+	set +e
+	if [ -n "$HARBOR_PID" ]; then kill "$HARBOR_PID" 2>/dev/null; wait "$HARBOR_PID" 2>/dev/null; fi
+	if [ -n "$BOUNCER_PID" ]; then kill "$BOUNCER_PID" 2>/dev/null; fi
+	if [ -f "$PGDATA/postmaster.pid" ]; then as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1; fi
+	if [ "${KEEP:-}" = 1 ]; then log "work dir kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- pgharbor binary ---------------------------------------------------------------------------
+if [[ " $TARGETS " == *" pgharbor "* ]]; then
+	log "building pgharbor"
+	mkdir -p "$REPO/bench/bin"
+	if ! (cd "$REPO" && go build -o bench/bin/pgharbor ./cmd/pgharbor); then
+		die "go build ./cmd/pgharbor failed"
+	fi
+	if ! "$REPO/bench/bin/pgharbor" pool --help >/dev/null 2>&1; then
+		log "warning: this pgharbor has no 'pool' command yet; skipping the pgharbor target"
+		TARGETS=$(echo " $TARGETS " | sed 's/ pgharbor / /; s/^ *//; s/ *$//')
+	fi
+fi
+
+# --- PostgreSQL --------------------------------------------------------------------------------
+log "initdb + start PostgreSQL on port $PG_PORT (work dir $WORK)"
+as_pg "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust --encoding=UTF8 --locale=C --no-sync >"$WORK/initdb.log" 2>&1 \
+	|| { cat "$WORK/initdb.log" >&2; die initdb; }
+cat >>"$PGDATA/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$WORK'
+max_connections = $((SELECT_CLIENTS + TPCB_CLIENTS + POOL_SIZE * 2 + 20))
+shared_buffers = 256MB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+checkpoint_timeout = 30min
+max_wal_size = 4GB
+logging_collector = off
+log_min_messages = warning
+CONF
+as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$WORK/postgres.log" -w -t 60 start >/dev/null || { cat "$WORK/postgres.log" >&2; die "pg_ctl start"; }
+log "pgbench -i -s $SCALE"
+"$PGBIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U postgres -i -q -s "$SCALE" postgres >"$WORK/pgbench-init.log" 2>&1 \
+	|| { cat "$WORK/pgbench-init.log" >&2; die "pgbench -i"; }
+
+# --- PgBouncer ---------------------------------------------------------------------------------
+if [[ " $TARGETS " == *" pgbouncer "* ]]; then
+	cat >"$WORK/userlist.txt" <<EOT
+"postgres" ""
+EOT
+	cat >"$WORK/pgbouncer.ini" <<EOT
+[databases]
+* = host=127.0.0.1 port=$PG_PORT
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $WORK/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL_SIZE
+max_client_conn = $((SELECT_CLIENTS + TPCB_CLIENTS + 100))
+max_db_connections = 0
+server_reset_query =
+ignore_startup_parameters = extra_float_digits
+logfile = $WORK/pgbouncer.log
+pidfile = $WORK/pgbouncer.pid
+log_connections = 0
+log_disconnections = 0
+EOT
+	[ "$(id -u)" = 0 ] && chown postgres: "$WORK/userlist.txt" "$WORK/pgbouncer.ini"
+	log "starting PgBouncer ($("$PGBOUNCER" --version | sed -n 1p)) on port $BOUNCER_PORT, pool size $POOL_SIZE"
+	as_pg "$PGBOUNCER" -d "$WORK/pgbouncer.ini" || die "pgbouncer did not start: $(cat "$WORK/pgbouncer.log" 2>/dev/null)"
+	for _ in $(seq 1 50); do [ -s "$WORK/pgbouncer.pid" ] && break; sleep 0.1; done
+	BOUNCER_PID=$(cat "$WORK/pgbouncer.pid")
+	wait_sql "$BOUNCER_PORT" || die "PgBouncer not answering: $(tail -5 "$WORK/pgbouncer.log")"
+fi
+
+# --- pgharbor pool -----------------------------------------------------------------------------
+if [[ " $TARGETS " == *" pgharbor "* ]]; then
+	cat >"$WORK/pgharbor.yaml" <<EOT
+pool:
+  listen: 127.0.0.1:$HARBOR_PORT
+  pool_mode: transaction
+  default_pool_size: $POOL_SIZE
+  max_client_conn: $((SELECT_CLIENTS + TPCB_CLIENTS + 100))
+  auth_type: trust
+  cluster:
+    nodes:
+      - host: 127.0.0.1
+        port: $PG_PORT
+        name: primary
+EOT
+	log "starting pgharbor pool on port $HARBOR_PORT, pool size $POOL_SIZE"
+	"$REPO/bench/bin/pgharbor" pool --config "$WORK/pgharbor.yaml" >"$WORK/pgharbor.log" 2>&1 &
+	HARBOR_PID=$!
+	wait_sql "$HARBOR_PORT" || die "pgharbor pool not answering: $(tail -20 "$WORK/pgharbor.log")"
+fi
+
+port_of() { case $1 in direct) echo "$PG_PORT" ;; pgbouncer) echo "$BOUNCER_PORT" ;; pgharbor) echo "$HARBOR_PORT" ;; esac; }
+pid_of() { case $1 in direct) echo "" ;; pgbouncer) echo "$BOUNCER_PID" ;; pgharbor) echo "$HARBOR_PID" ;; esac; }
+
+# run_one WORKLOAD TARGET ROUND: one pgbench run; appends "workload target round tps p99ms cores" to results.
+run_one() {
+	local w=$1 t=$2 r=$3 port pid clients args prefix out tps p99 n t0 t1 cores
+	port=$(port_of "$t")
+	pid=$(pid_of "$t")
+	if [ "$w" = select ]; then clients=$SELECT_CLIENTS; args=(-S); else clients=$TPCB_CLIENTS; args=(); fi
+	prefix="$WORK/logs/$w-$t-$r"
+	t0=0
+	[ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+	if ! out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -M "$MODE" "${args[@]}" \
+		-c "$clients" -j "$THREADS" -T "$DURATION" --log --log-prefix="$prefix" postgres 2>&1); then
+		printf '%s\n' "$out" >&2
+		die "pgbench $w against $t failed"
+	fi
+	t1=0
+	[ -n "$pid" ] && t1=$(cpu_ticks "$pid")
+	tps=$(printf '%s\n' "$out" | awk '/^tps = / && !v {v = $3} END {print v}')
+	[ -n "$tps" ] || { printf '%s\n' "$out" >&2; die "no tps in pgbench output"; }
+	# Per-transaction log lines: client_id transaction_no latency_us script_no epoch us.
+	n=$(cat "$prefix".* | wc -l)
+	p99=$(cat "$prefix".* | awk '{print $3}' | sort -n -S 25% | awk -v n="$n" 'BEGIN {k = int(n * 0.99); if (k < n * 0.99) k++; if (k < 1) k = 1} NR == k {v = $1} END {printf "%.3f", v / 1000}')
+	rm -f "$prefix".*
+	cores=nan
+	if [ -n "$pid" ]; then
+		cores=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v dur="$DURATION" -v tps="$tps" 'BEGIN {if (tps > 0) printf "%.3f", (d / hz / dur) / (tps / 10000); else print "nan"}')
+	fi
+	echo "$w $t $r $tps $p99 $cores" >>"$WORK/results.txt"
+	log "$(printf 'round %d %-6s %-9s tps %10.1f  p99 %8s ms  cores/10k tps %s' "$r" "$w" "$t" "$tps" "$p99" "$cores")"
+}
+
+read -r -a targets <<<"$TARGETS"
+[ "${#targets[@]}" -gt 0 ] || die "no targets"
+log "rounds=$ROUNDS duration=${DURATION}s scale=$SCALE select_clients=$SELECT_CLIENTS tpcb_clients=$TPCB_CLIENTS pool_size=$POOL_SIZE mode=$MODE targets=${targets[*]}"
+: >"$WORK/results.txt"
+for r in $(seq 1 "$ROUNDS"); do
+	# Rotate the order each round: direct,bouncer,harbor / bouncer,harbor,direct / ...
+	order=()
+	for i in "${!targets[@]}"; do order+=("${targets[$(((i + r - 1) % ${#targets[@]}))]}"); done
+	for w in $WORKLOADS; do
+		for t in "${order[@]}"; do run_one "$w" "$t" "$r"; done
+	done
+done
+
+# --- report ------------------------------------------------------------------------------------
+val() { awk -v w="$1" -v t="$2" -v c="$3" '$1 == w && $2 == t {print $c}' "$WORK/results.txt" | grep -v nan | median; }
+fmt3() { awk -v x="$1" 'BEGIN {if (x == "nan" || x == "") print "-"; else printf "%.3f", x}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "nan" || b == "nan" || b == 0) print "-"; else printf "%.3f", a / b}'; }
+report() {
+	echo "pooler benchmark: PostgreSQL $("$PGBIN/postgres" --version | awk '{v = $3} END {print v}'), pgbench scale $SCALE, ${DURATION}s x $ROUNDS rounds, transaction mode, pool size $POOL_SIZE, -M $MODE, $(nproc) cores"
+	echo "medians over rounds; p99 from pgbench per-transaction logs; cores/10k = pooler CPU (user+sys) per 10k tps"
+	printf '%-8s %-10s %12s %10s %10s %10s %12s\n' workload target tps p99_ms cores/10k vs_direct vs_pgbouncer
+	local failed=0 w t tps p99 cores d b rd rb
+	for w in $WORKLOADS; do
+		d=$(val "$w" direct 4); b=$(val "$w" pgbouncer 4)
+		for t in "${targets[@]}"; do
+			tps=$(val "$w" "$t" 4); p99=$(fmt3 "$(val "$w" "$t" 5)"); cores=$(fmt3 "$(val "$w" "$t" 6)")
+			rd=$(ratio "$tps" "$d"); rb=$(ratio "$tps" "$b")
+			printf '%-8s %-10s %12.1f %10s %10s %10s %12s\n' "$w" "$t" "$tps" "$p99" "$cores" "$rd" "$rb"
+		done
+	done
+	if [[ " ${targets[*]} " == *" pgharbor "* ]]; then
+		echo "targets:"
+		for w in $WORKLOADS; do
+			if [[ " ${targets[*]} " == *" pgbouncer "* ]]; then
+				rb=$(ratio "$(val "$w" pgharbor 4)" "$(val "$w" pgbouncer 4)")
+				if awk -v x="$rb" 'BEGIN {exit !(x >= 1.0)}'; then s=PASS; else s=MISS; failed=1; fi
+				echo "  $w: pgharbor >= 1.00x PgBouncer tps: $rb $s"
+			fi
+			if [ "$w" = select ] && [[ " ${targets[*]} " == *" direct "* ]]; then
+				rd=$(ratio "$(val "$w" pgharbor 4)" "$(val "$w" direct 4)")
+				if awk -v x="$rd" 'BEGIN {exit !(x >= 0.95)}'; then s=PASS; else s=MISS; failed=1; fi
+				echo "  $w: pgharbor >= 0.95x direct tps: $rd $s"
+			fi
+		done
+	fi
+	return $failed
+}
+set +e
+report | tee "$WORK/report.txt"
+status=${PIPESTATUS[0]}
+set -e
+[ -n "${RESULTS_FILE:-}" ] && cp "$WORK/report.txt" "$RESULTS_FILE"
+if [ "${STRICT:-}" = 1 ] && [ "$status" != 0 ]; then exit 1; fi
+exit 0
