@@ -1,0 +1,396 @@
+package backup
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"log/slog"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgharbor/pgharbor/internal/repo"
+	"github.com/pgharbor/pgharbor/storage"
+)
+
+// Options configure a backup.
+type Options struct {
+	// ConnString reaches the server (libpq keyword/value string or URL). The user needs the
+	// REPLICATION attribute (and pg_hba.conf must allow replication connections).
+	ConnString string
+	// FastCheckpoint asks for an immediate checkpoint (the default in pgharbor).
+	FastCheckpoint bool
+	// Workers seal bundles in parallel (default 2); Uploads store them (default 4).
+	Workers, Uploads int
+	// BundleSize is the size of a bundle's decoded bytes (default 8 MiB).
+	BundleSize int
+	// LockStale is how old a lock's heartbeat may be before it is taken over (default 2 min).
+	LockStale time.Duration
+	// ArchiveCheck, when set, is called after the server finished the backup and must
+	// return nil only when every WAL segment from start to stop is in the repository.
+	ArchiveCheck func(ctx context.Context, tli uint32, startLSN, stopLSN string, segSize int64) error
+	// Progress, when set, is called with bytes sent by the server so far and the estimate.
+	Progress func(done, total int64)
+	Logger   *slog.Logger
+}
+
+func (o *Options) defaults() {
+	if o.Workers <= 0 {
+		o.Workers = 2
+	}
+	if o.Uploads <= 0 {
+		o.Uploads = 4
+	}
+	if o.BundleSize <= 0 {
+		o.BundleSize = 8 << 20
+	}
+	if o.LockStale <= 0 {
+		o.LockStale = 2 * time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// serverFacts are read over a normal connection before the backup.
+type serverFacts struct {
+	systemID  string
+	version   int
+	segSize   int64
+	inRecover bool
+}
+
+func readServerFacts(ctx context.Context, conn *pgx.Conn) (serverFacts, error) {
+	var f serverFacts
+	var segSize string
+	err := conn.QueryRow(ctx, `SELECT system_identifier::text, current_setting('server_version_num')::int,
+		current_setting('wal_segment_size'), pg_is_in_recovery() FROM pg_control_system()`).Scan(&f.systemID, &f.version, &segSize, &f.inRecover)
+	if err != nil {
+		return f, fmt.Errorf("read server facts: %w", err)
+	}
+	f.segSize, err = parseSize(segSize)
+	if err != nil {
+		return f, fmt.Errorf("wal_segment_size %q: %w", segSize, err)
+	}
+	if f.version < 150000 {
+		return f, fmt.Errorf("PostgreSQL %d is not supported: pgharbor needs PostgreSQL 15 or later", f.version/10000)
+	}
+	return f, nil
+}
+
+// parseSize reads PostgreSQL's size display ("16MB", "1GB", "8192").
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	for suffix, m := range map[string]int64{"kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30} {
+		if strings.HasSuffix(s, suffix) {
+			s, mult = strings.TrimSuffix(s, suffix), m
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n * mult, err
+}
+
+// NewLabel returns a label for a backup starting at t.
+func NewLabel(t time.Time) string { return t.UTC().Format("20060102T150405Z") }
+
+// Run takes a full backup into r. The returned summary describes the completed backup. If
+// Run fails, no manifest is written: the backup does not exist for any command, and the
+// bundles already stored are removed where possible (or reported by the catalog).
+func Run(ctx context.Context, r *repo.Repo, o Options) (*Summary, error) {
+	o.defaults()
+	conn, err := pgx.Connect(ctx, o.ConnString)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the server: %w", err)
+	}
+	defer conn.Close(context.Background())
+	facts, err := readServerFacts(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	if facts.inRecover {
+		return nil, errors.New("the server is a standby: backup from a standby is not supported yet; point postgres.conn at the primary")
+	}
+	id, err := r.Attach(ctx, repo.Identity{SystemIdentifier: facts.systemID, PGVersion: facts.version, WALSegmentSize: facts.segSize})
+	if err != nil {
+		return nil, err
+	}
+
+	start := time.Now().UTC()
+	label := NewLabel(start)
+	for {
+		taken, err := labelTaken(ctx, r, label)
+		if err != nil {
+			return nil, err
+		}
+		if !taken {
+			break
+		}
+		time.Sleep(time.Until(start.Truncate(time.Second).Add(time.Second)))
+		start = time.Now().UTC()
+		label = NewLabel(start)
+	}
+	lock, err := AcquireLock(ctx, r, "backup", label, o.LockStale)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Release(context.Background())
+
+	sum, err := run(ctx, r, o, label, start, facts, id, conn)
+	if err != nil {
+		cleanup(r, label, o.Logger)
+		return nil, fmt.Errorf("backup %s failed: %w", label, err)
+	}
+	return sum, nil
+}
+
+func labelTaken(ctx context.Context, r *repo.Repo, label string) (bool, error) {
+	found := false
+	stop := errors.New("found")
+	err := r.Backend().List(ctx, BackupPrefix(r, label)+"/", func(storage.ObjectInfo) error { found = true; return stop })
+	if err != nil && !errors.Is(err, stop) {
+		return false, err
+	}
+	return found, nil
+}
+
+func cleanup(r *repo.Repo, label string, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var keys []string
+	_ = r.Backend().List(ctx, BackupPrefix(r, label)+"/", func(i storage.ObjectInfo) error { keys = append(keys, i.Key); return nil })
+	for _, k := range keys {
+		if err := r.Backend().Delete(ctx, k); err != nil {
+			log.Warn("could not remove an object of the failed backup; `pgharbor backup cleanup` removes it later", "key", k, "err", err)
+			return
+		}
+	}
+}
+
+func replicationConn(ctx context.Context, connString string) (*pgconn.PgConn, error) {
+	cfg, err := pgconn.ParseConfig(connString)
+	if err != nil {
+		return nil, fmt.Errorf("connection string: %w", err)
+	}
+	cfg.RuntimeParams["replication"] = "true"
+	cfg.RuntimeParams["application_name"] = "pgharbor backup"
+	c, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("replication connection (the user needs REPLICATION and pg_hba.conf a replication line): %w", err)
+	}
+	return c, nil
+}
+
+func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.Time, facts serverFacts, id repo.Identity, conn *pgx.Conn) (*Summary, error) {
+	rconn, err := replicationConn(ctx, o.ConnString)
+	if err != nil {
+		return nil, err
+	}
+	defer rconn.Close(context.Background())
+
+	o.Logger.Info("backup starting", "label", label, "repository", r.Location(BackupPrefix(r, label)))
+	bb, err := startBaseBackup(ctx, rconn, "pgharbor "+label, o.FastCheckpoint)
+	if err != nil {
+		return nil, err
+	}
+	if o.Progress != nil {
+		bb.onProgress = func(done int64) { o.Progress(done, bb.totalSize) }
+	}
+	p := newPipeline(ctx, r, label, o.BundleSize, o.Workers, o.Uploads)
+	files, pgManifest, err := readArchives(bb, p)
+	if err != nil {
+		p.close()
+		return nil, err
+	}
+	bundles, err := p.close()
+	if err != nil {
+		return nil, err
+	}
+	stopLSN, stopTLI, err := bb.finish()
+	if err != nil {
+		return nil, err
+	}
+	stopTime := time.Now().UTC()
+	var nextXID uint64
+	if err := conn.QueryRow(ctx, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").Scan(&nextXID); err != nil {
+		return nil, fmt.Errorf("read next transaction id: %w", err)
+	}
+	if err := crossCheck(files, pgManifest); err != nil {
+		return nil, err
+	}
+	if o.ArchiveCheck != nil {
+		if err := o.ArchiveCheck(ctx, bb.startTLI, bb.startLSN, stopLSN, facts.segSize); err != nil {
+			return nil, fmt.Errorf("WAL needed to make the backup consistent is not in the repository: %w", err)
+		}
+	}
+	sum := Summary{
+		Format: ManifestFormat, Label: label, Type: "full",
+		SystemIdentifier: facts.systemID, PGVersion: facts.version, WALSegmentSize: facts.segSize,
+		Timeline: bb.startTLI, StartLSN: bb.startLSN, StopLSN: stopLSN, StopTimeline: stopTLI,
+		StartTime: start, StopTime: stopTime, StopNextXID: nextXID,
+		Files: len(files), Bundles: bundles, StoredSize: p.stored.Load(),
+		Encryption: id.Encryption, Tablespaces: bb.tablespaces,
+		Duration: stopTime.Sub(start).Seconds(),
+	}
+	for _, f := range files {
+		sum.Size += f.Size
+	}
+	prefix := BackupPrefix(r, label)
+	sealed, err := r.Codec().Seal(pgManifest)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.PutSealed(ctx, path.Join(prefix, pgManifestName), sealed, true); err != nil {
+		return nil, fmt.Errorf("store backup_manifest: %w", err)
+	}
+	sum.StoredSize += int64(len(sealed))
+	if err := r.PutJSON(ctx, path.Join(prefix, summaryName), sum, true); err != nil {
+		return nil, fmt.Errorf("store summary: %w", err)
+	}
+	// The manifest goes last: from this moment the backup exists.
+	if err := r.PutJSON(ctx, path.Join(prefix, manifestName), Manifest{Summary: sum, FileList: files}, true); err != nil {
+		return nil, fmt.Errorf("store manifest: %w", err)
+	}
+	o.Logger.Info("backup complete", "label", label, "size", sum.Size, "stored", sum.StoredSize,
+		"files", sum.Files, "bundles", sum.Bundles, "start_lsn", sum.StartLSN, "stop_lsn", sum.StopLSN,
+		"seconds", fmt.Sprintf("%.1f", sum.Duration))
+	return &sum, nil
+}
+
+// readArchives consumes every archive of the COPY stream, sending file bytes down the
+// pipeline, and returns the file list and PostgreSQL's backup_manifest.
+func readArchives(bb *baseBackupStream, p *pipeline) ([]File, []byte, error) {
+	var files []File
+	var pgManifest []byte
+	buf := make([]byte, 256<<10)
+	for {
+		name, _, isManifest, err := bb.nextArchive()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		ar := &archiveReader{s: bb}
+		if isManifest {
+			if pgManifest, err = io.ReadAll(ar); err != nil {
+				return nil, nil, fmt.Errorf("read backup_manifest: %w", err)
+			}
+			continue
+		}
+		var ts uint32
+		if name != "base.tar" {
+			oid, err := strconv.ParseUint(strings.TrimSuffix(name, ".tar"), 10, 32)
+			if err != nil {
+				return nil, nil, fmt.Errorf("unexpected archive %q (is the server built with compression or a target?)", name)
+			}
+			ts = uint32(oid)
+		}
+		tr := tar.NewReader(ar)
+		for {
+			hdr, err := tr.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return nil, nil, fmt.Errorf("archive %s: %w", name, err)
+			}
+			f := File{Tablespace: ts, Path: path.Clean(strings.TrimSuffix(hdr.Name, "/")), Mode: fs.FileMode(hdr.Mode & 0o7777), ModTime: hdr.ModTime.UTC()}
+			switch hdr.Typeflag {
+			case tar.TypeDir:
+				f.Type = "dir"
+			case tar.TypeSymlink:
+				f.Type, f.Link = "symlink", hdr.Linkname
+			case tar.TypeReg:
+				f.Type = "file"
+				for {
+					n, rerr := tr.Read(buf)
+					if n > 0 {
+						f.CRC = crc32.Update(f.CRC, castagnoli, buf[:n])
+						f.Size += int64(n)
+						if f.Extents, err = p.write(buf[:n], f.Extents); err != nil {
+							return nil, nil, err
+						}
+					}
+					if errors.Is(rerr, io.EOF) {
+						break
+					}
+					if rerr != nil {
+						return nil, nil, fmt.Errorf("archive %s, file %s: %w", name, hdr.Name, rerr)
+					}
+				}
+				if f.Size != hdr.Size {
+					return nil, nil, fmt.Errorf("archive %s, file %s: %d bytes, header says %d", name, hdr.Name, f.Size, hdr.Size)
+				}
+			default:
+				return nil, nil, fmt.Errorf("archive %s: unsupported entry type %q for %s", name, hdr.Typeflag, hdr.Name)
+			}
+			files = append(files, f)
+		}
+		if _, err := io.Copy(io.Discard, ar); err != nil { // tar padding after the end blocks
+			return nil, nil, err
+		}
+	}
+	if pgManifest == nil {
+		return nil, nil, errors.New("the server sent no backup_manifest")
+	}
+	return files, pgManifest, nil
+}
+
+// crossCheck compares what pgharbor read with PostgreSQL's own manifest: every file, its
+// size and its CRC-32C. A mismatch means bytes were lost or mangled on the way.
+func crossCheck(files []File, pgManifest []byte) error {
+	var m struct {
+		Files []struct {
+			Path      string `json:"Path"`
+			Size      int64  `json:"Size"`
+			Algorithm string `json:"Checksum-Algorithm"`
+			Checksum  string `json:"Checksum"`
+		} `json:"Files"`
+	}
+	if err := json.Unmarshal(pgManifest, &m); err != nil {
+		return fmt.Errorf("parse backup_manifest: %w", err)
+	}
+	want := make(map[string]int, len(m.Files))
+	for i, f := range m.Files {
+		want[f.Path] = i
+	}
+	seen := 0
+	for _, f := range files {
+		if f.Type != "file" {
+			continue
+		}
+		p := f.ManifestPath(nil)
+		i, ok := want[p]
+		if !ok {
+			return fmt.Errorf("file %s is not in the server's backup_manifest", p)
+		}
+		mf := m.Files[i]
+		if mf.Size != f.Size {
+			return fmt.Errorf("file %s: read %d bytes, the server's manifest says %d", p, f.Size, mf.Size)
+		}
+		if mf.Algorithm == "CRC32C" {
+			var le [4]byte
+			binary.LittleEndian.PutUint32(le[:], f.CRC)
+			if hex.EncodeToString(le[:]) != strings.ToLower(mf.Checksum) {
+				return fmt.Errorf("file %s: CRC-32C %s, the server's manifest says %s", p, hex.EncodeToString(le[:]), mf.Checksum)
+			}
+		}
+		seen++
+	}
+	if seen != len(m.Files) {
+		return fmt.Errorf("read %d files, the server's manifest lists %d", seen, len(m.Files))
+	}
+	return nil
+}

@@ -1,0 +1,118 @@
+package backup
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"path"
+	"time"
+
+	"github.com/pgharbor/pgharbor/internal/repo"
+)
+
+// ManifestFormat is the version of the manifest layout.
+const ManifestFormat = 1
+
+// Object names inside a backup's prefix.
+const (
+	manifestName   = "manifest"
+	summaryName    = "summary"
+	pgManifestName = "backup_manifest"
+	dataDir        = "data"
+)
+
+// BackupPrefix is the key prefix of a backup.
+func BackupPrefix(r *repo.Repo, label string) string { return r.Key("backups", label) }
+
+// BundleKey names bundle n of a backup.
+func BundleKey(r *repo.Repo, label string, n int) string {
+	return path.Join(BackupPrefix(r, label), dataDir, fmt.Sprintf("%08d", n))
+}
+
+// Summary is what listings, retention and the restore planner need to know of a backup.
+type Summary struct {
+	Format           int       `json:"format"`
+	Label            string    `json:"label"`
+	Type             string    `json:"type"` // full
+	SystemIdentifier string    `json:"system_identifier"`
+	PGVersion        int       `json:"pg_version"`
+	WALSegmentSize   int64     `json:"wal_segment_size"`
+	Timeline         uint32    `json:"timeline"`
+	StartLSN         string    `json:"start_lsn"`
+	StopLSN          string    `json:"stop_lsn"`
+	StopTimeline     uint32    `json:"stop_timeline"`
+	StartTime        time.Time `json:"start_time"`
+	StopTime         time.Time `json:"stop_time"`
+	// StopNextXID is the next transaction id to be assigned when the backup ended: a
+	// transaction with this id or later committed after the backup's consistency point.
+	StopNextXID uint64 `json:"stop_next_xid"`
+	// Size is the sum of the files' sizes; StoredSize the sum of the bundles' sealed sizes.
+	Size       int64  `json:"size"`
+	StoredSize int64  `json:"stored_size"`
+	Files      int    `json:"files"`
+	Bundles    int    `json:"bundles"`
+	Encryption string `json:"encryption"`
+	// Tablespaces maps OID to the location the tablespace had on the server.
+	Tablespaces []Tablespace `json:"tablespaces,omitempty"`
+	Duration    float64      `json:"duration_seconds"`
+}
+
+// Tablespace is one tablespace of the backed-up cluster.
+type Tablespace struct {
+	OID      uint32 `json:"oid"`
+	Location string `json:"location"`
+}
+
+// Extent is a piece of a file stored in one bundle.
+type Extent struct {
+	Bundle int    `json:"b"`
+	Offset int64  `json:"o"` // offset in the bundle's decoded bytes
+	Length int64  `json:"l"`
+	CRC    uint32 `json:"c"` // CRC-32C of the piece
+}
+
+// File is one entry of the backup: a regular file, a directory or a symlink.
+type File struct {
+	// Tablespace is 0 for the data directory, otherwise the tablespace OID; Path is relative
+	// to the data directory or to the tablespace's location.
+	Tablespace uint32      `json:"ts,omitempty"`
+	Path       string      `json:"path"`
+	Type       string      `json:"type"` // file, dir, symlink
+	Mode       fs.FileMode `json:"mode"`
+	Size       int64       `json:"size,omitempty"`
+	ModTime    time.Time   `json:"mtime"`
+	Link       string      `json:"link,omitempty"`
+	CRC        uint32      `json:"crc,omitempty"` // CRC-32C of the whole file (PostgreSQL's manifest algorithm)
+	Extents    []Extent    `json:"extents,omitempty"`
+}
+
+// Manifest is the full description of a backup.
+type Manifest struct {
+	Summary
+	FileList []File `json:"file_list"`
+}
+
+// ManifestPath is the path of a file as PostgreSQL's backup_manifest names it.
+func (f File) ManifestPath(ts []Tablespace) string {
+	if f.Tablespace == 0 {
+		return f.Path
+	}
+	return path.Join("pg_tblspc", fmt.Sprint(f.Tablespace), f.Path)
+}
+
+// ReadManifest reads a complete backup's manifest.
+func ReadManifest(ctx context.Context, r *repo.Repo, label string) (*Manifest, error) {
+	var m Manifest
+	if err := r.GetJSON(ctx, path.Join(BackupPrefix(r, label), manifestName), &m); err != nil {
+		return nil, fmt.Errorf("backup %s: read manifest: %w", label, err)
+	}
+	if m.Format != ManifestFormat {
+		return nil, fmt.Errorf("backup %s: manifest format %d, this pgharbor reads %d", label, m.Format, ManifestFormat)
+	}
+	return &m, nil
+}
+
+// ReadPGManifest returns PostgreSQL's own backup_manifest of a backup.
+func ReadPGManifest(ctx context.Context, r *repo.Repo, label string) ([]byte, error) {
+	return r.GetBytes(ctx, path.Join(BackupPrefix(r, label), pgManifestName))
+}

@@ -1,0 +1,174 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"hash/crc32"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pgharbor/pgharbor/internal/repo"
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// pipeline cuts file bytes into bundles and seals and uploads them with bounded memory:
+// at most workers+1 raw bundles and workers+uploads sealed bundles exist at once.
+type pipeline struct {
+	r      *repo.Repo
+	label  string
+	size   int
+	g      *errgroup.Group
+	ctx    context.Context
+	free   chan []byte     // raw buffers ready for reuse
+	toSeal chan rawBundle  // filled bundles
+	toPut  chan sealedBlob // sealed bundles
+	cur    []byte          // bundle being filled
+	next   int             // number of the bundle being filled
+	stored atomic.Int64    // sealed bytes uploaded
+	sealed sync.Pool       // *bytes.Buffer
+}
+
+type rawBundle struct {
+	n    int
+	data []byte
+}
+
+type sealedBlob struct {
+	n   int
+	buf *bytes.Buffer
+}
+
+func newPipeline(ctx context.Context, r *repo.Repo, label string, bundleSize, workers, uploads int) *pipeline {
+	g, gctx := errgroup.WithContext(ctx)
+	p := &pipeline{
+		r: r, label: label, size: bundleSize, g: g, ctx: gctx,
+		free:   make(chan []byte, workers+1),
+		toSeal: make(chan rawBundle),
+		toPut:  make(chan sealedBlob),
+	}
+	for i := 0; i < workers+1; i++ {
+		p.free <- make([]byte, 0, bundleSize)
+	}
+	var sealers sync.WaitGroup
+	for i := 0; i < workers; i++ {
+		sealers.Add(1)
+		g.Go(func() error {
+			defer sealers.Done()
+			return p.sealLoop()
+		})
+	}
+	g.Go(func() error { sealers.Wait(); close(p.toPut); return nil })
+	for i := 0; i < uploads; i++ {
+		g.Go(p.putLoop)
+	}
+	return p
+}
+
+func (p *pipeline) sealLoop() error {
+	for b := range p.toSeal {
+		buf, _ := p.sealed.Get().(*bytes.Buffer)
+		if buf == nil {
+			buf = new(bytes.Buffer)
+		}
+		buf.Reset()
+		w, err := p.r.Codec().NewWriter(buf)
+		if err != nil {
+			return err
+		}
+		if _, err := w.Write(b.data); err != nil {
+			return fmt.Errorf("seal bundle %d: %w", b.n, err)
+		}
+		if err := w.Close(); err != nil {
+			return fmt.Errorf("seal bundle %d: %w", b.n, err)
+		}
+		p.free <- b.data[:0]
+		select {
+		case p.toPut <- sealedBlob{n: b.n, buf: buf}:
+		case <-p.ctx.Done():
+			return p.ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (p *pipeline) putLoop() error {
+	for s := range p.toPut {
+		key := BundleKey(p.r, p.label, s.n)
+		if err := p.r.PutSealed(p.ctx, key, s.buf.Bytes(), false); err != nil {
+			return fmt.Errorf("store %s: %w", p.r.Location(key), err)
+		}
+		p.stored.Add(int64(s.buf.Len()))
+		if s.buf.Cap() <= 2*p.size {
+			p.sealed.Put(s.buf)
+		}
+	}
+	return nil
+}
+
+// write appends file bytes to the current bundle and returns the extents they landed in.
+func (p *pipeline) write(data []byte, extents []Extent) ([]Extent, error) {
+	for len(data) > 0 {
+		if p.cur == nil {
+			select {
+			case p.cur = <-p.free:
+			case <-p.ctx.Done():
+				return extents, p.wait()
+			}
+		}
+		n := min(p.size-len(p.cur), len(data))
+		chunk := data[:n]
+		off := int64(len(p.cur))
+		p.cur = append(p.cur, chunk...)
+		// CRC-32C updates incrementally: an extent that grows continues its checksum.
+		if k := len(extents) - 1; k >= 0 && extents[k].Bundle == p.next && extents[k].Offset+extents[k].Length == off {
+			extents[k].CRC = crc32.Update(extents[k].CRC, castagnoli, chunk)
+			extents[k].Length += int64(n)
+		} else {
+			extents = append(extents, Extent{Bundle: p.next, Offset: off, Length: int64(n), CRC: crc32.Update(0, castagnoli, chunk)})
+		}
+		data = data[n:]
+		if len(p.cur) == p.size {
+			if err := p.flush(); err != nil {
+				return extents, err
+			}
+		}
+	}
+	return extents, nil
+}
+
+// flush hands the current bundle to the sealers.
+func (p *pipeline) flush() error {
+	if len(p.cur) == 0 {
+		return nil
+	}
+	select {
+	case p.toSeal <- rawBundle{n: p.next, data: p.cur}:
+	case <-p.ctx.Done():
+		return p.wait()
+	}
+	p.cur = nil
+	p.next++
+	return nil
+}
+
+// close flushes the last bundle and waits for all uploads. It returns the bundle count.
+func (p *pipeline) close() (int, error) {
+	err := p.flush()
+	close(p.toSeal)
+	if werr := p.g.Wait(); werr != nil {
+		return 0, werr
+	}
+	return p.next, err
+}
+
+// abort stops the pipeline after a failure elsewhere.
+func (p *pipeline) wait() error {
+	if err := p.g.Wait(); err != nil {
+		return err
+	}
+	return p.ctx.Err()
+}

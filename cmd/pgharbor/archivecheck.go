@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/pgharbor/pgharbor/internal/repo"
+	"github.com/pgharbor/pgharbor/storage"
+	"github.com/pgharbor/pgharbor/wal"
+)
+
+// archiveCheck returns the backup's check that the WAL from start to stop is archived,
+// waiting up to timeout for the archiver (the server switched to a new segment at the end
+// of the backup, so the last one is on its way).
+func (a *app) archiveCheck(r *repo.Repo, timeout time.Duration) func(ctx context.Context, tli uint32, start, stop string, segSize int64) error {
+	return func(ctx context.Context, tli uint32, start, stop string, segSize int64) error {
+		segs, err := segmentsBetween(tli, start, stop, segSize)
+		if err != nil {
+			return err
+		}
+		deadline := time.Now().Add(timeout)
+		for _, seg := range segs {
+			name, err := seg.SegmentName(segSize)
+			if err != nil {
+				return err
+			}
+			key, err := wal.SegmentKey(name)
+			if err != nil {
+				return err
+			}
+			for {
+				ok, err := storage.Exists(ctx, r.Backend(), r.Key(key))
+				if err != nil {
+					return fmt.Errorf("check %s: %w", r.Location(r.Key(key)), err)
+				}
+				if ok {
+					break
+				}
+				if time.Now().After(deadline) {
+					return fmt.Errorf("segment %s is not in %s after %s: is archive_command = 'pgharbor wal push %%p' set and working (see pg_stat_archiver)?",
+						name, r.Location(r.Key(wal.Dir)), timeout)
+				}
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+		}
+		return nil
+	}
+}
+
+// segmentsBetween lists the segments holding WAL from start up to (not including) stop.
+func segmentsBetween(tli uint32, start, stop string, segSize int64) ([]wal.Segment, error) {
+	s, err := wal.ParseLSN(start)
+	if err != nil {
+		return nil, err
+	}
+	e, err := wal.ParseLSN(stop)
+	if err != nil {
+		return nil, err
+	}
+	if e > s {
+		e--
+	}
+	first := wal.SegmentOf(s, wal.TimelineID(tli), segSize)
+	last := wal.SegmentOf(e, wal.TimelineID(tli), segSize)
+	var out []wal.Segment
+	for seg := first; seg.No <= last.No; seg = seg.Next() {
+		out = append(out, seg)
+	}
+	return out, nil
+}

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgharbor/pgharbor/backup"
+)
+
+func newBackupCmd(a *app) *cobra.Command {
+	var fast, noArchiveCheck bool
+	var conn string
+	var archiveTimeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "backup",
+		Short: "Take a full base backup over the replication protocol",
+		Long: `backup streams a full base backup (BASE_BACKUP over a replication connection) into the
+repository: compressed, encrypted, small files bundled, large files split, with bounded memory.
+The pgharbor manifest is written last; a backup without it does not exist for any command.
+The server must archive its WAL with archive_command = 'pgharbor wal push %p': the backup is
+complete only once the WAL that makes it consistent is in the repository.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if cmd.Flags().Changed("conn") {
+				a.cfg.Postgres.Conn = conn
+			}
+			if a.cfg.Postgres.Conn == "" {
+				return errors.New("no server to back up: set --conn, postgres.conn or PGHARBOR_POSTGRES_CONN")
+			}
+			r, err := a.openRepo(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer r.Backend().Close()
+			bc := a.cfg.Backup
+			if !cmd.Flags().Changed("fast-checkpoint") && bc.FastCheckpoint != nil {
+				fast = *bc.FastCheckpoint
+			}
+			bar := a.newProgress("backup")
+			o := backup.Options{
+				ConnString: a.cfg.Postgres.Conn, FastCheckpoint: fast,
+				Workers: bc.Workers, Uploads: bc.Uploads, BundleSize: bc.BundleSizeMB << 20, LockStale: bc.LockTimeout,
+				Progress: bar.update, Logger: a.logger,
+			}
+			if !noArchiveCheck {
+				o.ArchiveCheck = a.archiveCheck(r, archiveTimeout)
+			}
+			sum, err := backup.Run(ctx, r, o)
+			bar.finish()
+			if err != nil {
+				return err
+			}
+			return a.print(sum, func() {
+				fmt.Fprintf(a.stdout, "backup %s complete: %s in %d files, stored %s (%.0f%%) in %d bundles, %.1f s, %s/s, WAL %s..%s timeline %d\n",
+					sum.Label, humanBytes(sum.Size), sum.Files, humanBytes(sum.StoredSize), 100*float64(sum.StoredSize)/float64(max(sum.Size, 1)),
+					sum.Bundles, sum.Duration, humanBytes(int64(float64(sum.Size)/max(sum.Duration, 0.001))), sum.StartLSN, sum.StopLSN, sum.Timeline)
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&fast, "fast-checkpoint", true, "ask the server for an immediate checkpoint (backup.fast_checkpoint)")
+	cmd.Flags().StringVar(&conn, "conn", "", "connection string of the server (postgres.conn)")
+	cmd.Flags().BoolVar(&noArchiveCheck, "no-archive-check", false, "do not wait for the backup's WAL to be in the repository (the backup then needs WAL from elsewhere)")
+	cmd.Flags().DurationVar(&archiveTimeout, "archive-timeout", 60*time.Second, "how long to wait for the backup's WAL to reach the repository")
+	cmd.AddCommand(newBackupCleanupCmd(a))
+	return cmd
+}
+
+func newBackupCleanupCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "cleanup",
+		Short: "Remove the objects of backups that did not finish (no manifest, not running)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			r, err := a.openRepo(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer r.Backend().Close()
+			removed, err := backup.Cleanup(ctx, r)
+			if err != nil {
+				return err
+			}
+			if removed == nil {
+				removed = []string{}
+			}
+			return a.print(map[string][]string{"removed": removed}, func() {
+				if len(removed) == 0 {
+					fmt.Fprintln(a.stdout, "no incomplete backups to remove")
+				}
+				for _, l := range removed {
+					fmt.Fprintf(a.stdout, "removed incomplete backup %s\n", l)
+				}
+			})
+		},
+	}
+}

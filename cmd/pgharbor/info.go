@@ -1,0 +1,156 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgharbor/pgharbor/backup"
+	"github.com/pgharbor/pgharbor/internal/repo"
+	"github.com/pgharbor/pgharbor/restore"
+	"github.com/pgharbor/pgharbor/wal"
+)
+
+type infoReport struct {
+	Identity repo.Identity   `json:"identity"`
+	Catalog  *backup.Catalog `json:"catalog"`
+	WAL      wal.Archive     `json:"wal"`
+	Window   restore.Window  `json:"recoverable_window"`
+}
+
+func newInfoCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "info",
+		Short: "Show backups, archived WAL per timeline, gaps and the recoverable window",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if a.cfg.Encryption.Mode == "" {
+				a.cfg.Encryption.Mode = "none" // listing needs no key; the identity is read in clear
+			}
+			r, err := a.openRepo(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer r.Backend().Close()
+			id, err := r.ReadIdentity(ctx)
+			if err != nil {
+				return err
+			}
+			cat, err := backup.LoadCatalog(ctx, r)
+			if err != nil {
+				return err
+			}
+			arch, err := wal.ListArchive(ctx, r)
+			if err != nil {
+				return err
+			}
+			rep := infoReport{Identity: id, Catalog: cat, WAL: arch, Window: restore.ComputeWindow(cat.Backups, arch.Newest)}
+			return a.print(rep, func() { a.printInfo(rep) })
+		},
+	}
+}
+
+func (a *app) printInfo(rep infoReport) {
+	w := a.stdout
+	fmt.Fprintf(w, "cluster %s (system identifier %s, PostgreSQL %d, encryption %s)\n\n", rep.Identity.Cluster, rep.Identity.SystemIdentifier, rep.Identity.PGVersion/10000, rep.Identity.Encryption)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "BACKUP\tTYPE\tSTART\tSTOP\tTIMELINE\tSTART LSN\tSTOP LSN\tSIZE\tSTORED\tSECONDS")
+	for _, b := range rep.Catalog.Backups {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%.1f\n", b.Label, b.Type, b.StartTime.Format(time.RFC3339), b.StopTime.Format(time.RFC3339),
+			b.Timeline, b.StartLSN, b.StopLSN, humanBytes(b.Size), humanBytes(b.StoredSize), b.Duration)
+	}
+	tw.Flush()
+	if len(rep.Catalog.Backups) == 0 {
+		fmt.Fprintln(w, "(no complete backup)")
+	}
+	for _, inc := range rep.Catalog.Incomplete {
+		state := "did not finish: remove with `pgharbor backup cleanup`"
+		if inc.Running {
+			state = "running"
+		}
+		fmt.Fprintf(w, "incomplete backup %s: %d objects, %s (%s)\n", inc.Label, inc.Objects, humanBytes(inc.Bytes), state)
+	}
+	fmt.Fprintln(w)
+	for _, t := range rep.WAL.Timelines {
+		fmt.Fprintf(w, "WAL timeline %d: %d segments %s .. %s", t.TLI, t.Count, t.First, t.Last)
+		if t.HasHistory {
+			fmt.Fprint(w, " (history archived)")
+		}
+		fmt.Fprintln(w)
+		for _, g := range t.Gaps {
+			fmt.Fprintf(w, "  GAP: %d segments missing %s .. %s: recovery cannot pass it\n", g.Count, g.From, g.To)
+		}
+	}
+	if len(rep.WAL.Timelines) == 0 {
+		fmt.Fprintln(w, "no archived WAL")
+	}
+	for _, warn := range rep.WAL.Warnings {
+		fmt.Fprintf(w, "warning: %s\n", warn)
+	}
+	fmt.Fprintf(w, "\nrecoverable window: %s\n", rep.Window)
+}
+
+func newVerifyCmd(a *app) *cobra.Command {
+	var label string
+	var workers int
+	cmd := &cobra.Command{
+		Use:   "verify [--backup LABEL]",
+		Short: "Check that backups decrypt and match their manifests, and that their WAL is archived",
+		Long: `verify reads every object of a backup (all backups without --backup), decrypting and
+decompressing it, checks every file's pieces against the manifest's CRC-32C, and checks that
+the WAL from the backup's start to its stop is in the repository.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			r, err := a.openRepo(ctx, true)
+			if err != nil {
+				return err
+			}
+			defer r.Backend().Close()
+			cat, err := backup.LoadCatalog(ctx, r)
+			if err != nil {
+				return err
+			}
+			var todo []backup.Summary
+			if label != "" {
+				b, ok := cat.Find(label)
+				if !ok {
+					return fmt.Errorf("no complete backup %q (see `pgharbor info`)", label)
+				}
+				todo = append(todo, b)
+			} else {
+				todo = cat.Backups
+			}
+			check := a.archiveCheck(r, 0)
+			var results []*backup.VerifyResult
+			for _, b := range todo {
+				res, err := backup.Verify(ctx, r, b.Label, workers)
+				if err != nil {
+					return err
+				}
+				if err := check(ctx, b.Timeline, b.StartLSN, b.StopLSN, b.WALSegmentSize); err != nil {
+					return fmt.Errorf("backup %s: %w", b.Label, err)
+				}
+				results = append(results, res)
+				a.logger.Info("backup verified", "label", b.Label, "files", res.Files, "bundles", res.Bundles)
+			}
+			if results == nil {
+				results = []*backup.VerifyResult{}
+			}
+			return a.print(results, func() {
+				for _, res := range results {
+					fmt.Fprintf(a.stdout, "backup %s OK: %d files, %d bundles, %s, WAL present\n", res.Label, res.Files, res.Bundles, humanBytes(res.Bytes))
+				}
+				if len(results) == 0 {
+					fmt.Fprintln(a.stdout, "no complete backup to verify")
+				}
+			})
+		},
+	}
+	cmd.Flags().StringVar(&label, "backup", "", "verify only this backup")
+	cmd.Flags().IntVar(&workers, "workers", 4, "bundles read in parallel")
+	return cmd
+}

@@ -1,0 +1,507 @@
+package restore
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+
+	"github.com/pgharbor/pgharbor/backup"
+	"github.com/pgharbor/pgharbor/internal/repo"
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Options configure the executor.
+type Options struct {
+	PGData string
+	// TablespaceMap maps a tablespace's old location (or its OID) to a new location.
+	TablespaceMap map[string]string
+	// Delta reuses a non-empty data directory: files whose size and CRC-32C match the backup
+	// are kept, others are rewritten, files the backup does not have are removed.
+	Delta bool
+	// Workers download and write bundles in parallel (default 4).
+	Workers int
+	// RestoreCommand is written as restore_command; empty leaves it out (the caller then
+	// provides WAL another way).
+	RestoreCommand string
+	// StandbyMode writes standby.signal instead of recovery.signal.
+	StandbyMode bool
+	// ArchiveOff writes archive_mode = off, so that a copy (a refreshed test database) never
+	// pushes its WAL into the repository it came from.
+	ArchiveOff bool
+	Logger     *slog.Logger
+	// Progress, when set, is called with bytes written so far and the total to write.
+	Progress func(done, total int64)
+}
+
+// Result says what the executor did.
+type Result struct {
+	Files        int   `json:"files"`
+	FilesWritten int   `json:"files_written"`
+	FilesKept    int   `json:"files_kept"`
+	FilesRemoved int   `json:"files_removed"`
+	Bytes        int64 `json:"bytes_written"`
+	Bundles      int   `json:"bundles_fetched"`
+}
+
+// Execute writes the plan's backup into opts.PGData and configures recovery.
+func Execute(ctx context.Context, r *repo.Repo, plan *Plan, o Options) (*Result, error) {
+	if o.Workers <= 0 {
+		o.Workers = 4
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	m, err := backup.ReadManifest(ctx, r, plan.Backup.Label)
+	if err != nil {
+		return nil, err
+	}
+	pgManifest, err := backup.ReadPGManifest(ctx, r, plan.Backup.Label)
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: read backup_manifest: %w", plan.Backup.Label, err)
+	}
+	roots, err := tablespaceRoots(o, m.Tablespaces)
+	if err != nil {
+		return nil, err
+	}
+	owner, err := ownerFor(o.PGData)
+	if err != nil {
+		return nil, err
+	}
+	for _, root := range roots {
+		if err := prepareDir(root, o.Delta, owner); err != nil {
+			return nil, err
+		}
+	}
+	x := &executor{r: r, m: m, o: o, roots: roots, owner: owner}
+	if err := x.layout(); err != nil {
+		return nil, err
+	}
+	if err := x.fetch(ctx); err != nil {
+		return nil, err
+	}
+	if err := x.finish(pgManifest, plan); err != nil {
+		return nil, err
+	}
+	return &x.res, nil
+}
+
+type executor struct {
+	r     *repo.Repo
+	m     *backup.Manifest
+	o     Options
+	roots map[uint32]string // tablespace OID (0 = data directory) -> directory
+	owner *syscall.Credential
+	need  []bool // per file: must be written
+	res   Result
+	done  atomic.Int64
+	total int64
+}
+
+// ownerFor: when running as root, restored files belong to the owner of the data
+// directory (or of its parent, when it does not exist yet), so PostgreSQL can start on them.
+func ownerFor(pgdata string) (*syscall.Credential, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	for dir := filepath.Clean(pgdata); ; dir = filepath.Dir(dir) {
+		st, err := os.Stat(dir)
+		if err == nil {
+			sys := st.Sys().(*syscall.Stat_t)
+			if sys.Uid == 0 {
+				return nil, nil
+			}
+			return &syscall.Credential{Uid: sys.Uid, Gid: sys.Gid}, nil
+		}
+		if dir == filepath.Dir(dir) {
+			return nil, nil
+		}
+	}
+}
+
+func (x *executor) chown(p string) error {
+	if x.owner == nil {
+		return nil
+	}
+	return os.Lchown(p, int(x.owner.Uid), int(x.owner.Gid))
+}
+
+func tablespaceRoots(o Options, ts []backup.Tablespace) (map[uint32]string, error) {
+	roots := map[uint32]string{0: filepath.Clean(o.PGData)}
+	used := map[string]bool{}
+	for _, t := range ts {
+		loc := t.Location
+		for _, key := range []string{t.Location, strconv.FormatUint(uint64(t.OID), 10)} {
+			if n, ok := o.TablespaceMap[key]; ok {
+				loc, used[key] = n, true
+			}
+		}
+		if !filepath.IsAbs(loc) {
+			return nil, fmt.Errorf("tablespace %d: location %q is not absolute", t.OID, loc)
+		}
+		roots[t.OID] = filepath.Clean(loc)
+	}
+	for k := range o.TablespaceMap {
+		if !used[k] {
+			return nil, fmt.Errorf("--tablespace-map %s: the backup has no tablespace with that location or OID", k)
+		}
+	}
+	return roots, nil
+}
+
+// prepareDir creates dir, or checks it is empty (or reusable with delta).
+func prepareDir(dir string, delta bool, owner *syscall.Credential) error {
+	entries, err := os.ReadDir(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("create %s: %w", dir, err)
+		}
+		if owner != nil {
+			return os.Chown(dir, int(owner.Uid), int(owner.Gid))
+		}
+		return nil
+	case err != nil:
+		return fmt.Errorf("read %s: %w", dir, err)
+	}
+	if len(entries) == 0 {
+		return nil
+	}
+	if !delta {
+		return fmt.Errorf("%s is not empty: restore into an empty directory, or use --delta to reuse it", dir)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "postmaster.pid")); err == nil {
+		return fmt.Errorf("%s has postmaster.pid: stop the server before a delta restore", dir)
+	}
+	return nil
+}
+
+func (x *executor) filePath(f backup.File) string {
+	return filepath.Join(x.roots[f.Tablespace], filepath.FromSlash(f.Path))
+}
+
+// layout creates directories and symlinks, decides which files need writing (delta) and
+// sizes them, and removes files the backup does not have (delta).
+func (x *executor) layout() error {
+	files := x.m.FileList
+	x.need = make([]bool, len(files))
+	order := make([]int, len(files))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool { return files[order[a]].Path < files[order[b]].Path })
+	keep := map[string]bool{}
+	for _, root := range x.roots {
+		keep[root] = true
+	}
+	for _, i := range order {
+		f := files[i]
+		p := x.filePath(f)
+		keep[p] = true
+		switch f.Type {
+		case "dir":
+			if err := os.MkdirAll(p, 0o700); err != nil {
+				return fmt.Errorf("create directory %s: %w", p, err)
+			}
+			if err := os.Chmod(p, f.Mode.Perm()); err != nil {
+				return err
+			}
+			if err := x.chown(p); err != nil {
+				return err
+			}
+		case "symlink":
+			if cur, err := os.Readlink(p); err == nil && cur == f.Link {
+				continue
+			}
+			os.RemoveAll(p)
+			if err := os.Symlink(f.Link, p); err != nil {
+				return fmt.Errorf("create symlink %s: %w", p, err)
+			}
+			if err := x.chown(p); err != nil {
+				return err
+			}
+		case "file":
+			x.res.Files++
+			if x.o.Delta && sameFile(p, f) {
+				x.res.FilesKept++
+				continue
+			}
+			x.need[i] = true
+			x.total += f.Size
+			if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+				return err
+			}
+			fh, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, f.Mode.Perm()|0o200)
+			if err != nil {
+				return fmt.Errorf("create %s: %w", p, err)
+			}
+			err = fh.Truncate(f.Size)
+			if cerr := fh.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return fmt.Errorf("size %s: %w", p, err)
+			}
+			if err := x.chown(p); err != nil {
+				return err
+			}
+			x.res.FilesWritten++
+		}
+	}
+	if x.o.Delta {
+		for _, root := range x.roots {
+			if err := x.removeExtra(root, keep); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// removeExtra deletes what the backup does not have below root (delta restore).
+func (x *executor) removeExtra(root string, keep map[string]bool) error {
+	var extra []string
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if keep[p] {
+			return nil
+		}
+		extra = append(extra, p)
+		if d.IsDir() {
+			return fs.SkipDir
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("scan %s: %w", root, err)
+	}
+	for _, p := range extra {
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("remove %s: %w", p, err)
+		}
+		x.res.FilesRemoved++
+	}
+	return nil
+}
+
+func sameFile(p string, f backup.File) bool {
+	st, err := os.Lstat(p)
+	if err != nil || !st.Mode().IsRegular() || st.Size() != f.Size {
+		return false
+	}
+	fh, err := os.Open(p)
+	if err != nil {
+		return false
+	}
+	defer fh.Close()
+	h := crc32.New(castagnoli)
+	if _, err := io.Copy(h, bufio.NewReaderSize(fh, 256<<10)); err != nil {
+		return false
+	}
+	return h.Sum32() == f.CRC
+}
+
+type piece struct {
+	file int
+	ext  backup.Extent
+}
+
+// fetch downloads every bundle that holds bytes of a file to write, in parallel, and writes
+// the pieces in place, checking each piece's CRC-32C.
+func (x *executor) fetch(ctx context.Context) error {
+	byBundle := map[int][]piece{}
+	for i, f := range x.m.FileList {
+		if !x.need[i] {
+			continue
+		}
+		for _, e := range f.Extents {
+			byBundle[e.Bundle] = append(byBundle[e.Bundle], piece{file: i, ext: e})
+		}
+	}
+	bundles := make([]int, 0, len(byBundle))
+	for b := range byBundle {
+		bundles = append(bundles, b)
+	}
+	sort.Ints(bundles)
+	x.res.Bundles = len(bundles)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(x.o.Workers)
+	for _, b := range bundles {
+		pieces := byBundle[b]
+		sort.Slice(pieces, func(i, j int) bool { return pieces[i].ext.Offset < pieces[j].ext.Offset })
+		g.Go(func() error { return x.writeBundle(gctx, b, pieces) })
+	}
+	return g.Wait()
+}
+
+func (x *executor) writeBundle(ctx context.Context, n int, pieces []piece) error {
+	key := backup.BundleKey(x.r, x.m.Label, n)
+	rc, err := x.r.GetStream(ctx, key)
+	if err != nil {
+		return fmt.Errorf("backup %s: %w", x.m.Label, err)
+	}
+	defer rc.Close()
+	br := bufio.NewReaderSize(rc, 256<<10)
+	var pos int64
+	buf := make([]byte, 256<<10)
+	for _, pc := range pieces {
+		if pc.ext.Offset < pos {
+			return fmt.Errorf("backup %s: bundle %d: overlapping pieces in the manifest", x.m.Label, n)
+		}
+		if _, err := br.Discard(int(pc.ext.Offset - pos)); err != nil {
+			return fmt.Errorf("read %s: %w", x.r.Location(key), err)
+		}
+		pos = pc.ext.Offset
+		f := x.m.FileList[pc.file]
+		p := x.filePath(f)
+		fh, err := os.OpenFile(p, os.O_WRONLY, 0)
+		if err != nil {
+			return fmt.Errorf("open %s: %w", p, err)
+		}
+		fileOff := extentFileOffset(f, pc.ext)
+		crc := uint32(0)
+		left := pc.ext.Length
+		for left > 0 {
+			chunk := buf[:min(int64(len(buf)), left)]
+			if _, err := io.ReadFull(br, chunk); err != nil {
+				fh.Close()
+				return fmt.Errorf("read %s (piece of %s): %w", x.r.Location(key), f.Path, err)
+			}
+			crc = crc32.Update(crc, castagnoli, chunk)
+			if _, err := fh.WriteAt(chunk, fileOff); err != nil {
+				fh.Close()
+				return fmt.Errorf("write %s: %w", p, err)
+			}
+			fileOff += int64(len(chunk))
+			left -= int64(len(chunk))
+			x.progress(int64(len(chunk)))
+		}
+		if err := fh.Close(); err != nil {
+			return fmt.Errorf("close %s: %w", p, err)
+		}
+		if crc != pc.ext.CRC {
+			return fmt.Errorf("backup %s: %s: checksum mismatch in a piece from %s: the object is damaged (run `pgharbor verify --backup %s`)", x.m.Label, f.Path, x.r.Location(key), x.m.Label)
+		}
+		pos += pc.ext.Length
+	}
+	return nil
+}
+
+// extentFileOffset is where an extent starts in its file: the sum of the lengths before it.
+func extentFileOffset(f backup.File, e backup.Extent) int64 {
+	var off int64
+	for _, x := range f.Extents {
+		if x == e {
+			return off
+		}
+		off += x.Length
+	}
+	return off
+}
+
+func (x *executor) progress(n int64) {
+	done := x.done.Add(n)
+	x.res.Bytes = done
+	if x.o.Progress != nil {
+		x.o.Progress(done, x.total)
+	}
+}
+
+// finish rewrites tablespace_map for moved tablespaces, writes backup_manifest and the
+// recovery configuration, and makes everything durable with one syncfs per file system.
+func (x *executor) finish(pgManifest []byte, plan *Plan) error {
+	pgdata := x.roots[0]
+	if len(x.m.Tablespaces) > 0 {
+		var b strings.Builder
+		for _, t := range x.m.Tablespaces {
+			fmt.Fprintf(&b, "%d %s\n", t.OID, x.roots[t.OID])
+		}
+		if err := x.writeFile(filepath.Join(pgdata, "tablespace_map"), []byte(b.String()), 0o600); err != nil {
+			return err
+		}
+	}
+	if err := x.writeFile(filepath.Join(pgdata, "backup_manifest"), pgManifest, 0o600); err != nil {
+		return err
+	}
+	signal := "recovery.signal"
+	if x.o.StandbyMode {
+		signal = "standby.signal"
+	}
+	if err := x.writeFile(filepath.Join(pgdata, signal), nil, 0o600); err != nil {
+		return err
+	}
+	var conf strings.Builder
+	conf.WriteString("\n# recovery settings written by pgharbor restore of backup " + x.m.Label + "\n")
+	if x.o.RestoreCommand != "" {
+		fmt.Fprintf(&conf, "restore_command = %s\n", QuoteConf(x.o.RestoreCommand))
+	}
+	if x.o.ArchiveOff {
+		conf.WriteString("archive_mode = 'off'\n")
+	}
+	keys := make([]string, 0, len(plan.Settings))
+	for k := range plan.Settings {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(&conf, "%s = %s\n", k, QuoteConf(plan.Settings[k]))
+	}
+	if err := x.appendFile(filepath.Join(pgdata, "postgresql.auto.conf"), conf.String()); err != nil {
+		return err
+	}
+	for _, root := range x.roots {
+		if err := syncFS(root); err != nil {
+			return fmt.Errorf("sync %s: %w", root, err)
+		}
+	}
+	return nil
+}
+
+func (x *executor) writeFile(p string, data []byte, mode fs.FileMode) error {
+	if err := os.WriteFile(p, data, mode); err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	return x.chown(p)
+}
+
+func (x *executor) appendFile(p, text string) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", p, err)
+	}
+	if _, err := f.WriteString(text); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return x.chown(p)
+}
+
+// syncFS flushes the whole file system holding dir: one call instead of an fsync per file.
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Syncfs(int(f.Fd()))
+}

@@ -1,0 +1,215 @@
+// Package restore brings a cluster back from a repository: a pure planner chooses the backup
+// and the recovery settings for a target, an executor writes the data directory in parallel.
+//
+// Glossary:
+//   - target: where recovery stops: a time, an LSN, a transaction id, a named restore point,
+//     "immediate" (the end of the backup) or "latest" (the end of the archived WAL).
+//   - window: the recoverable window, from the earliest backup's end to the newest archived WAL.
+//   - delta: reusing a non-empty data directory, rewriting only files whose checksum differs.
+package restore
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pgharbor/pgharbor/backup"
+	"github.com/pgharbor/pgharbor/wal"
+)
+
+// ErrOutsideWindow means the target cannot be reached with what the repository holds.
+var ErrOutsideWindow = errors.New("target outside the recoverable window")
+
+// Target kinds.
+const (
+	TargetLatest    = "latest"
+	TargetImmediate = "immediate"
+	TargetTime      = "time"
+	TargetLSN       = "lsn"
+	TargetXID       = "xid"
+	TargetName      = "name"
+)
+
+// Target says where recovery stops.
+type Target struct {
+	Kind string
+	Time time.Time
+	LSN  wal.LSN
+	XID  uint64
+	Name string
+	// Timeline is recovery_target_timeline: "" (PostgreSQL's default, latest), "current",
+	// "latest" or a number.
+	Timeline string
+	// Action is recovery_target_action: promote, pause (PostgreSQL's default) or shutdown.
+	Action string
+	// Exclusive stops just before the target instead of just after it.
+	Exclusive bool
+}
+
+// Validate checks the combination of settings.
+func (t Target) Validate() error {
+	switch t.Kind {
+	case TargetLatest, TargetImmediate, TargetTime, TargetLSN, TargetXID, TargetName:
+	default:
+		return fmt.Errorf("unknown target kind %q", t.Kind)
+	}
+	switch t.Action {
+	case "", "promote", "pause", "shutdown":
+	default:
+		return fmt.Errorf("--target-action %q: want promote, pause or shutdown", t.Action)
+	}
+	if t.Kind == TargetLatest && t.Action != "" {
+		return errors.New("--target-action needs a target (time, lsn, xid, name or immediate): recovery to the latest WAL always promotes")
+	}
+	switch t.Timeline {
+	case "", "current", "latest":
+	default:
+		if _, err := strconv.ParseUint(t.Timeline, 10, 32); err != nil {
+			return fmt.Errorf("--target-timeline %q: want current, latest or a timeline number", t.Timeline)
+		}
+	}
+	return nil
+}
+
+// Window is the recoverable window.
+type Window struct {
+	Earliest time.Time `json:"earliest"` // end of the oldest backup
+	Latest   time.Time `json:"latest"`   // newest archived WAL (or newest backup end)
+}
+
+func (w Window) String() string {
+	if w.Earliest.IsZero() {
+		return "empty (no backup)"
+	}
+	return fmt.Sprintf("%s .. %s", w.Earliest.UTC().Format(time.RFC3339), w.Latest.UTC().Format(time.RFC3339))
+}
+
+// ComputeWindow derives the window from the backups and the newest archived WAL time.
+func ComputeWindow(backups []backup.Summary, newestWAL time.Time) Window {
+	var w Window
+	for _, b := range backups {
+		if w.Earliest.IsZero() || b.StopTime.Before(w.Earliest) {
+			w.Earliest = b.StopTime
+		}
+		if b.StopTime.After(w.Latest) {
+			w.Latest = b.StopTime
+		}
+	}
+	if !w.Earliest.IsZero() && newestWAL.After(w.Latest) {
+		w.Latest = newestWAL
+	}
+	return w
+}
+
+// Plan is the planner's decision.
+type Plan struct {
+	Backup backup.Summary
+	Target Target
+	Window Window
+	// Settings are the recovery parameters for postgresql.auto.conf (restore_command is
+	// added by the executor).
+	Settings map[string]string
+}
+
+// MakePlan chooses the backup for the target (or checks the one given by label) and the
+// recovery settings. It does no I/O. backups are complete backups, oldest first.
+func MakePlan(backups []backup.Summary, newestWAL time.Time, t Target, label string) (*Plan, error) {
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	w := ComputeWindow(backups, newestWAL)
+	if len(backups) == 0 {
+		return nil, fmt.Errorf("%w: the repository holds no complete backup", ErrOutsideWindow)
+	}
+	var chosen *backup.Summary
+	if label != "" {
+		for i := range backups {
+			if backups[i].Label == label {
+				chosen = &backups[i]
+			}
+		}
+		if chosen == nil {
+			return nil, fmt.Errorf("no complete backup %q (see `pgharbor info`)", label)
+		}
+	}
+	switch t.Kind {
+	case TargetTime:
+		if t.Time.After(w.Latest) {
+			return nil, fmt.Errorf("%w: %s is after the newest archived WAL; window %s", ErrOutsideWindow, t.Time.UTC().Format(time.RFC3339Nano), w)
+		}
+		if chosen == nil {
+			chosen = latestWhere(backups, func(b backup.Summary) bool { return !b.StopTime.After(t.Time) })
+		}
+		if chosen == nil || chosen.StopTime.After(t.Time) {
+			return nil, fmt.Errorf("%w: %s is before the end of the oldest usable backup; window %s", ErrOutsideWindow, t.Time.UTC().Format(time.RFC3339Nano), w)
+		}
+	case TargetLSN:
+		if chosen == nil {
+			chosen = latestWhere(backups, func(b backup.Summary) bool { return lsnOf(b.StopLSN) <= t.LSN })
+		}
+		if chosen == nil || lsnOf(chosen.StopLSN) > t.LSN {
+			return nil, fmt.Errorf("%w: LSN %s is before the end of the oldest usable backup (%s); window %s", ErrOutsideWindow, t.LSN, backups[0].StopLSN, w)
+		}
+	case TargetXID:
+		if chosen == nil {
+			chosen = latestWhere(backups, func(b backup.Summary) bool { return b.StopNextXID <= t.XID })
+		}
+		if chosen == nil || chosen.StopNextXID > t.XID {
+			return nil, fmt.Errorf("%w: transaction %d had started before the oldest backup ended (its next xid was %d); choose an older target or --backup", ErrOutsideWindow, t.XID, backups[0].StopNextXID)
+		}
+	default: // latest, immediate, name: the newest backup unless one was named
+		if chosen == nil {
+			chosen = &backups[len(backups)-1]
+		}
+	}
+	return &Plan{Backup: *chosen, Target: t, Window: w, Settings: settings(t)}, nil
+}
+
+func lsnOf(s string) wal.LSN {
+	l, err := wal.ParseLSN(s)
+	if err != nil {
+		return ^wal.LSN(0)
+	}
+	return l
+}
+
+func latestWhere(backups []backup.Summary, ok func(backup.Summary) bool) *backup.Summary {
+	for i := len(backups) - 1; i >= 0; i-- {
+		if ok(backups[i]) {
+			return &backups[i]
+		}
+	}
+	return nil
+}
+
+// settings renders the recovery parameters for a target.
+func settings(t Target) map[string]string {
+	s := map[string]string{}
+	switch t.Kind {
+	case TargetImmediate:
+		s["recovery_target"] = "immediate"
+	case TargetTime:
+		s["recovery_target_time"] = t.Time.UTC().Format("2006-01-02 15:04:05.999999") + "+00"
+	case TargetLSN:
+		s["recovery_target_lsn"] = t.LSN.String()
+	case TargetXID:
+		s["recovery_target_xid"] = strconv.FormatUint(t.XID, 10)
+	case TargetName:
+		s["recovery_target_name"] = t.Name
+	}
+	if t.Kind != TargetLatest && t.Kind != TargetImmediate && t.Exclusive {
+		s["recovery_target_inclusive"] = "off"
+	}
+	if t.Action != "" {
+		s["recovery_target_action"] = t.Action
+	}
+	if t.Timeline != "" {
+		s["recovery_target_timeline"] = t.Timeline
+	}
+	return s
+}
+
+// QuoteConf quotes a value for postgresql.conf.
+func QuoteConf(v string) string { return "'" + strings.ReplaceAll(v, "'", "''") + "'" }
