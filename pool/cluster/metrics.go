@@ -1,10 +1,3 @@
-//go:build promcollector
-
-// This file needs go.sum entries for client_golang's dependencies (beorn7/perks,
-// prometheus/client_model, prometheus/common, prometheus/procfs), which the shared go.sum
-// does not list yet. Once someone runs `go get github.com/prometheus/client_golang/prometheus@v1.25.0`,
-// delete the build constraint above.
-
 package cluster
 
 import (
