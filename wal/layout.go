@@ -211,7 +211,8 @@ func ReadHistory(ctx context.Context, r *repo.Repo, tli TimelineID) (History, er
 //   - from the segment holding t's own switch point (where t begins, known from its
 //     history file) up to its first archived segment;
 //
-// but not beyond the last segment any successor timeline's path needs from t, when t has
+// but not beyond the last segment any successor timeline's path needs from t (the one
+// before the switch point's segment, which recovery reads from the successor), when t has
 // successors: WAL an old primary wrote after a standby was promoted is not on any path
 // but t's own, and its end is normally lost (see docs/wal.md).
 func findGaps(t TimelineID, segs []uint64, own *History, all []History, size int64) []Gap {
@@ -229,8 +230,10 @@ func findGaps(t TimelineID, segs []uint64, own *History, all []History, size int
 		if h.TLI == t {
 			continue
 		}
-		if sw, ok := h.SwitchPoint(t); ok && sw > 0 {
-			need := (uint64(sw) - 1) / uint64(size)
+		// Recovery reads the segment holding the switch point from the new timeline (its
+		// first segment copies the old one up to there), so t is needed up to the one before.
+		if sw, ok := h.SwitchPoint(t); ok && uint64(sw)/uint64(size) > 0 {
+			need := uint64(sw)/uint64(size) - 1
 			if !limited || need > limit {
 				limit, limited = need, true
 			}
