@@ -73,10 +73,10 @@ func TestSegmentNames(t *testing.T) {
 func TestParseSegmentNameRejects(t *testing.T) {
 	for _, name := range []string{
 		"", "00000001000000000000000", "0000000100000000000000001",
-		"00000000000000000000000A",   // timeline 0
-		"0000000100000000000000ab",   // lower case: PostgreSQL never writes it
-		"000000010000000000000100",   // segment part too large for 16 MiB
-		"00000001000000000000000G",   //
+		"00000000000000000000000A", // timeline 0
+		"0000000100000000000000ab", // lower case: PostgreSQL never writes it
+		"000000010000000000000100", // segment part too large for 16 MiB
+		"00000001000000000000000G", //
 		"000000010000000000000001.partial",
 	} {
 		if _, err := ParseSegmentName(name, DefaultSegmentSize); !errors.Is(err, ErrInvalidName) {
