@@ -142,11 +142,41 @@ type Cluster struct {
 	roundM sync.Mutex // serialises check rounds so results are applied in order
 	kick   chan struct{}
 
+	// snap is an immutable copy of the node states published after every change under mu, so
+	// the per-transaction readers (Primary, PickReader) take no lock.
+	snap atomic.Pointer[snapshot]
+
 	mu        sync.Mutex
 	nodes     []*node
 	primaryID int  // -1: none known
 	pinned    bool // primaryID was chosen by SetPrimary; no other node may become primary
 	subs      []chan struct{}
+}
+
+type snapshot struct {
+	nodes   []NodeState // SelectCount, ChecksOK, ChecksFailed are filled in by readers
+	primary int         // -1: none up
+	readers []NodeState // up standbys and the up primary: PickReader's candidates
+}
+
+// publishLocked rebuilds the snapshot; callers hold mu.
+func (c *Cluster) publishLocked() {
+	sn := &snapshot{nodes: make([]NodeState, len(c.nodes)), primary: -1}
+	for i, n := range c.nodes {
+		st := c.state(n)
+		sn.nodes[i] = st
+		if st.Status != StatusUp {
+			continue
+		}
+		if st.Role == RolePrimary {
+			if i != c.primaryID {
+				continue
+			}
+			sn.primary = i
+		}
+		sn.readers = append(sn.readers, st)
+	}
+	c.snap.Store(sn)
 }
 
 // New validates cfg, fills in defaults and returns a Cluster whose nodes are all unknown
@@ -164,6 +194,7 @@ func New(cfg Config, logger *slog.Logger) (*Cluster, error) {
 	for i, nc := range cfg.Nodes {
 		c.nodes = append(c.nodes, &node{id: i, cfg: nc, status: StatusUnknown, role: RoleUnknown})
 	}
+	c.publishLocked()
 	return c, nil
 }
 
@@ -196,6 +227,7 @@ func NewStatic(cfg Config, states []NodeState, logger *slog.Logger) (*Cluster, e
 			c.primaryID = i
 		}
 	}
+	c.publishLocked()
 	return c, nil
 }
 
@@ -287,37 +319,37 @@ func (c *Cluster) state(n *node) NodeState {
 
 // Nodes returns a snapshot of all nodes, ordered by id.
 func (c *Cluster) Nodes() []NodeState {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := make([]NodeState, len(c.nodes))
-	for i, n := range c.nodes {
-		out[i] = c.state(n)
+	sn := c.snap.Load()
+	out := make([]NodeState, len(sn.nodes))
+	for i := range sn.nodes {
+		out[i] = c.fill(sn.nodes[i])
 	}
 	return out
 }
 
-// Node returns a snapshot of one node.
-func (c *Cluster) Node(id int) (NodeState, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if id < 0 || id >= len(c.nodes) {
-		return NodeState{}, false
-	}
-	return c.state(c.nodes[id]), true
+// fill adds the counters that change without a state change.
+func (c *Cluster) fill(s NodeState) NodeState {
+	n := c.nodes[s.ID]
+	s.SelectCount, s.ChecksOK, s.ChecksFailed = n.selects.Load(), n.checksOK.Load(), n.checksFail.Load()
+	return s
 }
 
-// Primary returns the primary when it is up.
+// Node returns a snapshot of one node.
+func (c *Cluster) Node(id int) (NodeState, bool) {
+	sn := c.snap.Load()
+	if id < 0 || id >= len(sn.nodes) {
+		return NodeState{}, false
+	}
+	return c.fill(sn.nodes[id]), true
+}
+
+// Primary returns the primary when it is up. It takes no lock (safe on the hot path).
 func (c *Cluster) Primary() (NodeState, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.primaryID < 0 {
+	sn := c.snap.Load()
+	if sn.primary < 0 {
 		return NodeState{}, false
 	}
-	n := c.nodes[c.primaryID]
-	if n.status != StatusUp || n.role != RolePrimary {
-		return NodeState{}, false
-	}
-	return c.state(n), true
+	return c.fill(sn.nodes[sn.primary]), true
 }
 
 // PickReader chooses where a read-only session or statement goes: among the up standbys
@@ -325,20 +357,13 @@ func (c *Cluster) Primary() (NodeState, bool) {
 // the set of candidates does not change, and when a node leaves only the keys that were on it
 // move (weighted rendezvous hashing). It reports false when no node qualifies (the caller
 // then uses Primary). It does not count the select: call CountSelect when the read is sent.
+// It takes no lock (safe on the hot path).
 func (c *Cluster) PickReader(key uint64) (NodeState, bool) {
-	c.mu.Lock()
-	cands := make([]NodeState, 0, len(c.nodes))
-	for _, n := range c.nodes {
-		if n.status != StatusUp {
-			continue
-		}
-		if n.role == RolePrimary && n.id != c.primaryID {
-			continue
-		}
-		cands = append(cands, c.state(n))
+	n, ok := pickReader(c.snap.Load().readers, key, c.cfg.MaxLagBytes, c.cfg.MaxLagTime)
+	if !ok {
+		return n, false
 	}
-	c.mu.Unlock()
-	return pickReader(cands, key, c.cfg.MaxLagBytes, c.cfg.MaxLagTime)
+	return c.fill(n), true
 }
 
 // CountSelect counts one read sent to node id (select_cnt in SHOW POOL_NODES).
@@ -354,6 +379,7 @@ func (c *Cluster) CountSelect(id int) {
 func (c *Cluster) MarkDown(id int, reason string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	defer c.publishLocked()
 	if id < 0 || id >= len(c.nodes) {
 		c.log.Error("mark down: no such node", "node_id", id)
 		return
@@ -378,6 +404,7 @@ func (c *Cluster) MarkDown(id int, reason string) {
 func (c *Cluster) MarkUp(id int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	defer c.publishLocked()
 	if id < 0 || id >= len(c.nodes) {
 		c.log.Error("mark up: no such node", "node_id", id)
 		return
@@ -410,6 +437,7 @@ func (c *Cluster) MarkUp(id int) {
 func (c *Cluster) SetPrimary(id int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	defer c.publishLocked()
 	if id < 0 || id >= len(c.nodes) {
 		c.log.Error("set primary: no such node", "node_id", id)
 		return
@@ -465,7 +493,10 @@ func (c *Cluster) Unsubscribe(ch <-chan struct{}) {
 	}
 }
 
+// notifyLocked publishes the new state, then signals subscribers, so a subscriber woken by
+// the signal reads the new state.
 func (c *Cluster) notifyLocked() {
+	c.publishLocked()
 	for _, s := range c.subs {
 		select {
 		case s <- struct{}{}:
@@ -575,6 +606,7 @@ func (c *Cluster) checkNode(ctx context.Context, nc NodeConfig) (probeResult, er
 func (c *Cluster) apply(outs []outcome) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	defer c.publishLocked()
 	now := c.now()
 	changed := false
 	oldPrimary := c.primaryID

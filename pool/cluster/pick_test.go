@@ -115,3 +115,24 @@ func TestParseLSN(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkPrimaryAndPickReaderParallel(b *testing.B) {
+	c, err := NewStatic(cfgN(3), []NodeState{
+		{Role: RolePrimary, Status: StatusUp}, {Role: RoleStandby, Status: StatusUp}, {Role: RoleStandby, Status: StatusUp},
+	}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.RunParallel(func(pb *testing.PB) {
+		k := uint64(0)
+		for pb.Next() {
+			k++
+			if _, ok := c.Primary(); !ok {
+				b.Fatal("no primary")
+			}
+			if _, ok := c.PickReader(k); !ok {
+				b.Fatal("no reader")
+			}
+		}
+	})
+}
