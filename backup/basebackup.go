@@ -41,7 +41,7 @@ func startBaseBackup(ctx context.Context, conn *pgconn.PgConn, label string, fas
 	if fast {
 		checkpoint = "fast"
 	}
-	sql := fmt.Sprintf("BASE_BACKUP (LABEL %s, PROGRESS, CHECKPOINT '%s', WAIT true, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP)",
+	sql := fmt.Sprintf("BASE_BACKUP (LABEL %s, PROGRESS, CHECKPOINT '%s', WAIT true, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C')",
 		quoteLiteral(label), checkpoint)
 	conn.Frontend().Send(&pgproto3.Query{String: sql})
 	if err := conn.Frontend().Flush(); err != nil {

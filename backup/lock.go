@@ -28,11 +28,11 @@ type lockInfo struct {
 
 // Lock is a held repository lock.
 type Lock struct {
-	r     *repo.Repo
-	key   string
-	info  lockInfo
-	stop  chan struct{}
-	done  chan struct{}
+	r    *repo.Repo
+	key  string
+	info lockInfo
+	stop chan struct{}
+	done chan struct{}
 }
 
 func lockKey(r *repo.Repo, name string) string { return r.Key("locks", name+".lock") }

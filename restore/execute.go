@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -225,11 +226,20 @@ func (x *executor) layout() error {
 				return err
 			}
 		case "symlink":
-			if cur, err := os.Readlink(p); err == nil && cur == f.Link {
+			link := f.Link
+			// pg_tblspc/<oid> points at the tablespace's (possibly remapped) location.
+			if dir, base := path.Split(f.Path); f.Tablespace == 0 && dir == "pg_tblspc/" {
+				if oid, err := strconv.ParseUint(base, 10, 32); err == nil {
+					if root, ok := x.roots[uint32(oid)]; ok {
+						link = root
+					}
+				}
+			}
+			if cur, err := os.Readlink(p); err == nil && cur == link {
 				continue
 			}
 			os.RemoveAll(p)
-			if err := os.Symlink(f.Link, p); err != nil {
+			if err := os.Symlink(link, p); err != nil {
 				return fmt.Errorf("create symlink %s: %w", p, err)
 			}
 			if err := x.chown(p); err != nil {
@@ -424,19 +434,10 @@ func (x *executor) progress(n int64) {
 	}
 }
 
-// finish rewrites tablespace_map for moved tablespaces, writes backup_manifest and the
+// finish writes backup_manifest and the
 // recovery configuration, and makes everything durable with one syncfs per file system.
 func (x *executor) finish(pgManifest []byte, plan *Plan) error {
 	pgdata := x.roots[0]
-	if len(x.m.Tablespaces) > 0 {
-		var b strings.Builder
-		for _, t := range x.m.Tablespaces {
-			fmt.Fprintf(&b, "%d %s\n", t.OID, x.roots[t.OID])
-		}
-		if err := x.writeFile(filepath.Join(pgdata, "tablespace_map"), []byte(b.String()), 0o600); err != nil {
-			return err
-		}
-	}
 	if err := x.writeFile(filepath.Join(pgdata, "backup_manifest"), pgManifest, 0o600); err != nil {
 		return err
 	}

@@ -1,0 +1,102 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgharbor/pgharbor/internal/pgtest"
+)
+
+// journey: a primary archiving into env, a backup, then three recovery points under load.
+type journey struct {
+	pg     *pgtest.Cluster
+	label  string
+	atEnd  string // snapshot right after the backup (target immediate)
+	points []point
+	final  string // snapshot after everything was archived (target latest)
+}
+
+func runJourney(t *testing.T, e *env) journey {
+	t.Helper()
+	pg := e.startPrimary(nil)
+	pg.Pgbench(t, "postgres", "-i", "-s", "2", "-q")
+	pg.Exec(t, "CREATE TABLE marks (k int PRIMARY KEY)")
+	e.must("repo", "init")
+	out := e.must("backup", "--conn", pg.ConnString("postgres"), "--output", "json")
+	var sum struct{ Label string }
+	if err := json.Unmarshal([]byte(out), &sum); err != nil || sum.Label == "" {
+		t.Fatalf("backup output %q: %v", out, err)
+	}
+	j := journey{pg: pg, label: sum.Label, atEnd: snapshot(t, pg.ConnString("postgres"))}
+	for k := 1; k <= 3; k++ {
+		pg.Pgbench(t, "postgres", "-n", "-c", "2", "-t", "150")
+		j.points = append(j.points, markPoint(t, pg, k))
+	}
+	pg.Pgbench(t, "postgres", "-n", "-c", "2", "-t", "100")
+	j.final = snapshot(t, pg.ConnString("postgres"))
+	waitArchived(t, pg)
+	return j
+}
+
+func TestPITREveryTargetKindOnFilesystem(t *testing.T) {
+	e := newEnv(t, "", "")
+	j := runJourney(t, e)
+	p1, p2 := j.points[0], j.points[1]
+	if p1.snap == p2.snap || p2.snap == j.final || j.atEnd == p1.snap {
+		t.Fatal("the load did not change the data between points: the test would prove nothing")
+	}
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"time", []string{"--target-time", p1.time.Format(time.RFC3339Nano)}, p1.snap},
+		{"lsn", []string{"--target-lsn", p2.lsn}, p2.snap},
+		{"xid", []string{"--target-xid", p2.xid}, p2.snap},
+		{"name", []string{"--target-name", p1.name}, p1.snap},
+		{"immediate", []string{"--target", "immediate"}, j.atEnd},
+		{"latest", nil, j.final},
+		{"time-promote", []string{"--target-time", p2.time.Format(time.RFC3339Nano), "--target-action", "promote"}, p2.snap},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := e.restoreAndRead(j.pg, c.args...); got != c.want {
+				t.Fatalf("restored data %s, want the snapshot at the target %s", got, c.want)
+			}
+		})
+	}
+}
+
+func TestRestoredDirectoryPassesPgVerifybackup(t *testing.T) {
+	e := newEnv(t, "", "")
+	pg := e.startPrimary(nil)
+	pg.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
+	pg.Exec(t, "CREATE TABLESPACE ts1 LOCATION '"+pgtest.MkdirOwned(t, e.cred, "pgharbor-ts-")+"'")
+	pg.Exec(t, "CREATE TABLE in_ts TABLESPACE ts1 AS SELECT g FROM generate_series(1, 10000) g")
+	e.must("repo", "init")
+	e.must("backup", "--conn", pg.ConnString("postgres"))
+	e.must("verify")
+	root := pgtest.MkdirOwned(t, e.cred, "pgharbor-restore-")
+	newTS := pgtest.MkdirOwned(t, e.cred, "pgharbor-ts-new-")
+	var oldTS string
+	{
+		conn := pg.Connect(t, "postgres")
+		if err := conn.QueryRow(t.Context(), "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'").Scan(&oldTS); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pgdata := root + "/data"
+	e.must("restore", "--pgdata", pgdata, "--tablespace-map", oldTS+"="+newTS)
+	cmd := pg.Command("pg_verifybackup", "-n", pgdata)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("pg_verifybackup: %v\n%s", err, out)
+	} else if !strings.Contains(string(out), "successfully verified") {
+		t.Fatalf("pg_verifybackup said: %s", out)
+	}
+	if _, err := exec.LookPath("true"); err != nil {
+		t.Skip()
+	}
+}
