@@ -99,10 +99,10 @@ func Fetch(ctx context.Context, r *repo.Repo, name, dest string, opts FetchOptio
 func download(ctx context.Context, r *repo.Repo, key, name, dest string) (int64, error) {
 	rc, err := r.GetStream(ctx, key)
 	if errors.Is(err, storage.ErrNotFound) {
-		return 0, fmt.Errorf("%w: %s is not in %s", ErrSegmentMissing, name, r.Location(key))
+		return 0, fmt.Errorf("%w: %s (looked for %s)", ErrSegmentMissing, name, r.Location(key))
 	}
 	if err != nil {
-		return 0, fmt.Errorf("fetch %s: %w", r.Location(key), err)
+		return 0, fmt.Errorf("fetch %s from %s: %w", name, r.Location(key), err)
 	}
 	f, err := os.CreateTemp(filepath.Dir(dest), ".pgharbor-fetch-"+name+"-")
 	if err != nil {
@@ -122,7 +122,7 @@ func download(ctx context.Context, r *repo.Repo, key, name, dest string) (int64,
 	}
 	if err != nil {
 		os.Remove(f.Name())
-		return 0, fmt.Errorf("fetch %s: %w", r.Location(key), err)
+		return 0, fmt.Errorf("fetch %s: %w", name, err)
 	}
 	return n, nil
 }
