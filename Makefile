@@ -1,0 +1,41 @@
+# pgharbor — see README.md. `make demo` runs the main job, `make test` the tests.
+GO      ?= go
+BIN     := bin/pgharbor
+PKGS    := ./...
+# Tests start real PostgreSQL clusters and storage servers: two packages at a time suit the
+# 2-core machines this runs on.
+TESTFLAGS ?= -p 2 -timeout 20m
+
+.PHONY: all build setup test test-short demo bench lint fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/pgharbor
+
+setup:
+	bash scripts/setup.sh
+
+test: setup
+	$(GO) vet $(PKGS)
+	$(GO) test $(TESTFLAGS) $(PKGS)
+
+test-short:
+	$(GO) test -short $(PKGS)
+
+demo: setup build
+	bash scripts/demo.sh
+
+bench: setup build
+	bash bench/run.sh
+
+lint:
+	$(GO) vet $(PKGS)
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 $(PKGS)
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzNewReader -fuzztime 30s ./storage/codec
+	$(GO) test -run '^$$' -fuzz FuzzReadHeader -fuzztime 30s ./storage/codec
+
+clean:
+	rm -rf bin bench/results
