@@ -16,6 +16,7 @@
 #   TARGETS="direct pgbouncer pgharbor"  WORKLOADS="select tpcb"  MODE=simple (pgbench -M)
 #   PGBIN=/usr/lib/postgresql/15/bin  PGBOUNCER=pgbouncer  KEEP=1 (keep the work dir)
 #   RESULTS_FILE=path (also write the table there)  STRICT=1 (exit 1 when a target is missed)
+#   PGHARBOR_BIN=path (use this binary instead of building bench/bin/pgharbor)
 # Needs: PostgreSQL 15 server binaries and pgbench, `apt-get install -y pgbouncer`, Go.
 # Run as root (PostgreSQL and PgBouncer then run as the postgres OS user) or as a normal user.
 set -euo pipefail
@@ -49,15 +50,18 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() {
 	local p
 	for _ in $(seq 1 200); do
-		p=$((20000 + RANDOM % 30000))
+		# Below Linux's ephemeral range (32768+), where pgbench's own connections live.
+		p=$((20000 + RANDOM % 12000))
 		if port_free "$p"; then echo "$p"; return; fi
 	done
 	die "no free port"
 }
 
-# wait_sql waits until a SELECT 1 succeeds through host 127.0.0.1 port $1.
+# wait_sql waits until a SELECT 1 succeeds through host 127.0.0.1 port $1 (while process $2,
+# when given, is alive).
 wait_sql() {
 	for _ in $(seq 1 150); do
+		if [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null; then return 1; fi
 		if "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$1" -U postgres -d postgres -tAc 'SELECT 1' >/dev/null 2>&1; then return 0; fi
 		sleep 0.2
 	done
@@ -102,13 +106,14 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- pgharbor binary ---------------------------------------------------------------------------
+HARBOR_BIN=${PGHARBOR_BIN:-$REPO/bench/bin/pgharbor}
 if [[ " $TARGETS " == *" pgharbor "* ]]; then
-	log "building pgharbor"
-	mkdir -p "$REPO/bench/bin"
-	if ! (cd "$REPO" && go build -o bench/bin/pgharbor ./cmd/pgharbor); then
-		die "go build ./cmd/pgharbor failed"
+	if [ -z "${PGHARBOR_BIN:-}" ]; then
+		log "building pgharbor"
+		mkdir -p "$REPO/bench/bin"
+		(cd "$REPO" && go build -o bench/bin/pgharbor ./cmd/pgharbor) || die "go build ./cmd/pgharbor failed"
 	fi
-	if ! "$REPO/bench/bin/pgharbor" pool --help >/dev/null 2>&1; then
+	if ! "$HARBOR_BIN" pool --help >/dev/null 2>&1; then
 		log "warning: this pgharbor has no 'pool' command yet; skipping the pgharbor target"
 		TARGETS=$(echo " $TARGETS " | sed 's/ pgharbor / /; s/^ *//; s/ *$//')
 	fi
@@ -187,9 +192,9 @@ pool:
         name: primary
 EOT
 	log "starting pgharbor pool on port $HARBOR_PORT, pool size $POOL_SIZE"
-	"$REPO/bench/bin/pgharbor" pool --config "$WORK/pgharbor.yaml" >"$WORK/pgharbor.log" 2>&1 &
+	"$HARBOR_BIN" pool --config "$WORK/pgharbor.yaml" >"$WORK/pgharbor.log" 2>&1 &
 	HARBOR_PID=$!
-	wait_sql "$HARBOR_PORT" || die "pgharbor pool not answering: $(tail -20 "$WORK/pgharbor.log")"
+	wait_sql "$HARBOR_PORT" "$HARBOR_PID" || die "pgharbor pool not answering: $(tail -20 "$WORK/pgharbor.log")"
 fi
 
 port_of() { case $1 in direct) echo "$PG_PORT" ;; pgbouncer) echo "$BOUNCER_PORT" ;; pgharbor) echo "$HARBOR_PORT" ;; esac; }
@@ -206,8 +211,13 @@ run_one() {
 	[ -n "$pid" ] && t0=$(cpu_ticks "$pid")
 	if ! out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -M "$MODE" "${args[@]}" \
 		-c "$clients" -j "$THREADS" -T "$DURATION" --log --log-prefix="$prefix" postgres 2>&1); then
-		printf '%s\n' "$out" >&2
-		die "pgbench $w against $t failed"
+		printf '%s\n' "$out" | tail -15 >&2
+		[ "$t" = pgharbor ] && { log "pgharbor log (tail):"; tail -20 "$WORK/pgharbor.log" >&2; }
+		log "round $r $w $t: pgbench FAILED (counted as a failed run; the benchmark goes on)"
+		echo "$w $t $r nan nan nan" >>"$WORK/results.txt"
+		echo "round $r $w $t" >>"$WORK/failed.txt"
+		rm -f "$prefix".*
+		return 0
 	fi
 	t1=0
 	[ -n "$pid" ] && t1=$(cpu_ticks "$pid")
@@ -273,9 +283,19 @@ report() {
 	return $failed
 }
 set +e
-report | tee "$WORK/report.txt"
+{
+	report
+	rs=$?
+	if [ -s "$WORK/failed.txt" ]; then
+		echo "FAILED pgbench runs (not in the medians):"
+		sed 's/^/  /' "$WORK/failed.txt"
+		rs=2
+	fi
+	exit $rs
+} | tee "$WORK/report.txt"
 status=${PIPESTATUS[0]}
 set -e
 [ -n "${RESULTS_FILE:-}" ] && cp "$WORK/report.txt" "$RESULTS_FILE"
+[ "$status" = 2 ] && exit 1 # a pgbench run failed
 if [ "${STRICT:-}" = 1 ] && [ "$status" != 0 ]; then exit 1; fi
 exit 0
