@@ -389,12 +389,12 @@ func (c *Cluster) MarkDown(id int, reason string) {
 	if reason == "" {
 		reason = "detached"
 	}
+	if id == c.primaryID && !c.pinned {
+		c.primaryID = -1
+	}
 	if c.setStatus(n, StatusDown, n.role, "detached: "+reason) {
 		c.log.Warn("node detached", "node_id", id, "node", n.cfg.Name, "reason", reason)
 		c.notifyLocked()
-	}
-	if id == c.primaryID && !c.pinned {
-		c.primaryID = -1
 	}
 }
 
@@ -430,7 +430,8 @@ func (c *Cluster) MarkUp(id int) {
 	c.kickLocked()
 }
 
-// SetPrimary makes node id the primary (after a failover or switchover). Every other node
+// SetPrimary makes node id the primary (after a failover or switchover), lifting MarkDown or
+// a fence on it, and brings it up at once as primary (the next check confirms). Every other node
 // that is or claims to be primary is fenced at once: it is down, and health checks never
 // bring it back, even if it returns reporting pg_is_in_recovery() = false, until MarkUp.
 // From now on only node id can be the primary; another node claiming it is marked down.
