@@ -113,14 +113,65 @@ type Plan struct {
 	Settings map[string]string
 }
 
+// Usable returns the backups whose WAL, from start to stop, is all in the archive: only
+// those can be made consistent.
+func Usable(backups []backup.Summary, arch wal.Archive) []backup.Summary {
+	have := map[wal.TimelineID]map[uint64]bool{}
+	for _, t := range arch.Timelines {
+		m := make(map[uint64]bool, len(t.Segments))
+		for _, n := range t.Segments {
+			m[n] = true
+		}
+		have[t.TLI] = m
+	}
+	var out []backup.Summary
+	for _, b := range backups {
+		first, last, ok := backupSegments(b)
+		if !ok {
+			continue
+		}
+		complete := true
+		for n := first; n <= last; n++ {
+			if !have[wal.TimelineID(b.Timeline)][n] {
+				complete = false
+				break
+			}
+		}
+		if complete {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func backupSegments(b backup.Summary) (first, last uint64, ok bool) {
+	start, err1 := wal.ParseLSN(b.StartLSN)
+	stop, err2 := wal.ParseLSN(b.StopLSN)
+	if err1 != nil || err2 != nil || b.WALSegmentSize <= 0 {
+		return 0, 0, false
+	}
+	if stop > start {
+		stop--
+	}
+	return wal.SegmentOf(start, wal.TimelineID(b.Timeline), b.WALSegmentSize).No, wal.SegmentOf(stop, wal.TimelineID(b.Timeline), b.WALSegmentSize).No, true
+}
+
 // MakePlan chooses the backup for the target (or checks the one given by label) and the
-// recovery settings. It does no I/O. backups are complete backups, oldest first.
-func MakePlan(backups []backup.Summary, newestWAL time.Time, t Target, label string) (*Plan, error) {
+// recovery settings. It does no I/O. backups are complete backups, oldest first; arch is the
+// WAL archive: backups whose WAL is missing are not used, and a gap in the WAL after the
+// chosen backup that recovery would have to cross is refused instead of silently ending
+// recovery early.
+func MakePlan(all []backup.Summary, arch wal.Archive, t Target, label string) (*Plan, error) {
 	if err := t.Validate(); err != nil {
 		return nil, err
 	}
+	backups := Usable(all, arch)
+	newestWAL := arch.Newest
 	w := ComputeWindow(backups, newestWAL)
 	if len(backups) == 0 {
+		if len(all) > 0 {
+			return nil, fmt.Errorf("%w: none of the %d complete backups has all the WAL it needs in the archive (run `pgharbor verify`)", ErrOutsideWindow, len(all))
+		}
 		return nil, fmt.Errorf("%w: the repository holds no complete backup", ErrOutsideWindow)
 	}
 	var chosen *backup.Summary
@@ -164,7 +215,42 @@ func MakePlan(backups []backup.Summary, newestWAL time.Time, t Target, label str
 			chosen = &backups[len(backups)-1]
 		}
 	}
+	if err := checkGaps(*chosen, arch, t); err != nil {
+		return nil, err
+	}
 	return &Plan{Backup: *chosen, Target: t, Window: w, Settings: settings(t)}, nil
+}
+
+// checkGaps refuses targets that lie beyond a hole in the archived WAL after the backup:
+// recovery to "latest" would stop at the hole and promote as if it were the end.
+func checkGaps(b backup.Summary, arch wal.Archive, t Target) error {
+	_, last, ok := backupSegments(b)
+	if !ok {
+		return nil
+	}
+	for _, tl := range arch.Timelines {
+		for _, g := range tl.Gaps {
+			from, err := wal.ParseSegmentName(g.From, b.WALSegmentSize)
+			if err != nil {
+				continue
+			}
+			if tl.TLI < wal.TimelineID(b.Timeline) || tl.TLI == wal.TimelineID(b.Timeline) && from.No <= last {
+				continue // older history, or before the backup ended: not on the way
+			}
+			beyond := false
+			switch t.Kind {
+			case TargetLatest:
+				beyond = true
+			case TargetLSN:
+				beyond = from.StartLSN(b.WALSegmentSize) <= t.LSN
+			}
+			if beyond {
+				return fmt.Errorf("%w: the archived WAL has a gap (%d segments %s .. %s) between backup %s and the target; recovery would stop there. Restore to a target before %s, or find the missing segments",
+					ErrOutsideWindow, g.Count, g.From, g.To, b.Label, g.From)
+			}
+		}
+	}
+	return nil
 }
 
 func lsnOf(s string) wal.LSN {

@@ -47,7 +47,7 @@ func newInfoCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			rep := infoReport{Identity: id, Catalog: cat, WAL: arch, Window: restore.ComputeWindow(cat.Backups, arch.Newest)}
+			rep := infoReport{Identity: id, Catalog: cat, WAL: arch, Window: restore.ComputeWindow(restore.Usable(cat.Backups, arch), arch.Newest)}
 			return a.print(rep, func() { a.printInfo(rep) })
 		},
 	}

@@ -152,7 +152,7 @@ func (a *app) runRestore(cmd *cobra.Command, f restoreFlags) error {
 	if err != nil {
 		return err
 	}
-	plan, err := restore.MakePlan(cat.Backups, arch.Newest, t, f.label)
+	plan, err := restore.MakePlan(cat.Backups, arch, t, f.label)
 	if err != nil {
 		return err
 	}
