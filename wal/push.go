@@ -81,12 +81,12 @@ func Push(ctx context.Context, r *repo.Repo, walPath string, opts PushOptions) e
 			return err
 		}
 		pushed = dir
-		done, err := takeMarker(pushed, name, p)
-		if err != nil {
-			log.Warn("spool marker unusable; pushing again", "segment", name, "err", err)
-		}
-		if done {
-			return nil
+		if done, err := takeMarker(pushed, name, p); done || err != nil {
+			if err != nil {
+				log.Warn("spool marker unusable; pushing again", "segment", name, "err", err)
+			} else {
+				return nil
+			}
 		}
 	}
 
@@ -124,6 +124,29 @@ func Push(ctx context.Context, r *repo.Repo, walPath string, opts PushOptions) e
 	err = pushData(ctx, r, name, data)
 	wg.Wait()
 	return err
+}
+
+// PushedAhead reports whether an earlier Push of cluster already archived walPath as a
+// ready segment pushed ahead, and the file is unchanged since (size and SHA-256 match its
+// spool marker). The marker is used up. Callers may skip opening the repository when it
+// returns true; Push checks the same by itself.
+func PushedAhead(cluster, walPath string, opts PushOptions) (bool, error) {
+	p := walPath
+	if !filepath.IsAbs(p) && opts.DataDir != "" {
+		p = filepath.Join(opts.DataDir, p)
+	}
+	name := filepath.Base(p)
+	if !IsSegmentName(name) || opts.Parallel < 0 {
+		return false, nil
+	}
+	if err := repo.ValidateCluster(cluster); err != nil {
+		return false, err
+	}
+	dir, err := openSpool(opts.SpoolDir, cluster, "pushed")
+	if err != nil {
+		return false, err
+	}
+	return takeMarker(dir, name, p)
 }
 
 // pushAhead pushes a ready segment of the same server.

@@ -179,8 +179,16 @@ func TestPushParallelBatchesReadySegments(t *testing.T) {
 	}
 	markDone(names[0])
 	cb.puts.Store(0)
-	for _, name := range names[1:4] {
-		must(t, Push(ctx, r, filepath.Join("pg_wal", name), opts))
+	for i, name := range names[1:4] {
+		if i == 0 {
+			// What the CLI asks before it even opens the repository.
+			done, err := PushedAhead("test", filepath.Join("pg_wal", name), opts)
+			if err != nil || !done {
+				t.Fatalf("PushedAhead(%s) = %v, %v", name, done, err)
+			}
+		} else {
+			must(t, Push(ctx, r, filepath.Join("pg_wal", name), opts))
+		}
 		if _, err := os.Stat(filepath.Join(spool, "pushed", name)); !os.IsNotExist(err) {
 			t.Errorf("marker of %s not removed: %v", name, err)
 		}

@@ -56,11 +56,6 @@ pushed too, so that the calls for them return at once. Exits 0 on success, 1 oth
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			r, err := a.openRepo(ctx, false)
-			if err != nil {
-				return err
-			}
-			defer r.Backend().Close()
 			opts := wal.PushOptions{
 				DataDir:  a.cfg.Postgres.DataDir,
 				Parallel: a.cfg.WAL.PushParallel,
@@ -76,6 +71,18 @@ pushed too, so that the calls for them return at once. Exits 0 on success, 1 oth
 			if cmd.Flags().Changed("pgdata") {
 				opts.DataDir = pgdata
 			}
+			// The common case while catching up: an earlier call pushed this segment ahead.
+			// Answer it without building the storage stack.
+			if a.cfg.Repo.Cluster != "" {
+				if done, err := wal.PushedAhead(a.cfg.Repo.Cluster, args[0], opts); err == nil && done {
+					return nil
+				}
+			}
+			r, err := a.openRepo(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer r.Backend().Close()
 			return wal.Push(ctx, r, args[0], opts)
 		},
 	}
