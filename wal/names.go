@@ -139,6 +139,7 @@ const (
 	KindBackupHistory      // 000000010000000000000001.00000028.backup
 )
 
+// String names the kind for messages.
 func (k Kind) String() string {
 	switch k {
 	case KindSegment:

@@ -121,7 +121,7 @@ func Push(ctx context.Context, r *repo.Repo, walPath string, opts PushOptions) e
 			}
 		})
 	}
-	err = pushData(ctx, r, name, data)
+	_, err = pushData(ctx, r, name, data)
 	wg.Wait()
 	return err
 }
@@ -162,31 +162,32 @@ func pushAhead(ctx context.Context, r *repo.Repo, walDir, name string, server re
 	if sid := repo.FormatSystemIdentifier(h.SystemIdentifier); sid != server.SystemIdentifier {
 		return marker{}, fmt.Errorf("%s has system identifier %s, %s has %s", name, sid, "the segment being archived", server.SystemIdentifier)
 	}
-	if err := pushData(ctx, r, name, data); err != nil {
+	sum, err := pushData(ctx, r, name, data)
+	if err != nil {
 		return marker{}, err
 	}
-	return marker{size: int64(len(data)), digest: sha256.Sum256(data)}, nil
+	return marker{size: int64(len(data)), digest: sum}, nil
 }
 
-// pushData seals and stores one file, write-once.
-func pushData(ctx context.Context, r *repo.Repo, name string, data []byte) error {
+// pushData seals and stores one file, write-once, and returns its SHA-256.
+func pushData(ctx context.Context, r *repo.Repo, name string, data []byte) ([32]byte, error) {
 	p, err := ObjectPath(name)
 	if err != nil {
-		return err
+		return [32]byte{}, err
 	}
 	key := r.Key(p)
 	sealed, sum, err := r.Codec().SealDigest(data)
 	if err != nil {
-		return fmt.Errorf("push %s: seal: %w", name, err)
+		return sum, fmt.Errorf("push %s: seal: %w", name, err)
 	}
 	err = r.PutWithDigest(ctx, key, sealed, sum)
 	if errors.Is(err, storage.ErrExists) {
-		return compareArchived(ctx, r, name, key, data, sum)
+		return sum, compareArchived(ctx, r, name, key, data, sum)
 	}
 	if err != nil {
-		return fmt.Errorf("push %s to %s: %w", name, r.Location(key), err)
+		return sum, fmt.Errorf("push %s to %s: %w", name, r.Location(key), err)
 	}
-	return nil
+	return sum, nil
 }
 
 // compareArchived decides whether an existing archived copy is the same file.
