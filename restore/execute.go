@@ -448,8 +448,14 @@ func (x *executor) finish(pgManifest []byte, plan *Plan) error {
 	if err := x.writeFile(filepath.Join(pgdata, signal), nil, 0o600); err != nil {
 		return err
 	}
+	autoConf := filepath.Join(pgdata, "postgresql.auto.conf")
+	old, err := os.ReadFile(autoConf)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("read %s: %w", autoConf, err)
+	}
 	var conf strings.Builder
-	conf.WriteString("\n# recovery settings written by pgharbor restore of backup " + x.m.Label + "\n")
+	conf.WriteString(stripRecoverySettings(string(old)))
+	conf.WriteString("# recovery settings written by pgharbor restore of backup " + x.m.Label + "\n")
 	if x.o.RestoreCommand != "" {
 		fmt.Fprintf(&conf, "restore_command = %s\n", QuoteConf(x.o.RestoreCommand))
 	}
@@ -464,7 +470,7 @@ func (x *executor) finish(pgManifest []byte, plan *Plan) error {
 	for _, k := range keys {
 		fmt.Fprintf(&conf, "%s = %s\n", k, QuoteConf(plan.Settings[k]))
 	}
-	if err := x.appendFile(filepath.Join(pgdata, "postgresql.auto.conf"), conf.String()); err != nil {
+	if err := x.writeFile(autoConf, []byte(conf.String()), 0o600); err != nil {
 		return err
 	}
 	for _, root := range x.roots {
@@ -482,19 +488,26 @@ func (x *executor) writeFile(p string, data []byte, mode fs.FileMode) error {
 	return x.chown(p)
 }
 
-func (x *executor) appendFile(p, text string) error {
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", p, err)
+// stripRecoverySettings removes what an earlier restore wrote into postgresql.auto.conf (a
+// backup of a restored cluster carries it): a stale recovery_target_time would silently
+// stop the next recovery at the old target.
+func stripRecoverySettings(conf string) string {
+	var b strings.Builder
+	for _, line := range strings.SplitAfter(conf, "\n") {
+		trimmed := strings.TrimSpace(line)
+		key, _, _ := strings.Cut(trimmed, "=")
+		key = strings.TrimSpace(key)
+		if key == "restore_command" || key == "recovery_target" || strings.HasPrefix(key, "recovery_target_") ||
+			strings.HasPrefix(trimmed, "# recovery settings written by pgharbor") {
+			continue
+		}
+		b.WriteString(line)
 	}
-	if _, err := f.WriteString(text); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", p, err)
+	out := b.String()
+	if out != "" && !strings.HasSuffix(out, "\n") {
+		out += "\n"
 	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return x.chown(p)
+	return out
 }
 
 // syncFS flushes the whole file system holding dir: one call instead of an fsync per file.

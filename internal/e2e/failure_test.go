@@ -1,0 +1,224 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pgharbor/pgharbor/internal/pgtest"
+	"github.com/pgharbor/pgharbor/storage/codec"
+)
+
+type infoJSON struct {
+	Catalog struct {
+		Backups []struct {
+			Label string `json:"label"`
+		} `json:"backups"`
+		Incomplete []struct {
+			Label   string `json:"label"`
+			Objects int    `json:"objects"`
+			Running bool   `json:"running"`
+		} `json:"incomplete"`
+	} `json:"catalog"`
+	WAL struct {
+		Timelines []struct {
+			Gaps []struct {
+				From string `json:"from"`
+			} `json:"gaps"`
+		} `json:"timelines"`
+	} `json:"wal"`
+}
+
+func (e *env) info() infoJSON {
+	e.t.Helper()
+	var i infoJSON
+	if err := json.Unmarshal([]byte(e.must("info", "--output", "json")), &i); err != nil {
+		e.t.Fatal(err)
+	}
+	return i
+}
+
+func TestKilledBackupNeverLooksFinished(t *testing.T) {
+	e := newEnv(t, "", "backup:\n  bundle_size_mb: 1\n  workers: 1\n  uploads: 1\n")
+	pg := e.startPrimary(nil)
+	pg.Pgbench(t, "postgres", "-i", "-s", "15", "-q")
+	e.must("repo", "init")
+	cmd := exec.Command(binary, "--config", e.config, "backup", "--conn", pg.ConnString("postgres"))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Kill it once some bundles are stored, before it could finish.
+	repoDir := filepath.Join(e.dir, "repo", "main", "backups")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		matches, _ := filepath.Glob(filepath.Join(repoDir, "*", "data", "0000000[3-9]"))
+		if len(matches) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("backup stored no bundle in 60 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+
+	info := e.info()
+	if len(info.Catalog.Backups) != 0 {
+		t.Fatalf("a killed backup is listed as a backup: %+v", info.Catalog.Backups)
+	}
+	if len(info.Catalog.Incomplete) != 1 || info.Catalog.Incomplete[0].Objects == 0 || info.Catalog.Incomplete[0].Running {
+		t.Fatalf("incomplete backups reported: %+v", info.Catalog.Incomplete)
+	}
+	killed := info.Catalog.Incomplete[0].Label
+	if r := e.run("restore", "--pgdata", filepath.Join(e.dir, "r"), "--backup", killed); r.code == 0 || !strings.Contains(r.stderr, "no complete backup") {
+		t.Fatalf("restore of the killed backup: exit %d, %s", r.code, r.stderr)
+	}
+	// The lock the killed process held does not block the next backup.
+	e.must("backup", "--conn", pg.ConnString("postgres"))
+	out := e.must("backup", "cleanup")
+	if !strings.Contains(out, killed) {
+		t.Fatalf("cleanup did not remove %s: %s", killed, out)
+	}
+	info = e.info()
+	if len(info.Catalog.Backups) != 1 || len(info.Catalog.Incomplete) != 0 {
+		t.Fatalf("after cleanup: %+v", info.Catalog)
+	}
+	if _, err := os.Stat(filepath.Join(repoDir, killed, "data", "00000000")); !os.IsNotExist(err) {
+		t.Fatalf("leftover bundle still there: %v", err)
+	}
+}
+
+func TestSecondConcurrentBackupIsRefused(t *testing.T) {
+	e := newEnv(t, "", "backup:\n  bundle_size_mb: 1\n  workers: 1\n  uploads: 1\n")
+	pg := e.startPrimary(nil)
+	pg.Pgbench(t, "postgres", "-i", "-s", "15", "-q")
+	e.must("repo", "init")
+	first := exec.Command(binary, "--config", e.config, "backup", "--conn", pg.ConnString("postgres"))
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lock := filepath.Join(e.dir, "repo", "main", "locks", "backup.lock")
+	for i := 0; i < 2000; i++ {
+		if _, err := os.Stat(lock); err == nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	r := e.run("backup", "--conn", pg.ConnString("postgres"))
+	if err := first.Wait(); err != nil {
+		t.Fatalf("first backup: %v", err)
+	}
+	if r.code == 0 || !strings.Contains(r.stderr, "another backup of this cluster is running") {
+		t.Fatalf("second backup: exit %d: %s", r.code, r.stderr)
+	}
+}
+
+func TestDamageAndWrongKeysAreClearErrors(t *testing.T) {
+	e := newEnv(t, "", "")
+	pg := e.startPrimary(nil)
+	pg.Pgbench(t, "postgres", "-i", "-s", "2", "-q")
+	e.must("repo", "init")
+	e.must("backup", "--conn", pg.ConnString("postgres"))
+	pg.Pgbench(t, "postgres", "-n", "-t", "200")
+	for i := 0; i < 3; i++ {
+		pg.Exec(t, "CREATE TABLE t"+string(rune('a'+i))+" AS SELECT 1")
+		waitArchived(t, pg)
+	}
+
+	t.Run("wrong identity", func(t *testing.T) {
+		other, _, _ := codec.GenerateIdentity()
+		otherFile := filepath.Join(e.dir, "other-identity.txt")
+		e.writeOwned(otherFile, other+"\n", 0o600)
+		r := e.run("restore", "--pgdata", filepath.Join(e.dir, "wrong-key"), "--identity", otherFile)
+		if r.code == 0 || !strings.Contains(r.stderr, "no identity matched") && !strings.Contains(r.stderr, "wrong key") && !strings.Contains(r.stderr, "other recipients") {
+			t.Fatalf("restore with a wrong identity: exit %d: %s", r.code, r.stderr)
+		}
+		if !strings.Contains(r.stderr, "repo/main/backups/") {
+			t.Fatalf("the error does not name the object: %s", r.stderr)
+		}
+	})
+
+	t.Run("flipped byte in a bundle", func(t *testing.T) {
+		bundles, _ := filepath.Glob(filepath.Join(e.dir, "repo", "main", "backups", "*", "data", "00000001"))
+		if len(bundles) != 1 {
+			t.Fatalf("bundles: %v", bundles)
+		}
+		data, err := os.ReadFile(bundles[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		orig := append([]byte(nil), data...)
+		data[len(data)/2] ^= 0x01
+		if err := os.WriteFile(bundles[0], data, 0o640); err != nil {
+			t.Fatal(err)
+		}
+		defer os.WriteFile(bundles[0], orig, 0o640)
+		r := e.run("verify")
+		if r.code == 0 || !strings.Contains(r.stderr, "data/00000001") {
+			t.Fatalf("verify of a damaged bundle: exit %d: %s", r.code, r.stderr)
+		}
+		r = e.run("restore", "--pgdata", filepath.Join(e.dir, "damaged"))
+		if r.code == 0 || !strings.Contains(r.stderr, "data/00000001") || !strings.Contains(r.stderr, "corrupt") {
+			t.Fatalf("restore of a damaged bundle: exit %d: %s", r.code, r.stderr)
+		}
+	})
+
+	t.Run("missing WAL segment", func(t *testing.T) {
+		segs, _ := filepath.Glob(filepath.Join(e.dir, "repo", "main", "wal", "*", "0000000100000000000000??"))
+		if len(segs) < 3 {
+			t.Fatalf("archived segments: %v", segs)
+		}
+		victim := segs[len(segs)-2]
+		saved, _ := os.ReadFile(victim)
+		os.Remove(victim)
+		defer func() { os.WriteFile(victim, saved, 0o640); os.Chown(victim, int(e.cred.Uid), int(e.cred.Gid)) }()
+		info := e.info()
+		if len(info.WAL.Timelines) == 0 || len(info.WAL.Timelines[0].Gaps) != 1 || info.WAL.Timelines[0].Gaps[0].From != filepath.Base(victim) {
+			t.Fatalf("info does not show the gap at %s: %+v", filepath.Base(victim), info.WAL)
+		}
+		r := e.run("restore", "--pgdata", filepath.Join(e.dir, "gap"))
+		if r.code == 0 || !strings.Contains(r.stderr, "gap") || !strings.Contains(r.stderr, filepath.Base(victim)) {
+			t.Fatalf("restore across a gap: exit %d: %s", r.code, r.stderr)
+		}
+		fetch := e.run("wal", "fetch", filepath.Base(victim), filepath.Join(e.dir, "x"))
+		if fetch.code != 1 {
+			t.Fatalf("wal fetch of a missing segment: exit %d (want 1): %s", fetch.code, fetch.stderr)
+		}
+	})
+}
+
+// A restore promoted at a point in the past starts timeline 2; after writes and a new backup
+// there, a restore to the latest WAL follows timeline 2, not the old timeline 1.
+func TestRestoreFollowsTheNewTimeline(t *testing.T) {
+	e := newEnv(t, "", "")
+	j := runJourney(t, e)
+	p1 := j.points[0]
+	c := e.restoreStarted(j.pg, "--target-time", p1.time.Format(time.RFC3339Nano), "--target-action", "promote", "--archive-mode", "preserve")
+	if got := snapshot(t, c.ConnString("postgres")); got != p1.snap {
+		t.Fatalf("restored %s, want %s", got, p1.snap)
+	}
+	if tli := c.QueryString(t, "postgres", "SELECT timeline_id::text FROM pg_control_checkpoint()"); tli == "1" {
+		t.Fatalf("promoted cluster is still on timeline 1")
+	}
+	c.Exec(t, "INSERT INTO marks VALUES (1000)")
+	c.Pgbench(t, "postgres", "-n", "-t", "100")
+	e.must("backup", "--conn", c.ConnString("postgres"))
+	c.Exec(t, "INSERT INTO marks VALUES (1001)")
+	want := snapshot(t, c.ConnString("postgres"))
+	waitArchived(t, c)
+	if got := e.restoreAndRead(j.pg); got != want {
+		t.Fatalf("latest restore: %s, want the new timeline's data %s", got, want)
+	}
+	// The old timeline's latest state is still reachable from the first backup.
+	if got := e.restoreAndRead(j.pg, "--backup", j.label, "--target-timeline", "1", "--target", "immediate"); got != j.atEnd {
+		t.Fatalf("timeline 1 immediate: %s, want %s", got, j.atEnd)
+	}
+	_ = pgtest.DefaultBinDir
+}
