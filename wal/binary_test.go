@@ -285,3 +285,21 @@ func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestPushCommandExitCodes(t *testing.T) {
+	e := newBinEnv(t, 0)
+	e.repo(t)
+	pgdata := fakePGData(t, testSysid)
+	name, _ := addSegment(t, pgdata, testSysid, Segment{1, 1}, true)
+	for i := range 2 {
+		if code, out, _ := e.run(t, false, "wal", "push", "--pgdata", pgdata, "pg_wal/"+name); code != 0 {
+			t.Fatalf("push #%d: exit %d\n%s", i+1, code, out)
+		}
+	}
+	must(t, os.WriteFile(filepath.Join(pgdata, "pg_wal", name), fakeSegment(testSysid, Segment{1, 1}, testSegSize, 7), 0o600))
+	code, out, _ := e.run(t, false, "wal", "push", "--pgdata", pgdata, "pg_wal/"+name)
+	t.Logf("exit %d: %s", code, out)
+	if code != 1 || !strings.Contains(out, "already archived") || !strings.Contains(out, name) {
+		t.Fatalf("push of different bytes: exit %d, want 1 with a clear message\n%s", code, out)
+	}
+}

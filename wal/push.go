@@ -78,10 +78,11 @@ func Push(ctx context.Context, r *repo.Repo, walPath string, opts PushOptions) e
 	if kind == KindSegment && parallel > 0 {
 		dir, err := openSpool(opts.SpoolDir, r.Cluster(), "pushed")
 		if err != nil {
-			return err
+			// Archiving must not stop over a local convenience: push this file alone.
+			log.Warn("spool unusable; ready segments are not pushed ahead", "err", err)
 		}
 		pushed = dir
-		if done, err := takeMarker(pushed, name, p); done || err != nil {
+		if done, err := takeMarker(pushed, name, p); pushed != "" && (done || err != nil) {
 			if err != nil {
 				log.Warn("spool marker unusable; pushing again", "segment", name, "err", err)
 			} else {
