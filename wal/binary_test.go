@@ -8,8 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -301,5 +303,54 @@ func TestPushCommandExitCodes(t *testing.T) {
 	t.Logf("exit %d: %s", code, out)
 	if code != 1 || !strings.Contains(out, "already archived") || !strings.Contains(out, name) {
 		t.Fatalf("push of different bytes: exit %d, want 1 with a clear message\n%s", code, out)
+	}
+}
+
+func TestPrefetchInProcessFollowsTheWindow(t *testing.T) {
+	ctx := context.Background()
+	k := newKeys(t)
+	r := fsRepo(t, t.TempDir(), codecFor(t, k, true))
+	names, datas := pushFake(t, r, 8)
+	spool := t.TempDir()
+	var wg sync.WaitGroup
+	var started atomic.Int32
+	opts := FetchOptions{SpoolDir: spool, Prefetch: 2, StartPrefetcher: func(dir string) error {
+		started.Add(1)
+		wg.Go(func() {
+			if err := Prefetch(ctx, r, PrefetchOptions{SpoolDir: dir}); err != nil {
+				t.Errorf("prefetch: %v", err)
+			}
+		})
+		return nil
+	}}
+	dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+	for i, name := range names[:6] {
+		must(t, Fetch(ctx, r, name, dest, opts))
+		got, err := os.ReadFile(dest)
+		must(t, err)
+		if !bytes.Equal(got, datas[i]) {
+			t.Fatalf("%s: bytes differ", name)
+		}
+		if i == 2 {
+			wg.Wait() // let the spool fill up: the next fetches are served from it
+			p, _ := ObjectPath(names[3])
+			must(t, r.Backend().Delete(ctx, r.Key(p)))
+		}
+	}
+	wg.Wait()
+	if started.Load() == 0 {
+		t.Fatal("no prefetcher started")
+	}
+	// The window after segment 6 is 7 and 8; nothing older stays in the spool.
+	entries, err := os.ReadDir(filepath.Join(spool, "prefetch"))
+	must(t, err)
+	var segs []string
+	for _, e := range entries {
+		if IsSegmentName(e.Name()) {
+			segs = append(segs, e.Name())
+		}
+	}
+	if !slices.Equal(segs, names[6:8]) {
+		t.Fatalf("spool holds %v, want %v", segs, names[6:8])
 	}
 }

@@ -293,7 +293,7 @@ func Prefetch(ctx context.Context, r *repo.Repo, opts PrefetchOptions) error {
 	if err != nil || lock == nil {
 		return err
 	}
-	defer lock.Close()
+	defer func() { lock.Close() }()
 	_ = lock.Truncate(0)
 	_, _ = lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	parallel := opts.Parallel
@@ -307,7 +307,15 @@ func Prefetch(ctx context.Context, r *repo.Repo, opts PrefetchOptions) error {
 			return fmt.Errorf("prefetch: %w", err)
 		}
 		if w == last {
-			return nil
+			// Let go, then look once more: a fetch that saw the lock held while we were
+			// finishing did not start a prefetcher, so its window is ours to serve.
+			lock.Close()
+			if w, err = readWant(dir); err != nil || w == last {
+				return err
+			}
+			if lock, err = tryLock(dir); err != nil || lock == nil {
+				return err
+			}
 		}
 		last = w
 		prune(dir, w)
