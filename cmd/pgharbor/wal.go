@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -111,6 +112,13 @@ segments are downloaded in the background into the spool directory.`,
 			}
 			if errors.Is(err, wal.ErrSegmentMissing) {
 				return &exitError{code: exitWALMissing, err: err}
+			}
+			if cmd.Context().Err() != nil {
+				// PostgreSQL stops restore_command with SIGTERM at shutdown and expects to
+				// see the signal in the wait status, not an exit code it must treat as fatal.
+				signal.Reset(syscall.SIGTERM)
+				_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
+				time.Sleep(time.Second)
 			}
 			return &exitError{code: exitWALFatal, err: fmt.Errorf("%w (fatal for recovery: exit %d)", err, exitWALFatal)}
 		},
