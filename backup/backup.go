@@ -31,9 +31,10 @@ type Options struct {
 	ConnString string
 	// FastCheckpoint asks for an immediate checkpoint (the default in pgharbor).
 	FastCheckpoint bool
-	// Workers seal bundles in parallel (default 2); Uploads store them (default 4).
+	// Workers seal bundles in parallel (default 2); Uploads store them (default 3).
 	Workers, Uploads int
-	// BundleSize is the size of a bundle's decoded bytes (default 8 MiB).
+	// BundleSize is the size of a bundle's decoded bytes (default 4 MiB). Memory is about
+	// (2×Workers + Uploads + 1) × BundleSize, whatever the cluster's size.
 	BundleSize int
 	// LockStale is how old a lock's heartbeat may be before it is taken over (default 2 min).
 	LockStale time.Duration
@@ -50,10 +51,10 @@ func (o *Options) defaults() {
 		o.Workers = 2
 	}
 	if o.Uploads <= 0 {
-		o.Uploads = 4
+		o.Uploads = 3
 	}
 	if o.BundleSize <= 0 {
-		o.BundleSize = 8 << 20
+		o.BundleSize = 4 << 20
 	}
 	if o.LockStale <= 0 {
 		o.LockStale = 2 * time.Minute
@@ -217,6 +218,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	if err != nil {
 		return nil, err
 	}
+	o.Logger.Debug("backup data stored", "label", label, "seconds", time.Since(start).Seconds())
 	stopLSN, stopTLI, err := bb.finish()
 	if err != nil {
 		return nil, err
@@ -229,10 +231,12 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	if err := crossCheck(files, pgManifest); err != nil {
 		return nil, err
 	}
+	o.Logger.Debug("backup stopped on the server", "label", label, "seconds", time.Since(start).Seconds())
 	if o.ArchiveCheck != nil {
 		if err := o.ArchiveCheck(ctx, bb.startTLI, bb.startLSN, stopLSN, facts.segSize); err != nil {
 			return nil, fmt.Errorf("WAL needed to make the backup consistent is not in the repository: %w", err)
 		}
+		o.Logger.Debug("backup WAL archived", "label", label, "seconds", time.Since(start).Seconds())
 	}
 	sum := Summary{
 		Format: ManifestFormat, Label: label, Type: "full",

@@ -75,6 +75,7 @@ func (p *pipeline) sealLoop() error {
 			buf = new(bytes.Buffer)
 		}
 		buf.Reset()
+		buf.Grow(len(b.data) + len(b.data)/64 + 4096) // worst case: incompressible, plus framing
 		w, err := p.r.Codec().NewWriter(buf)
 		if err != nil {
 			return err

@@ -36,6 +36,7 @@ complete only once the WAL that makes it consistent is in the repository.`,
 				return err
 			}
 			defer r.Backend().Close()
+			boundMemory()
 			bc := a.cfg.Backup
 			if !cmd.Flags().Changed("fast-checkpoint") && bc.FastCheckpoint != nil {
 				fast = *bc.FastCheckpoint

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
+	"os"
+	"runtime/debug"
 	"sync"
 	"time"
 )
@@ -57,4 +59,13 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// boundMemory sets a soft memory limit for the data-moving commands (backup, restore) unless
+// GOMEMLIMIT says otherwise: their buffers are bounded, and the limit keeps the garbage
+// collector from letting the heap double on top of them.
+func boundMemory() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(96 << 20)
+	}
 }

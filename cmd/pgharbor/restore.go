@@ -161,6 +161,7 @@ func (a *app) runRestore(cmd *cobra.Command, f restoreFlags) error {
 		return err
 	}
 	a.logger.Info("restore planned", "backup", plan.Backup.Label, "target", t.Kind, "window", plan.Window.String(), "pgdata", pgdata)
+	boundMemory()
 	bar := a.newProgress("restore")
 	start := time.Now()
 	res, err := restore.Execute(ctx, r, plan, restore.Options{
