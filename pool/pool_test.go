@@ -2,8 +2,18 @@ package pool
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -187,6 +197,15 @@ func TestPool(t *testing.T) {
 			t.Run(string(mode), func(t *testing.T) { testPgxJourney(t, f, mode) })
 		}
 	})
+	t.Run("PsqlAndPgbenchAllProtocolsBothModes", func(t *testing.T) { testPsqlPgbench(t, f) })
+	t.Run("TwoThousandClientsOverTwentyServersNoLeaks", func(t *testing.T) { testManyClients(t, f) })
+	t.Run("SCRAMEndToEndWithAuthFileSecret", func(t *testing.T) { testSCRAM(t, f) })
+	t.Run("CleanErrorsForBadLogins", func(t *testing.T) { testBadLogins(t, f) })
+	t.Run("AdminConsolePauseResumeMetrics", func(t *testing.T) { testAdmin(t, f) })
+	t.Run("ClientTLS", func(t *testing.T) { testClientTLS(t, f) })
+	// the standby comes last: it is stopped by its test
+	f.standby = primary.StartStandby(t)
+	t.Run("ReadsReachStandbyWritesNeverStandbyDownTrafficContinues", func(t *testing.T) { testRouting(t, f) })
 }
 
 func testPgxJourney(t *testing.T, f *fixture, mode PoolMode) {
@@ -276,6 +295,448 @@ func testPgxJourney(t *testing.T, f *fixture, mode PoolMode) {
 	if err := c.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil || n != 1010 {
 		t.Fatalf("after cancel: %v %d", err, n)
 	}
-	_ = strconv.Itoa
-	_ = sync.Mutex{}
+}
+
+func testPsqlPgbench(t *testing.T, f *fixture) {
+	for _, mode := range []PoolMode{ModeSession, ModeTransaction} {
+		t.Run(string(mode), func(t *testing.T) {
+			cfg := baseConfig(f, mode)
+			cfg.DefaultPoolSize = 4
+			s := startPool(t, cfg)
+			out, err := psql(t, s, "postgres", "postgres", "SELECT 1 AS one; SELECT current_database()")
+			if err != nil || out != "1\npostgres" {
+				t.Fatalf("psql: %v\n%s", err, out)
+			}
+			out, err = psql(t, s, "postgres", "postgres", "SHOW POOL_NODES")
+			if err != nil || !strings.HasPrefix(out, "0|127.0.0.1|") || !strings.Contains(out, "|up|") {
+				t.Fatalf("psql SHOW POOL_NODES: %v\n%s", err, out)
+			}
+			if out, err := psql(t, s, "postgres", "postgres", "SELECT * FROM no_such_table"); err == nil || !strings.Contains(out, "does not exist") {
+				t.Fatalf("psql error: %v\n%s", err, out)
+			}
+			for _, proto := range []string{"simple", "extended", "prepared"} {
+				out := pgbench(t, s, "postgres", "-n", "-c", "8", "-j", "8", "-t", "60", "-M", proto)
+				if !strings.Contains(out, "number of failed transactions: 0") || !strings.Contains(out, "number of transactions actually processed: 480/480") {
+					t.Fatalf("pgbench -M %s:\n%s", proto, out)
+				}
+				out = pgbench(t, s, "postgres", "-n", "-S", "-c", "8", "-j", "8", "-t", "100", "-M", proto)
+				if !strings.Contains(out, "800/800") {
+					t.Fatalf("pgbench -S -M %s:\n%s", proto, out)
+				}
+			}
+			if a, total := activeServers(t, s); a != 0 || total > 4 {
+				t.Fatalf("after pgbench: %d active of %d server connections, want 0 active and at most 4", a, total)
+			}
+		})
+	}
+}
+
+func testManyClients(t *testing.T, f *fixture) {
+	const clients, perClient = 2000, 3
+	cfg := baseConfig(f, ModeTransaction)
+	cfg.DefaultPoolSize = 20
+	cfg.MaxClientConn = clients + 10
+	cfg.QueryWaitTimeout = 120 * time.Second
+	s := startPool(t, cfg)
+	f.primary.Exec(t, "CREATE TABLE many (client int, i int)")
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	conns := make(chan *pgconn.PgConn, clients)
+	sem := make(chan struct{}, 200) // connect 200 at a time (the accept backlog)
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			sem <- struct{}{}
+			c, err := pgconn.Connect(ctx, poolConnString(s, "postgres", "postgres"))
+			<-sem
+			if err != nil {
+				errs <- fmt.Errorf("client %d connect: %w", i, err)
+				return
+			}
+			conns <- c
+			for j := 0; j < perClient; j++ {
+				sql := fmt.Sprintf("BEGIN; INSERT INTO many VALUES (%d, %d); SELECT pg_sleep(0.001); COMMIT", i, j)
+				if _, err := c.Exec(ctx, sql).ReadAll(); err != nil {
+					errs <- fmt.Errorf("client %d: %w", i, err)
+					return
+				}
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	close(conns)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	var n int
+	if err := connect(t, s, "postgres", "postgres").QueryRow(ctx, "SELECT count(*) FROM many").Scan(&n); err != nil || n != clients*perClient {
+		t.Fatalf("rows: %v %d, want %d", err, n, clients*perClient)
+	}
+	a, total := activeServers(t, s)
+	if a != 0 || total > 20 {
+		t.Fatalf("SHOW SERVERS: %d active of %d, want 0 active and at most 20", a, total)
+	}
+	for c := range conns {
+		c.Close(ctx)
+	}
+}
+
+func writeFile(t testing.TB, name, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func testSCRAM(t *testing.T, f *fixture) {
+	secret := f.primary.QueryString(t, "postgres", "SELECT rolpassword FROM pg_authid WHERE rolname = 'scram_user'")
+	if !strings.HasPrefix(secret, "SCRAM-SHA-256$") {
+		t.Fatalf("server secret %q is not SCRAM", secret)
+	}
+	auth := writeFile(t, "userlist.txt", fmt.Sprintf("; pgharbor users\n\"scram_user\" \"%s\"\n\"md5_user\" \"md5-pw\"\n\"postgres\" \"pg-pw\"\n", secret))
+	for _, mode := range []PoolMode{ModeSession, ModeTransaction} {
+		t.Run(string(mode), func(t *testing.T) {
+			cfg := baseConfig(f, mode)
+			cfg.AuthType, cfg.AuthFile = AuthSCRAM, auth
+			s := startPool(t, cfg)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			// pgx with the right password: SCRAM with the pool, SCRAM pass-through to the server
+			c, err := pgx.Connect(ctx, poolConnString(s, "scram_user", "postgres")+" password=scram-secret-pw")
+			if err != nil {
+				t.Fatalf("pgx SCRAM login: %v", err)
+			}
+			defer c.Close(ctx)
+			var who string
+			for i := 0; i < 3; i++ {
+				if err := c.QueryRow(ctx, "SELECT current_user").Scan(&who); err != nil || who != "scram_user" {
+					t.Fatalf("query as scram_user: %v %q", err, who)
+				}
+			}
+			// psql with PGPASSWORD
+			out, err := psql(t, s, "scram_user", "postgres", "SELECT current_user", "PGPASSWORD=scram-secret-pw")
+			if err != nil || out != "scram_user" {
+				t.Fatalf("psql SCRAM: %v %s", err, out)
+			}
+			// wrong password
+			_, err = pgx.Connect(ctx, poolConnString(s, "scram_user", "postgres")+" password=wrong")
+			var pe *pgconn.PgError
+			if !errors.As(err, &pe) || pe.Code != "28P01" {
+				t.Fatalf("wrong password: %v, want SQLSTATE 28P01", err)
+			}
+			out, err = psql(t, s, "scram_user", "postgres", "SELECT 1", "PGPASSWORD=nope")
+			if err == nil || !strings.Contains(out, "password authentication failed") {
+				t.Fatalf("psql wrong password: %v %s", err, out)
+			}
+			// plaintext in auth_file: the pool derives SCRAM keys, and logs in to the server with the password
+			c2, err := pgx.Connect(ctx, poolConnString(s, "md5_user", "postgres")+" password=md5-pw")
+			if err != nil {
+				t.Fatalf("plaintext-secret user: %v", err)
+			}
+			defer c2.Close(ctx)
+			if err := c2.QueryRow(ctx, "SELECT current_user").Scan(&who); err != nil || who != "md5_user" {
+				t.Fatalf("query as md5_user: %v %q", err, who)
+			}
+			// unknown user
+			_, err = pgx.Connect(ctx, poolConnString(s, "nobody", "postgres")+" password=x")
+			if !errors.As(err, &pe) || pe.Code != "28P01" {
+				t.Fatalf("unknown user: %v", err)
+			}
+		})
+	}
+	t.Run("md5", func(t *testing.T) {
+		cfg := baseConfig(f, ModeTransaction)
+		cfg.AuthType, cfg.AuthFile = AuthMD5, auth
+		s := startPool(t, cfg)
+		out, err := psql(t, s, "md5_user", "postgres", "SELECT current_user", "PGPASSWORD=md5-pw")
+		if err != nil || out != "md5_user" {
+			t.Fatalf("psql md5: %v %s", err, out)
+		}
+		out, err = psql(t, s, "md5_user", "postgres", "SELECT current_user", "PGPASSWORD=bad")
+		if err == nil || !strings.Contains(out, "password authentication failed") {
+			t.Fatalf("psql md5 wrong password: %v %s", err, out)
+		}
+	})
+	t.Run("auth_query", func(t *testing.T) {
+		cfg := baseConfig(f, ModeTransaction)
+		cfg.AuthType, cfg.AuthUser = AuthSCRAM, "postgres"
+		s := startPool(t, cfg)
+		out, err := psql(t, s, "scram_user", "postgres", "SELECT current_user", "PGPASSWORD=scram-secret-pw")
+		if err != nil || out != "scram_user" {
+			t.Fatalf("psql via auth_query: %v %s", err, out)
+		}
+		out, err = psql(t, s, "scram_user", "postgres", "SELECT 1", "PGPASSWORD=bad")
+		if err == nil || !strings.Contains(out, "password authentication failed") {
+			t.Fatalf("auth_query wrong password: %v %s", err, out)
+		}
+	})
+}
+
+func testBadLogins(t *testing.T, f *fixture) {
+	s := startPool(t, baseConfig(f, ModeTransaction))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := pgx.Connect(ctx, poolConnString(s, "postgres", "no_such_db"))
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "3D000" {
+		t.Fatalf("unknown database: %v, want SQLSTATE 3D000", err)
+	}
+	out, err := psql(t, s, "postgres", "no_such_db", "SELECT 1")
+	if err == nil || !strings.Contains(out, `database "no_such_db" does not exist`) {
+		t.Fatalf("psql unknown database: %v %s", err, out)
+	}
+	// malformed startup packets: each gets an error or a close, never a crash
+	for name, pkt := range map[string][]byte{
+		"short length":     {0, 0, 0, 3},
+		"huge length":      {0x7f, 0, 0, 0, 0, 3, 0, 0},
+		"protocol 2":       {0, 0, 0, 8, 0, 2, 0, 0},
+		"no terminator":    append([]byte{0, 0, 0, 17, 0, 3, 0, 0}, []byte("user\x00postg")...),
+		"truncated":        {0, 0, 0, 40, 0, 3, 0, 0, 'u'},
+		"no user":          append([]byte{0, 0, 0, 9, 0, 3, 0, 0}, 0),
+		"garbage":          []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+		"cancel bad":       {0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0, 1, 0, 0, 0, 2},
+		"gssenc then junk": {0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30, 1, 2, 3},
+	} {
+		reply := rawExchange(t, s, pkt)
+		if len(reply) > 0 && reply[0] != 'E' && reply[0] != 'N' {
+			t.Errorf("%s: reply starts with %q, want an ErrorResponse, 'N' or a close", name, reply[0])
+		}
+		if strings.Contains(name, "protocol 2") && !strings.Contains(string(reply), "unsupported frontend protocol") {
+			t.Errorf("%s: reply %q", name, reply)
+		}
+	}
+	// the pool still serves
+	if out, err := psql(t, s, "postgres", "postgres", "SELECT 'alive'"); err != nil || out != "alive" {
+		t.Fatalf("after malformed packets: %v %s", err, out)
+	}
+}
+
+// rawExchange sends pkt on a fresh TCP connection and returns what comes back until close.
+func rawExchange(t testing.TB, s *Server, pkt []byte) []byte {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", s.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+	_, _ = conn.Write(pkt)
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
+	}
+	b, _ := io.ReadAll(conn)
+	return b
+}
+
+func testAdmin(t *testing.T, f *fixture) {
+	cfg := baseConfig(f, ModeTransaction)
+	cfg.MetricsListen = "127.0.0.1:0"
+	s := startPool(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := connect(t, s, "postgres", "postgres")
+	if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []string{"SHOW POOLS", "SHOW CLIENTS", "SHOW SERVERS", "SHOW STATS", "SHOW CONFIG", "SHOW POOL_NODES"} {
+		if rows := adminQuery(t, s, cmd); len(rows) == 0 {
+			t.Errorf("%s: no rows", cmd)
+		}
+	}
+	stats := adminQuery(t, s, "SHOW STATS")
+	if stats[0][0] != "postgres" || stats[0][1] == "0" {
+		t.Errorf("SHOW STATS: %v", stats)
+	}
+	// only admin_users get in
+	out, err := psql(t, s, "nobody", AdminDatabase, "SHOW POOLS")
+	if err == nil || !strings.Contains(out, "admin_users") {
+		t.Fatalf("non-admin on the console: %v %s", err, out)
+	}
+	// PAUSE holds new transactions; RESUME releases them
+	adminQuery(t, s, "PAUSE")
+	done := make(chan error, 1)
+	go func() { _, err := c.Exec(ctx, "SELECT 2"); done <- err }()
+	select {
+	case err := <-done:
+		t.Fatalf("query ran while paused: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	adminQuery(t, s, "RESUME")
+	if err := <-done; err != nil {
+		t.Fatalf("query after resume: %v", err)
+	}
+	adminQuery(t, s, "RELOAD")
+	// Pause with a deadline while a transaction is open reports it
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pctx, pcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	if err := s.Pause(pctx); err == nil {
+		t.Fatal("Pause returned nil while a transaction holds a server connection")
+	}
+	pcancel()
+	s.Resume()
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// /metrics
+	resp, err := http.Get("http://" + s.MetricsAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, m := range []string{"pgharbor_pool_clients{state=\"idle\"}", "pgharbor_pool_transactions_total", "pgharbor_pool_servers", "pgharbor_pool_query_seconds_total"} {
+		if !strings.Contains(string(body), m) {
+			t.Errorf("/metrics lacks %s:\n%s", m, body)
+		}
+	}
+}
+
+func testClientTLS(t *testing.T, f *fixture) {
+	certFile, keyFile := selfSignedCert(t)
+	cfg := baseConfig(f, ModeTransaction)
+	cfg.ClientTLSMode, cfg.ClientTLSCertFile, cfg.ClientTLSKeyFile = "require", certFile, keyFile
+	s := startPool(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, strings.Replace(poolConnString(s, "postgres", "postgres"), "sslmode=disable", "sslmode=require", 1))
+	if err != nil {
+		t.Fatalf("TLS connect: %v", err)
+	}
+	defer c.Close(ctx)
+	var n int
+	if err := c.QueryRow(ctx, "SELECT 7").Scan(&n); err != nil || n != 7 {
+		t.Fatalf("query over TLS: %v", err)
+	}
+	if _, err := pgx.Connect(ctx, poolConnString(s, "postgres", "postgres")); err == nil {
+		t.Fatal("plaintext login accepted with client_tls_sslmode require")
+	}
+}
+
+func selfSignedCert(t testing.TB) (string, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return writeFile(t, "cert.pem", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))),
+		writeFile(t, "key.pem", string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})))
+}
+
+// selectCounts returns select_cnt by node id from SHOW POOL_NODES (admin console).
+func poolNodes(t testing.TB, s *Server) map[string][]string {
+	out := map[string][]string{}
+	for _, r := range adminQuery(t, s, "SHOW POOL_NODES") {
+		out[r[0]] = r
+	}
+	return out
+}
+
+func testRouting(t *testing.T, f *fixture) {
+	f.primary.WaitReplay(t, f.standby)
+	cfg := baseConfig(f, ModeTransaction)
+	cfg.Cluster = f.clusterCfg(true)
+	cfg.LoadBalance, cfg.StatementLevelLoadBalance = true, true
+	s := startPool(t, cfg)
+	waitNode(t, s, "1", "up", "standby")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := connect(t, s, "postgres", "postgres")
+	before := poolNodes(t, s)
+	for i := 0; i < 20; i++ {
+		var inRecovery bool
+		if err := c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil {
+			t.Fatal(err)
+		}
+		if !inRecovery {
+			t.Fatalf("read-only statement %d ran on the primary (primary weight 0)", i)
+		}
+		// writes, writes in SELECT clothing and explicit transactions go to the primary
+		if _, err := c.Exec(ctx, "INSERT INTO kv VALUES ($1, 'x') ON CONFLICT (k) DO UPDATE SET v = 'y'", i); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		if err := c.QueryRow(ctx, "SELECT pg_is_in_recovery() FROM kv FOR UPDATE LIMIT 1").Scan(&inRecovery); err != nil || inRecovery {
+			t.Fatalf("SELECT FOR UPDATE: %v, on standby %v", err, inRecovery)
+		}
+		var seq int64
+		if err := c.QueryRow(ctx, "SELECT nextval('pgbench_history_seq'::regclass) FROM (SELECT 1) x").Scan(&seq); err != nil {
+			var pe *pgconn.PgError
+			if !errors.As(err, &pe) || pe.Code != "42P01" { // no such sequence is fine: it was classified and ran on the primary
+				t.Fatalf("nextval: %v", err)
+			}
+		}
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil || inRecovery {
+			t.Fatalf("read in an explicit transaction: %v, on standby %v", err, inRecovery)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// pgbench -S (prepared) load-balances too, and TPC-B writes all succeed
+	pgbench(t, s, "postgres", "-n", "-S", "-c", "4", "-t", "50", "-M", "prepared")
+	pgbench(t, s, "postgres", "-n", "-c", "4", "-t", "30", "-M", "extended")
+	after := poolNodes(t, s)
+	b, _ := strconv.Atoi(before["1"][6])
+	a, _ := strconv.Atoi(after["1"][6])
+	if a-b < 20 {
+		t.Fatalf("standby select_cnt moved by %d, want >= 20: %v", a-b, after)
+	}
+	// a read-only session (default_transaction_read_only) goes to a reader as a whole
+	ro, err := pgx.Connect(ctx, poolConnString(s, "postgres", "postgres")+" options='-c default_transaction_read_only=on'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inRecovery bool
+	if err := ro.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil || !inRecovery {
+		t.Fatalf("read-only session: %v, on standby %v", err, inRecovery)
+	}
+	ro.Close(ctx)
+	// stop the standby: it is marked down and traffic continues on the primary
+	f.standby.Stop(t, "immediate")
+	waitNode(t, s, "1", "down", "")
+	for i := 0; i < 10; i++ {
+		if err := c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil || inRecovery {
+			t.Fatalf("read after standby stop: %v %v", err, inRecovery)
+		}
+	}
+	pgbench(t, s, "postgres", "-n", "-S", "-c", "4", "-t", "50", "-M", "prepared")
+	if a, total := activeServers(t, s); a != 0 {
+		t.Fatalf("%d of %d server connections still active", a, total)
+	}
+}
+
+func waitNode(t testing.TB, s *Server, id, status, role string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var last []string
+	for time.Now().Before(deadline) {
+		last = poolNodes(t, s)[id]
+		if len(last) > 5 && last[3] == status && (role == "" || last[5] == role) {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("node %s did not become %s/%s: %v", id, status, role, last)
 }

@@ -30,6 +30,10 @@ type session struct {
 	conn net.Conn
 	mr   msgReader
 	cwMu sync.Mutex // guards cw: both loops write to the client
+	// wmu is held by the client loop while it writes to the attached server connection; the
+	// server loop takes it before handing the connection back, so a write that is still
+	// returning (its bytes already answered) never overlaps the next owner's.
+	wmu sync.Mutex
 	cw   *bufio.Writer
 
 	user, db    string
@@ -229,6 +233,8 @@ func (s *session) forward(ctx context.Context, typ byte, n int) error {
 	if err != nil {
 		return err
 	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	s.account(sc, typ)
 	if err := s.mr.copyTo(sc.w, n); err != nil {
 		return s.serverWriteErr(sc, err)
@@ -238,6 +244,8 @@ func (s *session) forward(ctx context.Context, typ byte, n int) error {
 
 // send writes one whole client message to sc.
 func (s *session) send(sc *serverConn, typ byte, msg []byte) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	s.account(sc, typ)
 	if _, err := sc.w.Write(msg); err != nil {
 		return s.serverWriteErr(sc, err)
@@ -391,24 +399,47 @@ func (s *session) reprepare(sc *serverConn, st *stmt, dst []byte) []byte {
 
 // ensureAttached returns the attached server connection, attaching one when there is none.
 // msg is the message that needs it (whole, for classification; nil if unknown).
+//
+// It claims the attachment for the message about to be written (inBatch = true under mu),
+// so the server loop cannot release the connection between this check and the write.
+// Copy messages do not claim: they only flow while a Query or Execute is outstanding.
 func (s *session) ensureAttached(ctx context.Context, typ byte, msg []byte) (*serverConn, error) {
-	s.mu.Lock()
-	sc := s.sc
-	if sc != nil && s.roAttach && !s.inBatch {
-		// A new batch pipelined on a read-only attachment must itself be read-only.
-		s.mu.Unlock()
-		if s.classify(typ, msg) {
+	claim := typ != 'd' && typ != 'c' && typ != 'f'
+	for {
+		s.mu.Lock()
+		sc := s.sc
+		if sc != nil && s.roAttach && !s.inBatch {
+			// A new batch pipelined on a read-only attachment must itself be read-only.
+			s.mu.Unlock()
+			if !s.classify(typ, msg) {
+				s.waitDetached()
+				continue
+			}
+			s.mu.Lock()
+			if s.sc != sc {
+				s.mu.Unlock()
+				continue
+			}
+		}
+		if sc != nil {
+			if claim {
+				s.inBatch = true
+			}
+			s.mu.Unlock()
 			return sc, nil
 		}
-		s.waitDetached()
-		s.mu.Lock()
-		sc = s.sc
-	}
-	s.mu.Unlock()
-	if sc != nil {
+		s.mu.Unlock()
+		sc, err := s.attach(ctx, s.classify(typ, msg))
+		if err != nil {
+			return nil, err
+		}
+		if claim {
+			s.mu.Lock()
+			s.inBatch = true
+			s.mu.Unlock()
+		}
 		return sc, nil
 	}
-	return s.attach(ctx, s.classify(typ, msg))
 }
 
 // waitDetached waits until the current attachment ends.
@@ -566,6 +597,9 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 			s.srv.cl.CountSelect(nodeID)
 		}
 		p.mu.Lock()
+		if sc.client != nil {
+			s.srv.log.Error("BUG: server connection attached twice", "sc", sc.id, "other", sc.client.addr, "me", s.addr)
+		}
 		sc.client = s
 		p.mu.Unlock()
 		s.mu.Lock()
@@ -793,6 +827,8 @@ func (s *session) detachLocked() {
 func (s *session) finishServer(sc *serverConn, done chan struct{}, status byte) {
 	defer s.srv.attached.Add(-1)
 	defer close(done)
+	s.wmu.Lock() // wait for a write still returning
+	s.wmu.Unlock()
 	s.mu.Lock()
 	gone := s.detachReq
 	s.mu.Unlock()
@@ -833,6 +869,7 @@ func (s *session) resetServer(sc *serverConn, status byte) error {
 // serverGone handles a read error on the attached server connection.
 func (s *session) serverGone(sc *serverConn, done chan struct{}, err error) {
 	s.mu.Lock()
+	s.srv.log.Debug("server loop ended", "client", s.addr, "err", err, "pending", s.pending, "inBatch", s.inBatch, "detachReq", s.detachReq)
 	req := s.detachReq
 	clean := s.pending == 0 && !s.inBatch && sc.mr.r.Buffered() == 0
 	status := s.txStatus
@@ -859,10 +896,21 @@ func (s *session) serverGone(sc *serverConn, done chan struct{}, err error) {
 // cleanup runs when the client loop ends: the attachment, if any, is finished at the next
 // safe point (or dropped), and the session is forgotten.
 func (s *session) cleanup() {
-	s.mu.Lock()
-	s.detachReq = true
-	sc := s.sc
-	done := s.detached
+	var sc *serverConn
+	var done chan struct{}
+	for tries := 0; ; tries++ {
+		s.mu.Lock()
+		s.detachReq = true
+		sc, done = s.sc, s.detached
+		if sc != nil && !s.inBatch && s.pending > 0 && tries < 10 {
+			// Usually the answer is already on its way (the client left right after
+			// reading ReadyForQuery, before the server loop counted it): wait a little.
+			s.mu.Unlock()
+			time.Sleep(5 * time.Millisecond)
+			continue
+		}
+		break
+	}
 	// Acting on sc under mu: the server loop cannot release it meanwhile.
 	if sc != nil {
 		switch {
@@ -880,6 +928,7 @@ func (s *session) cleanup() {
 			_ = sc.conn.SetReadDeadline(time.Now())
 		}
 	}
+	s.srv.log.Debug("client gone", "client", s.addr, "attached", sc != nil, "pending", s.pending, "inBatch", s.inBatch)
 	s.mu.Unlock()
 	if sc != nil {
 		<-done
