@@ -1,0 +1,58 @@
+package main
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgharbor/pgharbor/pool"
+)
+
+func TestExampleConfigParses(t *testing.T) {
+	cfg, err := LoadConfig("../../docs/pgharbor.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Repo.URL != "s3://acme-backups/postgres" || cfg.Backup.LockTimeout != 2*time.Minute || cfg.WAL.FetchPrefetch != 8 || len(cfg.Encryption.Recipients) != 1 {
+		t.Fatalf("parsed %+v", cfg)
+	}
+	var pc pool.Config
+	if err := cfg.Section("pool", &pc); err != nil {
+		t.Fatalf("pool section: %v", err)
+	}
+	if pc.Listen != "0.0.0.0:6432" || len(pc.Cluster.Nodes) != 2 {
+		t.Fatalf("pool section parsed as %+v", pc)
+	}
+}
+
+func TestEnvironmentOverridesTheFile(t *testing.T) {
+	t.Setenv("PGHARBOR_REPO_URL", "file:///elsewhere")
+	t.Setenv("PGHARBOR_ENCRYPTION_RECIPIENTS", "age1a, age1b")
+	t.Setenv("PGHARBOR_BACKUP_WORKERS", "7")
+	t.Setenv("PGHARBOR_BACKUP_FAST_CHECKPOINT", "false")
+	t.Setenv("PGHARBOR_BACKUP_LOCK_TIMEOUT", "90s")
+	cfg, err := LoadConfig("../../docs/pgharbor.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Repo.URL != "file:///elsewhere" || strings.Join(cfg.Encryption.Recipients, "|") != "age1a|age1b" ||
+		cfg.Backup.Workers != 7 || cfg.Backup.FastCheckpoint == nil || *cfg.Backup.FastCheckpoint || cfg.Backup.LockTimeout != 90*time.Second {
+		t.Fatalf("env not applied: %+v", cfg)
+	}
+}
+
+func TestUnknownKeysAreErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, text := range []string{"repo:\n  urll: x\n", "bogus:\n  a: 1\n", "backup:\n  workers: many\n"} {
+		p := dir + "/c.yaml"
+		os.WriteFile(p, []byte(text), 0o600)
+		if _, err := LoadConfig(p); err == nil {
+			t.Errorf("%q accepted", text)
+		}
+	}
+	t.Setenv("PGHARBOR_BACKUP_WORKERS", "many")
+	if _, err := LoadConfig(""); err == nil || !strings.Contains(err.Error(), "PGHARBOR_BACKUP_WORKERS") {
+		t.Errorf("bad env value: %v", err)
+	}
+}
