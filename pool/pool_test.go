@@ -164,15 +164,23 @@ func adminQuery(t testing.TB, s *Server, sql string) [][]string {
 	return rows
 }
 
-// activeServers counts server connections in state active (SHOW SERVERS).
+// activeServers counts server connections in state active (SHOW SERVERS), giving sessions
+// that are closing a moment to hand their connection back.
 func activeServers(t testing.TB, s *Server) (active, total int) {
-	for _, r := range adminQuery(t, s, "SHOW SERVERS") {
-		total++
-		if r[3] == "active" {
-			active++
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		active, total = 0, 0
+		for _, r := range adminQuery(t, s, "SHOW SERVERS") {
+			total++
+			if r[3] == "active" {
+				active++
+			}
 		}
+		if active == 0 || time.Now().After(deadline) {
+			return active, total
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return active, total
 }
 
 func baseConfig(f *fixture, mode PoolMode) Config {

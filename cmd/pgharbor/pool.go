@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgharbor/pgharbor/pool"
+)
+
+// newPoolCmd is `pgharbor pool`: the connection pooler in front of the cluster.
+func newPoolCmd(a *app) *cobra.Command {
+	var listen string
+	cmd := &cobra.Command{
+		Use:   "pool",
+		Short: "Run the PostgreSQL connection pooler (session/transaction pooling, read/write routing, admin console)",
+		Long: `Run the connection pooler configured by the pool: section of the config file.
+
+Clients connect to the listen address as to PostgreSQL. The admin console is the database
+"pgharbor" (SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW CONFIG, SHOW POOL_NODES,
+PAUSE, RESUME, RELOAD); SIGHUP reloads the configuration file as RELOAD does. See docs/pool.md.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := loadPoolConfig(a, listen)
+			if err != nil {
+				return err
+			}
+			srv, err := pool.New(cfg, a.logger)
+			if err != nil {
+				return err
+			}
+			srv.SetReloader(func() (pool.Config, error) { return loadPoolConfig(a, listen) })
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			go func() {
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-hup:
+						cfg, err := loadPoolConfig(a, listen)
+						if err == nil {
+							err = srv.Reload(cfg)
+						}
+						if err != nil {
+							a.logger.Error("reload on SIGHUP failed; keeping the running configuration", "err", err)
+						}
+					}
+				}
+			}()
+			return srv.Serve(ctx)
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "", "listen address host:port (overrides pool.listen)")
+	return cmd
+}
+
+// loadPoolConfig re-reads the config file (for reloads) and decodes its pool: section.
+func loadPoolConfig(a *app, listen string) (pool.Config, error) {
+	var cfg pool.Config
+	c := a.cfg
+	if a.configPath != "" {
+		fresh, err := LoadConfig(a.configPath)
+		if err != nil {
+			return cfg, err
+		}
+		c = fresh
+	}
+	if c == nil {
+		return cfg, fmt.Errorf("no configuration loaded")
+	}
+	if err := c.Section("pool", &cfg); err != nil {
+		return cfg, err
+	}
+	if listen != "" {
+		cfg.Listen = listen
+	}
+	return cfg, nil
+}
