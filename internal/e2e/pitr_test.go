@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -98,5 +99,54 @@ func TestRestoredDirectoryPassesPgVerifybackup(t *testing.T) {
 	}
 	if _, err := exec.LookPath("true"); err != nil {
 		t.Skip()
+	}
+}
+
+func TestDeltaRestoreRewritesOnlyWhatDiffers(t *testing.T) {
+	e := newEnv(t, "", "")
+	pg := e.startPrimary(nil)
+	pg.Pgbench(t, "postgres", "-i", "-s", "2", "-q")
+	e.must("repo", "init")
+	e.must("backup", "--conn", pg.ConnString("postgres"))
+	waitArchived(t, pg)
+	root := pgtest.MkdirOwned(t, e.cred, "pgharbor-delta-")
+	pgdata := root + "/data"
+	e.must("restore", "--pgdata", pgdata)
+	// Damage the copy the way a diverged or half-rebuilt node would be.
+	accounts := strings.TrimSpace(pg.QueryString(t, "postgres", "SELECT pg_relation_filepath('pgbench_accounts')"))
+	if err := os.Truncate(pgdata+"/"+accounts, 8192); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pgdata+"/PG_VERSION", []byte("14\n"), 0o600); err != nil { // same size, other bytes
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pgdata+"/base/stray-file", []byte("not from the backup"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.run("restore", "--pgdata", pgdata); r.code == 0 || !strings.Contains(r.stderr, "--delta") {
+		t.Fatalf("restore into a non-empty directory without --delta: exit %d: %s", r.code, r.stderr)
+	}
+	var res struct {
+		Result struct {
+			Files        int `json:"files"`
+			FilesWritten int `json:"files_written"`
+			FilesKept    int `json:"files_kept"`
+			FilesRemoved int `json:"files_removed"`
+		} `json:"result"`
+	}
+	out := e.must("restore", "--pgdata", pgdata, "--delta", "--output", "json")
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	r := res.Result
+	// Written: the truncated relation, PG_VERSION and postgresql.auto.conf (the first restore
+	// added recovery settings to it). Removed: the stray file, plus recovery.signal and
+	// backup_manifest of the first restore (written anew).
+	if r.FilesWritten != 3 || r.FilesRemoved != 3 || r.FilesKept != r.Files-3 {
+		t.Fatalf("delta restore: %+v (want 3 written, 3 removed, the rest kept)", r)
+	}
+	cmd := pg.Command("pg_verifybackup", "-n", pgdata)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("pg_verifybackup after delta restore: %v\n%s", err, out)
 	}
 }
