@@ -254,6 +254,20 @@ func (r *Repo) Init(ctx context.Context, want Identity) (Identity, error) {
 	if err := have.Check(want); err != nil {
 		return have, err
 	}
+	// Key rotation: recipients configured next to a known one are recorded, so that the old
+	// one can later be dropped from the configuration.
+	added := false
+	for _, fp := range want.Recipients {
+		if !slices.Contains(have.Recipients, fp) {
+			have.Recipients = append(have.Recipients, fp)
+			added = true
+		}
+	}
+	if added {
+		if err := r.writeIdentity(ctx, have, false); err != nil {
+			return have, fmt.Errorf("record new recipients in %s: %w", r.Location(r.Key(IdentityKey)), err)
+		}
+	}
 	return have, nil
 }
 
@@ -273,7 +287,7 @@ func (id Identity) Check(other Identity) error {
 			ErrIdentityMismatch, id.Cluster, id.Encryption, other.Encryption)
 	}
 	if other.Encryption == "age" && len(other.Recipients) > 0 && !slices.ContainsFunc(other.Recipients, func(fp string) bool { return slices.Contains(id.Recipients, fp) }) {
-		return fmt.Errorf("%w: none of the configured recipients (%v) is among the repository's (%v); add it with `pgharbor repo add-recipient` from a host that has the old identity",
+		return fmt.Errorf("%w: none of the configured recipients (%v) is among the repository's (%v); to rotate keys, configure the new recipient next to an old one and run `pgharbor repo init` once",
 			ErrIdentityMismatch, other.Recipients, id.Recipients)
 	}
 	return nil

@@ -1,0 +1,95 @@
+package repo_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/pgharbor/pgharbor/internal/repo"
+	"github.com/pgharbor/pgharbor/storage/codec"
+	"github.com/pgharbor/pgharbor/storage/mem"
+)
+
+func newCodec(t *testing.T, recipients ...string) *codec.Codec {
+	t.Helper()
+	cfg := codec.Config{Encryption: "none"}
+	if len(recipients) > 0 {
+		cfg = codec.Config{Encryption: "age", Recipients: recipients}
+	}
+	c, err := codec.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestInitTwiceIsHarmlessAndAnotherSetupIsRefused(t *testing.T) {
+	ctx := context.Background()
+	b := mem.New()
+	_, rcpt, _ := codec.GenerateIdentity()
+	_, other, _ := codec.GenerateIdentity()
+	r, _ := repo.New(b, newCodec(t, rcpt), "main")
+	first, err := r.Init(ctx, repo.Identity{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := r.Init(ctx, repo.Identity{})
+	if err != nil || !again.Created.Equal(first.Created) {
+		t.Fatalf("second init: %v (identity %+v)", err, again)
+	}
+	plain, _ := repo.New(b, newCodec(t), "main")
+	if _, err := plain.Init(ctx, repo.Identity{}); !errors.Is(err, repo.ErrIdentityMismatch) || !strings.Contains(err.Error(), "encrypted with") {
+		t.Fatalf("init with encryption none over an age repository: %v", err)
+	}
+	foreign, _ := repo.New(b, newCodec(t, other), "main")
+	if _, err := foreign.Init(ctx, repo.Identity{}); !errors.Is(err, repo.ErrIdentityMismatch) {
+		t.Fatalf("init with other recipients: %v", err)
+	}
+	// Rotation: the old recipient plus a new one is accepted.
+	rotated, _ := repo.New(b, newCodec(t, rcpt, other), "main")
+	if _, err := rotated.Init(ctx, repo.Identity{}); err != nil {
+		t.Fatalf("init with old+new recipients: %v", err)
+	}
+	// ... and recorded, so the old one can be dropped afterwards.
+	if _, err := foreign.Init(ctx, repo.Identity{}); err != nil {
+		t.Fatalf("init with the new recipient only, after rotation: %v", err)
+	}
+	// Another cluster name is another prefix: no conflict.
+	second, _ := repo.New(b, newCodec(t), "reporting")
+	if _, err := second.Init(ctx, repo.Identity{}); err != nil {
+		t.Fatalf("second cluster: %v", err)
+	}
+}
+
+func TestAttachRecordsTheServerAndRefusesAnother(t *testing.T) {
+	ctx := context.Background()
+	r, _ := repo.New(mem.New(), newCodec(t), "main")
+	if _, err := r.Attach(ctx, repo.Identity{SystemIdentifier: "1"}); !errors.Is(err, repo.ErrNotInitialized) {
+		t.Fatalf("attach before init: %v", err)
+	}
+	if _, err := r.Init(ctx, repo.Identity{}); err != nil {
+		t.Fatal(err)
+	}
+	id, err := r.Attach(ctx, repo.Identity{SystemIdentifier: "7710", PGVersion: 150018, WALSegmentSize: 16 << 20})
+	if err != nil || id.SystemIdentifier != "7710" {
+		t.Fatalf("attach: %+v %v", id, err)
+	}
+	if got, _ := r.ReadIdentity(ctx); got.SystemIdentifier != "7710" || got.WALSegmentSize != 16<<20 {
+		t.Fatalf("identity not recorded: %+v", got)
+	}
+	if _, err := r.Attach(ctx, repo.Identity{SystemIdentifier: "9999", PGVersion: 150018}); !errors.Is(err, repo.ErrIdentityMismatch) || !strings.Contains(err.Error(), "another PostgreSQL cluster") {
+		t.Fatalf("attach of another server: %v", err)
+	}
+	if _, err := r.Attach(ctx, repo.Identity{SystemIdentifier: "7710", PGVersion: 160001}); !errors.Is(err, repo.ErrIdentityMismatch) {
+		t.Fatalf("attach after a major upgrade: %v", err)
+	}
+}
+
+func TestClusterNamesAreValidated(t *testing.T) {
+	for _, name := range []string{"", "../x", "a/b", ".hidden", strings.Repeat("x", 64)} {
+		if _, err := repo.New(mem.New(), newCodec(t), name); err == nil {
+			t.Errorf("cluster name %q accepted", name)
+		}
+	}
+}
