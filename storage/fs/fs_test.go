@@ -3,7 +3,10 @@ package fs_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -72,5 +75,58 @@ func TestUnwritableRootIsAClearError(t *testing.T) {
 	_, err := fs.New(filepath.Join(f, "repo"))
 	if err == nil || !strings.Contains(err.Error(), "create repository directory") || !storage.IsPermanent(err) {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// TestIfNotExistsAcrossProcesses starts several processes (this test binary again) that put
+// the same key with IfNotExists at once: link(2) lets exactly one win.
+func TestIfNotExistsAcrossProcesses(t *testing.T) {
+	if dir := os.Getenv("PGHARBOR_FS_RACE_DIR"); dir != "" {
+		b, err := fs.New(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := []byte("writer " + os.Getenv("PGHARBOR_FS_RACE_ID"))
+		err = b.Put(context.Background(), "race/key", bytes.NewReader(body), storage.PutOptions{IfNotExists: true})
+		switch {
+		case err == nil:
+			fmt.Println("RESULT won")
+		case errors.Is(err, storage.ErrExists):
+			fmt.Println("RESULT exists")
+		default:
+			t.Fatal(err)
+		}
+		return
+	}
+	dir := t.TempDir()
+	const n = 8
+	for round := 0; round < 3; round++ {
+		os.RemoveAll(filepath.Join(dir, "race"))
+		var cmds []*exec.Cmd
+		var outs []*bytes.Buffer
+		for i := 0; i < n; i++ {
+			cmd := exec.Command(os.Args[0], "-test.run", "^TestIfNotExistsAcrossProcesses$")
+			cmd.Env = append(os.Environ(), "PGHARBOR_FS_RACE_DIR="+dir, fmt.Sprintf("PGHARBOR_FS_RACE_ID=%d", i))
+			out := new(bytes.Buffer)
+			cmd.Stdout, cmd.Stderr = out, out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			cmds, outs = append(cmds, cmd), append(outs, out)
+		}
+		won := 0
+		for i, cmd := range cmds {
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("writer %d: %v\n%s", i, err, outs[i])
+			}
+			if strings.Contains(outs[i].String(), "RESULT won") {
+				won++
+			} else if !strings.Contains(outs[i].String(), "RESULT exists") {
+				t.Fatalf("writer %d said %s", i, outs[i])
+			}
+		}
+		if won != 1 {
+			t.Fatalf("round %d: %d processes won, want exactly 1", round, won)
+		}
 	}
 }
