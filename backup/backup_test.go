@@ -1,0 +1,185 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"hash/crc32"
+	"math/rand/v2"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/pgharbor/pgharbor/internal/repo"
+	"github.com/pgharbor/pgharbor/storage/codec"
+	"github.com/pgharbor/pgharbor/storage/mem"
+)
+
+func memRepo(t *testing.T) *repo.Repo {
+	t.Helper()
+	c, err := codec.New(codec.Config{Encryption: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := repo.New(mem.New(), c, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestPipelineBundlesSmallFilesAndSplitsLargeOnes(t *testing.T) {
+	ctx := context.Background()
+	r := memRepo(t)
+	const bundle = 64 << 10
+	p := newPipeline(ctx, r, "L", bundle, 2, 2)
+	rng := rand.New(rand.NewPCG(7, 8))
+	sizes := []int{0, 1, 100, 5000, bundle - 1, bundle, 3*bundle + 17, 10, 200000}
+	var files [][]byte
+	var extents [][]Extent
+	for _, n := range sizes {
+		data := make([]byte, n)
+		for i := range data {
+			data[i] = byte(rng.Uint32())
+		}
+		var ex []Extent
+		var err error
+		// Feed in uneven chunks, as the tar reader does.
+		for off := 0; off < n; {
+			k := min(n-off, 1+rng.IntN(40000))
+			if ex, err = p.write(data[off:off+k], ex); err != nil {
+				t.Fatal(err)
+			}
+			off += k
+		}
+		files, extents = append(files, data), append(extents, ex)
+	}
+	bundles, err := p.close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total int
+	for _, n := range sizes {
+		total += n
+	}
+	if want := (total + bundle - 1) / bundle; bundles != want {
+		t.Fatalf("%d bundles for %d bytes, want %d", bundles, total, want)
+	}
+	decoded := map[int][]byte{}
+	for b := 0; b < bundles; b++ {
+		data, err := r.GetBytes(ctx, BundleKey(r, "L", b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		decoded[b] = data
+	}
+	for i, data := range files {
+		var got []byte
+		for _, e := range extents[i] {
+			piece := decoded[e.Bundle][e.Offset : e.Offset+e.Length]
+			if crc32.Checksum(piece, castagnoli) != e.CRC {
+				t.Fatalf("file %d: extent %+v CRC mismatch", i, e)
+			}
+			got = append(got, piece...)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("file %d (%d bytes): reassembled %d bytes differ", i, len(data), len(got))
+		}
+		if len(data) > 0 && len(data) <= bundle/2 && len(extents[i]) > 2 {
+			t.Fatalf("small file %d spread over %d extents", i, len(extents[i]))
+		}
+	}
+}
+
+func TestLockIsExclusiveAndStaleLocksAreTakenOver(t *testing.T) {
+	ctx := context.Background()
+	r := memRepo(t)
+	l, err := AcquireLock(ctx, r, "backup", "A", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := AcquireLock(ctx, r, "backup", "B", time.Minute); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second lock: %v", err)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	cases := []struct {
+		name string
+		held lockInfo
+		ok   bool
+	}{
+		{"dead process on this host", lockInfo{Host: host, PID: 1 << 30, Heartbeat: time.Now()}, true},
+		{"live process on this host", lockInfo{Host: host, PID: os.Getpid(), Heartbeat: time.Now()}, false},
+		{"other host, fresh heartbeat", lockInfo{Host: "elsewhere", PID: 1, Heartbeat: time.Now()}, false},
+		{"other host, expired heartbeat", lockInfo{Host: "elsewhere", PID: 1, Heartbeat: time.Now().Add(-time.Hour)}, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if err := r.PutJSON(ctx, lockKey(r, "backup"), c.held, false); err != nil {
+				t.Fatal(err)
+			}
+			l, err := AcquireLock(ctx, r, "backup", "C", time.Minute)
+			if c.ok != (err == nil) {
+				t.Fatalf("acquire: %v (want ok=%v)", err, c.ok)
+			}
+			if l != nil {
+				l.Release(ctx)
+			} else {
+				r.Backend().Delete(ctx, lockKey(r, "backup"))
+			}
+		})
+	}
+}
+
+func TestCatalogListsOnlyBackupsWithAManifest(t *testing.T) {
+	ctx := context.Background()
+	r := memRepo(t)
+	now := time.Now().UTC()
+	done := Summary{Format: ManifestFormat, Label: "20260101T000000Z", StartTime: now.Add(-time.Hour)}
+	if err := r.PutJSON(ctx, BackupPrefix(r, done.Label)+"/summary", done, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.PutJSON(ctx, BackupPrefix(r, done.Label)+"/manifest", Manifest{Summary: done}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.PutBytes(ctx, BundleKey(r, "20260102T000000Z", 0), []byte("half a backup"), false); err != nil {
+		t.Fatal(err)
+	}
+	cat, err := LoadCatalog(ctx, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cat.Backups) != 1 || cat.Backups[0].Label != done.Label {
+		t.Fatalf("backups %+v", cat.Backups)
+	}
+	if len(cat.Incomplete) != 1 || cat.Incomplete[0].Label != "20260102T000000Z" || cat.Incomplete[0].Running {
+		t.Fatalf("incomplete %+v", cat.Incomplete)
+	}
+	removed, err := Cleanup(ctx, r)
+	if err != nil || len(removed) != 1 {
+		t.Fatalf("cleanup: %v %v", removed, err)
+	}
+	if cat, _ := LoadCatalog(ctx, r); len(cat.Incomplete) != 0 || len(cat.Backups) != 1 {
+		t.Fatalf("after cleanup %+v", cat)
+	}
+}
+
+func TestCrossCheckCatchesAMismatchWithTheServersManifest(t *testing.T) {
+	files := []File{{Path: "base/1/1", Type: "file", Size: 3, CRC: crc32.Checksum([]byte("abc"), castagnoli)}}
+	good := []byte(`{"Files":[{"Path":"base/1/1","Size":3,"Checksum-Algorithm":"CRC32C","Checksum":"b73f4b36"}]}`)
+	if err := crossCheck(files, good); err != nil {
+		t.Fatalf("matching manifest: %v", err)
+	}
+	for _, bad := range []string{
+		`{"Files":[{"Path":"base/1/1","Size":4,"Checksum-Algorithm":"CRC32C","Checksum":"b73f4b36"}]}`,
+		`{"Files":[{"Path":"base/1/1","Size":3,"Checksum-Algorithm":"CRC32C","Checksum":"00000000"}]}`,
+		`{"Files":[{"Path":"base/1/2","Size":3,"Checksum-Algorithm":"CRC32C","Checksum":"b73f4b36"}]}`,
+		`{"Files":[{"Path":"base/1/1","Size":3,"Checksum-Algorithm":"CRC32C","Checksum":"b73f4b36"},{"Path":"x","Size":1}]}`,
+	} {
+		if err := crossCheck(files, []byte(bad)); err == nil {
+			t.Errorf("mismatch accepted: %s", bad)
+		}
+	}
+}
