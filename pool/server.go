@@ -47,9 +47,9 @@ type Server struct {
 	pools    map[poolKey]*serverPool
 	sessions map[uint32]*session // by the BackendKeyData process id we gave out
 	admins   map[*adminSession]struct{}
-	creds    map[string]serverCreds            // server credentials by server user
+	creds    map[string]serverCreds                   // server credentials by server user
 	params   map[[2]string][]pgproto3.ParameterStatus // login settings by (client db, user)
-	usable   map[int]bool                        // node ids that may get traffic
+	usable   map[int]bool                             // node ids that may get traffic
 	reloader func() (Config, error)
 
 	pauseMu  sync.Mutex

@@ -34,7 +34,7 @@ type session struct {
 	// server loop takes it before handing the connection back, so a write that is still
 	// returning (its bytes already answered) never overlaps the next owner's.
 	wmu sync.Mutex
-	cw   *bufio.Writer
+	cw  *bufio.Writer
 
 	user, db    string
 	tgt         target
