@@ -211,6 +211,7 @@ func TestPool(t *testing.T) {
 	t.Run("CleanErrorsForBadLogins", func(t *testing.T) { testBadLogins(t, f) })
 	t.Run("AdminConsolePauseResumeMetrics", func(t *testing.T) { testAdmin(t, f) })
 	t.Run("ClientTLS", func(t *testing.T) { testClientTLS(t, f) })
+	t.Run("MarkDownEvictsIdleSessionsAndHoldsNewTransactions", func(t *testing.T) { testMarkDown(t, f) })
 	// the standby comes last: it is stopped by its test
 	f.standby = primary.StartStandby(t)
 	t.Run("ReadsReachStandbyWritesNeverStandbyDownTrafficContinues", func(t *testing.T) { testRouting(t, f) })
@@ -747,4 +748,43 @@ func waitNode(t testing.TB, s *Server, id, status, role string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("node %s did not become %s/%s: %v", id, status, role, last)
+}
+
+func testMarkDown(t *testing.T, f *fixture) {
+	cfg := baseConfig(f, ModeSession)
+	cfg.QueryWaitTimeout = 20 * time.Second
+	s := startPool(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a := connect(t, s, "postgres", "postgres")
+	if _, err := a.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	c := connect(t, s, "postgres", "postgres") // logged in, no server yet
+	s.Cluster().MarkDown(0, "test: failover")
+	// the idle session on the fenced node is closed at once
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := a.Exec(ctx, "SELECT 1")
+		if err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("session on a node marked down was not closed")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// a new transaction waits for a primary instead of failing
+	done := make(chan error, 1)
+	go func() { _, err := c.Exec(ctx, "SELECT 2"); done <- err }()
+	select {
+	case err := <-done:
+		t.Fatalf("query ran with no primary: %v", err)
+	case <-time.After(400 * time.Millisecond):
+	}
+	s.Cluster().MarkUp(0)
+	s.Cluster().CheckNow(ctx)
+	if err := <-done; err != nil {
+		t.Fatalf("held query after the primary came back: %v", err)
+	}
 }

@@ -49,8 +49,9 @@ type Server struct {
 	admins   map[*adminSession]struct{}
 	creds    map[string]serverCreds                   // server credentials by server user
 	params   map[[2]string][]pgproto3.ParameterStatus // login settings by (client db, user)
-	usable   map[int]bool                             // node ids that may get traffic
 	reloader func() (Config, error)
+
+	usable atomic.Pointer[map[int]bool] // node ids that may get traffic
 
 	pauseMu  sync.Mutex
 	paused   bool
@@ -80,7 +81,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	}
 	s := &Server{log: logger, cl: cl, stmts: stmtRegistry{ids: map[string]uint64{}},
 		pools: map[poolKey]*serverPool{}, sessions: map[uint32]*session{}, admins: map[*adminSession]struct{}{},
-		creds: map[string]serverCreds{}, params: map[[2]string][]pgproto3.ParameterStatus{}, usable: map[int]bool{},
+		creds: map[string]serverCreds{}, params: map[[2]string][]pgproto3.ParameterStatus{},
 		resumeCh: make(chan struct{}), started: time.Now()}
 	close(s.resumeCh)
 	if err := s.apply(cfg); err != nil {
@@ -393,6 +394,7 @@ func (s *Server) janitor(ctx context.Context) {
 		case <-t.C:
 		}
 		s.refreshNodes()
+		s.evictStale()
 		s.mu.Lock()
 		pools := make([]*serverPool, 0, len(s.pools))
 		for _, p := range s.pools {
@@ -401,6 +403,29 @@ func (s *Server) janitor(ctx context.Context) {
 		s.mu.Unlock()
 		for _, p := range pools {
 			p.maintain(ctx)
+		}
+	}
+}
+
+// evictStale ends sessions that sit idle on a server connection the cluster no longer
+// allows: a node that went down, or a former primary for a session that writes (session
+// mode keeps its connection, so it would otherwise keep writing to a demoted primary).
+// They get a FATAL error at a safe point (no transaction open) and reconnect; sessions in
+// a transaction are handled on a later round, once it ends.
+func (s *Server) evictStale() {
+	prim, hasPrim := s.cl.Primary()
+	for _, x := range s.sessionList() {
+		x.mu.Lock()
+		stale := false
+		if x.sc != nil && x.pending == 0 && !x.inBatch && x.txStatus == 'I' {
+			stale = !s.nodeUsable(x.node) || (!x.sessionRO && !x.roAttach && hasPrim && x.node != prim.ID)
+		}
+		x.mu.Unlock() // nodeUsable takes no lock
+		if stale {
+			s.log.Info("closing a session on a node that is down or no longer the primary", "client", x.addr, "node", x.node)
+			x.writeClientNoWait((&pgError{Severity: "FATAL", Code: sqlstateAdminShutdown,
+				Message: "terminating connection: its server node is down or no longer the primary (failover); reconnect"}).encode(nil))
+			_ = x.conn.Close()
 		}
 	}
 }
@@ -416,6 +441,7 @@ func (s *Server) watchCluster(ctx context.Context) {
 			return
 		case <-ch:
 			s.refreshNodes()
+			s.evictStale()
 			s.mu.Lock()
 			pools := make([]*serverPool, 0, len(s.pools))
 			for _, p := range s.pools {
@@ -436,15 +462,12 @@ func (s *Server) refreshNodes() {
 	for _, n := range s.cl.Nodes() {
 		u[n.ID] = n.Status == cluster.StatusUp
 	}
-	s.mu.Lock()
-	s.usable = u
-	s.mu.Unlock()
+	s.usable.Store(&u)
 }
 
 func (s *Server) nodeUsable(id int) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.usable[id]
+	u := s.usable.Load()
+	return u != nil && (*u)[id]
 }
 
 // poolFor picks the node for a session's next transaction and returns its pool.
