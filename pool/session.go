@@ -58,9 +58,12 @@ type session struct {
 	txStatus  byte
 	detached  chan struct{} // closed when the current attachment ends
 	detachReq bool          // the client is gone: finish at the next safe point
-	waiting   bool
-	xactStart time.Time
-	lastQuery time.Time
+	reader    bool          // a serverLoop goroutine reads sc (else the client loop does, inline)
+	// clientDead is set by the current reader when writing to the client failed.
+	clientDead bool
+	waiting    bool
+	xactStart  time.Time
+	lastQuery  time.Time
 }
 
 // parseEntry is a ParseComplete or CloseComplete the server owes us, in order.
@@ -234,23 +237,56 @@ func (s *session) forward(ctx context.Context, typ byte, n int) error {
 		return err
 	}
 	s.wmu.Lock()
-	defer s.wmu.Unlock()
 	s.account(sc, typ)
 	if err := s.mr.copyTo(sc.w, n); err != nil {
+		s.wmu.Unlock()
 		return s.serverWriteErr(sc, err)
 	}
-	return s.maybeFlush(sc, typ)
+	err = s.maybeFlush(sc, typ)
+	s.wmu.Unlock()
+	if err != nil {
+		return err
+	}
+	return s.afterWrite(sc, typ)
 }
 
 // send writes one whole client message to sc.
 func (s *session) send(sc *serverConn, typ byte, msg []byte) error {
 	s.wmu.Lock()
-	defer s.wmu.Unlock()
 	s.account(sc, typ)
 	if _, err := sc.w.Write(msg); err != nil {
+		s.wmu.Unlock()
 		return s.serverWriteErr(sc, err)
 	}
-	return s.maybeFlush(sc, typ)
+	err := s.maybeFlush(sc, typ)
+	s.wmu.Unlock()
+	if err != nil {
+		return err
+	}
+	return s.afterWrite(sc, typ)
+}
+
+// afterWrite decides who reads the answers in transaction mode: the client loop itself
+// (pumpInline) after a Sync or Query with nothing more from the client buffered, or a
+// serverLoop goroutine when the client keeps sending or waits on a Flush.
+func (s *session) afterWrite(sc *serverConn, typ byte) error {
+	if typ != 'S' && typ != 'Q' && typ != 'H' {
+		return nil
+	}
+	s.mu.Lock()
+	if s.reader || s.sc != sc {
+		s.mu.Unlock()
+		return nil
+	}
+	done := s.detached
+	if typ != 'H' && s.mr.r.Buffered() == 0 {
+		s.mu.Unlock()
+		return s.pumpInline(sc, done)
+	}
+	s.reader = true
+	s.mu.Unlock()
+	go s.serverLoop(sc, done)
+	return nil
 }
 
 // account updates the batch state before a message goes to the server.
@@ -412,6 +448,19 @@ func (s *session) ensureAttached(ctx context.Context, typ byte, msg []byte) (*se
 			// A new batch pipelined on a read-only attachment must itself be read-only.
 			s.mu.Unlock()
 			if !s.classify(typ, msg) {
+				s.mu.Lock()
+				inline := s.sc == sc && !s.reader
+				s.mu.Unlock()
+				if inline {
+					// nothing outstanding and nobody reading: the read-only attachment
+					// is idle in a transaction; keep using it
+					s.mu.Lock()
+					if s.sc == sc && claim {
+						s.inBatch = true
+					}
+					s.mu.Unlock()
+					return sc, nil
+				}
 				s.waitDetached()
 				continue
 			}
@@ -612,7 +661,12 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 		done := s.detached
 		s.mu.Unlock()
 		s.srv.attached.Add(1)
-		go s.serverLoop(sc, done)
+		if s.tgt.mode == ModeSession {
+			s.mu.Lock()
+			s.reader = true
+			s.mu.Unlock()
+			go s.serverLoop(sc, done)
+		}
 		return sc, nil
 	}
 }
@@ -690,136 +744,215 @@ func (s *session) writeClient(b []byte, flush bool) {
 	}
 }
 
-// serverLoop forwards the server's messages to the client until the attachment ends.
+// Results of serverStep.
+const (
+	stepMore   = iota // keep reading
+	stepQuiet         // a ReadyForQuery left nothing outstanding; the attachment is still held
+	stepEnded         // the attachment ended (released or dropped): sc is no longer ours
+	stepCopyIn        // the server waits for COPY data from the client
+)
+
+// serverLoop forwards the server's messages to the client until the attachment ends. It runs
+// as its own goroutine in session mode, and in transaction mode when the client needs
+// answers while it keeps sending (Flush, pipelining, COPY FROM STDIN).
 func (s *session) serverLoop(sc *serverConn, done chan struct{}) {
-	clientOK := true
-	write := func(f func() error) {
-		if !clientOK {
-			return
-		}
-		s.cwMu.Lock()
-		err := f()
-		s.cwMu.Unlock()
-		if err != nil {
-			clientOK = false
+	for s.serverStep(sc, done) != stepEnded {
+	}
+}
+
+// pumpInline reads the server's answers on the client's goroutine until nothing is
+// outstanding (transaction mode, after a Sync or Query with no further client input): the
+// common request/response round trip then needs no second goroutine. A COPY FROM STDIN
+// hands reading over to a serverLoop goroutine, since the client must be read meanwhile.
+func (s *session) pumpInline(sc *serverConn, done chan struct{}) error {
+	for {
+		switch s.serverStep(sc, done) {
+		case stepMore:
+		case stepQuiet:
+			return nil
+		case stepEnded:
 			s.mu.Lock()
-			s.detachReq = true
+			dead := s.clientDead
 			s.mu.Unlock()
-			_ = s.conn.Close()
+			if dead {
+				return errClientGone
+			}
+			return nil
+		case stepCopyIn:
+			s.mu.Lock()
+			if s.sc == sc {
+				s.reader = true
+				go s.serverLoop(sc, done)
+			}
+			s.mu.Unlock()
+			return nil
 		}
 	}
-	flush := func() { write(s.cw.Flush) }
-	for {
-		typ, n, err := sc.mr.header()
+}
+
+// clientWrite runs f on the client writer; after a failure the client is gone and later
+// output is dropped.
+func (s *session) clientWrite(f func() error) {
+	if s.clientDead {
+		return
+	}
+	s.cwMu.Lock()
+	err := f()
+	s.cwMu.Unlock()
+	if err != nil {
+		s.mu.Lock()
+		s.clientDead = true
+		s.detachReq = true
+		s.mu.Unlock()
+		_ = s.conn.Close()
+	}
+}
+
+func (s *session) clientWriteMsg(msg []byte) {
+	if s.clientDead {
+		return
+	}
+	s.cwMu.Lock()
+	_, err := s.cw.Write(msg)
+	s.cwMu.Unlock()
+	if err != nil {
+		s.clientWrite(func() error { return err })
+	}
+}
+
+func (s *session) clientFlush() { s.clientWrite(s.cw.Flush) }
+
+// serverStep reads and handles one server message. Only the session's current reader
+// (serverLoop goroutine or the client loop in pumpInline) calls it.
+func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
+	typ, n, err := sc.mr.header()
+	if err != nil {
+		s.serverGone(sc, done, err)
+		return stepEnded
+	}
+	result := stepMore
+	switch typ {
+	case 'Z':
+		msg, err := sc.mr.whole(n)
+		if err != nil || n != 1 {
+			s.serverGone(sc, done, fmt.Errorf("bad ReadyForQuery: %v", err))
+			return stepEnded
+		}
+		status := msg[5]
+		s.clientWriteMsg(msg)
+		s.clientFlush()
+		s.mu.Lock()
+		s.pending--
+		s.rfqSeq++
+		s.txStatus = status
+		// completions of this Sync that never came: their statements were not prepared
+		i := 0
+		for ; i < len(s.parseQ) && s.parseQ[i].seq <= s.rfqSeq; i++ {
+			if id := s.parseQ[i].id; id != 0 {
+				delete(sc.prepared, id)
+			}
+		}
+		s.parseQ = s.parseQ[i:]
+		quiet := s.pending <= 0 && !s.inBatch
+		if quiet {
+			s.pending = 0
+			result = stepQuiet
+		}
+		st := &sc.pool.stats
+		st.queries.Add(1)
+		if !s.lastQuery.IsZero() {
+			st.queryTime.Add(int64(time.Since(s.lastQuery)))
+		}
+		release := quiet && status == 'I' && s.tgt.mode == ModeTransaction
+		finish := quiet && s.detachReq
+		if release || finish {
+			st.xacts.Add(1)
+			st.xactTime.Add(int64(time.Since(s.xactStart)))
+			s.detachLocked()
+		}
+		s.mu.Unlock()
+		if release || finish {
+			s.finishServer(sc, done, status)
+			return stepEnded
+		}
+		return result
+	case '1', '3':
+		s.mu.Lock()
+		var e parseEntry
+		if len(s.parseQ) > 0 && s.parseQ[0].kind == typ {
+			e = s.parseQ[0]
+			s.parseQ = s.parseQ[1:]
+		}
+		s.mu.Unlock()
+		msg, err := sc.mr.whole(n)
 		if err != nil {
 			s.serverGone(sc, done, err)
-			return
+			return stepEnded
 		}
-		switch typ {
-		case 'Z':
-			msg, err := sc.mr.whole(n)
-			if err != nil || n != 1 {
-				s.serverGone(sc, done, fmt.Errorf("bad ReadyForQuery: %v", err))
-				return
-			}
-			status := msg[5]
-			write(func() error { _, err := s.cw.Write(msg); return err })
-			flush()
+		if !e.swallow {
+			s.clientWriteMsg(msg)
+		}
+	case 'S':
+		msg, err := sc.mr.whole(n)
+		if err != nil {
+			s.serverGone(sc, done, err)
+			return stepEnded
+		}
+		var ps pgproto3.ParameterStatus
+		if ps.Decode(msg[5:]) == nil {
+			k := strings.ToLower(ps.Name)
 			s.mu.Lock()
-			s.pending--
-			s.rfqSeq++
-			s.txStatus = status
-			// completions of this Sync that never came: their statements were not prepared
-			i := 0
-			for ; i < len(s.parseQ) && s.parseQ[i].seq <= s.rfqSeq; i++ {
-				if id := s.parseQ[i].id; id != 0 {
-					delete(sc.prepared, id)
-				}
-			}
-			s.parseQ = s.parseQ[i:]
-			quiet := s.pending <= 0 && !s.inBatch
-			if quiet {
-				s.pending = 0
-			}
-			st := &sc.pool.stats
-			st.queries.Add(1)
-			if !s.lastQuery.IsZero() {
-				st.queryTime.Add(int64(time.Since(s.lastQuery)))
-			}
-			release := quiet && status == 'I' && s.tgt.mode == ModeTransaction
-			finish := quiet && s.detachReq
-			if release || finish {
-				st.xacts.Add(1)
-				st.xactTime.Add(int64(time.Since(s.xactStart)))
-				s.detachLocked()
+			sc.params[k] = ps.Value
+			if trackedParams[k] {
+				s.params[k] = ps.Value
+				sc.dirty[k] = true
 			}
 			s.mu.Unlock()
-			if release || finish {
-				s.finishServer(sc, done, status)
-				return
+		}
+		s.clientWriteMsg(msg)
+	default:
+		if typ == 'G' || typ == 'W' {
+			result = stepCopyIn
+		}
+		if s.clientDead {
+			if _, err := sc.mr.r.Discard(5 + n); err != nil {
+				s.serverGone(sc, done, err)
+				return stepEnded
 			}
-		case '1', '3':
-			s.mu.Lock()
-			var e parseEntry
-			if len(s.parseQ) > 0 && s.parseQ[0].kind == typ {
-				e = s.parseQ[0]
-				s.parseQ = s.parseQ[1:]
-			}
-			s.mu.Unlock()
-			if e.swallow {
-				if _, err := sc.mr.whole(n); err != nil {
-					s.serverGone(sc, done, err)
-					return
-				}
-				break
-			}
-			write(func() error { return sc.mr.copyTo(s.cw, n) })
-		case 'S':
+			break
+		}
+		if sc.mr.fits(n) {
 			msg, err := sc.mr.whole(n)
 			if err != nil {
 				s.serverGone(sc, done, err)
-				return
+				return stepEnded
 			}
-			var ps pgproto3.ParameterStatus
-			if ps.Decode(msg[5:]) == nil {
-				k := strings.ToLower(ps.Name)
-				s.mu.Lock()
-				sc.params[k] = ps.Value
-				if trackedParams[k] {
-					s.params[k] = ps.Value
-					sc.dirty[k] = true
-				}
-				s.mu.Unlock()
-			}
-			write(func() error { _, err := s.cw.Write(msg); return err })
-		default:
-			if !clientOK {
-				if _, err := sc.mr.r.Discard(5 + n); err != nil {
-					s.serverGone(sc, done, err)
-					return
-				}
-				break
-			}
-			s.cwMu.Lock()
-			werr := sc.mr.copyTo(s.cw, n)
-			s.cwMu.Unlock()
-			if werr != nil {
-				clientOK = false
-				_ = s.conn.Close()
-				s.serverGone(sc, done, werr)
-				return
-			}
+			s.clientWriteMsg(msg)
+			break
 		}
-		if sc.mr.r.Buffered() == 0 {
-			flush()
+		s.cwMu.Lock()
+		werr := sc.mr.copyTo(s.cw, n)
+		s.cwMu.Unlock()
+		if werr != nil { // reading or writing failed mid-message: neither side is usable
+			s.mu.Lock()
+			s.clientDead = true
+			s.mu.Unlock()
+			_ = s.conn.Close()
+			s.serverGone(sc, done, werr)
+			return stepEnded
 		}
 	}
+	if sc.mr.r.Buffered() == 0 || result == stepCopyIn {
+		s.clientFlush()
+	}
+	return result
 }
 
 // detachLocked ends the attachment (caller holds mu).
 func (s *session) detachLocked() {
 	s.sc = nil
 	s.roAttach = false
+	s.reader = false
 }
 
 // finishServer returns sc to its pool after the attachment ended at ReadyForQuery; when the
@@ -910,6 +1043,22 @@ func (s *session) cleanup() {
 			continue
 		}
 		break
+	}
+	if sc != nil && !s.reader {
+		// No goroutine reads sc: the answers were all read inline. Finish here.
+		status, half := s.txStatus, s.inBatch || s.pending > 0
+		s.detachLocked()
+		s.mu.Unlock()
+		if half {
+			s.srv.attached.Add(-1)
+			close(done)
+			sc.pool.drop(sc)
+		} else {
+			s.finishServer(sc, done, status)
+		}
+		_ = s.conn.Close()
+		s.srv.forget(s)
+		return
 	}
 	// Acting on sc under mu: the server loop cannot release it meanwhile.
 	if sc != nil {
