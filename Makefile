@@ -31,7 +31,7 @@ bench: setup build
 
 lint:
 	$(GO) vet $(PKGS)
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 $(PKGS)
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzNewReader -fuzztime 30s ./storage/codec

@@ -189,14 +189,11 @@ func (c *Cluster) configure(t testing.TB, o Options) {
 		fmt.Fprintf(&b, "%s = %s\n", k, conf[k])
 	}
 	c.appendFile(t, "postgresql.conf", b.String())
-	hba := "\nlocal all all trust\nlocal replication all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n"
 	if len(o.HBA) > 0 {
-		hba = "\n" + strings.Join(o.HBA, "\n") + hba
-		// pg_hba.conf is first-match: user lines go before the defaults.
+		// pg_hba.conf is first-match: the caller's lines go before the defaults.
 		c.prependHBA(t, strings.Join(o.HBA, "\n")+"\n")
-		hba = "\nlocal all all trust\nlocal replication all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n"
 	}
-	c.appendFile(t, "pg_hba.conf", hba)
+	c.appendFile(t, "pg_hba.conf", "\nlocal all all trust\nlocal replication all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n")
 }
 
 func (c *Cluster) prependHBA(t testing.TB, lines string) {
