@@ -26,6 +26,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgharbor/pgharbor/internal/pgtest"
 	"github.com/pgharbor/pgharbor/pool/cluster"
@@ -212,6 +213,8 @@ func TestPool(t *testing.T) {
 	t.Run("AdminConsolePauseResumeMetrics", func(t *testing.T) { testAdmin(t, f) })
 	t.Run("ClientTLS", func(t *testing.T) { testClientTLS(t, f) })
 	t.Run("MarkDownEvictsIdleSessionsAndHoldsNewTransactions", func(t *testing.T) { testMarkDown(t, f) })
+	t.Run("PreparedStatementsFollowClientsAcrossServerConnections", func(t *testing.T) { testPreparedChurn(t, f) })
+	t.Run("LargeMessagesBatchesAndPipelines", func(t *testing.T) { testLargeAndPipelined(t, f) })
 	// the standby comes last: it is stopped by its test
 	f.standby = primary.StartStandby(t)
 	t.Run("ReadsReachStandbyWritesNeverStandbyDownTrafficContinues", func(t *testing.T) { testRouting(t, f) })
@@ -786,5 +789,162 @@ func testMarkDown(t *testing.T, f *fixture) {
 	s.Cluster().CheckNow(ctx)
 	if err := <-done; err != nil {
 		t.Fatalf("held query after the primary came back: %v", err)
+	}
+}
+
+// rawClient speaks the protocol by hand through the pool.
+func rawClient(t testing.TB, s *Server) (*pgproto3.Frontend, net.Conn) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", s.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	fe := pgproto3.NewFrontend(conn, conn)
+	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": "postgres", "database": "postgres"}})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	until(t, fe, 'Z')
+	return fe, conn
+}
+
+// until reads messages up to the first of type want (or ReadyForQuery) and returns their types.
+func until(t testing.TB, fe *pgproto3.Frontend, want byte) string {
+	t.Helper()
+	var got []byte
+	for {
+		m, err := fe.Receive()
+		if err != nil {
+			t.Fatalf("receive: %v (got %q)", err, got)
+		}
+		raw, _ := m.Encode(nil)
+		got = append(got, raw[0])
+		if e, ok := m.(*pgproto3.ErrorResponse); ok && want != 'E' {
+			t.Logf("server error: %s %s", e.Code, e.Message)
+		}
+		if raw[0] == want || raw[0] == 'Z' {
+			return string(got)
+		}
+	}
+}
+
+func testPreparedChurn(t *testing.T, f *fixture) {
+	cfg := baseConfig(f, ModeTransaction)
+	cfg.ServerLifetime = time.Nanosecond // every transaction gets a fresh server connection
+	s := startPool(t, cfg)
+	fe, _ := rawClient(t, s)
+	send := func(msgs ...pgproto3.FrontendMessage) {
+		for _, m := range msgs {
+			fe.Send(m)
+		}
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(&pgproto3.Parse{Name: "s1", Query: "SELECT $1::int + 1"}, &pgproto3.Sync{})
+	if got := until(t, fe, 'Z'); got != "1Z" {
+		t.Fatalf("Parse: %q", got)
+	}
+	// a standalone Describe on another server connection: re-prepared transparently
+	send(&pgproto3.Describe{ObjectType: 'S', Name: "s1"}, &pgproto3.Sync{})
+	if got := until(t, fe, 'Z'); got != "tTZ" {
+		t.Fatalf("standalone Describe: %q, want ParameterDescription, RowDescription, ReadyForQuery", got)
+	}
+	send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: [][]byte{[]byte("41")}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	if got := until(t, fe, 'Z'); got != "2DCZ" {
+		t.Fatalf("Bind/Execute: %q", got)
+	}
+	// Parse again under the same text in one batch with its use; then Close
+	send(&pgproto3.Parse{Name: "s2", Query: "SELECT $1::int + 1"}, &pgproto3.Bind{PreparedStatement: "s2", Parameters: [][]byte{[]byte("1")}},
+		&pgproto3.Execute{}, &pgproto3.Close{ObjectType: 'S', Name: "s2"}, &pgproto3.Sync{})
+	if got := until(t, fe, 'Z'); got != "12DC3Z" {
+		t.Fatalf("Parse/Bind/Execute/Close: %q", got)
+	}
+	send(&pgproto3.Bind{PreparedStatement: "s2"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	if got := until(t, fe, 'Z'); got != "EZ" {
+		t.Fatalf("Bind of a closed statement: %q, want an error", got)
+	}
+	// an error in the middle of a batch, then the statement still works
+	send(&pgproto3.Parse{Name: "bad", Query: "SELEKT"}, &pgproto3.Bind{PreparedStatement: "s1", Parameters: [][]byte{[]byte("1")}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	if got := until(t, fe, 'Z'); got != "EZ" {
+		t.Fatalf("batch with a syntax error: %q", got)
+	}
+	send(&pgproto3.Bind{PreparedStatement: "s1", Parameters: [][]byte{[]byte("5")}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	if got := until(t, fe, 'Z'); got != "2DCZ" {
+		t.Fatalf("after the error: %q", got)
+	}
+	// pgbench -M prepared with a new server connection for every transaction
+	out := pgbench(t, s, "postgres", "-n", "-c", "2", "-j", "2", "-t", "20", "-M", "prepared")
+	if !strings.Contains(out, "40/40") {
+		t.Fatalf("pgbench: %s", out)
+	}
+}
+
+func testLargeAndPipelined(t *testing.T, f *fixture) {
+	for _, mode := range []PoolMode{ModeSession, ModeTransaction} {
+		t.Run(string(mode), func(t *testing.T) {
+			s := startPool(t, baseConfig(f, mode))
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			c := connect(t, s, "postgres", "postgres")
+			big := strings.Repeat("abcdefgh", 256*1024) // 2 MiB
+			var got string
+			if err := c.QueryRow(ctx, "SELECT $1::text || 'z'", big).Scan(&got); err != nil || got != big+"z" {
+				t.Fatalf("2 MiB parameter and result: %v (len %d)", err, len(got))
+			}
+			if err := c.QueryRow(ctx, "SELECT repeat('x', 5000000)").Scan(&got); err != nil || len(got) != 5000000 {
+				t.Fatalf("5 MB result: %v", err)
+			}
+			// a batch (pipelined queries, one Sync at the end)
+			b := &pgx.Batch{}
+			for i := 0; i < 50; i++ {
+				b.Queue("SELECT $1::int * 2", i)
+			}
+			br := c.SendBatch(ctx, b)
+			for i := 0; i < 50; i++ {
+				var n int
+				if err := br.QueryRow().Scan(&n); err != nil || n != 2*i {
+					t.Fatalf("batch item %d: %v %d", i, err, n)
+				}
+			}
+			if err := br.Close(); err != nil {
+				t.Fatal(err)
+			}
+			// pipeline mode: several Syncs in flight
+			pl := c.PgConn().StartPipeline(ctx)
+			for i := 0; i < 20; i++ {
+				pl.SendQueryParams("SELECT $1::text", [][]byte{[]byte(strconv.Itoa(i))}, nil, nil, nil)
+				pl.SendPipelineSync()
+			}
+			if err := pl.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 20; i++ {
+				res, err := pl.GetResults()
+				if err != nil {
+					t.Fatal(err)
+				}
+				rr := res.(*pgconn.ResultReader)
+				r := rr.Read()
+				if r.Err != nil || string(r.Rows[0][0]) != strconv.Itoa(i) {
+					t.Fatalf("pipeline %d: %v %q", i, r.Err, r.Rows)
+				}
+				if res, err = pl.GetResults(); err != nil {
+					t.Fatal(err)
+				}
+				if _, ok := res.(*pgconn.PipelineSync); !ok {
+					t.Fatalf("pipeline %d: want sync, got %T", i, res)
+				}
+			}
+			if err := pl.Close(); err != nil {
+				t.Fatal(err)
+			}
+			var n int
+			if err := c.QueryRow(ctx, "SELECT 1").Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

@@ -152,14 +152,8 @@ func (s *session) handle(ctx context.Context, typ byte, n int) error {
 		}
 		return s.send(sc, typ, msg)
 	case 'P', 'B', 'D', 'C':
-		if !s.mr.fits(n) {
-			// messages this big are passed through untouched
-			if txn && (typ == 'P' || typ == 'C') {
-				s.mu.Lock()
-				s.parseQ = append(s.parseQ, parseEntry{seq: s.syncSeq + 1, kind: completionOf(typ)})
-				s.mu.Unlock()
-			}
-			return s.forward(ctx, typ, n)
+		if !txn && !s.mr.fits(n) {
+			return s.forward(ctx, typ, n) // big and untouched in session mode: stream it
 		}
 		msg, err := s.mr.whole(n)
 		if err != nil {
