@@ -215,6 +215,7 @@ func TestPool(t *testing.T) {
 	t.Run("MarkDownEvictsIdleSessionsAndHoldsNewTransactions", func(t *testing.T) { testMarkDown(t, f) })
 	t.Run("PreparedStatementsFollowClientsAcrossServerConnections", func(t *testing.T) { testPreparedChurn(t, f) })
 	t.Run("LargeMessagesBatchesAndPipelines", func(t *testing.T) { testLargeAndPipelined(t, f) })
+	t.Run("LimitsTimeoutsUnixSocketServerTLSMode", func(t *testing.T) { testLimits(t, f) })
 	// the standby comes last: it is stopped by its test
 	f.standby = primary.StartStandby(t)
 	t.Run("ReadsReachStandbyWritesNeverStandbyDownTrafficContinues", func(t *testing.T) { testRouting(t, f) })
@@ -946,5 +947,65 @@ func testLargeAndPipelined(t *testing.T, f *fixture) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+func testLimits(t *testing.T, f *fixture) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cfg := baseConfig(f, ModeTransaction)
+	cfg.DefaultPoolSize = 1
+	cfg.MaxClientConn = 3
+	cfg.QueryWaitTimeout = 300 * time.Millisecond
+	cfg.ClientIdleTimeout = 700 * time.Millisecond
+	cfg.ServerTLSMode = "prefer" // the test server has no TLS: falls back to plain
+	cfg.UnixSocketDir = t.TempDir()
+	s := startPool(t, cfg)
+	a := connect(t, s, "postgres", "postgres")
+	tx, err := a.Begin(ctx) // holds the only server connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	b := connect(t, s, "postgres", "postgres")
+	start := time.Now()
+	_, err = b.Exec(ctx, "SELECT 1")
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || !strings.Contains(pe.Message, "query_wait_timeout") || time.Since(start) > 5*time.Second {
+		t.Fatalf("waiting past query_wait_timeout: %v after %v", err, time.Since(start))
+	}
+	// max_client_conn: a, b and one more; the fourth is refused
+	c3 := connect(t, s, "postgres", "postgres")
+	_, err = pgx.Connect(ctx, poolConnString(s, "postgres", "postgres"))
+	if !errors.As(err, &pe) || pe.Code != "53300" {
+		t.Fatalf("client over max_client_conn: %v", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// client_idle_timeout closes idle clients
+	time.Sleep(1200 * time.Millisecond)
+	if _, err := c3.Exec(ctx, "SELECT 1"); err == nil {
+		t.Fatal("idle client was not closed after client_idle_timeout")
+	}
+	// the unix socket
+	out, err := psql(t, s, "postgres", "postgres", "SELECT 'via socket'", "PGHOST="+cfg.UnixSocketDir)
+	if err != nil || out != "via socket" {
+		// psql -h 127.0.0.1 in the helper wins over PGHOST: call it directly
+		cmd := exec.Command(filepath.Join(pgtest.DefaultBinDir, "psql"), "-h", cfg.UnixSocketDir, "-p", poolPort(s), "-U", "postgres", "-d", "postgres", "-X", "-A", "-t", "-c", "SELECT 'via socket'")
+		o, err := cmd.CombinedOutput()
+		if err != nil || strings.TrimSpace(string(o)) != "via socket" {
+			t.Fatalf("unix socket: %v %s", err, o)
+		}
+	}
+	// server_tls_sslmode require against a server without TLS: a clean error
+	cfg2 := baseConfig(f, ModeTransaction)
+	cfg2.ServerTLSMode = "require"
+	s2 := startPool(t, cfg2)
+	_, err = pgx.Connect(ctx, poolConnString(s2, "postgres", "postgres"))
+	if err == nil || !strings.Contains(err.Error(), "does not support TLS") {
+		t.Fatalf("server_tls_sslmode require: %v", err)
 	}
 }

@@ -111,6 +111,14 @@ func (s *session) run(ctx context.Context) {
 		}
 		if err := s.handle(ctx, typ, n); err != nil {
 			var pe *pgError
+			if errors.As(err, &pe) && pe.Severity == "ERROR" {
+				// No server could be had (query_wait_timeout, paused, no primary): the
+				// session goes on. Like PostgreSQL after an error, skip to the next Sync.
+				if err := s.recoverFromError(typ, pe); err != nil {
+					return
+				}
+				continue
+			}
 			if errors.As(err, &pe) {
 				s.writeClient(pe.encode(nil), true)
 			} else if !errors.Is(err, errClientGone) {
@@ -122,6 +130,41 @@ func (s *session) run(ctx context.Context) {
 }
 
 var errClientGone = errors.New("client left")
+
+// recoverFromError reports an ERROR for the message of type typ; for the extended protocol
+// it discards messages up to and including the next Sync, then sends ReadyForQuery.
+func (s *session) recoverFromError(typ byte, pe *pgError) error {
+	s.mu.Lock()
+	st := orIdle(s.txStatus)
+	if s.sc == nil {
+		s.inBatch = false
+	}
+	s.mu.Unlock()
+	if typ != 'Q' {
+		s.writeClient(pe.encode(nil), true)
+		for {
+			t, n, err := s.mr.header()
+			if err != nil {
+				return err
+			}
+			if _, err := s.mr.r.Discard(5 + n); err != nil {
+				return err
+			}
+			if t == 'S' {
+				break
+			}
+			if t == 'X' {
+				return errClientGone
+			}
+		}
+	}
+	var out []byte
+	if typ == 'Q' {
+		out = pe.encode(nil)
+	}
+	s.writeClient(appendMsg(out, &pgproto3.ReadyForQuery{TxStatus: st}), true)
+	return nil
+}
 
 // handle processes one client message (type typ, body length n, not yet consumed).
 func (s *session) handle(ctx context.Context, typ byte, n int) error {
