@@ -234,6 +234,12 @@ func (s *Server) Resume() {
 	s.log.Info("pool resumed")
 }
 
+func (s *Server) isPaused() bool {
+	s.pauseMu.Lock()
+	defer s.pauseMu.Unlock()
+	return s.paused
+}
+
 func (s *Server) waitResumed(ctx context.Context) error {
 	s.pauseMu.Lock()
 	ch := s.resumeCh
@@ -471,10 +477,10 @@ func (s *Server) nodeUsable(id int) bool {
 }
 
 // poolFor picks the node for a session's next transaction and returns its pool.
-func (s *Server) poolFor(ctx context.Context, sess *session, readOnly bool) (*serverPool, int, bool, error) {
+func (s *Server) poolFor(waitCtx func() context.Context, sess *session, readOnly bool) (*serverPool, int, bool, error) {
 	if readOnly {
 		if n, ok := s.cl.PickReader(uint64(sess.id)); ok {
-			return s.pool(n, sess.tgt), n.ID, true, nil
+			return s.sessionPool(sess, n), n.ID, true, nil
 		}
 	}
 	var sub <-chan struct{}
@@ -483,12 +489,13 @@ func (s *Server) poolFor(ctx context.Context, sess *session, readOnly bool) (*se
 			if sub != nil {
 				s.cl.Unsubscribe(sub)
 			}
-			return s.pool(n, sess.tgt), n.ID, false, nil
+			return s.sessionPool(sess, n), n.ID, false, nil
 		}
 		if sub == nil {
 			sub = s.cl.Subscribe()
 			continue // re-check after subscribing: no change is missed
 		}
+		ctx := waitCtx()
 		select {
 		case <-sub:
 		case <-time.After(200 * time.Millisecond):
@@ -497,6 +504,16 @@ func (s *Server) poolFor(ctx context.Context, sess *session, readOnly bool) (*se
 			return nil, 0, false, &pgError{Severity: "ERROR", Code: sqlstateCannotConnect, Message: "no primary node is available (query_wait_timeout)", Hint: "see SHOW POOL_NODES"}
 		}
 	}
+}
+
+// sessionPool is pool() with a one-entry cache per session (node addresses never change).
+func (s *Server) sessionPool(sess *session, n cluster.NodeState) *serverPool {
+	if c := sess.poolCache; c != nil && c.key.nodeID == n.ID {
+		return c
+	}
+	p := s.pool(n, sess.tgt)
+	sess.poolCache = p
+	return p
 }
 
 func (s *Server) pool(n cluster.NodeState, t target) *serverPool {
@@ -775,7 +792,7 @@ func (s *Server) loginParams(ctx context.Context, sess *session) ([]pgproto3.Par
 	}
 	ctx, cancel := context.WithTimeout(ctx, max(positive(s.config().QueryWaitTimeout), time.Second))
 	defer cancel()
-	p, _, _, err := s.poolFor(ctx, sess, sess.sessionRO)
+	p, _, _, err := s.poolFor(func() context.Context { return ctx }, sess, sess.sessionRO)
 	if err != nil {
 		return nil, err
 	}

@@ -46,6 +46,27 @@ type poolStats struct {
 
 var errPoolClosed = errors.New("pool is shutting down")
 
+// tryIdle returns an idle connection without waiting, or nil.
+func (p *serverPool) tryIdle() *serverConn {
+	for {
+		p.mu.Lock()
+		n := len(p.idle)
+		if n == 0 || p.size < 0 {
+			p.mu.Unlock()
+			return nil
+		}
+		sc := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		sc.active = true
+		p.mu.Unlock()
+		if d := p.srv.config().ServerCheckDelay; d > 0 && time.Since(sc.lastUsed) > d && !sc.alive() {
+			p.drop(sc)
+			continue
+		}
+		return sc
+	}
+}
+
 // acquire returns a server connection, opening one when the pool is below its size, or
 // waiting (FIFO) for one to be released until ctx is done.
 func (p *serverPool) acquire(ctx context.Context) (*serverConn, error) {

@@ -45,6 +45,7 @@ type session struct {
 	tls         bool
 	started     time.Time
 	stmts       map[string]*stmt // named prepared statements (transaction mode)
+	poolCache   *serverPool      // the pool last used (client loop only)
 
 	mu        sync.Mutex
 	sc        *serverConn
@@ -628,30 +629,45 @@ func (s *session) roMessage(typ byte, body []byte, extra []string) bool {
 
 // attach acquires a server connection for the next transaction (or the session).
 func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error) {
-	cfg := s.srv.config()
-	wait := positive(cfg.QueryWaitTimeout)
-	actx, cancel := ctx, context.CancelFunc(func() {})
-	if wait > 0 {
-		actx, cancel = context.WithTimeout(ctx, wait)
+	// The wait context (query_wait_timeout) is made only when something has to wait: the
+	// common case takes an idle connection at once.
+	wait := positive(s.srv.config().QueryWaitTimeout)
+	var actx context.Context
+	cancel := context.CancelFunc(func() {})
+	defer func() { cancel() }()
+	waitCtx := func() context.Context {
+		if actx == nil {
+			actx = ctx
+			if wait > 0 {
+				actx, cancel = context.WithTimeout(ctx, wait)
+			}
+			s.mu.Lock()
+			s.waiting = true
+			s.mu.Unlock()
+		}
+		return actx
 	}
-	defer cancel()
-	s.mu.Lock()
-	s.waiting = true
-	s.mu.Unlock()
 	defer func() {
-		s.mu.Lock()
-		s.waiting = false
-		s.mu.Unlock()
+		if actx != nil {
+			s.mu.Lock()
+			s.waiting = false
+			s.mu.Unlock()
+		}
 	}()
-	if err := s.srv.waitResumed(actx); err != nil {
-		return nil, &pgError{Severity: "ERROR", Code: sqlstateCannotConnect, Message: "query_wait_timeout: the pool is paused"}
+	if s.srv.isPaused() {
+		if err := s.srv.waitResumed(waitCtx()); err != nil {
+			return nil, &pgError{Severity: "ERROR", Code: sqlstateCannotConnect, Message: "query_wait_timeout: the pool is paused"}
+		}
 	}
 	for attempt := 0; ; attempt++ {
-		p, nodeID, isReader, err := s.srv.poolFor(actx, s, readOnly)
+		p, nodeID, isReader, err := s.srv.poolFor(waitCtx, s, readOnly)
 		if err != nil {
 			return nil, err
 		}
-		sc, err := p.acquire(actx)
+		sc := p.tryIdle()
+		if sc == nil {
+			sc, err = p.acquire(waitCtx())
+		}
 		if err != nil {
 			if errors.Is(err, context.DeadlineExceeded) {
 				return nil, &pgError{Severity: "ERROR", Code: sqlstateCannotConnect, Message: "query_wait_timeout: no server connection became free in time"}
@@ -683,9 +699,6 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 			s.srv.cl.CountSelect(nodeID)
 		}
 		p.mu.Lock()
-		if sc.client != nil {
-			s.srv.log.Error("BUG: server connection attached twice", "sc", sc.id, "other", sc.client.addr, "me", s.addr)
-		}
 		sc.client = s
 		p.mu.Unlock()
 		s.mu.Lock()
@@ -857,7 +870,17 @@ func (s *session) clientWriteMsg(msg []byte) {
 	}
 }
 
-func (s *session) clientFlush() { s.clientWrite(s.cw.Flush) }
+func (s *session) clientFlush() {
+	if s.clientDead {
+		return
+	}
+	s.cwMu.Lock()
+	err := s.cw.Flush()
+	s.cwMu.Unlock()
+	if err != nil {
+		s.clientWrite(func() error { return err })
+	}
+}
 
 // serverStep reads and handles one server message. Only the session's current reader
 // (serverLoop goroutine or the client loop in pumpInline) calls it.
