@@ -176,3 +176,13 @@ func isShowPoolNodes(sql string) bool {
 	f := strings.Fields(s)
 	return len(f) == 2 && strings.EqualFold(f[0], "show") && strings.EqualFold(f[1], "pool_nodes")
 }
+
+// mentionsNodes is a cheap pre-check for isShowPoolNodes: does b contain "_nodes" in any case?
+func mentionsNodes(b []byte) bool {
+	for i := 0; i+6 <= len(b); i++ {
+		if b[i] == '_' && (b[i+1]|0x20) == 'n' && (b[i+2]|0x20) == 'o' && (b[i+3]|0x20) == 'd' && (b[i+4]|0x20) == 'e' && (b[i+5]|0x20) == 's' {
+			return true
+		}
+	}
+	return false
+}

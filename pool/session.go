@@ -178,11 +178,10 @@ func (s *session) handle(ctx context.Context, typ byte, n int) error {
 		if err != nil {
 			return err
 		}
-		q, _, ok := cstring(msg[5:])
-		if !ok {
+		if len(msg) < 6 || msg[len(msg)-1] != 0 {
 			return fatal(sqlstateProtocolViolation, "malformed Query message")
 		}
-		if isShowPoolNodes(q) {
+		if q := msg[5 : len(msg)-1]; len(q) < 64 && mentionsNodes(q) && isShowPoolNodes(string(q)) {
 			s.waitQuiet()
 			s.mu.Lock()
 			st := s.txStatus
