@@ -54,9 +54,11 @@ func pgpoolStatus(s cluster.Status) string {
 	return "waiting"
 }
 
-// poolNodesResponse answers SHOW POOL_NODES with pgpool-II's columns, followed by
-// ReadyForQuery(status). sess may be nil (admin console).
-func (s *Server) poolNodesResponse(sess *session, status byte) []byte {
+// poolNodesColumns are pgpool-II's SHOW POOL_NODES columns (the ones pgharbor knows).
+var poolNodesColumns = []string{"node_id", "hostname", "port", "status", "lb_weight", "role", "select_cnt", "load_balance_node", "replication_delay", "last_status_change"}
+
+// poolNodesRows computes SHOW POOL_NODES; sess may be nil (admin console).
+func (s *Server) poolNodesRows(sess *session) [][]string {
 	nodes := s.cl.Nodes()
 	var total float64
 	for _, n := range nodes {
@@ -74,7 +76,6 @@ func (s *Server) poolNodesResponse(sess *session, status byte) []byte {
 			lbNode = p.ID
 		}
 	}
-	cols := []string{"node_id", "hostname", "port", "status", "lb_weight", "role", "select_cnt", "load_balance_node", "replication_delay", "last_status_change"}
 	rows := make([][]string, 0, len(nodes))
 	for _, n := range nodes {
 		w := 0.0
@@ -88,8 +89,23 @@ func (s *Server) poolNodesResponse(sess *session, status byte) []byte {
 		rows = append(rows, []string{strconv.Itoa(n.ID), n.Host, strconv.Itoa(n.Port), pgpoolStatus(n.Status), fmt.Sprintf("%.6f", w),
 			string(n.Role), strconv.FormatInt(n.SelectCount, 10), strconv.FormatBool(n.ID == lbNode), strconv.FormatInt(n.LagBytes, 10), last})
 	}
-	out := resultSet(nil, cols, rows, fmt.Sprintf("SELECT %d", len(rows)))
+	return rows
+}
+
+// poolNodesResponse answers SHOW POOL_NODES (simple protocol) followed by
+// ReadyForQuery(status). sess may be nil (admin console).
+func (s *Server) poolNodesResponse(sess *session, status byte) []byte {
+	rows := s.poolNodesRows(sess)
+	out := resultSet(nil, poolNodesColumns, rows, fmt.Sprintf("SELECT %d", len(rows)))
 	return appendMsg(out, &pgproto3.ReadyForQuery{TxStatus: orIdle(status)})
+}
+
+func poolNodesRowDescription(format int16) *pgproto3.RowDescription {
+	rd := &pgproto3.RowDescription{}
+	for _, c := range poolNodesColumns {
+		rd.Fields = append(rd.Fields, pgproto3.FieldDescription{Name: []byte(c), DataTypeOID: textOID, DataTypeSize: -1, TypeModifier: -1, Format: format})
+	}
+	return rd
 }
 
 // runAdmin serves the admin console: simple queries only.

@@ -707,6 +707,32 @@ func testRouting(t *testing.T, f *fixture) {
 			t.Fatal(err)
 		}
 	}
+	// SHOW POOL_NODES over the extended protocol (pgx prepares it), twice: the second time
+	// from pgx's statement cache (Bind of a named statement only)
+	for i := 0; i < 2; i++ {
+		rows, err := c.Query(ctx, "SHOW POOL_NODES")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got [][]string
+		for rows.Next() {
+			vals, err := rows.Values()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var r []string
+			for _, v := range vals {
+				r = append(r, fmt.Sprint(v))
+			}
+			got = append(got, r)
+		}
+		if err := rows.Err(); err != nil || len(got) != 2 || got[0][5] != "primary" || got[1][5] != "standby" || len(rows.FieldDescriptions()) != 10 {
+			t.Fatalf("extended SHOW POOL_NODES: %v %v", err, got)
+		}
+	}
+	if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatalf("after SHOW POOL_NODES: %v", err)
+	}
 	// pgbench -S (prepared) load-balances too, and TPC-B writes all succeed
 	pgbench(t, s, "postgres", "-n", "-S", "-c", "4", "-t", "50", "-M", "prepared")
 	pgbench(t, s, "postgres", "-n", "-c", "4", "-t", "30", "-M", "extended")

@@ -46,6 +46,7 @@ type session struct {
 	started     time.Time
 	stmts       map[string]*stmt // named prepared statements (transaction mode)
 	poolCache   *serverPool      // the pool last used (client loop only)
+	virt        virtualState     // SHOW POOL_NODES over the extended protocol
 
 	mu        sync.Mutex
 	sc        *serverConn
@@ -170,6 +171,25 @@ func (s *session) recoverFromError(typ byte, pe *pgError) error {
 // handle processes one client message (type typ, body length n, not yet consumed).
 func (s *session) handle(ctx context.Context, typ byte, n int) error {
 	txn := s.tgt.mode == ModeTransaction
+	if !s.virt.active && ((typ == 'P' && n < 128) || ((typ == 'B' || typ == 'D') && len(s.virt.stmts) > 0)) && s.mr.fits(n) {
+		b, err := s.mr.r.Peek(5 + n)
+		if err != nil {
+			return noEOF(err)
+		}
+		if (typ != 'P' || mentionsNodes(b)) && s.startsVirtual(typ, b) && s.batchStart() {
+			s.waitQuiet()
+			s.virt.active = true
+		}
+	}
+	if s.virt.active {
+		if typ != 'X' {
+			msg, err := s.mr.whole(n)
+			if err != nil {
+				return err
+			}
+			return s.handleVirtual(typ, msg)
+		}
+	}
 	switch typ {
 	case 'X':
 		return errClientGone
@@ -537,6 +557,13 @@ func (s *session) waitDetached() {
 	if has && ch != nil {
 		<-ch
 	}
+}
+
+// batchStart says whether the next message starts a new extended-protocol batch.
+func (s *session) batchStart() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.inBatch
 }
 
 // waitQuiet waits until no answer from the server is outstanding.
