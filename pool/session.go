@@ -16,14 +16,19 @@ import (
 
 // session is one client connection after login.
 //
-// Two goroutines serve it: the client loop (run) reads client messages and writes them to
-// the attached server connection, attaching one first when needed; the server loop
-// (serverLoop, one per attachment) forwards the server's answers. The attachment ends only
-// at a safe point: a ReadyForQuery with status idle when no Sync or Query is outstanding and
-// no batch is half sent (transaction mode), or at the end of the session.
+// The client loop (run) reads client messages and writes them to the attached server
+// connection, attaching one first when needed. Exactly one reader forwards the server's
+// answers at any time: in transaction mode usually the client loop itself, right after a
+// Sync or Query (pumpInline); a serverLoop goroutine when the client keeps sending while
+// answers flow (pipelining, Flush, COPY FROM STDIN) and always in session mode (so
+// notifications reach idle LISTENers).
 //
-// State transitions happen under mu, in one of two places: attach (client loop) and
-// detachLocked (server loop or cleanup).
+// The attachment ends only at a safe point: a ReadyForQuery with status idle when no Sync or
+// Query is outstanding and no batch is half sent (transaction mode), or at the end of the
+// session. The client loop claims the attachment (inBatch) before it writes, under mu, so
+// the reader cannot hand the connection back between the check and the write; wmu covers the
+// write itself. State transitions happen under mu, in attach (client loop) and detachLocked
+// (the reader, or cleanup).
 type session struct {
 	srv  *Server
 	id   uint64
