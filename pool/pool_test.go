@@ -271,6 +271,28 @@ func testPgxJourney(t *testing.T, f *fixture, mode PoolMode) {
 			t.Fatalf("prepared select %d: %v", i, err)
 		}
 	}
+	// DEALLOCATE ALL (pgx's DeallocateAll) and, in transaction mode, a DISCARD ALL the pool
+	// cannot stop: statements keep working, re-prepared where needed
+	if mode == ModeTransaction {
+		if _, err := c.Exec(ctx, "DISCARD ALL"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 3; i++ {
+		var v string
+		if err := c.QueryRow(ctx, "SELECT v FROM "+table+" WHERE k = $1", i+1).Scan(&v); err != nil {
+			t.Fatalf("prepared select after DISCARD ALL: %v", err)
+		}
+	}
+	if err := c.DeallocateAll(ctx); err != nil {
+		t.Fatalf("DeallocateAll: %v", err)
+	}
+	for i := 0; i < 3; i++ {
+		var v string
+		if err := c.QueryRow(ctx, "SELECT v FROM "+table+" WHERE k = $1", i+1).Scan(&v); err != nil {
+			t.Fatalf("prepared select after DEALLOCATE ALL: %v", err)
+		}
+	}
 	if _, err := c.Prepare(ctx, "named_stmt", "SELECT count(*) FROM "+table); err != nil {
 		t.Fatal(err)
 	}

@@ -186,3 +186,20 @@ func mentionsNodes(b []byte) bool {
 	}
 	return false
 }
+
+// mentionsDealloc is a cheap check for DEALLOCATE or DISCARD anywhere in a query.
+func mentionsDealloc(b []byte) bool {
+	for i := 0; i+7 <= len(b); i++ {
+		c := b[i] | 0x20
+		if c == 'd' && i+7 <= len(b) {
+			w := b[i+1 : i+7]
+			if (w[0]|0x20) == 'i' && (w[1]|0x20) == 's' && (w[2]|0x20) == 'c' && (w[3]|0x20) == 'a' && (w[4]|0x20) == 'r' && (w[5]|0x20) == 'd' {
+				return true
+			}
+			if (w[0]|0x20) == 'e' && (w[1]|0x20) == 'a' && (w[2]|0x20) == 'l' && (w[3]|0x20) == 'l' && (w[4]|0x20) == 'o' && (w[5]|0x20) == 'c' {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -214,6 +214,25 @@ func (s *session) handle(ctx context.Context, typ byte, n int) error {
 			s.writeClient(s.srv.poolNodesResponse(nil, st), true)
 			return nil
 		}
+		if txn && mentionsDealloc(msg[5:len(msg)-1]) {
+			q := string(msg[5 : len(msg)-1])
+			if tag, ok := s.deallocate(q); ok {
+				s.waitQuiet()
+				s.mu.Lock()
+				st := orIdle(s.txStatus)
+				s.mu.Unlock()
+				s.writeClient(appendMsg(nil, &pgproto3.CommandComplete{CommandTag: []byte(tag)}, &pgproto3.ReadyForQuery{TxStatus: st}), true)
+				return nil
+			}
+			sc, err := s.ensureAttached(ctx, typ, msg)
+			if err != nil {
+				return err
+			}
+			s.mu.Lock()
+			clear(sc.prepared) // DISCARD ALL / DEALLOCATE ALL on the server: re-prepare later
+			s.mu.Unlock()
+			return s.send(sc, typ, msg)
+		}
 		sc, err := s.ensureAttached(ctx, typ, msg)
 		if err != nil {
 			return err
@@ -408,9 +427,12 @@ func (s *session) handleStmtMsg(ctx context.Context, typ byte, msg []byte) error
 			out = encodeClose(out, noopStmt)
 			s.parseQ = append(s.parseQ, parseEntry{seq: seq, kind: '1'}, parseEntry{seq: seq, kind: '3', swallow: true})
 		} else {
-			out = encodeParse(nil, serverStmtName(st.id), st.rest)
+			// Close first: harmless when absent, and right if a DISCARD or DEALLOCATE we
+			// could not see through left our bookkeeping behind the server's.
+			out = encodeClose(nil, serverStmtName(st.id))
+			out = encodeParse(out, serverStmtName(st.id), st.rest)
 			sc.prepared[st.id] = true
-			s.parseQ = append(s.parseQ, parseEntry{seq: seq, kind: '1', id: st.id})
+			s.parseQ = append(s.parseQ, parseEntry{seq: seq, kind: '3', swallow: true}, parseEntry{seq: seq, kind: '1', id: st.id})
 		}
 		s.mu.Unlock()
 		return s.send(sc, typ, out)
@@ -491,7 +513,9 @@ func (s *session) reprepare(sc *serverConn, st *stmt, dst []byte) []byte {
 		return dst
 	}
 	sc.prepared[st.id] = true
-	s.parseQ = append(s.parseQ, parseEntry{seq: s.syncSeq + 1, kind: '1', swallow: true, id: st.id})
+	seq := s.syncSeq + 1
+	s.parseQ = append(s.parseQ, parseEntry{seq: seq, kind: '3', swallow: true}, parseEntry{seq: seq, kind: '1', swallow: true, id: st.id})
+	dst = encodeClose(dst, serverStmtName(st.id))
 	return encodeParse(dst, serverStmtName(st.id), st.rest)
 }
 
@@ -562,6 +586,34 @@ func (s *session) waitDetached() {
 	if has && ch != nil {
 		<-ch
 	}
+}
+
+// deallocate handles `DEALLOCATE [PREPARE] name|ALL` for the client's protocol-level
+// statements in transaction mode (they exist on the server under other names). It returns
+// the command tag and false when the statement is not one of them.
+func (s *session) deallocate(q string) (string, bool) {
+	f := strings.Fields(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(q), ";")))
+	if len(f) >= 2 && strings.EqualFold(f[1], "prepare") {
+		f = append(f[:1], f[2:]...)
+	}
+	if len(f) != 2 || !strings.EqualFold(f[0], "deallocate") {
+		return "", false
+	}
+	if strings.EqualFold(f[1], "all") {
+		clear(s.stmts)
+		return "DEALLOCATE ALL", true
+	}
+	name := f[1]
+	if len(name) > 1 && name[0] == '"' && name[len(name)-1] == '"' {
+		name = strings.ReplaceAll(name[1:len(name)-1], `""`, `"`)
+	} else {
+		name = strings.ToLower(name)
+	}
+	if _, ok := s.stmts[name]; !ok {
+		return "", false // an SQL-level PREPAREd statement: the server's business
+	}
+	delete(s.stmts, name)
+	return "DEALLOCATE", true
 }
 
 // batchStart says whether the next message starts a new extended-protocol batch.

@@ -357,3 +357,29 @@ func FuzzClientMessages(f *testing.F) {
 		}
 	})
 }
+
+func TestDeallocateOfProtocolStatementsIsAnsweredByThePool(t *testing.T) {
+	s := &session{stmts: map[string]*stmt{"s1": {}, "Mixed": {}, "p2": {}}}
+	for q, want := range map[string]string{
+		"DEALLOCATE s1":           "DEALLOCATE",
+		"deallocate prepare p2;":  "DEALLOCATE",
+		`DEALLOCATE "Mixed"`:      "DEALLOCATE",
+		"DEALLOCATE sql_level":    "",
+		"DEALLOCATE ALL":          "DEALLOCATE ALL",
+		"SELECT 1":                "",
+		"DEALLOCATE s1; SELECT 1": "",
+	} {
+		tag, ok := s.deallocate(q)
+		if tag != want || ok != (want != "") {
+			t.Errorf("%q: %q %v, want %q", q, tag, ok, want)
+		}
+	}
+	if len(s.stmts) != 0 {
+		t.Fatalf("left %v", s.stmts)
+	}
+	for q, want := range map[string]bool{"DISCARD ALL": true, "select 1; deallocate x": true, "SELECT discarded": true, "SELECT 1": false, "deal": false} {
+		if mentionsDealloc([]byte(q)) != want {
+			t.Errorf("mentionsDealloc(%q) != %v", q, want)
+		}
+	}
+}
