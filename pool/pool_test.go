@@ -216,6 +216,18 @@ func TestPool(t *testing.T) {
 	t.Run("PreparedStatementsFollowClientsAcrossServerConnections", func(t *testing.T) { testPreparedChurn(t, f) })
 	t.Run("LargeMessagesBatchesAndPipelines", func(t *testing.T) { testLargeAndPipelined(t, f) })
 	t.Run("LimitsTimeoutsUnixSocketServerTLSMode", func(t *testing.T) { testLimits(t, f) })
+	t.Run("StartsDegradedWithAnUnreachableStandby", func(t *testing.T) {
+		cfg := baseConfig(f, ModeTransaction)
+		cfg.LoadBalance, cfg.StatementLevelLoadBalance = true, true
+		cfg.Cluster.Nodes = append(cfg.Cluster.Nodes, cluster.NodeConfig{Host: "127.0.0.1", Port: pgtest.FreePort(t), Weight: 1})
+		s := startPool(t, cfg)
+		waitNode(t, s, "1", "down", "")
+		for i := 0; i < 5; i++ {
+			if out, err := psql(t, s, "postgres", "postgres", "SELECT pg_is_in_recovery()"); err != nil || out != "f" {
+				t.Fatalf("read with the standby down: %v %s", err, out)
+			}
+		}
+	})
 	// the standby comes last: it is stopped by its test
 	f.standby = primary.StartStandby(t)
 	t.Run("ReadsReachStandbyWritesNeverStandbyDownTrafficContinues", func(t *testing.T) { testRouting(t, f) })
