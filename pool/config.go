@@ -3,7 +3,6 @@ package pool
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/pgharbor/pgharbor/pool/cluster"
@@ -281,5 +280,3 @@ func (c *Config) resolve(db, user string) target {
 	}
 	return t
 }
-
-func lower(s string) string { return strings.ToLower(s) }
