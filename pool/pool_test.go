@@ -192,11 +192,12 @@ func baseConfig(f *fixture, mode PoolMode) Config {
 func TestPool(t *testing.T) {
 	primary := pgtest.Start(t, pgtest.Options{
 		Config: map[string]string{"max_connections": "200", "password_encryption": "'scram-sha-256'"},
-		HBA:    []string{"host all scram_user 127.0.0.1/32 scram-sha-256", "host all md5_user 127.0.0.1/32 scram-sha-256"},
+		HBA:    []string{"host all scram_user 127.0.0.1/32 scram-sha-256", "host all md5_user 127.0.0.1/32 scram-sha-256", "host all md5srv 127.0.0.1/32 md5"},
 	})
 	f := &fixture{primary: primary}
 	primary.Exec(t, "CREATE ROLE scram_user LOGIN PASSWORD 'scram-secret-pw'")
 	primary.Exec(t, "CREATE ROLE md5_user LOGIN PASSWORD 'md5-pw'")
+	primary.Exec(t, "SET password_encryption = 'md5'; CREATE ROLE md5srv LOGIN PASSWORD 'md5srv-pw'")
 	primary.Exec(t, "GRANT ALL ON SCHEMA public TO scram_user, md5_user")
 	primary.Exec(t, "CREATE TABLE kv (k int PRIMARY KEY, v text)")
 	primary.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
@@ -446,7 +447,8 @@ func testSCRAM(t *testing.T, f *fixture) {
 	if !strings.HasPrefix(secret, "SCRAM-SHA-256$") {
 		t.Fatalf("server secret %q is not SCRAM", secret)
 	}
-	auth := writeFile(t, "userlist.txt", fmt.Sprintf("; pgharbor users\n\"scram_user\" \"%s\"\n\"md5_user\" \"md5-pw\"\n\"postgres\" \"pg-pw\"\n", secret))
+	auth := writeFile(t, "userlist.txt", fmt.Sprintf("; pgharbor users\n\"scram_user\" \"%s\"\n\"md5_user\" \"md5-pw\"\n\"postgres\" \"pg-pw\"\n\"md5srv\" \"%s\"\n",
+		secret, md5Hash("md5srv-pw", "md5srv")))
 	for _, mode := range []PoolMode{ModeSession, ModeTransaction} {
 		t.Run(string(mode), func(t *testing.T) {
 			cfg := baseConfig(f, mode)
@@ -508,6 +510,11 @@ func testSCRAM(t *testing.T, f *fixture) {
 		out, err = psql(t, s, "md5_user", "postgres", "SELECT current_user", "PGPASSWORD=bad")
 		if err == nil || !strings.Contains(out, "password authentication failed") {
 			t.Fatalf("psql md5 wrong password: %v %s", err, out)
+		}
+		// an md5 hash in auth_file: md5 with the client, and with a server that asks for md5
+		out, err = psql(t, s, "md5srv", "postgres", "SELECT current_user", "PGPASSWORD=md5srv-pw")
+		if err != nil || out != "md5srv" {
+			t.Fatalf("psql md5 hash end to end: %v %s", err, out)
 		}
 	})
 	t.Run("auth_query", func(t *testing.T) {
