@@ -360,19 +360,24 @@ func FuzzClientMessages(f *testing.F) {
 
 func TestDeallocateOfProtocolStatementsIsAnsweredByThePool(t *testing.T) {
 	s := &session{stmts: map[string]*stmt{"s1": {}, "Mixed": {}, "p2": {}}}
-	for q, want := range map[string]string{
-		"DEALLOCATE s1":           "DEALLOCATE",
-		"deallocate prepare p2;":  "DEALLOCATE",
-		`DEALLOCATE "Mixed"`:      "DEALLOCATE",
-		"DEALLOCATE sql_level":    "",
-		"DEALLOCATE ALL":          "DEALLOCATE ALL",
-		"SELECT 1":                "",
-		"DEALLOCATE s1; SELECT 1": "",
+	for _, c := range [][2]string{ // in order: ALL comes last
+		{"DEALLOCATE s1", "DEALLOCATE"},
+		{"deallocate prepare p2;", "DEALLOCATE"},
+		{`DEALLOCATE "Mixed"`, "DEALLOCATE"},
+		{"DEALLOCATE sql_level", ""},
+		{"SELECT 1", ""},
+		{"DEALLOCATE s1; SELECT 1", ""},
+		{"DEALLOCATE ALL", "DEALLOCATE ALL"},
 	} {
+		q, want := c[0], c[1]
 		tag, ok := s.deallocate(q)
 		if tag != want || ok != (want != "") {
 			t.Errorf("%q: %q %v, want %q", q, tag, ok, want)
 		}
+	}
+	s.stmts["x"] = &stmt{}
+	if tag, _ := s.deallocate("DEALLOCATE ALL"); tag != "DEALLOCATE ALL" {
+		t.Fatal(tag)
 	}
 	if len(s.stmts) != 0 {
 		t.Fatalf("left %v", s.stmts)
