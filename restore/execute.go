@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"os/user"
 	"path"
 	"path/filepath"
 	"sort"
@@ -80,7 +81,7 @@ func Execute(ctx context.Context, r *repo.Repo, plan *Plan, o Options) (*Result,
 	if err != nil {
 		return nil, err
 	}
-	owner, err := ownerFor(o.PGData)
+	owner, err := OwnerFor(o.PGData)
 	if err != nil {
 		return nil, err
 	}
@@ -114,25 +115,32 @@ type executor struct {
 	total int64
 }
 
-// ownerFor: when running as root, restored files belong to the owner of the data
-// directory (or of its parent, when it does not exist yet), so PostgreSQL can start on them.
-func ownerFor(pgdata string) (*syscall.Credential, error) {
+// OwnerFor says who must own a restored data directory. When running as root: the owner of
+// the data directory, or of its nearest existing parent; when that is root too, the
+// "postgres" OS user (PostgreSQL refuses to run as root, so a root-owned data directory is
+// never what is wanted). Otherwise nil: files belong to the current user.
+func OwnerFor(pgdata string) (*syscall.Credential, error) {
 	if os.Geteuid() != 0 {
 		return nil, nil
 	}
 	for dir := filepath.Clean(pgdata); ; dir = filepath.Dir(dir) {
-		st, err := os.Stat(dir)
-		if err == nil {
-			sys := st.Sys().(*syscall.Stat_t)
-			if sys.Uid == 0 {
-				return nil, nil
+		if st, err := os.Stat(dir); err == nil {
+			if sys := st.Sys().(*syscall.Stat_t); sys.Uid != 0 {
+				return &syscall.Credential{Uid: sys.Uid, Gid: sys.Gid}, nil
 			}
-			return &syscall.Credential{Uid: sys.Uid, Gid: sys.Gid}, nil
+			break
 		}
 		if dir == filepath.Dir(dir) {
-			return nil, nil
+			break
 		}
 	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, fmt.Errorf("running as root, %s would belong to root, which PostgreSQL refuses, and there is no postgres OS user: create the directory owned by the server's user first", pgdata)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 }
 
 func (x *executor) chown(p string) error {
@@ -170,7 +178,12 @@ func prepareDir(dir string, delta bool, owner *syscall.Credential) error {
 	entries, err := os.ReadDir(dir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		if err := os.MkdirAll(dir, 0o700); err != nil {
+		// Missing parents must stay traversable by the server's user; the directory itself
+		// is private, as PostgreSQL wants.
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", filepath.Dir(dir), err)
+		}
+		if err := os.Mkdir(dir, 0o700); err != nil {
 			return fmt.Errorf("create %s: %w", dir, err)
 		}
 		if owner != nil {

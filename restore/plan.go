@@ -218,7 +218,41 @@ func MakePlan(all []backup.Summary, arch wal.Archive, t Target, label string) (*
 	if err := checkGaps(*chosen, arch, t); err != nil {
 		return nil, err
 	}
-	return &Plan{Backup: *chosen, Target: t, Window: w, Settings: settings(t)}, nil
+	s := settings(t)
+	if t.Timeline == "" {
+		// PostgreSQL follows the newest timeline by default, and fails ("requested timeline
+		// is not a child of this server's history") when that timeline forked off before
+		// the backup, e.g. after an old restore was promoted. Name the newest timeline that
+		// descends from the backup instead.
+		if tl, newest := timelineFor(*chosen, arch); tl != 0 && tl != newest {
+			s["recovery_target_timeline"] = strconv.FormatUint(uint64(tl), 10)
+		}
+	}
+	return &Plan{Backup: *chosen, Target: t, Window: w, Settings: s}, nil
+}
+
+// timelineFor returns the newest archived timeline whose history passes through the end of
+// backup b (0 when none can be told), and the newest archived timeline.
+func timelineFor(b backup.Summary, arch wal.Archive) (best, newest wal.TimelineID) {
+	stop, err := wal.ParseLSN(b.StopLSN)
+	if err != nil {
+		return 0, 0
+	}
+	for _, tl := range arch.Timelines {
+		newest = max(newest, tl.TLI)
+	}
+	for i := len(arch.Timelines) - 1; i >= 0; i-- {
+		tl := arch.Timelines[i]
+		switch {
+		case tl.TLI == wal.TimelineID(b.Timeline):
+			return tl.TLI, newest
+		case tl.TLI < wal.TimelineID(b.Timeline):
+			continue
+		case tl.History != nil && tl.History.Contains(wal.TimelineID(b.Timeline), stop):
+			return tl.TLI, newest
+		}
+	}
+	return wal.TimelineID(b.Timeline), newest
 }
 
 // checkGaps refuses targets that lie beyond a hole in the archived WAL after the backup:

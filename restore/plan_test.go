@@ -144,3 +144,33 @@ func TestStripRecoverySettingsKeepsTheRest(t *testing.T) {
 		t.Fatalf("got %q, want %q", got, want)
 	}
 }
+
+func TestTimelineThatForkedBeforeTheBackupIsNotFollowed(t *testing.T) {
+	b := bk("B", 10, t0, 100) // on timeline 1, ends in segment 10
+	hist2, _ := wal.NewHistory(2, []byte("1\t0/5000000\tbefore the backup\n"))
+	hist3, _ := wal.NewHistory(3, []byte("1\t0/20000000\tafter the backup\n"))
+	arch := wal.Archive{SegmentSize: seg, Newest: t0.Add(time.Hour), Timelines: []wal.TimelineArchive{
+		{TLI: 1, Segments: []uint64{10, 11, 12}},
+		{TLI: 2, Segments: []uint64{5, 6}, HasHistory: true, History: &hist2},
+	}}
+	p, err := MakePlan([]backup.Summary{b}, arch, Target{Kind: TargetLatest}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Settings["recovery_target_timeline"]; got != "1" {
+		t.Fatalf("timeline 2 forked before the backup: recovery_target_timeline = %q, want 1", got)
+	}
+	arch.Timelines = append(arch.Timelines, wal.TimelineArchive{TLI: 3, Segments: []uint64{32}, HasHistory: true, History: &hist3})
+	p, err = MakePlan([]backup.Summary{b}, arch, Target{Kind: TargetLatest}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := p.Settings["recovery_target_timeline"]; ok {
+		t.Fatalf("timeline 3 descends from the backup and is the newest: got setting %q, want PostgreSQL's default", got)
+	}
+	// An explicit choice is kept.
+	p, _ = MakePlan([]backup.Summary{b}, arch, Target{Kind: TargetLatest, Timeline: "current"}, "")
+	if p.Settings["recovery_target_timeline"] != "current" {
+		t.Fatalf("explicit timeline overridden: %v", p.Settings)
+	}
+}

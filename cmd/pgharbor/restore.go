@@ -4,11 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -179,7 +177,7 @@ func (a *app) runRestore(cmd *cobra.Command, f restoreFlags) error {
 		if bin == "" {
 			bin = fmt.Sprintf("/usr/lib/postgresql/%d/bin", plan.Backup.PGVersion/10000)
 		}
-		cred, err := ownerCred(pgdata)
+		cred, err := restore.OwnerFor(pgdata)
 		if err != nil {
 			return err
 		}
@@ -234,26 +232,4 @@ func shellQuote(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
-}
-
-// ownerCred: as root, start PostgreSQL as the data directory's owner (it refuses root).
-func ownerCred(pgdata string) (*syscall.Credential, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	st, err := os.Stat(pgdata)
-	if err != nil {
-		return nil, err
-	}
-	sys := st.Sys().(*syscall.Stat_t)
-	if sys.Uid == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return nil, errors.New("running as root: the data directory is owned by root and there is no postgres user to start PostgreSQL as")
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
-	}
-	return &syscall.Credential{Uid: sys.Uid, Gid: sys.Gid}, nil
 }
