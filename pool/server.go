@@ -63,6 +63,7 @@ type Server struct {
 	stopping    atomic.Bool
 	wg          sync.WaitGroup
 	totalLogins atomic.Int64
+	inLogin     atomic.Int64 // connections not yet logged in (also bounded by max_client_conn)
 }
 
 // New validates cfg, reads the auth file and binds the listeners (so Addr works at once);
@@ -564,6 +565,21 @@ func (s *Server) forget(sess *session) {
 
 // handleConn runs one client connection from the first byte to the end.
 func (s *Server) handleConn(ctx context.Context, conn net.Conn) {
+	if n := s.inLogin.Add(1); n > int64(s.config().MaxClientConn) {
+		s.inLogin.Add(-1)
+		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = conn.Write(fatal(sqlstateTooManyConns, "too many connections in login (max_client_conn)").encode(nil))
+		_ = conn.Close()
+		return
+	}
+	loggingIn := true
+	endLogin := func() {
+		if loggingIn {
+			loggingIn = false
+			s.inLogin.Add(-1)
+		}
+	}
+	defer endLogin()
 	_ = conn.SetDeadline(time.Now().Add(loginTimeout))
 	isTLS := false
 	var params map[string]string
@@ -680,6 +696,7 @@ func (s *Server) handleConn(ctx context.Context, conn net.Conn) {
 			return
 		}
 		_ = conn.SetDeadline(time.Time{})
+		endLogin()
 		s.runAdmin(ctx, conn, &mr, cw, user)
 		return
 	}
@@ -738,6 +755,7 @@ func (s *Server) handleConn(ctx context.Context, conn net.Conn) {
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
+	endLogin()
 	sess.run(ctx)
 }
 
