@@ -243,7 +243,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 		SystemIdentifier: facts.systemID, PGVersion: facts.version, WALSegmentSize: facts.segSize,
 		Timeline: bb.startTLI, StartLSN: bb.startLSN, StopLSN: stopLSN, StopTimeline: stopTLI,
 		StartTime: start, StopTime: stopTime, StopNextXID: nextXID,
-		Files: len(files), Bundles: bundles, StoredSize: p.stored.Load(),
+		Files: len(files), Bundles: bundles, BundlesUncompressed: int(p.uncompressed.Load()), StoredSize: p.stored.Load(),
 		Encryption: id.Encryption, Tablespaces: bb.tablespaces,
 		Duration: stopTime.Sub(start).Seconds(),
 	}

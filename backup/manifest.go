@@ -47,11 +47,13 @@ type Summary struct {
 	// transaction with this id or later committed after the backup's consistency point.
 	StopNextXID uint64 `json:"stop_next_xid"`
 	// Size is the sum of the files' sizes; StoredSize the sum of the bundles' sealed sizes.
-	Size       int64  `json:"size"`
-	StoredSize int64  `json:"stored_size"`
-	Files      int    `json:"files"`
-	Bundles    int    `json:"bundles"`
-	Encryption string `json:"encryption"`
+	Size       int64 `json:"size"`
+	StoredSize int64 `json:"stored_size"`
+	Files      int   `json:"files"`
+	Bundles    int   `json:"bundles"`
+	// BundlesUncompressed counts bundles kept without compression (samples did not shrink).
+	BundlesUncompressed int    `json:"bundles_uncompressed,omitempty"`
+	Encryption          string `json:"encryption"`
 	// Tablespaces maps OID to the location the tablespace had on the server.
 	Tablespaces []Tablespace `json:"tablespaces,omitempty"`
 	Duration    float64      `json:"duration_seconds"`

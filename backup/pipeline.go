@@ -5,8 +5,11 @@ import (
 	"context"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"sync"
 	"sync/atomic"
+
+	"github.com/klauspost/compress/zstd"
 
 	"golang.org/x/sync/errgroup"
 
@@ -15,21 +18,62 @@ import (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// probe tells compressible bundles from incompressible ones (random bytes, data the
+// application compressed or encrypted) by compressing a few page-sized samples with zstd's
+// fastest level: incompressible bundles are stored without compression, which saves zstd's
+// work at backup and at restore and loses nothing.
+type probe struct {
+	enc *zstd.Encoder
+	out []byte
+}
+
+const (
+	probeSamples    = 8
+	probeSampleSize = 8 << 10
+	// A bundle whose samples shrink by less than 3% is not worth compressing.
+	probeThreshold = 0.97
+)
+
+func newProbe() (*probe, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false), zstd.WithWindowSize(1<<17))
+	if err != nil {
+		return nil, err
+	}
+	return &probe{enc: enc}, nil
+}
+
+func (pr *probe) compressible(data []byte) bool {
+	if len(data) < probeSamples*probeSampleSize*2 {
+		return true
+	}
+	step := len(data) / probeSamples
+	in, out := 0, 0
+	for i := 0; i < probeSamples; i++ {
+		sample := data[i*step : i*step+probeSampleSize]
+		pr.out = pr.enc.EncodeAll(sample, pr.out[:0])
+		in, out = in+len(sample), out+len(pr.out)
+	}
+	return float64(out) < probeThreshold*float64(in)
+}
+
+func (pr *probe) Close() { pr.enc.Close() }
+
 // pipeline cuts file bytes into bundles and seals and uploads them with bounded memory:
 // at most workers+1 raw bundles and workers+uploads sealed bundles exist at once.
 type pipeline struct {
-	r      *repo.Repo
-	label  string
-	size   int
-	g      *errgroup.Group
-	ctx    context.Context
-	free   chan []byte     // raw buffers ready for reuse
-	toSeal chan rawBundle  // filled bundles
-	toPut  chan sealedBlob // sealed bundles
-	cur    []byte          // bundle being filled
-	next   int             // number of the bundle being filled
-	stored atomic.Int64    // sealed bytes uploaded
-	sealed sync.Pool       // *bytes.Buffer
+	r            *repo.Repo
+	label        string
+	size         int
+	g            *errgroup.Group
+	ctx          context.Context
+	free         chan []byte     // raw buffers ready for reuse
+	toSeal       chan rawBundle  // filled bundles
+	toPut        chan sealedBlob // sealed bundles
+	cur          []byte          // bundle being filled
+	next         int             // number of the bundle being filled
+	stored       atomic.Int64    // sealed bytes uploaded
+	uncompressed atomic.Int64    // bundles stored without compression
+	sealed       sync.Pool       // *bytes.Buffer
 }
 
 type rawBundle struct {
@@ -69,6 +113,11 @@ func newPipeline(ctx context.Context, r *repo.Repo, label string, bundleSize, wo
 }
 
 func (p *pipeline) sealLoop() error {
+	probe, err := newProbe()
+	if err != nil {
+		return err
+	}
+	defer probe.Close()
 	for b := range p.toSeal {
 		buf, _ := p.sealed.Get().(*bytes.Buffer)
 		if buf == nil {
@@ -76,7 +125,14 @@ func (p *pipeline) sealLoop() error {
 		}
 		buf.Reset()
 		buf.Grow(len(b.data) + len(b.data)/64 + 4096) // worst case: incompressible, plus framing
-		w, err := p.r.Codec().NewWriter(buf)
+		var w io.WriteCloser
+		var err error
+		if p.r.Codec().Compresses() && !probe.compressible(b.data) {
+			w, err = p.r.Codec().NewWriterStored(buf)
+			p.uncompressed.Add(1)
+		} else {
+			w, err = p.r.Codec().NewWriter(buf)
+		}
 		if err != nil {
 			return err
 		}

@@ -66,6 +66,6 @@ func humanBytes(n int64) string {
 // collector from letting the heap double on top of them.
 func boundMemory() {
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(96 << 20)
+		debug.SetMemoryLimit(80 << 20)
 	}
 }

@@ -71,3 +71,27 @@ func TestDigestMismatchWithPayloadIsCorrupt(t *testing.T) {
 		t.Fatalf("got %v, want ErrCorrupt", err)
 	}
 }
+
+func TestStoredWriterSkipsCompressionAndReadsBack(t *testing.T) {
+	id, rcpt, _ := GenerateIdentity()
+	c, err := New(Config{Encryption: "age", Recipients: []string{rcpt}, Identities: []string{id}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := bytes.Repeat([]byte("x"), 100000)
+	var buf bytes.Buffer
+	w, _ := c.NewWriterStored(&buf)
+	w.Write(plain)
+	w.Close()
+	h, err := ReadHeader(bytes.NewReader(buf.Bytes()))
+	if err != nil || h.Compression != CompressionNone || h.Encryption != EncryptionAge {
+		t.Fatalf("header %+v %v", h, err)
+	}
+	if buf.Len() < len(plain) {
+		t.Fatalf("stored object is %d bytes: it was compressed", buf.Len())
+	}
+	got, err := c.Open(buf.Bytes())
+	if err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("open: %v", err)
+	}
+}

@@ -28,6 +28,18 @@ func (c *Codec) NewWriter(w io.Writer) (io.WriteCloser, error) {
 	return c.newWriter(w, c.header)
 }
 
+// NewWriterStored is NewWriter without compression, for payloads the caller knows do not
+// compress (random bytes, already compressed data): zstd would spend CPU at both ends for
+// nothing. Readers need no setting: the header says so.
+func (c *Codec) NewWriterStored(w io.Writer) (io.WriteCloser, error) {
+	h := c.header
+	h.Compression = CompressionNone
+	return c.newWriter(w, h)
+}
+
+// Compresses reports whether objects from NewWriter are compressed.
+func (c *Codec) Compresses() bool { return c.header.Compression != CompressionNone }
+
 // NewWriterDigest is NewWriter for an object whose header carries digest, the SHA-256 of
 // the payload the caller is about to write (readers check it at the end).
 func (c *Codec) NewWriterDigest(w io.Writer, digest [DigestSize]byte) (io.WriteCloser, error) {
