@@ -5,9 +5,10 @@
 set -euo pipefail
 
 need_pkgs=()
-for p in postgresql-15 pgbouncer python3-psycopg2 libpostgresql-jdbc-java default-jre-headless; do
+for p in postgresql-15 pgbouncer python3-psycopg2 libpostgresql-jdbc-java; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
+command -v java >/dev/null 2>&1 || need_pkgs+=(default-jre-headless) # the JDBC client test
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
