@@ -150,6 +150,9 @@ type Cluster struct {
 	nodes     []*node
 	primaryID int  // -1: none known
 	pinned    bool // primaryID was chosen by SetPrimary; no other node may become primary
+	// epoch counts SetPrimary calls: a round of checks that began before the latest one
+	// saw the nodes before the failover (the new primary still in recovery) and is dropped.
+	epoch uint64
 	subs      []chan struct{}
 }
 
@@ -445,6 +448,7 @@ func (c *Cluster) SetPrimary(id int) {
 	}
 	old := c.primaryID
 	c.primaryID, c.pinned = id, true
+	c.epoch++
 	changed := false
 	for _, n := range c.nodes {
 		if n.id == id {
@@ -561,6 +565,9 @@ func (c *Cluster) CheckNow(ctx context.Context) {
 	}
 	c.roundM.Lock()
 	defer c.roundM.Unlock()
+	c.mu.Lock()
+	epoch := c.epoch
+	c.mu.Unlock()
 	outs := make([]outcome, len(c.nodes))
 	var wg sync.WaitGroup
 	for i, n := range c.nodes {
@@ -574,7 +581,7 @@ func (c *Cluster) CheckNow(ctx context.Context) {
 	if ctx.Err() != nil {
 		return // a cancelled round says nothing about the nodes
 	}
-	c.apply(outs)
+	c.apply(outs, epoch)
 }
 
 type outcome struct {
@@ -604,9 +611,12 @@ func (c *Cluster) checkNode(ctx context.Context, nc NodeConfig) (probeResult, er
 }
 
 // apply is the one place where health-check results change node states.
-func (c *Cluster) apply(outs []outcome) {
+func (c *Cluster) apply(outs []outcome, epoch uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if epoch != c.epoch {
+		return // began before a SetPrimary: stale (the next round is already asked for)
+	}
 	defer c.publishLocked()
 	now := c.now()
 	changed := false
