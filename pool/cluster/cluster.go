@@ -153,7 +153,7 @@ type Cluster struct {
 	// epoch counts SetPrimary calls: a round of checks that began before the latest one
 	// saw the nodes before the failover (the new primary still in recovery) and is dropped.
 	epoch uint64
-	subs      []chan struct{}
+	subs  []chan struct{}
 }
 
 type snapshot struct {
