@@ -70,6 +70,28 @@ func (p *serverPool) tryIdle() *serverConn {
 // acquire returns a server connection, opening one when the pool is below its size, or
 // waiting (FIFO) for one to be released until ctx is done.
 func (p *serverPool) acquire(ctx context.Context) (*serverConn, error) {
+	return p.acquireWait(ctx, nil, 0)
+}
+
+// waitSlot is what a session reuses for every wait on a pool: the channel a released
+// connection is handed over on and the query_wait_timeout timer, so that waiting (most
+// transactions when clients outnumber server connections) makes no context, channel or
+// timer. The channel is always empty when acquireWait returns.
+type waitSlot struct {
+	ch    chan *serverConn
+	timer *time.Timer
+}
+
+// acquireWait is acquire with the waiting bounded by timeout (none when 0) instead of a
+// deadline in ctx, using w's channel and timer (fresh ones when w is nil).
+func (p *serverPool) acquireWait(ctx context.Context, w *waitSlot, timeout time.Duration) (*serverConn, error) {
+	var expired <-chan time.Time
+	armed := false
+	defer func() {
+		if armed {
+			w.timer.Stop()
+		}
+	}()
 	waited := false
 	start := time.Now()
 	defer func() {
@@ -99,7 +121,14 @@ func (p *serverPool) acquire(ctx context.Context) (*serverConn, error) {
 			p.opening++
 			creds := p.srv.credsFor(p.key.user)
 			p.mu.Unlock()
-			sc, err := p.open(ctx, creds)
+			octx, cancel := ctx, context.CancelFunc(nil)
+			if timeout > 0 { // the login counts against query_wait_timeout too
+				octx, cancel = context.WithDeadline(ctx, start.Add(timeout))
+			}
+			sc, err := p.open(octx, creds)
+			if cancel != nil {
+				cancel()
+			}
 			p.mu.Lock()
 			p.opening--
 			if err != nil {
@@ -113,10 +142,27 @@ func (p *serverPool) acquire(ctx context.Context) (*serverConn, error) {
 			p.mu.Unlock()
 			return sc, nil
 		}
-		ch := make(chan *serverConn, 1)
+		var ch chan *serverConn
+		if w != nil {
+			ch = w.ch
+		} else {
+			ch = make(chan *serverConn, 1)
+		}
 		p.waiters = append(p.waiters, ch)
 		p.mu.Unlock()
 		waited = true
+		if timeout > 0 && !armed {
+			if w == nil {
+				w = &waitSlot{}
+			}
+			if w.timer == nil {
+				w.timer = time.NewTimer(timeout)
+			} else {
+				w.timer.Reset(timeout)
+			}
+			armed, expired = true, w.timer.C
+		}
+		var timedOut bool
 		select {
 		case sc := <-ch:
 			if sc == nil {
@@ -124,6 +170,10 @@ func (p *serverPool) acquire(ctx context.Context) (*serverConn, error) {
 			}
 			return sc, nil
 		case <-ctx.Done():
+		case <-expired:
+			timedOut = true
+		}
+		{
 			p.mu.Lock()
 			found := false
 			for i, w := range p.waiters {
@@ -144,6 +194,10 @@ func (p *serverPool) acquire(ctx context.Context) (*serverConn, error) {
 				}
 			}
 			p.stats.timeouts.Add(1)
+			if timedOut {
+				armed = false // fired: nothing to stop
+				return nil, context.DeadlineExceeded
+			}
 			return nil, ctx.Err()
 		}
 	}

@@ -51,6 +51,7 @@ type session struct {
 	started     time.Time
 	stmts       map[string]*stmt // named prepared statements (transaction mode)
 	poolCache   *serverPool      // the pool last used (client loop only)
+	wait        waitSlot         // reused by every wait for a server connection (client loop only)
 	virt        virtualState     // SHOW POOL_NODES over the extended protocol
 
 	mu        sync.Mutex
@@ -749,7 +750,20 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 		}
 		sc := p.tryIdle()
 		if sc == nil {
-			sc, err = p.acquire(waitCtx())
+			if actx != nil { // already waited (pause, no primary): same deadline
+				sc, err = p.acquire(actx)
+			} else {
+				s.mu.Lock()
+				s.waiting = true
+				s.mu.Unlock()
+				if s.wait.ch == nil {
+					s.wait.ch = make(chan *serverConn, 1)
+				}
+				sc, err = p.acquireWait(ctx, &s.wait, wait)
+				s.mu.Lock()
+				s.waiting = false
+				s.mu.Unlock()
+			}
 		}
 		if err != nil {
 			if errors.Is(err, context.DeadlineExceeded) {
