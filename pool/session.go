@@ -820,6 +820,9 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 
 // syncParams makes the server connection's settings match what the client asked for.
 func (s *session) syncParams(sc *serverConn) error {
+	if s.paramsMatch(sc) {
+		return nil // the usual case: nothing to send, and no builder allocated per attach
+	}
 	var b strings.Builder
 	for k, v := range s.params {
 		if cur, ok := sc.params[k]; ok && cur == v {
@@ -856,6 +859,24 @@ func (s *session) syncParams(sc *serverConn) error {
 		sc.dirty[k] = true
 	}
 	return nil
+}
+
+// paramsMatch says whether syncParams has nothing to send to sc (the same checks, no SQL).
+func (s *session) paramsMatch(sc *serverConn) bool {
+	for k, v := range s.params {
+		if cur, ok := sc.params[k]; ok && cur == v {
+			continue
+		}
+		if validGUC(k) {
+			return false
+		}
+	}
+	for k := range sc.dirty {
+		if _, ok := s.params[k]; !ok && validGUC(k) {
+			return false
+		}
+	}
+	return true
 }
 
 func reportedParam(k string) bool {
