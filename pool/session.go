@@ -1017,8 +1017,10 @@ func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
 			return stepEnded
 		}
 		status := msg[5]
+		// Buffered now, flushed below: after the connection went back to the pool when
+		// this ends the transaction, so the next client's query can start on it while
+		// this client's answer is being written.
 		s.clientWriteMsg(msg)
-		s.clientFlush()
 		s.mu.Lock()
 		s.pending--
 		s.rfqSeq++
@@ -1051,8 +1053,10 @@ func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
 		s.mu.Unlock()
 		if release || finish {
 			s.finishServer(sc, done, status)
+			s.clientFlush()
 			return stepEnded
 		}
+		s.clientFlush()
 		return result
 	case '1', '3':
 		s.mu.Lock()
