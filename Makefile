@@ -3,8 +3,9 @@ GO      ?= go
 BIN     := bin/pgharbor
 PKGS    := ./...
 # Tests start real PostgreSQL clusters and storage servers: two packages at a time suit the
-# 2-core machines this runs on.
-TESTFLAGS ?= -p 2 -timeout 20m
+# 2-core machines this runs on. -count=1: internal/e2e builds the binary itself, which the
+# test cache cannot see.
+TESTFLAGS ?= -p 2 -count=1 -timeout 20m
 
 .PHONY: all build setup test test-short demo bench lint fuzz clean
 
