@@ -5,7 +5,6 @@ import (
 	"strconv"
 	"testing"
 
-	"github.com/pgharbor/pgharbor/internal/pgtest"
 	"github.com/pgharbor/pgharbor/pool/clienttest"
 )
 
@@ -16,14 +15,9 @@ func TestClientLibrariesThroughPool(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL")
 	}
-	pg := pgtest.Start(t, pgtest.Options{
-		Config: map[string]string{"password_encryption": "'scram-sha-256'"},
-		HBA:    []string{"host all compat 127.0.0.1/32 scram-sha-256"},
-	})
-	pg.Exec(t, "CREATE ROLE compat LOGIN PASSWORD 'comp''at pw'")
-	pg.Exec(t, "CREATE DATABASE compat OWNER compat")
-	secret := pg.QueryString(t, "postgres", "SELECT rolpassword FROM pg_authid WHERE rolname = 'compat'")
-	auth := writeFile(t, "u.txt", fmt.Sprintf("\"compat\" \"%s\"\n", secret))
+	pg := clienttest.StartSCRAMCluster(t)
+	secret := pg.QueryString(t, "postgres", "SELECT rolpassword FROM pg_authid WHERE rolname = $1", clienttest.User)
+	auth := writeFile(t, "u.txt", fmt.Sprintf("%q %q\n", clienttest.User, secret))
 	f := &fixture{primary: pg}
 	for _, mode := range []PoolMode{ModeTransaction, ModeSession} {
 		t.Run(string(mode), func(t *testing.T) {
@@ -31,8 +25,12 @@ func TestClientLibrariesThroughPool(t *testing.T) {
 			cfg.AuthType, cfg.AuthFile = AuthSCRAM, auth
 			s := startPool(t, cfg)
 			port, _ := strconv.Atoi(poolPort(s))
-			t.Run("psycopg2", func(t *testing.T) { clienttest.RunPsycopg2(t, "127.0.0.1", port, "compat", "compat", "comp'at pw") })
-			t.Run("jdbc", func(t *testing.T) { clienttest.RunJDBC(t, "127.0.0.1", port, "compat", "compat", "comp'at pw") })
+			t.Run("psycopg2", func(t *testing.T) {
+				clienttest.RunPsycopg2(t, "127.0.0.1", port, clienttest.Database, clienttest.User, clienttest.Password)
+			})
+			t.Run("jdbc", func(t *testing.T) {
+				clienttest.RunJDBC(t, "127.0.0.1", port, clienttest.Database, clienttest.User, clienttest.Password)
+			})
 		})
 	}
 }

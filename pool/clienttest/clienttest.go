@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/pgharbor/pgharbor/internal/pgtest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -125,4 +126,24 @@ func run(t testing.TB, name, prog string, args ...string) string {
 	}
 	t.Logf("%s client passed in %v:\n%s", name, time.Since(start).Round(time.Millisecond), text)
 	return text
+}
+
+// The role the client programs log in as; the password has a quote in it on purpose.
+const (
+	User     = "compat"
+	Database = "compat"
+	Password = "comp'at pw"
+)
+
+// StartSCRAMCluster starts PostgreSQL with the User role (SCRAM password, loopback TCP) and
+// its Database, for running the client programs against it or through a pool in front of it.
+func StartSCRAMCluster(t testing.TB) *pgtest.Cluster {
+	t.Helper()
+	pg := pgtest.Start(t, pgtest.Options{
+		Config: map[string]string{"password_encryption": "'scram-sha-256'"},
+		HBA:    []string{"host all " + User + " 127.0.0.1/32 scram-sha-256"},
+	})
+	pg.Exec(t, "CREATE ROLE "+User+" LOGIN PASSWORD '"+strings.ReplaceAll(Password, "'", "''")+"'")
+	pg.Exec(t, "CREATE DATABASE "+Database+" OWNER "+User)
+	return pg
 }

@@ -13,17 +13,12 @@ func TestClientsPassDirectlyAgainstPostgreSQL(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL")
 	}
-	pg := pgtest.Start(t, pgtest.Options{
-		Config: map[string]string{"password_encryption": "'scram-sha-256'"},
-		HBA:    []string{"host all compat 127.0.0.1/32 scram-sha-256"},
-	})
-	pg.Exec(t, "CREATE ROLE compat LOGIN PASSWORD 'comp''at pw'")
-	pg.Exec(t, "CREATE DATABASE compat OWNER compat")
+	pg := StartSCRAMCluster(t)
 	t.Run("psycopg2", func(t *testing.T) {
-		RunPsycopg2(t, "127.0.0.1", pg.Port, "compat", "compat", "comp'at pw")
+		RunPsycopg2(t, "127.0.0.1", pg.Port, Database, User, Password)
 	})
 	t.Run("jdbc", func(t *testing.T) {
-		RunJDBC(t, "127.0.0.1", pg.Port, "compat", "compat", "comp'at pw")
+		RunJDBC(t, "127.0.0.1", pg.Port, Database, User, Password)
 	})
 }
 
