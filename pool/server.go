@@ -370,15 +370,20 @@ func (s *Server) shutdown() {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	for _, p := range s.poolList() {
+		p.closeAll()
+	}
+}
+
+// poolList is a snapshot of the server pools (taken under s.mu, used without it).
+func (s *Server) poolList() []*serverPool {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	pools := make([]*serverPool, 0, len(s.pools))
 	for _, p := range s.pools {
 		pools = append(pools, p)
 	}
-	s.mu.Unlock()
-	for _, p := range pools {
-		p.closeAll()
-	}
+	return pools
 }
 
 // writeClientNoWait writes b when nobody else is writing to the client.
@@ -402,13 +407,7 @@ func (s *Server) janitor(ctx context.Context) {
 		}
 		s.refreshNodes()
 		s.evictStale()
-		s.mu.Lock()
-		pools := make([]*serverPool, 0, len(s.pools))
-		for _, p := range s.pools {
-			pools = append(pools, p)
-		}
-		s.mu.Unlock()
-		for _, p := range pools {
+		for _, p := range s.poolList() {
 			p.maintain(ctx)
 		}
 	}
@@ -449,13 +448,7 @@ func (s *Server) watchCluster(ctx context.Context) {
 		case <-ch:
 			s.refreshNodes()
 			s.evictStale()
-			s.mu.Lock()
-			pools := make([]*serverPool, 0, len(s.pools))
-			for _, p := range s.pools {
-				pools = append(pools, p)
-			}
-			s.mu.Unlock()
-			for _, p := range pools {
+			for _, p := range s.poolList() {
 				if !s.nodeUsable(p.key.nodeID) {
 					p.maintain(ctx)
 				}
