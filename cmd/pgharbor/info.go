@@ -30,16 +30,12 @@ func newInfoCmd(a *app) *cobra.Command {
 			if a.cfg.Encryption.Mode == "" {
 				a.cfg.Encryption.Mode = "none" // listing needs no key; the identity is read in clear
 			}
-			r, err := a.openRepo(ctx, false)
+			r, cat, err := a.openCatalog(ctx, false)
 			if err != nil {
 				return err
 			}
 			defer r.Backend().Close()
 			id, err := r.ReadIdentity(ctx)
-			if err != nil {
-				return err
-			}
-			cat, err := backup.LoadCatalog(ctx, r)
 			if err != nil {
 				return err
 			}
@@ -105,15 +101,11 @@ the WAL from the backup's start to its stop is in the repository.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			r, err := a.openRepo(ctx, true)
+			r, cat, err := a.openCatalog(ctx, true)
 			if err != nil {
 				return err
 			}
 			defer r.Backend().Close()
-			cat, err := backup.LoadCatalog(ctx, r)
-			if err != nil {
-				return err
-			}
 			var todo []backup.Summary
 			if label != "" {
 				b, ok := cat.Find(label)

@@ -11,7 +11,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pgharbor/pgharbor/backup"
 	"github.com/pgharbor/pgharbor/restore"
 	"github.com/pgharbor/pgharbor/wal"
 )
@@ -137,15 +136,11 @@ func (a *app) runRestore(cmd *cobra.Command, f restoreFlags) error {
 		}
 		tsMap[old] = nw
 	}
-	r, err := a.openRepo(ctx, true)
+	r, cat, err := a.openCatalog(ctx, true)
 	if err != nil {
 		return err
 	}
 	defer r.Backend().Close()
-	cat, err := backup.LoadCatalog(ctx, r)
-	if err != nil {
-		return err
-	}
 	arch, err := wal.ListArchive(ctx, r)
 	if err != nil {
 		return err

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/pgharbor/pgharbor/backup"
 	"github.com/pgharbor/pgharbor/internal/repo"
 	"github.com/pgharbor/pgharbor/storage"
 	"github.com/pgharbor/pgharbor/storage/codec"
@@ -100,4 +101,18 @@ func (a *app) openRepo(ctx context.Context, needIdentity bool) (*repo.Repo, erro
 		return nil, err
 	}
 	return repo.New(b, c, a.cfg.Repo.Cluster)
+}
+
+// openCatalog opens the repository and lists its backups; the caller closes the backend.
+func (a *app) openCatalog(ctx context.Context, needIdentity bool) (*repo.Repo, *backup.Catalog, error) {
+	r, err := a.openRepo(ctx, needIdentity)
+	if err != nil {
+		return nil, nil, err
+	}
+	cat, err := backup.LoadCatalog(ctx, r)
+	if err != nil {
+		r.Backend().Close()
+		return nil, nil, err
+	}
+	return r, cat, nil
 }
