@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -69,6 +71,52 @@ func TestPITREveryTargetKindOnFilesystem(t *testing.T) {
 			}
 		})
 	}
+	// Exclusive: recovery stops just before point 2's marks row commits, so the restored
+	// data is point 2 without that row; adding it back must give point 2's snapshot exactly.
+	t.Run("xid-exclusive", func(t *testing.T) {
+		c := e.restoreStarted(j.pg, "--target-xid", p2.xid, "--target-exclusive", "--target-action", "promote")
+		if marks := c.QueryString(t, "postgres", "SELECT string_agg(k::text, ',' ORDER BY k) FROM marks"); marks != "1" {
+			t.Fatalf("marks after an exclusive restore to point 2's transaction: %q, want \"1\"", marks)
+		}
+		c.Exec(t, "INSERT INTO marks VALUES (2)")
+		if got := snapshot(t, c.ConnString("postgres")); got != p2.snap {
+			t.Fatalf("exclusive restore plus point 2's row: %s, want %s: recovery did not stop right before the transaction", got, p2.snap)
+		}
+	})
+	// Shutdown: --start returns once the server shut itself down at the target; started
+	// again with the action changed to promote, it holds exactly point 1's data.
+	t.Run("time-shutdown", func(t *testing.T) {
+		c := e.restoreStarted(j.pg, "--target-time", p1.time.Format(time.RFC3339Nano), "--target-action", "shutdown")
+		if _, err := os.Stat(filepath.Join(c.DataDir, "postmaster.pid")); err == nil {
+			t.Fatal("restore --start --target-action shutdown returned with the server still running")
+		}
+		out, err := c.Command("pg_controldata", c.DataDir).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "shut down in recovery") {
+			t.Fatalf("pg_controldata after a shutdown at the target: %v\n%s", err, out)
+		}
+		auto, err := os.OpenFile(filepath.Join(c.DataDir, "postgresql.auto.conf"), os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = fmt.Fprintf(auto, "recovery_target_action = 'promote'\nport = %d\nunix_socket_directories = '%s'\n", c.Port, c.SocketDir)
+		if cerr := auto.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Start(t)
+		deadline := time.Now().Add(60 * time.Second)
+		for c.QueryString(t, "postgres", "SELECT pg_is_in_recovery()::text") == "true" {
+			if time.Now().After(deadline) {
+				t.Fatalf("the restarted server did not promote\n%s", c.Log())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if got := snapshot(t, c.ConnString("postgres")); got != p1.snap {
+			t.Fatalf("data after shutdown at the target and promotion: %s, want point 1's %s", got, p1.snap)
+		}
+	})
 }
 
 func TestRestoredDirectoryPassesPgVerifybackup(t *testing.T) {
