@@ -23,6 +23,8 @@
 #                 and for reference `zstd -dc base.tar.zst | tar -x` of pg_basebackup's tar.
 #                 Reported with and without the sync(1) that follows (pgharbor calls syncfs,
 #                 pgBackRest fsyncs files; the "+ sync" row puts every tool on equal footing).
+#                 Before a round's restores, an untimed write and delete of a file the size of
+#                 the data directory puts the first restore in the same state as the others.
 #   WAL archiving a bulk load writing ~$BENCH_WAL_MB MB of WAL with archive_command set (ALTER
 #                 SYSTEM + pg_reload_conf) to pgharbor wal push (filesystem repository), to
 #                 pgbackrest archive-push with archive-async=y (spool-path, process-max=2), and,
@@ -298,6 +300,19 @@ backup_one() { # backup_one TOOL ROUND
 	log "  backup  $t: ${M_WALL}s, peak RSS ${M_RSS} MiB (tree ${M_TREE} MiB), stored $(((after - before) / 1000000)) MB"
 }
 
+# warm_restore_target writes and deletes a file the size of the data directory where the
+# restores go, untimed. Every restore but a round's first follows the deletion of the one
+# before it; without this, whichever tool comes first in a round pays for the page cache
+# growing into memory nothing used yet (seen: pgharbor's restore took 8-9 s when first in a
+# round, 3.6-5 s otherwise, on the same backup), a penalty the rotation hands to each tool in turn.
+warm_restore_target() {
+	local mb
+	mb=$(du -sm "$PGDATA" | cut -f1)
+	as_pg dd if=/dev/zero of="$WORK/warm" bs=1M count="$mb" status=none
+	sync
+	rm -f "$WORK/warm"
+}
+
 restore_one() { # restore_one TOOL ROUND
 	local t=$1 r=$2 dst=$WORK/restore s0 s1 synct
 	rm -rf "$dst"
@@ -380,6 +395,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	fi
 	if has_part restore; then
 		log "round $r/$ROUNDS: full restores of those backups"
+		warm_restore_target
 		for t in $(rotate $((r - 1)) "${TOOLS[@]}"); do restore_one "$t" "$r"; done
 	fi
 done
