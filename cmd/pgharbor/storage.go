@@ -100,6 +100,22 @@ func (a *app) openRepo(ctx context.Context, needIdentity bool) (*repo.Repo, erro
 	if err != nil {
 		return nil, err
 	}
+	r, err := repo.New(b, c, a.cfg.Repo.Cluster)
+	if err != nil || cc.Encryption != "passphrase" {
+		return r, err
+	}
+	// Passphrase mode: unlock (or create) the cluster's data key once, and seal new objects
+	// to it; a scrypt per object would cost about a second each.
+	key, err := r.DataKey(ctx)
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	cc.DataKey = key
+	if c, err = codec.New(cc); err != nil {
+		b.Close()
+		return nil, err
+	}
 	return repo.New(b, c, a.cfg.Repo.Cluster)
 }
 

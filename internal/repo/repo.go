@@ -21,6 +21,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/pgharbor/pgharbor/storage"
@@ -32,6 +33,10 @@ const FormatVersion = 1
 
 // IdentityKey is the name of the identity object inside a cluster's prefix.
 const IdentityKey = "pgharbor.json"
+
+// DataKeyKey is the object, inside a cluster's prefix, holding the data key of a
+// passphrase-encrypted repository, sealed with the passphrase.
+const DataKeyKey = "keys/data-key"
 
 // ErrNotInitialized means the cluster has no identity object yet.
 var ErrNotInitialized = errors.New("repository not initialised for this cluster")
@@ -323,3 +328,36 @@ func (r *Repo) Attach(ctx context.Context, server Identity) (Identity, error) {
 
 // FormatSystemIdentifier renders a system identifier as PostgreSQL shows it.
 func FormatSystemIdentifier(v uint64) string { return strconv.FormatUint(v, 10) }
+
+// DataKey returns the data key of a passphrase-encrypted cluster, creating it on first use:
+// an age X25519 secret key stored at DataKeyKey, sealed with the passphrase (r's codec must
+// be in passphrase mode). New objects are then sealed to this key, so that the passphrase's
+// scrypt runs once per process, not once per object. Two processes creating it at once
+// agree: the first write wins and the other reads it back.
+func (r *Repo) DataKey(ctx context.Context) (string, error) {
+	key := r.Key(DataKeyKey)
+	for attempt := 0; ; attempt++ {
+		data, err := r.GetBytes(ctx, key)
+		if err == nil {
+			s := strings.TrimSpace(string(data))
+			if !strings.HasPrefix(s, "AGE-SECRET-KEY-1") {
+				return "", fmt.Errorf("%s does not hold an age secret key: the object is damaged", r.Location(key))
+			}
+			return s, nil
+		}
+		if !errors.Is(err, storage.ErrNotFound) || attempt > 0 {
+			return "", fmt.Errorf("read the data key: %w", err)
+		}
+		id, _, err := codec.GenerateIdentity()
+		if err != nil {
+			return "", err
+		}
+		err = r.PutBytes(ctx, key, []byte(id+"\n"), true)
+		if err == nil {
+			return id, nil
+		}
+		if !errors.Is(err, storage.ErrExists) {
+			return "", fmt.Errorf("store the data key at %s: %w", r.Location(key), err)
+		}
+	}
+}

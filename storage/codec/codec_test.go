@@ -57,6 +57,7 @@ func mustNew(t testing.TB, cfg Config) *Codec {
 func redact(cfg Config) Config {
 	cfg.Identities = nil
 	cfg.Passphrase = ""
+	cfg.DataKey = ""
 	return cfg
 }
 
@@ -776,5 +777,46 @@ func TestEncryptedBodyIsAStandardAgeFile(t *testing.T) {
 	}
 	if want := append(c.Header().Append(nil), "payload"...); !bytes.Equal(plain, want) {
 		t.Fatalf("age plaintext %q, want %q", plain, want)
+	}
+}
+
+// Passphrase mode with the repository's data key: objects are sealed to the key (header id
+// 3, no scrypt stanza), a codec without the key says the passphrase is needed, another key
+// is refused, and objects sealed with the passphrase alone stay readable.
+func TestPassphraseDataKey(t *testing.T) {
+	payload := pgLikeData(300<<10, 7)
+	cfg := testConfig("zstd", "passphrase")
+	plainPass := mustNew(t, cfg)
+	older := seal(t, plainPass, payload)
+	cfg.DataKey = testIdentityA
+	withKey := mustNew(t, cfg)
+	sealed := seal(t, withKey, payload)
+	h, err := ReadHeader(bytes.NewReader(sealed))
+	if err != nil || h.Encryption != EncryptionPassphraseKey || h.Encryption.String() != "passphrase" {
+		t.Fatalf("header %+v, %v: want encryption id 3 named passphrase", h, err)
+	}
+	if bytes.Contains(sealed, []byte("scrypt")) {
+		t.Fatal("an object sealed to the data key carries a scrypt stanza")
+	}
+	for name, obj := range map[string][]byte{"data key": sealed, "passphrase": older} {
+		if got, err := open(withKey, obj); err != nil || !bytes.Equal(got, payload) {
+			t.Fatalf("%s object through the data-key codec: %v", name, err)
+		}
+	}
+	if _, err := open(plainPass, sealed); !errors.Is(err, ErrNoIdentity) || !strings.Contains(err.Error(), "data key") {
+		t.Fatalf("without the data key: %v, want ErrNoIdentity naming the data key", err)
+	}
+	cfg.DataKey = testIdentityB
+	if _, err := open(mustNew(t, cfg), sealed); !errors.Is(err, ErrWrongKey) {
+		t.Fatalf("another data key: %v, want ErrWrongKey", err)
+	}
+	for _, bad := range []Config{
+		{Encryption: "age", Recipients: []string{testRecipientA}, DataKey: testIdentityA},
+		{Encryption: "none", DataKey: testIdentityA},
+		{Encryption: "passphrase", Passphrase: "p", DataKey: "AGE-SECRET-KEY-1NOTAKEY"},
+	} {
+		if _, err := New(bad); !errors.Is(err, ErrConfig) {
+			t.Errorf("New(%+v) = %v, want ErrConfig", bad.Encryption, err)
+		}
 	}
 }

@@ -42,6 +42,9 @@ const (
 	EncryptionNone       Encryption = 0
 	EncryptionAge        Encryption = 1 // age, X25519 or hybrid post-quantum recipients
 	EncryptionPassphrase Encryption = 2 // age, scrypt passphrase
+	// EncryptionPassphraseKey: age, X25519 to the repository's data key, which is itself
+	// sealed with the passphrase (one scrypt per process instead of one per object).
+	EncryptionPassphraseKey Encryption = 3
 )
 
 func (e Encryption) String() string {
@@ -50,7 +53,7 @@ func (e Encryption) String() string {
 		return "none"
 	case EncryptionAge:
 		return "age"
-	case EncryptionPassphrase:
+	case EncryptionPassphrase, EncryptionPassphraseKey:
 		return "passphrase"
 	}
 	return fmt.Sprintf("encryption(%d)", uint8(e))
@@ -117,7 +120,7 @@ func ParseHeader(b []byte) (Header, error) {
 		return Header{}, fmt.Errorf("%w: unknown compression id %d (upgrade pgharbor?)", ErrUnknownFormat, b[5])
 	}
 	switch h.Encryption {
-	case EncryptionNone, EncryptionAge, EncryptionPassphrase:
+	case EncryptionNone, EncryptionAge, EncryptionPassphrase, EncryptionPassphraseKey:
 	default:
 		return Header{}, fmt.Errorf("%w: unknown encryption id %d (upgrade pgharbor?)", ErrUnknownFormat, b[6])
 	}
