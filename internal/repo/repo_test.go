@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/pgharbor/pgharbor/internal/repo"
@@ -91,5 +92,48 @@ func TestClusterNamesAreValidated(t *testing.T) {
 		if _, err := repo.New(mem.New(), newCodec(t), name); err == nil {
 			t.Errorf("cluster name %q accepted", name)
 		}
+	}
+}
+
+// The data key of a passphrase cluster is made once: processes that open the cluster at the
+// same time get the same key, later ones read it back, and a wrong passphrase cannot.
+func TestDataKeyIsCreatedOnceAndSealedWithThePassphrase(t *testing.T) {
+	b := mem.New()
+	open := func(pass string) *repo.Repo {
+		c, err := codec.New(codec.Config{Encryption: "passphrase", Passphrase: pass, ScryptWorkFactor: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := repo.New(b, c, "main")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	keys := make([]string, 4)
+	var wg sync.WaitGroup
+	for i := range keys {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			k, err := open("pass").DataKey(t.Context())
+			if err != nil {
+				t.Error(err)
+			}
+			keys[i] = k
+		}()
+	}
+	wg.Wait()
+	again, err := open("pass").DataKey(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if k != again || !strings.HasPrefix(k, "AGE-SECRET-KEY-1") {
+			t.Fatalf("data keys differ or are malformed: %q vs %q", k, again)
+		}
+	}
+	if _, err := open("other").DataKey(t.Context()); !errors.Is(err, codec.ErrWrongKey) {
+		t.Fatalf("wrong passphrase: %v, want ErrWrongKey", err)
 	}
 }
