@@ -666,8 +666,9 @@ func (s *Server) handleConn(ctx context.Context, conn net.Conn) {
 		fail(fatal(sqlstateFeatureNotSupp, "replication connections are not supported by the pool; connect to PostgreSQL directly"))
 		return
 	}
-	mr := msgReader{r: bufio.NewReaderSize(conn, bufSize)}
-	cw := bufio.NewWriterSize(conn, bufSize)
+	rw := socketIO(conn)
+	mr := msgReader{r: bufio.NewReaderSize(rw, bufSize)}
+	cw := bufio.NewWriterSize(rw, bufSize)
 	creds, err := s.authenticate(ctx, conn, &mr, cw, user, db)
 	if err != nil {
 		var pe *pgError

@@ -85,7 +85,8 @@ func loginServer(conn net.Conn, cfg *Config, host, db string, creds serverCreds)
 			return nil, err
 		}
 	}
-	sc := &serverConn{conn: conn, mr: msgReader{r: bufio.NewReaderSize(conn, bufSize)}, w: bufio.NewWriterSize(conn, bufSize),
+	rw := socketIO(conn)
+	sc := &serverConn{conn: conn, mr: msgReader{r: bufio.NewReaderSize(rw, bufSize)}, w: bufio.NewWriterSize(rw, bufSize),
 		params: map[string]string{}, dirty: map[string]bool{}, prepared: map[uint64]bool{}, created: time.Now()}
 	start := &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": creds.user, "database": db}}
 	buf := appendMsg(nil, start)

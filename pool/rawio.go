@@ -1,0 +1,90 @@
+package pool
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+)
+
+// socketIO returns what the pool's buffered readers and writers use for conn: for a plain
+// TCP or unix socket, a rawSocket; otherwise (TLS) conn itself.
+func socketIO(conn net.Conn) io.ReadWriter {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return conn
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return conn
+	}
+	return &rawSocket{rc: rc}
+}
+
+// rawSocket reads and writes a socket with raw system calls inside the runtime's poller
+// (RawConn), instead of through net.Conn's Read and Write. The socket is non-blocking, so a
+// call never waits: it returns data, or EAGAIN and the poller parks the goroutine until the
+// socket is ready, as net.Conn does. What it skips is the scheduler's bookkeeping around a
+// system call. On the virtual machines pgharbor is measured on, a loopback write that wakes
+// the peer often takes longer than the 20 µs after which the runtime's monitor thread hands
+// the goroutine's processor to another thread; that hand-off, and the monitor polling every
+// 20 µs because it keeps finding such calls, cost more CPU than the writes themselves under
+// a pgbench -S load. Deadlines and Close work as for the net.Conn (same poller descriptor).
+type rawSocket struct {
+	rc syscall.RawConn
+}
+
+func (s *rawSocket) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	var n uintptr
+	var errno syscall.Errno
+	err := s.rc.Read(func(fd uintptr) bool {
+		for {
+			n, _, errno = syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+			switch errno {
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				return false
+			}
+			return true
+		}
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case errno != 0:
+		return 0, os.NewSyscallError("read", errno)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return int(n), nil
+}
+
+func (s *rawSocket) Write(p []byte) (int, error) {
+	done := 0
+	var errno syscall.Errno
+	err := s.rc.Write(func(fd uintptr) bool {
+		for done < len(p) {
+			n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[done])), uintptr(len(p)-done))
+			switch e {
+			case 0:
+				done += int(n)
+			case syscall.EINTR:
+			case syscall.EAGAIN:
+				return false
+			default:
+				errno = e
+				return true
+			}
+		}
+		return true
+	})
+	if err == nil && errno != 0 {
+		err = os.NewSyscallError("write", errno)
+	}
+	return done, err
+}
