@@ -2,6 +2,7 @@ package backup
 
 import (
 	"archive/tar"
+	"bufio"
 	"context"
 	"encoding/binary"
 	"encoding/hex"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgharbor/pgharbor/internal/repo"
 	"github.com/pgharbor/pgharbor/storage"
@@ -186,6 +188,12 @@ func replicationConn(ctx context.Context, connString string) (*pgconn.PgConn, er
 	}
 	cfg.RuntimeParams["replication"] = "true"
 	cfg.RuntimeParams["application_name"] = "pgharbor backup"
+	// The backup arrives as a stream of CopyData messages, which pgx reads one system call
+	// per message (PostgreSQL 15 writes them in 8 KiB pieces); a large buffer in front
+	// takes whatever the socket holds in one call.
+	cfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
+		return pgproto3.NewFrontend(bufio.NewReaderSize(r, 256<<10), w)
+	}
 	c, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("replication connection (the user needs REPLICATION and pg_hba.conf a replication line): %w", err)
