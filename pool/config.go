@@ -40,7 +40,9 @@ const (
 	DefaultServerLifetime       = 3600 * time.Second
 	DefaultServerConnectTimeout = 15 * time.Second
 	DefaultServerCheckDelay     = 30 * time.Second
-	DefaultAuthQuery            = "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1"
+	// DefaultMaxPreparedStatements is PgBouncer's default for the same setting.
+	DefaultMaxPreparedStatements = 200
+	DefaultAuthQuery             = "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1"
 )
 
 // Config is the `pool:` section of pgharbor.yaml. Durations are Go durations ("30s").
@@ -53,6 +55,10 @@ type Config struct {
 	DefaultPoolSize int      `yaml:"default_pool_size"` // max server connections per (node, database, user)
 	MinPoolSize     int      `yaml:"min_pool_size"`     // idle server connections kept open per pool
 	MaxClientConn   int      `yaml:"max_client_conn"`   // client connections accepted at once
+	// MaxPreparedStatements caps the protocol-level prepared statements the pool keeps
+	// prepared on each server connection in transaction mode; beyond it the least recently
+	// used one is closed (and prepared again when a client uses it).
+	MaxPreparedStatements int `yaml:"max_prepared_statements"`
 
 	ServerIdleTimeout    time.Duration `yaml:"server_idle_timeout"`    // close server connections idle this long
 	QueryWaitTimeout     time.Duration `yaml:"query_wait_timeout"`     // max wait for a server connection (or a paused pool)
@@ -131,6 +137,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxClientConn == 0 {
 		c.MaxClientConn = DefaultMaxClientConn
+	}
+	if c.MaxPreparedStatements == 0 {
+		c.MaxPreparedStatements = DefaultMaxPreparedStatements
+	}
+	if c.MaxPreparedStatements < 0 {
+		return c, fmt.Errorf("pool: max_prepared_statements %d: want a positive number", c.MaxPreparedStatements)
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {

@@ -215,6 +215,7 @@ func TestPool(t *testing.T) {
 	t.Run("ClientTLS", func(t *testing.T) { testClientTLS(t, f) })
 	t.Run("MarkDownEvictsIdleSessionsAndHoldsNewTransactions", func(t *testing.T) { testMarkDown(t, f) })
 	t.Run("PreparedStatementsFollowClientsAcrossServerConnections", func(t *testing.T) { testPreparedChurn(t, f) })
+	t.Run("PreparedStatementsPerServerAreCapped", func(t *testing.T) { testPreparedCap(t, f) })
 	t.Run("LargeMessagesBatchesAndPipelines", func(t *testing.T) { testLargeAndPipelined(t, f) })
 	t.Run("LimitsTimeoutsUnixSocketServerTLSMode", func(t *testing.T) { testLimits(t, f) })
 	t.Run("StartsDegradedWithAnUnreachableStandby", func(t *testing.T) {
@@ -947,6 +948,62 @@ func testPreparedChurn(t *testing.T, f *fixture) {
 	out := pgbench(t, s, "postgres", "-n", "-c", "2", "-j", "2", "-t", "20", "-M", "prepared")
 	if !strings.Contains(out, "40/40") {
 		t.Fatalf("pgbench: %s", out)
+	}
+}
+
+// testPreparedCap: with max_prepared_statements 3 and one server connection, twelve
+// statements used round after round (pgx prepares each) all keep answering right, while
+// the server never holds more than three; inside a transaction block nothing is closed
+// (a portal could depend on it) and the connection catches up after COMMIT.
+func testPreparedCap(t *testing.T, f *fixture) {
+	cfg := baseConfig(f, ModeTransaction)
+	cfg.DefaultPoolSize = 1
+	cfg.MaxPreparedStatements = 3
+	s := startPool(t, cfg)
+	c := connect(t, s, "postgres", "postgres")
+	ctx := t.Context()
+	onServer := func() int {
+		var n int
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_prepared_statements", pgx.QueryExecModeSimpleProtocol).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for round := 0; round < 3; round++ {
+		for i := 0; i < 12; i++ {
+			var got int
+			if err := c.QueryRow(ctx, fmt.Sprintf("SELECT $1::int + %d", i), round).Scan(&got); err != nil || got != round+i {
+				t.Fatalf("round %d statement %d: %d, %v", round, i, got, err)
+			}
+			if n := onServer(); n > 3 {
+				t.Fatalf("round %d statement %d: %d statements prepared on the server, want <= 3", round, i, n)
+			}
+		}
+	}
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 6; i++ {
+		var got int
+		if err := tx.QueryRow(ctx, fmt.Sprintf("SELECT $1::int * %d", i+2), 10).Scan(&got); err != nil || got != 10*(i+2) {
+			t.Fatalf("in a transaction, statement %d: %d, %v", i, got, err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := onServer(); n < 6 {
+		t.Fatalf("%d statements on the server after six in one transaction block: something was closed inside it", n)
+	}
+	for i := 0; i < 12; i++ {
+		var got int
+		if err := c.QueryRow(ctx, fmt.Sprintf("SELECT $1::int + %d", i), 1).Scan(&got); err != nil || got != 1+i {
+			t.Fatalf("after the transaction, statement %d: %d, %v", i, got, err)
+		}
+	}
+	if n := onServer(); n > 3 {
+		t.Fatalf("%d statements on the server once idle again, want the cap (3)", n)
 	}
 }
 

@@ -19,11 +19,18 @@ import (
 // noopStmt is a statement name used for no-op Parse/Close pairs.
 const noopStmt = "pgharbor_noop"
 
-// stmtRegistry maps Parse contents (query and parameter types) to ids. Safe for concurrent use.
+// stmtRegistry maps Parse contents (query and parameter types) to ids. Safe for concurrent
+// use. Ids are never reused; when the map reaches maxRegistered entries (an application that
+// prepares ever new query texts) it starts over, so memory stays bounded: statements seen
+// again get new ids and are prepared once more on the servers, where the old ones age out
+// under max_prepared_statements.
 type stmtRegistry struct {
-	mu  sync.RWMutex
-	ids map[string]uint64
+	mu   sync.RWMutex
+	ids  map[string]uint64
+	last uint64
 }
+
+const maxRegistered = 100_000
 
 func (r *stmtRegistry) id(key []byte) uint64 {
 	r.mu.RLock()
@@ -37,7 +44,11 @@ func (r *stmtRegistry) id(key []byte) uint64 {
 	if id, ok := r.ids[string(key)]; ok {
 		return id
 	}
-	id = uint64(len(r.ids) + 1)
+	if len(r.ids) >= maxRegistered {
+		r.ids = make(map[string]uint64)
+	}
+	r.last++
+	id = r.last
 	r.ids[string(key)] = id
 	return id
 }

@@ -35,7 +35,10 @@ type serverConn struct {
 	params map[string]string
 	dirty  map[string]bool
 	// prepared holds the ids (see stmtRegistry) of statements prepared on this connection.
-	prepared map[uint64]bool
+	// The value is the batch (see batch) that last used the statement.
+	prepared map[uint64]uint64
+	// batch counts the Syncs and Queries sent on this connection.
+	batch uint64
 	// login is the ParameterStatus set the server sent at login (canonical names).
 	login []pgproto3.ParameterStatus
 
@@ -87,7 +90,7 @@ func loginServer(conn net.Conn, cfg *Config, host, db string, creds serverCreds)
 	}
 	rw := socketIO(conn)
 	sc := &serverConn{conn: conn, mr: msgReader{r: bufio.NewReaderSize(rw, bufSize)}, w: bufio.NewWriterSize(rw, bufSize),
-		params: map[string]string{}, dirty: map[string]bool{}, prepared: map[uint64]bool{}, created: time.Now()}
+		params: map[string]string{}, dirty: map[string]bool{}, prepared: map[uint64]uint64{}, created: time.Now()}
 	start := &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": creds.user, "database": db}}
 	buf := appendMsg(nil, start)
 	if _, err := conn.Write(buf); err != nil {

@@ -378,6 +378,7 @@ func (s *session) account(sc *serverConn, typ byte) {
 	case 'S', 'Q':
 		s.pending++
 		s.syncSeq++
+		sc.batch++
 		s.inBatch = false
 		s.lastQuery = time.Now()
 	case 'd', 'c', 'f':
@@ -423,16 +424,18 @@ func (s *session) handleStmtMsg(ctx context.Context, typ byte, msg []byte) error
 		s.stmts[name] = st
 		s.mu.Lock()
 		seq := s.syncSeq + 1
-		if sc.prepared[st.id] {
+		if _, ok := sc.prepared[st.id]; ok {
+			sc.prepared[st.id] = sc.batch
 			out = encodeParse(nil, noopStmt, []byte{0, 0, 0})
 			out = encodeClose(out, noopStmt)
 			s.parseQ = append(s.parseQ, parseEntry{seq: seq, kind: '1'}, parseEntry{seq: seq, kind: '3', swallow: true})
 		} else {
 			// Close first: harmless when absent, and right if a DISCARD or DEALLOCATE we
 			// could not see through left our bookkeeping behind the server's.
-			out = encodeClose(nil, serverStmtName(st.id))
+			out = s.evictLocked(sc, nil, seq)
+			out = encodeClose(out, serverStmtName(st.id))
 			out = encodeParse(out, serverStmtName(st.id), st.rest)
-			sc.prepared[st.id] = true
+			sc.prepared[st.id] = sc.batch
 			s.parseQ = append(s.parseQ, parseEntry{seq: seq, kind: '3', swallow: true}, parseEntry{seq: seq, kind: '1', id: st.id})
 		}
 		s.mu.Unlock()
@@ -510,14 +513,44 @@ func (s *session) handleStmtMsg(ctx context.Context, typ byte, msg []byte) error
 func (s *session) reprepare(sc *serverConn, st *stmt, dst []byte) []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if sc.prepared[st.id] {
+	if _, ok := sc.prepared[st.id]; ok {
+		sc.prepared[st.id] = sc.batch
 		return dst
 	}
-	sc.prepared[st.id] = true
 	seq := s.syncSeq + 1
+	dst = s.evictLocked(sc, dst, seq)
+	sc.prepared[st.id] = sc.batch
 	s.parseQ = append(s.parseQ, parseEntry{seq: seq, kind: '3', swallow: true}, parseEntry{seq: seq, kind: '1', swallow: true, id: st.id})
 	dst = encodeClose(dst, serverStmtName(st.id))
 	return encodeParse(dst, serverStmtName(st.id), st.rest)
+}
+
+// evictLocked makes room for one more statement on sc when it holds max_prepared_statements:
+// it appends Closes of the least recently used ones (their CloseCompletes swallowed) to dst.
+// Only when that is safe: nothing outstanding and no transaction block open (so no portal
+// can still depend on a statement), and never a statement this batch already used. When
+// nothing qualifies the connection keeps one more for now. Caller holds s.mu.
+func (s *session) evictLocked(sc *serverConn, dst []byte, seq uint64) []byte {
+	max := s.srv.config().MaxPreparedStatements
+	if max <= 0 || len(sc.prepared) < max || s.pending > 0 || orIdle(s.txStatus) != 'I' {
+		return dst
+	}
+	for len(sc.prepared) >= max { // more than one after a transaction block ran over the cap
+		var victim, oldest uint64
+		found := false
+		for id, used := range sc.prepared {
+			if used < sc.batch && (!found || used < oldest || (used == oldest && id < victim)) {
+				victim, oldest, found = id, used, true
+			}
+		}
+		if !found {
+			break
+		}
+		delete(sc.prepared, victim)
+		s.parseQ = append(s.parseQ, parseEntry{seq: seq, kind: '3', swallow: true})
+		dst = encodeClose(dst, serverStmtName(victim))
+	}
+	return dst
 }
 
 // ensureAttached returns the attached server connection, attaching one when there is none.
@@ -1176,7 +1209,7 @@ func (s *session) resetServer(sc *serverConn, status byte) error {
 			}
 		}
 		sc.dirty = map[string]bool{}
-		sc.prepared = map[uint64]bool{}
+		sc.prepared = map[uint64]uint64{}
 	}
 	return nil
 }
