@@ -47,7 +47,10 @@ type Options struct {
 	// ArchiveOff writes archive_mode = off, so that a copy (a refreshed test database) never
 	// pushes its WAL into the repository it came from.
 	ArchiveOff bool
-	Logger     *slog.Logger
+	// NoSync skips flushing the restored files to disk (no write-back hints, no syncfs):
+	// faster, for throwaway copies; a crash soon after can leave the copy damaged.
+	NoSync bool
+	Logger *slog.Logger
 	// Progress, when set, is called with bytes written so far and the total to write.
 	Progress func(done, total int64)
 }
@@ -424,7 +427,9 @@ func (x *executor) writeBundle(ctx context.Context, n int, pieces []piece) error
 		// Start writing the piece back to disk now: the final syncfs then waits only for
 		// the tail, instead of for every byte written (with a large page cache nothing
 		// reaches the disk on its own until long after the restore wrote it).
-		startWriteback(fh, extentFileOffset(f, pc.ext), pc.ext.Length)
+		if !x.o.NoSync {
+			startWriteback(fh, extentFileOffset(f, pc.ext), pc.ext.Length)
+		}
 		if err := fh.Close(); err != nil {
 			return fmt.Errorf("close %s: %w", p, err)
 		}
@@ -496,6 +501,9 @@ func (x *executor) finish(pgManifest []byte, plan *Plan) error {
 		return err
 	}
 	for _, root := range x.roots {
+		if x.o.NoSync {
+			break
+		}
 		if err := syncFS(root); err != nil {
 			return fmt.Errorf("sync %s: %w", root, err)
 		}

@@ -18,7 +18,7 @@ import (
 type restoreFlags struct {
 	pgdata, targetTime, targetLSN, targetXID, targetName, target, timeline, action, label string
 	tsMap                                                                                 []string
-	delta, start, exclusive                                                               bool
+	delta, start, exclusive, noSync                                                       bool
 	workers, port                                                                         int
 	socketDir, archiveMode                                                                string
 	startTimeout                                                                          time.Duration
@@ -53,6 +53,7 @@ Targets (one of): --target-time, --target-lsn, --target-xid, --target-name,
 	fl.StringArrayVar(&f.tsMap, "tablespace-map", nil, "OLD=NEW: restore the tablespace at OLD (location or OID) into NEW (repeatable)")
 	fl.BoolVar(&f.delta, "delta", false, "reuse a non-empty data directory, rewriting only files whose checksum differs")
 	fl.IntVar(&f.workers, "workers", 4, "bundles downloaded and written in parallel")
+	fl.BoolVar(&f.noSync, "no-sync", false, "do not wait for the restored files to reach the disk (faster; for throwaway copies such as test databases: a crash soon after can damage the copy)")
 	fl.BoolVar(&f.start, "start", false, "start PostgreSQL afterwards and wait until recovery reached the target")
 	fl.IntVar(&f.port, "port", 5432, "with --start: the port to start PostgreSQL on")
 	fl.StringVar(&f.socketDir, "socket-dir", "", "with --start: unix socket directory (default: the restored setting)")
@@ -159,7 +160,7 @@ func (a *app) runRestore(cmd *cobra.Command, f restoreFlags) error {
 	start := time.Now()
 	res, err := restore.Execute(ctx, r, plan, restore.Options{
 		PGData: pgdata, TablespaceMap: tsMap, Delta: f.delta, Workers: f.workers,
-		RestoreCommand: restoreCmd, ArchiveOff: f.archiveMode == "off", Logger: a.logger, Progress: bar.update,
+		RestoreCommand: restoreCmd, ArchiveOff: f.archiveMode == "off", NoSync: f.noSync, Logger: a.logger, Progress: bar.update,
 	})
 	bar.finish()
 	if err != nil {
