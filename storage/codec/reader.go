@@ -84,21 +84,38 @@ func (c *Codec) NewReader(r io.Reader) (io.ReadCloser, error) {
 }
 
 func (c *Codec) decrypt(h Header, src *recorder) (io.Reader, error) {
-	if h.Encryption == EncryptionPassphraseKey {
-		return c.decryptDataKey(src)
-	}
 	var ids []age.Identity
-	for _, id := range c.identities {
-		_, scrypt := id.(*age.ScryptIdentity)
-		if scrypt == (h.Encryption == EncryptionPassphrase) {
-			ids = append(ids, id)
+	var missing string
+	var wrong func() string
+	switch h.Encryption {
+	case EncryptionPassphraseKey:
+		ids = c.dataIDs
+		missing = "object is sealed to the repository's data key, which the passphrase unlocks; configure the passphrase"
+		wrong = func() string {
+			return "the repository's data key does not open this object (it belongs to another repository or cluster, or its key block is damaged)"
+		}
+	case EncryptionPassphrase:
+		for _, id := range c.identities {
+			if _, scrypt := id.(*age.ScryptIdentity); scrypt {
+				ids = append(ids, id)
+			}
+		}
+		missing = "object is encrypted with a passphrase; configure the passphrase"
+		wrong = func() string { return "wrong passphrase for this object" }
+	default:
+		for _, id := range c.identities {
+			if _, scrypt := id.(*age.ScryptIdentity); !scrypt {
+				ids = append(ids, id)
+			}
+		}
+		missing = ErrNoIdentity.Error()
+		wrong = func() string {
+			return fmt.Sprintf("%s (the object was sealed to other recipients; check --identity, or the object's key block is damaged; configured identities: %s)",
+				ErrWrongKey, strings.Join(c.idFPs, ", "))
 		}
 	}
 	if len(ids) == 0 {
-		if h.Encryption == EncryptionPassphrase {
-			return nil, &keyError{"object is encrypted with a passphrase; configure the passphrase", ErrNoIdentity}
-		}
-		return nil, &keyError{ErrNoIdentity.Error(), ErrNoIdentity}
+		return nil, &keyError{missing, ErrNoIdentity}
 	}
 	ar, err := age.Decrypt(src, ids...)
 	if err == nil {
@@ -108,32 +125,8 @@ func (c *Codec) decrypt(h Header, src *recorder) (io.Reader, error) {
 	switch {
 	case src.err != nil:
 		return nil, fmt.Errorf("read object: %w", src.err)
-	case errors.As(err, &noMatch) && h.Encryption == EncryptionPassphrase:
-		return nil, &keyError{"wrong passphrase for this object", ErrWrongKey}
 	case errors.As(err, &noMatch):
-		return nil, &keyError{fmt.Sprintf("%s (the object was sealed to other recipients; check --identity, or the object's key block is damaged; configured identities: %s)",
-			ErrWrongKey, strings.Join(c.idFPs, ", ")), ErrWrongKey}
-	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || strings.Contains(err.Error(), "unexpected EOF") || strings.Contains(err.Error(), "file is empty"):
-		return nil, damaged(true, "in the age header", err)
-	}
-	return nil, damaged(false, "age header", err)
-}
-
-// decryptDataKey opens an object sealed to the repository's data key.
-func (c *Codec) decryptDataKey(src *recorder) (io.Reader, error) {
-	if len(c.dataIDs) == 0 {
-		return nil, &keyError{"object is sealed to the repository's data key, which the passphrase unlocks; configure the passphrase", ErrNoIdentity}
-	}
-	ar, err := age.Decrypt(src, c.dataIDs...)
-	if err == nil {
-		return ar, nil
-	}
-	var noMatch *age.NoIdentityMatchError
-	switch {
-	case src.err != nil:
-		return nil, fmt.Errorf("read object: %w", src.err)
-	case errors.As(err, &noMatch):
-		return nil, &keyError{"the repository's data key does not open this object (it belongs to another repository or cluster, or its key block is damaged)", ErrWrongKey}
+		return nil, &keyError{wrong(), ErrWrongKey}
 	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || strings.Contains(err.Error(), "unexpected EOF") || strings.Contains(err.Error(), "file is empty"):
 		return nil, damaged(true, "in the age header", err)
 	}
