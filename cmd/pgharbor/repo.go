@@ -87,6 +87,9 @@ version and WAL segment size, and from then on another server is refused.`,
 			if err != nil {
 				return fmt.Errorf("check %s: %w", r.Location(r.Key(repo.IdentityKey)), err)
 			}
+			if err := ensureDataKey(ctx, r); err != nil {
+				return err
+			}
 			id, err := r.Init(ctx, repo.Identity{})
 			if err != nil {
 				return err
@@ -214,4 +217,24 @@ func newRepoGetCmd(a *app) *cobra.Command {
 	cmd.Flags().BoolVar(&raw, "raw", false, "print the stored bytes without decoding")
 	cmd.Flags().StringVar(&out, "out", "", "write to FILE instead of standard output")
 	return cmd
+}
+
+// ensureDataKey makes the data key of a passphrase cluster before its identity is written,
+// so that every process that finds the cluster initialised also finds the key (and never
+// seals an object with a scrypt of its own). A cluster whose identity says another mode is
+// left alone: Init refuses it.
+func ensureDataKey(ctx context.Context, r *repo.Repo) error {
+	if repo.EncryptionMode(r.Codec()) != "passphrase" {
+		return nil
+	}
+	have, err := r.ReadIdentity(ctx)
+	switch {
+	case errors.Is(err, repo.ErrNotInitialized):
+	case err != nil:
+		return err
+	case have.Encryption != "passphrase":
+		return nil
+	}
+	_, err = r.DataKey(ctx, true)
+	return err
 }

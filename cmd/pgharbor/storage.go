@@ -104,12 +104,15 @@ func (a *app) openRepo(ctx context.Context, needIdentity bool) (*repo.Repo, erro
 	if err != nil || cc.Encryption != "passphrase" {
 		return r, err
 	}
-	// Passphrase mode: unlock (or create) the cluster's data key once, and seal new objects
-	// to it; a scrypt per object would cost about a second each.
-	key, err := r.DataKey(ctx)
-	if err != nil {
-		b.Close()
-		return nil, err
+	// Passphrase mode: unlock the cluster's data key once (`repo init` makes it) and seal
+	// new objects to it; a scrypt per object would cost about a second each. A cluster
+	// without one (initialised by an older pgharbor) keeps a scrypt per object.
+	key, err := r.DataKey(ctx, false)
+	if err != nil || key == "" {
+		if err != nil {
+			b.Close()
+		}
+		return r, err
 	}
 	cc.DataKey = key
 	if c, err = codec.New(cc); err != nil {

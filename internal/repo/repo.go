@@ -329,12 +329,13 @@ func (r *Repo) Attach(ctx context.Context, server Identity) (Identity, error) {
 // FormatSystemIdentifier renders a system identifier as PostgreSQL shows it.
 func FormatSystemIdentifier(v uint64) string { return strconv.FormatUint(v, 10) }
 
-// DataKey returns the data key of a passphrase-encrypted cluster, creating it on first use:
-// an age X25519 secret key stored at DataKeyKey, sealed with the passphrase (r's codec must
-// be in passphrase mode). New objects are then sealed to this key, so that the passphrase's
-// scrypt runs once per process, not once per object. Two processes creating it at once
-// agree: the first write wins and the other reads it back.
-func (r *Repo) DataKey(ctx context.Context) (string, error) {
+// DataKey returns the data key of a passphrase-encrypted cluster: an age X25519 secret key
+// stored at DataKeyKey, sealed with the passphrase (r's codec must be in passphrase mode).
+// New objects are sealed to this key, so that the passphrase's scrypt runs once per process,
+// not once per object. Without the key it returns "" and no error, unless create is set
+// (`repo init`): then it stores a new one. Two processes creating it at once agree: the
+// write is create-only and the loser reads the winner's key back.
+func (r *Repo) DataKey(ctx context.Context, create bool) (string, error) {
 	key := r.Key(DataKeyKey)
 	for attempt := 0; ; attempt++ {
 		data, err := r.GetBytes(ctx, key)
@@ -344,6 +345,9 @@ func (r *Repo) DataKey(ctx context.Context) (string, error) {
 				return "", fmt.Errorf("%s does not hold an age secret key: the object is damaged", r.Location(key))
 			}
 			return s, nil
+		}
+		if errors.Is(err, storage.ErrNotFound) && !create {
+			return "", nil
 		}
 		if !errors.Is(err, storage.ErrNotFound) || attempt > 0 {
 			return "", fmt.Errorf("read the data key: %w", err)

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/pgharbor/pgharbor/internal/repo"
+	"github.com/pgharbor/pgharbor/storage"
 	"github.com/pgharbor/pgharbor/storage/codec"
 	"github.com/pgharbor/pgharbor/storage/mem"
 )
@@ -110,13 +111,19 @@ func TestDataKeyIsCreatedOnceAndSealedWithThePassphrase(t *testing.T) {
 		}
 		return r
 	}
+	if k, err := open("pass").DataKey(t.Context(), false); k != "" || err != nil {
+		t.Fatalf("a cluster without a data key, read only: %q, %v; want none and nothing written", k, err)
+	}
+	if ok, err := storage.Exists(t.Context(), b, "main/"+repo.DataKeyKey); ok || err != nil {
+		t.Fatalf("reading made the data key (%v, %v)", ok, err)
+	}
 	keys := make([]string, 4)
 	var wg sync.WaitGroup
 	for i := range keys {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			k, err := open("pass").DataKey(t.Context())
+			k, err := open("pass").DataKey(t.Context(), true)
 			if err != nil {
 				t.Error(err)
 			}
@@ -124,7 +131,7 @@ func TestDataKeyIsCreatedOnceAndSealedWithThePassphrase(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	again, err := open("pass").DataKey(t.Context())
+	again, err := open("pass").DataKey(t.Context(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +140,7 @@ func TestDataKeyIsCreatedOnceAndSealedWithThePassphrase(t *testing.T) {
 			t.Fatalf("data keys differ or are malformed: %q vs %q", k, again)
 		}
 	}
-	if _, err := open("other").DataKey(t.Context()); !errors.Is(err, codec.ErrWrongKey) {
+	if _, err := open("other").DataKey(t.Context(), false); !errors.Is(err, codec.ErrWrongKey) {
 		t.Fatalf("wrong passphrase: %v, want ErrWrongKey", err)
 	}
 }
