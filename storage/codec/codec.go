@@ -162,11 +162,11 @@ func New(cfg Config) (*Codec, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.DataKey != "" && cfg.Encryption != "passphrase" {
+		return nil, fmt.Errorf("%w: a data key is only used in passphrase mode", ErrConfig)
+	}
 	switch cfg.Encryption {
 	case "age":
-		if cfg.DataKey != "" {
-			return nil, fmt.Errorf("%w: a data key is only used in passphrase mode", ErrConfig)
-		}
 		if len(recs) == 0 {
 			return nil, fmt.Errorf("%w: encryption is age but no recipients are configured (add an age1… public key; `pgharbor key generate` makes one)", ErrConfig)
 		}
@@ -196,9 +196,6 @@ func New(cfg Config) (*Codec, error) {
 			c.dataIDs = []age.Identity{id}
 		}
 	case "none":
-		if cfg.DataKey != "" {
-			return nil, fmt.Errorf("%w: a data key is only used in passphrase mode", ErrConfig)
-		}
 		if len(recs) > 0 {
 			return nil, fmt.Errorf("%w: encryption is none but recipients are configured; set encryption to age or remove the recipients", ErrConfig)
 		}
