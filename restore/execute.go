@@ -407,6 +407,7 @@ func (x *executor) writeBundle(ctx context.Context, n int, pieces []piece) error
 			return fmt.Errorf("open %s: %w", p, err)
 		}
 		fileOff := extentFileOffset(f, pc.ext)
+		pieceOff := fileOff
 		crc := uint32(0)
 		left := pc.ext.Length
 		for left > 0 {
@@ -428,7 +429,7 @@ func (x *executor) writeBundle(ctx context.Context, n int, pieces []piece) error
 		// the tail, instead of for every byte written (with a large page cache nothing
 		// reaches the disk on its own until long after the restore wrote it).
 		if !x.o.NoSync {
-			startWriteback(fh, extentFileOffset(f, pc.ext), pc.ext.Length)
+			startWriteback(fh, pieceOff, pc.ext.Length)
 		}
 		if err := fh.Close(); err != nil {
 			return fmt.Errorf("close %s: %w", p, err)
