@@ -100,7 +100,21 @@ func Execute(ctx context.Context, r *repo.Repo, plan *Plan, o Options) (*Result,
 		return nil, err
 	}
 	t1 := time.Now()
-	if err := x.fetch(ctx); err != nil {
+	if !o.NoSync {
+		dirs := make([]string, 0, len(roots))
+		for _, root := range roots {
+			dirs = append(dirs, root)
+		}
+		sort.Strings(dirs)
+		x.flush = startFlusher(dirs, o.Logger.Debug)
+	}
+	err = x.fetch(ctx)
+	if x.flush != nil {
+		if ferr := x.flush.stop(); err == nil {
+			err = ferr
+		}
+	}
+	if err != nil {
 		return nil, err
 	}
 	t2 := time.Now()
@@ -121,6 +135,7 @@ type executor struct {
 	res   Result
 	done  atomic.Int64
 	total int64
+	flush *flusher // nil with NoSync
 }
 
 // OwnerFor says who must own a restored data directory. When running as root: the owner of
@@ -428,8 +443,9 @@ func (x *executor) writeBundle(ctx context.Context, n int, pieces []piece) error
 		// Start writing the piece back to disk now: the final syncfs then waits only for
 		// the tail, instead of for every byte written (with a large page cache nothing
 		// reaches the disk on its own until long after the restore wrote it).
-		if !x.o.NoSync {
+		if x.flush != nil {
 			startWriteback(fh, pieceOff, pc.ext.Length)
+			x.flush.wrote(pc.ext.Length)
 		}
 		if err := fh.Close(); err != nil {
 			return fmt.Errorf("close %s: %w", p, err)
