@@ -389,12 +389,30 @@ func (x *executor) fetch(ctx context.Context) error {
 	x.res.Bundles = len(bundles)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(x.o.Workers)
-	for _, b := range bundles {
+	for _, b := range interleave(bundles, x.o.Workers) {
 		pieces := byBundle[b]
 		sort.Slice(pieces, func(i, j int) bool { return pieces[i].ext.Offset < pieces[j].ext.Offset })
 		g.Go(func() error { return x.writeBundle(gctx, b, pieces) })
 	}
 	return g.Wait()
+}
+
+// interleave orders bundles so that the ones written at the same time lie far apart: the
+// list is cut into n stretches and they take turns. Consecutive bundles usually hold
+// consecutive pieces of one large file, and writers of one file queue on its inode lock
+// (perf showed the kernel spinning on it for 3-4% of a restore's CPU).
+func interleave(bundles []int, n int) []int {
+	if n <= 1 || len(bundles) <= n {
+		return bundles
+	}
+	stretch := (len(bundles) + n - 1) / n
+	out := make([]int, 0, len(bundles))
+	for i := range stretch {
+		for j := i; j < len(bundles); j += stretch {
+			out = append(out, bundles[j])
+		}
+	}
+	return out
 }
 
 func (x *executor) writeBundle(ctx context.Context, n int, pieces []piece) error {

@@ -25,3 +25,28 @@ func TestFlusherSyncsAndReportsAFailedFlush(t *testing.T) {
 		t.Fatalf("a flush that failed must fail the restore and name the directory, got %v", err)
 	}
 }
+
+func TestInterleaveKeepsEveryBundleOnce(t *testing.T) {
+	for n := 1; n <= 5; n++ {
+		for size := 0; size <= 23; size++ {
+			in := make([]int, size)
+			for i := range in {
+				in[i] = i * 10
+			}
+			out := interleave(in, n)
+			seen := map[int]bool{}
+			for _, b := range out {
+				if seen[b] {
+					t.Fatalf("n=%d size=%d: bundle %d twice in %v", n, size, b, out)
+				}
+				seen[b] = true
+			}
+			if len(out) != size {
+				t.Fatalf("n=%d size=%d: got %d bundles: %v", n, size, len(out), out)
+			}
+			if n > 1 && size > n && out[1]-out[0] < 10*(size/n) {
+				t.Fatalf("n=%d size=%d: neighbours %d and %d are not a stretch apart", n, size, out[0], out[1])
+			}
+		}
+	}
+}
