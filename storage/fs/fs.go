@@ -24,6 +24,8 @@ import (
 	"strings"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/pgharbor/pgharbor/storage"
 )
 
@@ -129,6 +131,14 @@ func (b *Backend) Put(ctx context.Context, key string, r io.Reader, opts storage
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("put %s: fsync: %w", key, err)
 	}
+	// The object is on disk: drop it from the page cache (a hint; the pages are clean now).
+	// A repository is written far more than it is read, and what it holds is read back days
+	// later if ever, so caching it only pushes out what the host had cached: on a database
+	// host, PostgreSQL's own data. It also keeps a backup from growing the page cache, which
+	// is costly on virtual machines that back guest memory lazily: a 2.3 GB backup spent
+	// 2-3 s of system time more with the cache growing (bench/backup, 7.1 s against 9.2 s,
+	// medians of 3 alternating runs).
+	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("put %s: close: %w", key, err)
 	}
