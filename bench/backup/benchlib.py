@@ -9,6 +9,8 @@
                                   every 20 ms.
   benchlib.py gencopy MB          COPY BINARY stream of MB rows (id int, b bytea) of 1 MiB of
                                   os.urandom each, on stdout.
+  benchlib.py evict DIR...        drop the files below DIR from the page cache (posix_fadvise
+                                  DONTNEED after fsync), so the next read comes from disk.
   benchlib.py report RAW          the table (medians, min, max, ratios, targets) from RAW lines
                                   "metric tool round value".
 """
@@ -196,8 +198,26 @@ def cmd_report(argv):
         print("\n".join(verdicts))
 
 
+def cmd_evict(argv):
+    for top in argv:
+        for root, _, files in os.walk(top):
+            for name in files:
+                p = os.path.join(root, name)
+                if os.path.islink(p):
+                    continue
+                try:
+                    fd = os.open(p, os.O_RDONLY)
+                except OSError:
+                    continue  # a temporary file gone meanwhile
+                try:
+                    os.fsync(fd)
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+
+
 if __name__ == "__main__":
-    cmds = {"run": cmd_run, "gencopy": cmd_gencopy, "report": cmd_report}
+    cmds = {"run": cmd_run, "gencopy": cmd_gencopy, "report": cmd_report, "evict": cmd_evict}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

@@ -25,6 +25,10 @@
 #                 pgBackRest fsyncs files; the "+ sync" row puts every tool on equal footing).
 #                 Before a round's restores, an untimed write and delete of a file the size of
 #                 the data directory puts the first restore in the same state as the others.
+#                 Before each restore every repository is dropped from the page cache
+#                 (benchlib.py evict), untimed: a restore reads a backup from disk, as it would
+#                 days after the backup (pgharbor's filesystem driver drops what it writes from
+#                 the cache anyway; pgBackRest's repository would otherwise be read from memory).
 #   WAL archiving a bulk load writing ~$BENCH_WAL_MB MB of WAL with archive_command set (ALTER
 #                 SYSTEM + pg_reload_conf) to pgharbor wal push (filesystem repository), to
 #                 pgbackrest archive-push with archive-async=y (spool-path, process-max=2), and,
@@ -317,6 +321,8 @@ restore_one() { # restore_one TOOL ROUND
 	local t=$1 r=$2 dst=$WORK/restore s0 s1 synct
 	rm -rf "$dst"
 	as_pg mkdir -m 700 "$dst"
+	# A restore reads a backup taken long before: every tool reads its repository from disk.
+	python3 "$WORK/benchlib.py" evict "$WORK/pgh-repo" "$WORK/pgbr-repo-enc" "$WORK/pgbr-repo-plain" "$WORK/pgbb"
 	case $t in
 	pgharbor) measure "restore-$t-$r" "${PGH[@]}" restore --pgdata "$dst" ;;
 	pgbr_enc) measure "restore-$t-$r" pgbackrest --config "$WORK/pgbr-enc.conf" --stanza=bench --pg1-path="$dst" restore ;;
