@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"sync"
 	"sync/atomic"
 
@@ -122,6 +121,7 @@ func (p *pipeline) sealLoop() error {
 		return err
 	}
 	defer probe.Close()
+	var scratch []byte // compressed payload, reused
 	for b := range p.toSeal {
 		var buf *bytes.Buffer
 		select {
@@ -131,21 +131,12 @@ func (p *pipeline) sealLoop() error {
 			buf = new(bytes.Buffer)
 		}
 		buf.Grow(len(b.data) + len(b.data)/64 + 4096) // worst case: incompressible, plus framing
-		var w io.WriteCloser
-		var err error
-		if p.r.Codec().Compresses() && !probe.compressible(b.data) {
-			w, err = p.r.Codec().NewWriterStored(buf)
+		stored := p.r.Codec().Compresses() && !probe.compressible(b.data)
+		if stored {
 			p.uncompressed.Add(1)
-		} else {
-			w, err = p.r.Codec().NewWriter(buf)
 		}
+		scratch, err = p.r.Codec().SealAll(buf, b.data, stored, scratch)
 		if err != nil {
-			return err
-		}
-		if _, err := w.Write(b.data); err != nil {
-			return fmt.Errorf("seal bundle %d: %w", b.n, err)
-		}
-		if err := w.Close(); err != nil {
 			return fmt.Errorf("seal bundle %d: %w", b.n, err)
 		}
 		p.free <- b.data[:0]

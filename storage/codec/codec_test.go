@@ -820,3 +820,46 @@ func TestPassphraseDataKey(t *testing.T) {
 		}
 	}
 }
+
+func TestSealAllMatchesTheStreamingWriter(t *testing.T) {
+	payloads := map[string][]byte{
+		"0B":          {},
+		"1B":          {0x42},
+		"1MiBRandom":  randomData(1<<20, 3),
+		"4MiBPgLike":  pgLikeData(4<<20, 4),
+		"9MiBPgLike":  pgLikeData(9<<20, 5), // more than the zstd window: not one segment
+		"64KiBPgLike": pgLikeData(64<<10, 6),
+	}
+	forEachCombo(t, func(t *testing.T, c *Codec) {
+		var scratch []byte
+		for name, payload := range payloads {
+			for _, stored := range []bool{false, true} {
+				var buf bytes.Buffer
+				var err error
+				scratch, err = c.SealAll(&buf, payload, stored, scratch)
+				if err != nil {
+					t.Fatalf("%s stored=%v: %v", name, stored, err)
+				}
+				h, err := ParseHeader(buf.Bytes())
+				if err != nil {
+					t.Fatalf("%s: header: %v", name, err)
+				}
+				want := c.Header()
+				if stored {
+					want.Compression = CompressionNone
+				}
+				if h != want {
+					t.Fatalf("%s stored=%v: header %+v, want %+v", name, stored, h, want)
+				}
+				got, err := open(c, buf.Bytes())
+				if err != nil || !bytes.Equal(got, payload) {
+					t.Fatalf("%s stored=%v: round trip: %d bytes in, %d out, %v", name, stored, len(payload), len(got), err)
+				}
+				streamed := seal(t, c, payload)
+				if h.Compression == CompressionZstd && len(payload) > 1<<20 && buf.Len() > len(streamed)+len(streamed)/20 {
+					t.Errorf("%s: SealAll made %d bytes, the streaming writer %d", name, buf.Len(), len(streamed))
+				}
+			}
+		}
+	})
+}

@@ -25,7 +25,7 @@ var errWriterClosed = errors.New("codec: write after close")
 // incomplete and must be discarded. Memory is bounded (one zstd window plus one age chunk)
 // whatever the payload size.
 func (c *Codec) NewWriter(w io.Writer) (io.WriteCloser, error) {
-	return c.newWriter(w, c.header)
+	return c.newWriter(w, c.header, true)
 }
 
 // NewWriterStored is NewWriter without compression, for payloads the caller knows do not
@@ -34,7 +34,7 @@ func (c *Codec) NewWriter(w io.Writer) (io.WriteCloser, error) {
 func (c *Codec) NewWriterStored(w io.Writer) (io.WriteCloser, error) {
 	h := c.header
 	h.Compression = CompressionNone
-	return c.newWriter(w, h)
+	return c.newWriter(w, h, true)
 }
 
 // Compresses reports whether objects from NewWriter are compressed.
@@ -45,7 +45,7 @@ func (c *Codec) Compresses() bool { return c.header.Compression != CompressionNo
 func (c *Codec) NewWriterDigest(w io.Writer, digest [DigestSize]byte) (io.WriteCloser, error) {
 	h := c.header
 	h.HasDigest, h.Digest = true, digest
-	return c.newWriter(w, h)
+	return c.newWriter(w, h, true)
 }
 
 // SealDigest seals plain with its SHA-256 in the header and returns both.
@@ -66,7 +66,37 @@ func (c *Codec) SealDigest(plain []byte) ([]byte, [DigestSize]byte, error) {
 	return buf.Bytes(), digest, nil
 }
 
-func (c *Codec) newWriter(w io.Writer, h Header) (io.WriteCloser, error) {
+// SealAll writes to w the object NewWriter (or NewWriterStored, when stored) would make of
+// plain, for a payload held whole in memory: zstd compresses it in one call (EncodeAll)
+// into scratch instead of through the streaming encoder, which copies every byte into its
+// own buffers first. It returns scratch, grown as needed, for the caller's next call.
+func (c *Codec) SealAll(w io.Writer, plain []byte, stored bool, scratch []byte) ([]byte, error) {
+	h := c.header
+	if stored {
+		h.Compression = CompressionNone
+	}
+	payload := plain
+	if h.Compression == CompressionZstd {
+		enc, err := c.wholeEncoder()
+		if err != nil {
+			return scratch, err
+		}
+		scratch = enc.EncodeAll(plain, scratch[:0])
+		payload = scratch
+	}
+	ow, err := c.newWriter(w, h, false)
+	if err != nil {
+		return scratch, err
+	}
+	if _, err := ow.Write(payload); err != nil {
+		return scratch, err
+	}
+	return scratch, ow.Close()
+}
+
+// newWriter starts an object with header h on w. Without encode, the caller writes the
+// payload already compressed as h says.
+func (c *Codec) newWriter(w io.Writer, h Header, encode bool) (io.WriteCloser, error) {
 	hdr := h.Append(make([]byte, 0, MaxHeaderSize))
 	ow := &writer{c: c, dst: w}
 	if h.Encryption == EncryptionNone {
@@ -92,7 +122,7 @@ func (c *Codec) newWriter(w io.Writer, h Header) (io.WriteCloser, error) {
 		inner = aw
 	}
 	ow.top = inner
-	if h.Compression == CompressionZstd {
+	if h.Compression == CompressionZstd && encode {
 		enc, err := c.getEncoder(inner)
 		if err != nil {
 			return nil, err
