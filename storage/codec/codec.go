@@ -125,13 +125,16 @@ type Codec struct {
 	wholeOnce sync.Once
 	whole     *zstd.Encoder
 	wholeErr  error
-	decPool   sync.Pool // *zstd.Decoder
+	// decoders is a free list of zstd decoders, a channel rather than a sync.Pool: the
+	// garbage collector empties a pool, and a new decoder allocates and zeroes its window
+	// again for the next object.
+	decoders chan *zstd.Decoder
 }
 
 // New validates cfg and returns a Codec. Errors wrap ErrConfig and say which setting is
 // wrong; they never contain secret key material.
 func New(cfg Config) (*Codec, error) {
-	c := &Codec{header: Header{Version: FormatVersion}}
+	c := &Codec{header: Header{Version: FormatVersion}, decoders: make(chan *zstd.Decoder, runtime.GOMAXPROCS(0)+2)}
 
 	switch cfg.Compression {
 	case "", "zstd":
@@ -289,11 +292,13 @@ func (c *Codec) putEncoder(enc *zstd.Encoder) {
 }
 
 func (c *Codec) getDecoder(r io.Reader) (*zstd.Decoder, error) {
-	if dec, ok := c.decPool.Get().(*zstd.Decoder); ok {
+	select {
+	case dec := <-c.decoders:
 		if err := dec.Reset(r); err != nil {
 			return nil, fmt.Errorf("zstd decoder: %w", err)
 		}
 		return dec, nil
+	default:
 	}
 	dec, err := zstd.NewReader(r,
 		zstd.WithDecoderConcurrency(1), // synchronous: no goroutines, memory ≈ one window
@@ -309,7 +314,11 @@ func (c *Codec) getDecoder(r io.Reader) (*zstd.Decoder, error) {
 
 func (c *Codec) putDecoder(dec *zstd.Decoder) {
 	_ = dec.Reset(nil) // drop the reference to the caller's reader; the error is expected
-	c.decPool.Put(dec)
+	select {
+	case c.decoders <- dec:
+	default:
+		dec.Close()
+	}
 }
 
 // Header returns the header new objects get.
