@@ -463,7 +463,7 @@ func (x *executor) writeBundle(ctx context.Context, n int, pieces []piece) error
 		// reaches the disk on its own until long after the restore wrote it).
 		if x.flush != nil {
 			startWriteback(fh, pieceOff, pc.ext.Length)
-			x.flush.wrote(pc.ext.Length)
+			x.flush.wrote(p, pieceOff, pc.ext.Length)
 		}
 		if err := fh.Close(); err != nil {
 			return fmt.Errorf("close %s: %w", p, err)

@@ -2,14 +2,19 @@ package restore
 
 import (
 	"fmt"
+	"os"
+	"sort"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // flushEvery is how many bytes a restore writes between two background flushes.
 const flushEvery = 256 << 20
 
-// flusher makes a restore's writes durable while it runs, instead of all at the end.
+// flusher makes a restore's writes durable while it runs, instead of all at the end, and
+// keeps the page cache the restore uses small.
 //
 // Every flushEvery bytes written it calls syncfs on the restore's file systems from its own
 // goroutine, so the disk works while the workers decrypt and decompress, and the final
@@ -18,6 +23,15 @@ const flushEvery = 256 << 20
 // alternating runs). The sync_file_range hint after each piece alone (startWriteback) left
 // the final wait at about a second.
 //
+// After each flush it drops what was written before it from the page cache (clean by then).
+// A restore reads none of it back, so caching it only pushes out what the host had cached,
+// and the dropped pages are the ones the next writes reuse. On a virtual machine whose
+// memory the host backs lazily (a new VM; one that handed free memory back), every page the
+// cache grows into costs a fault in the host: a 2.4 GB restore that grew the cache took
+// 7-9 s with 9-12 s of system time instead of 3 s, and a 900 MB dd 2.1-2.3 s of system time
+// against 0.1 s into reused pages. Where memory is recycled anyway, dropping costs about
+// 0.1-0.2 s of a 3.3 s restore (freeing the pages the next rm -rf would otherwise free).
+//
 // A flush that fails fails the restore: syncfs reports a write-back error only to a caller
 // that opened the file system before the error, so a later syncfs might not see it.
 type flusher struct {
@@ -25,8 +39,9 @@ type flusher struct {
 	log   func(msg string, args ...any)
 
 	mu      sync.Mutex
-	written int64 // bytes written since the last flush began
-	err     error // the first failed flush
+	pending []writtenRange // written since the last flush began
+	written int64          // bytes in pending
+	err     error          // the first failed flush
 
 	wake chan struct{}
 	done chan struct{}
@@ -38,9 +53,16 @@ func startFlusher(roots []string, log func(string, ...any)) *flusher {
 	return f
 }
 
-// wrote records that n more bytes were written.
-func (f *flusher) wrote(n int64) {
+// writtenRange is n bytes written at off of the file at path.
+type writtenRange struct {
+	path   string
+	off, n int64
+}
+
+// wrote records that n bytes were written at off of the file at path.
+func (f *flusher) wrote(path string, off, n int64) {
 	f.mu.Lock()
+	f.pending = append(f.pending, writtenRange{path, off, n})
 	f.written += n
 	due := f.written >= flushEvery
 	f.mu.Unlock()
@@ -56,8 +78,8 @@ func (f *flusher) run() {
 	defer close(f.done)
 	for range f.wake {
 		f.mu.Lock()
-		n := f.written
-		f.written = 0
+		batch, n := f.pending, f.written
+		f.pending, f.written = nil, 0
 		f.mu.Unlock()
 		t := time.Now()
 		for _, root := range f.roots {
@@ -70,6 +92,7 @@ func (f *flusher) run() {
 				return
 			}
 		}
+		dropCached(batch)
 		f.log("restore flushed", "bytes", n, "took", time.Since(t))
 	}
 }
@@ -81,4 +104,35 @@ func (f *flusher) stop() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.err
+}
+
+// dropCached removes written (and since flushed, so clean) ranges from the page cache. Only
+// a hint: errors are ignored.
+func dropCached(rs []writtenRange) {
+	sort.Slice(rs, func(i, j int) bool {
+		if rs[i].path != rs[j].path {
+			return rs[i].path < rs[j].path
+		}
+		return rs[i].off < rs[j].off
+	})
+	var fh *os.File
+	open := ""
+	for _, r := range rs {
+		if r.path != open {
+			if fh != nil {
+				fh.Close()
+			}
+			open = r.path
+			var err error
+			if fh, err = os.Open(r.path); err != nil {
+				fh = nil
+			}
+		}
+		if fh != nil {
+			_ = unix.Fadvise(int(fh.Fd()), r.off, r.n, unix.FADV_DONTNEED)
+		}
+	}
+	if fh != nil {
+		fh.Close()
+	}
 }
