@@ -80,9 +80,9 @@ func TestStoredWriterSkipsCompressionAndReadsBack(t *testing.T) {
 	}
 	plain := bytes.Repeat([]byte("x"), 100000)
 	var buf bytes.Buffer
-	w, _ := c.NewWriterStored(&buf)
-	w.Write(plain)
-	w.Close()
+	if _, err := c.SealAll(&buf, plain, true, nil); err != nil {
+		t.Fatal(err)
+	}
 	h, err := ReadHeader(bytes.NewReader(buf.Bytes()))
 	if err != nil || h.Compression != CompressionNone || h.Encryption != EncryptionAge {
 		t.Fatalf("header %+v %v", h, err)

@@ -28,15 +28,6 @@ func (c *Codec) NewWriter(w io.Writer) (io.WriteCloser, error) {
 	return c.newWriter(w, c.header, true)
 }
 
-// NewWriterStored is NewWriter without compression, for payloads the caller knows do not
-// compress (random bytes, already compressed data): zstd would spend CPU at both ends for
-// nothing. Readers need no setting: the header says so.
-func (c *Codec) NewWriterStored(w io.Writer) (io.WriteCloser, error) {
-	h := c.header
-	h.Compression = CompressionNone
-	return c.newWriter(w, h, true)
-}
-
 // Compresses reports whether objects from NewWriter are compressed.
 func (c *Codec) Compresses() bool { return c.header.Compression != CompressionNone }
 
@@ -66,10 +57,12 @@ func (c *Codec) SealDigest(plain []byte) ([]byte, [DigestSize]byte, error) {
 	return buf.Bytes(), digest, nil
 }
 
-// SealAll writes to w the object NewWriter (or NewWriterStored, when stored) would make of
-// plain, for a payload held whole in memory: zstd compresses it in one call (EncodeAll)
-// into scratch instead of through the streaming encoder, which copies every byte into its
-// own buffers first. It returns scratch, grown as needed, for the caller's next call.
+// SealAll writes to w the object NewWriter would make of plain, for a payload held whole in
+// memory. zstd compresses it in one call (EncodeAll) into scratch, instead of through the
+// streaming encoder, which first copies every byte into its own buffers; SealAll returns
+// scratch, grown as needed, for the caller's next call. With stored, the payload is not
+// compressed: for payloads the caller knows do not compress (random bytes, compressed data);
+// readers need no setting, the header says so.
 func (c *Codec) SealAll(w io.Writer, plain []byte, stored bool, scratch []byte) ([]byte, error) {
 	h := c.header
 	if stored {
