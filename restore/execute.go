@@ -50,7 +50,11 @@ type Options struct {
 	// NoSync skips flushing the restored files to disk (no write-back hints, no syncfs):
 	// faster, for throwaway copies; a crash soon after can leave the copy damaged.
 	NoSync bool
-	Logger *slog.Logger
+	// FlushAfter is how many bytes are written between two background flushes (syncfs, then
+	// the flushed pages leave the page cache); 0 means DefaultFlushAfter, negative flushes
+	// only at the end.
+	FlushAfter int64
+	Logger     *slog.Logger
 	// Progress, when set, is called with bytes written so far and the total to write.
 	Progress func(done, total int64)
 }
@@ -106,7 +110,11 @@ func Execute(ctx context.Context, r *repo.Repo, plan *Plan, o Options) (*Result,
 			dirs = append(dirs, root)
 		}
 		sort.Strings(dirs)
-		x.flush = startFlusher(dirs, o.Logger.Debug)
+		every := o.FlushAfter
+		if every == 0 {
+			every = DefaultFlushAfter
+		}
+		x.flush = startFlusher(dirs, every, o.Logger.Debug)
 	}
 	err = x.fetch(ctx)
 	if x.flush != nil {

@@ -9,17 +9,17 @@ import (
 func TestFlusherSyncsAndReportsAFailedFlush(t *testing.T) {
 	nop := func(string, ...any) {}
 
-	ok := startFlusher([]string{t.TempDir()}, nop)
-	ok.wrote("/nonexistent/a", 0, flushEvery)
+	ok := startFlusher([]string{t.TempDir()}, DefaultFlushAfter, nop)
+	ok.wrote("/nonexistent/a", 0, DefaultFlushAfter)
 	ok.wrote("/nonexistent/b", 0, 1)
 	if err := ok.stop(); err != nil {
 		t.Fatalf("flush of a working directory: %v", err)
 	}
 
 	gone := filepath.Join(t.TempDir(), "gone")
-	bad := startFlusher([]string{gone}, nop)
-	bad.wrote("/nonexistent/a", 0, flushEvery-1)
-	bad.wrote("/nonexistent/a", flushEvery-1, 1) // reaches flushEvery: the flush runs and fails
+	bad := startFlusher([]string{gone}, DefaultFlushAfter, nop)
+	bad.wrote("/nonexistent/a", 0, DefaultFlushAfter-1)
+	bad.wrote("/nonexistent/a", DefaultFlushAfter-1, 1) // reaches DefaultFlushAfter: the flush runs and fails
 	err := bad.stop()
 	if err == nil || !strings.Contains(err.Error(), gone) {
 		t.Fatalf("a flush that failed must fail the restore and name the directory, got %v", err)

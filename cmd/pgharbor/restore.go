@@ -19,7 +19,7 @@ type restoreFlags struct {
 	pgdata, targetTime, targetLSN, targetXID, targetName, target, timeline, action, label string
 	tsMap                                                                                 []string
 	delta, start, exclusive, noSync                                                       bool
-	workers, port                                                                         int
+	workers, port, flushAfterMB                                                           int
 	socketDir, archiveMode                                                                string
 	startTimeout                                                                          time.Duration
 }
@@ -54,6 +54,7 @@ Targets (one of): --target-time, --target-lsn, --target-xid, --target-name,
 	fl.BoolVar(&f.delta, "delta", false, "reuse a non-empty data directory, rewriting only files whose checksum differs")
 	fl.IntVar(&f.workers, "workers", 4, "bundles downloaded and written in parallel")
 	fl.BoolVar(&f.noSync, "no-sync", false, "do not wait for the restored files to reach the disk (faster; for throwaway copies such as test databases: a crash soon after can damage the copy)")
+	fl.IntVar(&f.flushAfterMB, "flush-after", restore.DefaultFlushAfter>>20, "MiB written between two background flushes to disk (each then leaves the page cache); 0: flush only at the end")
 	fl.BoolVar(&f.start, "start", false, "start PostgreSQL afterwards and wait until recovery reached the target")
 	fl.IntVar(&f.port, "port", 5432, "with --start: the port to start PostgreSQL on")
 	fl.StringVar(&f.socketDir, "socket-dir", "", "with --start: unix socket directory (default: the restored setting)")
@@ -125,6 +126,9 @@ func (a *app) runRestore(cmd *cobra.Command, f restoreFlags) error {
 	if f.archiveMode != "off" && f.archiveMode != "preserve" {
 		return fmt.Errorf("--archive-mode %q: want off or preserve", f.archiveMode)
 	}
+	if f.flushAfterMB < 0 {
+		return fmt.Errorf("--flush-after %d: want MiB ≥ 0 (0: flush only at the end)", f.flushAfterMB)
+	}
 	t, err := parseTarget(f)
 	if err != nil {
 		return err
@@ -160,7 +164,7 @@ func (a *app) runRestore(cmd *cobra.Command, f restoreFlags) error {
 	start := time.Now()
 	res, err := restore.Execute(ctx, r, plan, restore.Options{
 		PGData: pgdata, TablespaceMap: tsMap, Delta: f.delta, Workers: f.workers,
-		RestoreCommand: restoreCmd, ArchiveOff: f.archiveMode == "off", NoSync: f.noSync, Logger: a.logger, Progress: bar.update,
+		RestoreCommand: restoreCmd, ArchiveOff: f.archiveMode == "off", NoSync: f.noSync, FlushAfter: flushAfter(f.flushAfterMB), Logger: a.logger, Progress: bar.update,
 	})
 	bar.finish()
 	if err != nil {
@@ -228,4 +232,12 @@ func shellQuote(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
+}
+
+// flushAfter turns --flush-after (MiB, 0 = only at the end) into restore.Options.FlushAfter.
+func flushAfter(mb int) int64 {
+	if mb == 0 {
+		return -1
+	}
+	return int64(mb) << 20
 }
