@@ -39,19 +39,25 @@ func (c *Codec) NewWriterDigest(w io.Writer, digest [DigestSize]byte) (io.WriteC
 	return c.newWriter(w, h, true)
 }
 
-// SealDigest seals plain with its SHA-256 in the header and returns both.
+// SealDigest seals plain with its SHA-256 in the header and returns both. The hash runs
+// alongside the compression, and zstd compresses plain in one call, as in SealAll.
 func (c *Codec) SealDigest(plain []byte) ([]byte, [DigestSize]byte, error) {
-	digest := sha256.Sum256(plain)
-	var buf bytes.Buffer
-	buf.Grow(len(plain)/2 + 1024)
-	w, err := c.NewWriterDigest(&buf, digest)
+	var digest [DigestSize]byte
+	hashed := make(chan struct{})
+	go func() {
+		digest = sha256.Sum256(plain)
+		close(hashed)
+	}()
+	h := c.header
+	payload, err := c.compressWhole(h, plain, make([]byte, 0, len(plain)/2+1024))
+	<-hashed
 	if err != nil {
 		return nil, digest, err
 	}
-	if _, err := w.Write(plain); err != nil {
-		return nil, digest, err
-	}
-	if err := w.Close(); err != nil {
+	h.HasDigest, h.Digest = true, digest
+	var buf bytes.Buffer
+	buf.Grow(sealedSize(len(payload)))
+	if err := c.writePayload(&buf, h, payload); err != nil {
 		return nil, digest, err
 	}
 	return buf.Bytes(), digest, nil
@@ -68,24 +74,44 @@ func (c *Codec) SealAll(w io.Writer, plain []byte, stored bool, scratch []byte) 
 	if stored {
 		h.Compression = CompressionNone
 	}
-	payload := plain
+	payload, err := c.compressWhole(h, plain, scratch[:0])
 	if h.Compression == CompressionZstd {
-		enc, err := c.wholeEncoder()
-		if err != nil {
-			return scratch, err
-		}
-		scratch = enc.EncodeAll(plain, scratch[:0])
-		payload = scratch
+		scratch = payload
 	}
-	ow, err := c.newWriter(w, h, false)
 	if err != nil {
 		return scratch, err
 	}
-	if _, err := ow.Write(payload); err != nil {
-		return scratch, err
-	}
-	return scratch, ow.Close()
+	return scratch, c.writePayload(w, h, payload)
 }
+
+// compressWhole returns plain compressed as h says, appended to dst (plain itself when h
+// says no compression).
+func (c *Codec) compressWhole(h Header, plain, dst []byte) ([]byte, error) {
+	if h.Compression != CompressionZstd {
+		return plain, nil
+	}
+	enc, err := c.wholeEncoder()
+	if err != nil {
+		return dst, err
+	}
+	return enc.EncodeAll(plain, dst), nil
+}
+
+// writePayload writes the object with header h around a payload already compressed as h says.
+func (c *Codec) writePayload(w io.Writer, h Header, payload []byte) error {
+	ow, err := c.newWriter(w, h, false)
+	if err != nil {
+		return err
+	}
+	if _, err := ow.Write(payload); err != nil {
+		return err
+	}
+	return ow.Close()
+}
+
+// sealedSize bounds the size of an object around n payload bytes: both copies of the
+// header, the age header and a 16-byte tag per 64 KiB chunk (or the CRC trailer).
+func sealedSize(n int) int { return n + n/1024 + 2*MaxHeaderSize + 4096 }
 
 // newWriter starts an object with header h on w. Without encode, the caller writes the
 // payload already compressed as h says.
