@@ -73,6 +73,17 @@ func TestPITREveryTargetKindOnFilesystem(t *testing.T) {
 			}
 		})
 	}
+	// The "latest" restore above flushed every MiB; show that the background flusher did run.
+	t.Run("background-flush-runs", func(t *testing.T) {
+		dir := pgtest.MkdirOwned(t, e.cred, "pgharbor-flush-") + "/data"
+		r := e.run("--log-level", "debug", "restore", "--pgdata", dir, "--flush-after", "1", "--target", "immediate")
+		if r.code != 0 {
+			t.Fatalf("restore: exit %d: %s", r.code, r.stderr)
+		}
+		if n := strings.Count(r.stderr, "restore flushed"); n < 2 {
+			t.Fatalf("restore of a cluster of several MiB with --flush-after 1 flushed %d times in the background, want several\n%s", n, r.stderr)
+		}
+	})
 	// Exclusive: recovery stops just before point 2's marks row commits, so the restored
 	// data is point 2 without that row; adding it back must give point 2's snapshot exactly.
 	t.Run("xid-exclusive", func(t *testing.T) {
