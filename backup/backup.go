@@ -43,7 +43,11 @@ type Options struct {
 	// ArchiveCheck, when set, is called after the server finished the backup and must
 	// return nil only when every WAL segment from start to stop is in the repository.
 	ArchiveCheck func(ctx context.Context, tli uint32, startLSN, stopLSN string, segSize int64) error
-	// Progress, when set, is called with bytes sent by the server so far and the estimate.
+	// Method is how the files are read: MethodAuto (default), MethodStream or MethodLocal.
+	Method string
+	// DataDir is the data directory for MethodLocal (default: the server's data_directory).
+	DataDir string
+	// Progress, when set, is called with bytes read so far and the estimated total.
 	Progress func(done, total int64)
 	Logger   *slog.Logger
 }
@@ -57,6 +61,9 @@ func (o *Options) defaults() {
 	}
 	if o.BundleSize <= 0 {
 		o.BundleSize = 4 << 20
+	}
+	if o.Method == "" {
+		o.Method = MethodAuto
 	}
 	if o.LockStale <= 0 {
 		o.LockStale = 2 * time.Minute
@@ -113,6 +120,9 @@ func NewLabel(t time.Time) string { return t.UTC().Format("20060102T150405Z") }
 // bundles already stored are removed where possible (or reported by the catalog).
 func Run(ctx context.Context, r *repo.Repo, o Options) (*Summary, error) {
 	o.defaults()
+	if o.Method != MethodAuto && o.Method != MethodStream && o.Method != MethodLocal {
+		return nil, fmt.Errorf("backup method %q: want auto, stream or local", o.Method)
+	}
 	conn, err := pgx.Connect(ctx, o.ConnString)
 	if err != nil {
 		return nil, fmt.Errorf("connect to the server: %w", err)
@@ -201,23 +211,39 @@ func replicationConn(ctx context.Context, connString string) (*pgconn.PgConn, er
 	return c, nil
 }
 
-func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.Time, facts serverFacts, id repo.Identity, conn *pgx.Conn) (*Summary, error) {
-	rconn, err := replicationConn(ctx, o.ConnString)
-	if err != nil {
-		return nil, err
-	}
-	defer rconn.Close(context.Background())
+// source is what reading the cluster produced, by either method.
+type source struct {
+	method            string
+	files             []File
+	pgManifest        []byte
+	startLSN, stopLSN string
+	startTLI, stopTLI uint32
+	tablespaces       []Tablespace
+}
 
-	o.Logger.Info("backup starting", "label", label, "repository", r.Location(BackupPrefix(r, label)))
-	bb, err := startBaseBackup(ctx, rconn, "pgharbor "+label, o.FastCheckpoint)
-	if err != nil {
-		return nil, err
+func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.Time, facts serverFacts, id repo.Identity, conn *pgx.Conn) (*Summary, error) {
+	method, dir := o.Method, ""
+	if method == MethodAuto || method == MethodLocal {
+		d, err := localDataDir(ctx, conn, o.DataDir, facts.systemID)
+		switch {
+		case err == nil:
+			method, dir = MethodLocal, d
+		case method == MethodLocal:
+			return nil, fmt.Errorf("--method local: the data directory cannot be read here: %w", err)
+		default:
+			o.Logger.Debug("reading the data directory directly is not possible; streaming BASE_BACKUP", "reason", err)
+			method = MethodStream
+		}
 	}
-	if o.Progress != nil {
-		bb.onProgress = func(done int64) { o.Progress(done, bb.totalSize) }
-	}
+	o.Logger.Info("backup starting", "label", label, "method", method, "repository", r.Location(BackupPrefix(r, label)))
 	p := newPipeline(ctx, r, label, o.BundleSize, o.Workers, o.Uploads)
-	files, pgManifest, err := readArchives(bb, p)
+	var src *source
+	var err error
+	if method == MethodLocal {
+		src, err = readLocalSource(ctx, conn, dir, "pgharbor "+label, o, facts, p)
+	} else {
+		src, err = readStream(ctx, o, "pgharbor "+label, p)
+	}
 	if err != nil {
 		p.close()
 		return nil, err
@@ -227,21 +253,15 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 		return nil, err
 	}
 	o.Logger.Debug("backup data stored", "label", label, "seconds", time.Since(start).Seconds())
-	stopLSN, stopTLI, err := bb.finish()
-	if err != nil {
-		return nil, err
-	}
+	files, pgManifest := src.files, src.pgManifest
 	stopTime := time.Now().UTC()
 	var nextXID uint64
 	if err := conn.QueryRow(ctx, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").Scan(&nextXID); err != nil {
 		return nil, fmt.Errorf("read next transaction id: %w", err)
 	}
-	if err := crossCheck(files, pgManifest); err != nil {
-		return nil, err
-	}
 	o.Logger.Debug("backup stopped on the server", "label", label, "seconds", time.Since(start).Seconds())
 	if o.ArchiveCheck != nil {
-		if err := o.ArchiveCheck(ctx, bb.startTLI, bb.startLSN, stopLSN, facts.segSize); err != nil {
+		if err := o.ArchiveCheck(ctx, src.startTLI, src.startLSN, src.stopLSN, facts.segSize); err != nil {
 			return nil, fmt.Errorf("WAL needed to make the backup consistent is not in the repository: %w", err)
 		}
 		o.Logger.Debug("backup WAL archived", "label", label, "seconds", time.Since(start).Seconds())
@@ -249,10 +269,10 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	sum := Summary{
 		Format: ManifestFormat, Label: label, Type: "full",
 		SystemIdentifier: facts.systemID, PGVersion: facts.version, WALSegmentSize: facts.segSize,
-		Timeline: bb.startTLI, StartLSN: bb.startLSN, StopLSN: stopLSN, StopTimeline: stopTLI,
+		Timeline: src.startTLI, StartLSN: src.startLSN, StopLSN: src.stopLSN, StopTimeline: src.stopTLI, Method: src.method,
 		StartTime: start, StopTime: stopTime, StopNextXID: nextXID,
 		Files: len(files), Bundles: bundles, BundlesUncompressed: int(p.uncompressed.Load()), StoredSize: p.stored.Load(),
-		Encryption: id.Encryption, Tablespaces: bb.tablespaces,
+		Encryption: id.Encryption, Tablespaces: src.tablespaces,
 		Duration: stopTime.Sub(start).Seconds(),
 	}
 	for _, f := range files {
@@ -278,6 +298,46 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 		"files", sum.Files, "bundles", sum.Bundles, "start_lsn", sum.StartLSN, "stop_lsn", sum.StopLSN,
 		"seconds", fmt.Sprintf("%.1f", sum.Duration))
 	return &sum, nil
+}
+
+// readStream reads the cluster through BASE_BACKUP on a replication connection.
+func readStream(ctx context.Context, o Options, label string, p *pipeline) (*source, error) {
+	rconn, err := replicationConn(ctx, o.ConnString)
+	if err != nil {
+		return nil, err
+	}
+	defer rconn.Close(context.Background())
+	bb, err := startBaseBackup(ctx, rconn, label, o.FastCheckpoint)
+	if err != nil {
+		return nil, err
+	}
+	if o.Progress != nil {
+		bb.onProgress = func(done int64) { o.Progress(done, bb.totalSize) }
+	}
+	files, pgManifest, err := readArchives(bb, p)
+	if err != nil {
+		return nil, err
+	}
+	stopLSN, stopTLI, err := bb.finish()
+	if err != nil {
+		return nil, err
+	}
+	if err := crossCheck(files, pgManifest); err != nil {
+		return nil, err
+	}
+	return &source{method: MethodStream, files: files, pgManifest: pgManifest, startLSN: bb.startLSN, stopLSN: stopLSN,
+		startTLI: bb.startTLI, stopTLI: stopTLI, tablespaces: bb.tablespaces}, nil
+}
+
+// readLocalSource reads the cluster from its data directory on this host.
+func readLocalSource(ctx context.Context, conn *pgx.Conn, dir, label string, o Options, facts serverFacts, p *pipeline) (*source, error) {
+	res, err := readLocal(ctx, conn, dir, label, o.FastCheckpoint, facts, p, o.Progress, o.Logger)
+	if err != nil {
+		return nil, err
+	}
+	// A backup taken on a primary ends on the timeline it started on.
+	return &source{method: MethodLocal, files: res.files, pgManifest: res.pgManifest, startLSN: res.startLSN, stopLSN: res.stopLSN,
+		startTLI: res.tli, stopTLI: res.tli, tablespaces: res.tablespaces}, nil
 }
 
 // readArchives consumes every archive of the COPY stream, sending file bytes down the

@@ -41,7 +41,10 @@ func startBaseBackup(ctx context.Context, conn *pgconn.PgConn, label string, fas
 	if fast {
 		checkpoint = "fast"
 	}
-	sql := fmt.Sprintf("BASE_BACKUP (LABEL %s, PROGRESS, CHECKPOINT '%s', WAIT true, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C')",
+	// WAIT false: the server would wait for its archiver without limit (a broken
+	// archive_command hangs the backup); pgharbor checks the repository itself, with a
+	// timeout and a message naming the missing segment (Options.ArchiveCheck).
+	sql := fmt.Sprintf("BASE_BACKUP (LABEL %s, PROGRESS, CHECKPOINT '%s', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C')",
 		quoteLiteral(label), checkpoint)
 	conn.Frontend().Send(&pgproto3.Query{String: sql})
 	if err := conn.Frontend().Flush(); err != nil {

@@ -31,9 +31,11 @@ func BundleKey(r *repo.Repo, label string, n int) string {
 
 // Summary is what listings, retention and the restore planner need to know of a backup.
 type Summary struct {
-	Format           int       `json:"format"`
-	Label            string    `json:"label"`
-	Type             string    `json:"type"` // full
+	Format int    `json:"format"`
+	Label  string `json:"label"`
+	Type   string `json:"type"` // full
+	// Method is how the files were read: stream (BASE_BACKUP) or local (the data directory).
+	Method           string    `json:"method,omitempty"`
 	SystemIdentifier string    `json:"system_identifier"`
 	PGVersion        int       `json:"pg_version"`
 	WALSegmentSize   int64     `json:"wal_segment_size"`

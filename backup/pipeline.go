@@ -3,8 +3,10 @@ package backup
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"sync"
 	"sync/atomic"
 
@@ -169,30 +171,76 @@ func (p *pipeline) putLoop() error {
 // write appends file bytes to the current bundle and returns the extents they landed in.
 func (p *pipeline) write(data []byte, extents []Extent) ([]Extent, error) {
 	for len(data) > 0 {
-		if p.cur == nil {
-			select {
-			case p.cur = <-p.free:
-			case <-p.ctx.Done():
-				return extents, p.wait()
-			}
+		tail, err := p.tail(len(data))
+		if err != nil {
+			return extents, err
 		}
-		n := min(p.size-len(p.cur), len(data))
-		chunk := data[:n]
-		off := int64(len(p.cur))
-		p.cur = append(p.cur, chunk...)
-		// CRC-32C updates incrementally: an extent that grows continues its checksum.
-		if k := len(extents) - 1; k >= 0 && extents[k].Bundle == p.next && extents[k].Offset+extents[k].Length == off {
-			extents[k].CRC = crc32.Update(extents[k].CRC, castagnoli, chunk)
-			extents[k].Length += int64(n)
-		} else {
-			extents = append(extents, Extent{Bundle: p.next, Offset: off, Length: int64(n), CRC: crc32.Update(0, castagnoli, chunk)})
-		}
+		n := copy(tail, data)
 		data = data[n:]
-		if len(p.cur) == p.size {
-			if err := p.flush(); err != nil {
-				return extents, err
-			}
+		if extents, err = p.commit(n, extents); err != nil {
+			return extents, err
 		}
+	}
+	return extents, nil
+}
+
+// readFrom appends up to size bytes read from r to the bundles, reading straight into the
+// bundle buffer (no copy). It returns the extents, the bytes read (fewer than size only
+// when r ended early) and the CRC-32C of those bytes continued from crc.
+func (p *pipeline) readFrom(r io.Reader, size int64, extents []Extent, crc uint32) ([]Extent, int64, uint32, error) {
+	var done int64
+	for done < size {
+		tail, err := p.tail(int(min(size-done, int64(p.size))))
+		if err != nil {
+			return extents, done, crc, err
+		}
+		n, rerr := io.ReadFull(r, tail)
+		crc = crc32.Update(crc, castagnoli, tail[:n])
+		done += int64(n)
+		if extents, err = p.commit(n, extents); err != nil {
+			return extents, done, crc, err
+		}
+		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
+			break
+		}
+		if rerr != nil {
+			return extents, done, crc, rerr
+		}
+	}
+	return extents, done, crc, nil
+}
+
+// tail returns the free end of the current bundle, at most max bytes; commit records how
+// many of them were filled.
+func (p *pipeline) tail(max int) ([]byte, error) {
+	if p.cur == nil {
+		select {
+		case p.cur = <-p.free:
+		case <-p.ctx.Done():
+			return nil, p.wait()
+		}
+	}
+	off := len(p.cur)
+	return p.cur[off : off+min(p.size-off, max)], nil
+}
+
+// commit takes n bytes written into the tail into the current bundle and the extents.
+func (p *pipeline) commit(n int, extents []Extent) ([]Extent, error) {
+	if n == 0 {
+		return extents, nil
+	}
+	off := int64(len(p.cur))
+	p.cur = p.cur[:len(p.cur)+n]
+	chunk := p.cur[off:]
+	// CRC-32C updates incrementally: an extent that grows continues its checksum.
+	if k := len(extents) - 1; k >= 0 && extents[k].Bundle == p.next && extents[k].Offset+extents[k].Length == off {
+		extents[k].CRC = crc32.Update(extents[k].CRC, castagnoli, chunk)
+		extents[k].Length += int64(n)
+	} else {
+		extents = append(extents, Extent{Bundle: p.next, Offset: off, Length: int64(n), CRC: crc32.Update(0, castagnoli, chunk)})
+	}
+	if len(p.cur) == p.size {
+		return extents, p.flush()
 	}
 	return extents, nil
 }

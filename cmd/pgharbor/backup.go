@@ -12,13 +12,17 @@ import (
 
 func newBackupCmd(a *app) *cobra.Command {
 	var fast, noArchiveCheck bool
-	var conn string
+	var conn, method string
 	var archiveTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "backup",
-		Short: "Take a full base backup over the replication protocol",
-		Long: `backup streams a full base backup (BASE_BACKUP over a replication connection) into the
-repository: compressed, encrypted, small files bundled, large files split, with bounded memory.
+		Short: "Take a full base backup",
+		Long: `backup takes a full base backup into the repository: compressed, encrypted, small files
+bundled, large files split, with bounded memory. When pgharbor runs on the database host and can
+read the data directory, it reads the files itself between pg_backup_start and pg_backup_stop
+(--method local, the fastest); elsewhere it streams BASE_BACKUP over a replication connection
+(--method stream). The default, auto, picks local when it can prove the data directory it sees
+is the server's (postmaster.pid, process parentage, system identifier).
 The pgharbor manifest is written last; a backup without it does not exist for any command.
 The server must archive its WAL with archive_command = 'pgharbor wal push %p': the backup is
 complete only once the WAL that makes it consistent is in the repository.`,
@@ -41,9 +45,12 @@ complete only once the WAL that makes it consistent is in the repository.`,
 			if !cmd.Flags().Changed("fast-checkpoint") && bc.FastCheckpoint != nil {
 				fast = *bc.FastCheckpoint
 			}
+			if !cmd.Flags().Changed("method") && bc.Method != "" {
+				method = bc.Method
+			}
 			bar := a.newProgress("backup")
 			o := backup.Options{
-				ConnString: a.cfg.Postgres.Conn, FastCheckpoint: fast,
+				ConnString: a.cfg.Postgres.Conn, FastCheckpoint: fast, Method: method, DataDir: a.cfg.Postgres.DataDir,
 				Workers: bc.Workers, Uploads: bc.Uploads, BundleSize: bc.BundleSizeMB << 20, LockStale: bc.LockTimeout,
 				Progress: bar.update, Logger: a.logger,
 			}
@@ -64,6 +71,7 @@ complete only once the WAL that makes it consistent is in the repository.`,
 	}
 	cmd.Flags().BoolVar(&fast, "fast-checkpoint", true, "ask the server for an immediate checkpoint (backup.fast_checkpoint)")
 	cmd.Flags().StringVar(&conn, "conn", "", "connection string of the server (postgres.conn)")
+	cmd.Flags().StringVar(&method, "method", backup.MethodAuto, "how to read the cluster: local (read the data directory on this host, between pg_backup_start and pg_backup_stop), stream (BASE_BACKUP over a replication connection), auto (local when the server's data directory is on this host and readable, else stream) (backup.method)")
 	cmd.Flags().BoolVar(&noArchiveCheck, "no-archive-check", false, "do not wait for the backup's WAL to be in the repository (the backup then needs WAL from elsewhere)")
 	cmd.Flags().DurationVar(&archiveTimeout, "archive-timeout", 60*time.Second, "how long to wait for the backup's WAL to reach the repository")
 	cmd.AddCommand(newBackupCleanupCmd(a))

@@ -75,12 +75,13 @@ type CompressionConfig struct {
 type PostgresConfig struct {
 	Conn    string `yaml:"conn"`     // libpq connection string or URL
 	BinDir  string `yaml:"bin_dir"`  // where pg_ctl etc. live (restore --start)
-	DataDir string `yaml:"data_dir"` // PGDATA of the local cluster (wal push of relative paths)
+	DataDir string `yaml:"data_dir"` // PGDATA of the local cluster (wal push of relative paths, backup --method local)
 }
 
 // BackupConfig tunes base backups.
 type BackupConfig struct {
 	FastCheckpoint *bool         `yaml:"fast_checkpoint"`
+	Method         string        `yaml:"method"` // auto, stream or local
 	Workers        int           `yaml:"workers"`
 	Uploads        int           `yaml:"uploads"`
 	BundleSizeMB   int           `yaml:"bundle_size_mb"`

@@ -53,9 +53,13 @@ func (a *app) printInfo(rep infoReport) {
 	w := a.stdout
 	fmt.Fprintf(w, "cluster %s (system identifier %s, PostgreSQL %d, encryption %s)\n\n", rep.Identity.Cluster, rep.Identity.SystemIdentifier, rep.Identity.PGVersion/10000, rep.Identity.Encryption)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "BACKUP\tTYPE\tSTART\tSTOP\tTIMELINE\tSTART LSN\tSTOP LSN\tSIZE\tSTORED\tSECONDS")
+	fmt.Fprintln(tw, "BACKUP\tTYPE\tMETHOD\tSTART\tSTOP\tTIMELINE\tSTART LSN\tSTOP LSN\tSIZE\tSTORED\tSECONDS")
 	for _, b := range rep.Catalog.Backups {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%.1f\n", b.Label, b.Type, b.StartTime.Format(time.RFC3339), b.StopTime.Format(time.RFC3339),
+		method := b.Method
+		if method == "" {
+			method = backup.MethodStream // backups from before the method was recorded
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%.1f\n", b.Label, b.Type, method, b.StartTime.Format(time.RFC3339), b.StopTime.Format(time.RFC3339),
 			b.Timeline, b.StartLSN, b.StopLSN, humanBytes(b.Size), humanBytes(b.StoredSize), b.Duration)
 	}
 	tw.Flush()

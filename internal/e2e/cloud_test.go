@@ -21,7 +21,7 @@ func TestPITROnS3(t *testing.T) {
   access_key_id: %s
   secret_access_key: %s
 `, srv.Endpoint, srv.AccessKey, srv.SecretKey))
-	j := runJourney(t, e)
+	j := runJourney(t, e, "stream")
 	p := j.points[1]
 	if got := e.restoreAndRead(j.pg, "--target-time", p.time.Format(time.RFC3339Nano)); got != p.snap {
 		t.Fatalf("restored %s, want %s", got, p.snap)
@@ -39,7 +39,7 @@ func TestPITROnGCS(t *testing.T) {
 	srv := testserver.StartFakeGCS(t)
 	srv.CreateBucket(t, "backups")
 	e := newEnv(t, "gs://backups/prod", fmt.Sprintf("gcs:\n  endpoint: %s\n", srv.Endpoint))
-	j := runJourney(t, e)
+	j := runJourney(t, e, "auto")
 	p := j.points[0]
 	if got := e.restoreAndRead(j.pg, "--target-lsn", p.lsn); got != p.snap {
 		t.Fatalf("restored %s, want %s", got, p.snap)

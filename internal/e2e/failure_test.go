@@ -198,7 +198,7 @@ func TestDamageAndWrongKeysAreClearErrors(t *testing.T) {
 // there, a restore to the latest WAL follows timeline 2, not the old timeline 1.
 func TestRestoreFollowsTheNewTimeline(t *testing.T) {
 	e := newEnv(t, "", "")
-	j := runJourney(t, e)
+	j := runJourney(t, e, "stream")
 	p1 := j.points[0]
 	c := e.restoreStarted(j.pg, "--target-time", p1.time.Format(time.RFC3339Nano), "--target-action", "promote", "--archive-mode", "preserve")
 	if got := snapshot(t, c.ConnString("postgres")); got != p1.snap {
@@ -221,4 +221,63 @@ func TestRestoreFollowsTheNewTimeline(t *testing.T) {
 		t.Fatalf("timeline 1 immediate: %s, want %s", got, j.atEnd)
 	}
 	_ = pgtest.DefaultBinDir
+}
+
+// --method local reads only a data directory proven to be the server's: pointed at another
+// running cluster's directory it refuses, and auto falls back to streaming.
+func TestLocalMethodRefusesAnotherClustersDirectory(t *testing.T) {
+	e := newEnv(t, "", "")
+	pg := e.startPrimary(nil)
+	other := pgtest.Start(t, pgtest.Options{})
+	// Everything as the archiver's user: the first command to reach the repository records
+	// the server there, and files made by root would shut the archiver out.
+	pgharbor := func(args ...string) (string, string, error) {
+		cmd := exec.Command(binary, append([]string{"--config", e.config}, args...)...)
+		cmd.Env = append(os.Environ(), "PGHARBOR_POSTGRES_DATA_DIR="+other.DataDir)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: e.cred}
+		var so, se strings.Builder
+		cmd.Stdout, cmd.Stderr = &so, &se
+		err := cmd.Run()
+		return so.String(), se.String(), err
+	}
+	if _, stderr, err := pgharbor("repo", "init"); err != nil {
+		t.Fatalf("repo init: %v\n%s", err, stderr)
+	}
+	backup := func(method string) (string, string, error) {
+		return pgharbor("backup", "--conn", pg.ConnString("postgres"), "--method", method, "--output", "json")
+	}
+	_, stderr, err := backup("local")
+	if err == nil || !strings.Contains(stderr, "cannot be read here") || !strings.Contains(stderr, "another cluster") {
+		t.Fatalf("--method local on another cluster's directory: %v\n%s", err, stderr)
+	}
+	out, stderr, err := backup("auto")
+	var sum struct{ Method string }
+	if err != nil || json.Unmarshal([]byte(out), &sum) != nil || sum.Method != "stream" {
+		t.Fatalf("--method auto with another cluster's directory: %v, %q\n%s", err, out, stderr)
+	}
+	if got := e.info().Catalog.Backups; len(got) != 1 {
+		t.Fatalf("backups after one refused and one streamed: %+v", got)
+	}
+}
+
+// A backup whose WAL never reaches the repository fails after --archive-timeout, naming the
+// segment, by either method; it does not hang in the server's own wait for the archiver,
+// and it leaves no backup behind.
+func TestBackupFailsClearlyWhenArchivingIsBroken(t *testing.T) {
+	e := newEnv(t, "", "")
+	pg := e.startPrimary(map[string]string{"archive_command": "'/bin/false'"})
+	e.must("repo", "init")
+	for _, method := range []string{"stream", "local"} {
+		start := time.Now()
+		r := e.run("backup", "--conn", pg.ConnString("postgres"), "--method", method, "--archive-timeout", "2s")
+		if r.code == 0 || !strings.Contains(r.stderr, "is not in") || !strings.Contains(r.stderr, "archive_command") {
+			t.Fatalf("--method %s with archiving broken: exit %d\n%s", method, r.code, r.stderr)
+		}
+		if d := time.Since(start); d > 60*time.Second {
+			t.Fatalf("--method %s took %s to give up", method, d)
+		}
+	}
+	if got := e.info().Catalog.Backups; len(got) != 0 {
+		t.Fatalf("backups listed after two failed ones: %+v", got)
+	}
 }

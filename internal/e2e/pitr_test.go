@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,16 +21,21 @@ type journey struct {
 	final  string // snapshot after everything was archived (target latest)
 }
 
-func runJourney(t *testing.T, e *env) journey {
+// runJourney backs up with --method method; auto must choose local here (pgharbor runs on
+// the database host).
+func runJourney(t *testing.T, e *env, method string) journey {
 	t.Helper()
 	pg := e.startPrimary(nil)
 	pg.Pgbench(t, "postgres", "-i", "-s", "2", "-q")
 	pg.Exec(t, "CREATE TABLE marks (k int PRIMARY KEY)")
 	e.must("repo", "init")
-	out := e.must("backup", "--conn", pg.ConnString("postgres"), "--output", "json")
-	var sum struct{ Label string }
+	out := e.must("backup", "--conn", pg.ConnString("postgres"), "--method", method, "--output", "json")
+	var sum struct{ Label, Method string }
 	if err := json.Unmarshal([]byte(out), &sum); err != nil || sum.Label == "" {
 		t.Fatalf("backup output %q: %v", out, err)
+	}
+	if want := strings.Replace(method, "auto", "local", 1); sum.Method != want {
+		t.Fatalf("backup --method %s read the cluster by %q, want %q", method, sum.Method, want)
 	}
 	j := journey{pg: pg, label: sum.Label, atEnd: snapshot(t, pg.ConnString("postgres"))}
 	for k := 1; k <= 3; k++ {
@@ -46,7 +50,7 @@ func runJourney(t *testing.T, e *env) journey {
 
 func TestPITREveryTargetKindOnFilesystem(t *testing.T) {
 	e := newEnv(t, "", "")
-	j := runJourney(t, e)
+	j := runJourney(t, e, "local")
 	p1, p2 := j.points[0], j.points[1]
 	if p1.snap == p2.snap || p2.snap == j.final || j.atEnd == p1.snap {
 		t.Fatal("the load did not change the data between points: the test would prove nothing")
@@ -132,17 +136,17 @@ func TestPITREveryTargetKindOnFilesystem(t *testing.T) {
 	})
 }
 
+// Both ways of reading the cluster give a directory that passes PostgreSQL's own
+// pg_verifybackup against the backup_manifest stored with the backup (PostgreSQL's for
+// stream, pgharbor's for local): every file, size and CRC-32C, tablespaces included.
 func TestRestoredDirectoryPassesPgVerifybackup(t *testing.T) {
 	e := newEnv(t, "", "")
 	pg := e.startPrimary(nil)
 	pg.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
 	pg.Exec(t, "CREATE TABLESPACE ts1 LOCATION '"+pgtest.MkdirOwned(t, e.cred, "pgharbor-ts-")+"'")
 	pg.Exec(t, "CREATE TABLE in_ts TABLESPACE ts1 AS SELECT g FROM generate_series(1, 10000) g")
+	pg.Exec(t, "CREATE UNLOGGED TABLE scratch AS SELECT g FROM generate_series(1, 10000) g")
 	e.must("repo", "init")
-	e.must("backup", "--conn", pg.ConnString("postgres"))
-	e.must("verify")
-	root := pgtest.MkdirOwned(t, e.cred, "pgharbor-restore-")
-	newTS := pgtest.MkdirOwned(t, e.cred, "pgharbor-ts-new-")
 	var oldTS string
 	{
 		conn := pg.Connect(t, "postgres")
@@ -150,17 +154,38 @@ func TestRestoredDirectoryPassesPgVerifybackup(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	pgdata := root + "/data"
-	// --no-sync: what a test-database refresh uses; the files must be just as complete.
-	e.must("restore", "--pgdata", pgdata, "--tablespace-map", oldTS+"="+newTS, "--no-sync")
-	cmd := pg.Command("pg_verifybackup", "-n", pgdata)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("pg_verifybackup: %v\n%s", err, out)
-	} else if !strings.Contains(string(out), "successfully verified") {
-		t.Fatalf("pg_verifybackup said: %s", out)
-	}
-	if _, err := exec.LookPath("true"); err != nil {
-		t.Skip()
+	scratch := strings.TrimSpace(pg.QueryString(t, "postgres", "SELECT pg_relation_filepath('scratch')"))
+	for _, method := range []string{"stream", "local"} {
+		t.Run(method, func(t *testing.T) {
+			out := e.must("backup", "--conn", pg.ConnString("postgres"), "--method", method, "--output", "json")
+			var sum struct{ Label, Method string }
+			if err := json.Unmarshal([]byte(out), &sum); err != nil || sum.Method != method {
+				t.Fatalf("backup --method %s: %q (%v)", method, out, err)
+			}
+			e.must("verify", "--backup", sum.Label)
+			root := pgtest.MkdirOwned(t, e.cred, "pgharbor-restore-")
+			newTS := pgtest.MkdirOwned(t, e.cred, "pgharbor-ts-new-")
+			pgdata := root + "/data"
+			// --no-sync: what a test-database refresh uses; the files must be just as complete.
+			e.must("restore", "--pgdata", pgdata, "--backup", sum.Label, "--target", "immediate", "--tablespace-map", oldTS+"="+newTS, "--no-sync")
+			cmd := pg.Command("pg_verifybackup", "-n", pgdata)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("pg_verifybackup: %v\n%s", err, out)
+			} else if !strings.Contains(string(out), "successfully verified") {
+				t.Fatalf("pg_verifybackup said: %s", out)
+			}
+			// The tablespace's files went to the new location, and an unlogged table kept only
+			// its init fork, as PostgreSQL's own base backup does.
+			if ents, err := os.ReadDir(newTS); err != nil || len(ents) != 1 || !strings.HasPrefix(ents[0].Name(), "PG_15_") {
+				t.Fatalf("tablespace location after restore: %v %v", ents, err)
+			}
+			if _, err := os.Stat(filepath.Join(pgdata, scratch+"_init")); err != nil {
+				t.Fatalf("unlogged table's init fork: %v", err)
+			}
+			if _, err := os.Stat(filepath.Join(pgdata, scratch)); !os.IsNotExist(err) {
+				t.Fatalf("unlogged table's main fork was backed up: %v", err)
+			}
+		})
 	}
 }
 
