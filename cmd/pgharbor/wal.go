@@ -79,6 +79,12 @@ pushed too, so that the calls for them return at once. Exits 0 on success, 1 oth
 					return nil
 				}
 			}
+			if a.cfg.Compression.Type != "none" {
+				a.cfg.Compression.Level = a.cfg.Compression.WALLevel
+				if a.cfg.Compression.Level == 0 {
+					a.cfg.Compression.Level = defaultWALLevel
+				}
+			}
 			r, err := a.openRepo(ctx, false)
 			if err != nil {
 				return err
