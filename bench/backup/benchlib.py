@@ -97,9 +97,12 @@ def cmd_gencopy(argv):
 
 
 TOOLS = ["pgharbor", "pgbr_enc", "pgbr_plain", "pg_basebackup"]
+# backups also by pgharbor --method stream (BASE_BACKUP), for comparison with its default
+BACKUP_TOOLS = ["pgharbor", "pgharbor_stream", "pgbr_enc", "pgbr_plain", "pg_basebackup"]
 WAL_TOOLS = ["pgharbor", "pgbr_async", "pgbr_sync"]
 NAMES = {
     "pgharbor": "pgharbor (age+zstd3)",
+    "pgharbor_stream": "pgharbor --method stream",
     "pgbr_enc": "pgBackRest aes+zst3",
     "pgbr_plain": "pgBackRest zst3",
     "pg_basebackup": "pg_basebackup zstd3",
@@ -108,13 +111,13 @@ NAMES = {
 }
 # metric: (title, unit, tools, ratio denominators, target text, target check on the medians)
 METRICS = [
-    ("backup_s", "full backup wall time", "s", TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
+    ("backup_s", "full backup wall time", "s", BACKUP_TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
      "pgharbor <= 0.6x pgBackRest aes", lambda m: m["pgharbor"] <= 0.6 * m["pgbr_enc"]),
-    ("backup_rss", "full backup peak RSS, largest process", "MiB", TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
+    ("backup_rss", "full backup peak RSS, largest process", "MiB", BACKUP_TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
      "pgharbor <= 128 MiB", lambda m: m["pgharbor"] <= 128),
-    ("backup_tree", "full backup peak RSS, sum over process tree", "MiB", TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
+    ("backup_tree", "full backup peak RSS, sum over process tree", "MiB", BACKUP_TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
      None, None),
-    ("backup_stored", "full backup stored size", "MB", TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"], None, None),
+    ("backup_stored", "full backup stored size", "MB", BACKUP_TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"], None, None),
     ("restore_s", "full restore wall time (tool exits)", "s", TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
      "pgharbor <= 0.8x pgBackRest aes", lambda m: m["pgharbor"] <= 0.8 * m["pgbr_enc"]),
     ("restore_sync_s", "full restore wall time + sync(1) after it", "s", TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
@@ -175,15 +178,17 @@ def cmd_report(argv):
             if nf:
                 line += f"  ({nf} failed)"
             out.append(line)
-        if "pgharbor" in med:
+        for h in ("pgharbor", "pgharbor_stream"):
+            if h not in med:
+                continue
             for d in denoms:
                 if d in med and med[d] > 0:
-                    ratio = med["pgharbor"] / med[d]
+                    ratio = med[h] / med[d]
                     # ratio range from the extremes: best and worst pairing over rounds
-                    hv, dv = data[(metric, "pgharbor")], data[(metric, d)]
+                    hv, dv = data[(metric, h)], data[(metric, d)]
                     lo = min(hv) / max(dv) if max(dv) > 0 else None
                     hi = max(hv) / min(dv) if min(dv) > 0 else None
-                    out.append(f"  ratio pgharbor / {NAMES[d]:21} {ratio:8.2f}x  (extremes {fmt(lo)}..{fmt(hi)})")
+                    out.append(f"  ratio {NAMES[h]:24} / {NAMES[d]:21} {ratio:8.2f}x  (extremes {fmt(lo)}..{fmt(hi)})")
         if target:
             try:
                 ok = check(med)

@@ -10,8 +10,10 @@
 #
 # Each round (the order of the tools rotates every round, so drift in a shared machine's load
 # does not favour one tool):
-#   full backup   pgharbor backup (age encryption, zstd level 3, its defaults otherwise; it waits
-#                 for its backup's WAL to be archived, as it always does)
+#   full backup   pgharbor backup (age encryption, zstd level 3, its defaults otherwise: method
+#                 auto, which reads the data directory itself here, as pgBackRest does; it waits
+#                 for its backup's WAL to be archived, as it always does), and for comparison
+#                 pgharbor backup --method stream (BASE_BACKUP, as from another host)
 #                 pgBackRest 2.x (Debian) --type=full, compress-type=zst, compress-level=3,
 #                 process-max=2, start-fast=y, with repo1-cipher-type=aes-256-cbc and without
 #                 (two repositories, one config file each); --archive-check=n, because the
@@ -283,7 +285,7 @@ rotate() { # rotate N WORDS...: the words, starting at index N mod count
 backup_one() { # backup_one TOOL ROUND
 	local t=$1 r=$2 dir before after
 	case $t in
-	pgharbor) dir=$WORK/pgh-repo ;;
+	pgharbor | pgharbor_stream) dir=$WORK/pgh-repo ;;
 	pgbr_enc) dir=$WORK/pgbr-repo-enc ;;
 	pgbr_plain) dir=$WORK/pgbr-repo-plain ;;
 	pg_basebackup) rm -rf "$WORK/pgbb"; dir=$WORK/pgbb ;;
@@ -291,6 +293,7 @@ backup_one() { # backup_one TOOL ROUND
 	before=$(dirsize "$dir" || true); before=${before:-0}
 	case $t in
 	pgharbor) measure "backup-$t-$r" "${PGH[@]}" backup ;;
+	pgharbor_stream) measure "backup-$t-$r" "${PGH[@]}" backup --method stream ;;
 	pgbr_enc) measure "backup-$t-$r" pgbackrest --config "$WORK/pgbr-enc.conf" --stanza=bench --type=full --archive-check=n backup ;;
 	pgbr_plain) measure "backup-$t-$r" pgbackrest --config "$WORK/pgbr-plain.conf" --stanza=bench --type=full --archive-check=n backup ;;
 	pg_basebackup) measure "backup-$t-$r" "$PGBIN/pg_basebackup" -h "$WORK" -p "$PORT" -U postgres -D "$WORK/pgbb" -Ft -X none \
@@ -391,13 +394,14 @@ SQL
 }
 
 TOOLS=(pgharbor pgbr_enc pgbr_plain pg_basebackup)
+BACKUP_TOOLS=(pgharbor pgharbor_stream pgbr_enc pgbr_plain pg_basebackup)
 WAL_TOOLS=(pgharbor pgbr_async)
 [ "$WAL_SYNC" = 0 ] || WAL_TOOLS+=(pgbr_sync)
 
 for ((r = 1; r <= ROUNDS; r++)); do
 	if has_part backup || has_part restore; then
 		log "round $r/$ROUNDS: full backups"
-		for t in $(rotate $((r - 1)) "${TOOLS[@]}"); do backup_one "$t" "$r"; done
+		for t in $(rotate $((r - 1)) "${BACKUP_TOOLS[@]}"); do backup_one "$t" "$r"; done
 	fi
 	if has_part restore; then
 		log "round $r/$ROUNDS: full restores of those backups"
