@@ -219,6 +219,7 @@ type source struct {
 	startLSN, stopLSN string
 	startTLI, stopTLI uint32
 	tablespaces       []Tablespace
+	checksumFailures  int
 }
 
 func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.Time, facts serverFacts, id repo.Identity, conn *pgx.Conn) (*Summary, error) {
@@ -272,7 +273,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 		Timeline: src.startTLI, StartLSN: src.startLSN, StopLSN: src.stopLSN, StopTimeline: src.stopTLI, Method: src.method,
 		StartTime: start, StopTime: stopTime, StopNextXID: nextXID,
 		Files: len(files), Bundles: bundles, BundlesUncompressed: int(p.uncompressed.Load()), StoredSize: p.stored.Load(),
-		Encryption: id.Encryption, Tablespaces: src.tablespaces,
+		Encryption: id.Encryption, Tablespaces: src.tablespaces, ChecksumFailures: src.checksumFailures,
 		Duration: stopTime.Sub(start).Seconds(),
 	}
 	for _, f := range files {
@@ -337,7 +338,7 @@ func readLocalSource(ctx context.Context, conn *pgx.Conn, dir, label string, o O
 	}
 	// A backup taken on a primary ends on the timeline it started on.
 	return &source{method: MethodLocal, files: res.files, pgManifest: res.pgManifest, startLSN: res.startLSN, stopLSN: res.stopLSN,
-		startTLI: res.tli, stopTLI: res.tli, tablespaces: res.tablespaces}, nil
+		startTLI: res.tli, stopTLI: res.tli, tablespaces: res.tablespaces, checksumFailures: res.checksumFailures}, nil
 }
 
 // readArchives consumes every archive of the COPY stream, sending file bytes down the

@@ -261,6 +261,8 @@ type localResult struct {
 	stopLSN     string
 	tli         uint32
 	tablespaces []Tablespace
+	// checksumFailures counts data pages whose checksum did not verify.
+	checksumFailures int
 }
 
 var startTimeline = regexp.MustCompile(`(?m)^START TIMELINE: ([0-9]+)$`)
@@ -325,6 +327,15 @@ func readLocal(ctx context.Context, conn *pgx.Conn, dir, label string, fast bool
 	}
 	w.entries = append(w.entries, localEntry{File: File{Path: "global/pg_control", Type: "file", Size: fi.Size(), Mode: unixPerm(fi), ModTime: fi.ModTime().UTC().Truncate(time.Second)}, abs: control})
 
+	var checksums string
+	if err := conn.QueryRow(ctx, "SELECT current_setting('data_checksums')").Scan(&checksums); err != nil {
+		return nil, fmt.Errorf("read data_checksums: %w", err)
+	}
+	startLSN, err := parseLSN(res.startLSN)
+	if err != nil {
+		return nil, fmt.Errorf("pg_backup_start returned %q: %w", res.startLSN, err)
+	}
+
 	var total, done int64
 	for _, e := range w.entries {
 		total += e.Size
@@ -332,13 +343,17 @@ func readLocal(ctx context.Context, conn *pgx.Conn, dir, label string, fast bool
 	files := make([]File, 0, len(w.entries)+1)
 	for _, e := range w.entries {
 		if e.Type == "file" {
-			ok, err := readLocalFile(p, &e.File, e.abs)
+			ok, err := readLocalFile(p, &e.File, e.abs, checksums == "on", startLSN)
 			if err != nil {
 				return nil, err
 			}
 			if !ok {
 				log.Debug("file removed during the backup", "path", e.abs)
 				continue
+			}
+			if n := len(e.PageErrors); n > 0 {
+				res.checksumFailures += n
+				log.Warn("page checksum verification failed; the pages are backed up as read", "file", e.abs, "pages", n, "blocks", e.PageErrors[:min(n, 10)])
 			}
 			done += e.Size
 			if progress != nil {
@@ -376,7 +391,9 @@ func readLocal(ctx context.Context, conn *pgx.Conn, dir, label string, fast bool
 // WAL replayed at restore removes it too. Like BASE_BACKUP it reads the size seen in the
 // walk: bytes appended later come back from WAL, and a file truncated meanwhile is padded
 // with zeros to that size (WAL replay truncates it again).
-func readLocalFile(p *pipeline, f *File, abs string) (bool, error) {
+// With checkPages (a cluster with data checksums), the pages of data files are verified on
+// the way (pageVerifier) and the failed ones listed in f.PageErrors.
+func readLocalFile(p *pipeline, f *File, abs string, checkPages bool, startLSN uint64) (bool, error) {
 	fh, err := os.Open(abs)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
@@ -386,8 +403,17 @@ func readLocalFile(p *pipeline, f *File, abs string) (bool, error) {
 	}
 	defer fh.Close()
 	size := f.Size
+	var r io.Reader = fh
+	var pv *pageVerifier
+	if checkPages && checksummedFile(*f) {
+		pv = &pageVerifier{r: fh, at: fh, startLSN: startLSN, base: firstBlock(path.Base(f.Path))}
+		r = pv
+	}
 	var n int64
-	f.Extents, n, f.CRC, err = p.readFrom(fh, size, nil, 0)
+	f.Extents, n, f.CRC, err = p.readFrom(r, size, nil, 0)
+	if pv != nil {
+		f.PageErrors = pv.bad
+	}
 	if err != nil {
 		return false, fmt.Errorf("read %s: %w", abs, err)
 	}

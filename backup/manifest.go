@@ -54,8 +54,11 @@ type Summary struct {
 	Files      int   `json:"files"`
 	Bundles    int   `json:"bundles"`
 	// BundlesUncompressed counts bundles kept without compression (samples did not shrink).
-	BundlesUncompressed int    `json:"bundles_uncompressed,omitempty"`
-	Encryption          string `json:"encryption"`
+	BundlesUncompressed int `json:"bundles_uncompressed,omitempty"`
+	// ChecksumFailures counts data pages whose checksum failed in a local backup of a cluster
+	// with data checksums (File.PageErrors says where). The backup holds them as read.
+	ChecksumFailures int    `json:"checksum_failures,omitempty"`
+	Encryption       string `json:"encryption"`
 	// Tablespaces maps OID to the location the tablespace had on the server.
 	Tablespaces []Tablespace `json:"tablespaces,omitempty"`
 	Duration    float64      `json:"duration_seconds"`
@@ -87,7 +90,9 @@ type File struct {
 	ModTime    time.Time   `json:"mtime"`
 	Link       string      `json:"link,omitempty"`
 	CRC        uint32      `json:"crc,omitempty"` // CRC-32C of the whole file (PostgreSQL's manifest algorithm)
-	Extents    []Extent    `json:"extents,omitempty"`
+	// PageErrors lists the blocks whose page checksum failed when a local backup read them.
+	PageErrors []uint32 `json:"page_errors,omitempty"`
+	Extents    []Extent `json:"extents,omitempty"`
 }
 
 // Manifest is the full description of a backup.

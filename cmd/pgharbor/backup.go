@@ -66,6 +66,9 @@ complete only once the WAL that makes it consistent is in the repository.`,
 				fmt.Fprintf(a.stdout, "backup %s complete: %s in %d files, stored %s (%.0f%%) in %d bundles, %.1f s, %s/s, WAL %s..%s timeline %d\n",
 					sum.Label, humanBytes(sum.Size), sum.Files, humanBytes(sum.StoredSize), 100*float64(sum.StoredSize)/float64(max(sum.Size, 1)),
 					sum.Bundles, sum.Duration, humanBytes(int64(float64(sum.Size)/max(sum.Duration, 0.001))), sum.StartLSN, sum.StopLSN, sum.Timeline)
+				if sum.ChecksumFailures > 0 {
+					fmt.Fprintf(a.stdout, "warning: %d data pages failed checksum verification; they are in the backup as read (the log names the files and blocks)\n", sum.ChecksumFailures)
+				}
 			})
 		},
 	}

@@ -281,3 +281,42 @@ func TestBackupFailsClearlyWhenArchivingIsBroken(t *testing.T) {
 		t.Fatalf("backups listed after two failed ones: %+v", got)
 	}
 }
+
+// A data page damaged on disk: a local backup verifies page checksums, completes with the
+// page as read, and says which file and block; PostgreSQL's BASE_BACKUP (stream) refuses.
+func TestLocalBackupReportsADamagedPage(t *testing.T) {
+	e := newEnv(t, "", "")
+	pg := e.startPrimary(nil)
+	pg.Exec(t, "CREATE TABLE victim WITH (autovacuum_enabled = false) AS SELECT g, md5(g::text) AS m FROM generate_series(1, 5000) g")
+	pg.Exec(t, "VACUUM FREEZE victim")
+	pg.Exec(t, "CHECKPOINT")
+	file := strings.TrimSpace(pg.QueryString(t, "postgres", "SELECT pg_relation_filepath('victim')"))
+	pg.Stop(t, "fast")
+	f, err := os.OpenFile(filepath.Join(pg.DataDir, file), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	const at = 3*8192 + 4000 // in the tuples of block 3
+	if _, err := f.ReadAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xFF
+	if _, err := f.WriteAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	pg.Start(t)
+	e.must("repo", "init")
+	r := e.run("backup", "--conn", pg.ConnString("postgres"), "--method", "local", "--output", "json")
+	var sum struct {
+		ChecksumFailures int `json:"checksum_failures"`
+	}
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &sum) != nil || sum.ChecksumFailures != 1 ||
+		!strings.Contains(r.stderr, "page checksum verification failed") || !strings.Contains(r.stderr, file) {
+		t.Fatalf("local backup of a damaged page: exit %d, %s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if r := e.run("backup", "--conn", pg.ConnString("postgres"), "--method", "stream"); r.code == 0 || !strings.Contains(r.stderr, "checksum") {
+		t.Fatalf("stream backup of a damaged page: exit %d\n%s", r.code, r.stderr)
+	}
+}

@@ -30,12 +30,19 @@ func runJourney(t *testing.T, e *env, method string) journey {
 	pg.Exec(t, "CREATE TABLE marks (k int PRIMARY KEY)")
 	e.must("repo", "init")
 	out := e.must("backup", "--conn", pg.ConnString("postgres"), "--method", method, "--output", "json")
-	var sum struct{ Label, Method string }
+	var sum struct {
+		Label, Method    string
+		ChecksumFailures int `json:"checksum_failures"`
+	}
 	if err := json.Unmarshal([]byte(out), &sum); err != nil || sum.Label == "" {
 		t.Fatalf("backup output %q: %v", out, err)
 	}
 	if want := strings.Replace(method, "auto", "local", 1); sum.Method != want {
 		t.Fatalf("backup --method %s read the cluster by %q, want %q", method, sum.Method, want)
+	}
+	// The cluster has data checksums: a local backup verified every page pgbench wrote.
+	if sum.ChecksumFailures != 0 {
+		t.Fatalf("a healthy cluster's backup reports %d page checksum failures", sum.ChecksumFailures)
 	}
 	j := journey{pg: pg, label: sum.Label, atEnd: snapshot(t, pg.ConnString("postgres"))}
 	for k := 1; k <= 3; k++ {
