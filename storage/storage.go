@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"strings"
 	"time"
 )
@@ -85,12 +86,14 @@ func Permanent(err error) error {
 	return &PermanentError{Err: err}
 }
 
-// IsPermanent reports whether retrying err is pointless: sentinels, permanent errors and
-// context cancellation.
+// IsPermanent reports whether retrying err is pointless: sentinels, permanent errors,
+// context cancellation, and a file system's permission denied (a repository written by
+// another OS user stays unreadable however often one asks).
 func IsPermanent(err error) bool {
 	var pe *PermanentError
 	return errors.Is(err, ErrNotFound) || errors.Is(err, ErrExists) || errors.As(err, &pe) ||
-		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, fs.ErrPermission)
 }
 
 // ValidateKey rejects keys that could escape a root or alias another key.

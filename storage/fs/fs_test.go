@@ -130,3 +130,15 @@ func TestIfNotExistsAcrossProcesses(t *testing.T) {
 		}
 	}
 }
+
+// Permission denied is not retried: a repository written by another OS user (root's files,
+// the archiver running as postgres) stays unreadable, and retries only delay the error.
+func TestPermissionDeniedIsPermanent(t *testing.T) {
+	err := fmt.Errorf("get main/pgharbor.json: %w", &os.PathError{Op: "open", Path: "/repo/main/pgharbor.json", Err: os.ErrPermission})
+	if !storage.IsPermanent(err) {
+		t.Fatalf("%v is retried", err)
+	}
+	if storage.IsPermanent(fmt.Errorf("put: %w", errors.New("connection reset"))) {
+		t.Fatal("a transient error counts as permanent")
+	}
+}
