@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -163,6 +164,13 @@ func TestRestoredDirectoryPassesPgVerifybackup(t *testing.T) {
 		}
 	}
 	scratch := strings.TrimSpace(pg.QueryString(t, "postgres", "SELECT pg_relation_filepath('scratch')"))
+	// A temporary table lives while its session does: its files exist during both backups.
+	session := pg.Connect(t, "postgres")
+	defer session.Close(context.Background())
+	if _, err := session.Exec(t.Context(), "CREATE TEMP TABLE tmp AS SELECT g FROM generate_series(1, 10000) g"); err != nil {
+		t.Fatal(err)
+	}
+	trees := map[string][]string{} // method: every path of the restored data directory and tablespace
 	for _, method := range []string{"stream", "local"} {
 		t.Run(method, func(t *testing.T) {
 			out := e.must("backup", "--conn", pg.ConnString("postgres"), "--method", method, "--output", "json")
@@ -193,7 +201,24 @@ func TestRestoredDirectoryPassesPgVerifybackup(t *testing.T) {
 			if _, err := os.Stat(filepath.Join(pgdata, scratch)); !os.IsNotExist(err) {
 				t.Fatalf("unlogged table's main fork was backed up: %v", err)
 			}
+			for i, root := range []string{pgdata, newTS} {
+				err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+					if err != nil {
+						return err
+					}
+					rel, _ := filepath.Rel(root, p)
+					trees[method] = append(trees[method], []string{"pgdata", "tablespace"}[i]+":"+rel)
+					return nil
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
 		})
+	}
+	// pgharbor's own walk leaves out and keeps exactly what PostgreSQL's BASE_BACKUP does.
+	if !slices.Equal(trees["stream"], trees["local"]) {
+		t.Fatalf("the restored trees differ:\nstream %q\nlocal  %q", trees["stream"], trees["local"])
 	}
 }
 
