@@ -219,7 +219,7 @@ type source struct {
 	startLSN, stopLSN string
 	startTLI, stopTLI uint32
 	tablespaces       []Tablespace
-	checksumFailures  int
+	checksumFailures  int // data pages whose checksum failed (local backups of clusters with data checksums)
 }
 
 func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.Time, facts serverFacts, id repo.Identity, conn *pgx.Conn) (*Summary, error) {
@@ -241,7 +241,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	var src *source
 	var err error
 	if method == MethodLocal {
-		src, err = readLocalSource(ctx, conn, dir, "pgharbor "+label, o, facts, p)
+		src, err = readLocal(ctx, conn, dir, "pgharbor "+label, o, facts, p)
 	} else {
 		src, err = readStream(ctx, o, "pgharbor "+label, p)
 	}
@@ -328,17 +328,6 @@ func readStream(ctx context.Context, o Options, label string, p *pipeline) (*sou
 	}
 	return &source{method: MethodStream, files: files, pgManifest: pgManifest, startLSN: bb.startLSN, stopLSN: stopLSN,
 		startTLI: bb.startTLI, stopTLI: stopTLI, tablespaces: bb.tablespaces}, nil
-}
-
-// readLocalSource reads the cluster from its data directory on this host.
-func readLocalSource(ctx context.Context, conn *pgx.Conn, dir, label string, o Options, facts serverFacts, p *pipeline) (*source, error) {
-	res, err := readLocal(ctx, conn, dir, label, o.FastCheckpoint, facts, p, o.Progress, o.Logger)
-	if err != nil {
-		return nil, err
-	}
-	// A backup taken on a primary ends on the timeline it started on.
-	return &source{method: MethodLocal, files: res.files, pgManifest: res.pgManifest, startLSN: res.startLSN, stopLSN: res.stopLSN,
-		startTLI: res.tli, stopTLI: res.tli, tablespaces: res.tablespaces, checksumFailures: res.checksumFailures}, nil
 }
 
 // readArchives consumes every archive of the COPY stream, sending file bytes down the

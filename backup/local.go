@@ -253,26 +253,15 @@ func unixPerm(fi fs.FileInfo) fs.FileMode {
 	return fi.Mode().Perm()
 }
 
-// localResult is what a backup read from the local file system produced.
-type localResult struct {
-	files       []File
-	pgManifest  []byte
-	startLSN    string
-	stopLSN     string
-	tli         uint32
-	tablespaces []Tablespace
-	// checksumFailures counts data pages whose checksum did not verify.
-	checksumFailures int
-}
-
 var startTimeline = regexp.MustCompile(`(?m)^START TIMELINE: ([0-9]+)$`)
 
 // readLocal takes the backup by reading dir directly, between pg_backup_start and
 // pg_backup_stop on conn (a non-exclusive backup: if pgharbor dies, the session ends and
 // the server forgets the backup).
-func readLocal(ctx context.Context, conn *pgx.Conn, dir, label string, fast bool, facts serverFacts, p *pipeline, progress func(done, total int64), log *slog.Logger) (*localResult, error) {
-	var res localResult
-	if err := conn.QueryRow(ctx, "SELECT pg_backup_start($1, $2)::text", label, fast).Scan(&res.startLSN); err != nil {
+func readLocal(ctx context.Context, conn *pgx.Conn, dir, label string, o Options, facts serverFacts, p *pipeline) (*source, error) {
+	res := source{method: MethodLocal}
+	log := o.Logger
+	if err := conn.QueryRow(ctx, "SELECT pg_backup_start($1, $2)::text", label, o.FastCheckpoint).Scan(&res.startLSN); err != nil {
 		return nil, fmt.Errorf("pg_backup_start (the user needs EXECUTE on it, or use --method stream): %w", err)
 	}
 	var catversion int64
@@ -356,8 +345,8 @@ func readLocal(ctx context.Context, conn *pgx.Conn, dir, label string, fast bool
 				log.Warn("page checksum verification failed; the pages are backed up as read", "file", e.abs, "pages", n, "blocks", e.PageErrors[:min(n, 10)])
 			}
 			done += e.Size
-			if progress != nil {
-				progress(done, total)
+			if o.Progress != nil {
+				o.Progress(done, total)
 			}
 		}
 		files = append(files, e.File)
@@ -375,7 +364,8 @@ func readLocal(ctx context.Context, conn *pgx.Conn, dir, label string, fast bool
 	if err != nil {
 		return nil, fmt.Errorf("backup_label START TIMELINE %q: %w", m[1], err)
 	}
-	res.tli = uint32(tli)
+	// A backup taken on a primary ends on the timeline it started on.
+	res.startTLI, res.stopTLI = uint32(tli), uint32(tli)
 	// backup_label goes into the backup as BASE_BACKUP sends it; the tablespaces travel as
 	// the pg_tblspc links, so tablespace_map is not needed.
 	lf := File{Path: "backup_label", Type: "file", Mode: 0o600, ModTime: time.Now().UTC().Truncate(time.Second)}
@@ -383,7 +373,7 @@ func readLocal(ctx context.Context, conn *pgx.Conn, dir, label string, fast bool
 		return nil, err
 	}
 	res.files = append([]File{lf}, files...)
-	res.pgManifest = buildPGManifest(res.files, res.tli, res.startLSN, res.stopLSN)
+	res.pgManifest = buildPGManifest(res.files, res.startTLI, res.startLSN, res.stopLSN)
 	return &res, nil
 }
 
