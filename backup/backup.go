@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -335,7 +334,6 @@ func readStream(ctx context.Context, o Options, label string, p *pipeline) (*sou
 func readArchives(bb *baseBackupStream, p *pipeline) ([]File, []byte, error) {
 	var files []File
 	var pgManifest []byte
-	buf := make([]byte, 256<<10)
 	for {
 		name, _, isManifest, err := bb.nextArchive()
 		if errors.Is(err, io.EOF) {
@@ -376,25 +374,13 @@ func readArchives(bb *baseBackupStream, p *pipeline) ([]File, []byte, error) {
 				f.Type, f.Link = "symlink", hdr.Linkname
 			case tar.TypeReg:
 				f.Type = "file"
-				for {
-					n, rerr := tr.Read(buf)
-					if n > 0 {
-						f.CRC = crc32.Update(f.CRC, castagnoli, buf[:n])
-						f.Size += int64(n)
-						if f.Extents, err = p.write(buf[:n], f.Extents); err != nil {
-							return nil, nil, err
-						}
-					}
-					if errors.Is(rerr, io.EOF) {
-						break
-					}
-					if rerr != nil {
-						return nil, nil, fmt.Errorf("archive %s, file %s: %w", name, hdr.Name, rerr)
-					}
+				if f.Extents, f.Size, err = p.readFrom(tr, hdr.Size, nil); err != nil {
+					return nil, nil, fmt.Errorf("archive %s, file %s: %w", name, hdr.Name, err)
 				}
 				if f.Size != hdr.Size {
 					return nil, nil, fmt.Errorf("archive %s, file %s: %d bytes, header says %d", name, hdr.Name, f.Size, hdr.Size)
 				}
+				f.CRC = extentsCRC(f.Extents)
 			default:
 				return nil, nil, fmt.Errorf("archive %s: unsupported entry type %q for %s", name, hdr.Typeflag, hdr.Name)
 			}

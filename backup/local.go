@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -369,9 +368,10 @@ func readLocal(ctx context.Context, conn *pgx.Conn, dir, label string, o Options
 	// backup_label goes into the backup as BASE_BACKUP sends it; the tablespaces travel as
 	// the pg_tblspc links, so tablespace_map is not needed.
 	lf := File{Path: "backup_label", Type: "file", Mode: 0o600, ModTime: time.Now().UTC().Truncate(time.Second)}
-	if lf.Extents, lf.Size, lf.CRC, err = p.readFrom(strings.NewReader(labelFile), int64(len(labelFile)), nil, 0); err != nil {
+	if lf.Extents, lf.Size, err = p.readFrom(strings.NewReader(labelFile), int64(len(labelFile)), nil); err != nil {
 		return nil, err
 	}
+	lf.CRC = extentsCRC(lf.Extents)
 	res.files = append([]File{lf}, files...)
 	res.pgManifest = buildPGManifest(res.files, res.startTLI, res.startLSN, res.stopLSN)
 	return &res, nil
@@ -400,7 +400,7 @@ func readLocalFile(p *pipeline, f *File, abs string, checkPages bool, startLSN u
 		r = pv
 	}
 	var n int64
-	f.Extents, n, f.CRC, err = p.readFrom(r, size, nil, 0)
+	f.Extents, n, err = p.readFrom(r, size, nil)
 	if pv != nil {
 		f.PageErrors = pv.bad
 	}
@@ -414,9 +414,9 @@ func readLocalFile(p *pipeline, f *File, abs string, checkPages bool, startLSN u
 			if f.Extents, err = p.write(z, f.Extents); err != nil {
 				return false, err
 			}
-			f.CRC = crc32.Update(f.CRC, castagnoli, z)
 			n += int64(len(z))
 		}
 	}
+	f.CRC = extentsCRC(f.Extents)
 	return true, nil
 }

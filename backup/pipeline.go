@@ -185,29 +185,28 @@ func (p *pipeline) write(data []byte, extents []Extent) ([]Extent, error) {
 }
 
 // readFrom appends up to size bytes read from r to the bundles, reading straight into the
-// bundle buffer (no copy). It returns the extents, the bytes read (fewer than size only
-// when r ended early) and the CRC-32C of those bytes continued from crc.
-func (p *pipeline) readFrom(r io.Reader, size int64, extents []Extent, crc uint32) ([]Extent, int64, uint32, error) {
+// bundle buffer (no copy). It returns the extents and the bytes read (fewer than size only
+// when r ended early).
+func (p *pipeline) readFrom(r io.Reader, size int64, extents []Extent) ([]Extent, int64, error) {
 	var done int64
 	for done < size {
 		tail, err := p.tail(int(min(size-done, int64(p.size))))
 		if err != nil {
-			return extents, done, crc, err
+			return extents, done, err
 		}
 		n, rerr := io.ReadFull(r, tail)
-		crc = crc32.Update(crc, castagnoli, tail[:n])
 		done += int64(n)
 		if extents, err = p.commit(n, extents); err != nil {
-			return extents, done, crc, err
+			return extents, done, err
 		}
 		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
 			break
 		}
 		if rerr != nil {
-			return extents, done, crc, rerr
+			return extents, done, rerr
 		}
 	}
-	return extents, done, crc, nil
+	return extents, done, nil
 }
 
 // tail returns the free end of the current bundle, at most max bytes; commit records how
