@@ -14,7 +14,8 @@ func TestExampleConfigParses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Repo.URL != "s3://acme-backups/postgres" || cfg.Backup.LockTimeout != 2*time.Minute || cfg.WAL.FetchPrefetch != 8 || len(cfg.Encryption.Recipients) != 1 {
+	if cfg.Repo.URL != "s3://acme-backups/postgres" || cfg.Backup.LockTimeout != 2*time.Minute || cfg.WAL.FetchPrefetch != 8 || len(cfg.Encryption.Recipients) != 1 ||
+		cfg.Backup.Method != "auto" || cfg.Compression.WALLevel != 1 {
 		t.Fatalf("parsed %+v", cfg)
 	}
 	var pc pool.Config
@@ -32,12 +33,15 @@ func TestEnvironmentOverridesTheFile(t *testing.T) {
 	t.Setenv("PGHARBOR_BACKUP_WORKERS", "7")
 	t.Setenv("PGHARBOR_BACKUP_FAST_CHECKPOINT", "false")
 	t.Setenv("PGHARBOR_BACKUP_LOCK_TIMEOUT", "90s")
+	t.Setenv("PGHARBOR_BACKUP_METHOD", "stream")
+	t.Setenv("PGHARBOR_COMPRESSION_WAL_LEVEL", "3")
 	cfg, err := LoadConfig("../../docs/pgharbor.example.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Repo.URL != "file:///elsewhere" || strings.Join(cfg.Encryption.Recipients, "|") != "age1a|age1b" ||
-		cfg.Backup.Workers != 7 || cfg.Backup.FastCheckpoint == nil || *cfg.Backup.FastCheckpoint || cfg.Backup.LockTimeout != 90*time.Second {
+		cfg.Backup.Workers != 7 || cfg.Backup.FastCheckpoint == nil || *cfg.Backup.FastCheckpoint || cfg.Backup.LockTimeout != 90*time.Second ||
+		cfg.Backup.Method != "stream" || cfg.Compression.WALLevel != 3 {
 		t.Fatalf("env not applied: %+v", cfg)
 	}
 }

@@ -84,6 +84,9 @@ pushed too, so that the calls for them return at once. Exits 0 on success, 1 oth
 				if a.cfg.Compression.Level == 0 {
 					a.cfg.Compression.Level = defaultWALLevel
 				}
+				if l := a.cfg.Compression.Level; l < 1 || l > 22 {
+					return fmt.Errorf("compression.wal_level %d: want a zstd level 1..22", l)
+				}
 			}
 			r, err := a.openRepo(ctx, false)
 			if err != nil {
