@@ -13,6 +13,7 @@
 #
 # Settings (environment):
 #   ROUNDS=3 DURATION=20 SCALE=10 SELECT_CLIENTS=50 TPCB_CLIENTS=20 POOL_SIZE=20 THREADS=2
+#   WARMUP=10 (seconds of pgbench -S through each pooler before the rounds; 0: none)
 #   TARGETS="direct pgbouncer pgharbor"  WORKLOADS="select tpcb"  MODE=simple (pgbench -M)
 #   PGBIN=/usr/lib/postgresql/15/bin  PGBOUNCER=pgbouncer  KEEP=1 (keep the work dir)
 #   RESULTS_FILE=path (also write the table there)  STRICT=1 (exit 1 when a target is missed)
@@ -67,6 +68,11 @@ wait_sql() {
 	done
 	return 1
 }
+
+# busy_ticks prints the whole machine's busy time (user+nice+system+irq+softirq, clock ticks
+# summed over all CPUs): with it a run's CPU cost per transaction counts pgbench and
+# PostgreSQL too, whatever the pooler makes them do (wake-ups, context switches).
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8; exit}' /proc/stat; }
 
 # cpu_ticks prints utime+stime of a process (clock ticks).
 cpu_ticks() {
@@ -200,27 +206,30 @@ fi
 port_of() { case $1 in direct) echo "$PG_PORT" ;; pgbouncer) echo "$BOUNCER_PORT" ;; pgharbor) echo "$HARBOR_PORT" ;; esac; }
 pid_of() { case $1 in direct) echo "" ;; pgbouncer) echo "$BOUNCER_PID" ;; pgharbor) echo "$HARBOR_PID" ;; esac; }
 
-# run_one WORKLOAD TARGET ROUND: one pgbench run; appends "workload target round tps p99ms cores" to results.
+# run_one WORKLOAD TARGET ROUND: one pgbench run; appends "workload target round tps p99ms cores
+# machine_us" to results.
 run_one() {
-	local w=$1 t=$2 r=$3 port pid clients args prefix out tps p99 n t0 t1 cores
+	local w=$1 t=$2 r=$3 port pid clients args prefix out tps p99 n t0 t1 m0 m1 cores machine
 	port=$(port_of "$t")
 	pid=$(pid_of "$t")
 	if [ "$w" = select ]; then clients=$SELECT_CLIENTS; args=(-S); else clients=$TPCB_CLIENTS; args=(); fi
 	prefix="$WORK/logs/$w-$t-$r"
 	t0=0
 	[ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+	m0=$(busy_ticks)
 	if ! out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -M "$MODE" "${args[@]}" \
 		-c "$clients" -j "$THREADS" -T "$DURATION" --log --log-prefix="$prefix" postgres 2>&1); then
 		printf '%s\n' "$out" | tail -15 >&2
 		[ "$t" = pgharbor ] && { log "pgharbor log (tail):"; tail -20 "$WORK/pgharbor.log" >&2; }
 		log "round $r $w $t: pgbench FAILED (counted as a failed run; the benchmark goes on)"
-		echo "$w $t $r nan nan nan" >>"$WORK/results.txt"
+		echo "$w $t $r nan nan nan nan" >>"$WORK/results.txt"
 		echo "round $r $w $t" >>"$WORK/failed.txt"
 		rm -f "$prefix".*
 		return 0
 	fi
 	t1=0
 	[ -n "$pid" ] && t1=$(cpu_ticks "$pid")
+	m1=$(busy_ticks)
 	tps=$(printf '%s\n' "$out" | awk '/^tps = / && !v {v = $3} END {print v}')
 	[ -n "$tps" ] || { printf '%s\n' "$out" >&2; die "no tps in pgbench output"; }
 	# Per-transaction log lines: client_id transaction_no latency_us script_no epoch us.
@@ -231,14 +240,35 @@ run_one() {
 	if [ -n "$pid" ]; then
 		cores=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v dur="$DURATION" -v tps="$tps" 'BEGIN {if (tps > 0) printf "%.3f", (d / hz / dur) / (tps / 10000); else print "nan"}')
 	fi
-	echo "$w $t $r $tps $p99 $cores" >>"$WORK/results.txt"
-	log "$(printf 'round %d %-6s %-9s tps %10.1f  p99 %8s ms  cores/10k tps %s' "$r" "$w" "$t" "$tps" "$p99" "$cores")"
+	machine=$(awk -v d=$((m1 - m0)) -v hz="$HZ" -v dur="$DURATION" -v tps="$tps" 'BEGIN {if (tps > 0) printf "%.1f", d / hz * 1e6 / (tps * dur); else print "nan"}')
+	echo "$w $t $r $tps $p99 $cores $machine" >>"$WORK/results.txt"
+	log "$(printf 'round %d %-6s %-9s tps %10.1f  p99 %8s ms  cores/10k tps %s  machine CPU %s us/tx' "$r" "$w" "$t" "$tps" "$p99" "$cores" "$machine")"
+}
+
+# warm_up runs pgbench -S through each pooler for $WARMUP seconds before the measured rounds:
+# a pooler's server connections are new PostgreSQL backends, whose first seconds go to page
+# faults on shared_buffers (measured on the 2-core test machine: through a fresh PgBouncer the
+# first 12 s of pgbench -S ramp from 7.4k to 14k tps, through a fresh pgharbor pool from 3.3k
+# to 10k). Without it the first round of each pooler measures that, not the pooler.
+# Direct connections are not warmed: every direct run starts new backends, which is the cost
+# of not pooling.
+warm_up() {
+	local t port
+	[ "${WARMUP:-10}" -gt 0 ] || return 0
+	for t in "${targets[@]}"; do
+		[ "$t" = direct ] && continue
+		port=$(port_of "$t")
+		log "warm-up: ${WARMUP:-10}s of pgbench -S through $t"
+		"$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -M "$MODE" -S -c "$SELECT_CLIENTS" -j "$THREADS" -T "${WARMUP:-10}" postgres >/dev/null 2>&1 \
+			|| log "warm-up through $t failed (the measured runs will show it)"
+	done
 }
 
 read -r -a targets <<<"$TARGETS"
 [ "${#targets[@]}" -gt 0 ] || die "no targets"
 log "rounds=$ROUNDS duration=${DURATION}s scale=$SCALE select_clients=$SELECT_CLIENTS tpcb_clients=$TPCB_CLIENTS pool_size=$POOL_SIZE mode=$MODE targets=${targets[*]}"
 : >"$WORK/results.txt"
+warm_up
 for r in $(seq 1 "$ROUNDS"); do
 	# Rotate the order each round: direct,bouncer,harbor / bouncer,harbor,direct / ...
 	order=()
@@ -254,15 +284,17 @@ fmt3() { awk -v x="$1" 'BEGIN {if (x == "nan" || x == "") print "-"; else printf
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "nan" || b == "nan" || b == 0) print "-"; else printf "%.3f", a / b}'; }
 report() {
 	echo "pooler benchmark: PostgreSQL $("$PGBIN/postgres" --version | awk '{v = $3} END {print v}'), pgbench scale $SCALE, ${DURATION}s x $ROUNDS rounds, transaction mode, pool size $POOL_SIZE, -M $MODE, $(nproc) cores"
-	echo "medians over rounds; p99 from pgbench per-transaction logs; cores/10k = pooler CPU (user+sys) per 10k tps"
-	printf '%-8s %-10s %12s %10s %10s %10s %12s\n' workload target tps p99_ms cores/10k vs_direct vs_pgbouncer
-	local failed=0 w t tps p99 cores d b rd rb
+	echo "medians over rounds; p99 from pgbench per-transaction logs; cores/10k = pooler CPU (user+sys) per 10k tps;"
+	echo "machine_us = the whole machine's CPU per transaction (pgbench, PostgreSQL and the pooler)"
+	printf '%-8s %-10s %12s %10s %10s %10s %10s %12s\n' workload target tps p99_ms cores/10k machine_us vs_direct vs_pgbouncer
+	local failed=0 w t tps p99 cores machine d b rd rb
 	for w in $WORKLOADS; do
 		d=$(val "$w" direct 4); b=$(val "$w" pgbouncer 4)
 		for t in "${targets[@]}"; do
 			tps=$(val "$w" "$t" 4); p99=$(fmt3 "$(val "$w" "$t" 5)"); cores=$(fmt3 "$(val "$w" "$t" 6)")
+			machine=$(val "$w" "$t" 7)
 			rd=$(ratio "$tps" "$d"); rb=$(ratio "$tps" "$b")
-			printf '%-8s %-10s %12.1f %10s %10s %10s %12s\n' "$w" "$t" "$tps" "$p99" "$cores" "$rd" "$rb"
+			printf '%-8s %-10s %12.1f %10s %10s %10s %10s %12s\n' "$w" "$t" "$tps" "$p99" "$cores" "$machine" "$rd" "$rb"
 		done
 	done
 	if [[ " ${targets[*]} " == *" pgharbor "* ]]; then
