@@ -24,6 +24,7 @@ set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-20}
+WARMUP=${WARMUP:-10}
 SCALE=${SCALE:-10}
 SELECT_CLIENTS=${SELECT_CLIENTS:-50}
 TPCB_CLIENTS=${TPCB_CLIENTS:-20}
@@ -71,7 +72,9 @@ wait_sql() {
 
 # busy_ticks prints the whole machine's busy time (user+nice+system+irq+softirq, clock ticks
 # summed over all CPUs): with it a run's CPU cost per transaction counts pgbench and
-# PostgreSQL too, whatever the pooler makes them do (wake-ups, context switches).
+# PostgreSQL too, whatever the pooler makes them do (wake-ups, context switches). It spans
+# the whole pgbench run, so the clients' logins are in it too (a fraction of a percent of a
+# pooled run; for direct runs, the start of 50 new backends).
 busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8; exit}' /proc/stat; }
 
 # cpu_ticks prints utime+stime of a process (clock ticks).
@@ -83,6 +86,12 @@ cpu_ticks() {
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "nan"; exit} if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
+for knob in ROUNDS DURATION WARMUP SCALE SELECT_CLIENTS TPCB_CLIENTS POOL_SIZE THREADS; do
+	[[ ${!knob} =~ ^[0-9]+$ ]] || die "$knob=${!knob}: want a whole number"
+done
+for knob in ROUNDS DURATION SCALE SELECT_CLIENTS TPCB_CLIENTS POOL_SIZE THREADS; do
+	[ "${!knob}" -gt 0 ] || die "$knob=${!knob}: want at least 1"
+done
 for bin in initdb pg_ctl pgbench psql; do
 	[ -x "$PGBIN/$bin" ] || die "$PGBIN/$bin not found (apt-get install -y postgresql-15)"
 done
@@ -254,12 +263,12 @@ run_one() {
 # of not pooling.
 warm_up() {
 	local t port
-	[ "${WARMUP:-10}" -gt 0 ] || return 0
+	[ "$WARMUP" -gt 0 ] || return 0
 	for t in "${targets[@]}"; do
 		[ "$t" = direct ] && continue
 		port=$(port_of "$t")
-		log "warm-up: ${WARMUP:-10}s of pgbench -S through $t"
-		"$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -M "$MODE" -S -c "$SELECT_CLIENTS" -j "$THREADS" -T "${WARMUP:-10}" postgres >/dev/null 2>&1 \
+		log "warm-up: ${WARMUP}s of pgbench -S through $t"
+		"$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -M "$MODE" -S -c "$SELECT_CLIENTS" -j "$THREADS" -T "$WARMUP" postgres >/dev/null 2>&1 \
 			|| log "warm-up through $t failed (the measured runs will show it)"
 	done
 }
