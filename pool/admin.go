@@ -274,7 +274,7 @@ func (s *Server) showPools() []byte {
 }
 
 func (s *Server) showClients() []byte {
-	cols := []string{"type", "user", "database", "state", "addr", "connect_time", "tls", "server_id", "pid"}
+	cols := []string{"type", "user", "database", "state", "addr", "connect_time", "tls", "server_id", "pid", "io"}
 	var rows [][]string
 	for _, x := range s.sessionList() {
 		x.mu.Lock()
@@ -286,7 +286,11 @@ func (s *Server) showClients() []byte {
 			state, sid = "active", strconv.FormatUint(x.sc.id, 10)
 		}
 		x.mu.Unlock()
-		rows = append(rows, []string{"C", x.user, x.db, state, x.addr, x.started.UTC().Format(time.DateTime), strconv.FormatBool(x.tls), sid, strconv.FormatUint(uint64(x.pid), 10)})
+		io := "goroutine"
+		if x.inLoop.Load() {
+			io = "epoll"
+		}
+		rows = append(rows, []string{"C", x.user, x.db, state, x.addr, x.started.UTC().Format(time.DateTime), strconv.FormatBool(x.tls), sid, strconv.FormatUint(uint64(x.pid), 10), io})
 	}
 	return resultSet(nil, cols, rows, "SHOW")
 }

@@ -97,7 +97,17 @@ type Config struct {
 	Cluster cluster.Config `yaml:"cluster"` // the PostgreSQL nodes; the first primary found takes writes
 
 	MetricsListen string `yaml:"metrics_listen"` // host:port serving Prometheus /metrics; off when empty
+
+	// IOEngine is how transaction-mode sessions on plain sockets run: "epoll" (the default)
+	// on one event-loop thread, "goroutines" on a goroutine each like every other session.
+	IOEngine string `yaml:"io_engine"`
 }
+
+// IOEngine values.
+const (
+	IOEngineEpoll      = "epoll"
+	IOEngineGoroutines = "goroutines"
+)
 
 // DatabaseConfig overrides settings for one database name.
 type DatabaseConfig struct {
@@ -191,6 +201,13 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	default:
 		return c, fmt.Errorf("pool: client_tls_sslmode %q: want disable, allow, prefer or require", c.ClientTLSMode)
+	}
+	switch c.IOEngine {
+	case "":
+		c.IOEngine = IOEngineEpoll
+	case IOEngineEpoll, IOEngineGoroutines:
+	default:
+		return c, fmt.Errorf("pool: io_engine %q: want epoll or goroutines", c.IOEngine)
 	}
 	for name, d := range c.Databases {
 		if d.PoolMode != "" {

@@ -42,6 +42,7 @@ type Server struct {
 
 	nextID   atomic.Uint64
 	attached atomic.Int64 // sessions holding a server connection
+	loop     *evLoop      // runs transaction-mode sessions on plain sockets; nil with io_engine goroutines
 
 	mu       sync.Mutex
 	pools    map[poolKey]*serverPool
@@ -268,6 +269,13 @@ func (s *Server) Serve(ctx context.Context) error {
 	// are marked down and the pool starts degraded.
 	s.cl.CheckNow(ctx)
 	s.refreshNodes()
+	if cfg.IOEngine != IOEngineGoroutines {
+		l, err := newLoop(ctx, s)
+		if err != nil {
+			return err
+		}
+		s.loop = l
+	}
 	s.wg.Add(3)
 	go func() { defer s.wg.Done(); _ = s.cl.Run(ctx) }()
 	go func() { defer s.wg.Done(); s.watchCluster(ctx) }()
@@ -301,6 +309,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		_ = httpSrv.Close()
 	}
 	s.shutdown()
+	if s.loop != nil {
+		s.loop.stop()
+	}
 	cancel()
 	s.wg.Wait()
 	return err
@@ -356,8 +367,7 @@ func (s *Server) shutdown() {
 			idle := sess.sc == nil || (sess.tgt.mode == ModeSession && sess.pending == 0 && !sess.inBatch && sess.txStatus == 'I')
 			sess.mu.Unlock()
 			if idle || time.Now().After(deadline) {
-				sess.writeClientNoWait(fatal(sqlstateAdminShutdown, "pgharbor pool is shutting down").encode(nil))
-				_ = sess.conn.Close()
+				sess.kill(fatal(sqlstateAdminShutdown, "pgharbor pool is shutting down"))
 			}
 			left++
 		}
@@ -384,6 +394,16 @@ func (s *Server) poolList() []*serverPool {
 		pools = append(pools, p)
 	}
 	return pools
+}
+
+// kill sends pe to the client, when nobody else is writing to it, and closes the connection.
+func (s *session) kill(pe *pgError) {
+	if s.inLoop.Load() {
+		s.srv.loop.post(loopMsg{kind: msgKill, sess: s, data: pe.encode(nil)})
+		return
+	}
+	s.writeClientNoWait(pe.encode(nil))
+	_ = s.conn.Close()
 }
 
 // writeClientNoWait writes b when nobody else is writing to the client.
@@ -429,9 +449,8 @@ func (s *Server) evictStale() {
 		x.mu.Unlock() // nodeUsable takes no lock
 		if stale {
 			s.log.Info("closing a session on a node that is down or no longer the primary", "client", x.addr, "node", x.node)
-			x.writeClientNoWait((&pgError{Severity: "FATAL", Code: sqlstateAdminShutdown,
-				Message: "terminating connection: its server node is down or no longer the primary (failover); reconnect"}).encode(nil))
-			_ = x.conn.Close()
+			x.kill(&pgError{Severity: "FATAL", Code: sqlstateAdminShutdown,
+				Message: "terminating connection: its server node is down or no longer the primary (failover); reconnect"})
 		}
 	}
 }
@@ -750,6 +769,16 @@ func (s *Server) handleConn(ctx context.Context, conn net.Conn) {
 	}
 	_ = conn.SetDeadline(time.Time{})
 	endLogin()
+	if s.loop != nil && sess.tgt.mode == ModeTransaction && !isTLS && cfg.IOEngine != IOEngineGoroutines {
+		var buffered []byte
+		if n := mr.r.Buffered(); n > 0 {
+			b, _ := mr.r.Peek(n)
+			buffered = append(buffered, b...)
+		}
+		if s.loop.adopt(sess, conn, buffered) {
+			return
+		}
+	}
 	sess.run(ctx)
 }
 

@@ -14,6 +14,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -41,6 +42,9 @@ type serverConn struct {
 	batch uint64
 	// login is the ParameterStatus set the server sent at login (canonical names).
 	login []pgproto3.ParameterStatus
+
+	// ev is set while the event loop owns the socket (conn is then closed; see enterLoop).
+	ev *loopServer
 
 	created  time.Time
 	lastUsed time.Time // when it last went idle
@@ -270,8 +274,19 @@ func cancelServer(ctx context.Context, host string, port int, pid uint32, secret
 // alive probes an idle connection without blocking: a closed or chattering server
 // connection is not reused.
 func (sc *serverConn) alive() bool {
+	if sc.ev != nil {
+		return sc.aliveLoop()
+	}
 	if sc.mr.r.Buffered() > 0 {
 		return false
+	}
+	if scn, ok := sc.conn.(syscall.Conn); ok {
+		if rc, err := scn.SyscallConn(); err == nil {
+			ok := false
+			if rc.Control(func(fd uintptr) { ok = aliveFD(int(fd)) }) == nil {
+				return ok
+			}
+		}
 	}
 	_ = sc.conn.SetReadDeadline(time.Now().Add(time.Millisecond))
 	_, err := sc.mr.r.Peek(1)
@@ -320,6 +335,10 @@ func (sc *serverConn) simpleQuery(sql string, onParam func(name, value string)) 
 }
 
 func (sc *serverConn) close() {
+	if sc.ev != nil {
+		sc.closeLoop()
+		return
+	}
 	_ = sc.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	_, _ = sc.conn.Write([]byte{'X', 0, 0, 0, 4})
 	_ = sc.conn.Close()

@@ -29,7 +29,7 @@ type serverPool struct {
 	idle    []*serverConn // LIFO: the most recently used first (warm caches)
 	all     map[*serverConn]struct{}
 	opening int
-	waiters []chan *serverConn // FIFO; a nil handed over means "capacity freed, try again"
+	waiters []waiter // FIFO; a nil handed over means "capacity freed, try again"
 	size    int
 	minSize int
 
@@ -148,7 +148,7 @@ func (p *serverPool) acquireWait(ctx context.Context, w *waitSlot, timeout time.
 		} else {
 			ch = make(chan *serverConn, 1)
 		}
-		p.waiters = append(p.waiters, ch)
+		p.waiters = append(p.waiters, waiter{ch: ch})
 		p.mu.Unlock()
 		waited = true
 		if timeout > 0 && !armed {
@@ -177,7 +177,7 @@ func (p *serverPool) acquireWait(ctx context.Context, w *waitSlot, timeout time.
 			p.mu.Lock()
 			found := false
 			for i, w := range p.waiters {
-				if w == ch {
+				if w.ch == ch {
 					p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
 					found = true
 					break
@@ -217,13 +217,44 @@ func (p *serverPool) open(ctx context.Context, creds serverCreds) (*serverConn, 
 	return sc, nil
 }
 
+// waiter is one entry of a pool's wait queue: a goroutine session's channel, or a session
+// of the event loop, which gets the connection (or the wake-up) through the loop's inbox.
+type waiter struct {
+	ch   chan *serverConn
+	sess *session
+}
+
+// hand gives w a released connection, or nil for "capacity freed, try again". Neither way
+// blocks: a waiter's channel has room for one, and the loop's inbox is a slice.
+func (w waiter) hand(sc *serverConn) {
+	if w.sess != nil {
+		w.sess.srv.loop.post(loopMsg{kind: msgGrant, sess: w.sess, sc: sc})
+		return
+	}
+	w.ch <- sc
+}
+
 // wakeOneLocked tells the first waiter that capacity was freed.
 func (p *serverPool) wakeOneLocked() {
 	if len(p.waiters) > 0 {
-		ch := p.waiters[0]
+		w := p.waiters[0]
 		p.waiters = p.waiters[1:]
-		ch <- nil
+		w.hand(nil)
 	}
+}
+
+// unwait removes the event-loop session sess from the wait queue; false when it was not
+// there (a connection or a wake-up is on its way to it through the loop's inbox).
+func (p *serverPool) unwait(sess *session) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, w := range p.waiters {
+		if w.sess == sess {
+			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			return true
+		}
+	}
+	return false
 }
 
 // release returns a clean (ReadyForQuery idle) connection: to the first waiter, or idle.
@@ -242,10 +273,10 @@ func (p *serverPool) release(sc *serverConn) {
 		return
 	}
 	if len(p.waiters) > 0 {
-		ch := p.waiters[0]
+		w := p.waiters[0]
 		p.waiters = p.waiters[1:]
 		p.mu.Unlock()
-		ch <- sc
+		w.hand(sc)
 		return
 	}
 	sc.active = false
@@ -331,8 +362,8 @@ func (p *serverPool) closeAll() {
 	waiters := p.waiters
 	p.waiters = nil
 	p.mu.Unlock()
-	for _, ch := range waiters {
-		ch <- nil
+	for _, w := range waiters {
+		w.hand(nil)
 	}
 	for _, sc := range idle {
 		sc.close()
@@ -348,4 +379,54 @@ func (p *serverPool) counts() (int, int, int, int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.all) - len(p.idle), len(p.idle), p.opening, len(p.waiters)
+}
+
+// Results of acquireLoop.
+const (
+	acqGot     = iota // a connection, returned
+	acqPending        // queued, or a login started: the loop's inbox gets the outcome
+	acqClosed         // the pool is shutting down
+)
+
+// acquireLoop is acquire for a session of the event loop, which must not block: it returns
+// an idle connection, or starts opening one on a goroutine, or queues the session. The
+// outcome of the last two reaches the session through the loop's inbox (msgGrant).
+func (p *serverPool) acquireLoop(sess *session) (*serverConn, int) {
+	if sc := p.tryIdle(); sc != nil {
+		return sc, acqGot
+	}
+	p.mu.Lock()
+	if p.size < 0 {
+		p.mu.Unlock()
+		return nil, acqClosed
+	}
+	if n := len(p.idle); n > 0 { // released since tryIdle looked
+		sc := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		sc.active = true
+		p.mu.Unlock()
+		return sc, acqGot
+	}
+	if len(p.all)+p.opening < p.size {
+		p.opening++
+		creds := p.srv.credsFor(p.key.user)
+		p.mu.Unlock()
+		go func() {
+			sc, err := p.open(context.Background(), creds)
+			p.mu.Lock()
+			p.opening--
+			if err != nil {
+				p.wakeOneLocked()
+			} else {
+				sc.active = true
+				p.all[sc] = struct{}{}
+			}
+			p.mu.Unlock()
+			p.srv.loop.post(loopMsg{kind: msgGrant, sess: sess, sc: sc, err: err})
+		}()
+		return nil, acqPending
+	}
+	p.waiters = append(p.waiters, waiter{sess: sess})
+	p.mu.Unlock()
+	return nil, acqPending
 }

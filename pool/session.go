@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -53,6 +54,10 @@ type session struct {
 	poolCache   *serverPool      // the pool last used (client loop only)
 	wait        waitSlot         // reused by every wait for a server connection (client loop only)
 	virt        virtualState     // SHOW POOL_NODES over the extended protocol
+	// ev is the session's state in the event loop, nil when a goroutine runs it (evloop.go);
+	// inLoop says which, for other goroutines.
+	ev     *loopSess
+	inLoop atomic.Bool
 
 	mu        sync.Mutex
 	sc        *serverConn
@@ -817,6 +822,12 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 			}
 			return nil, fatal(sqlstateCannotConnect, "cannot connect to server: %v", err)
 		}
+		if sc.ev != nil { // last used by the event loop
+			if err := sc.leaveLoop(); err != nil {
+				p.drop(sc)
+				return nil, fatal(sqlstateConnFailure, "server connection lost: %v", err)
+			}
+		}
 		if err := s.syncParams(sc); err != nil {
 			p.drop(sc)
 			var pe *pgError
@@ -856,6 +867,21 @@ func (s *session) syncParams(sc *serverConn) error {
 	if s.paramsMatch(sc) {
 		return nil // the usual case: nothing to send, and no builder allocated per attach
 	}
+	q := s.paramSQL(sc)
+	if q == "" {
+		return nil
+	}
+	if err := sc.simpleQuery(q, func(name, value string) {
+		sc.params[strings.ToLower(name)] = value
+	}); err != nil {
+		return err
+	}
+	s.paramsApplied(sc)
+	return nil
+}
+
+// paramSQL returns the SET and RESET commands that make sc's settings the client's.
+func (s *session) paramSQL(sc *serverConn) string {
 	var b strings.Builder
 	for k, v := range s.params {
 		if cur, ok := sc.params[k]; ok && cur == v {
@@ -871,14 +897,11 @@ func (s *session) syncParams(sc *serverConn) error {
 			fmt.Fprintf(&b, "RESET %s;", k)
 		}
 	}
-	if b.Len() == 0 {
-		return nil
-	}
-	if err := sc.simpleQuery(b.String(), func(name, value string) {
-		sc.params[strings.ToLower(name)] = value
-	}); err != nil {
-		return err
-	}
+	return b.String()
+}
+
+// paramsApplied records that paramSQL's commands ran on sc.
+func (s *session) paramsApplied(sc *serverConn) {
 	for k := range sc.dirty {
 		if _, ok := s.params[k]; !ok {
 			delete(sc.dirty, k)
@@ -891,7 +914,6 @@ func (s *session) syncParams(sc *serverConn) error {
 		sc.params[k] = v
 		sc.dirty[k] = true
 	}
-	return nil
 }
 
 // paramsMatch says whether syncParams has nothing to send to sc (the same checks, no SQL).

@@ -202,7 +202,7 @@ func TestClientParamsFromOptions(t *testing.T) {
 func TestConfigDefaultsAndValidation(t *testing.T) {
 	nodes := cluster.Config{Nodes: []cluster.NodeConfig{{Host: "h", Port: 5432}}}
 	c, err := Config{AuthType: AuthTrust, Cluster: nodes}.withDefaults()
-	if err != nil || c.PoolMode != ModeSession || c.DefaultPoolSize != DefaultPoolSize || c.Listen != DefaultListen || c.MaxPreparedStatements != DefaultMaxPreparedStatements {
+	if err != nil || c.PoolMode != ModeSession || c.DefaultPoolSize != DefaultPoolSize || c.Listen != DefaultListen || c.MaxPreparedStatements != DefaultMaxPreparedStatements || c.IOEngine != IOEngineEpoll {
 		t.Fatalf("%+v %v", c, err)
 	}
 	for _, bad := range []Config{
@@ -214,6 +214,7 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		{AuthType: AuthTrust, MaxPreparedStatements: -1, Cluster: nodes},
 		{AuthType: AuthTrust, ClientTLSMode: "require", Cluster: nodes},
 		{AuthType: AuthTrust, Databases: map[string]DatabaseConfig{"x": {Route: "standby"}}, Cluster: nodes},
+		{AuthType: AuthTrust, IOEngine: "io_uring", Cluster: nodes},
 	} {
 		if _, err := bad.withDefaults(); err == nil {
 			t.Errorf("accepted %+v", bad)
