@@ -217,6 +217,7 @@ func TestPool(t *testing.T) {
 	t.Run("PreparedStatementsFollowClientsAcrossServerConnections", func(t *testing.T) { testPreparedChurn(t, f) })
 	t.Run("PreparedStatementsPerServerAreCapped", func(t *testing.T) { testPreparedCap(t, f) })
 	t.Run("LargeMessagesBatchesAndPipelines", func(t *testing.T) { testLargeAndPipelined(t, f) })
+	t.Run("EventLoopSessions", func(t *testing.T) { testEventLoop(t, f) })
 	t.Run("LimitsTimeoutsUnixSocketServerTLSMode", func(t *testing.T) { testLimits(t, f) })
 	t.Run("StartsDegradedWithAnUnreachableStandby", func(t *testing.T) {
 		cfg := baseConfig(f, ModeTransaction)
@@ -347,9 +348,18 @@ func testPgxJourney(t *testing.T, f *fixture, mode PoolMode) {
 }
 
 func testPsqlPgbench(t *testing.T, f *fixture) {
-	for _, mode := range []PoolMode{ModeSession, ModeTransaction} {
-		t.Run(string(mode), func(t *testing.T) {
+	for _, v := range []struct {
+		mode   PoolMode
+		engine string
+	}{{ModeSession, ""}, {ModeTransaction, ""}, {ModeTransaction, IOEngineGoroutines}} {
+		name := string(v.mode)
+		if v.engine != "" {
+			name += "-" + v.engine
+		}
+		mode := v.mode
+		t.Run(name, func(t *testing.T) {
 			cfg := baseConfig(f, mode)
+			cfg.IOEngine = v.engine
 			cfg.DefaultPoolSize = 4
 			s := startPool(t, cfg)
 			out, err := psql(t, s, "postgres", "postgres", "SELECT 1 AS one; SELECT current_database()")
