@@ -52,7 +52,8 @@ const (
 // epoll flags: edge-triggered, for reading and writing (as Go's own poller registers sockets).
 const (
 	epollET    = 1 << 31
-	sockEvents = syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | epollET
+	sockEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET
+	outEvents  = sockEvents | syscall.EPOLLOUT
 )
 
 type loopMsgKind int
@@ -916,6 +917,7 @@ func (l *evLoop) writeServer(s *session, es *loopServer) {
 		es.out = es.out[:copy(es.out, es.out[n:])]
 		if errno == syscall.EAGAIN {
 			es.wrBlocked = true
+			l.wantOut(es.fd)
 			return
 		}
 		if errno != 0 {
@@ -935,6 +937,7 @@ func (l *evLoop) writeClient(s *session) {
 		ls.out = ls.out[:copy(ls.out, ls.out[n:])]
 		if errno == syscall.EAGAIN {
 			ls.wrBlocked = true
+			l.wantOut(ls.fd)
 			return
 		}
 		if errno != 0 {
@@ -945,6 +948,14 @@ func (l *evLoop) writeClient(s *session) {
 	if cap(ls.out) > loopOutHigh {
 		ls.out = nil
 	}
+}
+
+// wantOut asks epoll to report fd writable too. Sockets are registered for input only: with
+// EPOLLOUT, epoll would also report every ACK that frees send space. A socket that filled up
+// once keeps EPOLLOUT (edge-triggered, it reports only changes).
+func (l *evLoop) wantOut(fd int) {
+	ev := syscall.EpollEvent{Events: outEvents, Fd: int32(fd)}
+	_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_MOD, fd, &ev)
 }
 
 // serverLost handles a server connection that failed while s held it.
