@@ -218,6 +218,16 @@ func testEventLoop(t *testing.T, f *fixture) {
 		}
 	})
 
+	t.Run("IdleServerConnectionClosedByTheServer", func(t *testing.T) {
+		pid := mustOne(t, ctx, a, "SELECT pg_backend_pid()")
+		f.primary.Exec(t, "SELECT pg_terminate_backend("+pid+")")
+		time.Sleep(300 * time.Millisecond)
+		got, err := one(ctx, a, "SELECT pg_backend_pid()")
+		if err != nil || got == pid {
+			t.Fatalf("after the server closed the idle connection: %v, backend %s (was %s)", err, got, pid)
+		}
+	})
+
 	t.Run("ProtocolErrors", func(t *testing.T) {
 		g := loopConn(t, s, "app_g")
 		hj, err := g.Hijack()

@@ -59,12 +59,23 @@ func (p *serverPool) tryIdle() *serverConn {
 		p.idle = p.idle[:n-1]
 		sc.active = true
 		p.mu.Unlock()
-		if d := p.srv.config().ServerCheckDelay; d > 0 && time.Since(sc.lastUsed) > d && !sc.alive() {
+		if !p.reusable(sc) {
 			p.drop(sc)
 			continue
 		}
 		return sc
 	}
+}
+
+// reusable says whether an idle connection just taken may be used: not closed by the server
+// while idle (as far as the event loop saw), and alive when it sat idle past
+// server_check_delay.
+func (p *serverPool) reusable(sc *serverConn) bool {
+	if sc.ev != nil && sc.ev.hup.Load() {
+		return false
+	}
+	d := p.srv.config().ServerCheckDelay
+	return d <= 0 || time.Since(sc.lastUsed) <= d || sc.alive()
 }
 
 // acquire returns a server connection, opening one when the pool is below its size, or
@@ -111,7 +122,7 @@ func (p *serverPool) acquireWait(ctx context.Context, w *waitSlot, timeout time.
 			p.idle = p.idle[:n-1]
 			sc.active = true
 			p.mu.Unlock()
-			if d := p.srv.config().ServerCheckDelay; d > 0 && time.Since(sc.lastUsed) > d && !sc.alive() {
+			if !p.reusable(sc) {
 				p.drop(sc)
 				continue
 			}
@@ -312,7 +323,8 @@ func (p *serverPool) maintain(ctx context.Context) {
 	keep := p.idle[:0]
 	total := len(p.all)
 	for _, sc := range p.idle { // oldest-used first
-		expired := (idleTO > 0 && now.Sub(sc.lastUsed) > idleTO && total > p.minSize) || (life > 0 && now.Sub(sc.created) > life)
+		expired := (idleTO > 0 && now.Sub(sc.lastUsed) > idleTO && total > p.minSize) || (life > 0 && now.Sub(sc.created) > life) ||
+			(sc.ev != nil && sc.ev.hup.Load())
 		if expired || !usable {
 			victims = append(victims, sc)
 			delete(p.all, sc)
@@ -405,6 +417,10 @@ func (p *serverPool) acquireLoop(sess *session) (*serverConn, int) {
 		p.idle = p.idle[:n-1]
 		sc.active = true
 		p.mu.Unlock()
+		if !p.reusable(sc) {
+			p.drop(sc)
+			return p.acquireLoop(sess)
+		}
 		return sc, acqGot
 	}
 	if len(p.all)+p.opening < p.size {
