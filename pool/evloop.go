@@ -1151,7 +1151,8 @@ func (l *evLoop) tick() {
 			l.pump(s)
 		}
 	}
-	if to := positive(cfg.ClientIdleTimeout); to > 0 && l.now.Sub(l.lastIdle) >= time.Second {
+	// idle clients are looked for every quarter of the timeout (at most every second)
+	if to := positive(cfg.ClientIdleTimeout); to > 0 && l.now.Sub(l.lastIdle) >= min(time.Second, to/4) {
 		l.lastIdle = l.now
 		for s := range l.sessions {
 			ls := s.ev
