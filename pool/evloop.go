@@ -851,17 +851,7 @@ func (l *evLoop) serverData(s *session, es *loopServer, data []byte) {
 			}
 			continue
 		case 'S':
-			var ps pgproto3.ParameterStatus
-			if ps.Decode(data[5:total]) == nil {
-				k := strings.ToLower(ps.Name)
-				s.mu.Lock()
-				sc.params[k] = ps.Value
-				if trackedParams[k] {
-					s.params[k] = ps.Value
-					sc.dirty[k] = true
-				}
-				s.mu.Unlock()
-			}
+			s.serverParam(sc, data[5:total])
 		case 'G', 'W':
 			ls.copyIn = true
 		}
@@ -940,42 +930,34 @@ func (l *evLoop) rollback(sc *serverConn, status byte) {
 }
 
 func (l *evLoop) writeServer(s *session, es *loopServer) {
-	for len(es.out) > 0 {
-		n, errno := rawWrite(es.fd, es.out)
-		es.out = es.out[:copy(es.out, es.out[n:])]
-		if errno == syscall.EAGAIN {
-			es.wrBlocked = true
-			l.wantOut(es.fd)
-			return
-		}
-		if errno != 0 {
-			l.serverLost(s, es, os.NewSyscallError("write", errno))
-			return
-		}
-	}
-	if cap(es.out) > loopOutHigh {
-		es.out = nil
+	if errno := l.flush(es.fd, &es.out, &es.wrBlocked); errno != 0 {
+		l.serverLost(s, es, os.NewSyscallError("write", errno))
 	}
 }
 
 func (l *evLoop) writeClient(s *session) {
 	ls := s.ev
-	for len(ls.out) > 0 {
-		n, errno := rawWrite(ls.fd, ls.out)
-		ls.out = ls.out[:copy(ls.out, ls.out[n:])]
-		if errno == syscall.EAGAIN {
-			ls.wrBlocked = true
-			l.wantOut(ls.fd)
-			return
-		}
-		if errno != 0 {
-			l.clientGone(s)
-			return
-		}
+	if errno := l.flush(ls.fd, &ls.out, &ls.wrBlocked); errno != 0 {
+		l.clientGone(s)
 	}
-	if cap(ls.out) > loopOutHigh {
-		ls.out = nil
+}
+
+// flush writes *out to fd and keeps what did not fit; a full socket sets *blocked and gets
+// EPOLLOUT registered. It returns the error of a failed write.
+func (l *evLoop) flush(fd int, out *[]byte, blocked *bool) syscall.Errno {
+	b := *out
+	n, errno := rawWrite(fd, b)
+	b = b[:copy(b, b[n:])]
+	switch {
+	case errno == syscall.EAGAIN:
+		*blocked = true
+		l.wantOut(fd)
+		errno = 0
+	case len(b) == 0 && cap(b) > loopOutHigh:
+		b = nil // a big answer passed: do not keep its buffer
 	}
+	*out = b
+	return errno
 }
 
 // wantOut asks epoll to report fd writable too. Sockets are registered for input only: with

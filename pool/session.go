@@ -1135,17 +1135,7 @@ func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
 			s.serverGone(sc, done, err)
 			return stepEnded
 		}
-		var ps pgproto3.ParameterStatus
-		if ps.Decode(msg[5:]) == nil {
-			k := strings.ToLower(ps.Name)
-			s.mu.Lock()
-			sc.params[k] = ps.Value
-			if trackedParams[k] {
-				s.params[k] = ps.Value
-				sc.dirty[k] = true
-			}
-			s.mu.Unlock()
-		}
+		s.serverParam(sc, msg[5:])
 		s.clientWriteMsg(msg)
 	default:
 		if typ == 'G' || typ == 'W' {
@@ -1183,6 +1173,23 @@ func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
 		s.clientFlush()
 	}
 	return result
+}
+
+// serverParam records a ParameterStatus (body) the server sent on sc while s held it: a
+// tracked setting the client changed follows the client to its next server connection.
+func (s *session) serverParam(sc *serverConn, body []byte) {
+	var ps pgproto3.ParameterStatus
+	if ps.Decode(body) != nil {
+		return
+	}
+	k := strings.ToLower(ps.Name)
+	s.mu.Lock()
+	sc.params[k] = ps.Value
+	if trackedParams[k] {
+		s.params[k] = ps.Value
+		sc.dirty[k] = true
+	}
+	s.mu.Unlock()
 }
 
 // detachLocked ends the attachment (caller holds mu).
