@@ -33,11 +33,10 @@ import (
 // (and a server connection freed by one went to the next waiting client): the loop does the
 // cheap reads and the writes to servers first, and the writes that wake clients (and get the
 // loop preempted by them) last, so clients find several answers ready at once. Measured on
-// the 2-core test machine, against writing each answer at once: pgbench -S makes 0.23
-// context switches per transaction instead of 0.39 (PgBouncer's figure), and TPC-B through
-// the pool ran at 0.91x PgBouncer's tps instead of 0.76x (medians of 3 rounds; with the
-// answers that end a transaction deferred and the others written at once: 0.78x). An
-// answer over loopOutHigh/4 is written as it comes.
+// the 2-core test machine with bench/pool/run.sh (medians of 3 rounds), TPC-B through the
+// pool ran at 0.91x PgBouncer's tps this way, 0.78x with only the answers that end a
+// transaction deferred, and 0.76x with every answer written at once. An answer over
+// loopOutHigh/4 is written as it comes.
 //
 // Anything else a session sends (the extended protocol, SHOW POOL_NODES, DEALLOCATE, a
 // message over loopMaxMsg) moves the session to a goroutine for good, at a point where no
@@ -765,7 +764,7 @@ func (l *evLoop) readServer(s *session, es *loopServer) {
 			if errno != 0 {
 				err = os.NewSyscallError("read", errno)
 			}
-			l.serverLost(s, es, err)
+			l.serverLost(s, err)
 			return
 		}
 		if n < len(l.buf) {
@@ -811,7 +810,7 @@ func (l *evLoop) serverData(s *session, es *loopServer, data []byte) {
 		typ := data[0]
 		n := int(int32(binary.BigEndian.Uint32(data[1:5])))
 		if n < 4 || n-4 > maxMessageLen {
-			l.serverLost(s, es, fmt.Errorf("%w: server message %q with length %d", errProtocol, typ, n))
+			l.serverLost(s, fmt.Errorf("%w: server message %q with length %d", errProtocol, typ, n))
 			return
 		}
 		total := 1 + n
@@ -840,7 +839,7 @@ func (l *evLoop) serverData(s *session, es *loopServer, data []byte) {
 		switch typ {
 		case 'Z':
 			if n != 5 {
-				l.serverLost(s, es, fmt.Errorf("%w: bad ReadyForQuery", errProtocol))
+				l.serverLost(s, fmt.Errorf("%w: bad ReadyForQuery", errProtocol))
 				return
 			}
 			l.readyForQuery(s, es, data[:6])
@@ -931,7 +930,7 @@ func (l *evLoop) rollback(sc *serverConn, status byte) {
 
 func (l *evLoop) writeServer(s *session, es *loopServer) {
 	if errno := l.flush(es.fd, &es.out, &es.wrBlocked); errno != 0 {
-		l.serverLost(s, es, os.NewSyscallError("write", errno))
+		l.serverLost(s, os.NewSyscallError("write", errno))
 	}
 }
 
@@ -969,16 +968,9 @@ func (l *evLoop) wantOut(fd int) {
 }
 
 // serverLost handles a server connection that failed while s held it.
-func (l *evLoop) serverLost(s *session, es *loopServer, err error) {
+func (l *evLoop) serverLost(s *session, err error) {
 	ls := s.ev
-	sc := es.sc
-	s.mu.Lock()
-	if s.sc == sc {
-		s.detachLocked()
-	}
-	s.mu.Unlock()
-	es.ls = nil
-	s.srv.attached.Add(-1)
+	sc := l.detach(s)
 	sc.pool.drop(sc)
 	if ls.closed {
 		l.forget(s)
@@ -1040,13 +1032,24 @@ func (l *evLoop) clientGone(s *session) {
 		}
 		return // readyForQuery finishes
 	}
+	l.rollback(l.detach(s), status)
+	l.forget(s)
+}
+
+// detach ends s's hold on its server connection and returns the connection (nil: none).
+func (l *evLoop) detach(s *session) *serverConn {
+	sc := s.sc
+	if sc == nil {
+		return nil
+	}
 	s.mu.Lock()
 	s.detachLocked()
 	s.mu.Unlock()
-	es.ls = nil
+	if sc.ev != nil {
+		sc.ev.ls = nil
+	}
 	s.srv.attached.Add(-1)
-	l.rollback(sc, status)
-	l.forget(s)
+	return sc
 }
 
 func (l *evLoop) forget(s *session) {
@@ -1072,12 +1075,7 @@ func (l *evLoop) demoteSession(s *session) {
 	if err != nil {
 		s.srv.log.Warn("event loop: moving a session to a goroutine", "client", s.addr, "err", err)
 		ls.closed = true
-		if sc := s.sc; sc != nil {
-			s.mu.Lock()
-			s.detachLocked()
-			s.mu.Unlock()
-			sc.ev.ls = nil
-			s.srv.attached.Add(-1)
+		if sc := l.detach(s); sc != nil {
 			l.rollback(sc, s.txStatus)
 		}
 		l.forget(s)
@@ -1086,10 +1084,7 @@ func (l *evLoop) demoteSession(s *session) {
 	if sc := s.sc; sc != nil {
 		sc.ev.ls = nil
 		if err := sc.leaveLoop(); err != nil {
-			s.mu.Lock()
-			s.detachLocked()
-			s.mu.Unlock()
-			s.srv.attached.Add(-1)
+			l.detach(s)
 			sc.pool.drop(sc)
 		} else {
 			s.mu.Lock()
@@ -1153,12 +1148,7 @@ func (l *evLoop) quit() {
 			ls.closed = true
 			_ = syscall.Close(ls.fd)
 		}
-		if sc := s.sc; sc != nil {
-			s.mu.Lock()
-			s.detachLocked()
-			s.mu.Unlock()
-			sc.ev.ls = nil
-			s.srv.attached.Add(-1)
+		if sc := l.detach(s); sc != nil {
 			sc.pool.drop(sc)
 		}
 		l.forget(s)

@@ -412,16 +412,9 @@ func (p *serverPool) acquireLoop(sess *session) (*serverConn, int) {
 		p.mu.Unlock()
 		return nil, acqClosed
 	}
-	if n := len(p.idle); n > 0 { // released since tryIdle looked
-		sc := p.idle[n-1]
-		p.idle = p.idle[:n-1]
-		sc.active = true
+	if len(p.idle) > 0 { // released since tryIdle looked
 		p.mu.Unlock()
-		if !p.reusable(sc) {
-			p.drop(sc)
-			return p.acquireLoop(sess)
-		}
-		return sc, acqGot
+		return p.acquireLoop(sess)
 	}
 	if len(p.all)+p.opening < p.size {
 		p.opening++
