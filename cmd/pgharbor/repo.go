@@ -78,7 +78,7 @@ version and WAL segment size, and from then on another server is refused.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			r, err := a.openRepo(ctx, false)
+			r, err := a.openRepoInit(ctx, false, true)
 			if err != nil {
 				return err
 			}

@@ -85,6 +85,12 @@ func (a *app) codecConfig(needIdentity bool) (codec.Config, error) {
 // openRepo opens the configured cluster in the repository. needIdentity is true for
 // commands that decrypt (restore, verify, repo get, wal fetch).
 func (a *app) openRepo(ctx context.Context, needIdentity bool) (*repo.Repo, error) {
+	return a.openRepoInit(ctx, needIdentity, false)
+}
+
+// openRepoInit is openRepo; forInit lets `repo init` open a passphrase cluster that has no
+// identity yet, which every other command refuses (see below).
+func (a *app) openRepoInit(ctx context.Context, needIdentity, forInit bool) (*repo.Repo, error) {
 	if a.cfg.Repo.Cluster == "" {
 		return nil, fmt.Errorf("no cluster name: set --cluster, repo.cluster or PGHARBOR_REPO_CLUSTER")
 	}
@@ -107,6 +113,21 @@ func (a *app) openRepo(ctx context.Context, needIdentity bool) (*repo.Repo, erro
 	// Passphrase mode: unlock the cluster's data key once (`repo init` makes it) and seal
 	// new objects to it; a scrypt per object would cost about a second each. A cluster
 	// without one (initialised by an older pgharbor) keeps a scrypt per object.
+	// `repo init` writes the key before the identity, so the key is looked for only once the
+	// identity exists, and a cluster without one is refused here: a `wal push` racing
+	// `repo init` could otherwise miss the key, find the identity a moment later and seal
+	// its segment with a scrypt of its own.
+	idKey := r.Key(repo.IdentityKey)
+	if ok, err := storage.Exists(ctx, b, idKey); err != nil || !ok {
+		if err == nil && forInit {
+			return r, nil
+		}
+		b.Close()
+		if err != nil {
+			return nil, fmt.Errorf("check %s: %w", r.Location(idKey), err)
+		}
+		return nil, fmt.Errorf("%s: %w (run `pgharbor repo init`)", r.Location(r.Cluster()), repo.ErrNotInitialized)
+	}
 	key, err := r.DataKey(ctx, false)
 	if err != nil || key == "" {
 		if err != nil {
