@@ -9,10 +9,12 @@
 # between rounds so drift in the machine's load does not favour one target. Reported per
 # workload and target: median tps, median p99 latency (from pgbench's per-transaction logs),
 # the pooler process's CPU in cores per 10k tps (utime+stime from /proc/<pid>/stat), and
-# ratios against direct TCP and PgBouncer.
+# ratios against direct TCP and PgBouncer; then, per workload, pgharbor's tps over
+# PgBouncer's in each round (the two runs of a round are next to each other in time, so the
+# machine's drift between rounds cancels out) and their median, which the targets use.
 #
 # Settings (environment):
-#   ROUNDS=3 DURATION=20 SCALE=10 SELECT_CLIENTS=50 TPCB_CLIENTS=20 POOL_SIZE=20 THREADS=2
+#   ROUNDS=5 DURATION=15 SCALE=10 SELECT_CLIENTS=50 TPCB_CLIENTS=20 POOL_SIZE=20 THREADS=2
 #   WARMUP=10 (seconds of pgbench -S through each pooler before the rounds; 0: none)
 #   TARGETS="direct pgbouncer pgharbor"  WORKLOADS="select tpcb"  MODE=simple (pgbench -M)
 #   PGBIN=/usr/lib/postgresql/15/bin  PGBOUNCER=pgbouncer  KEEP=1 (keep the work dir)
@@ -22,8 +24,8 @@
 # Run as root (PostgreSQL and PgBouncer then run as the postgres OS user) or as a normal user.
 set -euo pipefail
 
-ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-20}
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-15}
 WARMUP=${WARMUP:-10}
 SCALE=${SCALE:-10}
 SELECT_CLIENTS=${SELECT_CLIENTS:-50}
@@ -291,6 +293,11 @@ done
 val() { awk -v w="$1" -v t="$2" -v c="$3" '$1 == w && $2 == t {print $c}' "$WORK/results.txt" | grep -v nan | median; }
 fmt3() { awk -v x="$1" 'BEGIN {if (x == "nan" || x == "") print "-"; else printf "%.3f", x}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "nan" || b == "nan" || b == 0) print "-"; else printf "%.3f", a / b}'; }
+# paired W A B: A's tps over B's in each round where both ran, one per line, in round order.
+paired() {
+	awk -v w="$1" -v a="$2" -v b="$3" '$1 == w && $4 != "nan" {if ($2 == a) x[$3] = $4; if ($2 == b) y[$3] = $4}
+		END {for (r = 1; r <= 1000; r++) if ((r in x) && (r in y) && y[r] > 0) printf "%.3f\n", x[r] / y[r]}' "$WORK/results.txt"
+}
 report() {
 	echo "pooler benchmark: PostgreSQL $("$PGBIN/postgres" --version | awk '{v = $3} END {print v}'), pgbench scale $SCALE, ${DURATION}s x $ROUNDS rounds, transaction mode, pool size $POOL_SIZE, -M $MODE, $(nproc) cores"
 	echo "medians over rounds; p99 from pgbench per-transaction logs; cores/10k = pooler CPU (user+sys) per 10k tps;"
@@ -307,17 +314,24 @@ report() {
 		done
 	done
 	if [[ " ${targets[*]} " == *" pgharbor "* ]]; then
-		echo "targets:"
+		echo "pgharbor's tps over the other target's, round by round (median):"
+		for w in $WORKLOADS; do
+			for t in pgbouncer direct; do
+				[[ " ${targets[*]} " == *" $t "* ]] || continue
+				printf '  %-8s vs %-10s %s (%s)\n' "$w" "$t" "$(paired "$w" pgharbor "$t" | paste -sd' ')" "$(paired "$w" pgharbor "$t" | median | xargs -r printf '%.3f')"
+			done
+		done
+		echo "targets (medians of the round-by-round ratios):"
 		for w in $WORKLOADS; do
 			if [[ " ${targets[*]} " == *" pgbouncer "* ]]; then
-				rb=$(ratio "$(val "$w" pgharbor 4)" "$(val "$w" pgbouncer 4)")
+				rb=$(paired "$w" pgharbor pgbouncer | median)
 				if awk -v x="$rb" 'BEGIN {exit !(x >= 1.0)}'; then s=PASS; else s=MISS; failed=1; fi
-				echo "  $w: pgharbor >= 1.00x PgBouncer tps: $rb $s"
+				echo "  $w: pgharbor >= 1.00x PgBouncer tps: $(fmt3 "$rb") $s"
 			fi
 			if [ "$w" = select ] && [[ " ${targets[*]} " == *" direct "* ]]; then
-				rd=$(ratio "$(val "$w" pgharbor 4)" "$(val "$w" direct 4)")
+				rd=$(paired "$w" pgharbor direct | median)
 				if awk -v x="$rd" 'BEGIN {exit !(x >= 0.95)}'; then s=PASS; else s=MISS; failed=1; fi
-				echo "  $w: pgharbor >= 0.95x direct tps: $rd $s"
+				echo "  $w: pgharbor >= 0.95x direct tps: $(fmt3 "$rd") $s"
 			fi
 		done
 	fi
