@@ -318,7 +318,7 @@ report() {
 		for w in $WORKLOADS; do
 			for t in pgbouncer direct; do
 				[[ " ${targets[*]} " == *" $t "* ]] || continue
-				printf '  %-8s vs %-10s %s (%s)\n' "$w" "$t" "$(paired "$w" pgharbor "$t" | paste -sd' ')" "$(paired "$w" pgharbor "$t" | median | xargs -r printf '%.3f')"
+				printf '  %-8s vs %-10s %s (%s)\n' "$w" "$t" "$(paired "$w" pgharbor "$t" | paste -sd' ')" "$(fmt3 "$(paired "$w" pgharbor "$t" | median)")"
 			done
 		done
 		echo "targets (medians of the round-by-round ratios):"
