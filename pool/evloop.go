@@ -285,9 +285,9 @@ func (l *evLoop) run() {
 			// with a signal, and, while it is in a system call, take its P away on every
 			// 20 us pass until the preemption lands. Measured on the 2-core test machine,
 			// that monitor then used 2 us of CPU per pgbench -S transaction and 18-28 us
-			// per TPC-B one; passing through the scheduler now and then, at a moment
-			// with nothing to do, costs a thread hand-off (a locked goroutine) a few
-			// hundred times a second instead: the pool's CPU per -S transaction fell
+			// per TPC-B one; passing through the scheduler now and then, when the loop
+			// is about to wait for events, costs a thread hand-off (a locked goroutine)
+			// a few hundred times a second instead: the pool's CPU per -S transaction fell
 			// from 33-36 us to 29-32 us (3 rounds each).
 			runtime.Gosched()
 			l.lastYield = l.now
