@@ -229,7 +229,10 @@ func (l *evLoop) run() {
 	// often; it never waits longer than the scheduler's slice. Measured on the 2-core test
 	// machine (medians of 3 rounds): the loop's CPU per pgbench -S transaction fell from
 	// 0.32-0.37 to 0.29 cores per 10k tps, PgBouncer's figure, and TPC-B rose from 0.84x to
-	// 0.94x PgBouncer's tps. The policy belongs to the thread, so the goroutine keeps it.
+	// 0.94x PgBouncer's tps. Those rounds ran the pool in pgbench's session (see
+	// bench/pool/README.md on autogroup); re-measured with the pool in a session of its
+	// own, pgbench -S ran at 0.89x the tps without SCHED_BATCH (6 paired rounds, all
+	// slower). The policy belongs to the thread, so the goroutine keeps it.
 	runtime.LockOSThread() // never unlocked: the thread ends with the loop
 	param := int32(0)
 	if _, _, errno := syscall.RawSyscall(syscall.SYS_SCHED_SETSCHEDULER, 0, schedBatch, uintptr(unsafe.Pointer(&param))); errno != 0 {
@@ -288,7 +291,10 @@ func (l *evLoop) run() {
 			// per TPC-B one; passing through the scheduler now and then, when the loop
 			// is about to wait for events, costs a thread hand-off (a locked goroutine)
 			// a few hundred times a second instead: the pool's CPU per -S transaction fell
-			// from 33-36 us to 29-32 us (3 rounds each).
+			// from 33-36 us to 29-32 us (3 rounds each). A pass is not free: under TPC-B
+			// on that machine it took 300-380 us on average (the other thread has to be
+			// scheduled on a busy CPU); passing every 9 ms instead of 5, or not locking the
+			// goroutine to its thread, did not change TPC-B's tps in 8 paired rounds.
 			runtime.Gosched()
 			l.lastYield = l.now
 		}
