@@ -252,6 +252,9 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	if err != nil {
 		return nil, err
 	}
+	if err := p.setDigests(src.files); err != nil {
+		return nil, err
+	}
 	o.Logger.Debug("backup data stored", "label", label, "seconds", time.Since(start).Seconds())
 	files, pgManifest := src.files, src.pgManifest
 	stopTime := time.Now().UTC()

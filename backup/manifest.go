@@ -2,6 +2,8 @@ package backup
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io/fs"
 	"path"
@@ -75,7 +77,29 @@ type Extent struct {
 	Bundle int    `json:"b"`
 	Offset int64  `json:"o"` // offset in the bundle's decoded bytes
 	Length int64  `json:"l"`
-	CRC    uint32 `json:"c"` // CRC-32C of the piece
+	CRC    uint32 `json:"c"` // CRC-32C of the piece: detects damage in transit or at rest
+	// SHA256 of the piece. A delta restore keeps a file only when every piece of it hashes
+	// the same: a CRC cannot prove two files equal (a file that ends with its own CRC, such
+	// as pg_control, has a constant whole-file CRC). Zero in manifests written before it.
+	SHA256 Digest `json:"h,omitzero"`
+}
+
+// Digest is a SHA-256, written in manifests as hex.
+type Digest [sha256.Size]byte
+
+// IsZero reports whether d was never set.
+func (d Digest) IsZero() bool { return d == Digest{} }
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Digest) MarshalText() ([]byte, error) { return []byte(hex.EncodeToString(d[:])), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Digest) UnmarshalText(b []byte) error {
+	if len(b) != 2*sha256.Size {
+		return fmt.Errorf("SHA-256 %q: want %d hex digits", b, 2*sha256.Size)
+	}
+	_, err := hex.Decode(d[:], b)
+	return err
 }
 
 // File is one entry of the backup: a regular file, a directory or a symlink.

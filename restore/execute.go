@@ -3,6 +3,7 @@ package restore
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -13,6 +14,7 @@ import (
 	"os/user"
 	"path"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -34,8 +36,10 @@ type Options struct {
 	PGData string
 	// TablespaceMap maps a tablespace's old location (or its OID) to a new location.
 	TablespaceMap map[string]string
-	// Delta reuses a non-empty data directory: files whose size and CRC-32C match the backup
-	// are kept, others are rewritten, files the backup does not have are removed.
+	// Delta reuses a non-empty data directory: files whose size and content (the SHA-256 of
+	// each piece, recorded at backup time) match the backup are kept, others are rewritten,
+	// files the backup does not have are removed. pg_control, pg_filenode.map, backup_label
+	// and tablespace_map are always rewritten, pg_control last.
 	Delta bool
 	// Workers download and write bundles in parallel (default 4).
 	Workers int
@@ -100,7 +104,7 @@ func Execute(ctx context.Context, r *repo.Repo, plan *Plan, o Options) (*Result,
 	}
 	x := &executor{r: r, m: m, o: o, roots: roots, owner: owner}
 	t0 := time.Now()
-	if err := x.layout(); err != nil {
+	if err := x.layout(ctx); err != nil {
 		return nil, err
 	}
 	t1 := time.Now()
@@ -126,7 +130,7 @@ func Execute(ctx context.Context, r *repo.Repo, plan *Plan, o Options) (*Result,
 		return nil, err
 	}
 	t2 := time.Now()
-	if err := x.finish(pgManifest, plan); err != nil {
+	if err := x.finish(ctx, pgManifest, plan); err != nil {
 		return nil, err
 	}
 	o.Logger.Debug("restore phases", "layout", t1.Sub(t0), "fetch_and_write", t2.Sub(t1), "finish_and_sync", time.Since(t2))
@@ -140,6 +144,9 @@ type executor struct {
 	roots map[uint32]string // tablespace OID (0 = data directory) -> directory
 	owner *syscall.Credential
 	need  []bool // per file: must be written
+	// control is the index of global/pg_control among the files (-1: none), which finish
+	// writes after everything else is durable.
+	control int
 	res   Result
 	done  atomic.Int64
 	total int64
@@ -240,11 +247,36 @@ func (x *executor) filePath(f backup.File) string {
 	return filepath.Join(x.roots[f.Tablespace], filepath.FromSlash(f.Path))
 }
 
+// controlFile is the file PostgreSQL reads first to know where recovery starts. It is
+// written last, once everything else is durable (as pg_basebackup and pg_rewind do), and a
+// delta restore removes the old one before it changes anything: a restore that is killed
+// halfway leaves a directory PostgreSQL refuses to start, never one that starts from the
+// old pg_control over new files.
+const controlFile = "global/pg_control"
+
+// alwaysWritten says whether a delta restore must rewrite the file whatever its content:
+// the files PostgreSQL treats specially at startup.
+// A database whose default tablespace is another one keeps its pg_filenode.map there.
+func alwaysWritten(f backup.File) bool {
+	if path.Base(f.Path) == "pg_filenode.map" {
+		return true
+	}
+	if f.Tablespace != 0 {
+		return false
+	}
+	switch f.Path {
+	case controlFile, "backup_label", "tablespace_map", "backup_manifest":
+		return true
+	}
+	return false
+}
+
 // layout creates directories and symlinks, decides which files need writing (delta) and
 // sizes them, and removes files the backup does not have (delta).
-func (x *executor) layout() error {
+func (x *executor) layout(ctx context.Context) error {
 	files := x.m.FileList
 	x.need = make([]bool, len(files))
+	x.control = -1
 	order := make([]int, len(files))
 	for i := range order {
 		order[i] = i
@@ -254,6 +286,12 @@ func (x *executor) layout() error {
 	for _, root := range x.roots {
 		keep[root] = true
 	}
+	if x.o.Delta {
+		if err := removeDurably(filepath.Join(x.roots[0], filepath.FromSlash(controlFile))); err != nil {
+			return err
+		}
+	}
+	var regular []int
 	for _, i := range order {
 		f := files[i]
 		p := x.filePath(f)
@@ -290,31 +328,44 @@ func (x *executor) layout() error {
 				return err
 			}
 		case "file":
-			x.res.Files++
-			if x.o.Delta && sameFile(p, f) {
-				x.res.FilesKept++
-				continue
-			}
-			x.need[i] = true
-			x.total += f.Size
-			if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-				return err
-			}
-			fh, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, f.Mode.Perm()|0o200)
-			if err != nil {
-				return fmt.Errorf("create %s: %w", p, err)
-			}
-			err = fh.Truncate(f.Size)
-			if cerr := fh.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				return fmt.Errorf("size %s: %w", p, err)
-			}
-			if err := x.chown(p); err != nil {
-				return err
-			}
-			x.res.FilesWritten++
+			regular = append(regular, i)
+		}
+	}
+	same, err := x.unchanged(ctx, regular)
+	if err != nil {
+		return err
+	}
+	for k, i := range regular {
+		f := files[i]
+		p := x.filePath(f)
+		x.res.Files++
+		if same[k] {
+			x.res.FilesKept++
+			continue
+		}
+		x.need[i] = true
+		x.res.FilesWritten++
+		x.total += f.Size
+		if f.Tablespace == 0 && f.Path == controlFile {
+			x.control = i // written by finish, last
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return err
+		}
+		fh, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, f.Mode.Perm()|0o200)
+		if err != nil {
+			return fmt.Errorf("create %s: %w", p, err)
+		}
+		err = fh.Truncate(f.Size)
+		if cerr := fh.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("size %s: %w", p, err)
+		}
+		if err := x.chown(p); err != nil {
+			return err
 		}
 	}
 	if x.o.Delta {
@@ -323,6 +374,55 @@ func (x *executor) layout() error {
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+// unchanged says, for each of the regular files idx, whether a delta restore may keep the
+// copy already on disk: same size and every piece with the SHA-256 the manifest recorded.
+// Files are compared in parallel (hashing is the cost of a delta restore).
+func (x *executor) unchanged(ctx context.Context, idx []int) ([]bool, error) {
+	same := make([]bool, len(idx))
+	if !x.o.Delta {
+		return same, nil
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(x.o.Workers, runtime.NumCPU()))
+	for k, i := range idx {
+		f := x.m.FileList[i]
+		if alwaysWritten(f) {
+			continue
+		}
+		g.Go(func() error {
+			if err := gctx.Err(); err != nil {
+				return err
+			}
+			same[k] = sameContent(x.filePath(f), f)
+			return nil
+		})
+	}
+	return same, g.Wait()
+}
+
+// removeDurably removes p if it exists and makes the removal durable.
+func removeDurably(p string) error {
+	if err := os.Remove(p); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("remove %s: %w", p, err)
+	}
+	return syncDir(filepath.Dir(p))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
 }
@@ -355,21 +455,37 @@ func (x *executor) removeExtra(root string, keep map[string]bool) error {
 	return nil
 }
 
-func sameFile(p string, f backup.File) bool {
+// sameContent reports whether the file at p holds exactly f's bytes: the size matches and
+// every extent's bytes hash to the SHA-256 the backup recorded. A manifest without hashes
+// (older backups) never matches, so such a file is rewritten.
+func sameContent(p string, f backup.File) bool {
 	st, err := os.Lstat(p)
 	if err != nil || !st.Mode().IsRegular() || st.Size() != f.Size {
 		return false
+	}
+	for _, e := range f.Extents {
+		if e.SHA256.IsZero() {
+			return false
+		}
 	}
 	fh, err := os.Open(p)
 	if err != nil {
 		return false
 	}
 	defer fh.Close()
-	h := crc32.New(castagnoli)
-	if _, err := io.Copy(h, bufio.NewReaderSize(fh, 256<<10)); err != nil {
-		return false
+	br := bufio.NewReaderSize(fh, 256<<10)
+	h := sha256.New()
+	var sum backup.Digest
+	for _, e := range f.Extents {
+		h.Reset()
+		if n, err := io.CopyN(h, br, e.Length); err != nil || n != e.Length {
+			return false
+		}
+		if h.Sum(sum[:0]); sum != e.SHA256 {
+			return false
+		}
 	}
-	return h.Sum32() == f.CRC
+	return true
 }
 
 type piece struct {
@@ -382,7 +498,7 @@ type piece struct {
 func (x *executor) fetch(ctx context.Context) error {
 	byBundle := map[int][]piece{}
 	for i, f := range x.m.FileList {
-		if !x.need[i] {
+		if !x.need[i] || i == x.control {
 			continue
 		}
 		for _, e := range f.Extents {
@@ -506,7 +622,7 @@ func (x *executor) progress(n int64) {
 
 // finish writes backup_manifest and the
 // recovery configuration, and makes everything durable with one syncfs per file system.
-func (x *executor) finish(pgManifest []byte, plan *Plan) error {
+func (x *executor) finish(ctx context.Context, pgManifest []byte, plan *Plan) error {
 	pgdata := x.roots[0]
 	if err := x.writeFile(filepath.Join(pgdata, "backup_manifest"), pgManifest, 0o600); err != nil {
 		return err
@@ -551,7 +667,76 @@ func (x *executor) finish(pgManifest []byte, plan *Plan) error {
 			return fmt.Errorf("sync %s: %w", root, err)
 		}
 	}
-	return nil
+	return x.writeControl(ctx)
+}
+
+// writeControl writes global/pg_control from the backup, through a temp file and a rename,
+// once every other file is on disk.
+func (x *executor) writeControl(ctx context.Context) error {
+	if x.control < 0 {
+		return nil
+	}
+	f := x.m.FileList[x.control]
+	data := make([]byte, 0, f.Size)
+	for _, e := range f.Extents {
+		piece, err := x.readPiece(ctx, f, e)
+		if err != nil {
+			return err
+		}
+		data = append(data, piece...)
+	}
+	if int64(len(data)) != f.Size {
+		return fmt.Errorf("backup %s: %s has %d bytes in its pieces, the manifest says %d", x.m.Label, f.Path, len(data), f.Size)
+	}
+	p := x.filePath(f)
+	tmp := p + ".pgharbor-tmp"
+	fh, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, f.Mode.Perm()|0o200)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", tmp, err)
+	}
+	_, err = fh.Write(data)
+	if err == nil && !x.o.NoSync {
+		err = fh.Sync()
+	}
+	if cerr := fh.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = x.chown(tmp)
+	}
+	if err == nil {
+		err = os.Rename(tmp, p)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	x.progress(f.Size)
+	if x.o.NoSync {
+		return nil
+	}
+	return syncDir(filepath.Dir(p))
+}
+
+// readPiece returns the bytes of one extent, checked against its CRC-32C and SHA-256.
+func (x *executor) readPiece(ctx context.Context, f backup.File, e backup.Extent) ([]byte, error) {
+	key := backup.BundleKey(x.r, x.m.Label, e.Bundle)
+	rc, err := x.r.GetStream(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: %w", x.m.Label, err)
+	}
+	defer rc.Close()
+	if _, err := io.CopyN(io.Discard, rc, e.Offset); err != nil {
+		return nil, fmt.Errorf("read %s: %w", x.r.Location(key), err)
+	}
+	buf := make([]byte, e.Length)
+	if _, err := io.ReadFull(rc, buf); err != nil {
+		return nil, fmt.Errorf("read %s (piece of %s): %w", x.r.Location(key), f.Path, err)
+	}
+	if crc32.Checksum(buf, castagnoli) != e.CRC || (!e.SHA256.IsZero() && backup.Digest(sha256.Sum256(buf)) != e.SHA256) {
+		return nil, fmt.Errorf("backup %s: %s: checksum mismatch in a piece from %s: the object is damaged (run `pgharbor verify --backup %s`)", x.m.Label, f.Path, x.r.Location(key), x.m.Label)
+	}
+	return buf, nil
 }
 
 func (x *executor) writeFile(p string, data []byte, mode fs.FileMode) error {

@@ -111,6 +111,10 @@ type Plan struct {
 	// Settings are the recovery parameters for postgresql.auto.conf (restore_command is
 	// added by the executor).
 	Settings map[string]string
+	// EndAtLeast is, for a recovery to the latest WAL, the start of the newest archived
+	// segment on the timeline recovery follows: recovery that promotes before it stopped
+	// early (WAL it could not apply), however normal its end looked. Zero: not checked.
+	EndAtLeast wal.LSN `json:"end_at_least,omitzero"`
 }
 
 // Usable returns the backups whose WAL, from start to stop, is all in the archive: only
@@ -228,7 +232,41 @@ func MakePlan(all []backup.Summary, arch wal.Archive, t Target, label string) (*
 			s["recovery_target_timeline"] = strconv.FormatUint(uint64(tl), 10)
 		}
 	}
-	return &Plan{Backup: *chosen, Target: t, Window: w, Settings: s}, nil
+	p := &Plan{Backup: *chosen, Target: t, Window: w, Settings: s}
+	if t.Kind == TargetLatest {
+		p.EndAtLeast = latestEnd(*chosen, arch, t.Timeline, s["recovery_target_timeline"])
+	}
+	return p, nil
+}
+
+// latestEnd returns where the newest archived segment of the timeline that recovery to the
+// latest WAL follows begins (0 when that cannot be told).
+func latestEnd(b backup.Summary, arch wal.Archive, asked, set string) wal.LSN {
+	best, newest := timelineFor(b, arch)
+	follow := best
+	switch {
+	case asked == "current":
+		follow = wal.TimelineID(b.Timeline)
+	case asked == "latest":
+		follow = newest
+	case asked != "":
+		n, _ := strconv.ParseUint(asked, 10, 32)
+		follow = wal.TimelineID(n)
+	case set != "":
+		n, _ := strconv.ParseUint(set, 10, 32)
+		follow = wal.TimelineID(n)
+	}
+	for _, tl := range arch.Timelines {
+		if tl.TLI != follow || tl.Last == "" {
+			continue
+		}
+		seg, err := wal.ParseSegmentName(tl.Last, b.WALSegmentSize)
+		if err != nil {
+			return 0
+		}
+		return seg.StartLSN(b.WALSegmentSize)
+	}
+	return 0
 }
 
 // timelineFor returns the newest archived timeline whose history passes through the end of

@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgharbor/pgharbor/wal"
 )
 
 // StartOptions say how to start the restored cluster.
@@ -68,7 +71,17 @@ func StartAndWait(ctx context.Context, plan *Plan, s StartOptions) error {
 				return checkShutdownReachedTarget(s)
 			}
 		} else if done, err := reached(ctx, connStr, action); err == nil && done {
+			if action == "pause" || plan.EndAtLeast == 0 {
+				return nil
+			}
+			if err := checkRecoveryEnd(ctx, connStr, plan.EndAtLeast); err != nil {
+				return s.failStopped(ctx, err)
+			}
 			return nil
+		} else if err != nil && refusing(err) && running(s.PGData) {
+			// The server is up but turns connections away for a reason other than still
+			// being in startup or recovery: waiting cannot help.
+			return s.failStopped(ctx, fmt.Errorf("the server refuses connections after recovery: %w", err))
 		}
 		if !running(s.PGData) && action != "shutdown" {
 			logText, _ := os.ReadFile(s.LogFile())
@@ -83,6 +96,73 @@ func StartAndWait(ctx context.Context, plan *Plan, s StartOptions) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// refusing reports whether a connection attempt failed with an error from the server that
+// is not one of the answers a starting or recovering server gives (cannot_connect_now,
+// too_many_connections).
+func refusing(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	switch pe.Code {
+	case "57P03", "53300":
+		return false
+	}
+	return true
+}
+
+// checkRecoveryEnd checks that a server which finished recovery to the latest WAL got at
+// least to atLeast: PostgreSQL ends recovery, promotes and reports nothing unusual at the
+// first record it cannot read or apply (a segment of another system, a damaged one), and
+// everything after it would be silently lost. The end of recovery is where the new
+// timeline begins, in its history file.
+func checkRecoveryEnd(ctx context.Context, connStr string, atLeast wal.LSN) error {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, connStr)
+	if err != nil {
+		return fmt.Errorf("check where recovery ended: %w", err)
+	}
+	defer conn.Close(context.Background())
+	var walFile string
+	if err := conn.QueryRow(cctx, "SELECT pg_walfile_name(pg_current_wal_lsn())").Scan(&walFile); err != nil {
+		return fmt.Errorf("check where recovery ended: %w", err)
+	}
+	tli, err := wal.ParseTimelineID(walFile[:8])
+	if err != nil || tli < 2 {
+		return fmt.Errorf("check where recovery ended: the server runs on timeline %s, but recovery to the latest WAL always starts a new one", walFile[:8])
+	}
+	var hist string
+	if err := conn.QueryRow(cctx, "SELECT pg_read_file('pg_wal/' || $1::text)", wal.HistoryFileName(tli)).Scan(&hist); err != nil {
+		return fmt.Errorf("check where recovery ended: read %s: %w", wal.HistoryFileName(tli), err)
+	}
+	entries, err := wal.ParseHistory(tli, []byte(hist))
+	if err != nil || len(entries) == 0 {
+		return fmt.Errorf("check where recovery ended: %s: %v", wal.HistoryFileName(tli), err)
+	}
+	end := entries[len(entries)-1]
+	if end.Switch < atLeast {
+		return fmt.Errorf("recovery ended early: at %s on timeline %d, but the archive holds WAL of that timeline up to the segment starting at %s. PostgreSQL could not read or apply the WAL after %s (the server log says why) and promoted there; what was committed after it is not in this copy. Run `pgharbor verify`",
+			end.Switch, end.TLI, atLeast, end.Switch)
+	}
+	return nil
+}
+
+// failStopped stops the started server (a copy that silently lacks data must not be taken
+// into use) and returns err with the end of the server's log.
+func (s StartOptions) failStopped(ctx context.Context, err error) error {
+	cmd := exec.CommandContext(ctx, filepath.Join(s.BinDir, "pg_ctl"), "-D", s.PGData, "-m", "fast", "-w", "-t", "60", "stop")
+	if s.Cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.Cred}
+	}
+	stopped := "the server was stopped"
+	if out, serr := cmd.CombinedOutput(); serr != nil {
+		stopped = fmt.Sprintf("stopping the server failed too: %v: %s", serr, strings.TrimSpace(string(out)))
+	}
+	logText, _ := os.ReadFile(s.LogFile())
+	return fmt.Errorf("%w\n(%s)\n--- server log %s ---\n%s", err, stopped, s.LogFile(), tail(logText, 4000))
 }
 
 func reached(ctx context.Context, connStr, action string) (bool, error) {
