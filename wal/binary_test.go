@@ -237,8 +237,13 @@ func TestPrefetch(t *testing.T) {
 	if !bytes.Equal(got, datas[0]) {
 		t.Fatal("fetched bytes differ")
 	}
-	pre := filepath.Join(e.spool, "prefetch")
+	var pre string
 	waitFor(t, 20*time.Second, "segments 2-4 prefetched", func() bool {
+		dirs, _ := filepath.Glob(filepath.Join(e.spool, "test-*", "prefetch"))
+		if len(dirs) != 1 {
+			return false
+		}
+		pre = dirs[0]
 		for _, n := range names[1:4] {
 			if _, err := os.Stat(filepath.Join(pre, n)); err != nil {
 				return false
@@ -314,10 +319,10 @@ func TestPrefetchInProcessFollowsTheWindow(t *testing.T) {
 	spool := t.TempDir()
 	var wg sync.WaitGroup
 	var started atomic.Int32
-	opts := FetchOptions{SpoolDir: spool, Prefetch: 2, StartPrefetcher: func(dir string) error {
+	opts := FetchOptions{SpoolDir: spool, Prefetch: 2, StartPrefetcher: func(root, _ string) error {
 		started.Add(1)
 		wg.Go(func() {
-			if err := Prefetch(ctx, r, PrefetchOptions{SpoolDir: dir}); err != nil {
+			if err := Prefetch(ctx, r, PrefetchOptions{SpoolDir: root}); err != nil {
 				t.Errorf("prefetch: %v", err)
 			}
 		})
@@ -342,7 +347,7 @@ func TestPrefetchInProcessFollowsTheWindow(t *testing.T) {
 		t.Fatal("no prefetcher started")
 	}
 	// The window after segment 6 is 7 and 8; nothing older stays in the spool.
-	entries, err := os.ReadDir(filepath.Join(spool, "prefetch"))
+	entries, err := os.ReadDir(filepath.Join(spool, SpoolID(r.Backend().Location(), r.Cluster()), "prefetch"))
 	must(t, err)
 	var segs []string
 	for _, e := range entries {

@@ -28,15 +28,20 @@ var ErrSegmentMissing = errors.New("WAL file not in the archive")
 
 // FetchOptions tune Fetch.
 type FetchOptions struct {
-	// SpoolDir holds prefetched segments; default DefaultSpoolDir(cluster).
+	// SpoolDir is the root of the spools, which hold prefetched segments; default
+	// DefaultSpoolRoot(). Each repository and cluster has its own spool in it.
 	SpoolDir string
+	// RepoID names the repository's spool (SpoolID); default SpoolID of the backend's
+	// location and the cluster.
+	RepoID string
 	// Prefetch is how many following segments of the same timeline to have downloaded
 	// ahead: 0 means DefaultFetchPrefetch, a negative value turns prefetching off.
 	Prefetch int
 	// StartPrefetcher starts a process that runs Prefetch with PrefetchOptions.SpoolDir =
-	// spoolDir and returns without waiting for it. Fetch calls it when segments ahead are
-	// missing from the spool and no prefetcher runs. Nil turns prefetching off.
-	StartPrefetcher func(spoolDir string) error
+	// root and the same RepoID, and returns without waiting for it; dir is the repository's
+	// spool (for the prefetcher's log). Fetch calls it when segments ahead are missing from
+	// the spool and no prefetcher runs. Nil turns prefetching off.
+	StartPrefetcher func(root, dir string) error
 	// Logger receives warnings about prefetching (nil: discarded).
 	Logger *slog.Logger
 }
@@ -48,6 +53,12 @@ type FetchOptions struct {
 //
 // A segment already downloaded by the prefetcher is moved into place without a download.
 // After a segment, Fetch makes sure the next opts.Prefetch ones are being downloaded.
+//
+// Every segment handed over is checked first: its header must name the position its name
+// says and the database system being recovered (the system identifier in pg_control next
+// to dest's pg_wal, or else the repository's). A segment of another system is refused with
+// an error naming it: PostgreSQL given such a segment ends recovery there and promotes, and
+// everything after it is silently lost.
 func Fetch(ctx context.Context, r *repo.Repo, name, dest string, opts FetchOptions) error {
 	kind := Classify(name)
 	if kind == KindUnknown {
@@ -66,27 +77,37 @@ func Fetch(ctx context.Context, r *repo.Repo, name, dest string, opts FetchOptio
 	if prefetch == 0 {
 		prefetch = DefaultFetchPrefetch
 	}
+	var check func(head []byte) error
+	if kind == KindSegment {
+		check = func(head []byte) error {
+			sysid, from, err := expectedSystem(ctx, r, dest)
+			if err != nil {
+				return err
+			}
+			return checkFetched(name, head, sysid, from)
+		}
+	}
 	var spool string
 	if kind == KindSegment && prefetch > 0 && opts.StartPrefetcher != nil {
-		if spool, err = openSpool(opts.SpoolDir, r.Cluster(), "prefetch"); err != nil {
+		if spool, err = openSpool(opts.SpoolDir, repoSpoolID(r, opts.RepoID), "prefetch"); err != nil {
 			log.Warn("prefetch off", "err", err)
 			spool = ""
 		}
 	}
 	var size int64
 	if spool != "" {
-		size, err = takePrefetched(filepath.Join(spool, name), dest)
+		size, err = takePrefetched(filepath.Join(spool, name), dest, check)
 		if err != nil {
 			log.Warn("prefetched segment unusable; downloading it", "segment", name, "err", err)
 		}
 	}
 	if size == 0 {
-		if size, err = download(ctx, r, key, name, dest); err != nil {
+		if size, err = download(ctx, r, key, name, dest, check); err != nil {
 			return err
 		}
 	}
 	if spool != "" {
-		start := func() error { return opts.StartPrefetcher(filepath.Dir(spool)) }
+		start := func() error { return opts.StartPrefetcher(opts.SpoolDir, filepath.Dir(spool)) }
 		if err := schedulePrefetch(spool, name, size, prefetch, start); err != nil {
 			log.Warn("prefetch not started", "err", err)
 		}
@@ -94,9 +115,71 @@ func Fetch(ctx context.Context, r *repo.Repo, name, dest string, opts FetchOptio
 	return nil
 }
 
+// expectedSystem returns the system identifier the segments fetched into dest must carry,
+// and where it was read: pg_control of the data directory whose pg_wal holds dest
+// (restore_command runs there), else the repository's identity.
+func expectedSystem(ctx context.Context, r *repo.Repo, dest string) (uint64, string, error) {
+	if abs, err := filepath.Abs(dest); err == nil && filepath.Base(filepath.Dir(abs)) == "pg_wal" {
+		pgdata := filepath.Dir(filepath.Dir(abs))
+		if sysid, err := ControlSystemIdentifier(pgdata); err == nil && sysid != 0 {
+			return sysid, filepath.Join(pgdata, "global", "pg_control"), nil
+		}
+	}
+	id, err := r.ReadIdentity(ctx)
+	if err != nil {
+		return 0, "", err
+	}
+	if id.SystemIdentifier == "" {
+		return 0, "", nil // nothing archived through pgharbor has named the system yet
+	}
+	sysid, err := strconv.ParseUint(id.SystemIdentifier, 10, 64)
+	if err != nil {
+		return 0, "", fmt.Errorf("%s: system identifier %q: %w", r.Location(r.Key(repo.IdentityKey)), id.SystemIdentifier, err)
+	}
+	return sysid, r.Location(r.Key(repo.IdentityKey)), nil
+}
+
+// ErrForeignSegment means a WAL segment belongs to another database system, or its header
+// does not match its name.
+var ErrForeignSegment = errors.New("WAL segment does not belong here")
+
+// checkFetched checks the long page header at the start of segment name (sysid 0: any
+// system).
+func checkFetched(name string, head []byte, sysid uint64, from string) error {
+	h, err := ParseSegmentHeader(head)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrForeignSegment, name, err)
+	}
+	if sysid != 0 && h.SystemIdentifier != sysid {
+		return fmt.Errorf("%w: %s belongs to database system %d, but %s says this cluster is %d", ErrForeignSegment, name, h.SystemIdentifier, from, sysid)
+	}
+	seg, err := ParseSegmentName(name, h.SegmentSize)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrForeignSegment, name, err)
+	}
+	if h.PageAddr != seg.StartLSN(h.SegmentSize) {
+		return fmt.Errorf("%w: %s starts at %s by its header, but its name says %s", ErrForeignSegment, name, h.PageAddr, seg.StartLSN(h.SegmentSize))
+	}
+	return nil
+}
+
+// headReader keeps the first bytes that pass through it.
+type headReader struct {
+	r    io.Reader
+	head []byte
+}
+
+func (h *headReader) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	if k := min(n, longHeaderSize-len(h.head)); k > 0 {
+		h.head = append(h.head, p[:k]...)
+	}
+	return n, err
+}
+
 // download decodes key into dest through a temp file in dest's directory, and returns the
-// payload size.
-func download(ctx context.Context, r *repo.Repo, key, name, dest string) (int64, error) {
+// payload size. check, when set, sees the first bytes before dest appears.
+func download(ctx context.Context, r *repo.Repo, key, name, dest string, check func(head []byte) error) (int64, error) {
 	rc, err := r.GetStream(ctx, key)
 	if errors.Is(err, storage.ErrNotFound) {
 		return 0, fmt.Errorf("%w: %s (looked for %s)", ErrSegmentMissing, name, r.Location(key))
@@ -109,12 +192,19 @@ func download(ctx context.Context, r *repo.Repo, key, name, dest string) (int64,
 		rc.Close()
 		return 0, fmt.Errorf("fetch %s: %w", name, err)
 	}
-	n, err := io.Copy(f, rc) // the codec verifies the whole object before EOF
+	hr := &headReader{r: rc}
+	n, err := io.Copy(f, hr) // the codec verifies the whole object before EOF
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if cerr := rc.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil && check != nil {
+		if err = check(hr.head); err != nil {
+			os.Remove(f.Name())
+			return 0, fmt.Errorf("%s: %w (run `pgharbor verify`)", r.Location(key), err)
+		}
 	}
 	if err == nil {
 		// No fsync: PostgreSQL fetches again after a crash, and makes durable what it keeps.
@@ -128,14 +218,31 @@ func download(ctx context.Context, r *repo.Repo, key, name, dest string) (int64,
 }
 
 // takePrefetched moves a prefetched segment to dest and returns its size (0 when there is
-// none). Prefetched files were fully decoded and checked before they became visible.
-func takePrefetched(src, dest string) (int64, error) {
+// none). Prefetched files were fully decoded and checked before they became visible; check
+// is run again on the header here, and a segment that fails it is removed, not handed over.
+func takePrefetched(src, dest string, check func(head []byte) error) (int64, error) {
 	st, err := os.Stat(src)
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, nil
 	}
 	if err != nil {
 		return 0, err
+	}
+	if check != nil {
+		head := make([]byte, longHeaderSize)
+		f, err := os.Open(src)
+		if err != nil {
+			return 0, err
+		}
+		_, err = io.ReadFull(f, head)
+		f.Close()
+		if err == nil {
+			err = check(head)
+		}
+		if err != nil {
+			os.Remove(src)
+			return 0, err
+		}
 	}
 	if err := os.Rename(src, dest); err == nil {
 		return st.Size(), nil
@@ -265,8 +372,9 @@ func tryLock(dir string) (*os.File, error) {
 
 // PrefetchOptions tune Prefetch.
 type PrefetchOptions struct {
-	// SpoolDir as in FetchOptions.
+	// SpoolDir and RepoID as in FetchOptions.
 	SpoolDir string
+	RepoID   string
 	// Parallel downloads (default 4).
 	Parallel int
 	// Logger receives one line per failed download (nil: discarded).
@@ -285,9 +393,19 @@ func Prefetch(ctx context.Context, r *repo.Repo, opts PrefetchOptions) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	dir, err := openSpool(opts.SpoolDir, r.Cluster(), "prefetch")
+	dir, err := openSpool(opts.SpoolDir, repoSpoolID(r, opts.RepoID), "prefetch")
 	if err != nil {
 		return err
+	}
+	id, err := r.ReadIdentity(ctx)
+	if err != nil {
+		return fmt.Errorf("prefetch: %w", err)
+	}
+	var sysid uint64 // 0 until a push names the system
+	if id.SystemIdentifier != "" {
+		if sysid, err = strconv.ParseUint(id.SystemIdentifier, 10, 64); err != nil {
+			return fmt.Errorf("prefetch: system identifier %q: %w", id.SystemIdentifier, err)
+		}
 	}
 	lock, err := tryLock(dir)
 	if err != nil || lock == nil {
@@ -331,7 +449,7 @@ func Prefetch(ctx context.Context, r *repo.Repo, opts PrefetchOptions) error {
 			sem <- struct{}{}
 			wg.Go(func() {
 				defer func() { <-sem }()
-				if err := prefetchOne(ctx, r, dir, name, w.Size); err != nil && !errors.Is(err, ErrSegmentMissing) {
+				if err := prefetchOne(ctx, r, dir, name, w.Size, sysid); err != nil && !errors.Is(err, ErrSegmentMissing) {
 					log.Warn("prefetch failed", "segment", name, "err", err)
 				}
 			})
@@ -343,13 +461,15 @@ func Prefetch(ctx context.Context, r *repo.Repo, opts PrefetchOptions) error {
 	}
 }
 
-func prefetchOne(ctx context.Context, r *repo.Repo, dir, name string, size int64) error {
+func prefetchOne(ctx context.Context, r *repo.Repo, dir, name string, size int64, sysid uint64) error {
 	p, err := ObjectPath(name)
 	if err != nil {
 		return err
 	}
-	// download renames into place only after the object decoded completely.
-	n, err := download(ctx, r, r.Key(p), name, filepath.Join(dir, name))
+	// download renames into place only after the object decoded completely and its header
+	// named this repository's system.
+	from := r.Location(r.Key(repo.IdentityKey))
+	n, err := download(ctx, r, r.Key(p), name, filepath.Join(dir, name), func(head []byte) error { return checkFetched(name, head, sysid, from) })
 	if err != nil {
 		return err
 	}

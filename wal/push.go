@@ -31,8 +31,12 @@ type PushOptions struct {
 	// Parallel is how many other .ready segments after this one are pushed along, in
 	// parallel: 0 means DefaultPushParallel, a negative value turns it off.
 	Parallel int
-	// SpoolDir remembers segments pushed ahead; default DefaultSpoolDir(cluster).
+	// SpoolDir is the root of the spools, which remember segments pushed ahead; default
+	// DefaultSpoolRoot(). Each repository and cluster has its own spool in it.
 	SpoolDir string
+	// RepoID names the repository's spool (SpoolID); default SpoolID of the backend's
+	// location and the cluster.
+	RepoID string
 	// Logger receives warnings about segments pushed ahead (nil: discarded).
 	Logger *slog.Logger
 }
@@ -76,7 +80,7 @@ func Push(ctx context.Context, r *repo.Repo, walPath string, opts PushOptions) e
 
 	var pushed string
 	if kind == KindSegment && parallel > 0 {
-		dir, err := openSpool(opts.SpoolDir, r.Cluster(), "pushed")
+		dir, err := openSpool(opts.SpoolDir, repoSpoolID(r, opts.RepoID), "pushed")
 		if err != nil {
 			// Archiving must not stop over a local convenience: push this file alone.
 			log.Warn("spool unusable; ready segments are not pushed ahead", "err", err)
@@ -127,10 +131,10 @@ func Push(ctx context.Context, r *repo.Repo, walPath string, opts PushOptions) e
 	return err
 }
 
-// PushedAhead reports whether an earlier Push of cluster already archived walPath as a
-// ready segment pushed ahead, and the file is unchanged since (size and SHA-256 match its
-// spool marker). The marker is used up. Callers may skip opening the repository when it
-// returns true; Push checks the same by itself.
+// PushedAhead reports whether an earlier Push to the repository and cluster opts.RepoID
+// names (SpoolID) already archived walPath as a ready segment pushed ahead, and the file is
+// unchanged since (size and SHA-256 match its spool marker). The marker is used up. Callers
+// may skip opening the repository when it returns true; Push checks the same by itself.
 func PushedAhead(cluster, walPath string, opts PushOptions) (bool, error) {
 	p := walPath
 	if !filepath.IsAbs(p) && opts.DataDir != "" {
@@ -143,7 +147,10 @@ func PushedAhead(cluster, walPath string, opts PushOptions) (bool, error) {
 	if err := repo.ValidateCluster(cluster); err != nil {
 		return false, err
 	}
-	dir, err := openSpool(opts.SpoolDir, cluster, "pushed")
+	if opts.RepoID == "" {
+		return false, errors.New("PushedAhead needs PushOptions.RepoID")
+	}
+	dir, err := openSpool(opts.SpoolDir, opts.RepoID, "pushed")
 	if err != nil {
 		return false, err
 	}

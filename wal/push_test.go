@@ -158,7 +158,7 @@ func TestPushParallelBatchesReadySegments(t *testing.T) {
 		names = append(names, name)
 	}
 	spool := t.TempDir()
-	opts := PushOptions{DataDir: pgdata, SpoolDir: spool, Parallel: 4}
+	opts := PushOptions{DataDir: pgdata, SpoolDir: spool, Parallel: 4, RepoID: SpoolID(cb.Location(), "test")}
 	cb.puts.Store(0)
 	must(t, Push(ctx, r, filepath.Join("pg_wal", names[0]), opts))
 	// 1 identity update (first push) + 5 segments.
@@ -189,7 +189,7 @@ func TestPushParallelBatchesReadySegments(t *testing.T) {
 		} else {
 			must(t, Push(ctx, r, filepath.Join("pg_wal", name), opts))
 		}
-		if _, err := os.Stat(filepath.Join(spool, "pushed", name)); !os.IsNotExist(err) {
+		if _, err := os.Stat(filepath.Join(spool, opts.RepoID, "pushed", name)); !os.IsNotExist(err) {
 			t.Errorf("marker of %s not removed: %v", name, err)
 		}
 		markDone(name)

@@ -11,23 +11,44 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/pgharbor/pgharbor/internal/repo"
 )
 
-// DefaultSpoolDir is the spool of cluster when the configuration names none:
-// $TMPDIR/pgharbor-spool/<cluster>.
-func DefaultSpoolDir(cluster string) string {
-	return filepath.Join(os.TempDir(), "pgharbor-spool", cluster)
+// DefaultSpoolRoot holds the spools when the configuration names no spool directory:
+// $TMPDIR/pgharbor-spool.
+func DefaultSpoolRoot() string { return filepath.Join(os.TempDir(), "pgharbor-spool") }
+
+// SpoolID names the spool of one cluster in one repository: the cluster's name (for people)
+// and a hash of where the repository is. Two clusters of the same name in different
+// repositories, or one cluster moved to another repository, never share a spool: a marker
+// saying "pushed" or a prefetched segment is only true of the repository it came from.
+// location must name the repository completely (URL and endpoint).
+func SpoolID(location, cluster string) string {
+	h := sha256.Sum256([]byte(location + "\x00" + cluster))
+	return cluster + "-" + hex.EncodeToString(h[:8])
 }
 
-// openSpool returns the spool directory (and creates sub inside it), 0700 and owned by the
-// running user. A default spool lives in a shared temp dir, so its parent is made
-// world-writable with the sticky bit (like /tmp) and the cluster's directory must be ours
-// and not a symlink.
-func openSpool(dir, cluster, sub string) (string, error) {
-	shared := dir == ""
+// repoSpoolID is the SpoolID of r unless the caller gave one.
+func repoSpoolID(r *repo.Repo, id string) string {
+	if id != "" {
+		return id
+	}
+	return SpoolID(r.Backend().Location(), r.Cluster())
+}
+
+// openSpool returns root/id/sub (creating it), 0700 and owned by the running user. The
+// default root is shared by every user of the host, so it is made world-writable with the
+// sticky bit (like /tmp) and the repository's directory in it must be ours and not a
+// symlink.
+func openSpool(root, id, sub string) (string, error) {
+	shared := root == ""
 	if shared {
-		dir = DefaultSpoolDir(cluster)
-		parent := filepath.Dir(dir)
+		root = DefaultSpoolRoot()
+	}
+	dir := filepath.Join(root, id)
+	if shared {
+		parent := root
 		if err := os.Mkdir(parent, 0o700); err == nil {
 			if err := os.Chmod(parent, 0o777|os.ModeSticky); err != nil {
 				return "", fmt.Errorf("spool %s: %w", parent, err)
@@ -137,4 +158,31 @@ func takeMarker(dir, name, walPath string) (bool, error) {
 	var sum [32]byte
 	h.Sum(sum[:0])
 	return sum == m.digest, nil
+}
+
+// ClearPrefetched removes what an earlier recovery left in the prefetch spool of the
+// repository id names under root (empty: the default root): segments it fetched ahead and
+// never used, and the window it asked for. A restore calls it so that it starts from the
+// repository alone.
+func ClearPrefetched(root, id string) error {
+	if root == "" {
+		root = DefaultSpoolRoot()
+	}
+	dir := filepath.Join(root, id, "prefetch")
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if IsSegmentName(name) || name == wantFile || strings.HasPrefix(name, ".pgharbor-fetch-") {
+			if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	return nil
 }

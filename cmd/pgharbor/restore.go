@@ -159,6 +159,9 @@ func (a *app) runRestore(cmd *cobra.Command, f restoreFlags) error {
 		return err
 	}
 	a.logger.Info("restore planned", "backup", plan.Backup.Label, "target", t.Kind, "window", plan.Window.String(), "pgdata", pgdata)
+	if err := wal.ClearPrefetched(a.cfg.WAL.SpoolDir, a.spoolID()); err != nil {
+		a.logger.Warn("could not empty the prefetch spool; its segments are still checked before use", "err", err)
+	}
 	boundMemory()
 	bar := a.newProgress("restore")
 	start := time.Now()

@@ -61,6 +61,7 @@ pushed too, so that the calls for them return at once. Exits 0 on success, 1 oth
 				DataDir:  a.cfg.Postgres.DataDir,
 				Parallel: a.cfg.WAL.PushParallel,
 				SpoolDir: a.cfg.WAL.SpoolDir,
+				RepoID:   a.spoolID(),
 				Logger:   a.logger,
 			}
 			if cmd.Flags().Changed("spool-dir") {
@@ -96,7 +97,7 @@ pushed too, so that the calls for them return at once. Exits 0 on success, 1 oth
 			return wal.Push(ctx, r, args[0], opts)
 		},
 	}
-	cmd.Flags().StringVar(&spool, "spool-dir", "", "spool directory (wal.spool_dir; default $TMPDIR/pgharbor-spool/<cluster>)")
+	cmd.Flags().StringVar(&spool, "spool-dir", "", "root of the spools (wal.spool_dir; default $TMPDIR/pgharbor-spool); each repository and cluster has its own spool in it")
 	cmd.Flags().IntVar(&parallel, "parallel", 0, "ready segments pushed along, in parallel (wal.push_parallel; default 4, -1 off)")
 	cmd.Flags().StringVar(&pgdata, "pgdata", "", "PGDATA, for a relative PATH (postgres.data_dir; default the working directory)")
 	return cmd
@@ -132,7 +133,7 @@ segments are downloaded in the background into the spool directory.`,
 			return &exitError{code: exitWALFatal, err: fmt.Errorf("%w (fatal for recovery: exit %d)", err, exitWALFatal)}
 		},
 	}
-	cmd.Flags().StringVar(&spool, "spool-dir", "", "spool directory (wal.spool_dir; default $TMPDIR/pgharbor-spool/<cluster>)")
+	cmd.Flags().StringVar(&spool, "spool-dir", "", "root of the spools (wal.spool_dir; default $TMPDIR/pgharbor-spool); each repository and cluster has its own spool in it")
 	cmd.Flags().IntVar(&prefetch, "prefetch", 0, "segments downloaded ahead (wal.fetch_prefetch; default 8, -1 off)")
 	return cmd
 }
@@ -146,6 +147,7 @@ func (a *app) walFetch(cmd *cobra.Command, name, dest, spool string, prefetch in
 	defer r.Backend().Close()
 	opts := wal.FetchOptions{
 		SpoolDir: a.cfg.WAL.SpoolDir,
+		RepoID:   a.spoolID(),
 		Prefetch: a.cfg.WAL.FetchPrefetch,
 		Logger:   a.logger,
 	}
@@ -155,14 +157,15 @@ func (a *app) walFetch(cmd *cobra.Command, name, dest, spool string, prefetch in
 	if cmd.Flags().Changed("prefetch") {
 		opts.Prefetch = prefetch
 	}
-	opts.StartPrefetcher = func(spoolDir string) error { return startPrefetcher(cmd, spoolDir) }
+	opts.StartPrefetcher = func(root, dir string) error { return startPrefetcher(cmd, root, dir) }
 	return wal.Fetch(ctx, r, name, dest, opts)
 }
 
 // startPrefetcher re-executes this binary as `wal prefetch` in its own session, with the
 // global flags this process got, so that restore_command returns at once and the download
-// outlives it. Its log goes to <spool>/prefetch.log.
-func startPrefetcher(cmd *cobra.Command, spoolDir string) error {
+// outlives it. root is the spools' root (empty: the default), dir the repository's spool,
+// where its log goes (prefetch.log).
+func startPrefetcher(cmd *cobra.Command, root, dir string) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err
@@ -173,8 +176,11 @@ func startPrefetcher(cmd *cobra.Command, spoolDir string) error {
 			args = append(args, "--"+f.Name+"="+f.Value.String())
 		}
 	})
-	args = append(args, "wal", "prefetch", "--spool-dir", spoolDir)
-	logf, err := os.OpenFile(filepath.Join(spoolDir, "prefetch.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	args = append(args, "wal", "prefetch")
+	if root != "" {
+		args = append(args, "--spool-dir", root)
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, "prefetch.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
@@ -210,7 +216,7 @@ func newWALPrefetchCmd(a *app) *cobra.Command {
 			if spool == "" {
 				spool = a.cfg.WAL.SpoolDir
 			}
-			return wal.Prefetch(ctx, r, wal.PrefetchOptions{SpoolDir: spool, Parallel: parallel, Logger: a.logger})
+			return wal.Prefetch(ctx, r, wal.PrefetchOptions{SpoolDir: spool, RepoID: a.spoolID(), Parallel: parallel, Logger: a.logger})
 		},
 	}
 	cmd.Flags().StringVar(&spool, "spool-dir", "", "spool directory")
@@ -291,4 +297,18 @@ func dash(s string) string {
 		return "-"
 	}
 	return strings.TrimSpace(s)
+}
+
+// spoolID names the configured repository's and cluster's spool: the repository URL with the
+// endpoint that says which server holds it, so that two servers' buckets of the same name
+// never share a spool.
+func (a *app) spoolID() string {
+	loc := a.cfg.Repo.URL
+	switch {
+	case strings.HasPrefix(loc, "s3:"):
+		loc += "\x00" + a.cfg.S3.Endpoint
+	case strings.HasPrefix(loc, "gs:"), strings.HasPrefix(loc, "gcs:"):
+		loc += "\x00" + a.cfg.GCS.Endpoint
+	}
+	return wal.SpoolID(loc, a.cfg.Repo.Cluster)
 }
