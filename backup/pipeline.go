@@ -106,9 +106,9 @@ func newPipeline(ctx context.Context, r *repo.Repo, label string, bundleSize, wo
 	g, gctx := errgroup.WithContext(ctx)
 	p := &pipeline{
 		r: r, label: label, size: bundleSize, g: g, ctx: gctx,
-		free:   make(chan []byte, workers+1),
-		toSeal: make(chan rawBundle),
-		toPut:  make(chan sealedBlob),
+		free:    make(chan []byte, workers+1),
+		toSeal:  make(chan rawBundle),
+		toPut:   make(chan sealedBlob),
 		sealed:  make(chan *bytes.Buffer, workers+uploads),
 		digests: map[extentAt]Digest{},
 	}

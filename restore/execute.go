@@ -147,10 +147,10 @@ type executor struct {
 	// control is the index of global/pg_control among the files (-1: none), which finish
 	// writes after everything else is durable.
 	control int
-	res   Result
-	done  atomic.Int64
-	total int64
-	flush *flusher // nil with NoSync
+	res     Result
+	done    atomic.Int64
+	total   int64
+	flush   *flusher // nil with NoSync
 }
 
 // OwnerFor says who must own a restored data directory. When running as root: the owner of
