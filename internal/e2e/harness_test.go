@@ -52,11 +52,21 @@ type env struct {
 	dir      string // owned by the cluster user
 	config   string
 	identity string
-	cluster  string
+	// recipient is the public key objects are sealed to.
+	recipient string
+	cluster   string
 }
 
 // newEnv writes keys and a config file for repoURL; extra is appended to the config YAML.
+// The spool is a directory of the env's own.
 func newEnv(t *testing.T, repoURL, extra string) *env {
+	t.Helper()
+	return newEnvSpool(t, repoURL, extra, false)
+}
+
+// newEnvSpool is newEnv; with defaultSpool the config names no spool directory, so WAL
+// push and fetch use the host's shared default ($TMPDIR/pgharbor-spool), as a user's would.
+func newEnvSpool(t *testing.T, repoURL, extra string, defaultSpool bool) *env {
 	t.Helper()
 	cred, err := pgtest.OSUser()
 	if err != nil {
@@ -68,12 +78,17 @@ func newEnv(t *testing.T, repoURL, extra string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.recipient = recipient
 	e.identity = filepath.Join(dir, "identity.txt")
 	e.writeOwned(e.identity, identity+"\n", 0o600)
 	if repoURL == "" {
 		repoURL = "file://" + filepath.Join(dir, "repo")
 	}
 	e.config = filepath.Join(dir, "pgharbor.yaml")
+	spool := fmt.Sprintf("wal:\n  spool_dir: %s\n", filepath.Join(dir, "spool"))
+	if defaultSpool {
+		spool = ""
+	}
 	e.writeOwned(e.config, fmt.Sprintf(`repo:
   url: %s
   cluster: main
@@ -81,9 +96,7 @@ encryption:
   mode: age
   recipients: [%s]
   identity_file: %s
-wal:
-  spool_dir: %s
-%s`, repoURL, recipient, e.identity, filepath.Join(dir, "spool"), extra), 0o600)
+%s%s`, repoURL, recipient, e.identity, spool, extra), 0o600)
 	return e
 }
 
