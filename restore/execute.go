@@ -93,6 +93,9 @@ func Execute(ctx context.Context, r *repo.Repo, plan *Plan, o Options) (*Result,
 	if err != nil {
 		return nil, err
 	}
+	if err := validateManifest(m, roots); err != nil {
+		return nil, err
+	}
 	owner, err := OwnerFor(o.PGData)
 	if err != nil {
 		return nil, err
@@ -353,7 +356,14 @@ func (x *executor) layout(ctx context.Context) error {
 		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 			return err
 		}
-		fh, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, f.Mode.Perm()|0o200)
+		if st, err := os.Lstat(p); err == nil && !st.Mode().IsRegular() {
+			// A delta over a directory where something else stands in the file's place:
+			// never write through a symlink, never into a directory.
+			if err := os.RemoveAll(p); err != nil {
+				return fmt.Errorf("replace %s: %w", p, err)
+			}
+		}
+		fh, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, f.Mode.Perm()|0o200)
 		if err != nil {
 			return fmt.Errorf("create %s: %w", p, err)
 		}
@@ -369,9 +379,16 @@ func (x *executor) layout(ctx context.Context) error {
 		}
 	}
 	if x.o.Delta {
-		for _, root := range x.roots {
-			if err := x.removeExtra(root, keep); err != nil {
-				return err
+		if err := x.removeExtra(x.roots[0], keep); err != nil {
+			return err
+		}
+		// In a tablespace's directory only the version directories (PG_…) the backup has
+		// are PostgreSQL's; whatever else is there is left alone.
+		for _, f := range files {
+			if f.Tablespace != 0 && f.Type == "dir" && !strings.Contains(f.Path, "/") {
+				if err := x.removeExtra(x.filePath(f), keep); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -559,7 +576,7 @@ func (x *executor) writeBundle(ctx context.Context, n int, pieces []piece) error
 		pos = pc.ext.Offset
 		f := x.m.FileList[pc.file]
 		p := x.filePath(f)
-		fh, err := os.OpenFile(p, os.O_WRONLY, 0)
+		fh, err := os.OpenFile(p, os.O_WRONLY|unix.O_NOFOLLOW, 0)
 		if err != nil {
 			return fmt.Errorf("open %s: %w", p, err)
 		}
@@ -690,7 +707,8 @@ func (x *executor) writeControl(ctx context.Context) error {
 	}
 	p := x.filePath(f)
 	tmp := p + ".pgharbor-tmp"
-	fh, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, f.Mode.Perm()|0o200)
+	os.Remove(tmp)
+	fh, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, f.Mode.Perm()|0o200)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", tmp, err)
 	}
