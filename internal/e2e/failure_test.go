@@ -178,7 +178,12 @@ func TestDamageAndWrongKeysAreClearErrors(t *testing.T) {
 		victim := segs[len(segs)-2]
 		saved, _ := os.ReadFile(victim)
 		os.Remove(victim)
-		defer func() { os.WriteFile(victim, saved, 0o640); os.Chown(victim, int(e.cred.Uid), int(e.cred.Gid)) }()
+		defer func() {
+			os.WriteFile(victim, saved, 0o640)
+			if e.cred != nil {
+				os.Chown(victim, int(e.cred.Uid), int(e.cred.Gid))
+			}
+		}()
 		info := e.info()
 		if len(info.WAL.Timelines) == 0 || len(info.WAL.Timelines[0].Gaps) != 1 || info.WAL.Timelines[0].Gaps[0].From != filepath.Base(victim) {
 			t.Fatalf("info does not show the gap at %s: %+v", filepath.Base(victim), info.WAL)

@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgharbor/pgharbor/internal/ci"
 )
 
 // DefaultBinDir is where Debian's PostgreSQL 15 server binaries live.
@@ -116,7 +118,7 @@ func New(t testing.TB, o Options) *Cluster {
 	bin := binDir(o)
 	if _, err := os.Stat(filepath.Join(bin, "initdb")); err != nil {
 		msg := fmt.Sprintf("PostgreSQL 15 server binaries not found in %s (apt-get install postgresql-15)", bin)
-		if os.Getenv("CI") != "" {
+		if ci.Enabled() {
 			t.Fatal(msg)
 		}
 		t.Skip(msg)

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/pgharbor/pgharbor/internal/ci"
 )
 
 // FindBinary looks for name on PATH, in $GOBIN and in $HOME/go/bin. When it is missing the
@@ -37,7 +39,7 @@ func FindBinary(t testing.TB, name, install string) string {
 		}
 	}
 	msg := fmt.Sprintf("%s not found on PATH or in ~/go/bin; install it with: %s", name, install)
-	if os.Getenv("CI") != "" {
+	if ci.Enabled() {
 		t.Fatalf("%s (CI must have it: .ci/run installs it)", msg)
 	}
 	t.Skip(msg)

@@ -11,7 +11,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/pgharbor/pgharbor/internal/pgtest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +19,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pgharbor/pgharbor/internal/ci"
+	"github.com/pgharbor/pgharbor/internal/pgtest"
 )
 
 // Defaults for the client programs; the environment variables PGHARBOR_PYTHON,
@@ -52,7 +54,7 @@ func envOr(key, def string) string {
 func missing(t testing.TB, what, install string) {
 	t.Helper()
 	msg := fmt.Sprintf("%s not available (%s)", what, install)
-	if os.Getenv("CI") != "" {
+	if ci.Enabled() {
 		t.Fatal(msg)
 	}
 	t.Skip(msg)
