@@ -1,4 +1,5 @@
 # pgharbor — see README.md. `make demo` runs the main job, `make test` the tests.
+SHELL   := /bin/bash
 GO      ?= go
 BIN     := bin/pgharbor
 PKGS    := ./...
@@ -17,9 +18,11 @@ build:
 setup:
 	bash scripts/setup.sh
 
+# The summary prints a line per package with its counts, every failed test's output, and a
+# closing "N passed, N failed, N skipped" line (so an all-skipped package is seen).
 test: setup
 	$(GO) vet $(PKGS)
-	$(GO) test $(TESTFLAGS) $(PKGS)
+	set -o pipefail; $(GO) test -json $(TESTFLAGS) $(PKGS) | $(GO) run ./internal/testsummary
 
 test-short:
 	$(GO) test -short $(PKGS)
