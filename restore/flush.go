@@ -6,8 +6,6 @@ import (
 	"sort"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // DefaultFlushAfter is how many bytes a restore writes between two background flushes.
@@ -133,7 +131,7 @@ func dropCached(rs []writtenRange) {
 			}
 		}
 		if fh != nil {
-			_ = unix.Fadvise(int(fh.Fd()), r.off, r.n, unix.FADV_DONTNEED)
+			adviseDontNeed(fh, r.off, r.n)
 		}
 	}
 	if fh != nil {

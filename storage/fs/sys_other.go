@@ -1,0 +1,8 @@
+//go:build !linux
+
+package fs
+
+import "os"
+
+// dropCached has no portable equivalent.
+func dropCached(*os.File) {}
