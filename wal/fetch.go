@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -102,7 +103,19 @@ func Fetch(ctx context.Context, r *repo.Repo, name, dest string, opts FetchOptio
 		}
 	}
 	if size == 0 {
-		if size, err = download(ctx, r, key, name, dest, check); err != nil {
+		size, err = download(ctx, r, key, name, dest, check)
+		if errors.Is(err, ErrSegmentMissing) && kind == KindSegment {
+			// The segment being written when the primary was lost: what `wal receive`
+			// stored of it.
+			var serr error
+			if size, serr = fetchStreamed(ctx, r, name, dest, check); serr == nil {
+				log.Info("restored the streamed part of a segment", "segment", name, "bytes", size)
+				return nil // not a full segment: nothing after it to prefetch
+			} else if !errors.Is(serr, ErrSegmentMissing) {
+				return serr
+			}
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -505,4 +518,70 @@ func prune(dir string, w want) {
 			os.Remove(filepath.Join(dir, name))
 		}
 	}
+}
+
+// fetchStreamed assembles segment name from the pieces `wal receive` stored of it, from its
+// start as far as they reach without a hole, pads it with zeros to the segment size (where
+// PostgreSQL's recovery finds the end of the WAL) and writes it to dest. It returns the bytes
+// that came from the repository; ErrSegmentMissing when there are none.
+func fetchStreamed(ctx context.Context, r *repo.Repo, name, dest string, check func(head []byte) error) (int64, error) {
+	dir := r.Key(Dir, name[:16]) + "/"
+	var pieces []string
+	err := r.Backend().List(ctx, dir+name+".", func(o storage.ObjectInfo) error {
+		if n := path.Base(o.Key); IsStreamName(n) {
+			pieces = append(pieces, n)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("fetch %s: list %s: %w", name, r.Location(dir), err)
+	}
+	end, chain := coverFromStart(pieces)
+	if end == 0 {
+		return 0, fmt.Errorf("%w: %s (no complete segment and no streamed piece of it in %s)", ErrSegmentMissing, name, r.Location(dir))
+	}
+	buf := make([]byte, 0, end)
+	for _, p := range chain {
+		_, from, _, _ := ParseStreamName(p)
+		data, err := r.GetBytes(ctx, dir+p)
+		if err != nil {
+			return 0, fmt.Errorf("fetch %s: %w", name, err)
+		}
+		skip := int64(len(buf)) - from
+		if skip < 0 || skip > int64(len(data)) {
+			return 0, fmt.Errorf("fetch %s: streamed piece %s does not continue the ones before it", name, r.Location(dir+p))
+		}
+		buf = append(buf, data[skip:]...)
+	}
+	h, err := ParseSegmentHeader(buf)
+	if err != nil {
+		return 0, fmt.Errorf("fetch %s: streamed pieces: %w", name, err)
+	}
+	if err := CheckSegmentSize(h.SegmentSize); err != nil || int64(len(buf)) > h.SegmentSize {
+		return 0, fmt.Errorf("fetch %s: streamed pieces hold %d bytes of a segment of %d", name, len(buf), h.SegmentSize)
+	}
+	if check != nil {
+		if err := check(buf); err != nil {
+			return 0, fmt.Errorf("%s: %w", r.Location(dir+chain[0]), err)
+		}
+	}
+	f, err := os.CreateTemp(filepath.Dir(dest), ".pgharbor-fetch-"+name+"-")
+	if err != nil {
+		return 0, fmt.Errorf("fetch %s: %w", name, err)
+	}
+	_, err = f.Write(buf)
+	if err == nil {
+		err = f.Truncate(h.SegmentSize) // the rest reads as zeros: the end of the WAL
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), dest)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return 0, fmt.Errorf("fetch %s: %w", name, err)
+	}
+	return int64(len(buf)), nil
 }

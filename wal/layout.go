@@ -23,12 +23,13 @@ const Dir = "wal"
 //	segment          wal/<timeline+log, 16 hex>/<segment>
 //	partial          wal/<timeline+log>/<segment>.partial
 //	backup history   wal/<timeline+log>/<segment>.<offset>.backup
+//	streamed piece   wal/<timeline+log>/<segment>.<from>-<to>.stream
 //	timeline history wal/<timeline>.history
 //
 // The directory level keeps listings of one timeline and log short on every store.
 func ObjectPath(name string) (string, error) {
 	switch Classify(name) {
-	case KindSegment, KindPartial, KindBackupHistory:
+	case KindSegment, KindPartial, KindBackupHistory, KindStream:
 		return path.Join(Dir, name[:16], name), nil
 	case KindHistory:
 		return path.Join(Dir, name), nil
@@ -76,6 +77,11 @@ type TimelineArchive struct {
 	Partial []string `json:"partial,omitempty"`
 	// BackupHistory lists the names of .backup files.
 	BackupHistory []string `json:"backup_history,omitempty"`
+	// Streamed lists the pieces `wal receive` stored of segments it has not completed yet.
+	Streamed []string `json:"streamed,omitempty"`
+	// StreamedEnd is where the WAL the receiver stored after the last complete segment ends
+	// (zero when there is none).
+	StreamedEnd LSN `json:"streamed_end,omitzero"`
 	// HasHistory is true when <TLI>.history is archived; History is its content when it
 	// could be read.
 	HasHistory bool     `json:"has_history"`
@@ -149,6 +155,11 @@ func ListArchive(ctx context.Context, r *repo.Repo) (Archive, error) {
 			if tli != 0 {
 				get(tli).HasHistory = true
 			}
+		case KindStream:
+			tli, _ := ParseTimelineID(name[:8])
+			if tli != 0 {
+				get(tli).Streamed = append(get(tli).Streamed, name)
+			}
 		default:
 			a.Warnings = append(a.Warnings, fmt.Sprintf("%s: not a WAL file name", o.Key))
 		}
@@ -182,6 +193,7 @@ func ListArchive(ctx context.Context, r *repo.Repo) (Archive, error) {
 			tl.Last = Segment{tl.TLI, tl.Segments[n-1]}.name(size)
 		}
 		tl.Gaps = findGaps(tl.TLI, tl.Segments, tl.History, histories, size)
+		tl.StreamedEnd = streamedEnd(tl.Streamed, tl.Segments, size)
 		a.Timelines = append(a.Timelines, *tl)
 	}
 	sort.Slice(a.Timelines, func(i, j int) bool { return a.Timelines[i].TLI < a.Timelines[j].TLI })
@@ -263,4 +275,58 @@ func findGaps(t TimelineID, segs []uint64, own *History, all []History, size int
 		add(next, hi)
 	}
 	return gaps
+}
+
+// streamedEnd returns where the contiguous streamed WAL of the first segment after the last
+// complete one ends (zero when there is none).
+func streamedEnd(pieces []string, complete []uint64, size int64) LSN {
+	var next uint64
+	if n := len(complete); n > 0 {
+		next = complete[n-1] + 1
+	}
+	var best LSN
+	bySeg := map[string][]string{}
+	for _, p := range pieces {
+		bySeg[p[:24]] = append(bySeg[p[:24]], p)
+	}
+	for name, ps := range bySeg {
+		seg, err := ParseSegmentName(name, size)
+		if err != nil || (len(complete) > 0 && seg.No < next) {
+			continue
+		}
+		if n := contiguous(ps); n > 0 {
+			if end := seg.StartLSN(size) + LSN(n); end > best {
+				best = end
+			}
+		}
+	}
+	return best
+}
+
+// contiguous returns how many bytes from the segment's start the pieces cover without a
+// hole, and the pieces that do (in order).
+func contiguous(pieces []string) int64 {
+	n, _ := coverFromStart(pieces)
+	return n
+}
+
+// coverFromStart chooses, among pieces of one segment, a chain covering its bytes from
+// offset 0 as far as they reach, each piece reaching furthest from where the last ended.
+func coverFromStart(pieces []string) (int64, []string) {
+	var at int64
+	var chain []string
+	for {
+		best, bestTo := "", at
+		for _, p := range pieces {
+			_, from, to, err := ParseStreamName(p)
+			if err == nil && from <= at && to > bestTo {
+				best, bestTo = p, to
+			}
+		}
+		if best == "" {
+			return at, chain
+		}
+		chain = append(chain, best)
+		at = bestTo
+	}
 }

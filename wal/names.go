@@ -137,6 +137,7 @@ const (
 	KindPartial            // 000000010000000000000001.partial
 	KindHistory            // 00000002.history
 	KindBackupHistory      // 000000010000000000000001.00000028.backup
+	KindStream             // 000000010000000000000001.00000000-0001A000.stream
 )
 
 // String names the kind for messages.
@@ -150,6 +151,8 @@ func (k Kind) String() string {
 		return "history"
 	case KindBackupHistory:
 		return "backup history"
+	case KindStream:
+		return "streamed piece"
 	}
 	return "unknown"
 }
@@ -165,8 +168,37 @@ func Classify(name string) Kind {
 		return KindHistory
 	case IsBackupHistoryName(name):
 		return KindBackupHistory
+	case IsStreamName(name):
+		return KindStream
 	}
 	return KindUnknown
+}
+
+// IsStreamName reports whether name names a piece of a segment that `wal receive` stored
+// while the segment was being written: "<segment>.<from>-<to>.stream", from and to being
+// byte offsets in the segment (8 hex digits each).
+func IsStreamName(name string) bool {
+	base, ok := strings.CutSuffix(name, ".stream")
+	return ok && len(base) == 42 && base[24] == '.' && base[33] == '-' && IsSegmentName(base[:24]) &&
+		isUpperHex(base[25:33], 8) && isUpperHex(base[34:], 8)
+}
+
+// StreamName names the piece of segment seg holding its bytes from..to.
+func StreamName(seg string, from, to int64) string {
+	return fmt.Sprintf("%s.%08X-%08X.stream", seg, from, to)
+}
+
+// ParseStreamName splits a streamed piece's name into its segment and byte range.
+func ParseStreamName(name string) (seg string, from, to int64, err error) {
+	if !IsStreamName(name) {
+		return "", 0, 0, fmt.Errorf("%w: %q is not a streamed piece name", ErrInvalidName, name)
+	}
+	f, _ := strconv.ParseUint(name[25:33], 16, 32)
+	t, _ := strconv.ParseUint(name[34:42], 16, 32)
+	if t <= f {
+		return "", 0, 0, fmt.Errorf("%w: %q ends before it starts", ErrInvalidName, name)
+	}
+	return name[:24], int64(f), int64(t), nil
 }
 
 // IsSegmentName reports whether name is 24 upper-case hex digits (PostgreSQL's

@@ -95,11 +95,23 @@ type BackupConfig struct {
 	LockTimeout    time.Duration `yaml:"lock_timeout"`
 }
 
-// WALConfig tunes archive push and fetch.
+// WALConfig tunes archive push and fetch, and the WAL receiver.
 type WALConfig struct {
-	PushParallel  int    `yaml:"push_parallel"`
-	FetchPrefetch int    `yaml:"fetch_prefetch"`
-	SpoolDir      string `yaml:"spool_dir"`
+	PushParallel  int          `yaml:"push_parallel"`
+	FetchPrefetch int          `yaml:"fetch_prefetch"`
+	SpoolDir      string       `yaml:"spool_dir"`
+	Stream        StreamConfig `yaml:"stream"`
+}
+
+// StreamConfig configures `pgharbor wal receive` (postgres.conn is the server it streams
+// from).
+type StreamConfig struct {
+	Slot            string        `yaml:"slot"`             // physical replication slot (pgharbor)
+	CreateSlot      *bool         `yaml:"create_slot"`      // create it when missing (true)
+	ApplicationName string        `yaml:"application_name"` // for synchronous_standby_names (pgharbor)
+	FlushInterval   time.Duration `yaml:"flush_interval"`   // received WAL stored at least this often (1s)
+	FlushMB         int           `yaml:"flush_mb"`         // or whenever this much arrived (4)
+	Synchronous     bool          `yaml:"synchronous"`      // store as soon as the server pauses
 }
 
 // LoadConfig reads path (may be empty: defaults and environment only) and applies env.

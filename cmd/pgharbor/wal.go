@@ -38,7 +38,7 @@ func newWALCmd(a *app) *cobra.Command {
 
 See docs/wal.md.`,
 	}
-	cmd.AddCommand(newWALPushCmd(a), newWALFetchCmd(a), newWALPrefetchCmd(a), newWALLsCmd(a))
+	cmd.AddCommand(newWALPushCmd(a), newWALFetchCmd(a), newWALPrefetchCmd(a), newWALLsCmd(a), newWALReceiveCmd(a))
 	return cmd
 }
 
