@@ -231,3 +231,60 @@ func TestWALReceiverRPOSynchronous(t *testing.T) {
 		t.Fatalf("heartbeat %d was acknowledged but the restore ends at %d: a synchronous receiver lost a commit", acked, restored)
 	}
 }
+
+// The receiver streams from a standby; it is killed and restarted, the standby restarted,
+// then promoted after its primary stops: the receiver follows timeline 2, and a restore of
+// the newest WAL after the new primary is lost with its disk equals the data it had.
+func TestWALReceiverSurvivesRestartsAndFollowsAPromotion(t *testing.T) {
+	e := newEnv(t, "", "")
+	pg := e.startPrimary(nil)
+	pg.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
+	pg.Exec(t, "CREATE TABLE marks (k int PRIMARY KEY)")
+	e.must("repo", "init")
+	e.must("backup", "--conn", pg.ConnString("postgres"))
+	sb := pg.StartStandby(t)
+	rc := e.startReceiver(t, sb)
+	waitStreaming(t, sb, rc)
+
+	pg.Pgbench(t, "postgres", "-n", "-t", "200")
+	pg.Exec(t, "INSERT INTO marks VALUES (1)")
+	rc.cmd.Process.Kill() // killed, not stopped
+	rc.cmd.Wait()
+	pg.Pgbench(t, "postgres", "-n", "-t", "200")
+	pg.Exec(t, "INSERT INTO marks VALUES (2)")
+	rc = e.startReceiver(t, sb)
+	waitStreaming(t, sb, rc)
+	sb.Stop(t, "fast")
+	sb.Start(t)
+	pg.Pgbench(t, "postgres", "-n", "-t", "200")
+	pg.Exec(t, "INSERT INTO marks VALUES (3)")
+	pg.WaitReplay(t, sb)
+
+	pg.Stop(t, "fast")
+	sb.Exec(t, "SELECT pg_promote(true, 60)")
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(rc.output(), "follows a new timeline") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the receiver did not follow the promotion to timeline 2:\n%s", rc.output())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	sb.Pgbench(t, "postgres", "-n", "-t", "200")
+	sb.Exec(t, "INSERT INTO marks VALUES (4)")
+	want := snapshot(t, sb.ConnString("postgres"))
+	time.Sleep(3 * time.Second) // two flush intervals: everything received is stored
+	crash(t, sb)
+	time.Sleep(time.Second)
+	rc.stop()
+	if strings.Contains(rc.output(), "level=ERROR") {
+		t.Errorf("receiver errors:\n%s", rc.output())
+	}
+	c := e.restoreStarted(pg)
+	if got := snapshot(t, c.ConnString("postgres")); got != want {
+		t.Fatalf("restore of the newest WAL: %s, want the new primary's data %s\nreceiver log:\n%s", got, want, rc.output())
+	}
+	if tli := c.QueryString(t, "postgres", "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"); tli < "00000003" {
+		t.Fatalf("the restored cluster runs on timeline %s: recovery did not follow timeline 2", tli)
+	}
+	e.must("verify")
+}
