@@ -58,6 +58,7 @@ type ReceiveOptions struct {
 
 // ReceiverStatus is what `info` and the server's metrics show of a receiver.
 type ReceiverStatus struct {
+	Slot      string     `json:"slot"`
 	Streaming bool       `json:"streaming"`
 	Timeline  TimelineID `json:"timeline"`
 	// Received is the end of the WAL received; Stored the end of what is in the repository
@@ -68,6 +69,48 @@ type ReceiverStatus struct {
 	ServerEnd LSN       `json:"server_end"`
 	StoredAt  time.Time `json:"stored_at,omitzero"`
 	LastError string    `json:"last_error,omitempty"`
+	// Reported is when the receiver last wrote this status into the repository.
+	Reported time.Time `json:"reported"`
+}
+
+// receiverStatusKey is where a receiver's status lives: clear JSON, rewritten as it goes.
+func receiverStatusKey(r *repo.Repo, slot string) string {
+	return r.Key("receivers", slot+".json")
+}
+
+// ReceiverStatuses returns the last status every receiver of r's cluster reported.
+func ReceiverStatuses(ctx context.Context, r *repo.Repo) ([]ReceiverStatus, error) {
+	prefix := r.Key("receivers") + "/"
+	var keys []string
+	if err := r.Backend().List(ctx, prefix, func(o storage.ObjectInfo) error {
+		if strings.HasSuffix(o.Key, ".json") {
+			keys = append(keys, o.Key)
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("list %s: %w", r.Location(prefix), err)
+	}
+	out := []ReceiverStatus{}
+	for _, k := range keys {
+		var st ReceiverStatus
+		if err := r.GetClearJSON(ctx, k, &st); err != nil {
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// report writes the receiver's status into the repository (best effort: progress, not data).
+func (rc *receiver) report(ctx context.Context) {
+	rc.mu.Lock()
+	rc.st.Slot = rc.o.Slot
+	rc.st.Reported = time.Now().UTC()
+	st := rc.st
+	rc.mu.Unlock()
+	if err := rc.r.PutClearJSON(ctx, receiverStatusKey(rc.r, rc.o.Slot), st); err != nil {
+		rc.log.Debug("receiver status not stored", "err", err)
+	}
 }
 
 // ErrReceiverConfig wraps errors that reconnecting cannot fix (authentication, privilege,
@@ -102,6 +145,12 @@ func Receive(ctx context.Context, r *repo.Repo, o ReceiveOptions) error {
 		return fmt.Errorf("%w: slot name %q: use lower-case letters, digits and underscores", ErrReceiverConfig, o.Slot)
 	}
 	rc := &receiver{r: r, o: o, log: o.Logger}
+	defer func() {
+		rc.setErr(nil)
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		rc.report(sctx)
+		cancel()
+	}()
 	backoff := time.Second
 	for {
 		err := rc.session(ctx)
@@ -109,6 +158,7 @@ func Receive(ctx context.Context, r *repo.Repo, o ReceiveOptions) error {
 			return ctx.Err()
 		}
 		rc.setErr(err)
+		rc.report(ctx)
 		if o.Once || errors.Is(err, ErrReceiverConfig) && !rc.everStreamed {
 			return err
 		}
@@ -404,9 +454,17 @@ func (rc *receiver) stream(ctx context.Context, conn *pgconn.PgConn, tli Timelin
 	rc.log.Info("WAL receiver streaming", "slot", rc.o.Slot, "timeline", tli, "from", start)
 	rc.everStreamed = true
 	rc.update(func(s *ReceiverStatus) { s.Streaming, s.Timeline, s.LastError = true, tli, "" })
+	rc.report(ctx)
 	lastFlush, nextStatus := time.Now(), time.Now().Add(receiveStatusInterval)
 	for {
 		now := time.Now()
+		if !now.Before(nextStatus) {
+			if err := rc.sendStatus(ctx, conn, false); err != nil {
+				return nil, err
+			}
+			rc.report(ctx)
+			nextStatus = now.Add(receiveStatusInterval)
+		}
 		deadline := nextStatus
 		if int64(len(rc.buf)) > rc.stored {
 			due := lastFlush.Add(rc.o.FlushInterval)
@@ -426,12 +484,6 @@ func (rc *receiver) stream(ctx context.Context, conn *pgconn.PgConn, tli Timelin
 					return nil, err
 				}
 				lastFlush = time.Now()
-			}
-			if !time.Now().Before(nextStatus) {
-				if err := rc.sendStatus(ctx, conn, false); err != nil {
-					return nil, err
-				}
-				nextStatus = time.Now().Add(receiveStatusInterval)
 			}
 			continue
 		}

@@ -14,10 +14,11 @@ import (
 )
 
 type infoReport struct {
-	Identity repo.Identity   `json:"identity"`
-	Catalog  *backup.Catalog `json:"catalog"`
-	WAL      wal.Archive     `json:"wal"`
-	Window   restore.Window  `json:"recoverable_window"`
+	Identity  repo.Identity        `json:"identity"`
+	Catalog   *backup.Catalog      `json:"catalog"`
+	WAL       wal.Archive          `json:"wal"`
+	Window    restore.Window       `json:"recoverable_window"`
+	Receivers []wal.ReceiverStatus `json:"receivers"`
 }
 
 func newInfoCmd(a *app) *cobra.Command {
@@ -43,7 +44,11 @@ func newInfoCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			rep := infoReport{Identity: id, Catalog: cat, WAL: arch, Window: restore.ComputeWindow(restore.Usable(cat.Backups, arch), arch.Newest)}
+			recv, err := wal.ReceiverStatuses(ctx, r)
+			if err != nil {
+				return err
+			}
+			rep := infoReport{Identity: id, Catalog: cat, WAL: arch, Window: restore.ComputeWindow(restore.Usable(cat.Backups, arch), arch.Newest), Receivers: recv}
 			return a.print(rep, func() { a.printInfo(rep) })
 		},
 	}
@@ -86,6 +91,28 @@ func (a *app) printInfo(rep infoReport) {
 	}
 	if len(rep.WAL.Timelines) == 0 {
 		fmt.Fprintln(w, "no archived WAL")
+	}
+	for _, t := range rep.WAL.Timelines {
+		if t.StreamedEnd != 0 {
+			fmt.Fprintf(w, "WAL timeline %d: streamed up to %s after the last complete segment\n", t.TLI, t.StreamedEnd)
+		}
+	}
+	for _, s := range rep.Receivers {
+		state := "stopped"
+		if s.Streaming {
+			state = "streaming"
+		}
+		if age := time.Since(s.Reported); s.Streaming && age > 30*time.Second {
+			state = fmt.Sprintf("not reporting for %s (killed, or cut off from the repository)", age.Round(time.Second))
+		}
+		lag := ""
+		if s.ServerEnd > s.Stored {
+			lag = fmt.Sprintf(", %s behind the server", humanBytes(int64(s.ServerEnd-s.Stored)))
+		}
+		fmt.Fprintf(w, "WAL receiver (slot %s): %s, timeline %d, stored up to %s%s, last report %s\n", s.Slot, state, s.Timeline, s.Stored, lag, s.Reported.Format(time.RFC3339))
+		if s.LastError != "" {
+			fmt.Fprintf(w, "  last error: %s\n", s.LastError)
+		}
 	}
 	for _, warn := range rep.WAL.Warnings {
 		fmt.Fprintf(w, "warning: %s\n", warn)

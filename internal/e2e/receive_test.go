@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -159,6 +160,8 @@ func rpoRun(t *testing.T, synchronous bool) (acked, restored int64, lost time.Du
 	if synchronous {
 		args = append(args, "--synchronous")
 	}
+	// Pushes that failed before `repo init` do not count.
+	failedBefore := pg.QueryString(t, "postgres", "SELECT failed_count::text FROM pg_stat_archiver")
 	rc := e.startReceiver(t, pg, args...)
 	waitStreaming(t, pg, rc)
 	if synchronous {
@@ -180,8 +183,8 @@ func rpoRun(t *testing.T, synchronous bool) (acked, restored int64, lost time.Du
 	load := exec.Command(filepath.Join(pg.BinDir, "pgbench"), "-n", "-c", "2", "-T", "20", "-h", pg.SocketDir, "-p", strconv.Itoa(pg.Port), "-U", "postgres", "postgres")
 	load.Start()
 	time.Sleep(5 * time.Second)
-	if f := pg.QueryString(t, "postgres", "SELECT failed_count::text FROM pg_stat_archiver"); f != "0" {
-		t.Errorf("archive_command failed %s times beside the receiver", f)
+	if f := pg.QueryString(t, "postgres", "SELECT failed_count::text FROM pg_stat_archiver"); f != failedBefore {
+		t.Errorf("archive_command failed beside the receiver (%s failures, %s before it started)\n%s", f, failedBefore, pg.Log())
 	}
 	crash(t, pg)
 	load.Wait()
@@ -193,6 +196,21 @@ func rpoRun(t *testing.T, synchronous bool) (acked, restored int64, lost time.Du
 	if !strings.Contains(rc.output(), "WAL receiver streaming") {
 		t.Fatalf("receiver log:\n%s", rc.output())
 	}
+	var info struct {
+		Receivers []struct {
+			Slot      string `json:"slot"`
+			Streaming bool   `json:"streaming"`
+			Stored    string `json:"stored"`
+			LastError string `json:"last_error"`
+		} `json:"receivers"`
+	}
+	if err := json.Unmarshal([]byte(e.must("info", "--output", "json")), &info); err != nil {
+		t.Fatal(err)
+	}
+	if len(info.Receivers) != 1 || info.Receivers[0].Slot != "pgharbor" || info.Receivers[0].Streaming || info.Receivers[0].Stored == "0/0" {
+		t.Fatalf("info shows the receivers %+v, want the stopped receiver of slot pgharbor with what it stored", info.Receivers)
+	}
+	t.Logf("info: receiver %+v", info.Receivers[0])
 	c := e.restoreStarted(pg)
 	restored, _ = strconv.ParseInt(c.QueryString(t, "postgres", "SELECT coalesce(max(id), 0)::text FROM hb"), 10, 64)
 	if restored < acked {

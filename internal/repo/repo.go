@@ -365,3 +365,36 @@ func (r *Repo) DataKey(ctx context.Context, create bool) (string, error) {
 		}
 	}
 }
+
+// PutClearJSON stores v under key in a clear (unencrypted, uncompressed) envelope, replacing
+// what was there. Only for facts that are no secret and that readers without the identity
+// need, such as a WAL receiver's progress.
+func (r *Repo) PutClearJSON(ctx context.Context, key string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	sealed, err := r.plain.Seal(append(data, '\n'))
+	if err != nil {
+		return err
+	}
+	return r.PutSealed(ctx, key, sealed, false)
+}
+
+// GetClearJSON reads what PutClearJSON stored.
+func (r *Repo) GetClearJSON(ctx context.Context, key string, v any) error {
+	rc, err := r.backend.Get(ctx, key, 0, -1)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	dec, err := r.plain.NewReader(rc)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", r.Location(key), err)
+	}
+	defer dec.Close()
+	if err := json.NewDecoder(dec).Decode(v); err != nil {
+		return fmt.Errorf("decode %s: %w", r.Location(key), err)
+	}
+	return nil
+}
