@@ -245,7 +245,7 @@ func classify(err error) error {
 	case pe.Code == "42501":
 		return fmt.Errorf("%w: the user lacks the REPLICATION attribute (ALTER ROLE … REPLICATION): %v", ErrReceiverConfig, err)
 	case pe.Code == "53300" || strings.Contains(pe.Message, "max_wal_senders"):
-		return fmt.Errorf("%w: no free WAL sender: raise max_wal_senders: %v", ErrReceiverConfig, err)
+		return fmt.Errorf("%w: no free WAL sender: raise max_wal_senders (a server with wal_level = minimal has none: set wal_level = replica): %v", ErrReceiverConfig, err)
 	case strings.Contains(pe.Message, "wal_level"):
 		return fmt.Errorf("%w: the server needs wal_level = replica or logical: %v", ErrReceiverConfig, err)
 	case pe.Code == "42704" && strings.Contains(pe.Message, "replication slot"):

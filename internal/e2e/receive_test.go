@@ -306,3 +306,39 @@ func TestWALReceiverSurvivesRestartsAndFollowsAPromotion(t *testing.T) {
 	}
 	e.must("verify")
 }
+
+// Each way a receiver cannot stream gets one message that says what to change, and the
+// foreground command exits instead of retrying what cannot succeed.
+func TestWALReceiverExplainsWhatIsWrong(t *testing.T) {
+	e := newEnv(t, "", "")
+	pg := e.startPrimary(nil)
+	e.must("repo", "init")
+	pg.Exec(t, "CREATE ROLE plain LOGIN")
+	minimal := pgtest.Start(t, pgtest.Options{Config: map[string]string{"wal_level": "minimal", "max_wal_senders": "0"}})
+	first := e.startReceiver(t, pg, "--slot", "busy")
+	waitStreaming(t, pg, first)
+	cases := []struct {
+		name, want string
+		args       []string
+	}{
+		{"bad slot name", "slot name", []string{"--conn", pg.ConnString("postgres"), "--slot", "Bad-Slot"}},
+		{"missing slot", "does not exist", []string{"--conn", pg.ConnString("postgres"), "--slot", "nosuch", "--create-slot=false"}},
+		{"no replication privilege", "REPLICATION", []string{"--conn", strings.Replace(pg.ConnString("postgres"), "user=postgres", "user=plain", 1)}},
+		{"no wal senders", "max_wal_senders", []string{"--conn", minimal.ConnString("postgres")}},
+		{"slot in use", "in use", []string{"--conn", pg.ConnString("postgres"), "--slot", "busy"}},
+	}
+	for _, c := range cases {
+		t.Run(strings.ReplaceAll(c.name, " ", "-"), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			out, err := exec.CommandContext(ctx, binary, append([]string{"--config", e.config, "wal", "receive"}, c.args...)...).CombinedOutput()
+			if ctx.Err() != nil {
+				t.Fatalf("wal receive kept retrying instead of saying what is wrong:\n%s", out)
+			}
+			if err == nil || !strings.Contains(string(out), c.want) {
+				t.Fatalf("wal receive: %v, want a failure mentioning %q:\n%s", err, c.want, out)
+			}
+			t.Logf("%s", lastLines(string(out), 1))
+		})
+	}
+}
