@@ -26,6 +26,7 @@ const (
 	DefaultReceiveFlushInterval = time.Second
 	DefaultReceiveFlushBytes    = 4 << 20
 	receiveStatusInterval       = 10 * time.Second
+	syncFlushDelay              = time.Millisecond
 )
 
 // ReceiveOptions configure Receive.
@@ -456,6 +457,7 @@ func (rc *receiver) stream(ctx context.Context, conn *pgconn.PgConn, tli Timelin
 	rc.update(func(s *ReceiverStatus) { s.Streaming, s.Timeline, s.LastError = true, tli, "" })
 	rc.report(ctx)
 	lastFlush, nextStatus := time.Now(), time.Now().Add(receiveStatusInterval)
+	var pendingSince time.Time // when the oldest byte not yet stored arrived
 	for {
 		now := time.Now()
 		if !now.Before(nextStatus) {
@@ -469,16 +471,28 @@ func (rc *receiver) stream(ctx context.Context, conn *pgconn.PgConn, tli Timelin
 		if int64(len(rc.buf)) > rc.stored {
 			due := lastFlush.Add(rc.o.FlushInterval)
 			if rc.o.Synchronous {
-				due = now.Add(2 * time.Millisecond)
+				// Commits are waiting: store what came as soon as the server pauses, and
+				// under a steady stream no later than a moment after it arrived (the
+				// deadline counts from the oldest unstored byte, or a trickle of WAL
+				// would put the flush off until FlushBytes).
+				due = pendingSince.Add(syncFlushDelay)
 			}
 			if due.Before(deadline) {
 				deadline = due
 			}
 		}
-		rctx, cancel := context.WithDeadline(ctx, deadline)
-		msg, err := conn.ReceiveMessage(rctx)
-		cancel()
-		if err != nil && pgconn.Timeout(err) && ctx.Err() == nil {
+		var msg pgproto3.BackendMessage
+		var err error
+		var timedOut bool
+		if deadline.After(now) {
+			rctx, cancel := context.WithDeadline(ctx, deadline)
+			msg, err = conn.ReceiveMessage(rctx)
+			timedOut = err != nil && ctx.Err() == nil && (pgconn.Timeout(err) || rctx.Err() != nil)
+			cancel()
+		} else {
+			timedOut = true // due already: no wait (a context past its deadline is an error to pgconn)
+		}
+		if timedOut {
 			if int64(len(rc.buf)) > rc.stored && !time.Now().Before(deadline) {
 				if err := rc.flush(ctx, conn); err != nil {
 					return nil, err
@@ -512,6 +526,9 @@ func (rc *receiver) stream(ctx context.Context, conn *pgconn.PgConn, tli Timelin
 				x, err := pglogrepl.ParseXLogData(m.Data[1:])
 				if err != nil {
 					return nil, err
+				}
+				if int64(len(rc.buf)) == rc.stored {
+					pendingSince = time.Now()
 				}
 				if err := rc.data(ctx, conn, LSN(x.WALStart), x.WALData); err != nil {
 					return nil, err

@@ -64,6 +64,7 @@ newest segment by themselves.
 				return err
 			}
 			defer r.Backend().Close()
+			boundMemory()
 			err = wal.Receive(ctx, r, wal.ReceiveOptions{
 				ConnString: a.cfg.Postgres.Conn, Slot: s.Slot, CreateSlot: create, ApplicationName: s.ApplicationName,
 				FlushInterval: s.FlushInterval, FlushBytes: int64(s.FlushMB) << 20, Synchronous: s.Synchronous, Logger: a.logger,
