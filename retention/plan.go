@@ -113,6 +113,9 @@ type TimelineDecision struct {
 	Reason  string `json:"reason"`
 	Dropped int    `json:"dropped"`
 	Kept    int    `json:"kept"`
+	// DropFirst and DropLast name the first and last dropped object (in name order).
+	DropFirst string `json:"drop_first,omitempty"`
+	DropLast  string `json:"drop_last,omitempty"`
 }
 
 // Decision is Plan's answer.
@@ -334,6 +337,12 @@ func planWAL(d *Decision, bs []Backup, arch Archive) {
 			}
 			td.Dropped++
 			d.DropWAL = append(d.DropWAL, f)
+			if td.DropFirst == "" || f.Name < td.DropFirst {
+				td.DropFirst = f.Name
+			}
+			if f.Name > td.DropLast {
+				td.DropLast = f.Name
+			}
 		}
 		d.Timelines = append(d.Timelines, td)
 	}
