@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path"
+	"slices"
 	"time"
 
 	"github.com/pgharbor/pgharbor/backup"
@@ -138,7 +139,7 @@ func Expire(ctx context.Context, r *repo.Repo, p Policy, opts ExpireOptions) (*R
 
 	for _, l := range rep.Finished {
 		log.Info("finishing the expiry of a backup an earlier expire left half-deleted", "label", l)
-		if err := x.deleteRest(ctx, l, true); err != nil {
+		if err := x.deleteRest(ctx, l, nil); err != nil {
 			return rep, err
 		}
 	}
@@ -231,7 +232,9 @@ func (x *expirer) count(ctx context.Context, label string) ([]string, error) {
 // returns false when the backup was pinned meanwhile (it then stays, unmarked).
 func (x *expirer) deleteBackup(ctx context.Context, label string) (bool, error) {
 	r := x.r
-	if _, err := x.count(ctx, label); err != nil {
+	// Listed once: while expire holds the lock nothing else writes into this prefix.
+	keys, err := x.count(ctx, label)
+	if err != nil {
 		return false, err
 	}
 	marker := backup.ExpiringKey(r, label)
@@ -256,21 +259,19 @@ func (x *expirer) deleteBackup(ctx context.Context, label string) (bool, error) 
 	if err := r.Backend().Delete(ctx, backup.ManifestKey(r, label)); err != nil {
 		return false, fmt.Errorf("expire backup %s: delete its manifest: %w", label, err)
 	}
-	return true, x.deleteRest(ctx, label, false)
+	manifest := backup.ManifestKey(r, label)
+	rest := slices.DeleteFunc(keys, func(k string) bool { return k == manifest })
+	return true, x.deleteRest(ctx, label, append(rest, marker))
 }
 
 // deleteRest deletes every object of a backup whose manifest is gone, the expiring marker last.
-// count is false when deleteBackup already counted the objects.
-func (x *expirer) deleteRest(ctx context.Context, label string, count bool) error {
-	var keys []string
-	var err error
-	if count {
-		keys, err = x.count(ctx, label)
-	} else {
-		keys, _, err = x.list(ctx, label)
-	}
-	if err != nil {
-		return err
+// keys are the backup's objects; nil lists (and counts) them.
+func (x *expirer) deleteRest(ctx context.Context, label string, keys []string) error {
+	if keys == nil {
+		var err error
+		if keys, err = x.count(ctx, label); err != nil {
+			return err
+		}
 	}
 	marker := backup.ExpiringKey(x.r, label)
 	rest := keys[:0:0]

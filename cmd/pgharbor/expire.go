@@ -123,7 +123,7 @@ func (a *app) printExpire(rep *retention.Report) {
 	if rep.Incomplete > 0 {
 		fmt.Fprintf(w, "note: %d incomplete backups are left to `pgharbor backup cleanup`\n", rep.Incomplete)
 	}
-	fmt.Fprintf(w, "\n%s %d backups and %d WAL objects: %d objects, %s\n", verb, rep.DeletedBackups, rep.DeletedWAL, rep.DeletedObjects, humanBytes(rep.FreedBytes))
+	fmt.Fprintf(w, "\n%s %s and %s: %d objects, %s\n", verb, plural(rep.DeletedBackups, "backup"), plural(rep.DeletedWAL, "WAL object"), rep.DeletedObjects, humanBytes(rep.FreedBytes))
 }
 
 func newBackupPinCmd(a *app, pin bool) *cobra.Command {
@@ -165,4 +165,11 @@ func newBackupPinCmd(a *app, pin bool) *cobra.Command {
 		cmd.Flags().StringVar(&note, "note", "", "why the backup is pinned (kept in the pin object)")
 	}
 	return cmd
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

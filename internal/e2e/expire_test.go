@@ -218,7 +218,7 @@ func TestExpireKeepsTheRecoveryWindowOnFilesystemAndS3(t *testing.T) {
 	}
 	text := e.must("expire", "--dry-run", "--window", window())
 	t.Logf("pgharbor expire --dry-run:\n%s", text)
-	for _, want := range []string{"dry run: nothing deleted", a.Label, "dropped: older than the base backup", "kept: recovery window (base for its start", "would delete 1 backups"} {
+	for _, want := range []string{"dry run: nothing deleted", a.Label, "dropped: older than the base backup", "kept: recovery window (base for its start", "would delete 1 backup and"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("dry-run text does not say %q:\n%s", want, text)
 		}
