@@ -47,7 +47,11 @@ func (b *Backend) deleteChunk(ctx context.Context, keys []string) error {
 		Delete: &types.Delete{Objects: objs, Quiet: aws.Bool(true)},
 	})
 	if err != nil {
-		return b.mapErr(ctx, "delete", keys[0]+fmt.Sprintf(" (and %d more)", len(keys)-1), err)
+		what := keys[0]
+		if len(keys) > 1 {
+			what += fmt.Sprintf(" (and %d more keys)", len(keys)-1)
+		}
+		return b.mapErr(ctx, "delete", what, err)
 	}
 	var errs []error
 	for _, e := range out.Errors {
