@@ -161,6 +161,10 @@ func Expire(ctx context.Context, r *repo.Repo, p Policy, opts ExpireOptions) (*R
 			log.Info("backup expired", "label", b.Label, "stop_time", b.StopTime, "reason", b.Reason)
 		}
 	}
+	if len(rep.Skipped) > 0 {
+		// A backup pinned while expire ran stays, and so must the WAL from its start.
+		d.keepAlso(rep.Skipped, "pinned while expire ran", backups, arch)
+	}
 	if len(d.DropWAL) > 0 {
 		keys := make([]string, len(d.DropWAL))
 		for i, f := range d.DropWAL {

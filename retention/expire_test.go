@@ -327,4 +327,16 @@ func TestPinRacingExpire(t *testing.T) {
 	if ok, _ := storage.Exists(ctx, b2, backup.ExpiringKey(r2, "20261203T000000Z")); ok {
 		t.Fatalf("the kept backup still carries the expiring marker")
 	}
+	// Its WAL stays too: from its start in segment 18, not from the newest backup's.
+	if rep.Timelines[0].FirstKept != "000000010000000000000012" || rep.DeletedWAL != 17 {
+		t.Fatalf("WAL after a pin during expire: %+v, deleted %d", rep.Timelines[0], rep.DeletedWAL)
+	}
+	if ok, _ := storage.Exists(ctx, b2, "main/wal/0000000100000000/000000010000000000000012"); !ok {
+		t.Fatalf("the WAL of the backup pinned during expire is gone")
+	}
+	for _, bd := range rep.Backups {
+		if bd.Label == "20261203T000000Z" && bd.Reason != "kept: pinned while expire ran" {
+			t.Errorf("reason %q", bd.Reason)
+		}
+	}
 }

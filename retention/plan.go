@@ -3,6 +3,7 @@ package retention
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -157,17 +158,7 @@ func Plan(p Policy, backups []Backup, arch Archive, now time.Time) (*Decision, e
 	if err := wal.CheckSegmentSize(arch.SegmentSize); err != nil {
 		return nil, err
 	}
-	bs := append([]Backup(nil), backups...)
-	sort.SliceStable(bs, func(i, j int) bool {
-		a, b := bs[i], bs[j]
-		if !a.StopTime.Equal(b.StopTime) {
-			return a.StopTime.Before(b.StopTime)
-		}
-		if !a.StartTime.Equal(b.StartTime) {
-			return a.StartTime.Before(b.StartTime)
-		}
-		return a.StopLSN < b.StopLSN
-	})
+	bs := byStopTime(backups)
 	d := &Decision{Policy: p.String(), Now: now.UTC(), Backups: make([]BackupDecision, len(bs)), Timelines: []TimelineDecision{}}
 	for i, b := range bs {
 		d.Backups[i] = BackupDecision{Label: b.Label, StopTime: b.StopTime.UTC(), Timeline: b.Timeline, StartLSN: b.StartLSN, Pinned: b.Pinned}
@@ -238,6 +229,38 @@ func Plan(p Policy, backups []Backup, arch Archive, now time.Time) (*Decision, e
 	}
 	planWAL(d, bs, arch)
 	return d, nil
+}
+
+// byStopTime returns a copy of backups ordered by stop time (then start time, stop LSN).
+func byStopTime(backups []Backup) []Backup {
+	bs := append([]Backup(nil), backups...)
+	sort.SliceStable(bs, func(i, j int) bool {
+		a, b := bs[i], bs[j]
+		if !a.StopTime.Equal(b.StopTime) {
+			return a.StopTime.Before(b.StopTime)
+		}
+		if !a.StartTime.Equal(b.StartTime) {
+			return a.StartTime.Before(b.StartTime)
+		}
+		return a.StopLSN < b.StopLSN
+	})
+	return bs
+}
+
+// keepAlso turns dropped backups into kept ones (for rule) and recomputes the WAL decision
+// from the new kept set. backups and arch are Plan's input.
+func (d *Decision) keepAlso(labels []string, rule string, backups []Backup, arch Archive) {
+	for i := range d.Backups {
+		b := &d.Backups[i]
+		if !b.Keep && slices.Contains(labels, b.Label) {
+			b.Keep, b.Rules, b.Reason = true, append(b.Rules, rule), "kept: "+rule
+		}
+	}
+	if arch.SegmentSize == 0 {
+		arch.SegmentSize = wal.DefaultSegmentSize
+	}
+	d.DropWAL, d.Timelines = nil, []TimelineDecision{}
+	planWAL(d, byStopTime(backups), arch)
 }
 
 // dropReason says which limits a dropped backup is beyond (every active rule let it go).
