@@ -327,6 +327,7 @@ func planWAL(d *Decision, bs []Backup, arch Archive) {
 		} else {
 			hist = wal.History{TLI: 1}
 		}
+		why := ""
 		switch {
 		case len(keptBackups) == 0:
 			td.KeepAll, td.Reason = true, "no backup in the repository: WAL left alone"
@@ -337,17 +338,21 @@ func planWAL(d *Decision, bs []Backup, arch Archive) {
 				if b.Timeline != tli && !hist.Contains(b.Timeline, b.StartLSN) {
 					continue
 				}
-				from := b.StartLSN
+				from, atBegin := b.StartLSN, false
 				if begin, ok := hist.Begin(tli); ok && begin > from {
-					from = begin
+					from, atBegin = begin, true
 				}
 				if !td.Reachable || from < td.Horizon {
 					td.Reachable, td.Horizon, td.By = true, from, b.Label
+					why = "the start of kept backup " + b.Label
+					if atBegin {
+						why = "where this timeline begins; kept backup " + b.Label + " reaches it through the history files"
+					}
 				}
 			}
 			if td.Reachable {
 				td.FirstKept = segName(wal.SegmentOf(td.Horizon, tli, size), size)
-				td.Reason = fmt.Sprintf("kept from %s (segment %s): the start of kept backup %s or where this timeline begins on its path", td.Horizon, td.FirstKept, td.By)
+				td.Reason = fmt.Sprintf("kept from %s (segment %s): %s", td.Horizon, td.FirstKept, why)
 			} else {
 				td.Reason = "no kept backup can reach this timeline: all its WAL dropped"
 			}

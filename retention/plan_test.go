@@ -281,6 +281,12 @@ func TestPlanSeveralTimelines(t *testing.T) {
 			{tli: 4, dropped: 6}, // branched off before the backup started: unreachable
 			{tli: 5, keepAll: true},
 		})
+		if r := d.Timelines[1].Reason; !strings.Contains(r, "where this timeline begins; kept backup b-tl1 reaches it") {
+			t.Errorf("timeline 2 reason: %s", r)
+		}
+		if r := d.Timelines[0].Reason; !strings.Contains(r, "the start of kept backup b-tl1") {
+			t.Errorf("timeline 1 reason: %s", r)
+		}
 	})
 	t.Run("backup on timeline 2 drops timeline 1 and its abandoned tail", func(t *testing.T) {
 		d, err := Plan(Policy{FullCount: 1}, []Backup{bk("b-tl1", days(3), 1, 2), bk("b-tl2", days(2), 2, 12)}, arch, now)
