@@ -44,6 +44,7 @@ type expireJSON struct {
 		Timeline  uint32 `json:"timeline"`
 		FirstKept string `json:"first_kept"`
 		Dropped   int    `json:"dropped"`
+		Reason    string `json:"reason"`
 	} `json:"timelines"`
 	Finished       []string `json:"finished"`
 	DeletedBackups int      `json:"deleted_backups"`
@@ -408,4 +409,68 @@ func TestPinKeepsABackupThroughExpire(t *testing.T) {
 		t.Fatalf("expire after unpin: %+v", x)
 	}
 	e.must("verify")
+}
+
+// TestExpireAcrossATimelineSwitch: a backup on timeline 1, a restore promoted in the past
+// (timeline 2, archiving into the same repository) with a backup of its own, and the old
+// primary writing on along timeline 1. Keeping both backups keeps timeline 2 from where it
+// begins; keeping only the newest drops timeline 1 entirely (no kept backup can reach it)
+// and keeps the history file; the latest restore still follows timeline 2 and verify passes.
+func TestExpireAcrossATimelineSwitch(t *testing.T) {
+	e := newEnv(t, "", "")
+	j := runJourney(t, e, "stream")
+	p1 := j.points[0]
+	c := e.restoreStarted(j.pg, "--target-time", p1.time.Format(time.RFC3339Nano), "--target-action", "promote", "--archive-mode", "preserve")
+	c.Exec(t, "INSERT INTO marks VALUES (1000)")
+	c.Pgbench(t, "postgres", "-n", "-t", "100")
+	b := e.backupJSON(c)
+	if b.Timeline != 2 {
+		t.Fatalf("backup of the promoted cluster on timeline %d", b.Timeline)
+	}
+	c.Exec(t, "INSERT INTO marks VALUES (1001)")
+	want := snapshot(t, c.ConnString("postgres"))
+	waitArchived(t, c)
+	// The old primary goes on along timeline 1.
+	j.pg.Pgbench(t, "postgres", "-n", "-t", "100")
+	waitArchived(t, j.pg)
+
+	both := e.expire("--dry-run", "--full-count", "2")
+	// Timeline 1 from the first backup's start (only WAL written before it goes); timeline 2
+	// from where it begins, reached through its history file.
+	if len(both.Timelines) != 2 || both.DeletedBackups != 0 || both.Timelines[1].Dropped != 0 ||
+		!strings.Contains(both.Timelines[0].Reason, "the start of kept backup "+j.label) ||
+		!strings.Contains(both.Timelines[1].Reason, "where this timeline begins; kept backup "+j.label+" reaches it") {
+		t.Fatalf("keeping both backups: %+v", both)
+	}
+	x := e.expire("--full-count", "1")
+	if x.DeletedBackups != 1 || x.Backups[0].Keep || x.Backups[1].Label != b.Label || !x.Backups[1].Keep {
+		t.Fatalf("expire: %+v", x.Backups)
+	}
+	firstKept, _ := wal.SegmentOf(mustLSN(t, b.StartLSN), 2, 16<<20).SegmentName(16 << 20)
+	walDir := filepath.Join(e.dir, "repo", "main", "wal")
+	var tl1, tl2 []string
+	history := false
+	for _, k := range repoKeys(t, walDir) {
+		name := filepath.Base(k)
+		switch {
+		case name == "00000002.history":
+			history = true
+		case strings.HasPrefix(name, "00000001"):
+			tl1 = append(tl1, name)
+		case strings.HasPrefix(name, "00000002"):
+			tl2 = append(tl2, name)
+		}
+	}
+	if len(tl1) != 0 || !history || len(tl2) == 0 || tl2[0] != firstKept {
+		t.Fatalf("after expire: timeline 1 %v, history %v, timeline 2 from %v (want %s)", tl1, history, tl2[:min(1, len(tl2))], firstKept)
+	}
+	for _, tl := range e.info().WAL.Timelines {
+		if len(tl.Gaps) != 0 {
+			t.Fatalf("info shows gaps after expire: %+v", tl.Gaps)
+		}
+	}
+	e.must("verify")
+	if got := e.restoreAndRead(j.pg); got != want {
+		t.Fatalf("latest restore after expire: %s, want the new timeline's data %s", got, want)
+	}
 }
