@@ -153,7 +153,7 @@ func Run(ctx context.Context, r *repo.Repo, o Options) (*Summary, error) {
 		start = time.Now().UTC()
 		label = NewLabel(start)
 	}
-	lock, err := AcquireLock(ctx, r, "backup", label, o.LockStale)
+	lock, err := AcquireLock(ctx, r, LockName, label, o.LockStale)
 	if err != nil {
 		return nil, err
 	}

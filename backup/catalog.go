@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 
@@ -18,12 +19,20 @@ type Incomplete struct {
 	Objects int    `json:"objects"`
 	Bytes   int64  `json:"bytes"`
 	Running bool   `json:"running"` // a live lock names this label
+	// Expiring is set when an expire began deleting this backup and did not finish: the
+	// next expire (or `backup cleanup`) removes the rest.
+	Expiring bool `json:"expiring,omitempty"`
 }
 
 // Catalog is every backup of a cluster, oldest first.
 type Catalog struct {
 	Backups    []Summary    `json:"backups"`
 	Incomplete []Incomplete `json:"incomplete,omitempty"`
+	// Pinned lists the labels of complete backups that expire never deletes.
+	Pinned []string `json:"pinned,omitempty"`
+	// Expiring lists complete backups that carry an expiring marker: an expire stopped
+	// between marking and deleting them. The next expire deletes or unmarks them.
+	Expiring []string `json:"expiring,omitempty"`
 }
 
 // LoadCatalog lists the cluster's backups. Only backups whose manifest exists are in
@@ -34,6 +43,8 @@ func LoadCatalog(ctx context.Context, r *repo.Repo) (*Catalog, error) {
 		bytes    int64
 		manifest bool
 		summary  bool
+		pinned   bool
+		expiring bool
 	}
 	states := map[string]*state{}
 	prefix := r.Key("backups") + "/"
@@ -55,6 +66,10 @@ func LoadCatalog(ctx context.Context, r *repo.Repo) (*Catalog, error) {
 			s.manifest = true
 		case summaryName:
 			s.summary = true
+		case pinName:
+			s.pinned = true
+		case expiringName:
+			s.expiring = true
 		}
 		return nil
 	})
@@ -67,12 +82,18 @@ func LoadCatalog(ctx context.Context, r *repo.Repo) (*Catalog, error) {
 	}
 	sort.Strings(labels)
 	cat := &Catalog{Backups: []Summary{}}
-	held, locked := lockHolder(ctx, r, "backup")
+	held, locked := lockHolder(ctx, r, LockName)
 	for _, l := range labels {
 		s := states[l]
 		if !s.manifest {
-			cat.Incomplete = append(cat.Incomplete, Incomplete{Label: l, Objects: s.objects, Bytes: s.bytes, Running: locked && held.Label == l})
+			cat.Incomplete = append(cat.Incomplete, Incomplete{Label: l, Objects: s.objects, Bytes: s.bytes, Running: locked && held.Label == l && !s.expiring, Expiring: s.expiring})
 			continue
+		}
+		if s.pinned {
+			cat.Pinned = append(cat.Pinned, l)
+		}
+		if s.expiring {
+			cat.Expiring = append(cat.Expiring, l)
 		}
 		var sum Summary
 		if s.summary {
@@ -102,6 +123,9 @@ func (c *Catalog) Find(label string) (Summary, bool) {
 	}
 	return Summary{}, false
 }
+
+// IsPinned reports whether the complete backup label is pinned.
+func (c *Catalog) IsPinned(label string) bool { return slices.Contains(c.Pinned, label) }
 
 // Cleanup removes the objects of incomplete backups that are not running. It returns the
 // labels removed.

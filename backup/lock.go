@@ -12,8 +12,11 @@ import (
 	"github.com/pgharbor/pgharbor/storage"
 )
 
-// ErrLocked means another backup of the same cluster is running.
-var ErrLocked = errors.New("another backup of this cluster is running")
+// ErrLocked means another backup, or an expire, of the same cluster is running.
+var ErrLocked = errors.New("another backup or expire of this cluster is running")
+
+// ExpireLabel is the label an expire writes into the lock it holds (backups write theirs).
+const ExpireLabel = "expire"
 
 // lockInfo is the content of the lock object. The holder rewrites it every heartbeat; a
 // lock whose holder is a dead process on this host, or whose heartbeat is older than the
@@ -71,8 +74,12 @@ func AcquireLock(ctx context.Context, r *repo.Repo, name, label string, stale ti
 		deadHere := held.Host == host && !processAlive(held.PID)
 		expired := time.Since(held.Heartbeat) > stale
 		if !deadHere && !expired {
-			return nil, fmt.Errorf("%w: backup %s on host %s (pid %d) since %s, last heartbeat %s ago; if that process is gone, the lock expires %s after its last heartbeat",
-				ErrLocked, held.Label, held.Host, held.PID, held.Started.Format(time.RFC3339), time.Since(held.Heartbeat).Round(time.Second), stale)
+			what := "backup " + held.Label
+			if held.Label == ExpireLabel {
+				what = "expire"
+			}
+			return nil, fmt.Errorf("%w: %s on host %s (pid %d) since %s, last heartbeat %s ago; if that process is gone, the lock expires %s after its last heartbeat",
+				ErrLocked, what, held.Host, held.PID, held.Started.Format(time.RFC3339), time.Since(held.Heartbeat).Round(time.Second), stale)
 		}
 		if err := r.Backend().Delete(ctx, l.key); err != nil {
 			return nil, fmt.Errorf("remove stale lock %s: %w", r.Location(l.key), err)

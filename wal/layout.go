@@ -192,7 +192,15 @@ func ListArchive(ctx context.Context, r *repo.Repo) (Archive, error) {
 			tl.First = Segment{tl.TLI, tl.Segments[0]}.name(size)
 			tl.Last = Segment{tl.TLI, tl.Segments[n-1]}.name(size)
 		}
-		tl.Gaps = findGaps(tl.TLI, tl.Segments, tl.History, histories, size)
+	}
+	for _, tl := range tls {
+		var parent []uint64
+		if tl.History != nil && len(tl.History.Entries) > 0 {
+			if p := tls[tl.History.Entries[len(tl.History.Entries)-1].TLI]; p != nil {
+				parent = p.Segments
+			}
+		}
+		tl.Gaps = findGaps(tl.TLI, tl.Segments, tl.History, histories, parent, size)
 		tl.StreamedEnd = streamedEnd(tl.Streamed, tl.Segments, size)
 		a.Timelines = append(a.Timelines, *tl)
 	}
@@ -221,20 +229,25 @@ func ReadHistory(ctx context.Context, r *repo.Repo, tli TimelineID) (History, er
 // findGaps returns the missing segments of timeline t that recovery would need:
 //   - between the first and the last archived segment of t;
 //   - from the segment holding t's own switch point (where t begins, known from its
-//     history file) up to its first archived segment;
+//     history file) up to its first archived segment, when the timeline t branched from
+//     (parent, its sorted archived segments) still has WAL up to the switch: only then can
+//     recovery arrive at t's beginning. After expire deleted the parent's WAL, recovery
+//     starts on t from a backup taken on t, and t's first segments are not needed;
 //
 // but not beyond the last segment any successor timeline's path needs from t (the one
 // before the switch point's segment, which recovery reads from the successor), when t has
 // successors: WAL an old primary wrote after a standby was promoted is not on any path
 // but t's own, and its end is normally lost (see docs/wal.md).
-func findGaps(t TimelineID, segs []uint64, own *History, all []History, size int64) []Gap {
+func findGaps(t TimelineID, segs []uint64, own *History, all []History, parent []uint64, size int64) []Gap {
 	if len(segs) == 0 {
 		return nil
 	}
 	lo, hi := segs[0], segs[len(segs)-1]
 	if own != nil {
 		if begin, ok := own.Begin(t); ok && begin > 0 {
-			lo = min(lo, uint64(begin)/uint64(size))
+			if sw := uint64(begin) / uint64(size); len(parent) > 0 && parent[0] <= sw {
+				lo = min(lo, sw)
+			}
 		}
 	}
 	limit, limited := uint64(0), false

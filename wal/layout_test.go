@@ -47,6 +47,22 @@ func TestListArchiveGaps(t *testing.T) {
 			want: map[TimelineID][]Gap{1: nil, 2: {{2, seg(2, 5), seg(2, 6), 2}}},
 		},
 		{
+			name: "expired: the old timeline's WAL and the new one's first segments are gone",
+			in: files{
+				segs:    map[TimelineID][]uint64{2: {7, 8}},
+				history: map[TimelineID]string{2: "1\t0/5800000\treason\n"},
+			},
+			want: map[TimelineID][]Gap{2: nil},
+		},
+		{
+			name: "expired up to the switch: only the old primary's tail is left on the old timeline",
+			in: files{
+				segs:    map[TimelineID][]uint64{1: {9, 10}, 2: {7, 8}},
+				history: map[TimelineID]string{2: "1\t0/5800000\treason\n"},
+			},
+			want: map[TimelineID][]Gap{1: nil, 2: nil},
+		},
+		{
 			name: "old primary's WAL after the switch is not needed by anyone but itself",
 			in: files{
 				segs:    map[TimelineID][]uint64{1: {1, 2, 3, 4, 9, 10}, 2: {5, 6}},

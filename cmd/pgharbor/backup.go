@@ -77,7 +77,7 @@ complete only once the WAL that makes it consistent is in the repository.`,
 	cmd.Flags().StringVar(&method, "method", backup.MethodAuto, "how to read the cluster: local (read the data directory on this host, between pg_backup_start and pg_backup_stop), stream (BASE_BACKUP over a replication connection), auto (local when the server's data directory is on this host and readable, else stream) (backup.method)")
 	cmd.Flags().BoolVar(&noArchiveCheck, "no-archive-check", false, "do not wait for the backup's WAL to be in the repository (the backup then needs WAL from elsewhere)")
 	cmd.Flags().DurationVar(&archiveTimeout, "archive-timeout", 60*time.Second, "how long to wait for the backup's WAL to reach the repository")
-	cmd.AddCommand(newBackupCleanupCmd(a))
+	cmd.AddCommand(newBackupCleanupCmd(a), newBackupPinCmd(a, true), newBackupPinCmd(a, false))
 	return cmd
 }
 

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/pgharbor/pgharbor/retention"
 )
 
 // Config is the whole configuration file. Every leaf is also settable through the
@@ -27,6 +29,7 @@ type Config struct {
 	Postgres    PostgresConfig    `yaml:"postgres"`
 	Backup      BackupConfig      `yaml:"backup"`
 	WAL         WALConfig         `yaml:"wal"`
+	Retention   RetentionConfig   `yaml:"retention"`
 
 	// raw keeps the parsed document so that capabilities with their own configuration
 	// (the pool) decode their section themselves.
@@ -112,6 +115,38 @@ type StreamConfig struct {
 	FlushInterval   time.Duration `yaml:"flush_interval"`   // received WAL stored at least this often (1s)
 	FlushMB         int           `yaml:"flush_mb"`         // or whenever this much arrived (4)
 	Synchronous     bool          `yaml:"synchronous"`      // store as soon as the server pauses
+}
+
+// RetentionConfig is the expiry policy (see docs/retention.md). Durations are Go durations
+// ("36h", "90m") or days ("7d"); empty or 0 turns a rule off.
+type RetentionConfig struct {
+	FullCount       int    `yaml:"full_count"`
+	KeepYoungerThan string `yaml:"keep_younger_than"`
+	Window          string `yaml:"window"`
+	MinCount        int    `yaml:"min_count"`
+}
+
+// Policy converts the settings, naming the key of a bad value.
+func (c RetentionConfig) Policy() (retention.Policy, error) {
+	p := retention.Policy{FullCount: c.FullCount, MinCount: c.MinCount}
+	for _, d := range []struct {
+		key string
+		in  string
+		out *time.Duration
+	}{{"retention.keep_younger_than", c.KeepYoungerThan, &p.KeepYoungerThan}, {"retention.window", c.Window, &p.Window}} {
+		if strings.TrimSpace(d.in) == "" || strings.TrimSpace(d.in) == "0" {
+			continue
+		}
+		v, err := retention.ParseDuration(d.in)
+		if err != nil {
+			return p, fmt.Errorf("%s: %w", d.key, err)
+		}
+		*d.out = v
+	}
+	if err := p.Validate(); err != nil {
+		return p, err
+	}
+	return p, nil
 }
 
 // LoadConfig reads path (may be empty: defaults and environment only) and applies env.

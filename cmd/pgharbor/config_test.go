@@ -60,3 +60,28 @@ func TestUnknownKeysAreErrors(t *testing.T) {
 		t.Errorf("bad env value: %v", err)
 	}
 }
+
+func TestRetentionSettingsFromFileAndEnvironment(t *testing.T) {
+	p := t.TempDir() + "/c.yaml"
+	os.WriteFile(p, []byte("retention:\n  full_count: 3\n  window: 7d\n  min_count: 2\n"), 0o600)
+	t.Setenv("PGHARBOR_RETENTION_KEEP_YOUNGER_THAN", "36h")
+	cfg, err := LoadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := cfg.Retention.Policy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pol.FullCount != 3 || pol.Window != 7*24*time.Hour || pol.KeepYoungerThan != 36*time.Hour || pol.MinCount != 2 {
+		t.Fatalf("policy %+v", pol)
+	}
+	t.Setenv("PGHARBOR_RETENTION_WINDOW", "a week")
+	cfg, _ = LoadConfig(p)
+	if _, err := cfg.Retention.Policy(); err == nil || !strings.Contains(err.Error(), "retention.window") {
+		t.Fatalf("bad window: %v", err)
+	}
+	if _, err := (RetentionConfig{MinCount: 2}).Policy(); err == nil || !strings.Contains(err.Error(), "no retention rule") {
+		t.Fatalf("policy without rules: %v", err)
+	}
+}

@@ -71,10 +71,16 @@ func (a *app) printInfo(rep infoReport) {
 	if len(rep.Catalog.Backups) == 0 {
 		fmt.Fprintln(w, "(no complete backup)")
 	}
+	for _, l := range rep.Catalog.Pinned {
+		fmt.Fprintf(w, "backup %s is pinned: expire keeps it (`pgharbor backup unpin %s`)\n", l, l)
+	}
 	for _, inc := range rep.Catalog.Incomplete {
 		state := "did not finish: remove with `pgharbor backup cleanup`"
-		if inc.Running {
+		switch {
+		case inc.Running:
 			state = "running"
+		case inc.Expiring:
+			state = "half-deleted by an interrupted expire: the next `pgharbor expire` finishes it"
 		}
 		fmt.Fprintf(w, "incomplete backup %s: %d objects, %s (%s)\n", inc.Label, inc.Objects, humanBytes(inc.Bytes), state)
 	}

@@ -115,7 +115,7 @@ func TestSecondConcurrentBackupIsRefused(t *testing.T) {
 	if err := first.Wait(); err != nil {
 		t.Fatalf("first backup: %v", err)
 	}
-	if r.code == 0 || !strings.Contains(r.stderr, "another backup of this cluster is running") {
+	if r.code == 0 || !strings.Contains(r.stderr, "another backup or expire of this cluster is running") {
 		t.Fatalf("second backup: exit %d: %s", r.code, r.stderr)
 	}
 }

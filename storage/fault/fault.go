@@ -5,6 +5,7 @@ package fault
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 
@@ -180,4 +181,27 @@ func (b *Backend) Delete(ctx context.Context, key string) error {
 		return rule.err()
 	}
 	return b.inner.Delete(ctx, key)
+}
+
+var _ storage.BatchDeleter = (*Backend)(nil)
+
+// DeleteMany implements storage.BatchDeleter. Rules for OpDelete apply to every key: a key
+// whose rule fires is not deleted and the call fails after the other keys are passed on. The
+// inner backend's batch call is used when it has one.
+func (b *Backend) DeleteMany(ctx context.Context, keys []string) error {
+	pass := make([]string, 0, len(keys))
+	var failed error
+	for _, k := range keys {
+		if rule := b.match(OpDelete, k); rule != nil {
+			if failed == nil {
+				failed = fmt.Errorf("delete %s: %w", k, rule.err())
+			}
+			continue
+		}
+		pass = append(pass, k)
+	}
+	if err := storage.DeleteMany(ctx, b.inner, pass, 0); err != nil {
+		return err
+	}
+	return failed
 }

@@ -203,3 +203,14 @@ func (b *Backend) List(ctx context.Context, prefix string, fn func(storage.Objec
 func (b *Backend) Delete(ctx context.Context, key string) error {
 	return b.do(ctx, "delete "+key, func() error { return b.inner.Delete(ctx, key) })
 }
+
+var _ storage.BatchDeleter = (*Backend)(nil)
+
+// DeleteMany implements storage.BatchDeleter. A batch call of the inner backend is retried
+// whole (deleting a key twice is harmless); without one, each single delete is retried.
+func (b *Backend) DeleteMany(ctx context.Context, keys []string) error {
+	if bd, ok := b.inner.(storage.BatchDeleter); ok {
+		return b.do(ctx, fmt.Sprintf("delete %d objects", len(keys)), func() error { return bd.DeleteMany(ctx, keys) })
+	}
+	return storage.DeleteEach(ctx, b, keys, 0)
+}

@@ -61,6 +61,7 @@ func RunWith(t *testing.T, newBackend Factory, o Options) {
 	t.Run("ListManyKeys", func(t *testing.T) { testListMany(t, newBackend(t), o.ManyKeys) })
 	t.Run("ListStopsOnCallbackError", func(t *testing.T) { testListStops(t, newBackend(t)) })
 	t.Run("DeleteIdempotent", func(t *testing.T) { testDelete(t, newBackend(t)) })
+	t.Run("DeleteManyRemovesExactlyTheKeys", func(t *testing.T) { testDeleteMany(t, newBackend(t), o.ManyKeys) })
 	t.Run("InvalidKeysRefused", func(t *testing.T) { testInvalidKeys(t, newBackend(t)) })
 }
 
@@ -372,13 +373,27 @@ func testListPrefixes(t *testing.T, b storage.Backend) {
 }
 
 func testListMany(t *testing.T, b storage.Backend, n int) {
+	want := putMany(t, b, "many", n)
+	mustPut(t, b, "manyother/x", []byte("x"))
+	got := listKeys(t, b, "many/")
+	if !sort.StringsAreSorted(got) {
+		t.Errorf("list not in lexical order")
+	}
+	if len(got) != n || got[0] != want[0] || got[n-1] != want[n-1] {
+		t.Fatalf("list many: got %d keys, want %d", len(got), n)
+	}
+}
+
+// putMany stores n one-byte objects dir/00000 … and returns their keys in order.
+func putMany(t *testing.T, b storage.Backend, dir string, n int) []string {
+	t.Helper()
 	want := make([]string, n)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 16)
 	var mu sync.Mutex
 	var firstErr error
 	for i := 0; i < n; i++ {
-		want[i] = fmt.Sprintf("many/%05d", i)
+		want[i] = fmt.Sprintf("%s/%05d", dir, i)
 		wg.Add(1)
 		sem <- struct{}{}
 		go func(k string) {
@@ -395,14 +410,7 @@ func testListMany(t *testing.T, b storage.Backend, n int) {
 	if firstErr != nil {
 		t.Fatalf("put: %v", firstErr)
 	}
-	mustPut(t, b, "manyother/x", []byte("x"))
-	got := listKeys(t, b, "many/")
-	if !sort.StringsAreSorted(got) {
-		t.Errorf("list not in lexical order")
-	}
-	if len(got) != n || got[0] != want[0] || got[n-1] != want[n-1] {
-		t.Fatalf("list many: got %d keys, want %d", len(got), n)
-	}
+	return want
 }
 
 func testListStops(t *testing.T, b storage.Backend) {
@@ -441,6 +449,40 @@ func testDelete(t *testing.T, b storage.Backend) {
 	// A deleted key can be written again with IfNotExists.
 	if err := put(t, b, "del/obj", []byte("y"), storage.PutOptions{IfNotExists: true}); err != nil {
 		t.Fatalf("if-not-exists put after delete: %v", err)
+	}
+}
+
+// testDeleteMany deletes every other key of n (more than one S3 DeleteObjects request at the
+// default size) plus keys that never existed, through storage.DeleteMany (the backend's batch
+// call when it has one), and checks that exactly the other half remains.
+func testDeleteMany(t *testing.T, b storage.Backend, n int) {
+	ctx := context.Background()
+	keys := putMany(t, b, "batch", n)
+	var drop, keep []string
+	for i, k := range keys {
+		if i%2 == 0 {
+			drop = append(drop, k)
+		} else {
+			keep = append(keep, k)
+		}
+	}
+	drop = append(drop, "batch/never-existed", "batchother/never-existed")
+	if err := storage.DeleteMany(ctx, b, drop, 4); err != nil {
+		t.Fatalf("delete many: %v", err)
+	}
+	got := listKeys(t, b, "batch/")
+	if fmt.Sprint(got) != fmt.Sprint(keep) {
+		t.Fatalf("after deleting %d of %d keys: %d remain, want %d", len(drop)-2, n, len(got), len(keep))
+	}
+	// Deleting the same keys again is harmless.
+	if err := storage.DeleteMany(ctx, b, drop, 4); err != nil {
+		t.Fatalf("second delete many: %v", err)
+	}
+	if err := storage.DeleteMany(ctx, b, []string{keep[0], "bad//key"}, 4); err == nil {
+		t.Errorf("delete many with an invalid key succeeded")
+	}
+	if err := storage.DeleteMany(ctx, b, nil, 4); err != nil {
+		t.Errorf("delete many of no keys: %v", err)
 	}
 }
 

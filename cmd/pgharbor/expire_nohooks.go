@@ -1,0 +1,8 @@
+//go:build !pgharbor_testhooks
+
+package main
+
+import "time"
+
+// expireTestDelay is zero in every build but the e2e tests' (see expire_hooks.go).
+func expireTestDelay() time.Duration { return 0 }
