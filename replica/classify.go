@@ -21,6 +21,7 @@ const (
 	ReasonTimeline        Reason = "timeline mismatch"
 	ReasonMissingWAL      Reason = "missing WAL"
 	ReasonForeignPrimary  Reason = "primary belongs to another cluster"
+	ReasonAhead           Reason = "standby ahead of the primary"
 	ReasonServerStopped   Reason = "standby stopped"
 	ReasonStillCatchingUp Reason = "not streaming yet"
 )
@@ -35,6 +36,7 @@ var advice = map[Reason]string{
 	ReasonTimeline:        "the standby's timeline is not in the primary's history: the backup is from a timeline the primary left before it; take a new backup of the primary, or rebuild with `pgharbor replica rebuild`",
 	ReasonMissingWAL:      "the primary removed WAL the standby still needs and the archive does not have it: use a replication slot, raise wal_keep_size, check that archiving works (`pgharbor info`), or seed from a newer backup",
 	ReasonForeignPrimary:  "the primary's system identifier differs from the repository's: --primary points at another cluster",
+	ReasonAhead:           "the standby holds or needs WAL the primary never wrote (a node that diverged, e.g. a former primary): rebuild it with `pgharbor replica rebuild`",
 	ReasonServerStopped:   "the standby's server exited; its log says why",
 	ReasonStillCatchingUp: "the standby is still replaying archived WAL or connecting; wait longer (--wait) or look at its log",
 }
@@ -52,6 +54,7 @@ var logPatterns = []struct {
 	{regexp.MustCompile(`must be superuser or replication role|permission denied to start WAL sender`), ReasonNotReplication},
 	{regexp.MustCompile(`database system identifier differs`), ReasonForeignPrimary},
 	{regexp.MustCompile(`is not a child of this server's history|highest timeline \d+ of the primary is behind recovery timeline|forked off current database system timeline|requested starting point .* is not in this server's history`), ReasonTimeline},
+	{regexp.MustCompile(`requested starting point \S+ is ahead of the WAL flush position`), ReasonAhead},
 	{regexp.MustCompile(`requested WAL segment \S+ has already been removed|could not receive data from WAL stream.*has already been removed`), ReasonMissingWAL},
 	{regexp.MustCompile(`could not connect to the primary server|Connection refused|could not translate host name|timeout expired|No route to host`), ReasonUnreachable},
 }

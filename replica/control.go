@@ -162,3 +162,24 @@ func Endpoint(pgdata string) (port int, socketDir string, ok bool) {
 	}
 	return port, socketDir, true
 }
+
+// WALAfter reports whether pg_wal of pgdata holds a valid WAL record of timeline tli at or
+// after from: a node that crashed keeps WAL past its last checkpoint, and that WAL, not the
+// checkpoint, says whether it went past the point where the primary's history left tli.
+// pg_waldump validates each page's address, so recycled segments with old content do not
+// count.
+func WALAfter(ctx context.Context, binDir, pgdata string, tli wal.TimelineID, from wal.LSN) (bool, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "pg_waldump"), "-p", filepath.Join(pgdata, "pg_wal"),
+		"-t", strconv.FormatUint(uint64(tli), 10), "-s", from.String(), "-n", "1")
+	cmd.Env = append(os.Environ(), "LC_ALL=C", "LANG=C")
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		return len(strings.TrimSpace(string(out))) > 0, nil
+	}
+	msg := string(out)
+	if strings.Contains(msg, "could not find a valid record") || strings.Contains(msg, "could not find file") ||
+		strings.Contains(msg, "No such file") {
+		return false, nil
+	}
+	return false, fmt.Errorf("pg_waldump %s from %s: %w: %s", pgdata, from, err, strings.TrimSpace(msg))
+}

@@ -269,6 +269,11 @@ func Rebuild(ctx context.Context, src Source, o Options) (*Report, error) {
 	}
 	tli, lsn := ctl.Position()
 	diverged := Diverged(tli, lsn, c.primary.Timeline, c.primary.History)
+	if sw, ok := c.primary.History.SwitchPoint(tli); ok && !diverged {
+		if diverged, err = WALAfter(ctx, o.BinDir, o.PGData, tli, sw); err != nil {
+			return nil, err
+		}
+	}
 	method := o.Method
 	if method == MethodRewind && !ctl.Rewindable() {
 		return nil, fmt.Errorf("pg_rewind cannot work on %s: it has neither wal_log_hints = on nor data checksums; use --method restore; nothing was changed", o.PGData)
@@ -334,6 +339,9 @@ func Rebuild(ctx context.Context, src Source, o Options) (*Report, error) {
 // refuses root). -c lets it fetch WAL the node no longer has through restore_command, which
 // is written first for that reason.
 func rewind(ctx context.Context, o Options, c checked, owner *syscall.Credential) error {
+	if err := checkpointAfterPromotion(ctx, c.conninfo, c.primary.Timeline, o.Logger); err != nil {
+		return err
+	}
 	args := []string{"-D", o.PGData, "--source-server", c.conninfo}
 	if o.RestoreCommand != "" {
 		if err := WriteAutoConf(o.PGData, Settings{RestoreCommand: o.RestoreCommand}, owner); err != nil {
@@ -352,5 +360,28 @@ func rewind(ctx context.Context, o Options, c checked, owner *syscall.Credential
 		return fmt.Errorf("pg_rewind: %w\n%s", err, strings.TrimSpace(string(out)))
 	}
 	o.Logger.Info("pg_rewind done", "output", strings.TrimSpace(string(out)))
+	return nil
+}
+
+// checkpointAfterPromotion makes a freshly promoted primary write a checkpoint: until it
+// does, its pg_control still names the old timeline, and pg_rewind, which reads the
+// timeline there, answers "no rewind required" for a node that did diverge.
+func checkpointAfterPromotion(ctx context.Context, conninfo string, tli wal.TimelineID, log *slog.Logger) error {
+	conn, err := sqlConn(ctx, conninfo)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	var ctlTLI uint32
+	if err := conn.QueryRow(ctx, "SELECT timeline_id FROM pg_control_checkpoint()").Scan(&ctlTLI); err != nil {
+		return fmt.Errorf("read the primary's checkpoint timeline: %w", err)
+	}
+	if wal.TimelineID(ctlTLI) >= tli {
+		return nil
+	}
+	log.Info("the primary has not checkpointed since its promotion; asking for a checkpoint before pg_rewind", "control_timeline", ctlTLI, "timeline", tli)
+	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
+		return fmt.Errorf("the primary has not checkpointed since its promotion (its pg_control still says timeline %d), and CHECKPOINT failed: %w; run CHECKPOINT on it (superuser or pg_checkpoint) and rebuild again", ctlTLI, err)
+	}
 	return nil
 }

@@ -127,6 +127,7 @@ func TestClassifyNamesTheReasonOfTheNewestLine(t *testing.T) {
 		{`FATAL:  highest timeline 1 of the primary is behind recovery timeline 2`, ReasonTimeline},
 		{`LOG:  new timeline 3 forked off current database system timeline 2 before current recovery point 0/7000000`, ReasonTimeline},
 		{`FATAL:  could not receive data from WAL stream: ERROR:  requested WAL segment 000000010000000000000003 has already been removed`, ReasonMissingWAL},
+		{`FATAL:  could not receive data from WAL stream: ERROR:  requested starting point 0/5000000 is ahead of the WAL flush position of this server 0/4761FE0`, ReasonAhead},
 		{`FATAL:  database system identifier differs between the primary and standby`, ReasonForeignPrimary},
 		// The newest line wins: an old refusal followed by a newer, different failure.
 		{"FATAL:  replication slot \"s1\" is active for PID 1\nFATAL:  could not connect to the primary server: Connection refused", ReasonUnreachable},

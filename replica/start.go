@@ -97,9 +97,9 @@ func StartAndWaitStreaming(ctx context.Context, o StartOptions) error {
 		}
 		if pid == 0 && (seenRunning || time.Since(start) > 10*time.Second) {
 			log := readLog()
-			e := &StreamError{Reason: ReasonServerStopped, LogFile: o.LogFile, LogTail: log}
+			e := &StreamError{Reason: ReasonServerStopped, Detail: "the standby's server exited", LogFile: o.LogFile, LogTail: log}
 			if r, ok := Classify(log); ok {
-				e.Detail = string(r) + ": " + lastMatch(log, r)
+				e.Reason, e.Detail = r, "the standby's server exited: "+lastMatch(log, r)
 			}
 			return e
 		}
