@@ -194,6 +194,34 @@ func TestReplicaCreateUnderLoadThenRebuildDamagedStandby(t *testing.T) {
 				t.Errorf("%s: the running node's files changed", c.name)
 			}
 		}
+		// A second server refuses in the ways a primary can: pg_hba, password, and being
+		// another cluster altogether.
+		guard := pgtest.Start(t, pgtest.Options{HBA: []string{
+			"host replication rep 127.0.0.1/32 reject",
+			"host all postgres 127.0.0.1/32 scram-sha-256",
+			"host replication postgres 127.0.0.1/32 scram-sha-256",
+		}})
+		guard.Exec(t, "CREATE ROLE rep LOGIN REPLICATION")
+		guard.Exec(t, "CREATE ROLE anyone LOGIN SUPERUSER REPLICATION")
+		guard.Exec(t, "ALTER ROLE postgres PASSWORD 'right'")
+		conn := func(user, extra string) string {
+			return fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=postgres sslmode=disable %s", guard.Port, user, extra)
+		}
+		for _, c := range []struct{ name, primary, want string }{
+			{"pg_hba rejection", conn("rep", ""), "primary: rejected by pg_hba.conf: replication connection to 127.0.0.1:"},
+			{"wrong password", conn("postgres", "password=wrong"), "primary: authentication failed: replication connection to 127.0.0.1:"},
+			{"another cluster", conn("anyone", ""), "primary: primary belongs to another cluster: the primary's system identifier is"},
+		} {
+			node := e.newNode(pg)
+			r := e.run("replica", "create", "--pgdata", node.DataDir, "--primary", c.primary)
+			if r.code == 0 || !strings.Contains(r.stderr, c.want) {
+				t.Errorf("%s: exit %d, stderr %q; want an error with %q", c.name, r.code, r.stderr, c.want)
+			}
+			t.Logf("%s: %s", c.name, strings.TrimSpace(r.stderr))
+			if _, err := os.Stat(node.DataDir); !os.IsNotExist(err) {
+				t.Errorf("%s: %s was created (%v)", c.name, node.DataDir, err)
+			}
+		}
 		if !slotActive(t, pg, "standby1") {
 			t.Error("standby 1 stopped streaming after the refusals")
 		}
