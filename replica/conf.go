@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -151,24 +152,24 @@ func writeFileAtomic(p string, data []byte, owner *syscall.Credential) error {
 }
 
 // WithApplicationName returns conninfo with application_name set to name, unless the
-// connection string already names one. Both forms libpq accepts are handled: keyword=value
-// pairs and postgres:// URLs.
-func WithApplicationName(conninfo, name string) (string, error) {
+// connection string already names one, and the application_name the standby will have.
+// Both forms libpq accepts are handled: keyword=value pairs and postgres:// URLs.
+func WithApplicationName(conninfo, name string) (string, string, error) {
 	cfg, err := pgconn.ParseConfig(conninfo)
 	if err != nil {
-		return "", fmt.Errorf("primary connection string: %w", err)
+		return "", "", fmt.Errorf("primary connection string: %w", err)
 	}
-	if _, ok := cfg.RuntimeParams["application_name"]; ok || name == "" {
-		return conninfo, nil
+	if have, ok := cfg.RuntimeParams["application_name"]; ok || name == "" {
+		return conninfo, have, nil
 	}
 	if strings.HasPrefix(conninfo, "postgres://") || strings.HasPrefix(conninfo, "postgresql://") {
 		sep := "?"
 		if strings.Contains(conninfo, "?") {
 			sep = "&"
 		}
-		return conninfo + sep + "application_name=" + name, nil
+		return conninfo + sep + "application_name=" + url.QueryEscape(name), name, nil
 	}
-	return strings.TrimSpace(conninfo) + " application_name=" + quoteConnValue(name), nil
+	return strings.TrimSpace(conninfo) + " application_name=" + quoteConnValue(name), name, nil
 }
 
 // quoteConnValue quotes a value for a keyword=value connection string.

@@ -46,6 +46,8 @@ type Slot struct {
 	Physical  bool
 	Active    bool
 	ActivePID int
+	// ActiveApp is the application_name of the walsender using the slot.
+	ActiveApp string
 }
 
 // probeTimeout bounds each connection attempt of a probe.
@@ -112,7 +114,8 @@ func SlotState(ctx context.Context, conninfo, name string) (Slot, error) {
 	defer conn.Close(context.Background())
 	var s Slot
 	var typ string
-	err = conn.QueryRow(ctx, "SELECT slot_type, active, coalesce(active_pid, 0) FROM pg_replication_slots WHERE slot_name = $1", name).Scan(&typ, &s.Active, &s.ActivePID)
+	err = conn.QueryRow(ctx, `SELECT s.slot_type, s.active, coalesce(s.active_pid, 0), coalesce(r.application_name, '')
+		FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = $1`, name).Scan(&typ, &s.Active, &s.ActivePID, &s.ActiveApp)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Slot{}, nil
 	}
@@ -150,8 +153,8 @@ func DropSlot(ctx context.Context, conninfo, name string) error {
 	return nil
 }
 
-// streamingOnPrimary reports whether the primary sees the standby stream: its slot active,
-// or (without a slot) a walsender in state streaming for its application_name.
+// streamingOnPrimary reports whether the primary sees the standby stream: a walsender in
+// state streaming for its application_name, through its slot when it has one.
 func streamingOnPrimary(ctx context.Context, conninfo, slot, appName string) (bool, error) {
 	conn, err := sqlConn(ctx, conninfo)
 	if err != nil {
@@ -160,8 +163,8 @@ func streamingOnPrimary(ctx context.Context, conninfo, slot, appName string) (bo
 	defer conn.Close(context.Background())
 	var ok bool
 	if slot != "" {
-		err = conn.QueryRow(ctx, `SELECT coalesce((SELECT s.active AND r.state = 'streaming' FROM pg_replication_slots s
-			JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = $1), false)`, slot).Scan(&ok)
+		err = conn.QueryRow(ctx, `SELECT coalesce((SELECT s.active AND r.state = 'streaming' AND r.application_name = $2 FROM pg_replication_slots s
+			JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = $1), false)`, slot, appName).Scan(&ok)
 	} else {
 		err = conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming')", appName).Scan(&ok)
 	}

@@ -116,6 +116,7 @@ func validSlotName(s string) bool {
 // checked is what the checks before any write found.
 type checked struct {
 	conninfo string
+	appName  string // as the primary will see it
 	primary  Primary
 	slot     Slot
 	identity repo.Identity
@@ -125,7 +126,7 @@ type checked struct {
 func preflight(ctx context.Context, src Source, o Options) (checked, error) {
 	var c checked
 	var err error
-	if c.conninfo, err = WithApplicationName(o.Primary, o.AppName); err != nil {
+	if c.conninfo, c.appName, err = WithApplicationName(o.Primary, o.AppName); err != nil {
 		return c, err
 	}
 	if c.identity, err = src.Repo.ReadIdentity(ctx); err != nil {
@@ -193,7 +194,7 @@ func Create(ctx context.Context, src Source, o Options) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("restore of backup %s into %s: %w", pl.Backup.Label, o.PGData, err)
 	}
-	rep := &Report{PGData: o.PGData, Method: "restore", Backup: pl.Backup.Label, Restore: res, Slot: o.Slot, AppName: o.AppName}
+	rep := &Report{PGData: o.PGData, Method: "restore", Backup: pl.Backup.Label, Restore: res, Slot: o.Slot, AppName: c.appName}
 	return rep, finishStandby(ctx, o, c, rep, t0)
 }
 
@@ -226,7 +227,7 @@ func finishStandby(ctx context.Context, o Options, c checked, rep *Report, t0 ti
 		return nil
 	}
 	err = StartAndWaitStreaming(ctx, StartOptions{PGData: o.PGData, BinDir: o.BinDir, Cred: owner, Wait: o.Wait,
-		PrimaryConnInfo: c.conninfo, Slot: o.Slot, AppName: o.AppName, Logger: o.Logger})
+		PrimaryConnInfo: c.conninfo, Slot: o.Slot, AppName: c.appName, Logger: o.Logger})
 	if err != nil {
 		return err
 	}
@@ -305,7 +306,7 @@ func Rebuild(ctx context.Context, src Source, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	rep := &Report{PGData: o.PGData, Diverged: diverged, Slot: o.Slot, AppName: o.AppName}
+	rep := &Report{PGData: o.PGData, Diverged: diverged, Slot: o.Slot, AppName: c.appName}
 	if method == MethodRewind {
 		err := rewind(ctx, o, c, owner)
 		if err == nil {

@@ -43,19 +43,19 @@ func TestRenderServerSettingsKeepsRecoverySettings(t *testing.T) {
 }
 
 func TestWithApplicationName(t *testing.T) {
-	cases := []struct{ in, want string }{
-		{"host=h port=5432 user=r", "host=h port=5432 user=r application_name=s1"},
-		{"host=h application_name=mine", "host=h application_name=mine"},
-		{"postgres://r@h:5432/db", "postgres://r@h:5432/db?application_name=s1"},
-		{"postgres://r@h/db?sslmode=disable", "postgres://r@h/db?sslmode=disable&application_name=s1"},
+	cases := []struct{ in, want, name string }{
+		{"host=h port=5432 user=r", "host=h port=5432 user=r application_name=s1", "s1"},
+		{"host=h application_name=mine", "host=h application_name=mine", "mine"},
+		{"postgres://r@h:5432/db", "postgres://r@h:5432/db?application_name=s1", "s1"},
+		{"postgres://r@h/db?sslmode=disable", "postgres://r@h/db?sslmode=disable&application_name=s1", "s1"},
 	}
 	for _, c := range cases {
-		got, err := WithApplicationName(c.in, "s1")
-		if err != nil || got != c.want {
-			t.Errorf("WithApplicationName(%q) = %q, %v; want %q", c.in, got, err, c.want)
+		got, name, err := WithApplicationName(c.in, "s1")
+		if err != nil || got != c.want || name != c.name {
+			t.Errorf("WithApplicationName(%q) = %q, %q, %v; want %q, %q", c.in, got, name, err, c.want, c.name)
 		}
 	}
-	if _, err := WithApplicationName("host=h port=notaport", "s1"); err == nil {
+	if _, _, err := WithApplicationName("host=h port=notaport", "s1"); err == nil {
 		t.Error("a bad connection string was accepted")
 	}
 }

@@ -104,8 +104,11 @@ func StartAndWaitStreaming(ctx context.Context, o StartOptions) error {
 			return e
 		}
 		if pid != 0 {
-			status = o.receiverStatus(ctx)
-			if status == "streaming" {
+			var asked bool
+			status, asked = o.receiverStatus(ctx)
+			// A standby that cannot be asked (hot_standby = off, an authentication that
+			// refuses this OS user) is judged by the primary alone.
+			if status == "streaming" || !asked {
 				ok, err := streamingOnPrimary(ctx, o.PrimaryConnInfo, o.Slot, o.AppName)
 				if err == nil && ok {
 					o.Logger.Info("standby streams", "pgdata", o.PGData, "seconds", fmt.Sprintf("%.1f", time.Since(start).Seconds()))
@@ -149,11 +152,9 @@ func (o StartOptions) explain(ctx context.Context, log, status string) error {
 		return e
 	}
 	if o.Slot != "" {
-		if s, err := SlotState(pctx, o.PrimaryConnInfo, o.Slot); err == nil && s.Active {
-			if status != "streaming" {
-				e.Reason, e.Detail = ReasonSlotInUse, fmt.Sprintf("slot %q is active for PID %d, which is not this standby", o.Slot, s.ActivePID)
-				return e
-			}
+		if s, err := SlotState(pctx, o.PrimaryConnInfo, o.Slot); err == nil && s.Active && s.ActiveApp != o.AppName {
+			e.Reason, e.Detail = ReasonSlotInUse, fmt.Sprintf("slot %q is used by walsender PID %d (application_name %q), not by this standby (%q)", o.Slot, s.ActivePID, s.ActiveApp, o.AppName)
+			return e
 		}
 	}
 	if status == "" {
@@ -164,17 +165,17 @@ func (o StartOptions) explain(ctx context.Context, log, status string) error {
 }
 
 // receiverStatus asks the standby for pg_stat_wal_receiver's status ("" when it has no WAL
-// receiver or cannot answer yet).
-func (o StartOptions) receiverStatus(ctx context.Context) string {
+// receiver); asked is false when the standby did not answer.
+func (o StartOptions) receiverStatus(ctx context.Context) (status string, asked bool) {
 	port, sock, ok := Endpoint(o.PGData)
 	if !ok {
-		return ""
+		return "", false
 	}
 	out, err := o.psql(ctx, sock, port, "SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), '')")
 	if err != nil {
-		return ""
+		return "", false
 	}
-	return strings.TrimSpace(out)
+	return strings.TrimSpace(out), true
 }
 
 func (o StartOptions) psql(ctx context.Context, host string, port int, sql string) (string, error) {
