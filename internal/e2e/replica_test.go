@@ -295,8 +295,13 @@ func TestReplicaRebuildFormerPrimary(t *testing.T) {
 	for _, c := range []struct {
 		name      string
 		checksums bool
+		args      []string
 		want      string
-	}{{"rewind", true, "rewind"}, {"restore", false, "delta-restore"}} {
+	}{
+		{"rewind", true, nil, "rewind"},                                            // auto: diverged and rewindable
+		{"method-restore", true, []string{"--method", "restore"}, "delta-restore"}, // asked for
+		{"restore", false, nil, "delta-restore"},                                   // auto: pg_rewind cannot apply
+	} {
 		t.Run(c.name, func(t *testing.T) {
 			e := newEnv(t, "", "")
 			pg := pgtest.Start(t, pgtest.Options{Config: map[string]string{"archive_mode": "on", "archive_command": e.archiveCommand()}, DataChecksums: c.checksums})
@@ -328,7 +333,7 @@ func TestReplicaRebuildFormerPrimary(t *testing.T) {
 			}
 			node := &pgtest.Cluster{BinDir: pg.BinDir, Root: pg.Root, DataDir: pg.DataDir, SocketDir: pg.SocketDir, Port: pg.Port, Cred: pg.Cred}
 			t0 := time.Now()
-			rep := e.replica("rebuild", node, s.TCPConnString("postgres"), "--slot", "oldprimary", "--create-slot")
+			rep := e.replica("rebuild", node, s.TCPConnString("postgres"), append([]string{"--slot", "oldprimary", "--create-slot"}, c.args...)...)
 			t.Logf("former primary rebuilt by %s and streaming in %.1f s", rep.Method, time.Since(t0).Seconds())
 			if rep.Method != c.want || !rep.Diverged {
 				t.Fatalf("rebuild of a former primary: method %q diverged %v, want %q and diverged", rep.Method, rep.Diverged, c.want)
