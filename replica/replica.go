@@ -286,10 +286,16 @@ func Rebuild(ctx context.Context, src Source, o Options) (*Report, error) {
 		}
 	}
 	var pl *restore.Plan
-	if method == MethodRestore || o.Method == MethodAuto {
-		// Also planned for auto with rewind: a failed pg_rewind falls back to the restore.
+	switch {
+	case method == MethodRestore:
 		if pl, err = plan(src, o, c.primary); err != nil {
 			return nil, err
+		}
+	case o.Method == MethodAuto:
+		// The fallback of a failed pg_rewind; without a usable backup there is none, which
+		// does not stop the rewind itself.
+		if pl, err = plan(src, o, c.primary); err != nil {
+			o.Logger.Warn("no backup to fall back on should pg_rewind fail", "err", err)
 		}
 	}
 	o.Logger.Info("replica rebuild", "pgdata", o.PGData, "method", method, "diverged", diverged,
@@ -311,7 +317,7 @@ func Rebuild(ctx context.Context, src Source, o Options) (*Report, error) {
 		err := rewind(ctx, o, c, owner)
 		if err == nil {
 			rep.Method = "rewind"
-		} else if o.Method == MethodAuto {
+		} else if o.Method == MethodAuto && pl != nil {
 			o.Logger.Warn("pg_rewind failed; rebuilding with a delta restore instead", "err", err)
 			method = MethodRestore
 		} else {
