@@ -1,0 +1,206 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// StartOptions say how to start a standby and what to wait for.
+type StartOptions struct {
+	PGData string
+	BinDir string // pg_ctl, psql
+	// Cred runs pg_ctl and psql as the data directory's owner (PostgreSQL refuses root, and
+	// local peer authentication knows the server's OS user).
+	Cred *syscall.Credential
+	// DBUser is the role psql uses on the standby (default postgres).
+	DBUser string
+	// LogFile receives the server's log (pg_ctl -l); default PGDATA/pgharbor-start.log.
+	LogFile string
+	// Wait bounds the whole start: past it the standby is left running and the reason it
+	// does not stream is returned.
+	Wait            time.Duration
+	PrimaryConnInfo string
+	Slot            string
+	AppName         string
+	Logger          *slog.Logger
+}
+
+// decisive reasons do not heal by waiting: once the log shows one for a while, the wait ends.
+var decisive = map[Reason]bool{
+	ReasonAuth: true, ReasonHBA: true, ReasonNotReplication: true, ReasonSlotMissing: true,
+	ReasonTimeline: true, ReasonMissingWAL: true, ReasonForeignPrimary: true,
+}
+
+// decisiveAfter is how long a decisive reason must have had to show up before the wait
+// gives up on it (the walreceiver retries every few seconds; a reload on the primary can
+// fix pg_hba meanwhile).
+const decisiveAfter = 15 * time.Second
+
+// StartAndWaitStreaming starts PostgreSQL on a configured standby and returns once it
+// streams: pg_stat_wal_receiver says streaming on the standby and the primary sees it (its
+// slot active, or a walsender for its application_name). Otherwise a *StreamError.
+func StartAndWaitStreaming(ctx context.Context, o StartOptions) error {
+	if o.Wait <= 0 {
+		o.Wait = 10 * time.Minute
+	}
+	if o.DBUser == "" {
+		o.DBUser = "postgres"
+	}
+	if o.LogFile == "" {
+		o.LogFile = filepath.Join(o.PGData, "pgharbor-start.log")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	var logFrom int64
+	if st, err := os.Stat(o.LogFile); err == nil {
+		logFrom = st.Size()
+	}
+	readLog := func() string {
+		f, err := os.Open(o.LogFile)
+		if err != nil {
+			return ""
+		}
+		defer f.Close()
+		if _, err := f.Seek(logFrom, io.SeekStart); err != nil {
+			return ""
+		}
+		b, _ := io.ReadAll(io.LimitReader(f, 4<<20))
+		return tail(b, 4000)
+	}
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, filepath.Join(o.BinDir, "pg_ctl"), "-D", o.PGData, "-l", o.LogFile, "-W", "start")
+	cmd.Dir = "/"
+	if o.Cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: o.Cred}
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return &StreamError{Reason: ReasonServerStopped, Detail: fmt.Sprintf("pg_ctl start: %v: %s", err, strings.TrimSpace(string(out))), LogFile: o.LogFile, LogTail: readLog()}
+	}
+	deadline := start.Add(o.Wait)
+	seenRunning := false
+	status := ""
+	for {
+		pid := PostmasterPID(o.PGData)
+		if pid != 0 {
+			seenRunning = true
+		}
+		if pid == 0 && (seenRunning || time.Since(start) > 10*time.Second) {
+			log := readLog()
+			e := &StreamError{Reason: ReasonServerStopped, Detail: "the standby's server exited", LogFile: o.LogFile, LogTail: log}
+			if r, ok := Classify(log); ok {
+				e.Reason, e.Detail = r, "the standby's server exited: "+lastMatch(log, r)
+			}
+			return e
+		}
+		if pid != 0 {
+			var asked bool
+			status, asked = o.receiverStatus(ctx)
+			// A standby that cannot be asked (hot_standby = off, an authentication that
+			// refuses this OS user) is judged by the primary alone.
+			if status == "streaming" || !asked {
+				ok, err := streamingOnPrimary(ctx, o.PrimaryConnInfo, o.Slot, o.AppName)
+				if err == nil && ok {
+					o.Logger.Info("standby streams", "pgdata", o.PGData, "seconds", fmt.Sprintf("%.1f", time.Since(start).Seconds()))
+					return nil
+				}
+			}
+			if time.Since(start) > decisiveAfter {
+				log := readLog()
+				if r, ok := Classify(log); ok && decisive[r] {
+					return &StreamError{Reason: r, Detail: lastMatch(log, r), LogFile: o.LogFile, LogTail: log}
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return o.explain(ctx, readLog(), status)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// explain builds the error for a standby that did not stream within the wait.
+func (o StartOptions) explain(ctx context.Context, log, status string) error {
+	e := &StreamError{LogFile: o.LogFile, LogTail: log}
+	if r, ok := Classify(log); ok {
+		e.Reason, e.Detail = r, lastMatch(log, r)
+		return e
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*probeTimeout)
+	defer cancel()
+	if _, err := Probe(pctx, o.PrimaryConnInfo); err != nil {
+		var pe *PrimaryError
+		if errors.As(err, &pe) {
+			e.Reason, e.Detail = pe.Reason, pe.Detail
+			return e
+		}
+		e.Reason, e.Detail = ReasonUnreachable, err.Error()
+		return e
+	}
+	if o.Slot != "" {
+		if s, err := SlotState(pctx, o.PrimaryConnInfo, o.Slot); err == nil && s.Active && s.ActiveApp != o.AppName {
+			e.Reason, e.Detail = ReasonSlotInUse, fmt.Sprintf("slot %q is used by walsender PID %d (application_name %q), not by this standby (%q)", o.Slot, s.ActivePID, s.ActiveApp, o.AppName)
+			return e
+		}
+	}
+	if status == "" {
+		status = "no WAL receiver"
+	}
+	e.Reason, e.Detail = ReasonStillCatchingUp, fmt.Sprintf("after %s the standby's WAL receiver says %q", o.Wait, status)
+	return e
+}
+
+// receiverStatus asks the standby for pg_stat_wal_receiver's status ("" when it has no WAL
+// receiver); asked is false when the standby did not answer.
+func (o StartOptions) receiverStatus(ctx context.Context) (status string, asked bool) {
+	port, sock, ok := Endpoint(o.PGData)
+	if !ok {
+		return "", false
+	}
+	out, err := o.psql(ctx, sock, port, "SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), '')")
+	if err != nil {
+		return "", false
+	}
+	return strings.TrimSpace(out), true
+}
+
+func (o StartOptions) psql(ctx context.Context, host string, port int, sql string) (string, error) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, filepath.Join(o.BinDir, "psql"), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
+		"-h", host, "-p", strconv.Itoa(port), "-U", o.DBUser, "-d", "postgres", "-c", sql)
+	cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=5", "LC_ALL=C")
+	cmd.Dir = "/"
+	if o.Cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: o.Cred}
+	}
+	out, err := cmd.Output()
+	return string(out), err
+}
+
+// Stop stops the server on pgdata with pg_ctl (mode fast, smart or immediate) as cred.
+func Stop(ctx context.Context, binDir, pgdata, mode string, cred *syscall.Credential) error {
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "pg_ctl"), "-D", pgdata, "-m", mode, "-w", "-t", "300", "stop")
+	cmd.Dir = "/"
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("pg_ctl stop %s: %w: %s", pgdata, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
