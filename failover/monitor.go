@@ -510,4 +510,3 @@ func (m *Monitor) repoint(ctx context.Context, n, primary Node) error {
 	m.log.Info("standby re-pointed to the new primary", "node", n.Name, "new_primary", primary.Name)
 	return nil
 }
-
