@@ -46,6 +46,16 @@ func TestFailoverPrimaryKilledUnderWrites(t *testing.T) {
 		return primary.QueryString(t, "postgres", "SELECT count(*)::text FROM pg_stat_replication WHERE state = 'streaming' AND sync_state = 'quorum'") == "2"
 	})
 
+	// PGHARBOR_E2E_FAILOVER_RETRIES sets failover.retries (default 1; -1 = none) to measure
+	// other settings.
+	retries := 1
+	if v := os.Getenv("PGHARBOR_E2E_FAILOVER_RETRIES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			t.Fatalf("PGHARBOR_E2E_FAILOVER_RETRIES=%q: %v", v, err)
+		}
+		retries = n
+	}
 	dir := t.TempDir()
 	hookFile, followFile, roleFile := filepath.Join(dir, "failover.out"), filepath.Join(dir, "follow.out"), filepath.Join(dir, "role.out")
 	poolPort := pgtest.FreePort(t)
@@ -70,13 +80,13 @@ func TestFailoverPrimaryKilledUnderWrites(t *testing.T) {
   health_check_period: 1s
   connect_timeout: 1s
   query_timeout: 1s
-  retries: 1
+  retries: %d
   retry_delay: 200ms
   failover_command: 'echo "%%d %%h %%p %%D %%m %%H %%r %%R %%M %%P %%N %%S %%%%" > %s'
   follow_primary_command: 'echo "%%d %%m" >> %s'
   on_role_change: 'echo "$PGHARBOR_NODE $PGHARBOR_ROLE" >> %s'
   nodes:
-%s`, poolPort, nodes.String(), hookFile, followFile, roleFile, opts.String())
+%s`, poolPort, nodes.String(), retries, hookFile, followFile, roleFile, opts.String())
 	cfgPath := filepath.Join(dir, "pgharbor.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -244,8 +254,8 @@ func TestFailoverPrimaryKilledUnderWrites(t *testing.T) {
 		return roleOf(after, promoted) == "up/primary" && roleOf(after, other) == "up/standby" && strings.HasPrefix(roleOf(after, 0), "down/")
 	})
 	t.Logf("SHOW POOL_NODES after:\n%s", formatRows(after))
-	t.Logf("RTO (crash -> first successful write begun after it, through the pool): %.3fs; acknowledged writes: %d (%d after the crash), missing: %d",
-		rto.Seconds(), len(acked), w.ackedSinceCrash(), len(missing))
+	t.Logf("retries %d: RTO (crash -> first successful write begun after it, through the pool): %.3fs; acknowledged writes: %d (%d after the crash), missing: %d",
+		retries, rto.Seconds(), len(acked), w.ackedSinceCrash(), len(missing))
 	t.Logf("client errors by kind: %s", w.errorSummary())
 }
 
