@@ -254,7 +254,7 @@ func TestFailoverPrimaryKilledUnderWrites(t *testing.T) {
 		return roleOf(after, promoted) == "up/primary" && roleOf(after, other) == "up/standby" && strings.HasPrefix(roleOf(after, 0), "down/")
 	})
 	t.Logf("SHOW POOL_NODES after:\n%s", formatRows(after))
-	t.Logf("retries %d: RTO (crash -> first successful write begun after it, through the pool): %.3fs; acknowledged writes: %d (%d after the crash), missing: %d",
+	t.Logf("retries %d: RTO (crash -> first successful write through the pool after the outage): %.3fs; acknowledged writes: %d (%d after the crash), missing: %d",
 		retries, rto.Seconds(), len(acked), w.ackedSinceCrash(), len(missing))
 	t.Logf("client errors by kind: %s", w.errorSummary())
 }
@@ -269,6 +269,7 @@ type writer struct {
 	crash      time.Time
 	firstAfter time.Duration
 	afterCrash int
+	outage     bool // an error was seen after the crash
 	errs       map[string]int
 	firstErr   map[string]string
 }
@@ -319,15 +320,16 @@ func (w *writer) markCrash(at time.Time) {
 	w.crash = at
 }
 
-// ack records id as acknowledged; a write counts for the RTO only when it began after the
-// crash (one in flight at the crash may still be acknowledged).
+// ack records id as acknowledged. The outage ends with the first write acknowledged after
+// the first error that followed the crash: for a few milliseconds after SIGKILL of the
+// postmaster its backends and WAL senders still run, and a write may still commit there.
 func (w *writer) ack(id int, began time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.acked = append(w.acked, id)
 	if !w.crash.IsZero() && began.After(w.crash) {
 		w.afterCrash++
-		if w.firstAfter == 0 {
+		if w.firstAfter == 0 && w.outage {
 			w.firstAfter = time.Since(w.crash)
 		}
 	}
@@ -346,6 +348,9 @@ func (w *writer) fail(stage string, began time.Time, err error) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if !w.crash.IsZero() {
+		w.outage = true
+	}
 	switch {
 	case !w.crash.IsZero() && began.After(w.crash):
 		kind += " (began after the crash)"
