@@ -130,13 +130,79 @@ func (m *Monitor) Events() []Event {
 func (m *Monitor) Run(ctx context.Context) error {
 	m.log.Info("failover monitor started", "nodes", len(m.nodes), "period", m.cfg.HealthCheckPeriod,
 		"retries", m.cfg.Retries, "retry_delay", m.cfg.RetryDelay)
+	// A watch connection to the primary wakes the loop as soon as the server closes it, so
+	// that a crash is checked at once instead of at the next period.
+	wake := make(chan struct{}, 1)
+	watching, watchDone := -1, (chan struct{})(nil)
+	stopWatch := context.CancelFunc(func() {})
+	defer func() { stopWatch() }()
 	for {
 		wait := m.step(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		prim := m.Primary()
+		ended := false
+		if watchDone != nil {
+			select {
+			case <-watchDone:
+				ended = true
+			default:
+			}
+		}
+		if prim != watching || ended {
+			stopWatch()
+			watching, watchDone = prim, nil
+			if prim >= 0 {
+				wctx, cancel := context.WithCancel(ctx)
+				stopWatch = cancel
+				done := make(chan struct{})
+				watchDone = done
+				go func() {
+					defer close(done)
+					m.watch(wctx, m.nodes[prim], wake)
+				}()
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(wait):
+		case <-wake:
 		}
+	}
+}
+
+// watch holds one idle connection to n until ctx is done, and signals wake when the server
+// closes it or sends anything: PostgreSQL ends idle backends at once when its postmaster
+// dies. The signal only triggers a health check; it does not count as a failed one.
+func (m *Monitor) watch(ctx context.Context, n Node, wake chan<- struct{}) {
+	conn, err := m.connect(ctx, n)
+	if err != nil {
+		return // the periodic check deals with it
+	}
+	hj, err := conn.Hijack()
+	if err != nil {
+		closeConn(conn)
+		return
+	}
+	nc := hj.Conn
+	stop := context.AfterFunc(ctx, func() {
+		nc.SetWriteDeadline(time.Now().Add(time.Second))
+		nc.Write([]byte{'X', 0, 0, 0, 4}) // Terminate: a clean goodbye in the server's log
+		nc.Close()
+	})
+	defer stop()
+	var b [1]byte
+	nc.Read(b[:])
+	nc.Close()
+	if ctx.Err() != nil {
+		return
+	}
+	m.log.Info("watch connection to the primary closed; checking it now", "node", n.Name)
+	select {
+	case wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -188,7 +254,7 @@ func (m *Monitor) step(ctx context.Context) time.Duration {
 
 // discover finds the primary: the one node not in recovery. With none or several it waits.
 func (m *Monitor) discover(ctx context.Context) {
-	sts := m.probeAll(ctx)
+	sts := m.probe(ctx, func(int) bool { return true })
 	var prims []int
 	for i, st := range sts {
 		if st.err == nil && !st.inRecovery && !m.isFailed(i) {
@@ -232,7 +298,7 @@ func (m *Monitor) failover(ctx context.Context, old int) {
 	if first && m.pool != nil {
 		m.pool.MarkDown(old, "failed primary: failover under way")
 	}
-	sts := m.probeAll(ctx)
+	sts := m.probe(ctx, func(i int) bool { return i != old && !m.isFailed(i) })
 	var cands []Candidate
 	for i, n := range m.nodes {
 		if i == old || m.isFailed(i) {
@@ -439,15 +505,21 @@ func (m *Monitor) checkPrimary(ctx context.Context, n Node) (nodeStatus, Outcome
 	return st, CheckError, st.err
 }
 
+var errNotProbed = errors.New("not checked")
+
 func isTimeout(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err)
 }
 
-// probeAll queries every node concurrently.
-func (m *Monitor) probeAll(ctx context.Context) []nodeStatus {
+// probe queries the nodes that want(id) concurrently; the others get errNotProbed.
+func (m *Monitor) probe(ctx context.Context, want func(id int) bool) []nodeStatus {
 	out := make([]nodeStatus, len(m.nodes))
 	var wg sync.WaitGroup
 	for i, n := range m.nodes {
+		if !want(i) {
+			out[i].err = errNotProbed
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

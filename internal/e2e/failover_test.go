@@ -112,7 +112,7 @@ func TestFailoverPrimaryKilledUnderWrites(t *testing.T) {
 			pool.Process.Kill()
 			<-poolDone
 		}
-		if t.Failed() {
+		if t.Failed() || os.Getenv("PGHARBOR_E2E_SHOW_LOG") != "" {
 			b, _ := os.ReadFile(logPath)
 			t.Logf("pool log:\n%s", b)
 		}
@@ -171,7 +171,7 @@ func TestFailoverPrimaryKilledUnderWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.markCrash(crash)
-	t.Logf("SIGKILL to the primary's postmaster (pid %d) after %d acknowledged writes", pid, w.ackedCount())
+	t.Logf("SIGKILL to the primary's postmaster (pid %d) at %s after %d acknowledged writes", pid, crash.UTC().Format("15:04:05.000"), w.ackedCount())
 
 	var promoted, other int
 	waitUntil(t, "a standby promoted", 60*time.Second, func() bool {
