@@ -168,7 +168,7 @@ func LoadConfig(path string) (*Config, error) {
 }
 
 // sectionsDecodedElsewhere are top-level keys that capabilities decode with Config.Section.
-var sectionsDecodedElsewhere = map[string]bool{"pool": true}
+var sectionsDecodedElsewhere = map[string]bool{"pool": true, "failover": true}
 
 func parseConfig(data []byte, cfg *Config) error {
 	if err := yaml.Unmarshal(data, &cfg.raw); err != nil {

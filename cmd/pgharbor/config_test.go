@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgharbor/pgharbor/failover"
 	"github.com/pgharbor/pgharbor/pool"
 )
 
@@ -24,6 +25,13 @@ func TestExampleConfigParses(t *testing.T) {
 	}
 	if pc.Listen != "0.0.0.0:6432" || len(pc.Cluster.Nodes) != 2 {
 		t.Fatalf("pool section parsed as %+v", pc)
+	}
+	var fc failover.Config
+	if err := cfg.Section("failover", &fc); err != nil {
+		t.Fatalf("failover section: %v", err)
+	}
+	if _, err := failover.New(fc, pc.Cluster.Nodes, nil, nil); err != nil || fc.Retries != 1 || fc.Nodes["db2.internal:5432"].Priority != 10 {
+		t.Fatalf("failover section %+v: %v", fc, err)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgharbor/pgharbor/failover"
 	"github.com/pgharbor/pgharbor/pool"
 )
 
@@ -22,7 +23,10 @@ func newPoolCmd(a *app) *cobra.Command {
 
 Clients connect to the listen address as to PostgreSQL. The admin console is the database
 "pgharbor" (SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW CONFIG, SHOW POOL_NODES,
-PAUSE, RESUME, RELOAD); SIGHUP reloads the configuration file as RELOAD does. See docs/pool.md.`,
+PAUSE, RESUME, RELOAD); SIGHUP reloads the configuration file as RELOAD does. See docs/pool.md.
+
+With failover.enabled the failover monitor runs inside the pool (see docs/ha.md); run it in
+one pool instance only.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := loadPoolConfig(a, listen)
@@ -36,6 +40,19 @@ PAUSE, RESUME, RELOAD); SIGHUP reloads the configuration file as RELOAD does. Se
 			srv.SetReloader(func() (pool.Config, error) { return loadPoolConfig(a, listen) })
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
+			fcfg, err := loadFailoverConfig(a)
+			if err != nil {
+				return err
+			}
+			if fcfg.Enabled {
+				// The monitor tells the pool's own view of the cluster, so a failover reroutes
+				// writes at once instead of at the pool's next health check.
+				mon, err := failover.New(fcfg, cfg.Cluster.Nodes, srv.Cluster(), a.logger)
+				if err != nil {
+					return err
+				}
+				go mon.Run(ctx)
+			}
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
