@@ -77,7 +77,10 @@ func newBinEnv(t *testing.T, prefetch int) binEnv {
 	e.repoDir = pgtest.MkdirOwned(t, cred, "pgharbor-wal-repo-")
 	e.spool = pgtest.MkdirOwned(t, cred, "pgharbor-wal-spool-")
 	idFile := filepath.Join(e.base, "identity.txt")
-	must(t, os.WriteFile(idFile, []byte(e.keys.identity+"\n"), 0o644)) // test only: identities belong in 0600 files
+	must(t, os.WriteFile(idFile, []byte(e.keys.identity+"\n"), 0o600))
+	if cred != nil {
+		must(t, os.Chown(idFile, int(cred.Uid), int(cred.Gid))) // the binary also runs as the cluster's user
+	}
 	e.cfg = filepath.Join(e.base, "pgharbor.yaml")
 	cfg := fmt.Sprintf(`repo:
   url: file://%s

@@ -13,6 +13,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/pgharbor/pgharbor/internal/secret"
 	"github.com/pgharbor/pgharbor/retention"
 )
 
@@ -156,6 +157,11 @@ func LoadConfig(path string) (*Config, error) {
 		data, err := os.ReadFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("read config: %w", err)
+		}
+		if ok, key := secret.HoldsSecrets(data); ok {
+			if err := secret.CheckPrivate(path, "config file (it holds "+key+")"); err != nil {
+				return nil, err
+			}
 		}
 		if err := parseConfig(data, cfg); err != nil {
 			return nil, fmt.Errorf("config %s: %w", path, err)

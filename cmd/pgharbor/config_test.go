@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -91,5 +92,26 @@ func TestRetentionSettingsFromFileAndEnvironment(t *testing.T) {
 	}
 	if _, err := (RetentionConfig{MinCount: 2}).Policy(); err == nil || !strings.Contains(err.Error(), "no retention rule") {
 		t.Fatalf("policy without rules: %v", err)
+	}
+}
+
+func TestConfigHoldingSecretsMustBePrivate(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "pgharbor.yaml")
+	if err := os.WriteFile(p, []byte("repo: {url: 'file:///x', cluster: main}\nencryption: {mode: passphrase, passphrase: hunter2}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadConfig(p); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("a 0644 config holding a passphrase: %v, want a refusal saying the chmod", err)
+	}
+	os.Chmod(p, 0o600)
+	if _, err := LoadConfig(p); err != nil {
+		t.Fatalf("a 0600 config: %v", err)
+	}
+	// Without secrets a readable config is fine (archive_command's user must read it).
+	if err := os.WriteFile(p, []byte("repo: {url: 'file:///x', cluster: main}\nencryption: {mode: age, recipients: [age1abc]}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadConfig(p); err != nil {
+		t.Fatalf("a 0644 config without secrets: %v", err)
 	}
 }

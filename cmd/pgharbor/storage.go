@@ -8,6 +8,7 @@ import (
 
 	"github.com/pgharbor/pgharbor/backup"
 	"github.com/pgharbor/pgharbor/internal/repo"
+	"github.com/pgharbor/pgharbor/internal/secret"
 	"github.com/pgharbor/pgharbor/storage"
 	"github.com/pgharbor/pgharbor/storage/codec"
 	"github.com/pgharbor/pgharbor/storage/fs"
@@ -71,6 +72,9 @@ func (a *app) codecConfig(needIdentity bool) (codec.Config, error) {
 		return cc, fmt.Errorf("encryption is not configured: set encryption.mode to age (with encryption.recipients), passphrase, or none (PGHARBOR_ENCRYPTION_MODE); pgharbor never stores unencrypted data unless told so")
 	}
 	if e.IdentityFile != "" {
+		if err := secret.CheckPrivate(e.IdentityFile, "identity file"); err != nil {
+			return cc, err
+		}
 		ids, err := codec.LoadIdentities(e.IdentityFile)
 		if err != nil {
 			return cc, err

@@ -1,0 +1,38 @@
+package secret
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestCheckPrivateRefusesFilesOthersCanRead(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "identity.txt")
+	if err := os.WriteFile(p, []byte("AGE-SECRET-KEY-1…\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err := CheckPrivate(p, "identity file")
+	if err == nil || !strings.Contains(err.Error(), "chmod 600 "+p) {
+		t.Fatalf("a 0644 identity file: %v, want an error saying the chmod", err)
+	}
+	os.Chmod(p, 0o600)
+	if err := CheckPrivate(p, "identity file"); err != nil {
+		t.Fatalf("a 0600 identity file: %v", err)
+	}
+}
+
+func TestHoldsSecretsFindsThemAtAnyDepth(t *testing.T) {
+	for doc, want := range map[string]string{
+		"repo: {url: file:///x}\nencryption: {mode: age, recipients: [age1x]}\n": "",
+		"encryption: {mode: passphrase, passphrase: hunter2}\n":                  "passphrase",
+		"s3: {secret_access_key: abc}\n":                                         "secret_access_key",
+		"clusters:\n- name: a\n  s3: {secret_access_key: abc}\n":                 "secret_access_key",
+		"pool: {cluster: {health_check_password: ''}}\n":                         "",
+	} {
+		ok, key := HoldsSecrets([]byte(doc))
+		if key != want || ok != (want != "") {
+			t.Errorf("HoldsSecrets(%q) = %v %q, want %q", doc, ok, key, want)
+		}
+	}
+}
