@@ -27,6 +27,11 @@ type Config struct {
 	Postgres    PostgresConfig    `yaml:"postgres"`
 	Backup      BackupConfig      `yaml:"backup"`
 	WAL         WALConfig         `yaml:"wal"`
+	// Schedules and Readiness are used by `pgharbor server` (docs/server.md), Server is its
+	// top-level listener section; a `clusters:` list (server_config.go) gives per-cluster values.
+	Schedules SchedulesConfig `yaml:"schedules"`
+	Readiness ReadinessConfig `yaml:"readiness"`
+	Server    ServerConfig    `yaml:"server"`
 
 	// raw keeps the parsed document so that capabilities with their own configuration
 	// (the pool) decode their section themselves.
@@ -120,8 +125,9 @@ func LoadConfig(path string) (*Config, error) {
 	return cfg, nil
 }
 
-// sectionsDecodedElsewhere are top-level keys that capabilities decode with Config.Section.
-var sectionsDecodedElsewhere = map[string]bool{"pool": true}
+// sectionsDecodedElsewhere are top-level keys that capabilities decode with Config.Section
+// (clusters: see server_config.go; retention: the expire command's policy).
+var sectionsDecodedElsewhere = map[string]bool{"pool": true, "clusters": true, "retention": true}
 
 func parseConfig(data []byte, cfg *Config) error {
 	if err := yaml.Unmarshal(data, &cfg.raw); err != nil {

@@ -19,6 +19,9 @@ import (
 // openBackend builds the storage stack for the configured repository URL: the driver, then
 // the retry decorator.
 func (a *app) openBackend(ctx context.Context) (storage.Backend, error) {
+	if a.clusterErr != nil {
+		return nil, a.clusterErr
+	}
 	raw := a.cfg.Repo.URL
 	if raw == "" {
 		return nil, fmt.Errorf("no repository: set --repo, repo.url in the config file, or PGHARBOR_REPO_URL (file:///path, s3://bucket/prefix or gs://bucket/prefix)")
