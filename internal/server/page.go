@@ -255,7 +255,7 @@ func buildSizeChart(samples []SizeSample) *sizeChart {
 	var pts []string
 	for _, s := range samples {
 		px := svgLeft + float64(svgRight-svgLeft)*float64(s.At.Sub(from))/float64(span)
-		py := float64(sizeHeight-10) - float64(sizeHeight-20)*float64(s.Bytes-lo)/float64(rng)
+		py := float64(sizeHeight-10) - float64(sizeHeight-30)*float64(s.Bytes-lo)/float64(rng)
 		pts = append(pts, fmt.Sprintf("%.1f,%.1f", px, py))
 	}
 	return &sizeChart{Points: strings.Join(pts, " "), Min: fmtBytes(lo), Max: fmtBytes(hi), From: fmtTime(from), To: fmtTime(to)}
