@@ -22,6 +22,8 @@ type app struct {
 	// clusterErr is why no cluster could be selected (several listed, none named); commands
 	// that open the repository report it.
 	clusterErr error
+	// clusterSelected is the name of the entry of a `clusters:` list the command works on.
+	clusterSelected string
 
 	cfg    *Config
 	logger *slog.Logger
@@ -113,7 +115,7 @@ func (a *app) loadConfig(cmd *cobra.Command) (*Config, error) {
 		if err != nil {
 			a.clusterErr = err
 		} else {
-			cfg = cc.Cfg
+			cfg, a.clusterSelected = cc.Cfg, cc.Name
 		}
 	} else if a.clusterName != "" && a.clusterName != cfg.Repo.Cluster {
 		a.clusterErr = fmt.Errorf("--cluster-name %q: the configuration has no `clusters:` list; its one cluster is %q", a.clusterName, cfg.Repo.Cluster)

@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
+	_ "time/tzdata" // schedules name IANA zones; hosts and containers without a zone database still find them
 
 	"github.com/spf13/cobra"
 

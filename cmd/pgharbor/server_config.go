@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"strings"
@@ -99,6 +100,7 @@ func (c *Config) Clusters() ([]clusterConfig, error) {
 	var out []clusterConfig
 	names := map[string]string{}
 	places := map[string]string{}
+	spools := map[string]string{}
 	for i, item := range node.Content {
 		where := fmt.Sprintf("clusters[%d]", i)
 		if item.Kind != yaml.MappingNode {
@@ -146,6 +148,18 @@ func (c *Config) Clusters() ([]clusterConfig, error) {
 			return nil, fmt.Errorf("%s (%s): repository %s cluster %s is also %s's", where, name, cfg.Repo.URL, cfg.Repo.Cluster, prev)
 		}
 		places[place] = where
+		// A spool holds one cluster's pushed-ahead markers and prefetched segments: a spool
+		// shared by two clusters once served one cluster's WAL to another's restore. An
+		// inherited spool directory therefore gets a directory per cluster.
+		if sd := cfg.WAL.SpoolDir; sd != "" && sd == c.WAL.SpoolDir {
+			cfg.WAL.SpoolDir = filepath.Join(sd, name)
+		}
+		if sd := cfg.WAL.SpoolDir; sd != "" {
+			if prev, dup := spools[sd]; dup {
+				return nil, fmt.Errorf("%s (%s): wal.spool_dir %s is also %s's: each cluster needs its own", where, name, sd, prev)
+			}
+			spools[sd] = where
+		}
 		out = append(out, clusterConfig{Name: name, Key: fmt.Sprintf("%s (%s)", where, name), Cfg: cfg})
 	}
 	return out, nil

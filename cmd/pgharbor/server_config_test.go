@@ -34,6 +34,8 @@ schedules:
   timezone: Europe/Paris
 readiness:
   max_backup_age: 26h
+wal:
+  spool_dir: /var/spool/pgharbor
 retention:
   full: 7
 server:
@@ -77,6 +79,10 @@ func TestClustersInheritTheTopLevelAndOverrideWhatTheySet(t *testing.T) {
 		!*s.Backup.FastCheckpoint || s.Backup.Workers != 3 || s.Schedules.Backup != "@every 6h" || s.Schedules.Verify != "@weekly" ||
 		s.Schedules.Timezone != "UTC" || s.Readiness.MaxWALAge != 10*time.Minute || s.Readiness.MaxBackupAge != 26*time.Hour {
 		t.Errorf("shop merged as %+v", s)
+	}
+	// An inherited spool directory is split per cluster.
+	if b.WAL.SpoolDir != "/var/spool/pgharbor/billing" || s.WAL.SpoolDir != "/var/spool/pgharbor/shop" || cfg.WAL.SpoolDir != "/var/spool/pgharbor" {
+		t.Errorf("spool dirs %q %q (top %q)", b.WAL.SpoolDir, s.WAL.SpoolDir, cfg.WAL.SpoolDir)
 	}
 	// A cluster's values never leak into the top level or another cluster.
 	if *cfg.Backup.FastCheckpoint || cfg.Backup.Workers != 3 || len(cfg.Encryption.Recipients) != 1 || cfg.Repo.Cluster != "" {
@@ -144,6 +150,7 @@ func TestBadClusterEntriesAreRefusedWithTheirPlace(t *testing.T) {
 		{"clusters:\n  - repo: {cluster: a}\n  - name: a\n    repo: {cluster: b}\n", `clusters[1]: name "a" is also the name of clusters[0]`},
 		{"repo: {url: file:///r}\nclusters:\n  - name: a\n    repo: {cluster: x}\n  - name: b\n    repo: {cluster: x}\n", "repository file:///r cluster x is also clusters[0]'s"},
 		{"clusters:\n  - name: 'a b'\n", `name "a b"`},
+		{"clusters:\n  - name: a\n    wal: {spool_dir: /s}\n  - name: b\n    wal: {spool_dir: /s}\n", "wal.spool_dir /s is also clusters[0]'s"},
 		{"clusters:\n  - postgres: {conn: x}\n", "no name and no repo.cluster"},
 		{"clusters: {a: 1}\n", "want a list"},
 	} {
@@ -198,5 +205,34 @@ schedules: {backup: "30 2 * * *", verify: "@every 6h", expire: "CRON_TZ=UTC @dai
 	}
 	if !cl[0].CatchUpBackup || cl[0].ExpireAfterBackup {
 		t.Fatalf("catch-up %v (default true), expire after backup %v without retention", cl[0].CatchUpBackup, cl[0].ExpireAfterBackup)
+	}
+}
+
+// TestServerDocExampleParses keeps the fleet example of docs/server.md in step with the code.
+func TestServerDocExampleParses(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/server.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "```yaml\n# /etc/pgharbor/pgharbor.yaml\n")
+	if !ok {
+		t.Fatal("docs/server.md has no fleet example")
+	}
+	example, _, _ := strings.Cut(rest, "```")
+	cfg, err := LoadConfig(writeConfig(t, example))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &app{logger: slog.New(slog.DiscardHandler)}
+	cl, err := a.serverClusters(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cl) != 2 || cl[1].Name != "shop" || cl[1].Schedules[server.JobBackup] != "CRON_TZ=Europe/Paris @every 6h" ||
+		cl[1].Schedules[server.JobVerify] != "CRON_TZ=Europe/Paris 0 4 * * 0" || cl[1].MaxBackupAge != 7*time.Hour || cl[0].MaxWALAge != 15*time.Minute {
+		t.Fatalf("example parsed as %+v", cl)
+	}
+	if cfg.Server.Listen != "127.0.0.1:9187" || cfg.Server.ShutdownGrace != 10*time.Minute {
+		t.Fatalf("server section %+v", cfg.Server)
 	}
 }

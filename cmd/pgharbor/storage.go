@@ -94,6 +94,9 @@ func (a *app) openRepo(ctx context.Context, needIdentity bool) (*repo.Repo, erro
 // openRepoInit is openRepo; forInit lets `repo init` open a passphrase cluster that has no
 // identity yet, which every other command refuses (see below).
 func (a *app) openRepoInit(ctx context.Context, needIdentity, forInit bool) (*repo.Repo, error) {
+	if a.clusterErr != nil {
+		return nil, a.clusterErr
+	}
 	if a.cfg.Repo.Cluster == "" {
 		return nil, fmt.Errorf("no cluster name: set --cluster, repo.cluster or PGHARBOR_REPO_CLUSTER")
 	}
