@@ -34,7 +34,8 @@ readiness.max_wal_age), /api/v1/clusters (JSON: the facts info shows, per cluste
 jobs' last runs) and / (a status page).
 
 SIGTERM/SIGINT: no new job starts; running jobs get server.shutdown_grace to finish, then are
-cancelled (locks are released; a cancelled backup stays incomplete for backup cleanup).
+cancelled as an interrupted command is (its lock released, a cancelled backup's objects
+removed, or left incomplete for backup cleanup).
 SIGHUP re-reads the configuration and replaces the clusters and schedules; a configuration
 with an error is refused and the running one kept. See docs/server.md.`,
 		Args:        cobra.NoArgs,

@@ -504,3 +504,66 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// TestServerShutdownCancelsARunningBackupAfterTheGracePeriod: SIGTERM while a backup runs
+// with a grace period too short for it: the backup is cancelled as an interrupted `pgharbor
+// backup` is (no manifest, its objects removed, its lock released) and the server exits 0.
+func TestServerShutdownCancelsARunningBackupAfterTheGracePeriod(t *testing.T) {
+	e := newEnv(t, "", "")
+	pg := e.startPrimary(nil)
+	pg.Pgbench(t, "postgres", "-i", "-s", "20", "-q") // a backup of a few seconds
+	e.must("repo", "init")
+	listen := fmt.Sprintf("127.0.0.1:%d", pgtest.FreePort(t))
+	base, err := os.ReadFile(e.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No backup yet: the start-up catch-up backs up at once.
+	e.writeOwned(e.config, string(base)+fmt.Sprintf(`server: {listen: "%s", shutdown_grace: 300ms}
+schedules: {backup: "@every 1h"}
+postgres: {conn: "%s"}
+`, listen, pg.ConnString("postgres")), 0o600)
+	srv := e.startServer(listen)
+	waitLog(t, srv, "job started")
+	time.Sleep(500 * time.Millisecond)
+	if err := srv.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-srv.done:
+		if err != nil {
+			t.Fatalf("server exit after SIGTERM: %v\n%s", err, srv.logText())
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatalf("server did not stop:\n%s", srv.logText())
+	}
+	log := srv.logText()
+	if strings.Contains(log, `"msg":"job finished"`) {
+		t.Fatalf("the backup finished within 800 ms: the test needs a larger cluster to cancel one\n%s", log)
+	}
+	for _, want := range []string{`"msg":"grace period over: cancelling running jobs"`, `"msg":"job failed"`, "context canceled", `"msg":"server stopped"`} {
+		if !strings.Contains(log, want) {
+			t.Errorf("server log lacks %s:\n%s", want, log)
+		}
+	}
+	var info struct {
+		Catalog struct {
+			Backups    []json.RawMessage `json:"backups"`
+			Incomplete []json.RawMessage `json:"incomplete"`
+		} `json:"catalog"`
+	}
+	if err := json.Unmarshal([]byte(e.must("info", "--output", "json")), &info); err != nil {
+		t.Fatal(err)
+	}
+	if len(info.Catalog.Backups) != 0 || len(info.Catalog.Incomplete) != 0 {
+		t.Fatalf("after the cancelled backup: %+v", info.Catalog)
+	}
+	if left := strings.TrimSpace(e.must("repo", "ls", "backups/")); left != "" {
+		t.Fatalf("the cancelled backup left objects:\n%s", left)
+	}
+	if locks := strings.TrimSpace(e.must("repo", "ls", "locks/")); locks != "" {
+		t.Fatalf("the cancelled backup left its lock:\n%s", locks)
+	}
+	// The next backup takes the lock at once.
+	e.must("backup", "--conn", pg.ConnString("postgres"))
+}
