@@ -48,11 +48,12 @@ func (p *serverProc) logText() string {
 	return p.log.String()
 }
 
-// startServer runs `pgharbor server` as the cluster's OS user, as a service would run.
-func (e *env) startServer(listen string) *serverProc {
+// startServer runs `pgharbor server --config config` as the cluster's OS user, as a service
+// would run.
+func (e *env) startServer(config, listen string) *serverProc {
 	e.t.Helper()
 	p := &serverProc{t: e.t, base: "http://" + listen, done: make(chan error, 1)}
-	p.cmd = exec.Command(binary, "--config", e.config, "--log-format", "json", "server")
+	p.cmd = exec.Command(binary, "--config", config, "--log-format", "json", "server")
 	p.cmd.Stdout, p.cmd.Stderr = p, p
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: e.cred}
 	if err := p.cmd.Start(); err != nil {
@@ -200,8 +201,10 @@ func TestServerTakesScheduledBackupsAndReportsThem(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The single-cluster settings newEnv wrote are the top level; the one cluster listed
-	// inherits them and adds its connection.
+	// The backup host's file lists two clusters over the settings newEnv wrote (the database
+	// host keeps its single-cluster file for archive_command): main, and broken, whose server
+	// does not exist and whose repository was never initialised.
+	fleet := filepath.Join(e.dir, "fleet.yaml")
 	serverConfig := func(backupSchedule string) string {
 		return string(base) + fmt.Sprintf(`server:
   listen: %s
@@ -216,16 +219,19 @@ clusters:
   - name: main
     postgres:
       conn: "%s"
+  - name: broken
+    repo: {cluster: broken}
+    postgres: {conn: "host=127.0.0.1 port=1 user=postgres connect_timeout=2"}
 `, listen, backupSchedule, pg.ConnString("postgres"))
 	}
-	e.writeOwned(e.config, serverConfig("@every 3s"), 0o600)
-	srv := e.startServer(listen)
+	e.writeOwned(fleet, serverConfig("@every 3s"), 0o600)
+	srv := e.startServer(fleet, listen)
 
 	// Backups on the schedule.
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		cl := srv.clusters()
-		if len(cl) != 1 || cl[0].Name != "main" {
+		if len(cl) != 2 || cl[0].Name != "main" || cl[1].Name != "broken" {
 			t.Fatalf("clusters %+v", cl)
 		}
 		if cl[0].Info != nil && len(cl[0].Info.Catalog.Backups) >= 3 {
@@ -239,7 +245,7 @@ clusters:
 
 	// SIGHUP with a schedule that will not fire during the test: the ticks stop, and the
 	// numbers settle for an exact comparison with `pgharbor info`.
-	e.writeOwned(e.config, serverConfig("@every 1h"), 0o600)
+	e.writeOwned(fleet, serverConfig("@every 1h"), 0o600)
 	if err := srv.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +292,12 @@ clusters:
 			Earliest time.Time `json:"earliest"`
 		} `json:"recoverable_window"`
 	}
-	if err := json.Unmarshal([]byte(e.must("info", "--output", "json")), &info); err != nil {
+	// info on the fleet's file, choosing the cluster.
+	out, err := exec.Command(binary, "--config", fleet, "--cluster-name", "main", "info", "--output", "json").Output()
+	if err != nil {
+		t.Fatalf("info --cluster-name main: %v", err)
+	}
+	if err := json.Unmarshal(out, &info); err != nil {
 		t.Fatal(err)
 	}
 	bs := info.Catalog.Backups
@@ -337,8 +348,19 @@ clusters:
 	}
 	near("pgharbor_cluster_ready", metricValue(t, fams, "pgharbor_cluster_ready", main), 1, 0)
 
-	if code, body := srv.get("/readyz"); code != 200 {
+	// The broken cluster fails on its own: its failures are counted and it alone makes the
+	// server not ready.
+	broken := map[string]string{"cluster": "broken"}
+	if n := metricValue(t, fams, "pgharbor_job_failures_total", map[string]string{"cluster": "broken", "job": "backup"}); n < 1 {
+		t.Errorf("broken cluster: %v backup failures counted", n)
+	}
+	near("pgharbor_repository_up broken", metricValue(t, fams, "pgharbor_repository_up", broken), 0, 0)
+	near("pgharbor_cluster_ready broken", metricValue(t, fams, "pgharbor_cluster_ready", broken), 0, 0)
+	if code, body := srv.get("/readyz"); code != 503 || !strings.Contains(string(body), "cluster broken: cannot read its repository") || strings.Contains(string(body), "cluster main") {
 		t.Errorf("/readyz %d: %s", code, body)
+	}
+	if !strings.Contains(srv.logText(), `"msg":"job failed","cluster":"broken","job":"backup"`) {
+		t.Errorf("the broken cluster's failure is not logged:\n%s", srv.logText())
 	}
 	if !api.Ready || api.Info.Window.Earliest.IsZero() {
 		t.Errorf("API: ready %v, window %+v, problems %v", api.Ready, api.Info.Window, api.Problems)
@@ -436,7 +458,8 @@ func checkStatusPage(t *testing.T, url, cluster string, windowStart time.Time, n
 		SVGLabels   []string `json:"svgLabels"`
 		Marks       []string `json:"marks"`
 		Table       []string `json:"table"`
-		Title       string   `json:"title"`
+		Ready       string   `json:"ready"`
+		BrokenJobs  string   `json:"brokenJobs"`
 	}
 	sel := "#cluster-" + cluster
 	js := fmt.Sprintf(`(() => {
@@ -448,7 +471,8 @@ func checkStatusPage(t *testing.T, url, cluster string, windowStart time.Time, n
 			svgLabels: [...c.querySelectorAll("svg.timeline text.backup-label")].map(e => e.textContent),
 			marks: [...c.querySelectorAll("svg.timeline rect.backup")].map(e => e.dataset.label),
 			table: [...c.querySelectorAll("table.backups td.label")].map(e => e.textContent),
-			title: document.title,
+			ready: c.querySelector("h2").textContent,
+			brokenJobs: (document.querySelector("#cluster-broken table.jobs") || {}).textContent || "",
 		};
 	})()`, sel)
 	if err := chromedp.Do(ctx, chromedp.Navigate(url), chromedp.WaitVisible(sel+" svg.timeline")); err != nil {
@@ -491,8 +515,11 @@ func checkStatusPage(t *testing.T, url, cluster string, windowStart time.Time, n
 			t.Errorf("backup %s is not on the page: timeline %v, table %v", l, seen.Marks, seen.Table)
 		}
 	}
-	if strings.Contains(seen.Title, "not ready") {
-		t.Errorf("page title %q", seen.Title)
+	if !strings.HasSuffix(strings.TrimSpace(seen.Ready), " ready") || strings.Contains(seen.Ready, "not ready") {
+		t.Errorf("the cluster's heading says %q", seen.Ready)
+	}
+	if !strings.Contains(seen.BrokenJobs, "failed") || !strings.Contains(seen.BrokenJobs, "connect to the server") {
+		t.Errorf("the broken cluster's failed backup is not on the page: %q", seen.BrokenJobs)
 	}
 }
 
@@ -523,7 +550,7 @@ func TestServerShutdownCancelsARunningBackupAfterTheGracePeriod(t *testing.T) {
 schedules: {backup: "@every 1h"}
 postgres: {conn: "%s"}
 `, listen, pg.ConnString("postgres")), 0o600)
-	srv := e.startServer(listen)
+	srv := e.startServer(e.config, listen)
 	waitLog(t, srv, "job started")
 	time.Sleep(500 * time.Millisecond)
 	if err := srv.cmd.Process.Signal(syscall.SIGTERM); err != nil {

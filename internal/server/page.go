@@ -134,7 +134,7 @@ func fmtBytes(n int64) string {
 }
 
 func buildPageCluster(st ClusterStatus, now time.Time) pageCluster {
-	pc := pageCluster{ClusterStatus: st, ID: "cluster-" + st.Name, Window: "empty (no backup)", WALSegment: "—", WALAge: "—", RepoSize: fmtBytes(st.RepositoryBytes)}
+	pc := pageCluster{ClusterStatus: st, ID: "cluster-" + st.Name, Window: "empty (no backup)", WALAge: "—", RepoSize: fmtBytes(st.RepositoryBytes)}
 	if f := st.Info; f != nil {
 		pc.System, pc.PGVersion, pc.Encryption = f.Identity.SystemIdentifier, f.Identity.PGVersion/10000, f.Identity.Encryption
 		if !f.Window.Earliest.IsZero() {
@@ -284,7 +284,7 @@ svg text{font:11px sans-serif;fill:#333} .muted{color:#777}
 <table class="facts">
 <tr><td>system identifier</td><td>{{if .System}}{{.System}} (PostgreSQL {{.PGVersion}}, encryption {{.Encryption}}){{else}}—{{end}}</td></tr>
 <tr><td>recoverable window</td><td class="window-text">{{.Window}}{{if .WindowLen}} ({{.WindowLen}}){{end}}</td></tr>
-<tr><td>newest archived segment</td><td class="wal-segment">{{.WALSegment}}, stored {{.WALAge}} ago</td></tr>
+<tr><td>newest archived segment</td><td class="wal-segment">{{if .WALSegment}}{{.WALSegment}}, stored {{.WALAge}} ago{{else}}none{{end}}</td></tr>
 <tr><td>repository size</td><td>{{.RepoSize}}{{if .Incomplete}} · {{.Incomplete}} incomplete backup(s){{end}}</td></tr>
 {{if .ReadError}}<tr><td>repository</td><td class="bad">{{.ReadError}}</td></tr>{{end}}
 </table>
