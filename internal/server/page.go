@@ -61,7 +61,7 @@ type pageJob struct {
 
 type pageRun struct {
 	Job, Trigger, Start, Outcome, Seconds, Text string
-	Failed                                     bool
+	Failed                                      bool
 }
 
 type timeline struct {
