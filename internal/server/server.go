@@ -376,15 +376,20 @@ func (s *Server) refreshLoop(ctx context.Context) {
 	t := time.NewTicker(s.opts.Refresh)
 	defer t.Stop()
 	for {
+		// In parallel: one hung repository must not leave the others' facts (and so their
+		// WAL age and readiness) stale for the length of its timeout.
+		var wg sync.WaitGroup
 		for _, cs := range s.states() {
-			if ctx.Err() != nil {
-				return
-			}
-			s.refresh(ctx, cs)
-			if first {
-				s.catchUp(cs)
-			}
+			wg.Add(1)
+			go func(cs *clusterState, first bool) {
+				defer wg.Done()
+				s.refresh(ctx, cs)
+				if first && ctx.Err() == nil {
+					s.catchUp(cs)
+				}
+			}(cs, first)
 		}
+		wg.Wait()
 		first = false
 		select {
 		case <-ctx.Done():
@@ -432,6 +437,9 @@ func (s *Server) refresh(ctx context.Context, cs *clusterState) {
 	ictx, cancel := context.WithTimeout(ctx, inspectTimeout)
 	defer cancel()
 	facts, err := safeInspect(ictx, inspect)
+	if ctx.Err() != nil {
+		return // shutting down: not a failure of the repository
+	}
 	now := time.Now()
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
