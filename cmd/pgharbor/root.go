@@ -47,7 +47,7 @@ func newRootCmd() *cobra.Command {
 	f.StringVar(&a.logFormat, "log-format", envOr("PGHARBOR_LOG_FORMAT", "text"), "log format: text or json")
 	f.StringVar(&a.logLevel, "log-level", envOr("PGHARBOR_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	f.StringVarP(&a.output, "output", "o", "text", "output of listings: text or json")
-	f.StringVar(&a.clusterName, "cluster-name", os.Getenv("PGHARBOR_CLUSTER_NAME"), "with a `clusters:` list in the config: the cluster to work on (needed when it lists several); also $PGHARBOR_CLUSTER_NAME")
+	f.StringVar(&a.clusterName, "cluster-name", os.Getenv("PGHARBOR_CLUSTER_NAME"), "with a clusters: list in the config, the NAME of the cluster to work on (needed when it lists several); also $PGHARBOR_CLUSTER_NAME")
 	addRepoFlags(root, a)
 
 	root.AddCommand(newVersionCmd(a), newKeygenCmd(a), newRepoCmd(a), newServerCmd(a))

@@ -312,6 +312,13 @@ clusters:
 	}
 
 	fams := srv.metrics()
+	if dir := os.Getenv("PGHARBOR_ARTIFACTS"); dir != "" {
+		_, text := srv.get("/metrics")
+		_, api := srv.get("/api/v1/clusters")
+		os.MkdirAll(dir, 0o755)
+		os.WriteFile(filepath.Join(dir, "server-metrics.txt"), text, 0o644)
+		os.WriteFile(filepath.Join(dir, "server-clusters.json"), api, 0o644)
+	}
 	main := map[string]string{"cluster": "main"}
 	backupJob := map[string]string{"cluster": "main", "job": "backup"}
 	near := func(name string, got, want float64, tol float64) {
