@@ -271,3 +271,75 @@ func TestStatusPageDrawsWindowBackupsAndSizes(t *testing.T) {
 		t.Errorf("page loads scripts or external assets")
 	}
 }
+
+func TestCatchUpBackupOnlyWhenATickWasMissed(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		newest  time.Duration // age of the newest backup; 0 = none
+		catchUp bool
+		want    int32
+	}{
+		{"older than the interval", 2 * time.Hour, true, 1},
+		{"within the interval", 10 * time.Minute, true, 0},
+		{"no backup at all", 0, true, 1},
+		{"catch-up off", 2 * time.Hour, false, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var backups atomic.Int32
+			var bs []backup.Summary
+			if tc.newest > 0 {
+				stop := time.Now().Add(-tc.newest)
+				bs = append(bs, backup.Summary{Label: "b", StartTime: stop.Add(-time.Minute), StopTime: stop})
+			}
+			c := Cluster{Name: "a", CatchUpBackup: tc.catchUp,
+				Schedules: map[JobKind]string{JobBackup: "@every 1h", JobVerify: "@every 1h"},
+				Jobs: map[JobKind]Job{
+					JobBackup: func(context.Context) (Result, error) { backups.Add(1); return Result{}, nil },
+					JobVerify: func(context.Context) (Result, error) { t.Error("verify is never caught up"); return Result{}, nil },
+				},
+				Inspect: func(context.Context) (*Facts, error) { return factsWith(bs...), nil }}
+			s, _, stop := startServer(t, Options{}, c)
+			waitFor(t, 5*time.Second, func() bool { return !s.Status(time.Now())[0].ReadAt.IsZero() })
+			time.Sleep(300 * time.Millisecond)
+			stop()
+			if n := backups.Load(); n != tc.want {
+				t.Fatalf("%d catch-up backups, want %d", n, tc.want)
+			}
+		})
+	}
+}
+
+func TestExpireRunsAfterEverySuccessfulBackup(t *testing.T) {
+	var expires atomic.Int32
+	fail := atomic.Bool{}
+	c := Cluster{Name: "a", ExpireAfterBackup: true,
+		Schedules: map[JobKind]string{JobBackup: "@every 1s"},
+		Jobs: map[JobKind]Job{
+			JobBackup: func(context.Context) (Result, error) {
+				if fail.Load() {
+					return Result{}, errors.New("server down")
+				}
+				return Result{Detail: "ok"}, nil
+			},
+			JobExpire: func(context.Context) (Result, error) { expires.Add(1); return Result{ExpiredObjects: 7}, nil },
+		},
+		Inspect: func(context.Context) (*Facts, error) { return factsWith(), nil }}
+	s, _, _ := startServer(t, Options{}, c)
+	waitFor(t, 10*time.Second, func() bool { return expires.Load() >= 2 })
+	fail.Store(true)
+	before := value(t, s.m.failures.WithLabelValues("a", "backup"))
+	waitFor(t, 10*time.Second, func() bool { return value(t, s.m.failures.WithLabelValues("a", "backup")) >= before+2 })
+	n := expires.Load()
+	ok := value(t, s.m.runs.WithLabelValues("a", "backup", OutcomeOK))
+	if float64(n) != ok && float64(n) != ok-1 { // the last success's expire may still be starting
+		t.Fatalf("%d expires after %v successful backups", n, ok)
+	}
+	if got := value(t, s.m.expired.WithLabelValues("a")); got != 7*float64(n) {
+		t.Fatalf("expired objects %v, want %v", got, 7*n)
+	}
+	for _, r := range s.Status(time.Now())[0].RecentRuns {
+		if r.Job == JobExpire && r.Trigger != "after backup" {
+			t.Fatalf("expire run with trigger %q", r.Trigger)
+		}
+	}
+}
