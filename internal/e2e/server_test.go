@@ -185,11 +185,12 @@ next:
 	return 0
 }
 
-// TestServerTakesScheduledBackupsAndReportsThem runs `pgharbor server` on a real cluster with
-// a backup every 3 seconds: the backups land in the repository, /metrics (parsed with
-// Prometheus's own parser) reports exactly what `pgharbor info` reads, /readyz and the API
-// agree, SIGHUP replaces the schedule, the status page shows the window and the backups in
-// real Chromium, and SIGTERM stops the server cleanly.
+// TestServerTakesScheduledBackupsAndReportsThem runs `pgharbor server` for a fleet file of two
+// clusters: a real one with a backup every 3 seconds and a verify every 5, and a broken one.
+// The backups land in the repository and verify; /metrics (parsed with Prometheus's own
+// parser) reports exactly what `pgharbor info` reads; /readyz and the API agree; the broken
+// cluster fails alone; SIGHUP replaces the schedules; the status page shows the window and
+// the backups in real Chromium; SIGTERM stops the server cleanly.
 func TestServerTakesScheduledBackupsAndReportsThem(t *testing.T) {
 	e := newEnv(t, "", "")
 	pg := e.startPrimary(nil)
@@ -205,7 +206,7 @@ func TestServerTakesScheduledBackupsAndReportsThem(t *testing.T) {
 	// host keeps its single-cluster file for archive_command): main, and broken, whose server
 	// does not exist and whose repository was never initialised.
 	fleet := filepath.Join(e.dir, "fleet.yaml")
-	serverConfig := func(backupSchedule string) string {
+	serverConfig := func(backupSchedule, verifySchedule string) string {
 		return string(base) + fmt.Sprintf(`server:
   listen: %s
   shutdown_grace: 60s
@@ -219,12 +220,13 @@ clusters:
   - name: main
     postgres:
       conn: "%s"
+    schedules: {verify: "%s"}
   - name: broken
     repo: {cluster: broken}
     postgres: {conn: "host=127.0.0.1 port=1 user=postgres connect_timeout=2"}
-`, listen, backupSchedule, pg.ConnString("postgres"))
+`, listen, backupSchedule, pg.ConnString("postgres"), verifySchedule)
 	}
-	e.writeOwned(fleet, serverConfig("@every 3s"), 0o600)
+	e.writeOwned(fleet, serverConfig("@every 3s", "@every 5s"), 0o600)
 	srv := e.startServer(fleet, listen)
 
 	// Backups on the schedule.
@@ -245,7 +247,7 @@ clusters:
 
 	// SIGHUP with a schedule that will not fire during the test: the ticks stop, and the
 	// numbers settle for an exact comparison with `pgharbor info`.
-	e.writeOwned(fleet, serverConfig("@every 1h"), 0o600)
+	e.writeOwned(fleet, serverConfig("@every 1h", ""), 0o600)
 	if err := srv.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
@@ -345,6 +347,12 @@ clusters:
 		t.Errorf("%v successful backup runs counted, %d backups in the repository", ok, len(bs))
 	}
 	near("pgharbor_job_failures_total backup", metricValue(t, fams, "pgharbor_job_failures_total", backupJob), 0, 0)
+	// The scheduled verify read the backups back (with the identity) and found them whole.
+	verifyJob := map[string]string{"cluster": "main", "job": "verify"}
+	if n := metricValue(t, fams, "pgharbor_job_runs_total", map[string]string{"cluster": "main", "job": "verify", "outcome": "ok"}); n < 1 {
+		t.Errorf("%v successful verify runs", n)
+	}
+	near("pgharbor_job_failures_total verify", metricValue(t, fams, "pgharbor_job_failures_total", verifyJob), 0, 0)
 	if n := metricValue(t, fams, "pgharbor_job_duration_seconds", backupJob); n < float64(len(bs)) {
 		t.Errorf("duration histogram holds %v runs, want %d", n, len(bs))
 	}
