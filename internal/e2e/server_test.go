@@ -387,6 +387,21 @@ clusters:
 	}
 	// The scheduled backups are real backups.
 	e.must("verify", "--backup", newest.Label)
+	// A restore from the fleet's file: the restore_command it writes names the cluster, so
+	// that wal fetch reads main's settings from a file that lists two.
+	pg.Exec(t, "CREATE TABLE after_backups AS SELECT 42 AS answer")
+	waitArchived(t, pg)
+	fleetConfig := e.config
+	e.config = fleet
+	restored := e.restoreStarted(pg, "--cluster-name", "main", "--target", "latest")
+	e.config = fleetConfig
+	auto, err := os.ReadFile(filepath.Join(restored.DataDir, "postgresql.auto.conf"))
+	if err != nil || !strings.Contains(string(auto), "--cluster-name main") {
+		t.Errorf("restore_command of a fleet restore does not name the cluster (%v):\n%s", err, auto)
+	}
+	if got := restored.QueryString(t, "postgres", "SELECT answer::text FROM after_backups"); got != "42" {
+		t.Errorf("restored through the fleet file's wal fetch: %q", got)
+	}
 
 	t.Run("StatusPageInChromium", func(t *testing.T) {
 		labels := make([]string, 0, len(bs))
