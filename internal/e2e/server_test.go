@@ -591,8 +591,11 @@ postgres: {conn: "%s"}
 		if err != nil {
 			t.Fatalf("server exit after SIGTERM: %v\n%s", err, srv.logText())
 		}
-	case <-time.After(90 * time.Second):
-		t.Fatalf("server did not stop:\n%s", srv.logText())
+	case <-time.After(20 * time.Second):
+		// The cancelled backup should end at once: show where it is stuck.
+		srv.cmd.Process.Signal(syscall.SIGQUIT)
+		<-srv.done
+		t.Fatalf("server did not stop within 20 s of SIGTERM; its goroutines:\n%s", srv.logText())
 	}
 	log := srv.logText()
 	if strings.Contains(log, `"msg":"job finished"`) {
