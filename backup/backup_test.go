@@ -28,6 +28,37 @@ func memRepo(t *testing.T) *repo.Repo {
 	return r
 }
 
+// A cancelled backup must end at once: the sealers, idle between bundles, once kept waiting
+// for a bundle that never came, and the backup (and a server's shutdown) with them.
+func TestPipelineEndsWhenItsContextIsCancelled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := newPipeline(ctx, memRepo(t), "L", 64<<10, 2, 2)
+	data := make([]byte, 100<<10)
+	if _, err := p.write(data, nil); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		for i := 0; i < 100 && err == nil; i++ {
+			_, err = p.write(data, nil)
+		}
+		if _, cerr := p.close(); err == nil {
+			err = cerr
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled pipeline returned %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the pipeline did not end within 10 s of its context's cancellation")
+	}
+}
+
 func TestPipelineBundlesSmallFilesAndSplitsLargeOnes(t *testing.T) {
 	ctx := context.Background()
 	r := memRepo(t)

@@ -76,6 +76,10 @@ type pipeline struct {
 	next         int             // number of the bundle being filled
 	stored       atomic.Int64    // sealed bytes uploaded
 	uncompressed atomic.Int64    // bundles stored without compression
+	// endSealOnce closes toSeal once; sealing (set only by the producer, which alone calls
+	// flush, wait and close) says it is no longer open.
+	endSealOnce sync.Once
+	sealEnded   bool
 	// sealed holds sealed-bundle buffers for reuse. A channel, not a sync.Pool: the garbage
 	// collector empties a sync.Pool, and under the soft memory limit it runs often enough
 	// that every bundle grew a fresh buffer (zeroed, page-faulted: ~10% of backup CPU).
@@ -298,6 +302,9 @@ func (p *pipeline) flush() error {
 	if len(p.cur) == 0 {
 		return nil
 	}
+	if p.sealEnded {
+		return p.wait()
+	}
 	select {
 	case p.toSeal <- rawBundle{n: p.next, data: p.cur, starts: p.starts}:
 	case <-p.ctx.Done():
@@ -311,15 +318,26 @@ func (p *pipeline) flush() error {
 // close flushes the last bundle and waits for all uploads. It returns the bundle count.
 func (p *pipeline) close() (int, error) {
 	err := p.flush()
-	close(p.toSeal)
+	p.endSeal()
 	if werr := p.g.Wait(); werr != nil {
 		return 0, werr
 	}
 	return p.next, err
 }
 
-// abort stops the pipeline after a failure elsewhere.
+// endSeal tells the sealers no bundle will come: idle sealers wait for bundles, not for the
+// context, so a pipeline whose context ends must close toSeal before waiting for its group.
+func (p *pipeline) endSeal() {
+	p.endSealOnce.Do(func() {
+		close(p.toSeal)
+		p.sealEnded = true
+	})
+}
+
+// wait stops the pipeline after its context ended (a failure inside it, or a cancellation
+// from outside) and returns why.
 func (p *pipeline) wait() error {
+	p.endSeal()
 	if err := p.g.Wait(); err != nil {
 		return err
 	}

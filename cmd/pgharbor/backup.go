@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -28,36 +29,20 @@ The server must archive its WAL with archive_command = 'pgharbor wal push %p': t
 complete only once the WAL that makes it consistent is in the repository.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
 			if cmd.Flags().Changed("conn") {
 				a.cfg.Postgres.Conn = conn
 			}
-			if a.cfg.Postgres.Conn == "" {
-				return errors.New("no server to back up: set --conn, postgres.conn or PGHARBOR_POSTGRES_CONN")
+			req := a.backupRequestFromConfig()
+			if cmd.Flags().Changed("fast-checkpoint") {
+				req.fastCheckpoint = fast
 			}
-			r, err := a.openRepo(ctx, false)
-			if err != nil {
-				return err
+			if cmd.Flags().Changed("method") {
+				req.method = method
 			}
-			defer r.Backend().Close()
-			boundMemory()
-			bc := a.cfg.Backup
-			if !cmd.Flags().Changed("fast-checkpoint") && bc.FastCheckpoint != nil {
-				fast = *bc.FastCheckpoint
-			}
-			if !cmd.Flags().Changed("method") && bc.Method != "" {
-				method = bc.Method
-			}
+			req.archiveCheck, req.archiveTimeout = !noArchiveCheck, archiveTimeout
 			bar := a.newProgress("backup")
-			o := backup.Options{
-				ConnString: a.cfg.Postgres.Conn, FastCheckpoint: fast, Method: method, DataDir: a.cfg.Postgres.DataDir,
-				Workers: bc.Workers, Uploads: bc.Uploads, BundleSize: bc.BundleSizeMB << 20, LockStale: bc.LockTimeout,
-				Progress: bar.update, Logger: a.logger,
-			}
-			if !noArchiveCheck {
-				o.ArchiveCheck = a.archiveCheck(r, archiveTimeout)
-			}
-			sum, err := backup.Run(ctx, r, o)
+			req.progress = bar.update
+			sum, err := a.runBackup(cmd.Context(), req)
 			bar.finish()
 			if err != nil {
 				return err
@@ -76,9 +61,61 @@ complete only once the WAL that makes it consistent is in the repository.`,
 	cmd.Flags().StringVar(&conn, "conn", "", "connection string of the server (postgres.conn)")
 	cmd.Flags().StringVar(&method, "method", backup.MethodAuto, "how to read the cluster: local (read the data directory on this host, between pg_backup_start and pg_backup_stop), stream (BASE_BACKUP over a replication connection), auto (local when the server's data directory is on this host and readable, else stream) (backup.method)")
 	cmd.Flags().BoolVar(&noArchiveCheck, "no-archive-check", false, "do not wait for the backup's WAL to be in the repository (the backup then needs WAL from elsewhere)")
-	cmd.Flags().DurationVar(&archiveTimeout, "archive-timeout", 60*time.Second, "how long to wait for the backup's WAL to reach the repository")
+	cmd.Flags().DurationVar(&archiveTimeout, "archive-timeout", defaultArchiveTimeout, "how long to wait for the backup's WAL to reach the repository")
 	cmd.AddCommand(newBackupCleanupCmd(a), newBackupPinCmd(a, true), newBackupPinCmd(a, false))
 	return cmd
+}
+
+// backupRequest is what one backup is asked to do beyond the configuration.
+type backupRequest struct {
+	fastCheckpoint bool
+	method         string
+	archiveCheck   bool
+	archiveTimeout time.Duration
+	progress       func(done, total int64)
+}
+
+// defaultArchiveTimeout is how long a backup waits for its WAL to be archived.
+const defaultArchiveTimeout = 60 * time.Second
+
+// backupRequestFromConfig is the request the configuration alone makes, with the same
+// defaults as the command's flags: the server's scheduled backups are exactly this.
+func (a *app) backupRequestFromConfig() backupRequest {
+	req := backupRequest{fastCheckpoint: true, method: backup.MethodAuto, archiveCheck: true, archiveTimeout: defaultArchiveTimeout}
+	if fc := a.cfg.Backup.FastCheckpoint; fc != nil {
+		req.fastCheckpoint = *fc
+	}
+	if m := a.cfg.Backup.Method; m != "" {
+		req.method = m
+	}
+	return req
+}
+
+// runBackup takes a backup of the configured cluster: `pgharbor backup` and the server's
+// backup job both run it.
+func (a *app) runBackup(ctx context.Context, req backupRequest) (*backup.Summary, error) {
+	if a.clusterErr != nil {
+		return nil, a.clusterErr
+	}
+	if a.cfg.Postgres.Conn == "" {
+		return nil, errors.New("no server to back up: set --conn, postgres.conn or PGHARBOR_POSTGRES_CONN")
+	}
+	r, err := a.openRepo(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Backend().Close()
+	boundMemory()
+	bc := a.cfg.Backup
+	o := backup.Options{
+		ConnString: a.cfg.Postgres.Conn, FastCheckpoint: req.fastCheckpoint, Method: req.method, DataDir: a.cfg.Postgres.DataDir,
+		Workers: bc.Workers, Uploads: bc.Uploads, BundleSize: bc.BundleSizeMB << 20, LockStale: bc.LockTimeout,
+		Progress: req.progress, Logger: a.logger,
+	}
+	if req.archiveCheck {
+		o.ArchiveCheck = a.archiveCheck(r, req.archiveTimeout)
+	}
+	return backup.Run(ctx, r, o)
 }
 
 func newBackupCleanupCmd(a *app) *cobra.Command {

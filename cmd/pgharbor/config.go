@@ -31,6 +31,11 @@ type Config struct {
 	Backup      BackupConfig      `yaml:"backup"`
 	WAL         WALConfig         `yaml:"wal"`
 	Retention   RetentionConfig   `yaml:"retention"`
+	// Schedules and Readiness are used by `pgharbor server` (docs/server.md), Server is its
+	// top-level listener section; a `clusters:` list (server_config.go) gives per-cluster values.
+	Schedules SchedulesConfig `yaml:"schedules"`
+	Readiness ReadinessConfig `yaml:"readiness"`
+	Server    ServerConfig    `yaml:"server"`
 
 	// raw keeps the parsed document so that capabilities with their own configuration
 	// (the pool) decode their section themselves.
@@ -173,8 +178,9 @@ func LoadConfig(path string) (*Config, error) {
 	return cfg, nil
 }
 
-// sectionsDecodedElsewhere are top-level keys that capabilities decode with Config.Section.
-var sectionsDecodedElsewhere = map[string]bool{"pool": true, "failover": true}
+// sectionsDecodedElsewhere are top-level keys that capabilities decode with Config.Section
+// (clusters: see server_config.go).
+var sectionsDecodedElsewhere = map[string]bool{"pool": true, "failover": true, "clusters": true}
 
 func parseConfig(data []byte, cfg *Config) error {
 	if err := yaml.Unmarshal(data, &cfg.raw); err != nil {

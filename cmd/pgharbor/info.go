@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -9,16 +10,33 @@ import (
 
 	"github.com/pgharbor/pgharbor/backup"
 	"github.com/pgharbor/pgharbor/internal/repo"
+	"github.com/pgharbor/pgharbor/internal/server"
 	"github.com/pgharbor/pgharbor/restore"
 	"github.com/pgharbor/pgharbor/wal"
 )
 
-type infoReport struct {
-	Identity  repo.Identity        `json:"identity"`
-	Catalog   *backup.Catalog      `json:"catalog"`
-	WAL       wal.Archive          `json:"wal"`
-	Window    restore.Window       `json:"recoverable_window"`
-	Receivers []wal.ReceiverStatus `json:"receivers"`
+// infoReport is what info shows; the server's /api/v1/clusters shows the same per cluster.
+type infoReport = server.Facts
+
+// readInfo reads a cluster's facts from its repository: `pgharbor info` and the server run it.
+func readInfo(ctx context.Context, r *repo.Repo) (*infoReport, error) {
+	cat, err := backup.LoadCatalog(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	id, err := r.ReadIdentity(ctx)
+	if err != nil {
+		return nil, err
+	}
+	arch, err := wal.ListArchive(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	recv, err := wal.ReceiverStatuses(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	return &infoReport{Identity: id, Catalog: cat, WAL: arch, Window: restore.ComputeWindow(restore.Usable(cat.Backups, arch), arch.Newest), Receivers: recv}, nil
 }
 
 func newInfoCmd(a *app) *cobra.Command {
@@ -31,25 +49,16 @@ func newInfoCmd(a *app) *cobra.Command {
 			if a.cfg.Encryption.Mode == "" {
 				a.cfg.Encryption.Mode = "none" // listing needs no key; the identity is read in clear
 			}
-			r, cat, err := a.openCatalog(ctx, false)
+			r, err := a.openRepo(ctx, false)
 			if err != nil {
 				return err
 			}
 			defer r.Backend().Close()
-			id, err := r.ReadIdentity(ctx)
+			rep, err := readInfo(ctx, r)
 			if err != nil {
 				return err
 			}
-			arch, err := wal.ListArchive(ctx, r)
-			if err != nil {
-				return err
-			}
-			recv, err := wal.ReceiverStatuses(ctx, r)
-			if err != nil {
-				return err
-			}
-			rep := infoReport{Identity: id, Catalog: cat, WAL: arch, Window: restore.ComputeWindow(restore.Usable(cat.Backups, arch), arch.Newest), Receivers: recv}
-			return a.print(rep, func() { a.printInfo(rep) })
+			return a.print(rep, func() { a.printInfo(*rep) })
 		},
 	}
 }
@@ -137,34 +146,9 @@ decompressing it, checks every file's pieces against the manifest's CRC-32C, and
 the WAL from the backup's start to its stop is in the repository.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			r, cat, err := a.openCatalog(ctx, true)
+			results, err := a.runVerify(cmd.Context(), label, workers)
 			if err != nil {
 				return err
-			}
-			defer r.Backend().Close()
-			var todo []backup.Summary
-			if label != "" {
-				b, ok := cat.Find(label)
-				if !ok {
-					return fmt.Errorf("no complete backup %q (see `pgharbor info`)", label)
-				}
-				todo = append(todo, b)
-			} else {
-				todo = cat.Backups
-			}
-			check := a.archiveCheck(r, 0)
-			var results []*backup.VerifyResult
-			for _, b := range todo {
-				res, err := backup.Verify(ctx, r, b.Label, workers)
-				if err != nil {
-					return err
-				}
-				if err := check(ctx, b.Timeline, b.StartLSN, b.StopLSN, b.WALSegmentSize); err != nil {
-					return fmt.Errorf("backup %s: %w", b.Label, err)
-				}
-				results = append(results, res)
-				a.logger.Info("backup verified", "label", b.Label, "files", res.Files, "bundles", res.Bundles)
 			}
 			if results == nil {
 				results = []*backup.VerifyResult{}
@@ -182,4 +166,38 @@ the WAL from the backup's start to its stop is in the repository.`,
 	cmd.Flags().StringVar(&label, "backup", "", "verify only this backup")
 	cmd.Flags().IntVar(&workers, "workers", 4, "bundles read in parallel")
 	return cmd
+}
+
+// runVerify verifies one backup (label) or all of them: `pgharbor verify` and the server's
+// verify job run it.
+func (a *app) runVerify(ctx context.Context, label string, workers int) ([]*backup.VerifyResult, error) {
+	r, cat, err := a.openCatalog(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Backend().Close()
+	var todo []backup.Summary
+	if label != "" {
+		b, ok := cat.Find(label)
+		if !ok {
+			return nil, fmt.Errorf("no complete backup %q (see `pgharbor info`)", label)
+		}
+		todo = append(todo, b)
+	} else {
+		todo = cat.Backups
+	}
+	check := a.archiveCheck(r, 0)
+	var results []*backup.VerifyResult
+	for _, b := range todo {
+		res, err := backup.Verify(ctx, r, b.Label, workers)
+		if err != nil {
+			return nil, err
+		}
+		if err := check(ctx, b.Timeline, b.StartLSN, b.StopLSN, b.WALSegmentSize); err != nil {
+			return nil, fmt.Errorf("backup %s: %w", b.Label, err)
+		}
+		results = append(results, res)
+		a.logger.Info("backup verified", "label", b.Label, "files", res.Files, "bundles", res.Bundles)
+	}
+	return results, nil
 }

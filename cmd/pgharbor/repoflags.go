@@ -15,16 +15,15 @@ func addRepoFlags(root *cobra.Command, a *app) {
 	f.StringVar(&a.repoFlags.encryption, "encryption", "", "encryption mode: age, passphrase or none (encryption.mode)")
 }
 
-// applyRepoFlags lets flags that were given override the file and the environment.
-func applyRepoFlags(cmd *cobra.Command, a *app) error {
+// applyRepoFlags lets flags that were given override the file and the environment in cfg.
+func applyRepoFlags(cmd *cobra.Command, a *app, cfg *Config) {
 	set := func(name string, dst *string, v string) {
 		if cmd.Flags().Changed(name) {
 			*dst = v
 		}
 	}
-	set("repo", &a.cfg.Repo.URL, a.repoFlags.url)
-	set("cluster", &a.cfg.Repo.Cluster, a.repoFlags.cluster)
-	set("identity", &a.cfg.Encryption.IdentityFile, a.repoFlags.identity)
-	set("encryption", &a.cfg.Encryption.Mode, a.repoFlags.encryption)
-	return nil
+	set("repo", &cfg.Repo.URL, a.repoFlags.url)
+	set("cluster", &cfg.Repo.Cluster, a.repoFlags.cluster)
+	set("identity", &cfg.Encryption.IdentityFile, a.repoFlags.identity)
+	set("encryption", &cfg.Encryption.Mode, a.repoFlags.encryption)
 }

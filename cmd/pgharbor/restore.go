@@ -215,6 +215,10 @@ func (a *app) restoreCommand() (string, error) {
 			return "", err
 		}
 		parts = append(parts, "--config", shellQuote(abs))
+		if a.clusterSelected != "" {
+			// The file lists clusters: wal fetch must read this one's settings.
+			parts = append(parts, "--cluster-name", shellQuote(a.clusterSelected))
+		}
 	}
 	parts = append(parts, "--repo", shellQuote(a.cfg.Repo.URL), "--cluster", shellQuote(a.cfg.Repo.Cluster), "--encryption", shellQuote(a.cfg.Encryption.Mode))
 	if id := a.cfg.Encryption.IdentityFile; id != "" {

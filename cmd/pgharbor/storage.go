@@ -20,6 +20,9 @@ import (
 // openBackend builds the storage stack for the configured repository URL: the driver, then
 // the retry decorator.
 func (a *app) openBackend(ctx context.Context) (storage.Backend, error) {
+	if a.clusterErr != nil {
+		return nil, a.clusterErr
+	}
 	raw := a.cfg.Repo.URL
 	if raw == "" {
 		return nil, fmt.Errorf("no repository: set --repo, repo.url in the config file, or PGHARBOR_REPO_URL (file:///path, s3://bucket/prefix or gs://bucket/prefix)")
@@ -95,6 +98,9 @@ func (a *app) openRepo(ctx context.Context, needIdentity bool) (*repo.Repo, erro
 // openRepoInit is openRepo; forInit lets `repo init` open a passphrase cluster that has no
 // identity yet, which every other command refuses (see below).
 func (a *app) openRepoInit(ctx context.Context, needIdentity, forInit bool) (*repo.Repo, error) {
+	if a.clusterErr != nil {
+		return nil, a.clusterErr
+	}
 	if a.cfg.Repo.Cluster == "" {
 		return nil, fmt.Errorf("no cluster name: set --cluster, repo.cluster or PGHARBOR_REPO_CLUSTER")
 	}
