@@ -627,3 +627,72 @@ postgres: {conn: "%s"}
 	// The next backup takes the lock at once.
 	e.must("backup", "--conn", pg.ConnString("postgres"))
 }
+
+// The server's expire job: with a retention policy, expire runs after every scheduled
+// backup and keeps exactly the newest backups the policy names; what it deleted is counted
+// in /metrics, and what is left restores.
+func TestServerExpiresAfterScheduledBackups(t *testing.T) {
+	e := newEnv(t, "", "")
+	pg := e.startPrimary(nil)
+	pg.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
+	e.must("repo", "init")
+	listen := fmt.Sprintf("127.0.0.1:%d", pgtest.FreePort(t))
+	base, err := os.ReadFile(e.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(e.dir, "server.yaml")
+	e.writeOwned(cfg, string(base)+fmt.Sprintf(`postgres: {conn: "%s"}
+server: {listen: %s, refresh_interval: 1s}
+schedules: {backup: "@every 2s"}
+retention: {full_count: 2}
+`, pg.ConnString("postgres"), listen), 0o600)
+	srv := e.startServer(cfg, listen)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		fams := srv.metrics()
+		backups := metricOrZero(fams, "pgharbor_job_runs_total", map[string]string{"cluster": "main", "job": "backup", "outcome": "ok"})
+		expired := metricOrZero(fams, "pgharbor_expired_objects_total", map[string]string{"cluster": "main"})
+		if backups >= 4 && expired > 0 {
+			t.Logf("%v scheduled backups, %v objects expired", backups, expired)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 2 minutes: %v backups, %v objects expired\nserver log:\n%s", backups, expired, srv.logText())
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	srv.cmd.Process.Signal(syscall.SIGTERM)
+	<-srv.done
+	n := len(e.info().Catalog.Backups)
+	if n < 2 || n > 3 { // the newest two, and perhaps one backup taken after the last expire
+		t.Fatalf("%d complete backups after expire with full_count 2", n)
+	}
+	if strings.Contains(srv.logText(), `"job":"expire"`) && strings.Contains(srv.logText(), "not built") {
+		t.Fatalf("expire job not wired:\n%s", srv.logText())
+	}
+	e.must("verify")
+}
+
+// metricOrZero is metricValue for a series that may not exist yet.
+func metricOrZero(fams map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
+	f := fams[name]
+	if f == nil {
+		return 0
+	}
+next:
+	for _, m := range f.Metric {
+		for _, l := range m.Label {
+			if v, ok := want[l.GetName()]; ok && v != l.GetValue() {
+				continue next
+			}
+		}
+		if m.Counter != nil {
+			return m.Counter.GetValue()
+		}
+		if m.Gauge != nil {
+			return m.Gauge.GetValue()
+		}
+	}
+	return 0
+}
