@@ -115,6 +115,7 @@ type WALConfig struct {
 // StreamConfig configures `pgharbor wal receive` (postgres.conn is the server it streams
 // from).
 type StreamConfig struct {
+	Enabled         bool          `yaml:"enabled"`          // pgharbor server runs the receiver
 	Slot            string        `yaml:"slot"`             // physical replication slot (pgharbor)
 	CreateSlot      *bool         `yaml:"create_slot"`      // create it when missing (true)
 	ApplicationName string        `yaml:"application_name"` // for synchronous_standby_names (pgharbor)

@@ -83,6 +83,11 @@ func (a *app) runServer(cmd *cobra.Command, listen string) error {
 	if err := s.Apply(clusters); err != nil {
 		return err
 	}
+	var recv serverReceivers
+	if err := recv.apply(ctx, a, a.cfg); err != nil {
+		return err
+	}
+	defer recv.stop()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -92,7 +97,11 @@ func (a *app) runServer(cmd *cobra.Command, listen string) error {
 			case <-ctx.Done():
 				return
 			case <-hup:
-				a.reloadServer(cmd, s, listen)
+				if cfg := a.reloadServer(cmd, s, listen); cfg != nil {
+					if err := recv.apply(ctx, a, cfg); err != nil {
+						a.logger.Error("WAL receivers not restarted after the reload", "err", err)
+					}
+				}
 			}
 		}
 	}()
@@ -101,7 +110,7 @@ func (a *app) runServer(cmd *cobra.Command, listen string) error {
 
 // reloadServer re-reads the configuration on SIGHUP and hands the clusters to the server; a
 // configuration with an error changes nothing.
-func (a *app) reloadServer(cmd *cobra.Command, s *server.Server, listen string) {
+func (a *app) reloadServer(cmd *cobra.Command, s *server.Server, listen string) *Config {
 	a.logger.Info("SIGHUP: reloading the configuration", "config", a.configPath)
 	cfg, err := a.loadConfig(cmd)
 	if err == nil {
@@ -118,9 +127,10 @@ func (a *app) reloadServer(cmd *cobra.Command, s *server.Server, listen string) 
 	}
 	if err != nil {
 		a.logger.Error("reload refused: the running configuration stays", "error", err)
-		return
+		return nil
 	}
 	a.logger.Info("configuration reloaded")
+	return cfg
 }
 
 // serverClusters builds the server's clusters from a configuration, checking every schedule.

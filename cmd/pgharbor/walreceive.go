@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -8,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/cobra"
 
+	"github.com/pgharbor/pgharbor/internal/repo"
 	"github.com/pgharbor/pgharbor/wal"
 )
 
@@ -41,34 +43,26 @@ newest segment by themselves.
 			if cmd.Flags().Changed("slot") {
 				s.Slot = slot
 			}
-			if s.Slot == "" {
-				s.Slot = wal.DefaultReceiveSlot
-			}
 			if dropSlot {
+				if s.Slot == "" {
+					s.Slot = wal.DefaultReceiveSlot
+				}
 				return dropReplicationSlot(cmd, a.cfg.Postgres.Conn, s.Slot)
 			}
-			create := s.CreateSlot == nil || *s.CreateSlot
 			if cmd.Flags().Changed("create-slot") {
-				create = createSlot
+				s.CreateSlot = &createSlot
 			}
 			if cmd.Flags().Changed("synchronous") {
 				s.Synchronous = sync
 			}
-			if a.cfg.Compression.Type != "none" && a.cfg.Compression.WALLevel != 0 {
-				a.cfg.Compression.Level = a.cfg.Compression.WALLevel
-			} else if a.cfg.Compression.Type != "none" {
-				a.cfg.Compression.Level = defaultWALLevel
-			}
-			r, err := a.openRepo(ctx, false)
+			a.cfg.WAL.Stream = s
+			r, opts, err := a.openReceiver(ctx)
 			if err != nil {
 				return err
 			}
 			defer r.Backend().Close()
 			boundMemory()
-			err = wal.Receive(ctx, r, wal.ReceiveOptions{
-				ConnString: a.cfg.Postgres.Conn, Slot: s.Slot, CreateSlot: create, ApplicationName: s.ApplicationName,
-				FlushInterval: s.FlushInterval, FlushBytes: int64(s.FlushMB) << 20, Synchronous: s.Synchronous, Logger: a.logger,
-			})
+			err = wal.Receive(ctx, r, opts)
 			if ctx.Err() != nil {
 				return nil // stopped
 			}
@@ -101,4 +95,27 @@ func dropReplicationSlot(cmd *cobra.Command, connStr, slot string) error {
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "replication slot %s dropped\n", slot)
 	return nil
+}
+
+// openReceiver opens the repository for WAL writes (compressed at the WAL level) and returns
+// the receiver's options from the configuration: the command and the server share it.
+func (a *app) openReceiver(ctx context.Context) (*repo.Repo, wal.ReceiveOptions, error) {
+	s := a.cfg.WAL.Stream
+	if a.cfg.Postgres.Conn == "" {
+		return nil, wal.ReceiveOptions{}, errors.New("no server to stream from: set --conn, postgres.conn or PGHARBOR_POSTGRES_CONN")
+	}
+	if a.cfg.Compression.Type != "none" {
+		a.cfg.Compression.Level = a.cfg.Compression.WALLevel
+		if a.cfg.Compression.Level == 0 {
+			a.cfg.Compression.Level = defaultWALLevel
+		}
+	}
+	r, err := a.openRepo(ctx, false)
+	if err != nil {
+		return nil, wal.ReceiveOptions{}, err
+	}
+	return r, wal.ReceiveOptions{
+		ConnString: a.cfg.Postgres.Conn, Slot: s.Slot, CreateSlot: s.CreateSlot == nil || *s.CreateSlot, ApplicationName: s.ApplicationName,
+		FlushInterval: s.FlushInterval, FlushBytes: int64(s.FlushMB) << 20, Synchronous: s.Synchronous, Logger: a.logger,
+	}, nil
 }

@@ -630,8 +630,10 @@ postgres: {conn: "%s"}
 
 // The server's expire job: with a retention policy, expire runs after every scheduled
 // backup and keeps exactly the newest backups the policy names; what it deleted is counted
-// in /metrics, and what is left restores.
+// in /metrics, and what is left restores. With wal.stream.enabled the server also runs the
+// cluster's WAL receiver, which /metrics shows streaming.
 func TestServerExpiresAfterScheduledBackups(t *testing.T) {
+	t.Setenv("PGHARBOR_WAL_STREAM_ENABLED", "true")
 	e := newEnv(t, "", "")
 	pg := e.startPrimary(nil)
 	pg.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
@@ -653,14 +655,18 @@ retention: {full_count: 2}
 		fams := srv.metrics()
 		backups := metricOrZero(fams, "pgharbor_job_runs_total", map[string]string{"cluster": "main", "job": "backup", "outcome": "ok"})
 		expired := metricOrZero(fams, "pgharbor_expired_objects_total", map[string]string{"cluster": "main"})
-		if backups >= 4 && expired > 0 {
+		streaming := metricOrZero(fams, "pgharbor_wal_receiver_streaming", map[string]string{"cluster": "main", "slot": "pgharbor"})
+		if backups >= 4 && expired > 0 && streaming == 1 {
 			t.Logf("%v scheduled backups, %v objects expired", backups, expired)
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after 2 minutes: %v backups, %v objects expired\nserver log:\n%s", backups, expired, srv.logText())
+			t.Fatalf("after 2 minutes: %v backups, %v objects expired, receiver streaming %v\nserver log:\n%s", backups, expired, streaming, srv.logText())
 		}
 		time.Sleep(500 * time.Millisecond)
+	}
+	if n := pg.QueryString(t, "postgres", "SELECT count(*)::text FROM pg_stat_replication WHERE application_name = 'pgharbor'"); n != "1" {
+		t.Fatalf("the server's WAL receiver is not connected (%s)", n)
 	}
 	srv.cmd.Process.Signal(syscall.SIGTERM)
 	<-srv.done

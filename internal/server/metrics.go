@@ -101,6 +101,10 @@ func factsDescs() map[string]*prometheus.Desc {
 		"read_at":         desc("pgharbor_repository_read_timestamp_seconds", "When the server last read the cluster's repository successfully (Unix time)."),
 		"read_ok":         desc("pgharbor_repository_up", "1 when the last reading of the cluster's repository succeeded."),
 		"ready":           desc("pgharbor_cluster_ready", "1 when the cluster passes /readyz (backup and WAL within their max ages)."),
+		"recv_streaming":  desc("pgharbor_wal_receiver_streaming", "1 while the WAL receiver of the slot reports it streams (from its status in the repository).", "slot"),
+		"recv_lag":        desc("pgharbor_wal_receiver_lag_bytes", "WAL the server had that the receiver had not stored yet, at its last report.", "slot"),
+		"recv_stored_at":  desc("pgharbor_wal_receiver_stored_timestamp_seconds", "When the receiver last stored WAL (Unix time).", "slot"),
+		"recv_report_age": desc("pgharbor_wal_receiver_report_age_seconds", "Age of the receiver's last report at scrape time (a killed receiver stops reporting).", "slot"),
 	}
 }
 
@@ -149,6 +153,18 @@ func (c *factsCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge("wal_segment", 1, name, seg, formatUint(tli))
 		}
 		gauge("wal_gaps", float64(gaps(f)), name)
+		for _, r := range f.Receivers {
+			gauge("recv_streaming", b2f(r.Streaming), name, r.Slot)
+			lag := 0.0
+			if r.ServerEnd > r.Stored {
+				lag = float64(r.ServerEnd - r.Stored)
+			}
+			gauge("recv_lag", lag, name, r.Slot)
+			if !r.StoredAt.IsZero() {
+				gauge("recv_stored_at", unix(r.StoredAt), name, r.Slot)
+			}
+			gauge("recv_report_age", now.Sub(r.Reported).Seconds(), name, r.Slot)
+		}
 		gauge("wal_bytes", float64(f.WAL.StoredBytes), name)
 		gauge("repo_bytes", float64(f.RepositoryBytes()), name)
 	}
