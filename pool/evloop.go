@@ -721,6 +721,9 @@ func (l *evLoop) attach(s *session, sc *serverConn) bool {
 // send forwards one Query to sc (written when pump gets to it).
 func (l *evLoop) send(s *session, sc *serverConn, msg []byte) {
 	s.mu.Lock()
+	if mayChangeRole(msg[5:]) {
+		sc.resetRole = true
+	}
 	s.pending++
 	s.syncSeq++
 	sc.batch++
@@ -905,7 +908,7 @@ func (l *evLoop) serverData(s *session, es *loopServer, data []byte) {
 			case 'S':
 				var ps pgproto3.ParameterStatus
 				if ps.Decode(data[5:total]) == nil {
-					sc.params[strings.ToLower(ps.Name)] = ps.Value
+					sc.setParam(strings.ToLower(ps.Name), ps.Value)
 				}
 			case 'E':
 				s.srv.log.Warn("restoring a client's settings on a server connection", "pool", sc.pool.name(), "err", decodeServerError(data[5:total]))
@@ -979,7 +982,7 @@ func (l *evLoop) readyForQuery(s *session, es *loopServer, msg []byte) {
 	}
 	es.ls = nil
 	s.srv.attached.Add(-1)
-	if status == 'I' {
+	if status == 'I' && !sc.needsReset() {
 		sc.pool.release(sc)
 	} else {
 		l.rollback(sc, status)
@@ -989,8 +992,9 @@ func (l *evLoop) readyForQuery(s *session, es *loopServer, msg []byte) {
 	}
 }
 
-// rollback ends the transaction a departed client left open, off the loop thread, and
-// returns the connection to its pool.
+// rollback ends the transaction a departed client left open and resets a changed role or
+// session authorization (serverConn.cleanUp), off the loop thread, and returns the
+// connection to its pool.
 func (l *evLoop) rollback(sc *serverConn, status byte) {
 	if err := sc.leaveLoop(); err != nil {
 		sc.pool.drop(sc)
@@ -998,7 +1002,7 @@ func (l *evLoop) rollback(sc *serverConn, status byte) {
 	}
 	go func() {
 		_ = sc.conn.SetDeadline(time.Now().Add(10 * time.Second))
-		if err := sc.w.Flush(); err == nil && (status == 'I' || sc.simpleQuery("ROLLBACK", nil) == nil) {
+		if err := sc.w.Flush(); err == nil && sc.cleanUp(status, false) == nil {
 			_ = sc.conn.SetDeadline(time.Time{})
 			sc.pool.release(sc)
 			return

@@ -203,3 +203,16 @@ func mentionsDealloc(b []byte) bool {
 	}
 	return false
 }
+
+// mayChangeRole is a cheap check for a query that may run SET ROLE, which the server does not
+// report (SET SESSION AUTHORIZATION it does, and so is_superuser): the word "role" anywhere,
+// as in SET ROLE, SET SESSION ROLE, RESET ROLE and set_config('role', ...). A query that
+// does not show it (a function that runs SET ROLE) is not caught; see docs/pool.md.
+func mayChangeRole(b []byte) bool {
+	for i := 0; i+4 <= len(b); i++ {
+		if (b[i]|0x20) == 'r' && (b[i+1]|0x20) == 'o' && (b[i+2]|0x20) == 'l' && (b[i+3]|0x20) == 'e' {
+			return true
+		}
+	}
+	return false
+}

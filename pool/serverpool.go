@@ -270,6 +270,13 @@ func (p *serverPool) unwait(sess *session) bool {
 
 // release returns a clean (ReadyForQuery idle) connection: to the first waiter, or idle.
 func (p *serverPool) release(sc *serverConn) {
+	if sc.needsReset() {
+		// every path resets such a connection first (serverConn.cleanUp): this one did
+		// not, and the connection must not reach another client as it is
+		p.srv.log.Warn("closing a server connection that was not reset", "pool", p.name())
+		p.drop(sc)
+		return
+	}
 	cfg := p.srv.config()
 	if lt := positive(cfg.ServerLifetime); lt > 0 && time.Since(sc.created) > lt {
 		p.drop(sc)

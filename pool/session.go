@@ -339,6 +339,9 @@ func (s *session) forward(ctx context.Context, typ byte, n int) error {
 
 // send writes one whole client message to sc.
 func (s *session) send(sc *serverConn, typ byte, msg []byte) error {
+	if (typ == 'Q' || typ == 'P') && s.tgt.mode == ModeTransaction && mayChangeRole(msg[5:]) {
+		s.markRoleReset(sc)
+	}
 	s.wmu.Lock()
 	s.account(sc, typ)
 	if _, err := sc.w.Write(msg); err != nil {
@@ -351,6 +354,14 @@ func (s *session) send(sc *serverConn, typ byte, msg []byte) error {
 		return err
 	}
 	return s.afterWrite(sc, typ)
+}
+
+// markRoleReset notes that the client may have changed sc's role: sc is reset before
+// another client gets it (session mode resets with DISCARD ALL anyway).
+func (s *session) markRoleReset(sc *serverConn) {
+	s.mu.Lock()
+	sc.resetRole = true
+	s.mu.Unlock()
 }
 
 // afterWrite decides who reads the answers in transaction mode: the client loop itself
@@ -426,6 +437,7 @@ func (s *session) handleStmtMsg(ctx context.Context, typ byte, msg []byte) error
 		}
 		st := &stmt{id: s.srv.stmts.id(rest), rest: append([]byte(nil), rest...)}
 		st.query, _, _ = cstring(rest)
+		st.role = mayChangeRole([]byte(st.query))
 		s.stmts[name] = st
 		s.mu.Lock()
 		seq := s.syncSeq + 1
@@ -457,6 +469,9 @@ func (s *session) handleStmtMsg(ctx context.Context, typ byte, msg []byte) error
 		sc, err := s.ensureAttached(ctx, typ, msg)
 		if err != nil {
 			return err
+		}
+		if st.role {
+			s.markRoleReset(sc)
 		}
 		out = s.reprepare(sc, st, nil)
 		out = encodeBind(out, portal, serverStmtName(st.id), rest)
@@ -871,9 +886,7 @@ func (s *session) syncParams(sc *serverConn) error {
 	if q == "" {
 		return nil
 	}
-	if err := sc.simpleQuery(q, func(name, value string) {
-		sc.params[strings.ToLower(name)] = value
-	}); err != nil {
+	if err := sc.simpleQuery(q, nil); err != nil {
 		return err
 	}
 	s.paramsApplied(sc)
@@ -1100,6 +1113,7 @@ func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
 		}
 		release := quiet && status == 'I' && s.tgt.mode == ModeTransaction
 		finish := quiet && s.detachReq
+		reset := sc.needsReset()
 		if release || finish {
 			st.xacts.Add(1)
 			st.xactTime.Add(int64(time.Since(s.xactStart)))
@@ -1107,6 +1121,9 @@ func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
 		}
 		s.mu.Unlock()
 		if release || finish {
+			if reset {
+				s.clientFlush() // the client need not wait for the reset
+			}
 			s.finishServer(sc, done, status)
 			s.clientFlush()
 			return stepEnded
@@ -1184,7 +1201,7 @@ func (s *session) serverParam(sc *serverConn, body []byte) {
 	}
 	k := strings.ToLower(ps.Name)
 	s.mu.Lock()
-	sc.params[k] = ps.Value
+	sc.setParam(k, ps.Value)
 	if trackedParams[k] {
 		s.params[k] = ps.Value
 		sc.dirty[k] = true
@@ -1208,8 +1225,9 @@ func (s *session) finishServer(sc *serverConn, done chan struct{}, status byte) 
 	s.wmu.Unlock()
 	s.mu.Lock()
 	gone := s.detachReq
+	reset := sc.needsReset()
 	s.mu.Unlock()
-	if gone {
+	if gone || reset {
 		_ = sc.conn.SetReadDeadline(time.Time{})
 		if err := s.resetServer(sc, status); err != nil {
 			sc.pool.drop(sc)
@@ -1219,28 +1237,12 @@ func (s *session) finishServer(sc *serverConn, done chan struct{}, status byte) 
 	sc.pool.release(sc)
 }
 
-// resetServer rolls back an open transaction and, in session mode, runs DISCARD ALL.
+// resetServer rolls back an open transaction and, in session mode, runs DISCARD ALL; it
+// also resets a changed role or session authorization (see serverConn.cleanUp).
 func (s *session) resetServer(sc *serverConn, status byte) error {
 	_ = sc.conn.SetDeadline(time.Now().Add(10 * time.Second))
 	defer sc.conn.SetDeadline(time.Time{})
-	if status != 'I' {
-		if err := sc.simpleQuery("ROLLBACK", nil); err != nil {
-			return err
-		}
-	}
-	if s.tgt.mode == ModeSession {
-		if err := sc.simpleQuery("DISCARD ALL", func(name, value string) { sc.params[strings.ToLower(name)] = value }); err != nil {
-			return err
-		}
-		for k := range sc.dirty {
-			if !reportedParam(k) {
-				delete(sc.params, k)
-			}
-		}
-		sc.dirty = map[string]bool{}
-		sc.prepared = map[uint64]uint64{}
-	}
-	return nil
+	return sc.cleanUp(status, s.tgt.mode == ModeSession)
 }
 
 // serverGone handles a read error on the attached server connection.
