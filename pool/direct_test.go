@@ -1,11 +1,18 @@
 package pool
 
 import (
+	"bytes"
 	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgharbor/pgharbor/internal/pgtest"
 )
@@ -65,6 +72,176 @@ func TestPoolBehavesLikeDirectConnection(t *testing.T) {
 		  $$ BEGIN EXECUTE format('SET %s %I', 'RO' || 'LE', r); RETURN current_user; END $$`)
 
 	t.Run("RoleAndSessionAuthorizationDoNotLeakToTheNextClient", func(t *testing.T) { testNoRoleLeak(t, f) })
+	t.Run("DeallocateAllReachesTheServer", func(t *testing.T) { testDeallocateAll(t, f) })
+	t.Run("FunctionCallsAndLargeObjects", func(t *testing.T) { testFunctionCall(t, f) })
+	t.Run("DeadIdleServerConnectionIsReplaced", func(t *testing.T) { testDeadIdleServer(t, f) })
+}
+
+// psqlCtx runs psql (with a deadline: a hang is a failure) as postgres through s.
+func psqlCtx(t *testing.T, s *Server, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	all := append([]string{"-h", "127.0.0.1", "-p", poolPort(s), "-U", "postgres", "-d", "postgres", "-X", "-v", "ON_ERROR_STOP=1"}, args...)
+	cmd := exec.CommandContext(ctx, filepath.Join(pgtest.DefaultBinDir, "psql"), all...)
+	cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=10", "PGSSLMODE=disable")
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("psql %q: no answer in 20 s:\n%s", args, out)
+	}
+	return strings.TrimSpace(string(out)), err
+}
+
+// testDeallocateAll: DEALLOCATE ALL removes SQL-level prepared statements on the server as
+// on a direct connection (transaction mode answered it in the pool before), and the
+// client's protocol-level statements are forgotten too.
+func testDeallocateAll(t *testing.T, f *fixture) {
+	for _, v := range poolVariants {
+		t.Run(v.String(), func(t *testing.T) {
+			s := startVariant(t, f, v)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			c := simpleConn(t, s, "postgres", "")
+			mustOne(t, ctx, c, "PREPARE pool_p1 AS SELECT 1")
+			if got := mustOne(t, ctx, c, "SELECT count(*) FROM pg_prepared_statements WHERE name = 'pool_p1'"); got != "1" {
+				t.Fatalf("after PREPARE: %s statements named pool_p1, want 1", got)
+			}
+			res := c.Exec(ctx, "DEALLOCATE ALL")
+			results, err := res.ReadAll()
+			if err != nil || len(results) != 1 || results[0].CommandTag.String() != "DEALLOCATE ALL" {
+				t.Fatalf("DEALLOCATE ALL: %v %+v", err, results)
+			}
+			if got := mustOne(t, ctx, c, "SELECT count(*) FROM pg_prepared_statements"); got != "0" {
+				t.Fatalf("after DEALLOCATE ALL: pg_prepared_statements lists %s statements, want 0", got)
+			}
+			// protocol-level statements: gone for the client, and re-prepared on the server
+			// when a new one of the same text comes
+			sd, err := c.Prepare(ctx, "pool_proto", "SELECT $1::int + 1", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Exec(ctx, "DEALLOCATE ALL").ReadAll(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.ExecPrepared(ctx, sd.Name, [][]byte{[]byte("1")}, nil, nil).Close(); err == nil || !strings.Contains(err.Error(), "does not exist") {
+				t.Fatalf("a statement used after DEALLOCATE ALL: %v, want 'does not exist'", err)
+			}
+			if _, err := c.Prepare(ctx, "pool_proto", "SELECT $1::int + 1", nil); err != nil {
+				t.Fatal(err)
+			}
+			r := c.ExecPrepared(ctx, "pool_proto", [][]byte{[]byte("41")}, nil, nil).Read()
+			if r.Err != nil || len(r.Rows) != 1 || string(r.Rows[0][0]) != "42" {
+				t.Fatalf("statement prepared again after DEALLOCATE ALL: %v %v", r.Err, r.Rows)
+			}
+		})
+	}
+}
+
+// testFunctionCall: FunctionCall messages (libpq's PQfn: psql's \lo_import and \lo_export)
+// are forwarded and answered (the pool ignored them before: the client hung), and a message
+// type the protocol does not have gets an error instead of silence.
+func testFunctionCall(t *testing.T, f *fixture) {
+	data := bytes.Repeat([]byte("large object through the pool\n"), 5000)
+	src := writeFile(t, "lo_src.txt", string(data))
+	absOID := f.primary.QueryString(t, "postgres", "SELECT 'abs(int4)'::regprocedure::oid::text")
+	oid, _ := strconv.ParseUint(absOID, 10, 32)
+	for _, v := range poolVariants {
+		t.Run(v.String(), func(t *testing.T) {
+			s := startVariant(t, f, v)
+			out, err := psqlCtx(t, s, "-c", "\\lo_import "+src)
+			if err != nil || !strings.HasPrefix(out, "lo_import ") {
+				t.Fatalf("\\lo_import: %v\n%s", err, out)
+			}
+			lo := strings.TrimPrefix(out, "lo_import ")
+			dst := filepath.Join(t.TempDir(), "lo_dst.txt")
+			if out, err := psqlCtx(t, s, "-c", "\\lo_export "+lo+" "+dst); err != nil {
+				t.Fatalf("\\lo_export: %v\n%s", err, out)
+			}
+			if got, err := os.ReadFile(dst); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("exported large object: %v, %d bytes, want the %d imported", err, len(got), len(data))
+			}
+			if out, err := psqlCtx(t, s, "-c", "\\lo_unlink "+lo); err != nil || out != "lo_unlink "+lo {
+				t.Fatalf("\\lo_unlink: %v\n%s", err, out)
+			}
+
+			// a FunctionCall outside a transaction block, then a query on the same session
+			fe, _ := rawClient(t, s)
+			fe.Send(&pgproto3.FunctionCall{Function: uint32(oid), ArgFormatCodes: []uint16{0}, Arguments: [][]byte{[]byte("-7")}})
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			m, err := fe.Receive()
+			if r, ok := m.(*pgproto3.FunctionCallResponse); err != nil || !ok || string(r.Result) != "7" {
+				t.Fatalf("FunctionCall abs(-7): %v %#v", err, m)
+			}
+			if got := until(t, fe, 'Z'); got != "Z" {
+				t.Fatalf("after FunctionCallResponse: %q, want ReadyForQuery", got)
+			}
+			fe.Send(&pgproto3.Query{String: "SELECT 1"})
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if got := until(t, fe, 'Z'); got != "TDCZ" {
+				t.Fatalf("query after a FunctionCall: %q", got)
+			}
+
+			// a message type the protocol does not have: an error, not silence
+			_, conn := rawClient(t, s)
+			if _, err := conn.Write([]byte{'y', 0, 0, 0, 4}); err != nil {
+				t.Fatal(err)
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			fe2 := pgproto3.NewFrontend(conn, conn)
+			m, err = fe2.Receive()
+			if e, ok := m.(*pgproto3.ErrorResponse); err != nil || !ok || e.Code != sqlstateProtocolViolation {
+				t.Fatalf("unknown message type: %v %#v, want ErrorResponse 08P01", err, m)
+			}
+		})
+	}
+}
+
+// testDeadIdleServer: a server connection that died while idle in the pool (here
+// pg_terminate_backend) is replaced before a client gets it; no client sees an error for it.
+func testDeadIdleServer(t *testing.T, f *fixture) {
+	for _, v := range poolVariants {
+		t.Run(v.String(), func(t *testing.T) {
+			s := startVariant(t, f, v)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			terminate := func(pid string) {
+				t.Helper()
+				f.primary.Exec(t, "SELECT pg_terminate_backend("+pid+")")
+				deadline := time.Now().Add(10 * time.Second)
+				for f.primary.QueryString(t, "postgres", "SELECT count(*)::text FROM pg_stat_activity WHERE pid = "+pid) != "0" {
+					if time.Now().After(deadline) {
+						t.Fatalf("backend %s still there 10 s after pg_terminate_backend", pid)
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+			for round := 0; round < 2; round++ {
+				c := simpleConn(t, s, "postgres", "")
+				pid := mustOne(t, ctx, c, "SELECT pg_backend_pid()")
+				if v.mode == ModeTransaction {
+					// between this client's transactions
+					terminate(pid)
+					time.Sleep(50 * time.Millisecond) // let the event loop see the hang-up
+					if got, err := one(ctx, c, "SELECT pg_backend_pid()"); err != nil || got == pid {
+						t.Fatalf("round %d: query after the idle server connection died: %q %v, want a new backend", round, got, err)
+					}
+					pid = mustOne(t, ctx, c, "SELECT pg_backend_pid()")
+				}
+				c.Close(ctx)
+				terminate(pid)
+				time.Sleep(50 * time.Millisecond)
+				c = simpleConn(t, s, "postgres", "")
+				if got, err := one(ctx, c, "SELECT pg_backend_pid()"); err != nil || got == pid {
+					t.Fatalf("round %d: new client after the idle server connection died: %q %v, want a new backend", round, got, err)
+				}
+				c.Close(ctx)
+			}
+		})
+	}
 }
 
 // testNoRoleLeak: a client that changes its role or session authorization and leaves (or, in

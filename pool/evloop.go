@@ -594,7 +594,7 @@ func (l *evLoop) consume(s *session) {
 			off = len(data)
 			l.clientGone(s)
 			return
-		case 'Q':
+		case 'Q', 'F': // a FunctionCall (fastpath, large objects) is answered like a Query
 			if !l.query(s, msg) {
 				return
 			}
@@ -606,17 +606,19 @@ func (l *evLoop) consume(s *session) {
 	}
 }
 
-// query handles a Query message; false when it stays unconsumed (waiting, or the session
-// goes to a goroutine or ended).
+// query handles a Query or FunctionCall message; false when it stays unconsumed (waiting,
+// or the session goes to a goroutine or ended).
 func (l *evLoop) query(s *session, msg []byte) bool {
 	ls := s.ev
-	if len(msg) < 6 || msg[len(msg)-1] != 0 {
-		l.kill(s, fatal(sqlstateProtocolViolation, "malformed Query message"))
-		return false
-	}
-	if q := msg[5 : len(msg)-1]; (len(q) < 64 && mentionsNodes(q)) || mentionsDealloc(q) {
-		ls.demote = true
-		return false
+	if msg[0] == 'Q' {
+		if len(msg) < 6 || msg[len(msg)-1] != 0 {
+			l.kill(s, fatal(sqlstateProtocolViolation, "malformed Query message"))
+			return false
+		}
+		if q := msg[5 : len(msg)-1]; (len(q) < 64 && mentionsNodes(q)) || mentionsDealloc(q) {
+			ls.demote = true
+			return false
+		}
 	}
 	if sc := s.sc; sc != nil {
 		if s.roAttach && s.pending > 0 {
@@ -632,7 +634,7 @@ func (l *evLoop) query(s *session, msg []byte) bool {
 		ls.demote = true // a goroutine waits for RESUME (query_wait_timeout)
 		return false
 	}
-	req := attachReq{readOnly: s.classify('Q', msg)}
+	req := attachReq{readOnly: s.classify(msg[0], msg)}
 	if req.readOnly {
 		if n, ok := srv.cl.PickReader(uint64(s.id)); ok {
 			req.p, req.node, req.reader = srv.sessionPool(s, n), n.ID, true
@@ -718,10 +720,10 @@ func (l *evLoop) attach(s *session, sc *serverConn) bool {
 	return true
 }
 
-// send forwards one Query to sc (written when pump gets to it).
+// send forwards one Query or FunctionCall to sc (written when pump gets to it).
 func (l *evLoop) send(s *session, sc *serverConn, msg []byte) {
 	s.mu.Lock()
-	if mayChangeRole(msg[5:]) {
+	if (msg[0] == 'Q' && mayChangeRole(msg[5:])) || (msg[0] == 'F' && callsSetConfig(msg)) {
 		sc.resetRole = true
 	}
 	s.pending++

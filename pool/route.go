@@ -1,6 +1,9 @@
 package pool
 
-import "strings"
+import (
+	"encoding/binary"
+	"strings"
+)
 
 // Statement classification for statement-level load balancing. Like pgpool, a statement
 // goes to a reader only when it is certainly read-only: a SELECT (or WITH/VALUES/TABLE)
@@ -215,4 +218,13 @@ func mayChangeRole(b []byte) bool {
 		}
 	}
 	return false
+}
+
+// setConfigOID is pg_proc's fixed OID of set_config(text, text, boolean).
+const setConfigOID = 2078
+
+// callsSetConfig says whether a FunctionCall message (header included) calls set_config,
+// which may set the role as SET ROLE does; a message too short to tell counts as one.
+func callsSetConfig(msg []byte) bool {
+	return len(msg) < 9 || binary.BigEndian.Uint32(msg[5:9]) == setConfigOID
 }

@@ -294,7 +294,13 @@ func (sc *serverConn) alive() bool {
 	if sc.mr.r.Buffered() > 0 {
 		return false
 	}
-	if scn, ok := sc.conn.(syscall.Conn); ok {
+	var raw net.Conn = sc.conn
+	if tc, ok := raw.(*tls.Conn); ok {
+		// bytes on the socket of an idle TLS connection (a record with an error, a
+		// close_notify) mean the same as on a plain one
+		raw = tc.NetConn()
+	}
+	if scn, ok := raw.(syscall.Conn); ok {
 		if rc, err := scn.SyscallConn(); err == nil {
 			ok := false
 			if rc.Control(func(fd uintptr) { ok = aliveFD(int(fd)) }) == nil {

@@ -287,7 +287,9 @@ func (s *session) handle(ctx context.Context, typ byte, n int) error {
 			return err
 		}
 		return s.forward(ctx, typ, n)
-	case 'E', 'F':
+	case 'E':
+		return s.forward(ctx, typ, n)
+	case 'F':
 		return s.forward(ctx, typ, n)
 	default:
 		return fatal(sqlstateProtocolViolation, "invalid frontend message type %q", typ)
@@ -322,6 +324,9 @@ func (s *session) forward(ctx context.Context, typ byte, n int) error {
 	sc, err := s.ensureAttached(ctx, typ, first)
 	if err != nil {
 		return err
+	}
+	if typ == 'F' && s.tgt.mode == ModeTransaction && (first == nil || callsSetConfig(first)) {
+		s.markRoleReset(sc)
 	}
 	s.wmu.Lock()
 	s.account(sc, typ)
@@ -368,7 +373,7 @@ func (s *session) markRoleReset(sc *serverConn) {
 // (pumpInline) after a Sync or Query with nothing more from the client buffered, or a
 // serverLoop goroutine when the client keeps sending or waits on a Flush.
 func (s *session) afterWrite(sc *serverConn, typ byte) error {
-	if typ != 'S' && typ != 'Q' && typ != 'H' {
+	if typ != 'S' && typ != 'Q' && typ != 'H' && typ != 'F' {
 		return nil
 	}
 	s.mu.Lock()
@@ -391,7 +396,7 @@ func (s *session) afterWrite(sc *serverConn, typ byte) error {
 func (s *session) account(sc *serverConn, typ byte) {
 	s.mu.Lock()
 	switch typ {
-	case 'S', 'Q':
+	case 'S', 'Q', 'F': // each gets its ReadyForQuery
 		s.pending++
 		s.syncSeq++
 		sc.batch++
@@ -405,7 +410,7 @@ func (s *session) account(sc *serverConn, typ byte) {
 }
 
 func (s *session) maybeFlush(sc *serverConn, typ byte) error {
-	if typ == 'S' || typ == 'Q' || typ == 'H' || typ == 'c' || typ == 'f' || !s.mr.complete() {
+	if typ == 'S' || typ == 'Q' || typ == 'F' || typ == 'H' || typ == 'c' || typ == 'f' || !s.mr.complete() {
 		if err := sc.w.Flush(); err != nil {
 			return s.serverWriteErr(sc, err)
 		}
@@ -644,7 +649,8 @@ func (s *session) waitDetached() {
 
 // deallocate handles `DEALLOCATE [PREPARE] name|ALL` for the client's protocol-level
 // statements in transaction mode (they exist on the server under other names). It returns
-// the command tag and false when the statement is not one of them.
+// the command tag, or false when the server must run the statement: a name that is not
+// one of them, and ALL (after forgetting the client's statements).
 func (s *session) deallocate(q string) (string, bool) {
 	f := strings.Fields(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(q), ";")))
 	if len(f) >= 2 && strings.EqualFold(f[1], "prepare") {
@@ -654,8 +660,10 @@ func (s *session) deallocate(q string) (string, bool) {
 		return "", false
 	}
 	if strings.EqualFold(f[1], "all") {
+		// also the server's business: SQL-level PREPAREd statements go too (the caller
+		// sends it on and forgets what the server connection had prepared)
 		clear(s.stmts)
-		return "DEALLOCATE ALL", true
+		return "", false
 	}
 	name := f[1]
 	if len(name) > 1 && name[0] == '"' && name[len(name)-1] == '"' {
