@@ -72,6 +72,7 @@ func TestPoolBehavesLikeDirectConnection(t *testing.T) {
 		  $$ BEGIN EXECUTE format('SET %s %I', 'RO' || 'LE', r); RETURN current_user; END $$`)
 
 	t.Run("RoleAndSessionAuthorizationDoNotLeakToTheNextClient", func(t *testing.T) { testNoRoleLeak(t, f) })
+	t.Run("ResetGivesTheClientsStartupValues", func(t *testing.T) { testResetStartupParams(t, f) })
 	t.Run("DeallocateAllReachesTheServer", func(t *testing.T) { testDeallocateAll(t, f) })
 	t.Run("FunctionCallsAndLargeObjects", func(t *testing.T) { testFunctionCall(t, f) })
 	t.Run("DeadIdleServerConnectionIsReplaced", func(t *testing.T) { testDeadIdleServer(t, f) })
@@ -290,6 +291,83 @@ func testNoRoleLeak(t *testing.T, f *fixture) {
 			}
 			if a, total := activeServers(t, s); a != 0 || total > 2 {
 				t.Fatalf("%d active of %d server connections, want 0 active", a, total)
+			}
+		})
+	}
+}
+
+// testResetStartupParams: RESET (one name or ALL), SET ... TO DEFAULT and DISCARD ALL give
+// the client the values it asked for at startup, as on a direct connection, not the
+// server's defaults (the pool's server connections log in without them).
+func testResetStartupParams(t *testing.T, f *fixture) {
+	const startup = "datestyle='Postgres, MDY' timezone=Asia/Tokyo options='-c work_mem=1234kB'"
+	want := map[string]string{"datestyle": "Postgres, MDY", "timezone": "Asia/Tokyo", "work_mem": "1234kB"}
+	def := map[string]string{"datestyle": "ISO, MDY", "work_mem": "4MB"}
+	for _, v := range poolVariants {
+		t.Run(v.String(), func(t *testing.T) {
+			s := startVariant(t, f, v)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			c := simpleConn(t, s, "postgres", startup)
+			check := func(after string) {
+				t.Helper()
+				for k, w := range want {
+					if got := mustOne(t, ctx, c, "SHOW "+k); got != w {
+						t.Fatalf("after %s: %s is %q, want the startup value %q", after, k, got, w)
+					}
+				}
+			}
+			check("connecting")
+			for _, step := range [][]string{
+				{"SET datestyle TO 'ISO, DMY'", "RESET datestyle"},
+				{"SET datestyle TO 'SQL, DMY'; SET timezone TO 'UTC'; SET work_mem TO '64kB'", "RESET ALL"},
+				{"SET timezone TO 'Europe/Paris'", "SET timezone TO DEFAULT"},
+				{"SET work_mem = '99kB'", "SET SESSION work_mem = DEFAULT"},
+				{"SET datestyle TO 'ISO, DMY'; SET work_mem TO '64kB'", "DISCARD ALL"},
+			} {
+				mustOne(t, ctx, c, step[0])
+				if got := mustOne(t, ctx, c, "SHOW datestyle"); got == want["datestyle"] && strings.Contains(step[0], "datestyle") {
+					t.Fatalf("%s did not change datestyle", step[0])
+				}
+				mustOne(t, ctx, c, step[1])
+				check(step[1])
+			}
+			// inside a transaction block: the startup value at once, and kept after COMMIT
+			mustOne(t, ctx, c, "BEGIN")
+			mustOne(t, ctx, c, "SET datestyle TO 'SQL, DMY'")
+			mustOne(t, ctx, c, "RESET datestyle")
+			if got := mustOne(t, ctx, c, "SHOW datestyle"); got != want["datestyle"] {
+				t.Fatalf("RESET datestyle inside a transaction block: %q, want %q", got, want["datestyle"])
+			}
+			mustOne(t, ctx, c, "COMMIT")
+			check("RESET datestyle in a committed transaction block")
+			// a RESET that fails or is rolled back changes nothing
+			mustOne(t, ctx, c, "SET datestyle TO 'ISO, DMY'")
+			mustOne(t, ctx, c, "BEGIN")
+			mustOne(t, ctx, c, "RESET datestyle")
+			mustOne(t, ctx, c, "ROLLBACK")
+			if got := mustOne(t, ctx, c, "SHOW datestyle"); got != "ISO, DMY" {
+				t.Fatalf("after a rolled back RESET: %q, want ISO, DMY", got)
+			}
+			if _, err := one(ctx, c, "RESET datestyle; SELECT 1/0"); err == nil {
+				t.Fatal("1/0 did not fail")
+			}
+			if got := mustOne(t, ctx, c, "SHOW datestyle"); got != "ISO, DMY" {
+				t.Fatalf("after a RESET in a failed query: %q, want ISO, DMY", got)
+			}
+			mustOne(t, ctx, c, "RESET datestyle")
+			// another client of the same server connection keeps the server's defaults
+			if v.mode == ModeSession {
+				c.Close(ctx)
+			}
+			o := simpleConn(t, s, "postgres", "")
+			for k, w := range def {
+				if got := mustOne(t, ctx, o, "SHOW "+k); got != w {
+					t.Fatalf("a client without startup settings: %s is %q, want the server's %q", k, got, w)
+				}
+			}
+			if v.mode == ModeTransaction {
+				check("another client's queries")
 			}
 		})
 	}

@@ -626,6 +626,15 @@ func (l *evLoop) query(s *session, msg []byte) bool {
 			ls.stalled = true
 			return false
 		}
+		if s.needSync {
+			s.mu.Lock()
+			pre := s.syncLocked(sc)
+			s.mu.Unlock()
+			if pre != nil { // after a RESET inside a transaction block
+				sc.ev.out = append(sc.ev.out, pre...)
+				sc.ev.swallow++
+			}
+		}
 		l.send(s, sc, msg)
 		return true
 	}
@@ -709,6 +718,7 @@ func (l *evLoop) attach(s *session, sc *serverConn) bool {
 	req.p.mu.Unlock()
 	s.mu.Lock()
 	s.sc = sc
+	s.needSync = false
 	s.node = req.node
 	s.roAttach = req.readOnly && !s.sessionRO
 	s.pending, s.inBatch = 0, false
@@ -722,6 +732,9 @@ func (l *evLoop) attach(s *session, sc *serverConn) bool {
 
 // send forwards one Query or FunctionCall to sc (written when pump gets to it).
 func (l *evLoop) send(s *session, sc *serverConn, msg []byte) {
+	if msg[0] == 'Q' {
+		s.noteReset(msg[5:])
+	}
 	s.mu.Lock()
 	if (msg[0] == 'Q' && mayChangeRole(msg[5:])) || (msg[0] == 'F' && callsSetConfig(msg)) {
 		sc.resetRole = true
@@ -926,8 +939,15 @@ func (l *evLoop) serverData(s *session, es *loopServer, data []byte) {
 				l.serverLost(s, fmt.Errorf("%w: bad ReadyForQuery", errProtocol))
 				return
 			}
-			l.readyForQuery(s, es, data[:6])
+			end, status := l.readyForQuery(s, es, data[:6])
 			data = data[6:]
+			if end {
+				// what follows is kept before the connection goes back to its pool:
+				// its next owner may be a goroutine that reads es.part at once
+				keep(data)
+				l.endAttachment(s, sc, status)
+				return
+			}
 			if es.ls != s {
 				keep(data)
 				return
@@ -937,6 +957,10 @@ func (l *evLoop) serverData(s *session, es *loopServer, data []byte) {
 			s.serverParam(sc, data[5:total])
 		case 'G', 'W':
 			ls.copyIn = true
+		case 'E':
+			s.mu.Lock()
+			s.resetErr = true // a RESET in this answer may not have happened
+			s.mu.Unlock()
 		}
 		k := min(total, len(data))
 		if !ls.closed {
@@ -950,7 +974,8 @@ func (l *evLoop) serverData(s *session, es *loopServer, data []byte) {
 
 // readyForQuery ends an answer; at the end of a transaction the connection goes back to
 // the pool (to the next waiting session) before the answer is written at the batch's end.
-func (l *evLoop) readyForQuery(s *session, es *loopServer, msg []byte) {
+// It returns true when the attachment ended: the caller then calls endAttachment.
+func (l *evLoop) readyForQuery(s *session, es *loopServer, msg []byte) (bool, byte) {
 	ls := s.ev
 	sc := es.sc
 	status := msg[5]
@@ -962,6 +987,7 @@ func (l *evLoop) readyForQuery(s *session, es *loopServer, msg []byte) {
 	s.pending--
 	s.rfqSeq++
 	s.txStatus = status
+	s.resetDoneLocked(sc, status)
 	quiet := s.pending <= 0 && !s.inBatch
 	if quiet {
 		s.pending = 0
@@ -979,10 +1005,16 @@ func (l *evLoop) readyForQuery(s *session, es *loopServer, msg []byte) {
 	if quiet {
 		ls.stalled = false
 	}
-	if !end {
-		return
+	if end {
+		es.ls = nil
 	}
-	es.ls = nil
+	return end, status
+}
+
+// endAttachment hands sc back after readyForQuery ended s's attachment (status: the last
+// ReadyForQuery's).
+func (l *evLoop) endAttachment(s *session, sc *serverConn, status byte) {
+	ls := s.ev
 	s.srv.attached.Add(-1)
 	if status == 'I' && !sc.needsReset() {
 		sc.pool.release(sc)

@@ -228,3 +228,95 @@ const setConfigOID = 2078
 func callsSetConfig(msg []byte) bool {
 	return len(msg) < 9 || binary.BigEndian.Uint32(msg[5:9]) == setConfigOID
 }
+
+// mentionsReset is a cheap check for RESET, DEFAULT or DISCARD anywhere in a query: the
+// words that can put a setting back to its session default (see resetTargets).
+func mentionsReset(b []byte) bool {
+	for i := 0; i+5 <= len(b); i++ {
+		switch b[i] | 0x20 {
+		case 'r':
+			if (b[i+1]|0x20) == 'e' && (b[i+2]|0x20) == 's' && (b[i+3]|0x20) == 'e' && (b[i+4]|0x20) == 't' {
+				return true
+			}
+		case 'd':
+			if i+7 <= len(b) && (b[i+1]|0x20) == 'e' && (b[i+2]|0x20) == 'f' && (b[i+3]|0x20) == 'a' && (b[i+4]|0x20) == 'u' && (b[i+5]|0x20) == 'l' && (b[i+6]|0x20) == 't' {
+				return true
+			}
+			if i+7 <= len(b) && (b[i+1]|0x20) == 'i' && (b[i+2]|0x20) == 's' && (b[i+3]|0x20) == 'c' && (b[i+4]|0x20) == 'a' && (b[i+5]|0x20) == 'r' && (b[i+6]|0x20) == 'd' {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// resetTargets returns the settings the statements of sql put back to their session
+// defaults (their values at connection start): `RESET name`, `SET [SESSION] name {TO|=}
+// DEFAULT`, and all of them (all) for `RESET ALL` and `DISCARD ALL`. Names are lower case,
+// with dots for qualified ones; `TIME ZONE` is timezone. SET LOCAL, which ends with the
+// transaction, and quoted names are left out.
+func resetTargets(sql string) (names []string, all bool) {
+	words, ok := sqlWords(sql)
+	if !ok {
+		return nil, false
+	}
+	for len(words) > 0 {
+		end := 0
+		for end < len(words) && words[end] != ";" {
+			end++
+		}
+		st := words[:end]
+		if end < len(words) {
+			end++
+		}
+		words = words[end:]
+		if len(st) < 2 {
+			continue
+		}
+		var name []string
+		switch st[0] {
+		case "discard":
+			if len(st) == 2 && st[1] == "all" {
+				all = true
+			}
+			continue
+		case "reset":
+			if len(st) == 2 && st[1] == "all" {
+				all = true
+				continue
+			}
+			name = st[1:]
+		case "set":
+			rest := st[1:]
+			if rest[0] == "session" {
+				rest = rest[1:]
+			}
+			if len(rest) < 2 || rest[0] == "local" || rest[len(rest)-1] != "default" {
+				continue
+			}
+			rest = rest[:len(rest)-1]
+			if rest[len(rest)-1] == "to" {
+				rest = rest[:len(rest)-1]
+			}
+			name = rest
+		default:
+			continue
+		}
+		if len(name) == 0 {
+			continue
+		}
+		quoted := false
+		for _, w := range name {
+			quoted = quoted || w == "\""
+		}
+		if quoted {
+			continue
+		}
+		n := strings.Join(name, ".")
+		if n == "time.zone" {
+			n = "timezone"
+		}
+		names = append(names, n)
+	}
+	return names, all
+}

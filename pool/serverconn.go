@@ -46,6 +46,9 @@ type serverConn struct {
 	// the next one (session_authorization, is_superuser, ...: every reported setting that is
 	// not in trackedParams), by lower-case name.
 	loginVals map[string]string
+	// reported names the settings the server reports when they change (those it sent at
+	// login); the pool's record of any other is only as good as the last SET it sent.
+	reported map[string]bool
 	// identity is set when the server reported one of loginVals changed (SET SESSION
 	// AUTHORIZATION, or SET ROLE by a superuser login: is_superuser); resetRole when a
 	// client sent something that may have run SET ROLE, which the server does not report.
@@ -58,8 +61,11 @@ type serverConn struct {
 	created  time.Time
 	lastUsed time.Time // when it last went idle
 	// guarded by pool.mu:
-	active bool
-	client *session
+	// nPrepared is len(prepared) when the connection last went back to its pool: the
+	// session holding it changes prepared without the pool's lock (SHOW SERVERS).
+	nPrepared int
+	active    bool
+	client    *session
 }
 
 // serverCreds say how to log in to a server.
@@ -104,7 +110,7 @@ func loginServer(conn net.Conn, cfg *Config, host, db string, creds serverCreds)
 	rw := socketIO(conn)
 	sc := &serverConn{conn: conn, mr: msgReader{r: bufio.NewReaderSize(rw, bufSize)}, w: bufio.NewWriterSize(rw, bufSize),
 		params: map[string]string{}, dirty: map[string]bool{}, prepared: map[uint64]uint64{}, created: time.Now(),
-		loginVals: map[string]string{}}
+		loginVals: map[string]string{}, reported: map[string]bool{}}
 	start := &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": creds.user, "database": db}}
 	buf := appendMsg(nil, start)
 	if _, err := conn.Write(buf); err != nil {
@@ -186,6 +192,7 @@ func loginServer(conn net.Conn, cfg *Config, host, db string, creds serverCreds)
 			if err := ps.Decode(body); err == nil {
 				k := strings.ToLower(ps.Name)
 				sc.params[k] = ps.Value
+				sc.reported[k] = true
 				if !trackedParams[k] {
 					sc.loginVals[k] = ps.Value
 				}
@@ -354,6 +361,14 @@ func (sc *serverConn) simpleQuery(sql string, onParam func(name, value string)) 
 	}
 }
 
+// preparedShown is the number of prepared statements SHOW SERVERS shows (pool.mu held).
+func (sc *serverConn) preparedShown() int {
+	if sc.active {
+		return sc.nPrepared
+	}
+	return len(sc.prepared)
+}
+
 // setParam records a setting the server reported (k in lower case).
 func (sc *serverConn) setParam(k, v string) {
 	sc.params[k] = v
@@ -387,7 +402,7 @@ func (sc *serverConn) cleanUp(status byte, discard bool) error {
 			return err
 		}
 		for k := range sc.dirty {
-			if !reportedParam(k) {
+			if !sc.reported[k] {
 				delete(sc.params, k)
 			}
 		}

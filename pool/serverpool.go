@@ -291,6 +291,7 @@ func (p *serverPool) release(sc *serverConn) {
 	usable := p.srv.nodeUsable(p.key.nodeID)
 	p.mu.Lock()
 	sc.client = nil
+	sc.nPrepared = len(sc.prepared)
 	if p.size < 0 || !usable {
 		p.mu.Unlock()
 		p.drop(sc)

@@ -45,6 +45,7 @@ type session struct {
 	user, db    string
 	tgt         target
 	params      map[string]string // settings the client asked for (lower-case names)
+	startup     map[string]string // the settings it gave at startup, which RESET gives back
 	pid, secret uint32
 	sessionRO   bool // all traffic of this session is read-only (load-balanced)
 	addr        string
@@ -77,6 +78,17 @@ type session struct {
 	waiting    bool
 	xactStart  time.Time
 	lastQuery  time.Time
+	// RESET of startup settings (see noteReset): what the statements sent reset, whether
+	// an error came back since, and whether the attached connection's settings must be
+	// made the client's again before its next message.
+	resetNames []string
+	resetAll   bool
+	resetErr   bool
+	needSync   bool
+	syncPre    []byte // a sync Query ensureAttached decided on, written before the message
+	// swallowZ counts answers to the pool's own sync queries the reader drops (goroutine
+	// engine; the event loop counts them in loopServer.swallow).
+	swallowZ atomic.Int32
 }
 
 // parseEntry is a ParseComplete or CloseComplete the server owes us, in order.
@@ -329,7 +341,9 @@ func (s *session) forward(ctx context.Context, typ byte, n int) error {
 		s.markRoleReset(sc)
 	}
 	s.wmu.Lock()
-	s.account(sc, typ)
+	if pre := s.account(sc, typ); pre != nil {
+		_, _ = sc.w.Write(pre) // an error shows at the next write or flush
+	}
 	if err := s.mr.copyTo(sc.w, n); err != nil {
 		s.wmu.Unlock()
 		return s.serverWriteErr(sc, err)
@@ -344,11 +358,16 @@ func (s *session) forward(ctx context.Context, typ byte, n int) error {
 
 // send writes one whole client message to sc.
 func (s *session) send(sc *serverConn, typ byte, msg []byte) error {
-	if (typ == 'Q' || typ == 'P') && s.tgt.mode == ModeTransaction && mayChangeRole(msg[5:]) {
-		s.markRoleReset(sc)
+	if typ == 'Q' || typ == 'P' {
+		if s.tgt.mode == ModeTransaction && mayChangeRole(msg[5:]) {
+			s.markRoleReset(sc)
+		}
+		s.noteReset(msg[5:])
 	}
 	s.wmu.Lock()
-	s.account(sc, typ)
+	if pre := s.account(sc, typ); pre != nil {
+		_, _ = sc.w.Write(pre)
+	}
 	if _, err := sc.w.Write(msg); err != nil {
 		s.wmu.Unlock()
 		return s.serverWriteErr(sc, err)
@@ -359,6 +378,72 @@ func (s *session) send(sc *serverConn, typ byte, msg []byte) error {
 		return err
 	}
 	return s.afterWrite(sc, typ)
+}
+
+// noteReset records which of the client's startup settings the query q (a Query or Parse
+// body) may put back to the session default. A server connection's session defaults are
+// the server's (it logged in without the client's settings): when the answer came without
+// an error, the pool gives the client its startup values again (resetDoneLocked).
+func (s *session) noteReset(q []byte) {
+	if len(s.startup) == 0 || !mentionsReset(q) {
+		return
+	}
+	names, all := resetTargets(string(q))
+	if len(names) == 0 && !all {
+		return
+	}
+	s.mu.Lock()
+	s.resetNames = append(s.resetNames, names...)
+	s.resetAll = s.resetAll || all
+	s.mu.Unlock()
+}
+
+// resetDoneLocked runs at each ReadyForQuery (status) on sc: after RESETs noted by
+// noteReset that raised no error, the reset startup settings are the client's again and sc
+// must get them before the client's next statement (needSync; at the next attach when sc
+// is released now). Caller holds mu.
+func (s *session) resetDoneLocked(sc *serverConn, status byte) {
+	failed := s.resetErr || status == 'E'
+	s.resetErr = false
+	if (len(s.resetNames) == 0 && !s.resetAll) || failed {
+		s.resetNames, s.resetAll = s.resetNames[:0], false
+		return
+	}
+	apply := func(k string) {
+		if v, ok := s.startup[k]; ok {
+			s.params[k] = v
+			delete(sc.params, k) // the server's value is its default now, or unknown
+			s.needSync = true
+		}
+	}
+	if s.resetAll {
+		for k := range s.startup {
+			apply(k)
+		}
+	}
+	for _, k := range s.resetNames {
+		apply(k)
+	}
+	s.resetNames, s.resetAll = s.resetNames[:0], false
+}
+
+// syncLocked returns a Query that makes the attached sc's settings the client's again after
+// a RESET (needSync), when that can go first now: nothing outstanding and no failed
+// transaction block. Caller holds mu.
+func (s *session) syncLocked(sc *serverConn) []byte {
+	if !s.needSync || s.pending != 0 || s.inBatch || s.txStatus == 'E' {
+		return nil
+	}
+	s.needSync = false
+	if s.paramsMatch(sc) {
+		return nil
+	}
+	q := s.paramSQL(sc)
+	if q == "" {
+		return nil
+	}
+	s.paramsApplied(sc)
+	return appendMsg(nil, &pgproto3.Query{String: q})
 }
 
 // markRoleReset notes that the client may have changed sc's role: sc is reset before
@@ -392,9 +477,12 @@ func (s *session) afterWrite(sc *serverConn, typ byte) error {
 	return nil
 }
 
-// account updates the batch state before a message goes to the server.
-func (s *session) account(sc *serverConn, typ byte) {
+// account updates the batch state before a message goes to the server, and returns a sync
+// Query (syncPre) to write before it.
+func (s *session) account(sc *serverConn, typ byte) []byte {
 	s.mu.Lock()
+	pre := s.syncPre
+	s.syncPre = nil
 	switch typ {
 	case 'S', 'Q', 'F': // each gets its ReadyForQuery
 		s.pending++
@@ -407,6 +495,7 @@ func (s *session) account(sc *serverConn, typ byte) {
 		s.inBatch = true
 	}
 	s.mu.Unlock()
+	return pre
 }
 
 func (s *session) maybeFlush(sc *serverConn, typ byte) error {
@@ -617,6 +706,14 @@ func (s *session) ensureAttached(ctx context.Context, typ byte, msg []byte) (*se
 		}
 		if sc != nil {
 			if claim {
+				if pre := s.syncLocked(sc); pre != nil {
+					// answered before the message: its ReadyForQuery is dropped (swallowZ)
+					s.syncPre = pre
+					s.pending++
+					s.syncSeq++
+					sc.batch++
+					s.swallowZ.Add(1)
+				}
 				s.inBatch = true
 			}
 			s.mu.Unlock()
@@ -867,6 +964,7 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 		p.mu.Unlock()
 		s.mu.Lock()
 		s.sc = sc
+		s.needSync = false // syncParams made sc's settings the client's
 		s.node = nodeID
 		s.roAttach = readOnly && s.tgt.mode == ModeTransaction && !s.sessionRO
 		s.pending, s.inBatch = 0, false
@@ -926,7 +1024,7 @@ func (s *session) paramsApplied(sc *serverConn) {
 	for k := range sc.dirty {
 		if _, ok := s.params[k]; !ok {
 			delete(sc.dirty, k)
-			if !reportedParam(k) {
+			if !sc.reported[k] {
 				delete(sc.params, k)
 			}
 		}
@@ -953,10 +1051,6 @@ func (s *session) paramsMatch(sc *serverConn) bool {
 		}
 	}
 	return true
-}
-
-func reportedParam(k string) bool {
-	return k != "extra_float_digits" && k != "search_path"
 }
 
 func validGUC(k string) bool {
@@ -1084,6 +1178,9 @@ func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
 		s.serverGone(sc, done, err)
 		return stepEnded
 	}
+	if s.swallowZ.Load() > 0 {
+		return s.swallowStep(sc, done, typ, n)
+	}
 	result := stepMore
 	switch typ {
 	case 'Z':
@@ -1101,6 +1198,7 @@ func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
 		s.pending--
 		s.rfqSeq++
 		s.txStatus = status
+		s.resetDoneLocked(sc, status)
 		// completions of this Sync that never came: their statements were not prepared
 		i := 0
 		for ; i < len(s.parseQ) && s.parseQ[i].seq <= s.rfqSeq; i++ {
@@ -1166,6 +1264,11 @@ func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
 		if typ == 'G' || typ == 'W' {
 			result = stepCopyIn
 		}
+		if typ == 'E' {
+			s.mu.Lock()
+			s.resetErr = true
+			s.mu.Unlock()
+		}
 		if s.clientDead {
 			if _, err := sc.mr.r.Discard(5 + n); err != nil {
 				s.serverGone(sc, done, err)
@@ -1198,6 +1301,30 @@ func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
 		s.clientFlush()
 	}
 	return result
+}
+
+// swallowStep reads one message of the answer to a sync Query the pool sent (syncLocked):
+// the client gets only its ParameterStatus messages, which correct what the RESET reported.
+func (s *session) swallowStep(sc *serverConn, done chan struct{}, typ byte, n int) int {
+	msg, err := sc.mr.whole(n)
+	if err != nil {
+		s.serverGone(sc, done, err)
+		return stepEnded
+	}
+	switch typ {
+	case 'Z':
+		s.mu.Lock()
+		s.pending--
+		s.rfqSeq++
+		s.mu.Unlock()
+		s.swallowZ.Add(-1)
+	case 'S':
+		s.serverParam(sc, msg[5:])
+		s.clientWriteMsg(msg)
+	case 'E':
+		s.srv.log.Warn("restoring a client's settings after RESET", "pool", sc.pool.name(), "err", decodeServerError(msg[5:]))
+	}
+	return stepMore
 }
 
 // serverParam records a ParameterStatus (body) the server sent on sc while s held it: a

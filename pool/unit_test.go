@@ -390,3 +390,37 @@ func TestDeallocateOfProtocolStatementsIsAnsweredByThePoolAllGoesToTheServer(t *
 		}
 	}
 }
+
+func TestResetTargetsNamesWhatAStatementPutsBackToItsStartupValue(t *testing.T) {
+	for q, want := range map[string]string{
+		"RESET datestyle":                                 "datestyle",
+		"reset ALL":                                       "ALL",
+		"DISCARD ALL":                                     "ALL",
+		"SET TimeZone TO DEFAULT":                         "timezone",
+		"SET SESSION work_mem = DEFAULT":                  "work_mem",
+		"set time zone default":                           "timezone",
+		"RESET TIME ZONE; reset myext.opt":                "timezone myext.opt",
+		"BEGIN; SET datestyle TO 'ISO'; RESET datestyle;": "datestyle",
+		"SET LOCAL datestyle TO DEFAULT":                  "",
+		"SET datestyle TO 'default'":                      "",
+		`RESET "DateStyle"`:                               "",
+		"SELECT 'reset datestyle'":                        "",
+		"-- RESET ALL\nSELECT 1":                          "",
+		"DISCARD PLANS":                                   "",
+	} {
+		names, all := resetTargets(q)
+		got := strings.Join(names, " ")
+		if all {
+			got = strings.TrimSpace("ALL " + got)
+		}
+		if got != want {
+			t.Errorf("resetTargets(%q) = %q, want %q", q, got, want)
+		}
+		if want != "" && !mentionsReset([]byte(q)) {
+			t.Errorf("mentionsReset(%q) = false", q)
+		}
+	}
+	if mentionsReset([]byte("SELECT 1")) {
+		t.Error("mentionsReset(SELECT 1)")
+	}
+}
