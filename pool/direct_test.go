@@ -66,6 +66,7 @@ func TestPoolBehavesLikeDirectConnection(t *testing.T) {
 	primary := pgtest.Start(t, pgtest.Options{})
 	f := &fixture{primary: primary}
 	primary.Exec(t, `CREATE ROLE pool_leak NOLOGIN;
+		CREATE ROLE diff_role NOLOGIN; GRANT CREATE ON SCHEMA public TO diff_role;
 		CREATE ROLE pool_app LOGIN; CREATE ROLE pool_tenant NOLOGIN; GRANT pool_tenant TO pool_app;
 		GRANT ALL ON SCHEMA public TO pool_app;
 		CREATE FUNCTION pool_become(r text) RETURNS text LANGUAGE plpgsql AS
@@ -73,9 +74,11 @@ func TestPoolBehavesLikeDirectConnection(t *testing.T) {
 
 	t.Run("RoleAndSessionAuthorizationDoNotLeakToTheNextClient", func(t *testing.T) { testNoRoleLeak(t, f) })
 	t.Run("ResetGivesTheClientsStartupValues", func(t *testing.T) { testResetStartupParams(t, f) })
+	t.Run("SessionSetsFollowTheClientNotTheServerConnection", func(t *testing.T) { testSessionSets(t, f) })
 	t.Run("DeallocateAllReachesTheServer", func(t *testing.T) { testDeallocateAll(t, f) })
 	t.Run("FunctionCallsAndLargeObjects", func(t *testing.T) { testFunctionCall(t, f) })
 	t.Run("DeadIdleServerConnectionIsReplaced", func(t *testing.T) { testDeadIdleServer(t, f) })
+	t.Run("DifferentialPsqlScripts", func(t *testing.T) { testDifferential(t, f) })
 }
 
 // psqlCtx runs psql (with a deadline: a hang is a failure) as postgres through s.
@@ -368,6 +371,49 @@ func testResetStartupParams(t *testing.T, f *fixture) {
 			}
 			if v.mode == ModeTransaction {
 				check("another client's queries")
+			}
+		})
+	}
+}
+
+// testSessionSets: a session-level SET of a setting the server does not report (work_mem,
+// search_path, a custom one) stays the client's across transactions, and the next client of
+// the server connection does not get it (in transaction mode it did).
+func testSessionSets(t *testing.T, f *fixture) {
+	for _, v := range poolVariants {
+		t.Run(v.String(), func(t *testing.T) {
+			s := startVariant(t, f, v)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			a := simpleConn(t, s, "postgres", "")
+			mustOne(t, ctx, a, "SET work_mem = '77kB'")
+			mustOne(t, ctx, a, `SET search_path TO pg_catalog, "$user"`)
+			mustOne(t, ctx, a, "SET SESSION myapp.tenant TO 'blue'; SELECT 1")
+			mustOne(t, ctx, a, "BEGIN; SET statement_timeout = '5s'; ROLLBACK") // undone
+			own := func(after string) {
+				t.Helper()
+				got := mustOne(t, ctx, a, "SELECT current_setting('work_mem') || ' ' || current_setting('search_path') || ' ' || current_setting('myapp.tenant') || ' ' || current_setting('statement_timeout')")
+				if want := `77kB pg_catalog, "$user" blue 0`; got != want {
+					t.Fatalf("%s: the client's settings are %q, want %q", after, got, want)
+				}
+			}
+			own("its own SETs")
+			if v.mode == ModeSession {
+				return
+			}
+			b := simpleConn(t, s, "postgres", "")
+			got := mustOne(t, ctx, b, "SELECT current_setting('work_mem') || ' ' || current_setting('search_path') || ' ' || current_setting('myapp.tenant', true)")
+			if want := `4MB "$user", public `; got != want {
+				t.Fatalf("another client of the server connection: settings %q, want the server's %q", got, want)
+			}
+			own("another client's transaction")
+			mustOne(t, ctx, a, "RESET work_mem; RESET search_path")
+			if got := mustOne(t, ctx, a, "SELECT current_setting('work_mem') || ' ' || current_setting('search_path')"); got != `4MB "$user", public` {
+				t.Fatalf("after RESET: %q", got)
+			}
+			mustOne(t, ctx, b, "SELECT 1")
+			if got := mustOne(t, ctx, a, "SELECT current_setting('work_mem') || ' ' || current_setting('myapp.tenant')"); got != "4MB blue" {
+				t.Fatalf("after RESET and another client: %q", got)
 			}
 		})
 	}

@@ -732,9 +732,7 @@ func (l *evLoop) attach(s *session, sc *serverConn) bool {
 
 // send forwards one Query or FunctionCall to sc (written when pump gets to it).
 func (l *evLoop) send(s *session, sc *serverConn, msg []byte) {
-	if msg[0] == 'Q' {
-		s.noteReset(msg[5:])
-	}
+	s.noteText(stmtText(msg))
 	s.mu.Lock()
 	if (msg[0] == 'Q' && mayChangeRole(msg[5:])) || (msg[0] == 'F' && callsSetConfig(msg)) {
 		sc.resetRole = true

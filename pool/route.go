@@ -2,6 +2,7 @@ package pool
 
 import (
 	"encoding/binary"
+	"regexp"
 	"strings"
 )
 
@@ -231,7 +232,7 @@ func callsSetConfig(msg []byte) bool {
 
 // mentionsReset is a cheap check for RESET, DEFAULT or DISCARD anywhere in a query: the
 // words that can put a setting back to its session default (see resetTargets).
-func mentionsReset(b []byte) bool {
+func mentionsReset[T string | []byte](b T) bool {
 	for i := 0; i+5 <= len(b); i++ {
 		switch b[i] | 0x20 {
 		case 'r':
@@ -319,4 +320,173 @@ func resetTargets(sql string) (names []string, all bool) {
 		names = append(names, n)
 	}
 	return names, all
+}
+
+// splitStatements returns the statements of sql (without their ";"), skipping over
+// comments, literals, quoted identifiers and dollar quotes; false when the text cannot be
+// lexed (an unterminated literal or comment).
+func splitStatements(sql string) ([]string, bool) {
+	var out []string
+	start := 0
+	s := sql
+	for i := 0; i < len(s); {
+		c := s[i]
+		switch {
+		case c == '-' && i+1 < len(s) && s[i+1] == '-':
+			j := strings.IndexByte(s[i:], '\n')
+			if j < 0 {
+				i = len(s)
+				continue
+			}
+			i += j + 1
+		case c == '/' && i+1 < len(s) && s[i+1] == '*':
+			depth, j := 1, i+2
+			for j < len(s) && depth > 0 {
+				switch {
+				case strings.HasPrefix(s[j:], "/*"):
+					depth++
+					j += 2
+				case strings.HasPrefix(s[j:], "*/"):
+					depth--
+					j += 2
+				default:
+					j++
+				}
+			}
+			if depth > 0 {
+				return nil, false
+			}
+			i = j
+		case c == '\'':
+			escapes := i > 0 && (s[i-1] == 'e' || s[i-1] == 'E')
+			j := i + 1
+			for {
+				if j >= len(s) {
+					return nil, false
+				}
+				if escapes && s[j] == '\\' {
+					j += 2
+					continue
+				}
+				if s[j] == '\'' {
+					if j+1 < len(s) && s[j+1] == '\'' {
+						j += 2
+						continue
+					}
+					break
+				}
+				j++
+			}
+			i = j + 1
+		case c == '"':
+			j := strings.IndexByte(s[i+1:], '"')
+			if j < 0 {
+				return nil, false
+			}
+			i += j + 2
+		case c == '$' && i+1 < len(s) && (s[i+1] == '$' || isIdentStart(s[i+1])) && (i == 0 || !isIdentChar(s[i-1])):
+			j := i + 1
+			for j < len(s) && s[j] != '$' && isIdentChar(s[j]) {
+				j++
+			}
+			if j >= len(s) || s[j] != '$' {
+				i = j
+				continue
+			}
+			tag := s[i : j+1]
+			end := strings.Index(s[j+1:], tag)
+			if end < 0 {
+				return nil, false
+			}
+			i = j + 1 + end + len(tag)
+		case c == ';':
+			out = append(out, s[start:i])
+			i++
+			start = i
+		default:
+			i++
+		}
+	}
+	if strings.TrimSpace(s[start:]) != "" {
+		out = append(out, s[start:])
+	}
+	return out, true
+}
+
+// setStmt matches a session-level SET of one setting: name and the value's text.
+var setStmt = regexp.MustCompile(`(?is)^\s*set\s+(?:session\s+)?([a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?)\s*(?:=|\s+to\s+)\s*(.*?)\s*$`)
+
+// notFollowed are names after SET that are not plain settings a client keeps (SET ROLE
+// and SET SESSION AUTHORIZATION are reset instead, see serverConn.cleanUp), or settings the
+// server reports, which the pool learns from its ParameterStatus messages.
+var notFollowed = map[string]bool{
+	"local": true, "role": true, "session": true, "authorization": true, "transaction": true,
+	"constraints": true, "time": true, "names": true, "xml": true, "schema": true, "characteristics": true,
+	"application_name": true, "client_encoding": true, "datestyle": true, "default_transaction_read_only": true,
+	"in_hot_standby": true, "integer_datetimes": true, "intervalstyle": true, "is_superuser": true,
+	"server_encoding": true, "server_version": true, "session_authorization": true,
+	"standard_conforming_strings": true, "timezone": true,
+}
+
+// mayStartWithSet is a cheap check for a query that may hold a SET statement: one that
+// starts with SET, or has more than one statement and the letters "set".
+func mayStartWithSet[T string | []byte](b T) bool {
+	i := 0
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	if i+3 <= len(b) && (b[i]|0x20) == 's' && (b[i+1]|0x20) == 'e' && (b[i+2]|0x20) == 't' {
+		return true
+	}
+	semi := false
+	for j := 0; j < len(b) && !semi; j++ {
+		semi = b[j] == ';'
+	}
+	if !semi {
+		return false
+	}
+	for j := 0; j+3 <= len(b); j++ {
+		if (b[j]|0x20) == 's' && (b[j+1]|0x20) == 'e' && (b[j+2]|0x20) == 't' {
+			return true
+		}
+	}
+	return false
+}
+
+// sessionSets returns the settings the statements of sql set for the session (SET [SESSION]
+// name {TO|=} value), by lower-case name, with the value as written (SQL text), in order;
+// DEFAULT values (see resetTargets), SET LOCAL and reported settings are left out.
+func sessionSets(sql string) [][2]string {
+	stmts, ok := splitStatements(sql)
+	if !ok {
+		return nil
+	}
+	var out [][2]string
+	for _, st := range stmts {
+		m := setStmt.FindStringSubmatch(st)
+		if m == nil {
+			continue
+		}
+		name := strings.ToLower(m[1])
+		if notFollowed[name] || m[2] == "" || strings.EqualFold(m[2], "default") ||
+			strings.Contains(m[2], "--") || strings.Contains(m[2], "/*") {
+			continue // a comment in the value would swallow what the pool sends after it
+		}
+		out = append(out, [2]string{name, m[2]})
+	}
+	return out
+}
+
+// containsFold says whether b contains word (lower case ASCII), ignoring case.
+func containsFold[T string | []byte](b T, word string) bool {
+	for i := 0; i+len(word) <= len(b); i++ {
+		j := 0
+		for j < len(word) && b[i+j]|0x20 == word[j] {
+			j++
+		}
+		if j == len(word) {
+			return true
+		}
+	}
+	return false
 }

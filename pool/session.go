@@ -2,6 +2,7 @@ package pool
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -83,6 +84,11 @@ type session struct {
 	// made the client's again before its next message.
 	resetNames []string
 	resetAll   bool
+	// setPending are session SETs sent (name, value as SQL text) whose transaction has not
+	// ended; setUndone says a ROLLBACK or ABORT was sent since (setsOpen: any pending).
+	setPending [][2]string
+	setUndone  bool
+	setsOpen   atomic.Bool
 	resetErr   bool
 	needSync   bool
 	syncPre    []byte // a sync Query ensureAttached decided on, written before the message
@@ -362,7 +368,9 @@ func (s *session) send(sc *serverConn, typ byte, msg []byte) error {
 		if s.tgt.mode == ModeTransaction && mayChangeRole(msg[5:]) {
 			s.markRoleReset(sc)
 		}
-		s.noteReset(msg[5:])
+		// the statement text: a Query's, or a Parse's as the client sent it (a named
+		// statement's rewritten Parse starts with a Close; handleStmtMsg notes it)
+		s.noteText(stmtText(msg))
 	}
 	s.wmu.Lock()
 	if pre := s.account(sc, typ); pre != nil {
@@ -384,11 +392,8 @@ func (s *session) send(sc *serverConn, typ byte, msg []byte) error {
 // body) may put back to the session default. A server connection's session defaults are
 // the server's (it logged in without the client's settings): when the answer came without
 // an error, the pool gives the client its startup values again (resetDoneLocked).
-func (s *session) noteReset(q []byte) {
-	if len(s.startup) == 0 || !mentionsReset(q) {
-		return
-	}
-	names, all := resetTargets(string(q))
+func (s *session) noteReset(q string) {
+	names, all := resetTargets(q)
 	if len(names) == 0 && !all {
 		return
 	}
@@ -398,6 +403,66 @@ func (s *session) noteReset(q []byte) {
 	s.mu.Unlock()
 }
 
+// noteText notes the RESETs (noteReset) and session SETs (noteSets) of a statement text,
+// making a string of it only when the cheap checks find one may be there.
+func (s *session) noteText(q []byte) {
+	if len(q) == 0 {
+		return
+	}
+	if mentionsReset(q) {
+		s.noteReset(string(q))
+	}
+	if s.tgt.mode == ModeTransaction && mayStartWithSet(q) {
+		s.noteSets(string(q))
+	}
+	if s.setsOpen.Load() && (containsFold(q, "rollback") || containsFold(q, "abort")) {
+		s.mu.Lock()
+		s.setUndone = true
+		s.mu.Unlock()
+	}
+}
+
+// stmtText returns the statement text of a Query or Parse message (header included)
+// without copying; nil for other messages.
+func stmtText(msg []byte) []byte {
+	if len(msg) < 6 {
+		return nil
+	}
+	switch msg[0] {
+	case 'Q':
+		return msg[5 : len(msg)-1]
+	case 'P':
+		b := msg[5:]
+		i := bytes.IndexByte(b, 0)
+		if i < 0 {
+			return nil
+		}
+		b = b[i+1:]
+		if j := bytes.IndexByte(b, 0); j >= 0 {
+			return b[:j]
+		}
+	}
+	return nil
+}
+
+// noteSets records the session-level SETs of the query q in transaction mode: when the
+// answer comes without an error, the setting follows the client to its next server
+// connections like one it gave at startup, and another client of this one gets it RESET.
+func (s *session) noteSets(q string) {
+	sets := sessionSets(q)
+	if len(sets) == 0 {
+		return
+	}
+	s.mu.Lock()
+	s.setPending = append(s.setPending, sets...)
+	s.setsOpen.Store(true)
+	s.mu.Unlock()
+}
+
+// rawValue marks a value in session.params and serverConn.params that is SQL text as the
+// client wrote it (noteSets), sent unquoted.
+const rawValue = "\x00sql:"
+
 // resetDoneLocked runs at each ReadyForQuery (status) on sc: after RESETs noted by
 // noteReset that raised no error, the reset startup settings are the client's again and sc
 // must get them before the client's next statement (needSync; at the next attach when sc
@@ -405,6 +470,20 @@ func (s *session) noteReset(q []byte) {
 func (s *session) resetDoneLocked(sc *serverConn, status byte) {
 	failed := s.resetErr || status == 'E'
 	s.resetErr = false
+	if len(s.setPending) > 0 && (failed || status == 'I') {
+		// the SETs' transaction ended: they stay unless it failed or was rolled back (a
+		// ROLLBACK TO SAVEPOINT counts too: the pool does not follow savepoints)
+		if !failed && !s.setUndone {
+			for _, kv := range s.setPending {
+				v := rawValue + kv[1]
+				s.params[kv[0]] = v
+				sc.params[kv[0]] = v
+				sc.dirty[kv[0]] = true
+			}
+		}
+		s.setPending, s.setUndone = s.setPending[:0], false
+		s.setsOpen.Store(false)
+	}
 	if (len(s.resetNames) == 0 && !s.resetAll) || failed {
 		s.resetNames, s.resetAll = s.resetNames[:0], false
 		return
@@ -414,9 +493,17 @@ func (s *session) resetDoneLocked(sc *serverConn, status byte) {
 			s.params[k] = v
 			delete(sc.params, k) // the server's value is its default now, or unknown
 			s.needSync = true
+		} else if v, ok := s.params[k]; ok && strings.HasPrefix(v, rawValue) {
+			delete(s.params, k) // a session SET undone: the server's default is right
+			delete(sc.params, k)
 		}
 	}
 	if s.resetAll {
+		for k, v := range s.params {
+			if strings.HasPrefix(v, rawValue) {
+				apply(k)
+			}
+		}
 		for k := range s.startup {
 			apply(k)
 		}
@@ -532,6 +619,7 @@ func (s *session) handleStmtMsg(ctx context.Context, typ byte, msg []byte) error
 		st := &stmt{id: s.srv.stmts.id(rest), rest: append([]byte(nil), rest...)}
 		st.query, _, _ = cstring(rest)
 		st.role = mayChangeRole([]byte(st.query))
+		s.noteText([]byte(st.query))
 		s.stmts[name] = st
 		s.mu.Lock()
 		seq := s.syncSeq + 1
@@ -1007,6 +1095,10 @@ func (s *session) paramSQL(sc *serverConn) string {
 			continue
 		}
 		if !validGUC(k) {
+			continue
+		}
+		if raw, ok := strings.CutPrefix(v, rawValue); ok {
+			fmt.Fprintf(&b, "SET %s TO %s;", k, raw)
 			continue
 		}
 		fmt.Fprintf(&b, "SET %s TO %s;", k, quoteLiteral(v))
