@@ -732,9 +732,13 @@ func (l *evLoop) attach(s *session, sc *serverConn) bool {
 
 // send forwards one Query or FunctionCall to sc (written when pump gets to it).
 func (l *evLoop) send(s *session, sc *serverConn, msg []byte) {
-	s.noteText(stmtText(msg))
+	f := 0
+	if q := stmtText(msg); len(q) > 0 {
+		f = scanText(q)
+		s.noteText(q, f)
+	}
 	s.mu.Lock()
-	if (msg[0] == 'Q' && mayChangeRole(msg[5:])) || (msg[0] == 'F' && callsSetConfig(msg)) {
+	if f&textRole != 0 || (msg[0] == 'F' && callsSetConfig(msg)) {
 		sc.resetRole = true
 	}
 	s.pending++

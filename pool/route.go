@@ -208,19 +208,6 @@ func mentionsDealloc(b []byte) bool {
 	return false
 }
 
-// mayChangeRole is a cheap check for a query that may run SET ROLE, which the server does not
-// report (SET SESSION AUTHORIZATION it does, and so is_superuser): the word "role" anywhere,
-// as in SET ROLE, SET SESSION ROLE, RESET ROLE and set_config('role', ...). A query that
-// does not show it (a function that runs SET ROLE) is not caught; see docs/pool.md.
-func mayChangeRole(b []byte) bool {
-	for i := 0; i+4 <= len(b); i++ {
-		if (b[i]|0x20) == 'r' && (b[i+1]|0x20) == 'o' && (b[i+2]|0x20) == 'l' && (b[i+3]|0x20) == 'e' {
-			return true
-		}
-	}
-	return false
-}
-
 // setConfigOID is pg_proc's fixed OID of set_config(text, text, boolean).
 const setConfigOID = 2078
 
@@ -228,27 +215,6 @@ const setConfigOID = 2078
 // which may set the role as SET ROLE does; a message too short to tell counts as one.
 func callsSetConfig(msg []byte) bool {
 	return len(msg) < 9 || binary.BigEndian.Uint32(msg[5:9]) == setConfigOID
-}
-
-// mentionsReset is a cheap check for RESET, DEFAULT or DISCARD anywhere in a query: the
-// words that can put a setting back to its session default (see resetTargets).
-func mentionsReset[T string | []byte](b T) bool {
-	for i := 0; i+5 <= len(b); i++ {
-		switch b[i] | 0x20 {
-		case 'r':
-			if (b[i+1]|0x20) == 'e' && (b[i+2]|0x20) == 's' && (b[i+3]|0x20) == 'e' && (b[i+4]|0x20) == 't' {
-				return true
-			}
-		case 'd':
-			if i+7 <= len(b) && (b[i+1]|0x20) == 'e' && (b[i+2]|0x20) == 'f' && (b[i+3]|0x20) == 'a' && (b[i+4]|0x20) == 'u' && (b[i+5]|0x20) == 'l' && (b[i+6]|0x20) == 't' {
-				return true
-			}
-			if i+7 <= len(b) && (b[i+1]|0x20) == 'i' && (b[i+2]|0x20) == 's' && (b[i+3]|0x20) == 'c' && (b[i+4]|0x20) == 'a' && (b[i+5]|0x20) == 'r' && (b[i+6]|0x20) == 'd' {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // resetTargets returns the settings the statements of sql put back to their session
@@ -428,31 +394,6 @@ var notFollowed = map[string]bool{
 	"standard_conforming_strings": true, "timezone": true,
 }
 
-// mayStartWithSet is a cheap check for a query that may hold a SET statement: one that
-// starts with SET, or has more than one statement and the letters "set".
-func mayStartWithSet[T string | []byte](b T) bool {
-	i := 0
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	if i+3 <= len(b) && (b[i]|0x20) == 's' && (b[i+1]|0x20) == 'e' && (b[i+2]|0x20) == 't' {
-		return true
-	}
-	semi := false
-	for j := 0; j < len(b) && !semi; j++ {
-		semi = b[j] == ';'
-	}
-	if !semi {
-		return false
-	}
-	for j := 0; j+3 <= len(b); j++ {
-		if (b[j]|0x20) == 's' && (b[j+1]|0x20) == 'e' && (b[j+2]|0x20) == 't' {
-			return true
-		}
-	}
-	return false
-}
-
 // sessionSets returns the settings the statements of sql set for the session (SET [SESSION]
 // name {TO|=} value), by lower-case name, with the value as written (SQL text), in order;
 // DEFAULT values (see resetTargets), SET LOCAL and reported settings are left out.
@@ -477,16 +418,74 @@ func sessionSets(sql string) [][2]string {
 	return out
 }
 
-// containsFold says whether b contains word (lower case ASCII), ignoring case.
-func containsFold[T string | []byte](b T, word string) bool {
-	for i := 0; i+len(word) <= len(b); i++ {
-		j := 0
-		for j < len(word) && b[i+j]|0x20 == word[j] {
-			j++
+// What scanText found in a statement text.
+const (
+	// textRole: the word "role" anywhere, as in SET ROLE, SET SESSION ROLE, RESET ROLE and
+	// set_config('role', ...): the statement may change the role, which the server does not
+	// report (SET SESSION AUTHORIZATION it does, and so is_superuser). A statement that does
+	// not show it (a function that runs SET ROLE) is not caught; see docs/pool.md.
+	textRole     = 1 << iota
+	textReset    // RESET, DEFAULT or DISCARD: see resetTargets
+	textSet      // SET at the start or after a ";" (one inside a literal only costs sessionSets)
+	textRollback // ROLLBACK or ABORT
+)
+
+// scanText makes the cheap checks of a client's statement text in one pass (the pool runs it
+// on every Query and Parse); the exact parsers run only when it finds something.
+func scanText(b []byte) int {
+	f := setAt(b, 0)
+	for i, c := range b {
+		if scanFirst[c] == 0 {
+			continue // most bytes: one table look-up
 		}
-		if j == len(word) {
-			return true
+		switch c | 0x20 {
+		case ';':
+			f |= setAt(b, i+1)
+		case 'r':
+			if hasWordAt(b, i, "role") {
+				f |= textRole
+			} else if hasWordAt(b, i, "reset") {
+				f |= textReset
+			} else if hasWordAt(b, i, "rollback") {
+				f |= textRollback
+			}
+		case 'd':
+			if hasWordAt(b, i, "default") || hasWordAt(b, i, "discard") {
+				f |= textReset
+			}
+		case 'a':
+			if hasWordAt(b, i, "abort") {
+				f |= textRollback
+			}
 		}
 	}
-	return false
+	return f
+}
+
+// scanFirst marks the bytes a word scanText looks for can start with.
+var scanFirst = [256]uint8{';': 1, 'r': 1, 'R': 1, 'd': 1, 'D': 1, 'a': 1, 'A': 1}
+
+// setAt returns textSet when a statement starting at i (after white space) is a SET.
+func setAt(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	if i+3 < len(b) && (b[i]|0x20) == 's' && (b[i+1]|0x20) == 'e' && (b[i+2]|0x20) == 't' &&
+		(b[i+3] == ' ' || b[i+3] == '\t' || b[i+3] == '\n' || b[i+3] == '\r') {
+		return textSet
+	}
+	return 0
+}
+
+// hasWordAt says whether b holds word (lower-case ASCII) at i, ignoring case.
+func hasWordAt(b []byte, i int, word string) bool {
+	if i+len(word) > len(b) {
+		return false
+	}
+	for j := 1; j < len(word); j++ {
+		if b[i+j]|0x20 != word[j] {
+			return false
+		}
+	}
+	return true
 }

@@ -365,12 +365,15 @@ func (s *session) forward(ctx context.Context, typ byte, n int) error {
 // send writes one whole client message to sc.
 func (s *session) send(sc *serverConn, typ byte, msg []byte) error {
 	if typ == 'Q' || typ == 'P' {
-		if s.tgt.mode == ModeTransaction && mayChangeRole(msg[5:]) {
-			s.markRoleReset(sc)
-		}
 		// the statement text: a Query's, or a Parse's as the client sent it (a named
-		// statement's rewritten Parse starts with a Close; handleStmtMsg notes it)
-		s.noteText(stmtText(msg))
+		// statement's rewritten Parse starts with a Close: handleStmtMsg looked at it)
+		if q := stmtText(msg); len(q) > 0 {
+			f := scanText(q)
+			if f&textRole != 0 && s.tgt.mode == ModeTransaction {
+				s.markRoleReset(sc)
+			}
+			s.noteText(q, f)
+		}
 	}
 	s.wmu.Lock()
 	if pre := s.account(sc, typ); pre != nil {
@@ -403,19 +406,16 @@ func (s *session) noteReset(q string) {
 	s.mu.Unlock()
 }
 
-// noteText notes the RESETs (noteReset) and session SETs (noteSets) of a statement text,
-// making a string of it only when the cheap checks find one may be there.
-func (s *session) noteText(q []byte) {
-	if len(q) == 0 {
-		return
-	}
-	if mentionsReset(q) {
+// noteText notes the RESETs (noteReset) and session SETs (noteSets) of a statement text
+// whose scanText flags are f, making a string of it only when they say one may be there.
+func (s *session) noteText(q []byte, f int) {
+	if f&textReset != 0 {
 		s.noteReset(string(q))
 	}
-	if s.tgt.mode == ModeTransaction && mayStartWithSet(q) {
+	if f&textSet != 0 && s.tgt.mode == ModeTransaction {
 		s.noteSets(string(q))
 	}
-	if s.setsOpen.Load() && (containsFold(q, "rollback") || containsFold(q, "abort")) {
+	if f&textRollback != 0 && s.setsOpen.Load() {
 		s.mu.Lock()
 		s.setUndone = true
 		s.mu.Unlock()
@@ -618,8 +618,12 @@ func (s *session) handleStmtMsg(ctx context.Context, typ byte, msg []byte) error
 		}
 		st := &stmt{id: s.srv.stmts.id(rest), rest: append([]byte(nil), rest...)}
 		st.query, _, _ = cstring(rest)
-		st.role = mayChangeRole([]byte(st.query))
-		s.noteText([]byte(st.query))
+		f := scanText([]byte(st.query))
+		st.role = f&textRole != 0
+		s.noteText([]byte(st.query), f)
+		if st.role {
+			s.markRoleReset(sc)
+		}
 		s.stmts[name] = st
 		s.mu.Lock()
 		seq := s.syncSeq + 1

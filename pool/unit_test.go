@@ -416,11 +416,24 @@ func TestResetTargetsNamesWhatAStatementPutsBackToItsStartupValue(t *testing.T) 
 		if got != want {
 			t.Errorf("resetTargets(%q) = %q, want %q", q, got, want)
 		}
-		if want != "" && !mentionsReset([]byte(q)) {
-			t.Errorf("mentionsReset(%q) = false", q)
+		if want != "" && scanText([]byte(q))&textReset == 0 {
+			t.Errorf("scanText(%q) has no textReset", q)
 		}
 	}
-	if mentionsReset([]byte("SELECT 1")) {
-		t.Error("mentionsReset(SELECT 1)")
+	for q, want := range map[string]int{
+		"SELECT 1":                              0,
+		"UPDATE t SET a = 1 WHERE k = 2;":       0,
+		"SET work_mem = 1":                      textSet,
+		"BEGIN;\n  set\twork_mem TO 1;":         textSet,
+		"SETTINGS":                              0,
+		"SET ROLE x":                            textSet | textRole,
+		"select set_config('ROLE', 'x', false)": textRole,
+		"ROLLBACK":                              textRollback,
+		"abort":                                 textRollback,
+		"SET x TO DEFAULT":                      textSet | textReset,
+	} {
+		if got := scanText([]byte(q)); got != want {
+			t.Errorf("scanText(%q) = %b, want %b", q, got, want)
+		}
 	}
 }
