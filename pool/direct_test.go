@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -78,6 +79,7 @@ func TestPoolBehavesLikeDirectConnection(t *testing.T) {
 	t.Run("DeallocateAllReachesTheServer", func(t *testing.T) { testDeallocateAll(t, f) })
 	t.Run("FunctionCallsAndLargeObjects", func(t *testing.T) { testFunctionCall(t, f) })
 	t.Run("DeadIdleServerConnectionIsReplaced", func(t *testing.T) { testDeadIdleServer(t, f) })
+	t.Run("ClientLeavingDuringCopyInEndsTheCopyAlike", func(t *testing.T) { testCopyInClientGone(t, f) })
 	t.Run("DifferentialPsqlScripts", func(t *testing.T) { testDifferential(t, f) })
 }
 
@@ -175,6 +177,12 @@ func testFunctionCall(t *testing.T, f *fixture) {
 				t.Fatal(err)
 			}
 			m, err := fe.Receive()
+			for err == nil {
+				if _, ok := m.(*pgproto3.ParameterStatus); !ok {
+					break // ParameterStatus may come at any time
+				}
+				m, err = fe.Receive()
+			}
 			if r, ok := m.(*pgproto3.FunctionCallResponse); err != nil || !ok || string(r.Result) != "7" {
 				t.Fatalf("FunctionCall abs(-7): %v %#v", err, m)
 			}
@@ -334,6 +342,10 @@ func testResetStartupParams(t *testing.T, f *fixture) {
 				}
 				mustOne(t, ctx, c, step[1])
 				check(step[1])
+				// and the client's record of the reported settings says so too
+				if got := c.ParameterStatus("DateStyle"); got != want["datestyle"] {
+					t.Fatalf("after %s: DateStyle reported to the client last: %q, want %q", step[1], got, want["datestyle"])
+				}
 			}
 			// inside a transaction block: the startup value at once, and kept after COMMIT
 			mustOne(t, ctx, c, "BEGIN")
@@ -414,6 +426,48 @@ func testSessionSets(t *testing.T, f *fixture) {
 			mustOne(t, ctx, b, "SELECT 1")
 			if got := mustOne(t, ctx, a, "SELECT current_setting('work_mem') || ' ' || current_setting('myapp.tenant')"); got != "4MB blue" {
 				t.Fatalf("after RESET and another client: %q", got)
+			}
+		})
+	}
+}
+
+// testCopyInClientGone: a client that leaves while its COPY FROM STDIN runs gets the COPY
+// ended with CopyFail on both engines (the goroutine engine cancelled it instead, over a new
+// connection), nothing of it is kept, and its server connection serves the next client.
+func testCopyInClientGone(t *testing.T, f *fixture) {
+	f.primary.Exec(t, "CREATE TABLE IF NOT EXISTS copy_gone (a int)")
+	for i, v := range poolVariants {
+		t.Run(v.String(), func(t *testing.T) {
+			s := startVariant(t, f, v)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			marker := "copy_gone_" + strconv.Itoa(i)
+			fe, conn := rawClient(t, s)
+			fe.Send(&pgproto3.Query{String: "COPY copy_gone FROM STDIN /* " + marker + " */"})
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if got := until(t, fe, 'G'); got != "G" {
+				t.Fatalf("COPY FROM STDIN: %q, want CopyInResponse", got)
+			}
+			fe.Send(&pgproto3.CopyData{Data: []byte("1\n2\n")})
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond)
+			conn.Close()
+			deadline := time.Now().Add(10 * time.Second)
+			// the error and, a line or two on, the statement it ended
+			failed := regexp.MustCompile(`COPY from stdin failed: client disconnected\n(.*\n)?.*STATEMENT: +COPY copy_gone FROM STDIN /\* ` + marker + ` \*/`)
+			for !failed.MatchString(f.primary.Log()) {
+				if time.Now().After(deadline) {
+					t.Fatalf("no CopyFail in the server log 10 s after the client left:\n%s", f.primary.Log())
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			c := simpleConn(t, s, "postgres", "")
+			if got := mustOne(t, ctx, c, "SELECT count(*) FROM copy_gone"); got != "0" {
+				t.Fatalf("rows of the abandoned COPY: %s, want 0", got)
 			}
 		})
 	}

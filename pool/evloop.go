@@ -717,13 +717,8 @@ func (l *evLoop) attach(s *session, sc *serverConn) bool {
 	sc.client = s
 	req.p.mu.Unlock()
 	s.mu.Lock()
-	s.sc = sc
-	s.needSync = false
-	s.node = req.node
-	s.roAttach = req.readOnly && !s.sessionRO
-	s.pending, s.inBatch = 0, false
+	s.attachLocked(sc, req.node, req.readOnly, l.now)
 	s.detached = nil
-	s.xactStart = l.now
 	s.mu.Unlock()
 	s.srv.attached.Add(1)
 	es.ls = s
@@ -741,11 +736,7 @@ func (l *evLoop) send(s *session, sc *serverConn, msg []byte) {
 	if f&textRole != 0 || (msg[0] == 'F' && callsSetConfig(msg)) {
 		sc.resetRole = true
 	}
-	s.pending++
-	s.syncSeq++
-	sc.batch++
-	s.inBatch = false
-	s.lastQuery = l.now
+	s.sentLocked(sc, l.now)
 	s.mu.Unlock()
 	sc.ev.out = append(sc.ev.out, msg...)
 }
@@ -927,6 +918,11 @@ func (l *evLoop) serverData(s *session, es *loopServer, data []byte) {
 				if ps.Decode(data[5:total]) == nil {
 					sc.setParam(strings.ToLower(ps.Name), ps.Value)
 				}
+				if !ls.closed {
+					// the client's view of the setting: after a RESET it saw the
+					// server's default reported, which this corrects
+					ls.out = append(ls.out, data[:total]...)
+				}
 			case 'E':
 				s.srv.log.Warn("restoring a client's settings on a server connection", "pool", sc.pool.name(), "err", decodeServerError(data[5:total]))
 			}
@@ -986,23 +982,7 @@ func (l *evLoop) readyForQuery(s *session, es *loopServer, msg []byte) (bool, by
 	}
 	ls.copyIn = false
 	s.mu.Lock()
-	s.pending--
-	s.rfqSeq++
-	s.txStatus = status
-	s.resetDoneLocked(sc, status)
-	quiet := s.pending <= 0 && !s.inBatch
-	if quiet {
-		s.pending = 0
-	}
-	st := &sc.pool.stats
-	st.queries.Add(1)
-	st.queryTime.Add(int64(l.now.Sub(s.lastQuery)))
-	end := quiet && (status == 'I' || s.detachReq)
-	if end {
-		st.xacts.Add(1)
-		st.xactTime.Add(int64(l.now.Sub(s.xactStart)))
-		s.detachLocked()
-	}
+	quiet, end := s.readyLocked(sc, status, l.now)
 	s.mu.Unlock()
 	if quiet {
 		ls.stalled = false
@@ -1131,15 +1111,24 @@ func (l *evLoop) clientGone(s *session) {
 	s.mu.Lock()
 	s.detachReq = true
 	s.clientDead = true
-	sc, pending, status := s.sc, s.pending, s.txStatus
+	sc, status := s.sc, s.txStatus
+	act := s.goneActionLocked(ls.copyIn)
 	s.mu.Unlock()
 	if sc == nil {
 		l.forget(s)
 		return
 	}
 	es := sc.ev
-	if pending > 0 {
-		if ls.copyIn {
+	if ls.crem > 0 {
+		act = goneClose // a message half forwarded: nothing can follow it
+	}
+	switch act {
+	case goneClose:
+		sc.pool.drop(l.detach(s))
+		l.forget(s)
+		return
+	case goneCopyFail, goneCancel:
+		if act == goneCopyFail {
 			es.out = appendMsg(es.out, &pgproto3.CopyFail{Message: "client disconnected"})
 		} else if sc.pid != 0 {
 			host, port, pid, secret := sc.pool.key.host, sc.pool.key.port, sc.pid, sc.secret

@@ -76,9 +76,12 @@ type session struct {
 	reader    bool          // a serverLoop goroutine reads sc (else the client loop does, inline)
 	// clientDead is set by the current reader when writing to the client failed.
 	clientDead bool
-	waiting    bool
-	xactStart  time.Time
-	lastQuery  time.Time
+	// copyIn is set while the server waits for COPY data (goroutine engine; the event
+	// loop keeps its own in loopSess).
+	copyIn    bool
+	waiting   bool
+	xactStart time.Time
+	lastQuery time.Time
 	// RESET of startup settings (see noteReset): what the statements sent reset, whether
 	// an error came back since, and whether the attached connection's settings must be
 	// made the client's again before its next message.
@@ -572,11 +575,7 @@ func (s *session) account(sc *serverConn, typ byte) []byte {
 	s.syncPre = nil
 	switch typ {
 	case 'S', 'Q', 'F': // each gets its ReadyForQuery
-		s.pending++
-		s.syncSeq++
-		sc.batch++
-		s.inBatch = false
-		s.lastQuery = time.Now()
+		s.sentLocked(sc, time.Now())
 	case 'd', 'c', 'f':
 	default:
 		s.inBatch = true
@@ -1055,13 +1054,8 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 		sc.client = s
 		p.mu.Unlock()
 		s.mu.Lock()
-		s.sc = sc
-		s.needSync = false // syncParams made sc's settings the client's
-		s.node = nodeID
-		s.roAttach = readOnly && s.tgt.mode == ModeTransaction && !s.sessionRO
-		s.pending, s.inBatch = 0, false
+		s.attachLocked(sc, nodeID, readOnly, time.Now())
 		s.detached = make(chan struct{})
-		s.xactStart = time.Now()
 		done := s.detached
 		s.mu.Unlock()
 		s.srv.attached.Add(1)
@@ -1084,7 +1078,15 @@ func (s *session) syncParams(sc *serverConn) error {
 	if q == "" {
 		return nil
 	}
-	if err := sc.simpleQuery(q, nil); err != nil {
+	// the client sees what the server reports: after a RESET it saw the server's default
+	var reported []byte
+	err := sc.simpleQuery(q, func(name, value string) {
+		reported = appendMsg(reported, &pgproto3.ParameterStatus{Name: name, Value: value})
+	})
+	if len(reported) > 0 {
+		s.writeClient(reported, false)
+	}
+	if err != nil {
 		return err
 	}
 	s.paramsApplied(sc)
@@ -1291,38 +1293,13 @@ func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
 		// this client's answer is being written.
 		s.clientWriteMsg(msg)
 		s.mu.Lock()
-		s.pending--
-		s.rfqSeq++
-		s.txStatus = status
-		s.resetDoneLocked(sc, status)
-		// completions of this Sync that never came: their statements were not prepared
-		i := 0
-		for ; i < len(s.parseQ) && s.parseQ[i].seq <= s.rfqSeq; i++ {
-			if id := s.parseQ[i].id; id != 0 {
-				delete(sc.prepared, id)
-			}
-		}
-		s.parseQ = s.parseQ[i:]
-		quiet := s.pending <= 0 && !s.inBatch
+		quiet, end := s.readyLocked(sc, status, time.Now())
 		if quiet {
-			s.pending = 0
 			result = stepQuiet
 		}
-		st := &sc.pool.stats
-		st.queries.Add(1)
-		if !s.lastQuery.IsZero() {
-			st.queryTime.Add(int64(time.Since(s.lastQuery)))
-		}
-		release := quiet && status == 'I' && s.tgt.mode == ModeTransaction
-		finish := quiet && s.detachReq
 		reset := sc.needsReset()
-		if release || finish {
-			st.xacts.Add(1)
-			st.xactTime.Add(int64(time.Since(s.xactStart)))
-			s.detachLocked()
-		}
 		s.mu.Unlock()
-		if release || finish {
+		if end {
 			if reset {
 				s.clientFlush() // the client need not wait for the reset
 			}
@@ -1359,6 +1336,9 @@ func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
 	default:
 		if typ == 'G' || typ == 'W' {
 			result = stepCopyIn
+			s.mu.Lock()
+			s.copyIn = true
+			s.mu.Unlock()
 		}
 		if typ == 'E' {
 			s.mu.Lock()
@@ -1539,10 +1519,23 @@ func (s *session) cleanup() {
 	}
 	// Acting on sc under mu: the server loop cannot release it meanwhile.
 	if sc != nil {
-		switch {
-		case s.inBatch:
+		switch s.goneActionLocked(s.copyIn) {
+		case goneClose:
 			_ = sc.conn.Close() // a half-sent batch: the connection cannot be reused
-		case s.pending > 0:
+		case goneCopyFail:
+			// the COPY fails at once; the reset follows at its ReadyForQuery
+			s.wmu.Lock()
+			_, err := sc.w.Write(appendMsg(nil, &pgproto3.CopyFail{Message: "client disconnected"}))
+			if err == nil {
+				err = sc.w.Flush()
+			}
+			s.wmu.Unlock()
+			if err != nil {
+				_ = sc.conn.Close()
+			} else {
+				_ = sc.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			}
+		case goneCancel:
 			// cancel what runs, then reset at ReadyForQuery
 			if sc.pid != 0 {
 				cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
