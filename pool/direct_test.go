@@ -237,7 +237,7 @@ func testDeadIdleServer(t *testing.T, f *fixture) {
 				if v.mode == ModeTransaction {
 					// between this client's transactions
 					terminate(pid)
-					time.Sleep(50 * time.Millisecond) // let the event loop see the hang-up
+					time.Sleep(200 * time.Millisecond) // let the event loop see the hang-up
 					if got, err := one(ctx, c, "SELECT pg_backend_pid()"); err != nil || got == pid {
 						t.Fatalf("round %d: query after the idle server connection died: %q %v, want a new backend", round, got, err)
 					}
@@ -245,7 +245,7 @@ func testDeadIdleServer(t *testing.T, f *fixture) {
 				}
 				c.Close(ctx)
 				terminate(pid)
-				time.Sleep(50 * time.Millisecond)
+				time.Sleep(200 * time.Millisecond)
 				c = simpleConn(t, s, "postgres", "")
 				if got, err := one(ctx, c, "SELECT pg_backend_pid()"); err != nil || got == pid {
 					t.Fatalf("round %d: new client after the idle server connection died: %q %v, want a new backend", round, got, err)

@@ -388,6 +388,7 @@ var setStmt = regexp.MustCompile(`(?is)^\s*set\s+(?:session\s+)?([a-z_][a-z0-9_$
 var notFollowed = map[string]bool{
 	"local": true, "role": true, "session": true, "authorization": true, "transaction": true,
 	"constraints": true, "time": true, "names": true, "xml": true, "schema": true, "characteristics": true,
+	"transaction_isolation": true, "transaction_read_only": true, "transaction_deferrable": true,
 	"application_name": true, "client_encoding": true, "datestyle": true, "default_transaction_read_only": true,
 	"in_hot_standby": true, "integer_datetimes": true, "intervalstyle": true, "is_superuser": true,
 	"server_encoding": true, "server_version": true, "session_authorization": true,

@@ -437,3 +437,30 @@ func TestResetTargetsNamesWhatAStatementPutsBackToItsStartupValue(t *testing.T) 
 		}
 	}
 }
+
+func TestSessionSetsAreTheSettingsAClientKeeps(t *testing.T) {
+	for q, want := range map[string]string{
+		"SET work_mem = '64kB'":                          "work_mem='64kB'",
+		`set search_path to pg_catalog, "$user"`:         `search_path=pg_catalog, "$user"`,
+		"SET SESSION myapp.tenant TO 'a;b'; SELECT 1":    "myapp.tenant='a;b'",
+		"BEGIN; SET statement_timeout = 5000; COMMIT":    "statement_timeout=5000",
+		"SET LOCAL work_mem = '1MB'":                     "",
+		"SET work_mem TO DEFAULT":                        "",
+		"SET ROLE x":                                     "",
+		"SET SESSION AUTHORIZATION x":                    "",
+		"SET TIME ZONE 'UTC'":                            "",
+		"SET timezone = 'UTC'":                           "", // reported: ParameterStatus
+		"SET transaction_isolation = 'serializable'":     "",
+		"SET work_mem = '1MB' -- comment":                "",
+		"UPDATE t SET a = 1":                             "",
+		"SET work_mem = 1; SET maintenance_work_mem = 2": "work_mem=1 maintenance_work_mem=2",
+	} {
+		var got []string
+		for _, kv := range sessionSets(q) {
+			got = append(got, kv[0]+"="+kv[1])
+		}
+		if g := strings.Join(got, " "); g != want {
+			t.Errorf("sessionSets(%q) = %q, want %q", q, g, want)
+		}
+	}
+}
