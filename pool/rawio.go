@@ -88,3 +88,29 @@ func (s *rawSocket) Write(p []byte) (int, error) {
 	}
 	return done, err
 }
+
+func rawRead(fd int, p []byte) (int, syscall.Errno) {
+	for {
+		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		if errno == syscall.EINTR {
+			continue
+		}
+		return int(n), errno
+	}
+}
+
+// rawWrite writes all of p unless the socket is full (EAGAIN, with the count written).
+func rawWrite(fd int, p []byte) (int, syscall.Errno) {
+	done := 0
+	for done < len(p) {
+		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[done])), uintptr(len(p)-done))
+		switch errno {
+		case 0:
+			done += int(n)
+		case syscall.EINTR:
+		default:
+			return done, errno
+		}
+	}
+	return done, 0
+}

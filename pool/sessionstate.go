@@ -84,3 +84,10 @@ func (s *session) goneActionLocked(copyIn bool) int {
 	}
 	return goneIdle
 }
+
+// detachLocked ends the attachment (caller holds mu).
+func (s *session) detachLocked() {
+	s.sc = nil
+	s.roAttach = false
+	s.reader = false
+}
