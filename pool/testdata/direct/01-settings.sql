@@ -33,3 +33,8 @@ SET application_name = 'renamed';
 SHOW application_name;
 RESET application_name;
 SHOW application_name;
+-- RESET and a statement that reads the setting in one query string: the pool restores the
+-- startup value only after the query (expected difference, see differential_test.go)
+SET datestyle TO 'SQL, DMY';
+RESET datestyle \; SELECT '2024-01-02'::date AS same_query;
+SELECT '2024-01-02'::date AS next_query;

@@ -17,3 +17,7 @@ EXECUTE in_tx;
 COMMIT;
 EXECUTE in_tx;
 DEALLOCATE in_tx;
+-- the extended protocol: \gdesc prepares the unnamed statement and describes it (psql 15
+-- sends no named protocol-level statements; pgx, JDBC and pgbench -M prepared cover those)
+SELECT 1 AS one, 'x'::text AS letter \gdesc
+SELECT $$a dollar-quoted; string$$ AS s \gdesc
