@@ -24,20 +24,16 @@ import (
 // such client socket and the server connections they use, and one goroutine locked to that
 // thread reads, forwards and writes with raw system calls. A session goroutine per client
 // (session.run) costs a goroutine wake-up per message and a scheduler hand-off around the
-// blocking ones; on the 2-core virtual machines pgharbor is measured on, that made pgharbor
-// use 50% more CPU per pgbench -S transaction than PgBouncer's single-threaded libevent loop.
+// blocking ones, which made pgharbor use much more CPU per short transaction than
+// PgBouncer's single-threaded libevent loop (figures: docs/pool.md, "Design measurements").
 //
 // An answer that ends a transaction is written to its client after every event of the
 // epoll batch is handled (and the server connection it freed went to the next waiting
 // client): the loop does the cheap reads and the writes to servers first, and the writes
 // that wake clients (and get the loop preempted by them) last, so clients find several
-// answers ready at once; this is what brought pgbench -S through the pool to PgBouncer's tps.
-// An answer inside a transaction is written at once: the transaction may hold row locks
-// until its client's next statement. Measured on the 2-core test machine (TPC-B, 9 paired
-// rounds of 10 s), that ran at a median 1.05x the tps of deferring every answer, better in 7
-// of the 9 rounds. (An earlier measurement, 0.78x against 0.91x, was made while the Go
-// runtime's monitor still interrupted the loop; see wait.) An answer over loopOutHigh/4 is
-// written as it comes.
+// answers ready at once. An answer inside a transaction is written at once: the transaction
+// may hold row locks until its client's next statement, and deferring it cost TPC-B
+// throughput. An answer over loopOutHigh/4 is written as it comes.
 //
 // Anything else a session sends (the extended protocol, SHOW POOL_NODES, DEALLOCATE, a
 // message over loopMaxMsg) moves the session to a goroutine for good, at a point where no
@@ -224,13 +220,9 @@ func (l *evLoop) run() {
 	// task on the CPU (a backend, a client) but runs once that task yields or its slice
 	// ends, with the events that came meanwhile. On a busy machine it then handles more
 	// events per epoll_wait, sleeps and is preempted less, and wakes the others less
-	// often; it never waits longer than the scheduler's slice. Measured on the 2-core test
-	// machine (medians of 3 rounds): the loop's CPU per pgbench -S transaction fell from
-	// 0.32-0.37 to 0.29 cores per 10k tps, PgBouncer's figure, and TPC-B rose from 0.84x to
-	// 0.94x PgBouncer's tps. Those rounds ran the pool in pgbench's session (see
-	// bench/pool/README.md on autogroup); re-measured with the pool in a session of its
-	// own, pgbench -S ran at 0.89x the tps without SCHED_BATCH (6 paired rounds, all
-	// slower). The policy belongs to the thread, so the goroutine keeps it.
+	// often; it never waits longer than the scheduler's slice. Both the loop's CPU per
+	// transaction and the tps went the right way with it (docs/pool.md, "Design
+	// measurements"). The policy belongs to the thread, so the goroutine keeps it.
 	runtime.LockOSThread() // never unlocked: the thread ends with the loop
 	param := int32(0)
 	if _, _, errno := syscall.RawSyscall(syscall.SYS_SCHED_SETSCHEDULER, 0, schedBatch, uintptr(unsafe.Pointer(&param))); errno != 0 {
@@ -284,15 +276,11 @@ func (l *evLoop) run() {
 			// The goroutine never blocks in Go, so without this the runtime's monitor
 			// (sysmon) would find it on the same scheduling tick for 10 ms, preempt it
 			// with a signal, and, while it is in a system call, take its P away on every
-			// 20 us pass until the preemption lands. Measured on the 2-core test machine,
-			// that monitor then used 2 us of CPU per pgbench -S transaction and 18-28 us
-			// per TPC-B one; passing through the scheduler now and then, when the loop
-			// is about to wait for events, costs a thread hand-off (a locked goroutine)
-			// a few hundred times a second instead: the pool's CPU per -S transaction fell
-			// from 33-36 us to 29-32 us (3 rounds each). A pass is not free: under TPC-B
-			// on that machine it took 300-380 us on average (the other thread has to be
-			// scheduled on a busy CPU); passing every 9 ms instead of 5, or not locking the
-			// goroutine to its thread, did not change TPC-B's tps in 8 paired rounds.
+			// pass of its own until the preemption lands, which costs more CPU than the
+			// pass through the scheduler done here now and then, when the loop is about to
+			// wait for events (a thread hand-off, a locked goroutine, a few hundred times a
+			// second). A pass is not free on a busy CPU, where the other thread has to be
+			// scheduled first; see docs/pool.md, "Design measurements".
 			runtime.Gosched()
 			l.lastYield = l.now
 		}
