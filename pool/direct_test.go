@@ -197,6 +197,41 @@ func testFunctionCall(t *testing.T, f *fixture) {
 				t.Fatalf("query after a FunctionCall: %q", got)
 			}
 
+			// a FunctionCall that gets no server connection (paused pool, query_wait_timeout)
+			// is answered with the error and ReadyForQuery, like a Query (the session waited
+			// for a Sync before)
+			if v.mode == ModeTransaction {
+				cfg := baseConfig(f, v.mode)
+				cfg.IOEngine = v.engine
+				cfg.QueryWaitTimeout = time.Second
+				ps := startPool(t, cfg)
+				fe, _ := rawClient(t, ps)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				if err := ps.Pause(ctx); err != nil {
+					t.Fatalf("PAUSE: %v", err)
+				}
+				fe.Send(&pgproto3.FunctionCall{Function: uint32(oid), ArgFormatCodes: []uint16{0}, Arguments: [][]byte{[]byte("-7")}})
+				if err := fe.Flush(); err != nil {
+					t.Fatal(err)
+				}
+				m, err := fe.Receive()
+				if e, ok := m.(*pgproto3.ErrorResponse); err != nil || !ok || e.Code != sqlstateCannotConnect {
+					t.Fatalf("FunctionCall while paused: %v %#v, want ErrorResponse 08001", err, m)
+				}
+				if got := until(t, fe, 'Z'); got != "Z" {
+					t.Fatalf("after the FunctionCall's error: %q, want ReadyForQuery", got)
+				}
+				ps.Resume()
+				fe.Send(&pgproto3.Query{String: "SELECT 1"})
+				if err := fe.Flush(); err != nil {
+					t.Fatal(err)
+				}
+				if got := until(t, fe, 'Z'); !strings.HasSuffix(got, "TDCZ") {
+					t.Fatalf("query after resume: %q", got)
+				}
+			}
+
 			// a message type the protocol does not have: an error, not silence
 			_, conn := rawClient(t, s)
 			if _, err := conn.Write([]byte{'y', 0, 0, 0, 4}); err != nil {

@@ -156,7 +156,8 @@ func (s *session) run(ctx context.Context) {
 var errClientGone = errors.New("client left")
 
 // recoverFromError reports an ERROR for the message of type typ; for the extended protocol
-// it discards messages up to and including the next Sync, then sends ReadyForQuery.
+// it discards messages up to and including the next Sync, then sends ReadyForQuery (at once
+// for a Query or a FunctionCall).
 func (s *session) recoverFromError(typ byte, pe *pgError) error {
 	s.mu.Lock()
 	st := orIdle(s.txStatus)
@@ -164,7 +165,18 @@ func (s *session) recoverFromError(typ byte, pe *pgError) error {
 		s.inBatch = false
 	}
 	s.mu.Unlock()
-	if typ != 'Q' {
+	if typ == 'F' {
+		// a FunctionCall is answered like a Query, with no Sync to wait for; forward left
+		// it unread
+		_, n, err := s.mr.header()
+		if err != nil {
+			return err
+		}
+		if _, err := s.mr.r.Discard(5 + n); err != nil {
+			return err
+		}
+	}
+	if typ != 'Q' && typ != 'F' {
 		s.writeClient(pe.encode(nil), true)
 		for {
 			t, n, err := s.mr.header()
@@ -183,7 +195,7 @@ func (s *session) recoverFromError(typ byte, pe *pgError) error {
 		}
 	}
 	var out []byte
-	if typ == 'Q' {
+	if typ == 'Q' || typ == 'F' {
 		out = pe.encode(nil)
 	}
 	s.writeClient(appendMsg(out, &pgproto3.ReadyForQuery{TxStatus: st}), true)
