@@ -311,7 +311,7 @@ func (s *Server) showServers() []byte {
 				state = "active"
 			}
 			rows = append(rows, []string{"S", p.key.user, p.key.db, state, p.key.host, strconv.Itoa(p.key.port), sc.created.UTC().Format(time.DateTime),
-				strconv.FormatUint(sc.id, 10), strconv.FormatUint(uint64(sc.pid), 10), strconv.Itoa(len(sc.prepared))})
+				strconv.FormatUint(sc.id, 10), strconv.FormatUint(uint64(sc.pid), 10), strconv.Itoa(sc.preparedShown())})
 		}
 		p.mu.Unlock()
 	}

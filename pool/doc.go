@@ -12,6 +12,11 @@
 //   - reader: a node that may serve read-only traffic (a standby within the lag limits, or
 //     the primary by its weight), chosen by pool/cluster.
 //   - pause: new transactions wait; running ones finish (for switchovers).
+//   - engine: what runs a session: a goroutine per session (session.go, sessionserver.go)
+//     or the event loop (evloop.go); evhandover.go moves sessions and server connections
+//     between them. The protocol state both share is in sessionstate.go, and the settings
+//     that follow a client between server connections (and the role reset before another
+//     client gets one) in settings.go.
 //
 // Buffer ownership: message slices returned by msgReader are valid until the next read on
 // the same reader.

@@ -1,8 +1,6 @@
 package pool
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -26,20 +24,16 @@ import (
 // such client socket and the server connections they use, and one goroutine locked to that
 // thread reads, forwards and writes with raw system calls. A session goroutine per client
 // (session.run) costs a goroutine wake-up per message and a scheduler hand-off around the
-// blocking ones; on the 2-core virtual machines pgharbor is measured on, that made pgharbor
-// use 50% more CPU per pgbench -S transaction than PgBouncer's single-threaded libevent loop.
+// blocking ones, which made pgharbor use much more CPU per short transaction than
+// PgBouncer's single-threaded libevent loop (figures: docs/pool.md, "Design measurements").
 //
 // An answer that ends a transaction is written to its client after every event of the
 // epoll batch is handled (and the server connection it freed went to the next waiting
 // client): the loop does the cheap reads and the writes to servers first, and the writes
 // that wake clients (and get the loop preempted by them) last, so clients find several
-// answers ready at once; this is what brought pgbench -S through the pool to PgBouncer's tps.
-// An answer inside a transaction is written at once: the transaction may hold row locks
-// until its client's next statement. Measured on the 2-core test machine (TPC-B, 9 paired
-// rounds of 10 s), that ran at a median 1.05x the tps of deferring every answer, better in 7
-// of the 9 rounds. (An earlier measurement, 0.78x against 0.91x, was made while the Go
-// runtime's monitor still interrupted the loop; see wait.) An answer over loopOutHigh/4 is
-// written as it comes.
+// answers ready at once. An answer inside a transaction is written at once: the transaction
+// may hold row locks until its client's next statement, and deferring it cost TPC-B
+// throughput. An answer over loopOutHigh/4 is written as it comes.
 //
 // Anything else a session sends (the extended protocol, SHOW POOL_NODES, DEALLOCATE, a
 // message over loopMaxMsg) moves the session to a goroutine for good, at a point where no
@@ -226,13 +220,9 @@ func (l *evLoop) run() {
 	// task on the CPU (a backend, a client) but runs once that task yields or its slice
 	// ends, with the events that came meanwhile. On a busy machine it then handles more
 	// events per epoll_wait, sleeps and is preempted less, and wakes the others less
-	// often; it never waits longer than the scheduler's slice. Measured on the 2-core test
-	// machine (medians of 3 rounds): the loop's CPU per pgbench -S transaction fell from
-	// 0.32-0.37 to 0.29 cores per 10k tps, PgBouncer's figure, and TPC-B rose from 0.84x to
-	// 0.94x PgBouncer's tps. Those rounds ran the pool in pgbench's session (see
-	// bench/pool/README.md on autogroup); re-measured with the pool in a session of its
-	// own, pgbench -S ran at 0.89x the tps without SCHED_BATCH (6 paired rounds, all
-	// slower). The policy belongs to the thread, so the goroutine keeps it.
+	// often; it never waits longer than the scheduler's slice. Both the loop's CPU per
+	// transaction and the tps went the right way with it (docs/pool.md, "Design
+	// measurements"). The policy belongs to the thread, so the goroutine keeps it.
 	runtime.LockOSThread() // never unlocked: the thread ends with the loop
 	param := int32(0)
 	if _, _, errno := syscall.RawSyscall(syscall.SYS_SCHED_SETSCHEDULER, 0, schedBatch, uintptr(unsafe.Pointer(&param))); errno != 0 {
@@ -286,15 +276,11 @@ func (l *evLoop) run() {
 			// The goroutine never blocks in Go, so without this the runtime's monitor
 			// (sysmon) would find it on the same scheduling tick for 10 ms, preempt it
 			// with a signal, and, while it is in a system call, take its P away on every
-			// 20 us pass until the preemption lands. Measured on the 2-core test machine,
-			// that monitor then used 2 us of CPU per pgbench -S transaction and 18-28 us
-			// per TPC-B one; passing through the scheduler now and then, when the loop
-			// is about to wait for events, costs a thread hand-off (a locked goroutine)
-			// a few hundred times a second instead: the pool's CPU per -S transaction fell
-			// from 33-36 us to 29-32 us (3 rounds each). A pass is not free: under TPC-B
-			// on that machine it took 300-380 us on average (the other thread has to be
-			// scheduled on a busy CPU); passing every 9 ms instead of 5, or not locking the
-			// goroutine to its thread, did not change TPC-B's tps in 8 paired rounds.
+			// pass of its own until the preemption lands, which costs more CPU than the
+			// pass through the scheduler done here now and then, when the loop is about to
+			// wait for events (a thread hand-off, a locked goroutine, a few hundred times a
+			// second). A pass is not free on a busy CPU, where the other thread has to be
+			// scheduled first; see docs/pool.md, "Design measurements".
 			runtime.Gosched()
 			l.lastYield = l.now
 		}
@@ -594,7 +580,7 @@ func (l *evLoop) consume(s *session) {
 			off = len(data)
 			l.clientGone(s)
 			return
-		case 'Q':
+		case 'Q', 'F': // a FunctionCall (fastpath, large objects) is answered like a Query
 			if !l.query(s, msg) {
 				return
 			}
@@ -606,23 +592,34 @@ func (l *evLoop) consume(s *session) {
 	}
 }
 
-// query handles a Query message; false when it stays unconsumed (waiting, or the session
-// goes to a goroutine or ended).
+// query handles a Query or FunctionCall message; false when it stays unconsumed (waiting,
+// or the session goes to a goroutine or ended).
 func (l *evLoop) query(s *session, msg []byte) bool {
 	ls := s.ev
-	if len(msg) < 6 || msg[len(msg)-1] != 0 {
-		l.kill(s, fatal(sqlstateProtocolViolation, "malformed Query message"))
-		return false
-	}
-	if q := msg[5 : len(msg)-1]; (len(q) < 64 && mentionsNodes(q)) || mentionsDealloc(q) {
-		ls.demote = true
-		return false
+	if msg[0] == 'Q' {
+		if len(msg) < 6 || msg[len(msg)-1] != 0 {
+			l.kill(s, fatal(sqlstateProtocolViolation, "malformed Query message"))
+			return false
+		}
+		if q := msg[5 : len(msg)-1]; (len(q) < 64 && mentionsNodes(q)) || mentionsDealloc(q) {
+			ls.demote = true
+			return false
+		}
 	}
 	if sc := s.sc; sc != nil {
 		if s.roAttach && s.pending > 0 {
 			// the next transaction may not be read-only: decide once this one ends
 			ls.stalled = true
 			return false
+		}
+		if s.needSync {
+			s.mu.Lock()
+			pre := s.syncLocked(sc)
+			s.mu.Unlock()
+			if pre != nil { // after a RESET inside a transaction block
+				sc.ev.out = append(sc.ev.out, pre...)
+				sc.ev.swallow++
+			}
 		}
 		l.send(s, sc, msg)
 		return true
@@ -632,7 +629,7 @@ func (l *evLoop) query(s *session, msg []byte) bool {
 		ls.demote = true // a goroutine waits for RESUME (query_wait_timeout)
 		return false
 	}
-	req := attachReq{readOnly: s.classify('Q', msg)}
+	req := attachReq{readOnly: s.classify(msg[0], msg)}
 	if req.readOnly {
 		if n, ok := srv.cl.PickReader(uint64(s.id)); ok {
 			req.p, req.node, req.reader = srv.sessionPool(s, n), n.ID, true
@@ -706,26 +703,26 @@ func (l *evLoop) attach(s *session, sc *serverConn) bool {
 	sc.client = s
 	req.p.mu.Unlock()
 	s.mu.Lock()
-	s.sc = sc
-	s.node = req.node
-	s.roAttach = req.readOnly && !s.sessionRO
-	s.pending, s.inBatch = 0, false
+	s.attachLocked(sc, req.node, req.readOnly, l.now)
 	s.detached = nil
-	s.xactStart = l.now
 	s.mu.Unlock()
 	s.srv.attached.Add(1)
 	es.ls = s
 	return true
 }
 
-// send forwards one Query to sc (written when pump gets to it).
+// send forwards one Query or FunctionCall to sc (written when pump gets to it).
 func (l *evLoop) send(s *session, sc *serverConn, msg []byte) {
+	f := 0
+	if q := stmtText(msg); len(q) > 0 {
+		f = scanText(q)
+		s.noteText(q, f)
+	}
 	s.mu.Lock()
-	s.pending++
-	s.syncSeq++
-	sc.batch++
-	s.inBatch = false
-	s.lastQuery = l.now
+	if f&textRole != 0 || (msg[0] == 'F' && callsSetConfig(msg)) {
+		sc.resetRole = true
+	}
+	s.sentLocked(sc, l.now)
 	s.mu.Unlock()
 	sc.ev.out = append(sc.ev.out, msg...)
 }
@@ -905,7 +902,12 @@ func (l *evLoop) serverData(s *session, es *loopServer, data []byte) {
 			case 'S':
 				var ps pgproto3.ParameterStatus
 				if ps.Decode(data[5:total]) == nil {
-					sc.params[strings.ToLower(ps.Name)] = ps.Value
+					sc.setParam(strings.ToLower(ps.Name), ps.Value)
+				}
+				if !ls.closed {
+					// the client's view of the setting: after a RESET it saw the
+					// server's default reported, which this corrects
+					ls.out = append(ls.out, data[:total]...)
 				}
 			case 'E':
 				s.srv.log.Warn("restoring a client's settings on a server connection", "pool", sc.pool.name(), "err", decodeServerError(data[5:total]))
@@ -921,8 +923,15 @@ func (l *evLoop) serverData(s *session, es *loopServer, data []byte) {
 				l.serverLost(s, fmt.Errorf("%w: bad ReadyForQuery", errProtocol))
 				return
 			}
-			l.readyForQuery(s, es, data[:6])
+			end, status := l.readyForQuery(s, es, data[:6])
 			data = data[6:]
+			if end {
+				// what follows is kept before the connection goes back to its pool:
+				// its next owner may be a goroutine that reads es.part at once
+				keep(data)
+				l.endAttachment(s, sc, status)
+				return
+			}
 			if es.ls != s {
 				keep(data)
 				return
@@ -932,6 +941,10 @@ func (l *evLoop) serverData(s *session, es *loopServer, data []byte) {
 			s.serverParam(sc, data[5:total])
 		case 'G', 'W':
 			ls.copyIn = true
+		case 'E':
+			s.mu.Lock()
+			s.resetErr = true // a RESET in this answer may not have happened
+			s.mu.Unlock()
 		}
 		k := min(total, len(data))
 		if !ls.closed {
@@ -945,7 +958,8 @@ func (l *evLoop) serverData(s *session, es *loopServer, data []byte) {
 
 // readyForQuery ends an answer; at the end of a transaction the connection goes back to
 // the pool (to the next waiting session) before the answer is written at the batch's end.
-func (l *evLoop) readyForQuery(s *session, es *loopServer, msg []byte) {
+// It returns true when the attachment ended: the caller then calls endAttachment.
+func (l *evLoop) readyForQuery(s *session, es *loopServer, msg []byte) (bool, byte) {
 	ls := s.ev
 	sc := es.sc
 	status := msg[5]
@@ -954,32 +968,23 @@ func (l *evLoop) readyForQuery(s *session, es *loopServer, msg []byte) {
 	}
 	ls.copyIn = false
 	s.mu.Lock()
-	s.pending--
-	s.rfqSeq++
-	s.txStatus = status
-	quiet := s.pending <= 0 && !s.inBatch
-	if quiet {
-		s.pending = 0
-	}
-	st := &sc.pool.stats
-	st.queries.Add(1)
-	st.queryTime.Add(int64(l.now.Sub(s.lastQuery)))
-	end := quiet && (status == 'I' || s.detachReq)
-	if end {
-		st.xacts.Add(1)
-		st.xactTime.Add(int64(l.now.Sub(s.xactStart)))
-		s.detachLocked()
-	}
+	quiet, end := s.readyLocked(sc, status, l.now)
 	s.mu.Unlock()
 	if quiet {
 		ls.stalled = false
 	}
-	if !end {
-		return
+	if end {
+		es.ls = nil
 	}
-	es.ls = nil
+	return end, status
+}
+
+// endAttachment hands sc back after readyForQuery ended s's attachment (status: the last
+// ReadyForQuery's).
+func (l *evLoop) endAttachment(s *session, sc *serverConn, status byte) {
+	ls := s.ev
 	s.srv.attached.Add(-1)
-	if status == 'I' {
+	if status == 'I' && !sc.needsReset() {
 		sc.pool.release(sc)
 	} else {
 		l.rollback(sc, status)
@@ -989,8 +994,9 @@ func (l *evLoop) readyForQuery(s *session, es *loopServer, msg []byte) {
 	}
 }
 
-// rollback ends the transaction a departed client left open, off the loop thread, and
-// returns the connection to its pool.
+// rollback ends the transaction a departed client left open and resets a changed role or
+// session authorization (serverConn.cleanUp), off the loop thread, and returns the
+// connection to its pool.
 func (l *evLoop) rollback(sc *serverConn, status byte) {
 	if err := sc.leaveLoop(); err != nil {
 		sc.pool.drop(sc)
@@ -998,7 +1004,7 @@ func (l *evLoop) rollback(sc *serverConn, status byte) {
 	}
 	go func() {
 		_ = sc.conn.SetDeadline(time.Now().Add(10 * time.Second))
-		if err := sc.w.Flush(); err == nil && (status == 'I' || sc.simpleQuery("ROLLBACK", nil) == nil) {
+		if err := sc.w.Flush(); err == nil && sc.cleanUp(status, false) == nil {
 			_ = sc.conn.SetDeadline(time.Time{})
 			sc.pool.release(sc)
 			return
@@ -1091,15 +1097,24 @@ func (l *evLoop) clientGone(s *session) {
 	s.mu.Lock()
 	s.detachReq = true
 	s.clientDead = true
-	sc, pending, status := s.sc, s.pending, s.txStatus
+	sc, status := s.sc, s.txStatus
+	act := s.goneActionLocked(ls.copyIn)
 	s.mu.Unlock()
 	if sc == nil {
 		l.forget(s)
 		return
 	}
 	es := sc.ev
-	if pending > 0 {
-		if ls.copyIn {
+	if ls.crem > 0 {
+		act = goneClose // a message half forwarded: nothing can follow it
+	}
+	switch act {
+	case goneClose:
+		sc.pool.drop(l.detach(s))
+		l.forget(s)
+		return
+	case goneCopyFail, goneCancel:
+		if act == goneCopyFail {
 			es.out = appendMsg(es.out, &pgproto3.CopyFail{Message: "client disconnected"})
 		} else if sc.pid != 0 {
 			host, port, pid, secret := sc.pool.key.host, sc.pool.key.port, sc.pid, sc.secret
@@ -1136,59 +1151,6 @@ func (l *evLoop) forget(s *session) {
 	delete(l.sessions, s)
 	delete(l.waiting, s)
 	s.srv.forget(s)
-}
-
-// demoteSession moves s to a goroutine (session.run) with what the loop has buffered,
-// keeping its server connection when it holds one (a transaction is open).
-func (l *evLoop) demoteSession(s *session) {
-	ls := s.ev
-	if len(ls.in) > 0 {
-		s.srv.log.Debug("event loop: session moves to a goroutine", "client", s.addr, "message", string(ls.in[:1]), "buffered", len(ls.in))
-	}
-	_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, ls.fd, nil)
-	delete(l.fds, int32(ls.fd))
-	delete(l.sessions, s)
-	f := os.NewFile(uintptr(ls.fd), "pgharbor-client")
-	conn, err := net.FileConn(f)
-	_ = f.Close()
-	if err != nil {
-		s.srv.log.Warn("event loop: moving a session to a goroutine", "client", s.addr, "err", err)
-		ls.closed = true
-		if sc := l.detach(s); sc != nil {
-			l.rollback(sc, s.txStatus)
-		}
-		l.forget(s)
-		return
-	}
-	if sc := s.sc; sc != nil {
-		sc.ev.ls = nil
-		if err := sc.leaveLoop(); err != nil {
-			l.detach(s)
-			sc.pool.drop(sc)
-		} else {
-			s.mu.Lock()
-			s.detached = make(chan struct{})
-			s.mu.Unlock()
-		}
-	}
-	in := append([]byte(nil), ls.in...)
-	out := append([]byte(nil), ls.out...)
-	ls.ended = true
-	s.ev = nil
-	s.mu.Lock()
-	s.reader = false
-	s.mu.Unlock()
-	s.conn = conn
-	s.mr = msgReader{r: bufio.NewReaderSize(io.MultiReader(bytes.NewReader(in), socketIO(conn)), bufSize)}
-	s.cw = bufio.NewWriterSize(socketIO(conn), bufSize)
-	s.inLoop.Store(false)
-	ctx := l.ctx
-	go func() {
-		if len(out) > 0 {
-			s.writeClient(out, true)
-		}
-		s.run(ctx)
-	}()
 }
 
 // tick runs the timeouts: query_wait_timeout for waiting sessions, client_idle_timeout.
@@ -1234,136 +1196,4 @@ func (l *evLoop) quit() {
 	}
 	_ = syscall.Close(l.epfd)
 	_ = syscall.Close(l.efd)
-}
-
-var errNotSocket = errors.New("not a plain socket")
-
-// enterLoop moves sc's socket from Go's poller to the loop's epoll set (loop thread, sc held).
-func (l *evLoop) enterLoop(sc *serverConn) error {
-	if sc.w.Buffered() > 0 {
-		if err := sc.w.Flush(); err != nil {
-			return err
-		}
-	}
-	fd, err := dupSocket(sc.conn)
-	if err != nil {
-		return err
-	}
-	var part []byte
-	if n := sc.mr.r.Buffered(); n > 0 {
-		b, _ := sc.mr.r.Peek(n)
-		part = append([]byte(nil), b...)
-	}
-	_ = sc.conn.Close()
-	es := &loopServer{loop: l, sc: sc, fd: fd, part: part, rdReady: true}
-	ev := syscall.EpollEvent{Events: sockEvents, Fd: int32(fd)}
-	if err := syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
-		_ = syscall.Close(fd)
-		return fmt.Errorf("epoll_ctl: %w", err)
-	}
-	l.fds[int32(fd)] = loopEntry{srv: es}
-	sc.ev = es
-	return nil
-}
-
-// leaveLoop gives sc's socket back to Go's poller (by whoever holds sc).
-func (sc *serverConn) leaveLoop() error {
-	es := sc.ev
-	if es == nil {
-		return nil
-	}
-	sc.ev = nil
-	_ = syscall.EpollCtl(es.loop.epfd, syscall.EPOLL_CTL_DEL, es.fd, nil)
-	f := os.NewFile(uintptr(es.fd), "pgharbor-server")
-	c, err := net.FileConn(f)
-	_ = f.Close()
-	if err != nil {
-		return err
-	}
-	var r io.Reader = socketIO(c)
-	if len(es.part) > 0 {
-		r = io.MultiReader(bytes.NewReader(append([]byte(nil), es.part...)), r)
-	}
-	sc.conn = c
-	sc.mr = msgReader{r: bufio.NewReaderSize(r, bufSize)}
-	sc.w = bufio.NewWriterSize(socketIO(c), bufSize)
-	if len(es.out) > 0 {
-		_, _ = sc.w.Write(es.out)
-	}
-	return nil
-}
-
-// closeLoop closes a server connection the loop owns (sc.close): a Terminate, then the fd.
-func (sc *serverConn) closeLoop() {
-	es := sc.ev
-	_, _ = rawWrite(es.fd, []byte{'X', 0, 0, 0, 4})
-	_ = syscall.Close(es.fd) // its only reference: this also takes it out of the epoll set
-}
-
-// aliveLoop is alive for a connection the loop owns.
-func (sc *serverConn) aliveLoop() bool {
-	es := sc.ev
-	if len(es.part) > 0 || es.rem > 0 {
-		return false
-	}
-	return aliveFD(es.fd)
-}
-
-// aliveFD says whether a socket neither has data nor is closed, without waiting.
-func aliveFD(fd int) bool {
-	var b [1]byte
-	_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), 1,
-		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-	return errno == syscall.EAGAIN
-}
-
-// dupSocket returns a close-on-exec duplicate of a plain socket's descriptor (the socket
-// stays non-blocking); errNotSocket for TLS and other wrapped connections.
-func dupSocket(conn net.Conn) (int, error) {
-	scn, ok := conn.(syscall.Conn)
-	if !ok {
-		return -1, errNotSocket
-	}
-	rc, err := scn.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	nfd := -1
-	var errno syscall.Errno
-	if err := rc.Control(func(fd uintptr) {
-		r, _, e := syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_DUPFD_CLOEXEC, 0)
-		nfd, errno = int(r), e
-	}); err != nil {
-		return -1, err
-	}
-	if errno != 0 {
-		return -1, os.NewSyscallError("fcntl", errno)
-	}
-	return nfd, nil
-}
-
-func rawRead(fd int, p []byte) (int, syscall.Errno) {
-	for {
-		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		if errno == syscall.EINTR {
-			continue
-		}
-		return int(n), errno
-	}
-}
-
-// rawWrite writes all of p unless the socket is full (EAGAIN, with the count written).
-func rawWrite(fd int, p []byte) (int, syscall.Errno) {
-	done := 0
-	for done < len(p) {
-		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[done])), uintptr(len(p)-done))
-		switch errno {
-		case 0:
-			done += int(n)
-		case syscall.EINTR:
-		default:
-			return done, errno
-		}
-	}
-	return done, 0
 }

@@ -58,6 +58,7 @@ type stmt struct {
 	id    uint64
 	query string
 	rest  []byte // Parse body after the name: query, parameter count and types
+	role  bool   // the query may run SET ROLE (textRole)
 }
 
 func serverStmtName(id uint64) string { return "pgharbor_" + strconv.FormatUint(id, 10) }

@@ -26,11 +26,11 @@ func socketIO(conn net.Conn) io.ReadWriter {
 // (RawConn), instead of through net.Conn's Read and Write. The socket is non-blocking, so a
 // call never waits: it returns data, or EAGAIN and the poller parks the goroutine until the
 // socket is ready, as net.Conn does. What it skips is the scheduler's bookkeeping around a
-// system call. On the virtual machines pgharbor is measured on, a loopback write that wakes
-// the peer often takes longer than the 20 µs after which the runtime's monitor thread hands
-// the goroutine's processor to another thread; that hand-off, and the monitor polling every
-// 20 µs because it keeps finding such calls, cost more CPU than the writes themselves under
-// a pgbench -S load. Deadlines and Close work as for the net.Conn (same poller descriptor).
+// system call: a loopback write that wakes the peer can take longer than the interval after
+// which the runtime's monitor thread hands the goroutine's processor to another thread, and
+// that hand-off, with the monitor polling often because it keeps finding such calls, cost
+// more CPU than the writes themselves under load (docs/pool.md, "Design measurements").
+// Deadlines and Close work as for the net.Conn (same poller descriptor).
 type rawSocket struct {
 	rc syscall.RawConn
 }
@@ -87,4 +87,30 @@ func (s *rawSocket) Write(p []byte) (int, error) {
 		err = os.NewSyscallError("write", errno)
 	}
 	return done, err
+}
+
+func rawRead(fd int, p []byte) (int, syscall.Errno) {
+	for {
+		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		if errno == syscall.EINTR {
+			continue
+		}
+		return int(n), errno
+	}
+}
+
+// rawWrite writes all of p unless the socket is full (EAGAIN, with the count written).
+func rawWrite(fd int, p []byte) (int, syscall.Errno) {
+	done := 0
+	for done < len(p) {
+		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[done])), uintptr(len(p)-done))
+		switch errno {
+		case 0:
+			done += int(n)
+		case syscall.EINTR:
+		default:
+			return done, errno
+		}
+	}
+	return done, 0
 }

@@ -1,6 +1,10 @@
 package pool
 
-import "strings"
+import (
+	"encoding/binary"
+	"regexp"
+	"strings"
+)
 
 // Statement classification for statement-level load balancing. Like pgpool, a statement
 // goes to a reader only when it is certainly read-only: a SELECT (or WITH/VALUES/TABLE)
@@ -202,4 +206,287 @@ func mentionsDealloc(b []byte) bool {
 		}
 	}
 	return false
+}
+
+// setConfigOID is pg_proc's fixed OID of set_config(text, text, boolean).
+const setConfigOID = 2078
+
+// callsSetConfig says whether a FunctionCall message (header included) calls set_config,
+// which may set the role as SET ROLE does; a message too short to tell counts as one.
+func callsSetConfig(msg []byte) bool {
+	return len(msg) < 9 || binary.BigEndian.Uint32(msg[5:9]) == setConfigOID
+}
+
+// resetTargets returns the settings the statements of sql put back to their session
+// defaults (their values at connection start): `RESET name`, `SET [SESSION] name {TO|=}
+// DEFAULT`, and all of them (all) for `RESET ALL` and `DISCARD ALL`. Names are lower case,
+// with dots for qualified ones; `TIME ZONE` is timezone. SET LOCAL, which ends with the
+// transaction, and quoted names are left out.
+func resetTargets(sql string) (names []string, all bool) {
+	words, ok := sqlWords(sql)
+	if !ok {
+		return nil, false
+	}
+	for len(words) > 0 {
+		end := 0
+		for end < len(words) && words[end] != ";" {
+			end++
+		}
+		st := words[:end]
+		if end < len(words) {
+			end++
+		}
+		words = words[end:]
+		if len(st) < 2 {
+			continue
+		}
+		var name []string
+		switch st[0] {
+		case "discard":
+			if len(st) == 2 && st[1] == "all" {
+				all = true
+			}
+			continue
+		case "reset":
+			if len(st) == 2 && st[1] == "all" {
+				all = true
+				continue
+			}
+			name = st[1:]
+		case "set":
+			rest := st[1:]
+			if rest[0] == "session" {
+				rest = rest[1:]
+			}
+			if len(rest) < 2 || rest[0] == "local" || rest[len(rest)-1] != "default" {
+				continue
+			}
+			rest = rest[:len(rest)-1]
+			if rest[len(rest)-1] == "to" {
+				rest = rest[:len(rest)-1]
+			}
+			name = rest
+		default:
+			continue
+		}
+		if len(name) == 0 {
+			continue
+		}
+		quoted := false
+		for _, w := range name {
+			quoted = quoted || w == "\""
+		}
+		if quoted {
+			continue
+		}
+		n := strings.Join(name, ".")
+		if n == "time.zone" {
+			n = "timezone"
+		}
+		names = append(names, n)
+	}
+	return names, all
+}
+
+// splitStatements returns the statements of sql (without their ";"), skipping over
+// comments, literals, quoted identifiers and dollar quotes; false when the text cannot be
+// lexed (an unterminated literal or comment).
+func splitStatements(sql string) ([]string, bool) {
+	var out []string
+	start := 0
+	s := sql
+	for i := 0; i < len(s); {
+		c := s[i]
+		switch {
+		case c == '-' && i+1 < len(s) && s[i+1] == '-':
+			j := strings.IndexByte(s[i:], '\n')
+			if j < 0 {
+				i = len(s)
+				continue
+			}
+			i += j + 1
+		case c == '/' && i+1 < len(s) && s[i+1] == '*':
+			depth, j := 1, i+2
+			for j < len(s) && depth > 0 {
+				switch {
+				case strings.HasPrefix(s[j:], "/*"):
+					depth++
+					j += 2
+				case strings.HasPrefix(s[j:], "*/"):
+					depth--
+					j += 2
+				default:
+					j++
+				}
+			}
+			if depth > 0 {
+				return nil, false
+			}
+			i = j
+		case c == '\'':
+			escapes := i > 0 && (s[i-1] == 'e' || s[i-1] == 'E')
+			j := i + 1
+			for {
+				if j >= len(s) {
+					return nil, false
+				}
+				if escapes && s[j] == '\\' {
+					j += 2
+					continue
+				}
+				if s[j] == '\'' {
+					if j+1 < len(s) && s[j+1] == '\'' {
+						j += 2
+						continue
+					}
+					break
+				}
+				j++
+			}
+			i = j + 1
+		case c == '"':
+			j := strings.IndexByte(s[i+1:], '"')
+			if j < 0 {
+				return nil, false
+			}
+			i += j + 2
+		case c == '$' && i+1 < len(s) && (s[i+1] == '$' || isIdentStart(s[i+1])) && (i == 0 || !isIdentChar(s[i-1])):
+			j := i + 1
+			for j < len(s) && s[j] != '$' && isIdentChar(s[j]) {
+				j++
+			}
+			if j >= len(s) || s[j] != '$' {
+				i = j
+				continue
+			}
+			tag := s[i : j+1]
+			end := strings.Index(s[j+1:], tag)
+			if end < 0 {
+				return nil, false
+			}
+			i = j + 1 + end + len(tag)
+		case c == ';':
+			out = append(out, s[start:i])
+			i++
+			start = i
+		default:
+			i++
+		}
+	}
+	if strings.TrimSpace(s[start:]) != "" {
+		out = append(out, s[start:])
+	}
+	return out, true
+}
+
+// setStmt matches a session-level SET of one setting: name and the value's text.
+var setStmt = regexp.MustCompile(`(?is)^\s*set\s+(?:session\s+)?([a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?)\s*(?:=|\s+to\s+)\s*(.*?)\s*$`)
+
+// notFollowed are names after SET that are not plain settings a client keeps (SET ROLE
+// and SET SESSION AUTHORIZATION are reset instead, see serverConn.cleanUp), or settings the
+// server reports, which the pool learns from its ParameterStatus messages.
+var notFollowed = map[string]bool{
+	"local": true, "role": true, "session": true, "authorization": true, "transaction": true,
+	"constraints": true, "time": true, "names": true, "xml": true, "schema": true, "characteristics": true,
+	"transaction_isolation": true, "transaction_read_only": true, "transaction_deferrable": true,
+	"application_name": true, "client_encoding": true, "datestyle": true, "default_transaction_read_only": true,
+	"in_hot_standby": true, "integer_datetimes": true, "intervalstyle": true, "is_superuser": true,
+	"server_encoding": true, "server_version": true, "session_authorization": true,
+	"standard_conforming_strings": true, "timezone": true,
+}
+
+// sessionSets returns the settings the statements of sql set for the session (SET [SESSION]
+// name {TO|=} value), by lower-case name, with the value as written (SQL text), in order;
+// DEFAULT values (see resetTargets), SET LOCAL and reported settings are left out.
+func sessionSets(sql string) [][2]string {
+	stmts, ok := splitStatements(sql)
+	if !ok {
+		return nil
+	}
+	var out [][2]string
+	for _, st := range stmts {
+		m := setStmt.FindStringSubmatch(st)
+		if m == nil {
+			continue
+		}
+		name := strings.ToLower(m[1])
+		if notFollowed[name] || m[2] == "" || strings.EqualFold(m[2], "default") ||
+			strings.Contains(m[2], "--") || strings.Contains(m[2], "/*") {
+			continue // a comment in the value would swallow what the pool sends after it
+		}
+		out = append(out, [2]string{name, m[2]})
+	}
+	return out
+}
+
+// What scanText found in a statement text.
+const (
+	// textRole: the word "role" anywhere, as in SET ROLE, SET SESSION ROLE, RESET ROLE and
+	// set_config('role', ...): the statement may change the role, which the server does not
+	// report (SET SESSION AUTHORIZATION it does, and so is_superuser). A statement that does
+	// not show it (a function that runs SET ROLE) is not caught; see docs/pool.md.
+	textRole     = 1 << iota
+	textReset    // RESET, DEFAULT or DISCARD: see resetTargets
+	textSet      // SET at the start or after a ";" (one inside a literal only costs sessionSets)
+	textRollback // ROLLBACK or ABORT
+)
+
+// scanText makes the cheap checks of a client's statement text in one pass (the pool runs it
+// on every Query and Parse); the exact parsers run only when it finds something.
+func scanText(b []byte) int {
+	f := setAt(b, 0)
+	for i, c := range b {
+		if scanFirst[c] == 0 {
+			continue // most bytes: one table look-up
+		}
+		switch c | 0x20 {
+		case ';':
+			f |= setAt(b, i+1)
+		case 'r':
+			if hasWordAt(b, i, "role") {
+				f |= textRole
+			} else if hasWordAt(b, i, "reset") {
+				f |= textReset
+			} else if hasWordAt(b, i, "rollback") {
+				f |= textRollback
+			}
+		case 'd':
+			if hasWordAt(b, i, "default") || hasWordAt(b, i, "discard") {
+				f |= textReset
+			}
+		case 'a':
+			if hasWordAt(b, i, "abort") {
+				f |= textRollback
+			}
+		}
+	}
+	return f
+}
+
+// scanFirst marks the bytes a word scanText looks for can start with.
+var scanFirst = [256]uint8{';': 1, 'r': 1, 'R': 1, 'd': 1, 'D': 1, 'a': 1, 'A': 1}
+
+// setAt returns textSet when a statement starting at i (after white space) is a SET.
+func setAt(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	if i+3 < len(b) && (b[i]|0x20) == 's' && (b[i+1]|0x20) == 'e' && (b[i+2]|0x20) == 't' &&
+		(b[i+3] == ' ' || b[i+3] == '\t' || b[i+3] == '\n' || b[i+3] == '\r') {
+		return textSet
+	}
+	return 0
+}
+
+// hasWordAt says whether b holds word (lower-case ASCII) at i, ignoring case.
+func hasWordAt(b []byte, i int, word string) bool {
+	if i+len(word) > len(b) {
+		return false
+	}
+	for j := 1; j < len(word); j++ {
+		if b[i+j]|0x20 != word[j] {
+			return false
+		}
+	}
+	return true
 }

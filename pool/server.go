@@ -714,7 +714,7 @@ func (s *Server) handleConn(ctx context.Context, conn net.Conn) {
 		return
 	}
 	sess := &session{srv: s, id: s.nextID.Add(1), conn: conn, mr: mr, cw: cw, user: user, db: db, tgt: cfg.resolve(db, user),
-		params: clientParams(params), addr: conn.RemoteAddr().String(), tls: isTLS, started: time.Now(), stmts: map[string]*stmt{}, txStatus: 'I'}
+		params: clientParams(params), startup: clientParams(params), addr: conn.RemoteAddr().String(), tls: isTLS, started: time.Now(), stmts: map[string]*stmt{}, txStatus: 'I'}
 	ro := strings.ToLower(sess.params["default_transaction_read_only"])
 	sess.sessionRO = cfg.LoadBalance && sess.tgt.route != "primary" && (sess.tgt.route == "reader" || ro == "on" || ro == "true" || ro == "1" || ro == "yes")
 	if !sess.tgt.forced {

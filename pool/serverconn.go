@@ -42,6 +42,18 @@ type serverConn struct {
 	batch uint64
 	// login is the ParameterStatus set the server sent at login (canonical names).
 	login []pgproto3.ParameterStatus
+	// loginVals holds the login values of the reported settings no client may change for
+	// the next one (session_authorization, is_superuser, ...: every reported setting that is
+	// not in trackedParams), by lower-case name.
+	loginVals map[string]string
+	// reported names the settings the server reports when they change (those it sent at
+	// login); the pool's record of any other is only as good as the last SET it sent.
+	reported map[string]bool
+	// identity is set when the server reported one of loginVals changed (SET SESSION
+	// AUTHORIZATION, or SET ROLE by a superuser login: is_superuser); resetRole when a
+	// client sent something that may have run SET ROLE, which the server does not report.
+	// Either way the connection is reset (or closed) before another client gets it.
+	identity, resetRole bool
 
 	// ev is set while the event loop owns the socket (conn is then closed; see enterLoop).
 	ev *loopServer
@@ -49,8 +61,11 @@ type serverConn struct {
 	created  time.Time
 	lastUsed time.Time // when it last went idle
 	// guarded by pool.mu:
-	active bool
-	client *session
+	// nPrepared is len(prepared) when the connection last went back to its pool: the
+	// session holding it changes prepared without the pool's lock (SHOW SERVERS).
+	nPrepared int
+	active    bool
+	client    *session
 }
 
 // serverCreds say how to log in to a server.
@@ -94,7 +109,8 @@ func loginServer(conn net.Conn, cfg *Config, host, db string, creds serverCreds)
 	}
 	rw := socketIO(conn)
 	sc := &serverConn{conn: conn, mr: msgReader{r: bufio.NewReaderSize(rw, bufSize)}, w: bufio.NewWriterSize(rw, bufSize),
-		params: map[string]string{}, dirty: map[string]bool{}, prepared: map[uint64]uint64{}, created: time.Now()}
+		params: map[string]string{}, dirty: map[string]bool{}, prepared: map[uint64]uint64{}, created: time.Now(),
+		loginVals: map[string]string{}, reported: map[string]bool{}}
 	start := &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": creds.user, "database": db}}
 	buf := appendMsg(nil, start)
 	if _, err := conn.Write(buf); err != nil {
@@ -174,7 +190,12 @@ func loginServer(conn net.Conn, cfg *Config, host, db string, creds serverCreds)
 		case 'S':
 			var ps pgproto3.ParameterStatus
 			if err := ps.Decode(body); err == nil {
-				sc.params[strings.ToLower(ps.Name)] = ps.Value
+				k := strings.ToLower(ps.Name)
+				sc.params[k] = ps.Value
+				sc.reported[k] = true
+				if !trackedParams[k] {
+					sc.loginVals[k] = ps.Value
+				}
 				sc.login = append(sc.login, ps)
 			}
 		case 'K':
@@ -280,7 +301,13 @@ func (sc *serverConn) alive() bool {
 	if sc.mr.r.Buffered() > 0 {
 		return false
 	}
-	if scn, ok := sc.conn.(syscall.Conn); ok {
+	var raw net.Conn = sc.conn
+	if tc, ok := raw.(*tls.Conn); ok {
+		// bytes on the socket of an idle TLS connection (a record with an error, a
+		// close_notify) mean the same as on a plain one
+		raw = tc.NetConn()
+	}
+	if scn, ok := raw.(syscall.Conn); ok {
 		if rc, err := scn.SyscallConn(); err == nil {
 			ok := false
 			if rc.Control(func(fd uintptr) { ok = aliveFD(int(fd)) }) == nil {
@@ -320,7 +347,7 @@ func (sc *serverConn) simpleQuery(sql string, onParam func(name, value string)) 
 		case 'S':
 			var ps pgproto3.ParameterStatus
 			if ps.Decode(msg[5:]) == nil {
-				sc.params[strings.ToLower(ps.Name)] = ps.Value
+				sc.setParam(strings.ToLower(ps.Name), ps.Value)
 				if onParam != nil {
 					onParam(ps.Name, ps.Value)
 				}
@@ -332,6 +359,71 @@ func (sc *serverConn) simpleQuery(sql string, onParam func(name, value string)) 
 			return qerr
 		}
 	}
+}
+
+// preparedShown is the number of prepared statements SHOW SERVERS shows (pool.mu held).
+func (sc *serverConn) preparedShown() int {
+	if sc.active {
+		return sc.nPrepared
+	}
+	return len(sc.prepared)
+}
+
+// setParam records a setting the server reported (k in lower case).
+func (sc *serverConn) setParam(k, v string) {
+	sc.params[k] = v
+	if lv, ok := sc.loginVals[k]; ok && lv != v {
+		sc.identity = true
+	}
+}
+
+// needsReset says whether the connection may carry a client's role or session
+// authorization (or another reported setting no client may pass on) and must be reset
+// before another client gets it.
+func (sc *serverConn) needsReset() bool { return sc.identity || sc.resetRole }
+
+// resetSQL undoes SET SESSION AUTHORIZATION and SET ROLE (in that order: the first also
+// ends a role set under the authorization). RESET ALL leaves both alone.
+const resetSQL = "RESET SESSION AUTHORIZATION; RESET ROLE"
+
+// cleanUp makes a connection whose client is done with it fit for any client of its pool:
+// it rolls back a transaction left open (status is the last ReadyForQuery's), runs DISCARD
+// ALL when discard is set (session mode), and resets the role and session authorization
+// when they may have changed. An error means the connection must be closed, also when a
+// reported setting still differs from its login value after the reset.
+func (sc *serverConn) cleanUp(status byte, discard bool) error {
+	if status != 'I' {
+		if err := sc.simpleQuery("ROLLBACK", nil); err != nil {
+			return err
+		}
+	}
+	if discard {
+		if err := sc.simpleQuery("DISCARD ALL", nil); err != nil {
+			return err
+		}
+		for k := range sc.dirty {
+			if !sc.reported[k] {
+				delete(sc.params, k)
+			}
+		}
+		sc.dirty = map[string]bool{}
+		sc.prepared = map[uint64]uint64{}
+		sc.resetRole = false // DISCARD ALL includes SET SESSION AUTHORIZATION DEFAULT and RESET ROLE
+	}
+	if sc.needsReset() {
+		if err := sc.simpleQuery(resetSQL, nil); err != nil {
+			return err
+		}
+		sc.resetRole = false
+	}
+	sc.identity = false
+	for k, lv := range sc.loginVals {
+		if v, ok := sc.params[k]; ok && v != lv {
+			sc.identity = true
+			return fmt.Errorf("server connection: %s is %q after a reset, %q at login", k, v, lv)
+		}
+	}
+	return nil
 }
 
 func (sc *serverConn) close() {

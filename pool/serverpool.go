@@ -68,14 +68,20 @@ func (p *serverPool) tryIdle() *serverConn {
 }
 
 // reusable says whether an idle connection just taken may be used: not closed by the server
-// while idle (as far as the event loop saw), and alive when it sat idle past
+// while idle (pg_terminate_backend, idle_session_timeout, a restart), so that no client
+// gets an error for a failure that happened before it came. The event loop sees a closed
+// socket of its own as it happens (hup); any other connection is probed without waiting
+// (a non-blocking peek), and one the loop owns also when it sat idle past
 // server_check_delay.
 func (p *serverPool) reusable(sc *serverConn) bool {
-	if sc.ev != nil && sc.ev.hup.Load() {
-		return false
+	if sc.ev != nil {
+		if sc.ev.hup.Load() {
+			return false
+		}
+		d := p.srv.config().ServerCheckDelay
+		return d <= 0 || time.Since(sc.lastUsed) <= d || sc.alive()
 	}
-	d := p.srv.config().ServerCheckDelay
-	return d <= 0 || time.Since(sc.lastUsed) <= d || sc.alive()
+	return sc.alive()
 }
 
 // acquire returns a server connection, opening one when the pool is below its size, or
@@ -270,6 +276,13 @@ func (p *serverPool) unwait(sess *session) bool {
 
 // release returns a clean (ReadyForQuery idle) connection: to the first waiter, or idle.
 func (p *serverPool) release(sc *serverConn) {
+	if sc.needsReset() {
+		// every path resets such a connection first (serverConn.cleanUp): this one did
+		// not, and the connection must not reach another client as it is
+		p.srv.log.Warn("closing a server connection that was not reset", "pool", p.name())
+		p.drop(sc)
+		return
+	}
 	cfg := p.srv.config()
 	if lt := positive(cfg.ServerLifetime); lt > 0 && time.Since(sc.created) > lt {
 		p.drop(sc)
@@ -278,6 +291,7 @@ func (p *serverPool) release(sc *serverConn) {
 	usable := p.srv.nodeUsable(p.key.nodeID)
 	p.mu.Lock()
 	sc.client = nil
+	sc.nPrepared = len(sc.prepared)
 	if p.size < 0 || !usable {
 		p.mu.Unlock()
 		p.drop(sc)

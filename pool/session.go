@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -45,6 +44,7 @@ type session struct {
 	user, db    string
 	tgt         target
 	params      map[string]string // settings the client asked for (lower-case names)
+	startup     map[string]string // the settings it gave at startup, which RESET gives back
 	pid, secret uint32
 	sessionRO   bool // all traffic of this session is read-only (load-balanced)
 	addr        string
@@ -74,9 +74,28 @@ type session struct {
 	reader    bool          // a serverLoop goroutine reads sc (else the client loop does, inline)
 	// clientDead is set by the current reader when writing to the client failed.
 	clientDead bool
-	waiting    bool
-	xactStart  time.Time
-	lastQuery  time.Time
+	// copyIn is set while the server waits for COPY data (goroutine engine; the event
+	// loop keeps its own in loopSess).
+	copyIn    bool
+	waiting   bool
+	xactStart time.Time
+	lastQuery time.Time
+	// RESET of startup settings (see noteReset): what the statements sent reset, whether
+	// an error came back since, and whether the attached connection's settings must be
+	// made the client's again before its next message.
+	resetNames []string
+	resetAll   bool
+	// setPending are session SETs sent (name, value as SQL text) whose transaction has not
+	// ended; setUndone says a ROLLBACK or ABORT was sent since (setsOpen: any pending).
+	setPending [][2]string
+	setUndone  bool
+	setsOpen   atomic.Bool
+	resetErr   bool
+	needSync   bool
+	syncPre    []byte // a sync Query ensureAttached decided on, written before the message
+	// swallowZ counts answers to the pool's own sync queries the reader drops (goroutine
+	// engine; the event loop counts them in loopServer.swallow).
+	swallowZ atomic.Int32
 }
 
 // parseEntry is a ParseComplete or CloseComplete the server owes us, in order.
@@ -85,14 +104,6 @@ type parseEntry struct {
 	kind    byte   // '1' or '3'
 	swallow bool   // injected by the pool: the client must not see it
 	id      uint64 // statement id being prepared (0: none)
-}
-
-// trackedParams are reported settings a client may change and expects to keep across
-// transactions; the pool re-applies them when it attaches another server connection.
-var trackedParams = map[string]bool{
-	"client_encoding": true, "datestyle": true, "intervalstyle": true, "timezone": true,
-	"standard_conforming_strings": true, "application_name": true, "search_path": true,
-	"extra_float_digits": true, "default_transaction_read_only": true,
 }
 
 // run is the client loop. It returns when the client leaves or the session fails.
@@ -145,7 +156,8 @@ func (s *session) run(ctx context.Context) {
 var errClientGone = errors.New("client left")
 
 // recoverFromError reports an ERROR for the message of type typ; for the extended protocol
-// it discards messages up to and including the next Sync, then sends ReadyForQuery.
+// it discards messages up to and including the next Sync, then sends ReadyForQuery (at once
+// for a Query or a FunctionCall).
 func (s *session) recoverFromError(typ byte, pe *pgError) error {
 	s.mu.Lock()
 	st := orIdle(s.txStatus)
@@ -153,7 +165,18 @@ func (s *session) recoverFromError(typ byte, pe *pgError) error {
 		s.inBatch = false
 	}
 	s.mu.Unlock()
-	if typ != 'Q' {
+	if typ == 'F' {
+		// a FunctionCall is answered like a Query, with no Sync to wait for; forward left
+		// it unread
+		_, n, err := s.mr.header()
+		if err != nil {
+			return err
+		}
+		if _, err := s.mr.r.Discard(5 + n); err != nil {
+			return err
+		}
+	}
+	if typ != 'Q' && typ != 'F' {
 		s.writeClient(pe.encode(nil), true)
 		for {
 			t, n, err := s.mr.header()
@@ -172,7 +195,7 @@ func (s *session) recoverFromError(typ byte, pe *pgError) error {
 		}
 	}
 	var out []byte
-	if typ == 'Q' {
+	if typ == 'Q' || typ == 'F' {
 		out = pe.encode(nil)
 	}
 	s.writeClient(appendMsg(out, &pgproto3.ReadyForQuery{TxStatus: st}), true)
@@ -287,7 +310,9 @@ func (s *session) handle(ctx context.Context, typ byte, n int) error {
 			return err
 		}
 		return s.forward(ctx, typ, n)
-	case 'E', 'F':
+	case 'E':
+		return s.forward(ctx, typ, n)
+	case 'F':
 		return s.forward(ctx, typ, n)
 	default:
 		return fatal(sqlstateProtocolViolation, "invalid frontend message type %q", typ)
@@ -323,8 +348,13 @@ func (s *session) forward(ctx context.Context, typ byte, n int) error {
 	if err != nil {
 		return err
 	}
+	if typ == 'F' && s.tgt.mode == ModeTransaction && (first == nil || callsSetConfig(first)) {
+		s.markRoleReset(sc)
+	}
 	s.wmu.Lock()
-	s.account(sc, typ)
+	if pre := s.account(sc, typ); pre != nil {
+		_, _ = sc.w.Write(pre) // an error shows at the next write or flush
+	}
 	if err := s.mr.copyTo(sc.w, n); err != nil {
 		s.wmu.Unlock()
 		return s.serverWriteErr(sc, err)
@@ -339,8 +369,21 @@ func (s *session) forward(ctx context.Context, typ byte, n int) error {
 
 // send writes one whole client message to sc.
 func (s *session) send(sc *serverConn, typ byte, msg []byte) error {
+	if typ == 'Q' || typ == 'P' {
+		// the statement text: a Query's, or a Parse's as the client sent it (a named
+		// statement's rewritten Parse starts with a Close: handleStmtMsg looked at it)
+		if q := stmtText(msg); len(q) > 0 {
+			f := scanText(q)
+			if f&textRole != 0 && s.tgt.mode == ModeTransaction {
+				s.markRoleReset(sc)
+			}
+			s.noteText(q, f)
+		}
+	}
 	s.wmu.Lock()
-	s.account(sc, typ)
+	if pre := s.account(sc, typ); pre != nil {
+		_, _ = sc.w.Write(pre)
+	}
 	if _, err := sc.w.Write(msg); err != nil {
 		s.wmu.Unlock()
 		return s.serverWriteErr(sc, err)
@@ -357,7 +400,7 @@ func (s *session) send(sc *serverConn, typ byte, msg []byte) error {
 // (pumpInline) after a Sync or Query with nothing more from the client buffered, or a
 // serverLoop goroutine when the client keeps sending or waits on a Flush.
 func (s *session) afterWrite(sc *serverConn, typ byte) error {
-	if typ != 'S' && typ != 'Q' && typ != 'H' {
+	if typ != 'S' && typ != 'Q' && typ != 'H' && typ != 'F' {
 		return nil
 	}
 	s.mu.Lock()
@@ -376,25 +419,25 @@ func (s *session) afterWrite(sc *serverConn, typ byte) error {
 	return nil
 }
 
-// account updates the batch state before a message goes to the server.
-func (s *session) account(sc *serverConn, typ byte) {
+// account updates the batch state before a message goes to the server, and returns a sync
+// Query (syncPre) to write before it.
+func (s *session) account(sc *serverConn, typ byte) []byte {
 	s.mu.Lock()
+	pre := s.syncPre
+	s.syncPre = nil
 	switch typ {
-	case 'S', 'Q':
-		s.pending++
-		s.syncSeq++
-		sc.batch++
-		s.inBatch = false
-		s.lastQuery = time.Now()
+	case 'S', 'Q', 'F': // each gets its ReadyForQuery
+		s.sentLocked(sc, time.Now())
 	case 'd', 'c', 'f':
 	default:
 		s.inBatch = true
 	}
 	s.mu.Unlock()
+	return pre
 }
 
 func (s *session) maybeFlush(sc *serverConn, typ byte) error {
-	if typ == 'S' || typ == 'Q' || typ == 'H' || typ == 'c' || typ == 'f' || !s.mr.complete() {
+	if typ == 'S' || typ == 'Q' || typ == 'F' || typ == 'H' || typ == 'c' || typ == 'f' || !s.mr.complete() {
 		if err := sc.w.Flush(); err != nil {
 			return s.serverWriteErr(sc, err)
 		}
@@ -426,6 +469,12 @@ func (s *session) handleStmtMsg(ctx context.Context, typ byte, msg []byte) error
 		}
 		st := &stmt{id: s.srv.stmts.id(rest), rest: append([]byte(nil), rest...)}
 		st.query, _, _ = cstring(rest)
+		f := scanText([]byte(st.query))
+		st.role = f&textRole != 0
+		s.noteText([]byte(st.query), f)
+		if st.role {
+			s.markRoleReset(sc)
+		}
 		s.stmts[name] = st
 		s.mu.Lock()
 		seq := s.syncSeq + 1
@@ -457,6 +506,9 @@ func (s *session) handleStmtMsg(ctx context.Context, typ byte, msg []byte) error
 		sc, err := s.ensureAttached(ctx, typ, msg)
 		if err != nil {
 			return err
+		}
+		if st.role {
+			s.markRoleReset(sc)
 		}
 		out = s.reprepare(sc, st, nil)
 		out = encodeBind(out, portal, serverStmtName(st.id), rest)
@@ -597,6 +649,14 @@ func (s *session) ensureAttached(ctx context.Context, typ byte, msg []byte) (*se
 		}
 		if sc != nil {
 			if claim {
+				if pre := s.syncLocked(sc); pre != nil {
+					// answered before the message: its ReadyForQuery is dropped (swallowZ)
+					s.syncPre = pre
+					s.pending++
+					s.syncSeq++
+					sc.batch++
+					s.swallowZ.Add(1)
+				}
 				s.inBatch = true
 			}
 			s.mu.Unlock()
@@ -629,7 +689,8 @@ func (s *session) waitDetached() {
 
 // deallocate handles `DEALLOCATE [PREPARE] name|ALL` for the client's protocol-level
 // statements in transaction mode (they exist on the server under other names). It returns
-// the command tag and false when the statement is not one of them.
+// the command tag, or false when the server must run the statement: a name that is not
+// one of them, and ALL (after forgetting the client's statements).
 func (s *session) deallocate(q string) (string, bool) {
 	f := strings.Fields(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(q), ";")))
 	if len(f) >= 2 && strings.EqualFold(f[1], "prepare") {
@@ -639,8 +700,10 @@ func (s *session) deallocate(q string) (string, bool) {
 		return "", false
 	}
 	if strings.EqualFold(f[1], "all") {
+		// also the server's business: SQL-level PREPAREd statements go too (the caller
+		// sends it on and forgets what the server connection had prepared)
 		clear(s.stmts)
-		return "DEALLOCATE ALL", true
+		return "", false
 	}
 	name := f[1]
 	if len(name) > 1 && name[0] == '"' && name[len(name)-1] == '"' {
@@ -843,12 +906,8 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 		sc.client = s
 		p.mu.Unlock()
 		s.mu.Lock()
-		s.sc = sc
-		s.node = nodeID
-		s.roAttach = readOnly && s.tgt.mode == ModeTransaction && !s.sessionRO
-		s.pending, s.inBatch = 0, false
+		s.attachLocked(sc, nodeID, readOnly, time.Now())
 		s.detached = make(chan struct{})
-		s.xactStart = time.Now()
 		done := s.detached
 		s.mu.Unlock()
 		s.srv.attached.Add(1)
@@ -862,99 +921,6 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 	}
 }
 
-// syncParams makes the server connection's settings match what the client asked for.
-func (s *session) syncParams(sc *serverConn) error {
-	if s.paramsMatch(sc) {
-		return nil // the usual case: nothing to send, and no builder allocated per attach
-	}
-	q := s.paramSQL(sc)
-	if q == "" {
-		return nil
-	}
-	if err := sc.simpleQuery(q, func(name, value string) {
-		sc.params[strings.ToLower(name)] = value
-	}); err != nil {
-		return err
-	}
-	s.paramsApplied(sc)
-	return nil
-}
-
-// paramSQL returns the SET and RESET commands that make sc's settings the client's.
-func (s *session) paramSQL(sc *serverConn) string {
-	var b strings.Builder
-	for k, v := range s.params {
-		if cur, ok := sc.params[k]; ok && cur == v {
-			continue
-		}
-		if !validGUC(k) {
-			continue
-		}
-		fmt.Fprintf(&b, "SET %s TO %s;", k, quoteLiteral(v))
-	}
-	for k := range sc.dirty {
-		if _, ok := s.params[k]; !ok && validGUC(k) {
-			fmt.Fprintf(&b, "RESET %s;", k)
-		}
-	}
-	return b.String()
-}
-
-// paramsApplied records that paramSQL's commands ran on sc.
-func (s *session) paramsApplied(sc *serverConn) {
-	for k := range sc.dirty {
-		if _, ok := s.params[k]; !ok {
-			delete(sc.dirty, k)
-			if !reportedParam(k) {
-				delete(sc.params, k)
-			}
-		}
-	}
-	for k, v := range s.params {
-		sc.params[k] = v
-		sc.dirty[k] = true
-	}
-}
-
-// paramsMatch says whether syncParams has nothing to send to sc (the same checks, no SQL).
-func (s *session) paramsMatch(sc *serverConn) bool {
-	for k, v := range s.params {
-		if cur, ok := sc.params[k]; ok && cur == v {
-			continue
-		}
-		if validGUC(k) {
-			return false
-		}
-	}
-	for k := range sc.dirty {
-		if _, ok := s.params[k]; !ok && validGUC(k) {
-			return false
-		}
-	}
-	return true
-}
-
-func reportedParam(k string) bool {
-	return k != "extra_float_digits" && k != "search_path"
-}
-
-func validGUC(k string) bool {
-	if k == "" {
-		return false
-	}
-	for i := 0; i < len(k); i++ {
-		c := k[i]
-		if !(c == '_' || c == '.' || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) {
-			return false
-		}
-	}
-	return true
-}
-
-func quoteLiteral(v string) string {
-	return "'" + strings.ReplaceAll(v, "'", "''") + "'"
-}
-
 // writeClient writes b to the client, flushing when asked.
 func (s *session) writeClient(b []byte, flush bool) {
 	s.cwMu.Lock()
@@ -965,367 +931,4 @@ func (s *session) writeClient(b []byte, flush bool) {
 	if flush {
 		_ = s.cw.Flush()
 	}
-}
-
-// Results of serverStep.
-const (
-	stepMore   = iota // keep reading
-	stepQuiet         // a ReadyForQuery left nothing outstanding; the attachment is still held
-	stepEnded         // the attachment ended (released or dropped): sc is no longer ours
-	stepCopyIn        // the server waits for COPY data from the client
-)
-
-// serverLoop forwards the server's messages to the client until the attachment ends. It runs
-// as its own goroutine in session mode, and in transaction mode when the client needs
-// answers while it keeps sending (Flush, pipelining, COPY FROM STDIN).
-func (s *session) serverLoop(sc *serverConn, done chan struct{}) {
-	for s.serverStep(sc, done) != stepEnded {
-	}
-}
-
-// pumpInline reads the server's answers on the client's goroutine until nothing is
-// outstanding (transaction mode, after a Sync or Query with no further client input): the
-// common request/response round trip then needs no second goroutine. A COPY FROM STDIN
-// hands reading over to a serverLoop goroutine, since the client must be read meanwhile.
-func (s *session) pumpInline(sc *serverConn, done chan struct{}) error {
-	for {
-		switch s.serverStep(sc, done) {
-		case stepMore:
-		case stepQuiet:
-			return nil
-		case stepEnded:
-			s.mu.Lock()
-			dead := s.clientDead
-			s.mu.Unlock()
-			if dead {
-				return errClientGone
-			}
-			return nil
-		case stepCopyIn:
-			s.mu.Lock()
-			if s.sc == sc {
-				s.reader = true
-				go s.serverLoop(sc, done)
-			}
-			s.mu.Unlock()
-			return nil
-		}
-	}
-}
-
-// clientWrite runs f on the client writer; after a failure the client is gone and later
-// output is dropped.
-func (s *session) clientWrite(f func() error) {
-	if s.clientDead {
-		return
-	}
-	s.cwMu.Lock()
-	err := f()
-	s.cwMu.Unlock()
-	if err != nil {
-		s.mu.Lock()
-		s.clientDead = true
-		s.detachReq = true
-		s.mu.Unlock()
-		_ = s.conn.Close()
-	}
-}
-
-func (s *session) clientWriteMsg(msg []byte) {
-	if s.clientDead {
-		return
-	}
-	s.cwMu.Lock()
-	_, err := s.cw.Write(msg)
-	s.cwMu.Unlock()
-	if err != nil {
-		s.clientWrite(func() error { return err })
-	}
-}
-
-func (s *session) clientFlush() {
-	if s.clientDead {
-		return
-	}
-	s.cwMu.Lock()
-	err := s.cw.Flush()
-	s.cwMu.Unlock()
-	if err != nil {
-		s.clientWrite(func() error { return err })
-	}
-}
-
-// serverStep reads and handles one server message. Only the session's current reader
-// (serverLoop goroutine or the client loop in pumpInline) calls it.
-func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
-	typ, n, err := sc.mr.header()
-	if err != nil {
-		s.serverGone(sc, done, err)
-		return stepEnded
-	}
-	result := stepMore
-	switch typ {
-	case 'Z':
-		msg, err := sc.mr.whole(n)
-		if err != nil || n != 1 {
-			s.serverGone(sc, done, fmt.Errorf("bad ReadyForQuery: %v", err))
-			return stepEnded
-		}
-		status := msg[5]
-		// Buffered now, flushed below: after the connection went back to the pool when
-		// this ends the transaction, so the next client's query can start on it while
-		// this client's answer is being written.
-		s.clientWriteMsg(msg)
-		s.mu.Lock()
-		s.pending--
-		s.rfqSeq++
-		s.txStatus = status
-		// completions of this Sync that never came: their statements were not prepared
-		i := 0
-		for ; i < len(s.parseQ) && s.parseQ[i].seq <= s.rfqSeq; i++ {
-			if id := s.parseQ[i].id; id != 0 {
-				delete(sc.prepared, id)
-			}
-		}
-		s.parseQ = s.parseQ[i:]
-		quiet := s.pending <= 0 && !s.inBatch
-		if quiet {
-			s.pending = 0
-			result = stepQuiet
-		}
-		st := &sc.pool.stats
-		st.queries.Add(1)
-		if !s.lastQuery.IsZero() {
-			st.queryTime.Add(int64(time.Since(s.lastQuery)))
-		}
-		release := quiet && status == 'I' && s.tgt.mode == ModeTransaction
-		finish := quiet && s.detachReq
-		if release || finish {
-			st.xacts.Add(1)
-			st.xactTime.Add(int64(time.Since(s.xactStart)))
-			s.detachLocked()
-		}
-		s.mu.Unlock()
-		if release || finish {
-			s.finishServer(sc, done, status)
-			s.clientFlush()
-			return stepEnded
-		}
-		s.clientFlush()
-		return result
-	case '1', '3':
-		s.mu.Lock()
-		var e parseEntry
-		if len(s.parseQ) > 0 && s.parseQ[0].kind == typ {
-			e = s.parseQ[0]
-			s.parseQ = s.parseQ[1:]
-		}
-		s.mu.Unlock()
-		msg, err := sc.mr.whole(n)
-		if err != nil {
-			s.serverGone(sc, done, err)
-			return stepEnded
-		}
-		if !e.swallow {
-			s.clientWriteMsg(msg)
-		}
-	case 'S':
-		msg, err := sc.mr.whole(n)
-		if err != nil {
-			s.serverGone(sc, done, err)
-			return stepEnded
-		}
-		s.serverParam(sc, msg[5:])
-		s.clientWriteMsg(msg)
-	default:
-		if typ == 'G' || typ == 'W' {
-			result = stepCopyIn
-		}
-		if s.clientDead {
-			if _, err := sc.mr.r.Discard(5 + n); err != nil {
-				s.serverGone(sc, done, err)
-				return stepEnded
-			}
-			break
-		}
-		if sc.mr.fits(n) {
-			msg, err := sc.mr.whole(n)
-			if err != nil {
-				s.serverGone(sc, done, err)
-				return stepEnded
-			}
-			s.clientWriteMsg(msg)
-			break
-		}
-		s.cwMu.Lock()
-		werr := sc.mr.copyTo(s.cw, n)
-		s.cwMu.Unlock()
-		if werr != nil { // reading or writing failed mid-message: neither side is usable
-			s.mu.Lock()
-			s.clientDead = true
-			s.mu.Unlock()
-			_ = s.conn.Close()
-			s.serverGone(sc, done, werr)
-			return stepEnded
-		}
-	}
-	if sc.mr.r.Buffered() == 0 || result == stepCopyIn {
-		s.clientFlush()
-	}
-	return result
-}
-
-// serverParam records a ParameterStatus (body) the server sent on sc while s held it: a
-// tracked setting the client changed follows the client to its next server connection.
-func (s *session) serverParam(sc *serverConn, body []byte) {
-	var ps pgproto3.ParameterStatus
-	if ps.Decode(body) != nil {
-		return
-	}
-	k := strings.ToLower(ps.Name)
-	s.mu.Lock()
-	sc.params[k] = ps.Value
-	if trackedParams[k] {
-		s.params[k] = ps.Value
-		sc.dirty[k] = true
-	}
-	s.mu.Unlock()
-}
-
-// detachLocked ends the attachment (caller holds mu).
-func (s *session) detachLocked() {
-	s.sc = nil
-	s.roAttach = false
-	s.reader = false
-}
-
-// finishServer returns sc to its pool after the attachment ended at ReadyForQuery; when the
-// client is gone it first rolls back and (session mode) resets the connection.
-func (s *session) finishServer(sc *serverConn, done chan struct{}, status byte) {
-	defer s.srv.attached.Add(-1)
-	defer close(done)
-	s.wmu.Lock() // wait for a write still returning
-	s.wmu.Unlock()
-	s.mu.Lock()
-	gone := s.detachReq
-	s.mu.Unlock()
-	if gone {
-		_ = sc.conn.SetReadDeadline(time.Time{})
-		if err := s.resetServer(sc, status); err != nil {
-			sc.pool.drop(sc)
-			return
-		}
-	}
-	sc.pool.release(sc)
-}
-
-// resetServer rolls back an open transaction and, in session mode, runs DISCARD ALL.
-func (s *session) resetServer(sc *serverConn, status byte) error {
-	_ = sc.conn.SetDeadline(time.Now().Add(10 * time.Second))
-	defer sc.conn.SetDeadline(time.Time{})
-	if status != 'I' {
-		if err := sc.simpleQuery("ROLLBACK", nil); err != nil {
-			return err
-		}
-	}
-	if s.tgt.mode == ModeSession {
-		if err := sc.simpleQuery("DISCARD ALL", func(name, value string) { sc.params[strings.ToLower(name)] = value }); err != nil {
-			return err
-		}
-		for k := range sc.dirty {
-			if !reportedParam(k) {
-				delete(sc.params, k)
-			}
-		}
-		sc.dirty = map[string]bool{}
-		sc.prepared = map[uint64]uint64{}
-	}
-	return nil
-}
-
-// serverGone handles a read error on the attached server connection.
-func (s *session) serverGone(sc *serverConn, done chan struct{}, err error) {
-	s.mu.Lock()
-	s.srv.log.Debug("server loop ended", "client", s.addr, "err", err, "pending", s.pending, "inBatch", s.inBatch, "detachReq", s.detachReq)
-	req := s.detachReq
-	clean := s.pending == 0 && !s.inBatch && sc.mr.r.Buffered() == 0
-	status := s.txStatus
-	if s.sc == sc {
-		s.detachLocked()
-	}
-	s.mu.Unlock()
-	var ne net.Error
-	if req && clean && errors.As(err, &ne) && ne.Timeout() {
-		// woken by cleanup at a safe point: reset and keep the connection
-		s.finishServer(sc, done, status)
-		return
-	}
-	defer s.srv.attached.Add(-1)
-	defer close(done)
-	sc.pool.drop(sc)
-	if !req {
-		s.srv.log.Warn("server connection lost", "client", s.addr, "pool", sc.pool.name(), "err", err)
-		s.writeClient(fatal(sqlstateConnFailure, "server connection lost").encode(nil), true)
-		_ = s.conn.Close()
-	}
-}
-
-// cleanup runs when the client loop ends: the attachment, if any, is finished at the next
-// safe point (or dropped), and the session is forgotten.
-func (s *session) cleanup() {
-	var sc *serverConn
-	var done chan struct{}
-	for tries := 0; ; tries++ {
-		s.mu.Lock()
-		s.detachReq = true
-		sc, done = s.sc, s.detached
-		if sc != nil && !s.inBatch && s.pending > 0 && tries < 10 {
-			// Usually the answer is already on its way (the client left right after
-			// reading ReadyForQuery, before the server loop counted it): wait a little.
-			s.mu.Unlock()
-			time.Sleep(5 * time.Millisecond)
-			continue
-		}
-		break
-	}
-	if sc != nil && !s.reader {
-		// No goroutine reads sc: the answers were all read inline. Finish here.
-		status, half := s.txStatus, s.inBatch || s.pending > 0
-		s.detachLocked()
-		s.mu.Unlock()
-		if half {
-			s.srv.attached.Add(-1)
-			close(done)
-			sc.pool.drop(sc)
-		} else {
-			s.finishServer(sc, done, status)
-		}
-		_ = s.conn.Close()
-		s.srv.forget(s)
-		return
-	}
-	// Acting on sc under mu: the server loop cannot release it meanwhile.
-	if sc != nil {
-		switch {
-		case s.inBatch:
-			_ = sc.conn.Close() // a half-sent batch: the connection cannot be reused
-		case s.pending > 0:
-			// cancel what runs, then reset at ReadyForQuery
-			if sc.pid != 0 {
-				cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				_ = cancelServer(cctx, sc.pool.key.host, sc.pool.key.port, sc.pid, sc.secret)
-				cancel()
-			}
-			_ = sc.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-		default:
-			_ = sc.conn.SetReadDeadline(time.Now())
-		}
-	}
-	s.srv.log.Debug("client gone", "client", s.addr, "attached", sc != nil, "pending", s.pending, "inBatch", s.inBatch)
-	s.mu.Unlock()
-	if sc != nil {
-		<-done
-	}
-	_ = s.conn.Close()
-	s.srv.forget(s)
 }

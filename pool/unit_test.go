@@ -360,7 +360,7 @@ func FuzzClientMessages(f *testing.F) {
 	})
 }
 
-func TestDeallocateOfProtocolStatementsIsAnsweredByThePool(t *testing.T) {
+func TestDeallocateOfProtocolStatementsIsAnsweredByThePoolAllGoesToTheServer(t *testing.T) {
 	s := &session{stmts: map[string]*stmt{"s1": {}, "Mixed": {}, "p2": {}}}
 	for _, c := range [][2]string{ // in order: ALL comes last
 		{"DEALLOCATE s1", "DEALLOCATE"},
@@ -369,7 +369,7 @@ func TestDeallocateOfProtocolStatementsIsAnsweredByThePool(t *testing.T) {
 		{"DEALLOCATE sql_level", ""},
 		{"SELECT 1", ""},
 		{"DEALLOCATE s1; SELECT 1", ""},
-		{"DEALLOCATE ALL", "DEALLOCATE ALL"},
+		{"DEALLOCATE ALL", ""}, // forgets them all, and the server runs it too
 	} {
 		q, want := c[0], c[1]
 		tag, ok := s.deallocate(q)
@@ -378,8 +378,8 @@ func TestDeallocateOfProtocolStatementsIsAnsweredByThePool(t *testing.T) {
 		}
 	}
 	s.stmts["x"] = &stmt{}
-	if tag, _ := s.deallocate("DEALLOCATE ALL"); tag != "DEALLOCATE ALL" {
-		t.Fatal(tag)
+	if tag, ok := s.deallocate("DEALLOCATE ALL"); ok {
+		t.Fatalf("DEALLOCATE ALL answered by the pool (%q): SQL-level statements would stay on the server", tag)
 	}
 	if len(s.stmts) != 0 {
 		t.Fatalf("left %v", s.stmts)
@@ -387,6 +387,80 @@ func TestDeallocateOfProtocolStatementsIsAnsweredByThePool(t *testing.T) {
 	for q, want := range map[string]bool{"DISCARD ALL": true, "select 1; deallocate x": true, "SELECT discarded": true, "SELECT 1": false, "deal": false} {
 		if mentionsDealloc([]byte(q)) != want {
 			t.Errorf("mentionsDealloc(%q) != %v", q, want)
+		}
+	}
+}
+
+func TestResetTargetsNamesWhatAStatementPutsBackToItsStartupValue(t *testing.T) {
+	for q, want := range map[string]string{
+		"RESET datestyle":                                 "datestyle",
+		"reset ALL":                                       "ALL",
+		"DISCARD ALL":                                     "ALL",
+		"SET TimeZone TO DEFAULT":                         "timezone",
+		"SET SESSION work_mem = DEFAULT":                  "work_mem",
+		"set time zone default":                           "timezone",
+		"RESET TIME ZONE; reset myext.opt":                "timezone myext.opt",
+		"BEGIN; SET datestyle TO 'ISO'; RESET datestyle;": "datestyle",
+		"SET LOCAL datestyle TO DEFAULT":                  "",
+		"SET datestyle TO 'default'":                      "",
+		`RESET "DateStyle"`:                               "",
+		"SELECT 'reset datestyle'":                        "",
+		"-- RESET ALL\nSELECT 1":                          "",
+		"DISCARD PLANS":                                   "",
+	} {
+		names, all := resetTargets(q)
+		got := strings.Join(names, " ")
+		if all {
+			got = strings.TrimSpace("ALL " + got)
+		}
+		if got != want {
+			t.Errorf("resetTargets(%q) = %q, want %q", q, got, want)
+		}
+		if want != "" && scanText([]byte(q))&textReset == 0 {
+			t.Errorf("scanText(%q) has no textReset", q)
+		}
+	}
+	for q, want := range map[string]int{
+		"SELECT 1":                              0,
+		"UPDATE t SET a = 1 WHERE k = 2;":       0,
+		"SET work_mem = 1":                      textSet,
+		"BEGIN;\n  set\twork_mem TO 1;":         textSet,
+		"SETTINGS":                              0,
+		"SET ROLE x":                            textSet | textRole,
+		"select set_config('ROLE', 'x', false)": textRole,
+		"ROLLBACK":                              textRollback,
+		"abort":                                 textRollback,
+		"SET x TO DEFAULT":                      textSet | textReset,
+	} {
+		if got := scanText([]byte(q)); got != want {
+			t.Errorf("scanText(%q) = %b, want %b", q, got, want)
+		}
+	}
+}
+
+func TestSessionSetsAreTheSettingsAClientKeeps(t *testing.T) {
+	for q, want := range map[string]string{
+		"SET work_mem = '64kB'":                          "work_mem='64kB'",
+		`set search_path to pg_catalog, "$user"`:         `search_path=pg_catalog, "$user"`,
+		"SET SESSION myapp.tenant TO 'a;b'; SELECT 1":    "myapp.tenant='a;b'",
+		"BEGIN; SET statement_timeout = 5000; COMMIT":    "statement_timeout=5000",
+		"SET LOCAL work_mem = '1MB'":                     "",
+		"SET work_mem TO DEFAULT":                        "",
+		"SET ROLE x":                                     "",
+		"SET SESSION AUTHORIZATION x":                    "",
+		"SET TIME ZONE 'UTC'":                            "",
+		"SET timezone = 'UTC'":                           "", // reported: ParameterStatus
+		"SET transaction_isolation = 'serializable'":     "",
+		"SET work_mem = '1MB' -- comment":                "",
+		"UPDATE t SET a = 1":                             "",
+		"SET work_mem = 1; SET maintenance_work_mem = 2": "work_mem=1 maintenance_work_mem=2",
+	} {
+		var got []string
+		for _, kv := range sessionSets(q) {
+			got = append(got, kv[0]+"="+kv[1])
+		}
+		if g := strings.Join(got, " "); g != want {
+			t.Errorf("sessionSets(%q) = %q, want %q", q, g, want)
 		}
 	}
 }

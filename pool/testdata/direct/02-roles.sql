@@ -1,0 +1,25 @@
+-- roles and session authorization
+SELECT current_user, session_user;
+SET ROLE diff_role;
+SELECT current_user, session_user;
+RESET ROLE;
+BEGIN;
+SET LOCAL ROLE diff_role;
+SELECT current_user;
+COMMIT;
+SELECT current_user;
+SET SESSION AUTHORIZATION diff_role;
+SELECT current_user, session_user, current_setting('is_superuser');
+RESET SESSION AUTHORIZATION;
+BEGIN;
+SET SESSION AUTHORIZATION diff_role;
+SELECT current_user, session_user;
+ROLLBACK;
+SELECT current_user, session_user;
+BEGIN;
+SET ROLE diff_role;
+CREATE TEMP TABLE owned_by_role (a int);
+SELECT tableowner FROM pg_tables WHERE tablename = 'owned_by_role';
+ROLLBACK;
+SET ROLE NONE;
+SELECT current_user;

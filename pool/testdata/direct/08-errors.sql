@@ -1,0 +1,22 @@
+-- errors, inside and outside transaction blocks
+SELECT * FROM no_such_table;
+SELECT 1/0;
+BEGIN;
+SELECT 1;
+SELECT 1/0;
+SELECT 2;
+ROLLBACK;
+BEGIN;
+CREATE TEMP TABLE diff_err (a int PRIMARY KEY);
+INSERT INTO diff_err VALUES (1);
+SAVEPOINT s1;
+INSERT INTO diff_err VALUES (1);
+ROLLBACK TO SAVEPOINT s1;
+INSERT INTO diff_err VALUES (2);
+COMMIT;
+SELECT a FROM diff_err ORDER BY a;
+DROP TABLE diff_err;
+BEGIN;
+SELECT 1/0;
+COMMIT;
+SELECT 'after a failed commit';

@@ -1,0 +1,12 @@
+-- \c opens a new session: settings, temporary tables and prepared statements start over
+SET application_name = 'before reconnect';
+SET search_path = pg_catalog;
+CREATE TEMP TABLE diff_reconnect (a int);
+PREPARE before_reconnect AS SELECT 1;
+\c postgres
+SHOW application_name;
+SHOW search_path;
+SELECT count(*) FROM pg_tables WHERE tablename = 'diff_reconnect';
+SELECT count(*) FROM pg_prepared_statements;
+DROP TABLE IF EXISTS diff_reconnect;
+DEALLOCATE ALL;
