@@ -23,6 +23,7 @@ import (
 
 	"github.com/pgharbor/pgharbor/internal/repo"
 	"github.com/pgharbor/pgharbor/storage"
+	"github.com/pgharbor/pgharbor/wal"
 )
 
 // Options configure a backup.
@@ -88,7 +89,7 @@ func readServerFacts(ctx context.Context, conn *pgx.Conn) (serverFacts, error) {
 	if err != nil {
 		return f, fmt.Errorf("read server facts: %w", err)
 	}
-	f.segSize, err = parseSize(segSize)
+	f.segSize, err = wal.ParsePGSize(segSize)
 	if err != nil {
 		return f, fmt.Errorf("wal_segment_size %q: %w", segSize, err)
 	}
@@ -98,18 +99,6 @@ func readServerFacts(ctx context.Context, conn *pgx.Conn) (serverFacts, error) {
 	return f, nil
 }
 
-// parseSize reads PostgreSQL's size display ("16MB", "1GB", "8192").
-func parseSize(s string) (int64, error) {
-	mult := int64(1)
-	for suffix, m := range map[string]int64{"kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30} {
-		if strings.HasSuffix(s, suffix) {
-			s, mult = strings.TrimSuffix(s, suffix), m
-			break
-		}
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	return n * mult, err
-}
 
 // NewLabel returns a label for a backup starting at t.
 func NewLabel(t time.Time) string { return t.UTC().Format("20060102T150405Z") }

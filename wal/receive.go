@@ -311,7 +311,7 @@ func (rc *receiver) attach(ctx context.Context, conn *pgconn.PgConn, sysid strin
 	if err != nil || len(res) != 1 || len(res[0].Rows) != 1 {
 		return classify(fmt.Errorf("SHOW wal_segment_size: %w", err))
 	}
-	size, err := parsePGSize(string(res[0].Rows[0][0]))
+	size, err := ParsePGSize(string(res[0].Rows[0][0]))
 	if err != nil {
 		return err
 	}
@@ -334,7 +334,8 @@ func (rc *receiver) attach(ctx context.Context, conn *pgconn.PgConn, sysid strin
 	return nil
 }
 
-func parsePGSize(s string) (int64, error) {
+// ParsePGSize reads PostgreSQL's display of a size setting ("16MB", "1GB", "8192").
+func ParsePGSize(s string) (int64, error) {
 	mult := int64(1)
 	for suffix, m := range map[string]int64{"kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30} {
 		if strings.HasSuffix(s, suffix) {
@@ -344,7 +345,7 @@ func parsePGSize(s string) (int64, error) {
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("wal_segment_size %q: %w", s, err)
+		return 0, fmt.Errorf("size %q: %w", s, err)
 	}
 	return n * mult, nil
 }
