@@ -37,7 +37,7 @@ readiness:
 wal:
   spool_dir: /var/spool/pgharbor
 retention:
-  full: 7
+  full_count: 7
 server:
   listen: 127.0.0.1:9999
 clusters:
@@ -88,20 +88,9 @@ func TestClustersInheritTheTopLevelAndOverrideWhatTheySet(t *testing.T) {
 	if *cfg.Backup.FastCheckpoint || cfg.Backup.Workers != 3 || len(cfg.Encryption.Recipients) != 1 || cfg.Repo.Cluster != "" {
 		t.Errorf("top level changed by the clusters: %+v", cfg)
 	}
-	// Sections decoded elsewhere merge key by key.
-	type policy struct {
-		Full   int    `yaml:"full"`
-		Window string `yaml:"window"`
-	}
-	var rb, rs policy
-	if err := b.Section("retention", &rb); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Section("retention", &rs); err != nil {
-		t.Fatal(err)
-	}
-	if rb != (policy{Full: 7}) || rs != (policy{Full: 7, Window: "14d"}) {
-		t.Errorf("retention merged as %v and %v", rb, rs)
+	// Sections merge key by key.
+	if b.Retention.FullCount != 7 || b.Retention.Window != "" || s.Retention.FullCount != 7 || s.Retention.Window != "14d" {
+		t.Errorf("retention merged as %+v and %+v", b.Retention, s.Retention)
 	}
 	if !b.hasSection("retention") || cfg.Server.Listen != "127.0.0.1:9999" {
 		t.Errorf("sections: retention %v, listen %q", b.hasSection("retention"), cfg.Server.Listen)
