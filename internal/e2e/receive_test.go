@@ -342,3 +342,53 @@ func TestWALReceiverExplainsWhatIsWrong(t *testing.T) {
 		})
 	}
 }
+
+// A slot dropped while its receiver was down cannot give back the WAL written meanwhile:
+// the receiver creates it anew and says so, and info shows the hole as a gap instead of
+// hiding it (here the receiver is the only way WAL reaches the repository).
+func TestWALReceiverReportsTheGapOfADroppedSlot(t *testing.T) {
+	e := newEnv(t, "", "")
+	pg := pgtest.Start(t, pgtest.Options{})
+	pg.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
+	e.must("repo", "init")
+	rc := e.startReceiver(t, pg)
+	waitStreaming(t, pg, rc)
+	for range 2 {
+		pg.Pgbench(t, "postgres", "-n", "-t", "100")
+		pg.Exec(t, "SELECT pg_switch_wal()")
+	}
+	time.Sleep(2 * time.Second)
+	rc.stop()
+	pg.Exec(t, "SELECT pg_drop_replication_slot('pgharbor')")
+	for range 3 {
+		pg.Pgbench(t, "postgres", "-n", "-t", "100")
+		pg.Exec(t, "SELECT pg_switch_wal()")
+	}
+	pg.Exec(t, "CHECKPOINT")
+	rc = e.startReceiver(t, pg)
+	waitStreaming(t, pg, rc)
+	pg.Pgbench(t, "postgres", "-n", "-t", "100")
+	pg.Exec(t, "SELECT pg_switch_wal()")
+	time.Sleep(2 * time.Second)
+	rc.stop()
+	if !strings.Contains(rc.output(), "created anew") {
+		t.Errorf("the receiver did not report the WAL its new slot cannot give back:\n%s", rc.output())
+	}
+	var info struct {
+		WAL struct {
+			Timelines []struct {
+				Gaps []struct {
+					From, To string
+					Count    int
+				} `json:"gaps"`
+			} `json:"timelines"`
+		} `json:"wal"`
+	}
+	if err := json.Unmarshal([]byte(e.must("info", "--output", "json")), &info); err != nil {
+		t.Fatal(err)
+	}
+	if len(info.WAL.Timelines) != 1 || len(info.WAL.Timelines[0].Gaps) == 0 {
+		t.Fatalf("info shows no gap after the slot was dropped: %+v\n%s", info.WAL, e.must("info"))
+	}
+	t.Logf("info: gap %+v", info.WAL.Timelines[0].Gaps[0])
+}
