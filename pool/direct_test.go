@@ -321,7 +321,7 @@ func testNoRoleLeak(t *testing.T, f *fixture) {
 				}
 				a := simpleConn(t, s, ch.user, "")
 				if v.mode == ModeTransaction && v.engine == IOEngineEpoll {
-					if io := clientIO(t, s, a.PID()); io != "epoll" {
+					if io := waitClientIO(t, s, a.PID(), "epoll"); io != "epoll" {
 						t.Fatalf("client io %q, want epoll", io)
 					}
 				}

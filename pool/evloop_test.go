@@ -69,6 +69,21 @@ func clientIO(t *testing.T, s *Server, pid uint32) string {
 	return ""
 }
 
+// waitClientIO waits until SHOW CLIENTS shows the client pid on engine want (a session
+// moves to the event loop just after its login completes, so right after a client's
+// connect it may still be on its goroutine), and returns what it last showed.
+func waitClientIO(t *testing.T, s *Server, pid uint32, want string) string {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		io := clientIO(t, s, pid)
+		if io == want || time.Now().After(deadline) {
+			return io
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // testEventLoop drives transaction-mode sessions of the event loop through one server
 // connection: settings that follow each client, waiting and query_wait_timeout, clients
 // that leave inside a transaction or during a query, COPY both ways, a large result, a
@@ -83,7 +98,7 @@ func testEventLoop(t *testing.T, f *fixture) {
 	f.primary.Exec(t, "DROP TABLE IF EXISTS el; CREATE TABLE el (v int)")
 
 	a, b := loopConn(t, s, "app_a"), loopConn(t, s, "app_b")
-	if io := clientIO(t, s, a.PID()); io != "epoll" {
+	if io := waitClientIO(t, s, a.PID(), "epoll"); io != "epoll" {
 		t.Fatalf("SHOW CLIENTS io for a simple-protocol client: %q, want epoll", io)
 	}
 
@@ -196,7 +211,7 @@ func testEventLoop(t *testing.T, f *fixture) {
 		if err != nil || len(res) != 1 || len(res[0].Rows) != 8 || len(res[0].Rows[7][0]) != 32*40000 {
 			t.Fatalf("large result: %v", err)
 		}
-		if io := clientIO(t, s, a.PID()); io != "epoll" {
+		if io := waitClientIO(t, s, a.PID(), "epoll"); io != "epoll" {
 			t.Fatalf("after COPY and a large result a runs on %q, want epoll", io)
 		}
 	})
