@@ -23,7 +23,7 @@ func (l *evLoop) demoteSession(s *session) {
 	if len(ls.in) > 0 {
 		s.srv.log.Debug("event loop: session moves to a goroutine", "client", s.addr, "message", string(ls.in[:1]), "buffered", len(ls.in))
 	}
-	_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, ls.fd, nil)
+	_ = epollCtl(l.epfd, epEPOLL_CTL_DEL, ls.fd, nil)
 	delete(l.fds, int32(ls.fd))
 	delete(l.sessions, s)
 	f := os.NewFile(uintptr(ls.fd), "pgharbor-client")
@@ -89,8 +89,8 @@ func (l *evLoop) enterLoop(sc *serverConn) error {
 	}
 	_ = sc.conn.Close()
 	es := &loopServer{loop: l, sc: sc, fd: fd, part: part, rdReady: true}
-	ev := syscall.EpollEvent{Events: sockEvents, Fd: int32(fd)}
-	if err := syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	ev := epollEvent{Events: sockEvents, Fd: int32(fd)}
+	if err := epollCtl(l.epfd, epEPOLL_CTL_ADD, fd, &ev); err != nil {
 		_ = syscall.Close(fd)
 		return fmt.Errorf("epoll_ctl: %w", err)
 	}
@@ -106,7 +106,7 @@ func (sc *serverConn) leaveLoop() error {
 		return nil
 	}
 	sc.ev = nil
-	_ = syscall.EpollCtl(es.loop.epfd, syscall.EPOLL_CTL_DEL, es.fd, nil)
+	_ = epollCtl(es.loop.epfd, epEPOLL_CTL_DEL, es.fd, nil)
 	f := os.NewFile(uintptr(es.fd), "pgharbor-server")
 	c, err := net.FileConn(f)
 	_ = f.Close()

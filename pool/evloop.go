@@ -54,12 +54,9 @@ const (
 // epoll flags: edge-triggered, for reading and writing (as Go's own poller registers sockets).
 const (
 	epollET    = 1 << 31
-	sockEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET
-	outEvents  = sockEvents | syscall.EPOLLOUT
+	sockEvents = epEPOLLIN | epEPOLLRDHUP | epollET
+	outEvents  = sockEvents | epEPOLLOUT
 )
-
-// schedBatch is SCHED_BATCH (sched(7)), which package syscall does not name.
-const schedBatch = 3
 
 type loopMsgKind int
 
@@ -97,7 +94,7 @@ type evLoop struct {
 	waiting   map[*session]struct{}
 	flushList []*session
 	buf       []byte
-	events    []syscall.EpollEvent
+	events    []epollEvent
 	now       time.Time
 	nextTick  time.Time
 	lastIdle  time.Time
@@ -159,7 +156,7 @@ type loopServer struct {
 }
 
 func newLoop(ctx context.Context, srv *Server) (*evLoop, error) {
-	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	epfd, err := epollCreate()
 	if err != nil {
 		return nil, fmt.Errorf("event loop: epoll_create1: %w", err)
 	}
@@ -167,16 +164,16 @@ func newLoop(ctx context.Context, srv *Server) (*evLoop, error) {
 		_ = syscall.Close(epfd)
 		return nil, fmt.Errorf("event loop: %w", err)
 	}
-	efd, _, errno := syscall.Syscall(syscall.SYS_EVENTFD2, 0, syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
-	if errno != 0 {
+	efd, err := eventFD()
+	if err != nil {
 		_ = syscall.Close(epfd)
-		return nil, fmt.Errorf("event loop: eventfd2: %w", errno)
+		return nil, fmt.Errorf("event loop: eventfd2: %w", err)
 	}
 	l := &evLoop{srv: srv, ctx: ctx, epfd: epfd, efd: int(efd), done: make(chan struct{}),
 		fds: map[int32]loopEntry{}, sessions: map[*session]struct{}{}, waiting: map[*session]struct{}{},
-		buf: make([]byte, loopReadSize), events: make([]syscall.EpollEvent, 128)}
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | epollET, Fd: int32(efd)}
-	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, int(efd), &ev); err != nil {
+		buf: make([]byte, loopReadSize), events: make([]epollEvent, 128)}
+	ev := epollEvent{Events: epEPOLLIN | epollET, Fd: int32(efd)}
+	if err := epollCtl(epfd, epEPOLL_CTL_ADD, int(efd), &ev); err != nil {
 		_ = syscall.Close(epfd)
 		_ = syscall.Close(int(efd))
 		return nil, fmt.Errorf("event loop: epoll_ctl: %w", err)
@@ -224,9 +221,8 @@ func (l *evLoop) run() {
 	// transaction and the tps went the right way with it (docs/pool.md, "Design
 	// measurements"). The policy belongs to the thread, so the goroutine keeps it.
 	runtime.LockOSThread() // never unlocked: the thread ends with the loop
-	param := int32(0)
-	if _, _, errno := syscall.RawSyscall(syscall.SYS_SCHED_SETSCHEDULER, 0, schedBatch, uintptr(unsafe.Pointer(&param))); errno != 0 {
-		l.srv.log.Debug("event loop: SCHED_BATCH not set", "err", errno)
+	if err := setSchedBatch(); err != nil {
+		l.srv.log.Debug("event loop: SCHED_BATCH not set", "err", err)
 	}
 	defer close(l.done)
 	timeout := 0
@@ -304,14 +300,14 @@ func (l *evLoop) run() {
 // cost of a park (a few system calls and the hand-off of a locked goroutine) stays rare.
 func (l *evLoop) wait(timeout int) (int, error) {
 	short := min(timeout, int(loopYield/time.Millisecond))
-	n, err := syscall.EpollWait(l.epfd, l.events, short)
+	n, err := epollWait(l.epfd, l.events, short)
 	if n != 0 || timeout == short || l.noPark || (err != nil && !errors.Is(err, syscall.EINTR)) {
 		return n, err
 	}
 	rest := timeout - short
 	fd, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(l.epfd), syscall.F_DUPFD_CLOEXEC, 0)
 	if errno != 0 {
-		return syscall.EpollWait(l.epfd, l.events, rest)
+		return epollWait(l.epfd, l.events, rest)
 	}
 	f := os.NewFile(fd, "pgharbor-event-loop")
 	defer f.Close()
@@ -326,11 +322,11 @@ func (l *evLoop) wait(timeout int) (int, error) {
 	if err != nil { // not pollable (os.ErrNoDeadline)
 		l.srv.log.Debug("event loop: waiting in epoll_wait only", "err", err)
 		l.noPark = true
-		return syscall.EpollWait(l.epfd, l.events, rest)
+		return epollWait(l.epfd, l.events, rest)
 	}
 	var werr error
 	err = rc.Read(func(fd uintptr) bool {
-		n, werr = syscall.EpollWait(int(fd), l.events, 0)
+		n, werr = epollWait(int(fd), l.events, 0)
 		return n != 0 || (werr != nil && !errors.Is(werr, syscall.EINTR))
 	})
 	l.lastYield = time.Now() // parking passed through the scheduler
@@ -372,8 +368,8 @@ func (l *evLoop) drain() bool {
 
 func (l *evLoop) add(s *session, fd int, buffered []byte) {
 	ls := &loopSess{fd: fd, in: buffered, rdReady: true, lastIn: l.now}
-	ev := syscall.EpollEvent{Events: sockEvents, Fd: int32(fd)}
-	if err := syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	ev := epollEvent{Events: sockEvents, Fd: int32(fd)}
+	if err := epollCtl(l.epfd, epEPOLL_CTL_ADD, fd, &ev); err != nil {
 		_ = syscall.Close(fd)
 		s.inLoop.Store(false)
 		s.srv.forget(s)
@@ -385,7 +381,7 @@ func (l *evLoop) add(s *session, fd int, buffered []byte) {
 	l.pump(s)
 }
 
-func (l *evLoop) event(ev syscall.EpollEvent) {
+func (l *evLoop) event(ev epollEvent) {
 	if ev.Fd == int32(l.efd) {
 		var b [8]byte
 		_, _, _ = syscall.RawSyscall(syscall.SYS_READ, uintptr(l.efd), uintptr(unsafe.Pointer(&b[0])), 8)
@@ -395,8 +391,8 @@ func (l *evLoop) event(ev syscall.EpollEvent) {
 	if !ok {
 		return
 	}
-	in := ev.Events&(syscall.EPOLLIN|syscall.EPOLLHUP|syscall.EPOLLERR|syscall.EPOLLRDHUP) != 0
-	out := ev.Events&(syscall.EPOLLOUT|syscall.EPOLLHUP|syscall.EPOLLERR) != 0
+	in := ev.Events&(epEPOLLIN|epEPOLLHUP|epEPOLLERR|epEPOLLRDHUP) != 0
+	out := ev.Events&(epEPOLLOUT|epEPOLLHUP|epEPOLLERR) != 0
 	if s := e.sess; s != nil {
 		ls := s.ev
 		if ls == nil || ls.closed || ls.fd != int(ev.Fd) {
@@ -415,7 +411,7 @@ func (l *evLoop) event(ev syscall.EpollEvent) {
 		// idle: what it has is read by the next session that takes it; a server that
 		// closed the connection (idle_session_timeout, pg_terminate_backend, a restart)
 		// is noted so that no session gets it
-		if ev.Events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
+		if ev.Events&(epEPOLLRDHUP|epEPOLLHUP|epEPOLLERR) != 0 {
 			es.hup.Store(true)
 		}
 		return
@@ -1048,8 +1044,8 @@ func (l *evLoop) flush(fd int, out *[]byte, blocked *bool) syscall.Errno {
 // EPOLLOUT, epoll would also report every ACK that frees send space. A socket that filled up
 // once keeps EPOLLOUT (edge-triggered, it reports only changes).
 func (l *evLoop) wantOut(fd int) {
-	ev := syscall.EpollEvent{Events: outEvents, Fd: int32(fd)}
-	_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_MOD, fd, &ev)
+	ev := epollEvent{Events: outEvents, Fd: int32(fd)}
+	_ = epollCtl(l.epfd, epEPOLL_CTL_MOD, fd, &ev)
 }
 
 // serverLost handles a server connection that failed while s held it.

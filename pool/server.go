@@ -269,7 +269,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	// are marked down and the pool starts degraded.
 	s.cl.CheckNow(ctx)
 	s.refreshNodes()
-	if cfg.IOEngine != IOEngineGoroutines {
+	if cfg.IOEngine != IOEngineGoroutines && !haveEventLoop {
+		s.log.Warn("io_engine epoll needs Linux: every session runs on its goroutine (io_engine goroutines)")
+	}
+	if cfg.IOEngine != IOEngineGoroutines && haveEventLoop {
 		l, err := newLoop(ctx, s)
 		if err != nil {
 			return err

@@ -1,0 +1,53 @@
+package pool
+
+import (
+	"syscall"
+	"unsafe"
+)
+
+// The event loop's system interface. Linux has epoll and eventfd; elsewhere (epoll_other.go)
+// the loop cannot start and the pool runs every session on a goroutine.
+
+type epollEvent = syscall.EpollEvent
+
+const (
+	epEPOLLIN       = syscall.EPOLLIN
+	epEPOLLOUT      = syscall.EPOLLOUT
+	epEPOLLRDHUP    = syscall.EPOLLRDHUP
+	epEPOLLHUP      = syscall.EPOLLHUP
+	epEPOLLERR      = syscall.EPOLLERR
+	epEPOLL_CTL_ADD = syscall.EPOLL_CTL_ADD
+	epEPOLL_CTL_DEL = syscall.EPOLL_CTL_DEL
+	epEPOLL_CTL_MOD = syscall.EPOLL_CTL_MOD
+)
+
+// haveEventLoop says whether io_engine epoll can run here.
+const haveEventLoop = true
+
+func epollCreate() (int, error) { return syscall.EpollCreate1(syscall.EPOLL_CLOEXEC) }
+
+func epollCtl(epfd, op, fd int, ev *epollEvent) error { return syscall.EpollCtl(epfd, op, fd, ev) }
+
+func epollWait(epfd int, events []epollEvent, msec int) (int, error) {
+	return syscall.EpollWait(epfd, events, msec)
+}
+
+func eventFD() (int, error) {
+	fd, _, errno := syscall.Syscall(syscall.SYS_EVENTFD2, 0, syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(fd), nil
+}
+
+// schedBatch is SCHED_BATCH (sched(7)), which package syscall does not name.
+const schedBatch = 3
+
+// setSchedBatch puts the calling thread under SCHED_BATCH.
+func setSchedBatch() error {
+	param := int32(0)
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_SCHED_SETSCHEDULER, 0, schedBatch, uintptr(unsafe.Pointer(&param))); errno != 0 {
+		return errno
+	}
+	return nil
+}
