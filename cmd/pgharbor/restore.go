@@ -51,7 +51,7 @@ Targets (one of): --target-time, --target-lsn, --target-xid, --target-name,
 	fl.BoolVar(&f.exclusive, "target-exclusive", false, "stop just before the target instead of just after it")
 	fl.StringVar(&f.label, "backup", "", "restore this backup (default: the newest one that can reach the target)")
 	fl.StringArrayVar(&f.tsMap, "tablespace-map", nil, "OLD=NEW: restore the tablespace at OLD (location or OID) into NEW (repeatable)")
-	fl.BoolVar(&f.delta, "delta", false, "reuse a non-empty data directory, rewriting only files whose checksum differs")
+	fl.BoolVar(&f.delta, "delta", false, "reuse a non-empty data directory (server stopped): keep files whose content (SHA-256 per piece) matches the backup, rewrite the rest, always rewrite pg_control (last) and the other files PostgreSQL reads specially")
 	fl.IntVar(&f.workers, "workers", 4, "bundles downloaded and written in parallel")
 	fl.BoolVar(&f.noSync, "no-sync", false, "do not wait for the restored files to reach the disk (faster; for throwaway copies such as test databases: a crash soon after can damage the copy)")
 	fl.IntVar(&f.flushAfterMB, "flush-after", restore.DefaultFlushAfter>>20, "MiB written between two background flushes to disk (each then leaves the page cache); 0: flush only at the end")
