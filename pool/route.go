@@ -78,74 +78,20 @@ func sqlWords(sql string) ([]string, bool) {
 	s := sql
 	for i := 0; i < len(s); {
 		c := s[i]
-		switch {
-		case c == '-' && i+1 < len(s) && s[i+1] == '-':
-			j := strings.IndexByte(s[i:], '\n')
-			if j < 0 {
-				return words, true
-			}
-			i += j + 1
-		case c == '/' && i+1 < len(s) && s[i+1] == '*':
-			depth, j := 1, i+2
-			for j < len(s) && depth > 0 {
-				switch {
-				case strings.HasPrefix(s[j:], "/*"):
-					depth++
-					j += 2
-				case strings.HasPrefix(s[j:], "*/"):
-					depth--
-					j += 2
-				default:
-					j++
-				}
-			}
-			if depth > 0 {
-				return nil, false
-			}
-			i = j
-		case c == '\'':
-			escapes := i > 0 && (s[i-1] == 'e' || s[i-1] == 'E')
-			j := i + 1
-			for {
-				if j >= len(s) {
+		if startsQuoted(c) {
+			end, quoted, found, ok := skipQuoted(s, i)
+			if found {
+				if !ok {
 					return nil, false
 				}
-				if escapes && s[j] == '\\' {
-					j += 2
-					continue
+				if quoted {
+					words = append(words, "\"")
 				}
-				if s[j] == '\'' {
-					if j+1 < len(s) && s[j+1] == '\'' {
-						j += 2
-						continue
-					}
-					break
-				}
-				j++
-			}
-			i = j + 1
-		case c == '"':
-			j := strings.IndexByte(s[i+1:], '"')
-			if j < 0 {
-				return nil, false
-			}
-			i += j + 2
-			words = append(words, "\"")
-		case c == '$' && i+1 < len(s) && (s[i+1] == '$' || isIdentStart(s[i+1])):
-			j := i + 1
-			for j < len(s) && s[j] != '$' && isIdentChar(s[j]) {
-				j++
-			}
-			if j >= len(s) || s[j] != '$' {
-				i = j // $1 parameter or odd text
+				i = end
 				continue
 			}
-			tag := s[i : j+1]
-			end := strings.Index(s[j+1:], tag)
-			if end < 0 {
-				return nil, false
-			}
-			i = j + 1 + end + len(tag)
+		}
+		switch {
 		case c == ';':
 			words = append(words, ";")
 			i++
@@ -165,6 +111,82 @@ func sqlWords(sql string) ([]string, bool) {
 		words = words[:len(words)-1]
 	}
 	return words, true
+}
+
+// startsQuoted says whether c can begin what skipQuoted skips (a cheap test on the hot path).
+func startsQuoted(c byte) bool { return c == '-' || c == '/' || c == '\'' || c == '"' || c == '$' }
+
+// skipQuoted skips the comment, string literal (E” with backslash escapes), quoted
+// identifier, dollar-quoted string or $n parameter that starts at s[i], and returns where it
+// ends; quoted is true for a quoted identifier. found is false when none starts at i; ok is
+// false when one starts but is not terminated. Every scanner of statement text uses it, so
+// they agree on what is code.
+func skipQuoted(s string, i int) (end int, quoted, found, ok bool) {
+	c := s[i]
+	switch {
+	case c == '-' && i+1 < len(s) && s[i+1] == '-':
+		j := strings.IndexByte(s[i:], '\n')
+		if j < 0 {
+			return len(s), false, true, true
+		}
+		return i + j + 1, false, true, true
+	case c == '/' && i+1 < len(s) && s[i+1] == '*':
+		depth, j := 1, i+2
+		for j < len(s) && depth > 0 {
+			switch {
+			case strings.HasPrefix(s[j:], "/*"):
+				depth++
+				j += 2
+			case strings.HasPrefix(s[j:], "*/"):
+				depth--
+				j += 2
+			default:
+				j++
+			}
+		}
+		return j, false, true, depth == 0
+	case c == '\'':
+		escapes := i > 0 && (s[i-1] == 'e' || s[i-1] == 'E')
+		j := i + 1
+		for {
+			if j >= len(s) {
+				return j, false, true, false
+			}
+			if escapes && s[j] == '\\' {
+				j += 2
+				continue
+			}
+			if s[j] == '\'' {
+				if j+1 < len(s) && s[j+1] == '\'' {
+					j += 2
+					continue
+				}
+				return j + 1, false, true, true
+			}
+			j++
+		}
+	case c == '"':
+		j := strings.IndexByte(s[i+1:], '"')
+		if j < 0 {
+			return len(s), true, true, false
+		}
+		return i + j + 2, true, true, true
+	case c == '$' && i+1 < len(s) && (s[i+1] == '$' || isIdentStart(s[i+1])) && (i == 0 || !isIdentChar(s[i-1])):
+		j := i + 1
+		for j < len(s) && s[j] != '$' && isIdentChar(s[j]) {
+			j++
+		}
+		if j >= len(s) || s[j] != '$' {
+			return j, false, true, true // $1 parameter or odd text
+		}
+		tag := s[i : j+1]
+		k := strings.Index(s[j+1:], tag)
+		if k < 0 {
+			return len(s), false, true, false
+		}
+		return j + 1 + k + len(tag), false, true, true
+	}
+	return i, false, false, true
 }
 
 func isIdentStart(c byte) bool {
@@ -297,81 +319,21 @@ func splitStatements(sql string) ([]string, bool) {
 	s := sql
 	for i := 0; i < len(s); {
 		c := s[i]
-		switch {
-		case c == '-' && i+1 < len(s) && s[i+1] == '-':
-			j := strings.IndexByte(s[i:], '\n')
-			if j < 0 {
-				i = len(s)
-				continue
-			}
-			i += j + 1
-		case c == '/' && i+1 < len(s) && s[i+1] == '*':
-			depth, j := 1, i+2
-			for j < len(s) && depth > 0 {
-				switch {
-				case strings.HasPrefix(s[j:], "/*"):
-					depth++
-					j += 2
-				case strings.HasPrefix(s[j:], "*/"):
-					depth--
-					j += 2
-				default:
-					j++
-				}
-			}
-			if depth > 0 {
-				return nil, false
-			}
-			i = j
-		case c == '\'':
-			escapes := i > 0 && (s[i-1] == 'e' || s[i-1] == 'E')
-			j := i + 1
-			for {
-				if j >= len(s) {
+		if startsQuoted(c) {
+			end, _, found, ok := skipQuoted(s, i)
+			if found {
+				if !ok {
 					return nil, false
 				}
-				if escapes && s[j] == '\\' {
-					j += 2
-					continue
-				}
-				if s[j] == '\'' {
-					if j+1 < len(s) && s[j+1] == '\'' {
-						j += 2
-						continue
-					}
-					break
-				}
-				j++
-			}
-			i = j + 1
-		case c == '"':
-			j := strings.IndexByte(s[i+1:], '"')
-			if j < 0 {
-				return nil, false
-			}
-			i += j + 2
-		case c == '$' && i+1 < len(s) && (s[i+1] == '$' || isIdentStart(s[i+1])) && (i == 0 || !isIdentChar(s[i-1])):
-			j := i + 1
-			for j < len(s) && s[j] != '$' && isIdentChar(s[j]) {
-				j++
-			}
-			if j >= len(s) || s[j] != '$' {
-				i = j
+				i = end
 				continue
 			}
-			tag := s[i : j+1]
-			end := strings.Index(s[j+1:], tag)
-			if end < 0 {
-				return nil, false
-			}
-			i = j + 1 + end + len(tag)
-		case c == ';':
-			out = append(out, s[start:i])
-			i++
-			start = i
-		default:
-			i++
 		}
+		if c == ';' {
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+		i++
 	}
 	if strings.TrimSpace(s[start:]) != "" {
 		out = append(out, s[start:])
