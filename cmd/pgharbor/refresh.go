@@ -118,10 +118,7 @@ func (a *app) runRefresh(cmd *cobra.Command, f refreshFlags) error {
 	if err != nil {
 		return err
 	}
-	bin := a.cfg.Postgres.BinDir
-	if bin == "" {
-		bin = fmt.Sprintf("/usr/lib/postgresql/%d/bin", plan.Backup.PGVersion/10000)
-	}
+	bin := a.pgBinDir(plan.Backup.PGVersion)
 	// Refuse another cluster's directory before stopping anything: a mistyped --pgdata must
 	// not take down and overwrite some other database.
 	if ctl, err := replica.ReadControl(ctx, bin, pgdata); err == nil {

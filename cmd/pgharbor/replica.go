@@ -112,10 +112,7 @@ func (a *app) runReplica(cmd *cobra.Command, f replicaFlags, rebuild bool) error
 	if err != nil {
 		return err
 	}
-	bin := a.cfg.Postgres.BinDir
-	if bin == "" {
-		bin = fmt.Sprintf("/usr/lib/postgresql/%d/bin", max(id.PGVersion/10000, 15))
-	}
+	bin := a.pgBinDir(id.PGVersion)
 	boundMemory()
 	bar := a.newProgress("restore")
 	o := replica.Options{

@@ -176,10 +176,7 @@ func (a *app) runRestore(cmd *cobra.Command, f restoreFlags) error {
 	secs := time.Since(start).Seconds()
 	a.logger.Info("restore written", "backup", plan.Backup.Label, "bytes", res.Bytes, "files_written", res.FilesWritten, "files_kept", res.FilesKept, "seconds", fmt.Sprintf("%.1f", secs))
 	if f.start {
-		bin := a.cfg.Postgres.BinDir
-		if bin == "" {
-			bin = fmt.Sprintf("/usr/lib/postgresql/%d/bin", plan.Backup.PGVersion/10000)
-		}
+		bin := a.pgBinDir(plan.Backup.PGVersion)
 		cred, err := restore.OwnerFor(pgdata)
 		if err != nil {
 			return err
@@ -247,4 +244,13 @@ func flushAfter(mb int) int64 {
 		return -1
 	}
 	return int64(mb) << 20
+}
+
+// pgBinDir is where pg_ctl and the other PostgreSQL programs are: postgres.bin_dir, else
+// Debian's directory for the major version of version (server_version_num; 15 when unknown).
+func (a *app) pgBinDir(version int) string {
+	if a.cfg.Postgres.BinDir != "" {
+		return a.cfg.Postgres.BinDir
+	}
+	return fmt.Sprintf("/usr/lib/postgresql/%d/bin", max(version/10000, 15))
 }
