@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: the backup benchmark (bench/backup/run.sh: pgharbor against pgBackRest and
 # pg_basebackup — backup, restore, WAL archiving), the pooler benchmark (bench/pool/run.sh:
-# pgharbor pool against PgBouncer and direct connections) and the WAL receiver benchmark
+# pgharbor pool against PgBouncer and direct connections, then -M prepared with 50 clients
+# against direct connections) and the WAL receiver benchmark
 # (bench/receive/run.sh: catch-up, and the receiver against a streaming standby as the
 # synchronous standby).
 #
@@ -20,6 +21,12 @@ fi
 if [ -z "$ONLY" ] || [ "$ONLY" = pool ]; then
 	echo "== pooler benchmark (bench/pool/run.sh)"
 	bash bench/pool/run.sh || rc=1
+	# Protocol-level prepared statements (pgbench -M prepared) in transaction mode: the
+	# Debian PgBouncer (1.18) cannot carry them (1.21 added max_prepared_statements), so
+	# this pass compares pgharbor with direct connections only.
+	echo "== pooler benchmark, -M prepared (bench/pool/run.sh)"
+	MODE=prepared TARGETS="direct pgharbor" WORKLOADS="${PREPARED_WORKLOADS:-select tpcb}" TPCB_CLIENTS=${PREPARED_CLIENTS:-50} SELECT_CLIENTS=${PREPARED_CLIENTS:-50} \
+		bash bench/pool/run.sh || rc=1
 fi
 if [ -z "$ONLY" ] || [ "$ONLY" = receive ]; then
 	echo "== WAL receiver benchmark (bench/receive/run.sh)"

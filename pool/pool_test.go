@@ -216,6 +216,7 @@ func TestPool(t *testing.T) {
 	t.Run("MarkDownEvictsIdleSessionsAndHoldsNewTransactions", func(t *testing.T) { testMarkDown(t, f) })
 	t.Run("PreparedStatementsFollowClientsAcrossServerConnections", func(t *testing.T) { testPreparedChurn(t, f) })
 	t.Run("PreparedStatementsPerServerAreCapped", func(t *testing.T) { testPreparedCap(t, f) })
+	t.Run("PreparingBetweenTransactionsNeedsNoServer", func(t *testing.T) { testPrepareWithoutServer(t, f) })
 	t.Run("LargeMessagesBatchesAndPipelines", func(t *testing.T) { testLargeAndPipelined(t, f) })
 	t.Run("EventLoopSessions", func(t *testing.T) { testEventLoop(t, f) })
 	t.Run("LimitsTimeoutsUnixSocketServerTLSMode", func(t *testing.T) { testLimits(t, f) })
@@ -906,6 +907,107 @@ func until(t testing.TB, fe *pgproto3.Frontend, want byte) string {
 		if raw[0] == want || raw[0] == 'Z' {
 			return string(got)
 		}
+	}
+}
+
+// testPrepareWithoutServer: with one server connection held by another client's open
+// transaction, a client that prepares synchronously (Parse, Sync, as libpq's PQprepare and
+// pgbench -M prepared do) a statement a server has parsed before gets its answer at once
+// instead of waiting for the server connection; its Bind prepares it where it runs. A
+// client program that prepares while it holds an open transaction on another connection
+// (pgbench's thread) would otherwise wait for itself.
+func testPrepareWithoutServer(t *testing.T, f *fixture) {
+	for _, engine := range []string{IOEngineEpoll, IOEngineGoroutines} {
+		t.Run(engine, func(t *testing.T) {
+			cfg := baseConfig(f, ModeTransaction)
+			cfg.DefaultPoolSize, cfg.IOEngine = 1, engine
+			cfg.QueryWaitTimeout = 20 * time.Second
+			s := startPool(t, cfg)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			const q = "SELECT count(*) FROM pgbench_branches WHERE bid > $1::int"
+			holder := connect(t, s, "postgres", "postgres")
+			if _, err := holder.Prepare(ctx, "warm", q); err != nil {
+				t.Fatal(err)
+			}
+			f.primary.Exec(t, "CREATE TABLE IF NOT EXISTS prep_gone (x int)")
+			if _, err := holder.Prepare(ctx, "warm_gone", "SELECT count(*) FROM prep_gone"); err != nil {
+				t.Fatal(err)
+			}
+			tx, err := holder.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+				t.Fatal(err)
+			}
+
+			fe, conn := rawClient(t, s)
+			_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+			fe.Send(&pgproto3.Parse{Name: "mine", Query: q})
+			fe.Send(&pgproto3.Parse{Name: "mine_gone", Query: "SELECT count(*) FROM prep_gone"})
+			fe.Send(&pgproto3.Sync{})
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if got := until(t, fe, 'Z'); got != "11Z" {
+				t.Fatalf("Parse, Parse, Sync while the only server connection is in another client's transaction: %q, want ParseComplete twice and ReadyForQuery", got)
+			}
+			_ = conn.SetDeadline(time.Now().Add(25 * time.Second))
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			// the statement runs where the Bind lands
+			fe.Send(&pgproto3.Bind{PreparedStatement: "mine", Parameters: [][]byte{[]byte("0")}})
+			fe.Send(&pgproto3.Execute{})
+			fe.Send(&pgproto3.Sync{})
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			var rows []string
+			for done := false; !done; {
+				m, err := fe.Receive()
+				if err != nil {
+					t.Fatal(err)
+				}
+				switch m := m.(type) {
+				case *pgproto3.DataRow:
+					rows = append(rows, string(m.Values[0]))
+				case *pgproto3.ErrorResponse:
+					t.Fatalf("Bind of the statement answered by the pool: %s %s", m.Code, m.Message)
+				case *pgproto3.ReadyForQuery:
+					done = true
+				}
+			}
+			if len(rows) != 1 || rows[0] != "1" {
+				t.Fatalf("rows %v, want [1] (pgbench -s 1 has one branch)", rows)
+			}
+			// a statement whose table went away since: the error comes with its Bind, and
+			// the session goes on
+			f.primary.Exec(t, "DROP TABLE prep_gone")
+			fe.Send(&pgproto3.Bind{PreparedStatement: "mine_gone"})
+			fe.Send(&pgproto3.Execute{})
+			fe.Send(&pgproto3.Sync{})
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if got := until(t, fe, 'Z'); !strings.Contains(got, "E") {
+				t.Fatalf("Bind of a statement whose table was dropped: %q, want an ErrorResponse", got)
+			}
+			fe.Send(&pgproto3.Query{String: "SELECT 1"})
+			if err := fe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if got := until(t, fe, 'Z'); got != "TDCZ" {
+				t.Fatalf("query after the error: %q", got)
+			}
+			// pgbench -M prepared with more clients than server connections: each thread
+			// prepares BEGIN while its other clients hold transactions open
+			out := pgbench(t, s, "postgres", "-n", "-M", "prepared", "-c", "6", "-j", "2", "-t", "40")
+			if !strings.Contains(out, "number of transactions actually processed: 240/240") {
+				t.Fatalf("pgbench -M prepared, 6 clients over 1 server connection:\n%s", out)
+			}
+		})
 	}
 }
 

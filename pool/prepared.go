@@ -28,6 +28,8 @@ type stmtRegistry struct {
 	mu   sync.RWMutex
 	ids  map[string]uint64
 	last uint64
+	// parsed holds the ids a server has answered a Parse of with ParseComplete.
+	parsed map[uint64]bool
 }
 
 const maxRegistered = 100_000
@@ -46,11 +48,35 @@ func (r *stmtRegistry) id(key []byte) uint64 {
 	}
 	if len(r.ids) >= maxRegistered {
 		r.ids = make(map[string]uint64)
+		r.parsed = nil
 	}
 	r.last++
 	id = r.last
 	r.ids[string(key)] = id
 	return id
+}
+
+// markParsed records that a server accepted the Parse of statement id.
+func (r *stmtRegistry) markParsed(id uint64) {
+	r.mu.RLock()
+	done := r.parsed[id]
+	r.mu.RUnlock()
+	if done {
+		return
+	}
+	r.mu.Lock()
+	if r.parsed == nil {
+		r.parsed = map[uint64]bool{}
+	}
+	r.parsed[id] = true
+	r.mu.Unlock()
+}
+
+// wasParsed reports whether a server accepted a Parse of statement id before.
+func (r *stmtRegistry) wasParsed(id uint64) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.parsed[id]
 }
 
 // stmt is a client's named prepared statement.

@@ -463,13 +463,24 @@ func (s *session) handleStmtMsg(ctx context.Context, typ byte, msg []byte) error
 		if name == "" {
 			break
 		}
+		st := &stmt{id: s.srv.stmts.id(rest), rest: append([]byte(nil), rest...)}
+		st.query, _, _ = cstring(rest)
+		f := scanText([]byte(st.query))
+		if f == 0 && s.parseLocally(st.id) {
+			// A statement a server has parsed before, named between transactions: answer
+			// here and prepare it on whichever server connection the client's next Bind
+			// or Describe gets (reprepare). A client that prepares synchronously
+			// (PQprepare: Parse, Sync) then needs no server connection, so it cannot wait
+			// for one while its own open transactions elsewhere hold them all (pgbench -M
+			// prepared with more clients than servers).
+			s.stmts[name] = st
+			s.writeClient(appendMsg(nil, &pgproto3.ParseComplete{}), false)
+			return nil
+		}
 		sc, err := s.ensureAttached(ctx, typ, msg)
 		if err != nil {
 			return err
 		}
-		st := &stmt{id: s.srv.stmts.id(rest), rest: append([]byte(nil), rest...)}
-		st.query, _, _ = cstring(rest)
-		f := scanText([]byte(st.query))
 		st.role = f&textRole != 0
 		s.noteText([]byte(st.query), f)
 		if st.role {
@@ -564,6 +575,16 @@ func (s *session) handleStmtMsg(ctx context.Context, typ byte, msg []byte) error
 		s.mu.Unlock()
 	}
 	return s.send(sc, typ, msg)
+}
+
+// parseLocally reports whether a Parse of statement id can be answered by the pool: the
+// session holds no server connection and owes the client nothing, and a server accepted the
+// same statement before.
+func (s *session) parseLocally(id uint64) bool {
+	s.mu.Lock()
+	between := s.sc == nil && s.pending == 0 && !s.inBatch && orIdle(s.txStatus) == 'I'
+	s.mu.Unlock()
+	return between && s.srv.stmts.wasParsed(id)
 }
 
 // reprepare returns dst with a Parse of st prepended when sc has not prepared it yet.

@@ -156,6 +156,9 @@ func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
 			s.serverGone(sc, done, err)
 			return stepEnded
 		}
+		if typ == '1' && e.id != 0 {
+			s.srv.stmts.markParsed(e.id)
+		}
 		if !e.swallow {
 			s.clientWriteMsg(msg)
 		}
