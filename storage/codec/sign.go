@@ -139,15 +139,8 @@ func keyID(pub ed25519.PublicKey) [KeyIDSize]byte {
 }
 
 // LoadSigningKey reads a signing key file (one key; blank lines and # comments allowed).
-// The file is refused when group or others may read it.
+// Checking the file's permissions is the caller's business, as for identity files.
 func LoadSigningKey(path string) (string, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return "", fmt.Errorf("signing key file: %w", err)
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("signing key file %s is readable by group or others (mode %04o): run `chmod 600 %s`", path, st.Mode().Perm(), path)
-	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return "", fmt.Errorf("signing key file: %w", err)
@@ -310,6 +303,39 @@ func (c *Codec) verify(s *sigReader, name string) error {
 		return fmt.Errorf("%w: signed by key %x, which is not a configured verify key (configured: %s)", ErrUnauthenticated, id, strings.Join(c.VerifyKeyIDs(), ", "))
 	}
 	if !ed25519.Verify(pub, signedMessage(name, s.sum.Sum(nil)), trailer[KeyIDSize:]) {
+		return fmt.Errorf("%w: the signature does not match: the object was modified after signing, or it was signed under another name than %s", ErrUnauthenticated, name)
+	}
+	return nil
+}
+
+// CheckSignature checks the signature trailer of a whole object stored under name against
+// the configured verify keys and the codec's own signing key, without decoding the payload.
+// An unsigned object yields an error wrapping ErrUnauthenticated.
+func (c *Codec) CheckSignature(sealed []byte, name string) error {
+	h, err := ParseHeader(sealed[:min(len(sealed), MaxHeaderSize)])
+	if err != nil {
+		return err
+	}
+	if !h.Signed {
+		return fmt.Errorf("%w: the object carries no signature", ErrUnauthenticated)
+	}
+	if len(sealed) < h.Size()+SignatureSize {
+		return damaged(true, "signed object shorter than its signature", nil)
+	}
+	body, trailer := sealed[:len(sealed)-SignatureSize], sealed[len(sealed)-SignatureSize:]
+	var id [KeyIDSize]byte
+	copy(id[:], trailer)
+	pub, ok := c.verifiers[id]
+	if !ok && c.signer != nil {
+		if own := c.signer.Public().(ed25519.PublicKey); keyID(own) == id {
+			pub, ok = own, true
+		}
+	}
+	if !ok {
+		return fmt.Errorf("%w: signed by key %x, which is not a configured verify key", ErrUnauthenticated, id)
+	}
+	sum := sha256.Sum256(body)
+	if !ed25519.Verify(pub, signedMessage(name, sum[:]), trailer[KeyIDSize:]) {
 		return fmt.Errorf("%w: the signature does not match: the object was modified after signing, or it was signed under another name than %s", ErrUnauthenticated, name)
 	}
 	return nil

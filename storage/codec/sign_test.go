@@ -249,19 +249,21 @@ func TestSigningKeyEncoding(t *testing.T) {
 	}
 }
 
-func TestLoadSigningKeyRefusesReadableFile(t *testing.T) {
+func TestLoadSigningKey(t *testing.T) {
 	sk := mustSigningKey(t)
-	p := filepath.Join(t.TempDir(), "signing.key")
-	if err := os.WriteFile(p, []byte("# pgharbor write key\n"+sk+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := LoadSigningKey(p); err == nil || !strings.Contains(err.Error(), "chmod 600") {
-		t.Fatalf("err = %v, want a chmod hint", err)
-	}
-	if err := os.Chmod(p, 0o600); err != nil {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "signing.key")
+	if err := os.WriteFile(p, []byte("# pgharbor write key\n"+sk+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := LoadSigningKey(p); err != nil || got != sk {
 		t.Fatalf("LoadSigningKey: %v", err)
+	}
+	two := filepath.Join(dir, "two.key")
+	if err := os.WriteFile(two, []byte(sk+"\n"+mustSigningKey(t)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadSigningKey(two); err == nil || !strings.Contains(err.Error(), "more than one") {
+		t.Fatalf("two keys: err = %v", err)
 	}
 }
