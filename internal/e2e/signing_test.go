@@ -22,6 +22,13 @@ func TestSigningRefusesObjectsFromHostsWithoutTheWriteKey(t *testing.T) {
 	e := newEnv(t, "", "")
 	repoDir := filepath.Join(e.dir, "repo")
 	spool := filepath.Join(e.dir, "spool")
+	// Owned by the cluster user, who pushes WAL into it; pgharbor running as root keeps that owner.
+	if err := os.Mkdir(repoDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(repoDir, int(e.cred.Uid), int(e.cred.Gid)); err != nil {
+		t.Fatal(err)
+	}
 
 	// The write key, made by the CLI, kept by the cluster user (archive_command runs as it).
 	keyFile := filepath.Join(e.dir, "signing.key")
@@ -50,8 +57,8 @@ func TestSigningRefusesObjectsFromHostsWithoutTheWriteKey(t *testing.T) {
 	e.writeOwned(e.config, writerConf(false), 0o600)
 	reader := *e
 	reader.config = filepath.Join(e.dir, "reader.yaml")
-	e.writeOwned(reader.config, fmt.Sprintf("repo:\n  url: file://%s\n  cluster: main\n  verify_keys: [%s]\nencryption:\n  mode: age\n  identity_file: %s\nwal:\n  spool_dir: %s\n",
-		repoDir, kg.VerifyKey, e.identity, filepath.Join(e.dir, "reader-spool")), 0o600)
+	e.writeOwned(reader.config, fmt.Sprintf("repo:\n  url: file://%s\n  cluster: main\n  verify_keys: [%s]\nencryption:\n  mode: age\n  recipients: [%s]\n  identity_file: %s\nwal:\n  spool_dir: %s\n",
+		repoDir, kg.VerifyKey, e.recipient, e.identity, filepath.Join(e.dir, "reader-spool")), 0o600)
 
 	// Phase 1: signing off. Backups and WAL work as before, unsigned.
 	e.must("repo", "init")
@@ -76,7 +83,13 @@ func TestSigningRefusesObjectsFromHostsWithoutTheWriteKey(t *testing.T) {
 		t.Fatalf("verify on an unsigned repository: exit %d, stderr %s", r.code, r.stderr)
 	}
 
-	// Phase 2: the upgrade. Check first, then sign what exists, then turn signing on.
+	// Phase 2: the upgrade, in the documented order: writers get the write key (what they
+	// store from now on is signed), the repository is checked, what exists is signed.
+	e.writeOwned(e.config, writerConf(true), 0o600)
+	// Once a segment went out with the new configuration, no push with the old one is under
+	// way (the archiver runs one archive_command at a time), and the unsigned set is final.
+	waitArchived(t, pg)
+	unsigned = signedFlags(t, repoDir)
 	plainReader := *e
 	plainReader.config = filepath.Join(e.dir, "plain-reader.yaml")
 	e.writeOwned(plainReader.config, strings.Replace(string(mustRead(t, reader.config)), "  verify_keys: ["+kg.VerifyKey+"]\n", "", 1), 0o600)
@@ -93,7 +106,6 @@ func TestSigningRefusesObjectsFromHostsWithoutTheWriteKey(t *testing.T) {
 	if out := e.must("repo", "sign-existing", "--signing-key", keyFile); !strings.Contains(out, fmt.Sprintf("signed 0 objects, %d already signed", len(unsigned.toSign))) {
 		t.Fatalf("sign-existing again: %s", out)
 	}
-	e.writeOwned(e.config, writerConf(true), 0o600)
 
 	// Phase 3: signing on. New WAL and backups are signed; data bundles are not (the signed
 	// manifest vouches for their pieces).
@@ -181,6 +193,7 @@ func TestSigningRefusesObjectsFromHostsWithoutTheWriteKey(t *testing.T) {
 		if r.code != 126 || !strings.Contains(r.stderr, victim) || !strings.Contains(r.stderr, f.want) || !strings.Contains(r.stderr, "not authenticated") {
 			t.Errorf("wal fetch of a forged segment (%s): exit %d, stderr %s; want 126 naming %s and %q", f.name, r.code, r.stderr, victim, f.want)
 		}
+		t.Logf("wal fetch, %s: %s", f.name, strings.TrimSpace(r.stderr))
 		if _, err := os.Stat(dest); !os.IsNotExist(err) {
 			t.Errorf("wal fetch of a forged segment (%s) left %s: %v", f.name, dest, err)
 		}
@@ -205,6 +218,7 @@ func TestSigningRefusesObjectsFromHostsWithoutTheWriteKey(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, manifestKey) || !strings.Contains(r.stderr, "no signature") {
 		t.Fatalf("restore with a forged manifest: exit %d, stderr %s", r.code, r.stderr)
 	}
+	t.Logf("restore, forged manifest: %s", strings.TrimSpace(r.stderr))
 	if ents, _ := os.ReadDir(pgdata); len(ents) != 0 {
 		t.Fatalf("restore with a forged manifest wrote %d entries into %s", len(ents), pgdata)
 	}
@@ -229,7 +243,9 @@ func TestSigningRefusesObjectsFromHostsWithoutTheWriteKey(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "REFUSED backup "+fake) || !strings.Contains(r.stdout, "main/backups/"+fake+"/summary") {
 		t.Fatalf("info with a forged backup: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
 	}
+	t.Logf("info, forged backup:\n%s", r.stdout)
 	r = reader.run("verify")
+	t.Logf("verify, forged backup: %s", strings.TrimSpace(r.stderr))
 	if r.code == 0 || !strings.Contains(r.stderr, "backup "+fake) || !strings.Contains(r.stdout+r.stderr, "backup "+label+" OK") {
 		t.Fatalf("verify with a forged backup: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
 	}
