@@ -1,15 +1,22 @@
 package e2e
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/pgharbor/pgharbor/internal/testserver"
+	"github.com/pgharbor/pgharbor/storage"
 	"github.com/pgharbor/pgharbor/storage/codec"
+	"github.com/pgharbor/pgharbor/storage/s3"
 )
 
 // Write authentication, as an operator turns it on for a repository that already holds
@@ -348,5 +355,75 @@ func writeRepoFile(t *testing.T, p string, b []byte) {
 	}
 	if err := os.WriteFile(p, b, 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The same guarantees on a real S3 server, for a host that both writes and reads (the write
+// key and the verify key in one configuration): the PITR journey signs and verifies end to
+// end, and a segment put into the bucket by someone holding only the recipient is refused
+// by restore_command's `wal fetch`, naming it.
+func TestSigningOnS3(t *testing.T) {
+	srv := testserver.StartVersity(t)
+	srv.CreateBucket(t, "backups")
+	e := newEnv(t, "s3://backups/prod", fmt.Sprintf(`s3:
+  endpoint: %s
+  region: us-east-1
+  path_style: true
+  access_key_id: %s
+  secret_access_key: %s
+`, srv.Endpoint, srv.AccessKey, srv.SecretKey))
+	sk, vk, err := codec.GenerateSigningKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(e.dir, "signing.key")
+	e.writeOwned(keyFile, sk+"\n", 0o600)
+	conf := strings.Replace(string(mustRead(t, e.config)), "  cluster: main\n",
+		fmt.Sprintf("  cluster: main\n  signing_key_file: %s\n  verify_keys: [%s]\n", keyFile, vk), 1)
+	e.writeOwned(e.config, conf, 0o600)
+
+	j := runJourney(t, e, "stream")
+	p := j.points[1]
+	if got := e.restoreAndRead(j.pg, "--target-time", p.time.Format(time.RFC3339Nano)); got != p.snap {
+		t.Fatalf("restored %s, want %s", got, p.snap)
+	}
+	e.must("verify")
+
+	ctx := context.Background()
+	b, err := s3.New(ctx, s3.Config{Bucket: "backups", Prefix: "prod", Endpoint: srv.Endpoint, Region: "us-east-1", PathStyle: true,
+		AccessKeyID: srv.AccessKey, SecretAccessKey: srv.SecretKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var segs []string
+	if err := b.List(ctx, "main/wal/", func(o storage.ObjectInfo) error {
+		if len(path.Base(o.Key)) == 24 {
+			segs = append(segs, o.Key)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(segs)
+	victim := segs[len(segs)-1]
+	forger, err := codec.New(codec.Config{Encryption: "age", Recipients: []string{e.recipient}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed, _, err := forger.SealDigest(bytes.Repeat([]byte{0}, 16<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Put(ctx, victim, bytes.NewReader(sealed), storage.PutOptions{Size: int64(len(sealed))}); err != nil {
+		t.Fatal(err)
+	}
+	dest := filepath.Join(t.TempDir(), "seg")
+	r := e.run("wal", "fetch", "--spool-dir", t.TempDir(), "--prefetch", "-1", path.Base(victim), dest)
+	if r.code != 126 || !strings.Contains(r.stderr, victim) || !strings.Contains(r.stderr, "no signature") {
+		t.Fatalf("wal fetch of a forged segment on S3: exit %d, stderr %s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(dest); !os.IsNotExist(err) {
+		t.Fatalf("a forged segment reached %s: %v", dest, err)
 	}
 }
