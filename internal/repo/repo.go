@@ -223,6 +223,25 @@ func (r *Repo) PutJSON(ctx context.Context, key string, v any, ifNotExists bool)
 	return r.PutBytes(ctx, key, data, ifNotExists)
 }
 
+// GetAdvisoryJSON reads sealed JSON into v without checking a signature: for locks, whose
+// content is coordination between hosts (some of which may hold no write key), never a
+// fact that restore or retention acts on.
+func (r *Repo) GetAdvisoryJSON(ctx context.Context, key string, v any) error {
+	rc, err := r.GetData(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("decode %s: %w", r.Location(key), err)
+	}
+	return nil
+}
+
 // GetJSON reads sealed JSON into v.
 func (r *Repo) GetJSON(ctx context.Context, key string, v any) error {
 	data, err := r.GetBytes(ctx, key)
