@@ -9,10 +9,12 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/pgharbor/pgharbor/internal/pgtest"
 	"github.com/pgharbor/pgharbor/internal/testserver"
 	"github.com/pgharbor/pgharbor/storage"
 	"github.com/pgharbor/pgharbor/storage/codec"
@@ -207,6 +209,20 @@ func TestSigningRefusesObjectsFromHostsWithoutTheWriteKey(t *testing.T) {
 		if left, _ := filepath.Glob(filepath.Join(out, ".pgharbor-fetch-*")); len(left) != 0 {
 			t.Errorf("temp files left: %v", left)
 		}
+	}
+	// During a restore, PostgreSQL's restore_command meets the forged segment: recovery stops
+	// (exit 126 is fatal to it) instead of ending early and promoting, and the restore fails
+	// with the server's log, which names the object.
+	writeRepoFile(t, filepath.Join(repoDir, victim), forgeries[0].body())
+	root := pgtest.MkdirOwned(t, e.cred, "pgharbor-restore-")
+	c := &pgtest.Cluster{BinDir: pg.BinDir, Root: root, DataDir: filepath.Join(root, "data"), SocketDir: root, Port: pgtest.FreePort(t), Cred: e.cred}
+	t.Cleanup(func() { c.Command("pg_ctl", "-D", c.DataDir, "-m", "immediate", "-w", "stop").Run() })
+	r = reader.run("restore", "--pgdata", c.DataDir, "--start", "--port", strconv.Itoa(c.Port), "--socket-dir", c.SocketDir, "--archive-mode", "off")
+	if r.code == 0 || !strings.Contains(r.stderr, victim) || !strings.Contains(r.stderr, "no signature") {
+		t.Fatalf("restore through a forged segment: exit %d\nstderr: %s", r.code, r.stderr)
+	}
+	if c.Command("pg_ctl", "-D", c.DataDir, "status").Run() == nil {
+		t.Fatal("the server runs after recovery met a forged segment")
 	}
 	writeRepoFile(t, filepath.Join(repoDir, victim), saved)
 	reader.must("wal", "fetch", "--spool-dir", fetchSpool, "--prefetch", "-1", victimName, filepath.Join(out, "again"))
