@@ -402,7 +402,7 @@ func FormatSystemIdentifier(v uint64) string { return strconv.FormatUint(v, 10) 
 func (r *Repo) DataKey(ctx context.Context, create bool) (string, error) {
 	key := r.Key(DataKeyKey)
 	for attempt := 0; ; attempt++ {
-		data, err := r.GetBytes(ctx, key)
+		data, err := r.readDataKey(ctx, key)
 		if err == nil {
 			s := strings.TrimSpace(string(data))
 			if !strings.HasPrefix(s, "AGE-SECRET-KEY-1") {
@@ -428,6 +428,35 @@ func (r *Repo) DataKey(ctx context.Context, create bool) (string, error) {
 			return "", fmt.Errorf("store the data key at %s: %w", r.Location(key), err)
 		}
 	}
+}
+
+// readDataKey reads the data key object, which must be sealed with the passphrase: only a
+// passphrase holder can make such an object, whereas anyone who can write to the bucket
+// could store an unencrypted one holding a key of their own, and every writer would then
+// seal new objects to it.
+func (r *Repo) readDataKey(ctx context.Context, key string) ([]byte, error) {
+	raw, err := storage.ReadAll(ctx, r.backend, key)
+	if err != nil {
+		return nil, err
+	}
+	h, err := codec.ParseHeader(raw[:min(len(raw), codec.MaxHeaderSize)])
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", r.Location(key), err)
+	}
+	if h.Encryption != codec.EncryptionPassphrase {
+		return nil, fmt.Errorf("open %s: %w: the data key is sealed with %s, not with the passphrase: it was not written by pgharbor (remove it only if no object is sealed to it)",
+			r.Location(key), codec.ErrCorrupt, h.Encryption)
+	}
+	rc, err := r.codec.NewReaderFor(bytes.NewReader(raw), key)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", r.Location(key), err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", r.Location(key), err)
+	}
+	return data, nil
 }
 
 // PutClearJSON stores v under key in a clear (unencrypted, uncompressed) envelope, replacing
