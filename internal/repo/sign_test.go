@@ -159,3 +159,40 @@ func TestSignStoredSignsOnceAndRefusesForeignSignatures(t *testing.T) {
 		t.Fatalf("foreign signature accepted after SignStored: %v", err)
 	}
 }
+
+// With the identity at hand, sign-existing decodes each object first and never signs a
+// damaged one.
+func TestSignStoredRefusesDamagedObjectsItCanDecode(t *testing.T) {
+	ctx := context.Background()
+	id, rcpt, err := codec.GenerateIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sk, _, err := codec.GenerateSigningKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := codec.New(codec.Config{Encryption: "age", Recipients: []string{rcpt}, Identities: []string{id}, SigningKey: sk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := mem.New()
+	r, _ := repo.New(b, c, "main")
+	key := r.Key("backups", "L", "manifest")
+	sealed, err := c.Seal([]byte(`{"format": 1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed[len(sealed)-3] ^= 1
+	if err := r.PutSealed(ctx, key, sealed, true); err != nil {
+		t.Fatal(err)
+	}
+	out, err := r.SignStored(ctx, key, false)
+	if out != repo.Refused || !errors.Is(err, codec.ErrCorrupt) || !strings.Contains(err.Error(), "main/backups/L/manifest") {
+		t.Fatalf("damaged object: %s, %v", out, err)
+	}
+	stored, err := storage.ReadAll(ctx, b, key)
+	if err != nil || !bytes.Equal(stored, sealed) {
+		t.Fatalf("the damaged object was changed: %v", err)
+	}
+}
