@@ -128,7 +128,6 @@ func LoadCatalog(ctx context.Context, r *repo.Repo) (*Catalog, error) {
 			}
 			sum = m.Summary
 		}
-
 		cat.Backups = append(cat.Backups, sum)
 	}
 	// Order by start time, never by name alone (labels are times, but be explicit).

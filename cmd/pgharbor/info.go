@@ -188,13 +188,11 @@ func (a *app) runVerify(ctx context.Context, label string, workers int) ([]*back
 	var todo []backup.Summary
 	if label != "" {
 		b, ok := cat.Find(label)
-		if !ok && slices.ContainsFunc(cat.Refused, func(rf backup.Refused) bool { return rf.Label == label }) {
-			todo = nil
-		} else if !ok {
-			return nil, fmt.Errorf("no complete backup %q (see `pgharbor info`)", label)
-		}
-		if ok {
+		switch {
+		case ok:
 			todo = append(todo, b)
+		case !slices.ContainsFunc(cat.Refused, func(rf backup.Refused) bool { return rf.Label == label }):
+			return nil, fmt.Errorf("no complete backup %q (see `pgharbor info`)", label)
 		}
 	} else {
 		todo = cat.Backups
