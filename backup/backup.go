@@ -275,7 +275,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	if err != nil {
 		return nil, err
 	}
-	if err := r.PutSealed(ctx, path.Join(prefix, pgManifestName), sealed, true); err != nil {
+	if err := r.PutSigned(ctx, path.Join(prefix, pgManifestName), sealed, true); err != nil {
 		return nil, fmt.Errorf("store backup_manifest: %w", err)
 	}
 	sum.StoredSize += int64(len(sealed))

@@ -2,6 +2,7 @@ package backup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path"
 	"slices"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/pgharbor/pgharbor/internal/repo"
 	"github.com/pgharbor/pgharbor/storage"
+	"github.com/pgharbor/pgharbor/storage/codec"
 )
 
 // Incomplete is a backup prefix without a manifest: a backup running now, or the remains of
@@ -33,6 +35,17 @@ type Catalog struct {
 	// Expiring lists complete backups that carry an expiring marker: an expire stopped
 	// between marking and deleting them. The next expire deletes or unmarks them.
 	Expiring []string `json:"expiring,omitempty"`
+	// Refused lists backups whose summary or manifest is not signed by the repository's
+	// write key (only when verify keys are configured). They are not in Backups, so nothing
+	// restores from them or counts them for retention.
+	Refused []Refused `json:"refused,omitempty"`
+}
+
+// Refused is a backup left out of the catalog because an object of it failed
+// authentication.
+type Refused struct {
+	Label  string `json:"label"`
+	Reason string `json:"reason"`
 }
 
 // LoadCatalog lists the cluster's backups. Only backups whose manifest exists are in
@@ -98,10 +111,18 @@ func LoadCatalog(ctx context.Context, r *repo.Repo) (*Catalog, error) {
 		var sum Summary
 		if s.summary {
 			if err := r.GetJSON(ctx, path.Join(BackupPrefix(r, l), summaryName), &sum); err != nil {
+				if errors.Is(err, codec.ErrUnauthenticated) {
+					cat.Refused = append(cat.Refused, Refused{Label: l, Reason: err.Error()})
+					continue
+				}
 				return nil, fmt.Errorf("backup %s: %w", l, err)
 			}
 		} else {
 			m, err := ReadManifest(ctx, r, l)
+			if errors.Is(err, codec.ErrUnauthenticated) {
+				cat.Refused = append(cat.Refused, Refused{Label: l, Reason: err.Error()})
+				continue
+			}
 			if err != nil {
 				return nil, err
 			}

@@ -65,7 +65,7 @@ func AcquireLock(ctx context.Context, r *repo.Repo, name, label string, stale ti
 			return nil, fmt.Errorf("take lock %s: %w", r.Location(l.key), err)
 		}
 		var held lockInfo
-		if err := r.GetJSON(ctx, l.key, &held); err != nil {
+		if err := r.GetAdvisoryJSON(ctx, l.key, &held); err != nil {
 			if errors.Is(err, storage.ErrNotFound) {
 				continue // released meanwhile
 			}
@@ -118,7 +118,7 @@ func (l *Lock) Release(ctx context.Context) error {
 // lockHolder reads who holds a lock (for reports); ok is false when nobody live does.
 func lockHolder(ctx context.Context, r *repo.Repo, name string) (lockInfo, bool) {
 	var held lockInfo
-	if err := r.GetJSON(ctx, lockKey(r, name), &held); err != nil {
+	if err := r.GetAdvisoryJSON(ctx, lockKey(r, name), &held); err != nil {
 		return held, false
 	}
 	host, _ := os.Hostname()

@@ -66,7 +66,7 @@ func Verify(ctx context.Context, r *repo.Repo, label string, workers int) (*Veri
 		})
 		g.Go(func() error {
 			key := BundleKey(r, label, b)
-			rc, err := r.GetStream(gctx, key)
+			rc, err := r.GetData(gctx, key)
 			if err != nil {
 				return fmt.Errorf("backup %s: %w", label, err)
 			}

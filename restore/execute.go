@@ -558,7 +558,7 @@ func interleave(bundles []int, n int) []int {
 
 func (x *executor) writeBundle(ctx context.Context, n int, pieces []piece) error {
 	key := backup.BundleKey(x.r, x.m.Label, n)
-	rc, err := x.r.GetStream(ctx, key)
+	rc, err := x.r.GetData(ctx, key)
 	if err != nil {
 		return fmt.Errorf("backup %s: %w", x.m.Label, err)
 	}
@@ -739,7 +739,7 @@ func (x *executor) writeControl(ctx context.Context) error {
 // readPiece returns the bytes of one extent, checked against its CRC-32C and SHA-256.
 func (x *executor) readPiece(ctx context.Context, f backup.File, e backup.Extent) ([]byte, error) {
 	key := backup.BundleKey(x.r, x.m.Label, e.Bundle)
-	rc, err := x.r.GetStream(ctx, key)
+	rc, err := x.r.GetData(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", x.m.Label, err)
 	}

@@ -46,6 +46,12 @@ type Config struct {
 type RepoConfig struct {
 	URL     string `yaml:"url"`     // file:///path, s3://bucket/prefix, gs://bucket/prefix
 	Cluster string `yaml:"cluster"` // the cluster's name inside the repository
+	// SigningKeyFile holds the repository's write key (`pgharbor key generate --signing`):
+	// on hosts that take backups and push WAL, which then sign what they store.
+	SigningKeyFile string `yaml:"signing_key_file"`
+	// VerifyKeys are the public keys of the write key ("pgharbor-verify1…"); when set,
+	// manifests, summaries and WAL not signed by one of them are refused.
+	VerifyKeys []string `yaml:"verify_keys"`
 }
 
 // S3Config holds what the AWS SDK does not find on its own.

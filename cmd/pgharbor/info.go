@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -83,6 +85,9 @@ func (a *app) printInfo(rep infoReport) {
 	for _, l := range rep.Catalog.Pinned {
 		fmt.Fprintf(w, "backup %s is pinned: expire keeps it (`pgharbor backup unpin %s`)\n", l, l)
 	}
+	for _, rf := range rep.Catalog.Refused {
+		fmt.Fprintf(w, "REFUSED backup %s: %s\n", rf.Label, rf.Reason)
+	}
 	for _, inc := range rep.Catalog.Incomplete {
 		state := "did not finish: remove with `pgharbor backup cleanup`"
 		switch {
@@ -147,20 +152,24 @@ the WAL from the backup's start to its stop is in the repository.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			results, err := a.runVerify(cmd.Context(), label, workers)
-			if err != nil {
+			if err != nil && len(results) == 0 {
 				return err
 			}
 			if results == nil {
 				results = []*backup.VerifyResult{}
 			}
-			return a.print(results, func() {
+			// Backups refused for their signature come after the ones that verified.
+			if perr := a.print(results, func() {
 				for _, res := range results {
 					fmt.Fprintf(a.stdout, "backup %s OK: %d files, %d bundles, %s, WAL present\n", res.Label, res.Files, res.Bundles, humanBytes(res.Bytes))
 				}
 				if len(results) == 0 {
 					fmt.Fprintln(a.stdout, "no complete backup to verify")
 				}
-			})
+			}); perr != nil {
+				return perr
+			}
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&label, "backup", "", "verify only this backup")
@@ -179,10 +188,12 @@ func (a *app) runVerify(ctx context.Context, label string, workers int) ([]*back
 	var todo []backup.Summary
 	if label != "" {
 		b, ok := cat.Find(label)
-		if !ok {
+		switch {
+		case ok:
+			todo = append(todo, b)
+		case !slices.ContainsFunc(cat.Refused, func(rf backup.Refused) bool { return rf.Label == label }):
 			return nil, fmt.Errorf("no complete backup %q (see `pgharbor info`)", label)
 		}
-		todo = append(todo, b)
 	} else {
 		todo = cat.Backups
 	}
@@ -198,6 +209,15 @@ func (a *app) runVerify(ctx context.Context, label string, workers int) ([]*back
 		}
 		results = append(results, res)
 		a.logger.Info("backup verified", "label", b.Label, "files", res.Files, "bundles", res.Bundles)
+	}
+	var refused []string
+	for _, rf := range cat.Refused {
+		if label == "" || rf.Label == label {
+			refused = append(refused, fmt.Sprintf("backup %s: %s", rf.Label, rf.Reason))
+		}
+	}
+	if len(refused) > 0 {
+		return results, fmt.Errorf("%d backups failed authentication:\n%s", len(refused), strings.Join(refused, "\n"))
 	}
 	return results, nil
 }

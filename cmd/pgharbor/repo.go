@@ -18,17 +18,28 @@ import (
 )
 
 func newKeygenCmd(a *app) *cobra.Command {
-	var out string
+	var (
+		out     string
+		signing bool
+	)
 	cmd := &cobra.Command{
-		Use:   "keygen --out FILE",
+		Use:   "keygen --out FILE [--signing]",
 		Short: "Create an age identity; prints its public recipient",
 		Long: `keygen writes a new age X25519 identity (secret key) to FILE with mode 0600 and prints
 the matching public recipient. Put the recipient in encryption.recipients on every host that
-writes backups; keep the identity only where restores run.`,
+writes backups; keep the identity only where restores run.
+
+With --signing it writes the repository's write key instead and prints its public verify key
+(pgharbor-verify1…): put the file in repo.signing_key_file on the hosts that take backups and
+push WAL, and the verify key in repo.verify_keys wherever backups are restored, WAL is fetched
+or the repository is checked (docs/security.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if out == "" {
-				return errors.New("--out FILE is required (the identity is a secret: it is never printed)")
+				return errors.New("--out FILE is required (the key is a secret: it is never printed)")
+			}
+			if signing {
+				return writeSigningKey(a, out)
 			}
 			identity, recipient, err := codec.GenerateIdentity()
 			if err != nil {
@@ -55,7 +66,34 @@ writes backups; keep the identity only where restores run.`,
 		},
 	}
 	cmd.Flags().StringVar(&out, "out", "", "file to write the identity to (must not exist)")
+	cmd.Flags().BoolVar(&signing, "signing", false, "write a repository write key (Ed25519) instead of an age identity")
 	return cmd
+}
+
+// writeSigningKey creates a write key file and prints its verify key.
+func writeSigningKey(a *app, out string) error {
+	signing, verify, err := codec.GenerateSigningKey()
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("%s exists: keygen never overwrites a key", out)
+		}
+		return err
+	}
+	_, err = fmt.Fprintf(f, "# pgharbor repository write key, created: %s\n# verify key: %s\n%s\n", time.Now().UTC().Format(time.RFC3339), verify, signing)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(out)
+		return fmt.Errorf("write %s: %w", out, err)
+	}
+	return a.print(map[string]string{"signing_key_file": out, "verify_key": verify}, func() {
+		fmt.Fprintln(a.stdout, verify)
+	})
 }
 
 func newRepoCmd(a *app) *cobra.Command {
@@ -63,7 +101,7 @@ func newRepoCmd(a *app) *cobra.Command {
 		Use:   "repo",
 		Short: "Initialise and inspect a repository",
 	}
-	cmd.AddCommand(newRepoInitCmd(a), newRepoLsCmd(a), newRepoGetCmd(a))
+	cmd.AddCommand(newRepoInitCmd(a), newRepoLsCmd(a), newRepoGetCmd(a), newRepoSignExistingCmd(a))
 	return cmd
 }
 

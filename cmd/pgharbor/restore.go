@@ -146,6 +146,12 @@ func (a *app) runRestore(cmd *cobra.Command, f restoreFlags) error {
 		return err
 	}
 	defer r.Backend().Close()
+	for _, rf := range cat.Refused {
+		if rf.Label == f.label {
+			return fmt.Errorf("backup %s is refused: %s", rf.Label, rf.Reason)
+		}
+		a.logger.Warn("backup left out: it failed authentication", "label", rf.Label, "reason", rf.Reason)
+	}
 	arch, err := wal.ListArchive(ctx, r)
 	if err != nil {
 		return err
@@ -224,6 +230,10 @@ func (a *app) restoreCommand() (string, error) {
 			return "", err
 		}
 		parts = append(parts, "--identity", shellQuote(abs))
+	}
+	// Verify keys are public; PostgreSQL's fetches must refuse what this restore refuses.
+	for _, k := range a.cfg.Repo.VerifyKeys {
+		parts = append(parts, "--verify-key", shellQuote(strings.TrimSpace(k)))
 	}
 	parts = append(parts, "wal", "fetch", "%f", "%p")
 	return strings.Join(parts, " "), nil

@@ -86,6 +86,21 @@ func (a *app) codecConfig(needIdentity bool) (codec.Config, error) {
 	} else if needIdentity && e.Mode == "age" {
 		return cc, fmt.Errorf("reading encrypted objects needs the age identity: pass --identity FILE or set encryption.identity_file (writers need only the public recipients)")
 	}
+	if f := a.cfg.Repo.SigningKeyFile; f != "" {
+		if err := secret.CheckPrivate(f, "signing key file"); err != nil {
+			return cc, err
+		}
+		key, err := codec.LoadSigningKey(f)
+		if err != nil {
+			return cc, err
+		}
+		cc.SigningKey = key
+	}
+	for _, k := range a.cfg.Repo.VerifyKeys {
+		if k = strings.TrimSpace(k); k != "" {
+			cc.VerifyKeys = append(cc.VerifyKeys, k)
+		}
+	}
 	return cc, nil
 }
 

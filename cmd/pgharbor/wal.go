@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -309,6 +310,12 @@ func (a *app) spoolID() string {
 		loc += "\x00" + a.cfg.S3.Endpoint
 	case strings.HasPrefix(loc, "gs:"), strings.HasPrefix(loc, "gcs:"):
 		loc += "\x00" + a.cfg.GCS.Endpoint
+	}
+	if len(a.cfg.Repo.VerifyKeys) > 0 {
+		// Segments prefetched by a fetch that did not check signatures must never be handed
+		// to one that does.
+		keys := slices.Sorted(slices.Values(a.cfg.Repo.VerifyKeys))
+		loc += "\x00verify:" + strings.ToLower(strings.Join(keys, ","))
 	}
 	return wal.SpoolID(loc, a.cfg.Repo.Cluster)
 }

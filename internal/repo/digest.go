@@ -14,11 +14,15 @@ import (
 // Codec.SealDigest, so that its clear header carries the payload's SHA-256 (digest): a
 // writer holding only public recipients can then tell an identical re-put from a
 // conflicting one with StoredDigest. It returns an error wrapping storage.ErrExists when
-// key exists; it never replaces it.
+// key exists; it never replaces it. The object is signed for key when the codec holds the
+// write key (the digest stays readable in the clear header).
 func (r *Repo) PutWithDigest(ctx context.Context, key string, sealed []byte, digest [32]byte) error {
 	h, err := codec.ParseHeader(sealed[:min(len(sealed), codec.MaxHeaderSize)])
 	if err != nil || !h.HasDigest || h.Digest != digest {
 		return fmt.Errorf("put %s: the sealed object does not carry the given digest (seal it with SealDigest)", r.Location(key))
+	}
+	if sealed, err = r.sign(sealed, key); err != nil {
+		return err
 	}
 	if err := r.PutSealed(ctx, key, sealed, true); err != nil {
 		return fmt.Errorf("put %s: %w", r.Location(key), err)

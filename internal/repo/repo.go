@@ -109,27 +109,72 @@ func (r *Repo) Location(key string) string {
 	return loc + key
 }
 
-// PutBytes seals plain and stores it under key. The sealed body is retryable.
+// PutBytes seals plain, signs it for key when the codec holds the write key, and stores it
+// under key. The sealed body is retryable.
 func (r *Repo) PutBytes(ctx context.Context, key string, plain []byte, ifNotExists bool) error {
 	sealed, err := r.codec.Seal(plain)
 	if err != nil {
 		return fmt.Errorf("seal %s: %w", key, err)
 	}
+	if sealed, err = r.sign(sealed, key); err != nil {
+		return err
+	}
 	return r.PutSealed(ctx, key, sealed, ifNotExists)
 }
 
-// PutSealed stores an already sealed body.
+// sign signs sealed for key when the codec holds the write key.
+func (r *Repo) sign(sealed []byte, key string) ([]byte, error) {
+	if !r.codec.Signs() {
+		return sealed, nil
+	}
+	signed, err := r.codec.Sign(sealed, key)
+	if err != nil {
+		return nil, fmt.Errorf("sign %s: %w", key, err)
+	}
+	return signed, nil
+}
+
+// PutSigned stores an already sealed body, signed for key when the codec holds the write key.
+func (r *Repo) PutSigned(ctx context.Context, key string, sealed []byte, ifNotExists bool) error {
+	sealed, err := r.sign(sealed, key)
+	if err != nil {
+		return err
+	}
+	return r.PutSealed(ctx, key, sealed, ifNotExists)
+}
+
+// PutSealed stores an already sealed body as it is, unsigned: for backup data bundles,
+// which the signed manifest authenticates by their pieces' SHA-256.
 func (r *Repo) PutSealed(ctx context.Context, key string, sealed []byte, ifNotExists bool) error {
 	return r.backend.Put(ctx, key, bytes.NewReader(sealed), storage.PutOptions{IfNotExists: ifNotExists, Size: int64(len(sealed))})
 }
 
 // GetStream opens key and returns its decoded payload. Errors reading it name the object.
+// When the codec holds verify keys the object must be signed for key by the repository's
+// write key: an unsigned object is refused before its first byte, and the last Read
+// returns io.EOF only after the signature was checked (errors wrap
+// codec.ErrUnauthenticated). Consumers must not act on the payload before io.EOF.
 func (r *Repo) GetStream(ctx context.Context, key string) (io.ReadCloser, error) {
+	return r.getStream(ctx, key, true)
+}
+
+// GetData is GetStream without the signature check, for backup data bundles only: their
+// pieces are authenticated by the SHA-256 the signed manifest records for each.
+func (r *Repo) GetData(ctx context.Context, key string) (io.ReadCloser, error) {
+	return r.getStream(ctx, key, false)
+}
+
+func (r *Repo) getStream(ctx context.Context, key string, auth bool) (io.ReadCloser, error) {
 	rc, err := r.backend.Get(ctx, key, 0, -1)
 	if err != nil {
 		return nil, err
 	}
-	dec, err := r.codec.NewReader(rc)
+	var dec io.ReadCloser
+	if auth {
+		dec, err = r.codec.NewReaderFor(rc, key)
+	} else {
+		dec, err = r.codec.NewReader(rc)
+	}
 	if err != nil {
 		rc.Close()
 		return nil, fmt.Errorf("open %s: %w", r.Location(key), err)
@@ -176,6 +221,25 @@ func (r *Repo) PutJSON(ctx context.Context, key string, v any, ifNotExists bool)
 		return err
 	}
 	return r.PutBytes(ctx, key, data, ifNotExists)
+}
+
+// GetAdvisoryJSON reads sealed JSON into v without checking a signature: for locks, whose
+// content is coordination between hosts (some of which may hold no write key), never a
+// fact that restore or retention acts on.
+func (r *Repo) GetAdvisoryJSON(ctx context.Context, key string, v any) error {
+	rc, err := r.GetData(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("decode %s: %w", r.Location(key), err)
+	}
+	return nil
 }
 
 // GetJSON reads sealed JSON into v.
@@ -338,7 +402,7 @@ func FormatSystemIdentifier(v uint64) string { return strconv.FormatUint(v, 10) 
 func (r *Repo) DataKey(ctx context.Context, create bool) (string, error) {
 	key := r.Key(DataKeyKey)
 	for attempt := 0; ; attempt++ {
-		data, err := r.GetBytes(ctx, key)
+		data, err := r.readDataKey(ctx, key)
 		if err == nil {
 			s := strings.TrimSpace(string(data))
 			if !strings.HasPrefix(s, "AGE-SECRET-KEY-1") {
@@ -364,6 +428,35 @@ func (r *Repo) DataKey(ctx context.Context, create bool) (string, error) {
 			return "", fmt.Errorf("store the data key at %s: %w", r.Location(key), err)
 		}
 	}
+}
+
+// readDataKey reads the data key object, which must be sealed with the passphrase: only a
+// passphrase holder can make such an object, whereas anyone who can write to the bucket
+// could store an unencrypted one holding a key of their own, and every writer would then
+// seal new objects to it.
+func (r *Repo) readDataKey(ctx context.Context, key string) ([]byte, error) {
+	raw, err := storage.ReadAll(ctx, r.backend, key)
+	if err != nil {
+		return nil, err
+	}
+	h, err := codec.ParseHeader(raw[:min(len(raw), codec.MaxHeaderSize)])
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", r.Location(key), err)
+	}
+	if h.Encryption != codec.EncryptionPassphrase {
+		return nil, fmt.Errorf("open %s: %w: the data key is sealed with %s, not with the passphrase: it was not written by pgharbor (remove it only if no object is sealed to it)",
+			r.Location(key), codec.ErrCorrupt, h.Encryption)
+	}
+	rc, err := r.codec.NewReaderFor(bytes.NewReader(raw), key)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", r.Location(key), err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", r.Location(key), err)
+	}
+	return data, nil
 }
 
 // PutClearJSON stores v under key in a clear (unencrypted, uncompressed) envelope, replacing

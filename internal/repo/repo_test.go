@@ -1,6 +1,7 @@
 package repo_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"strings"
@@ -142,5 +143,26 @@ func TestDataKeyIsCreatedOnceAndSealedWithThePassphrase(t *testing.T) {
 	}
 	if _, err := open("other").DataKey(t.Context(), false); !errors.Is(err, codec.ErrWrongKey) {
 		t.Fatalf("wrong passphrase: %v, want ErrWrongKey", err)
+	}
+
+	// Someone who can write to the bucket but has no passphrase replaces the data key with
+	// one of their own in a clear envelope: refused, so writers never seal to it.
+	id, _, err := codec.GenerateIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	clear, err := codec.New(codec.Config{Encryption: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, err := clear.Seal([]byte(id + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Put(t.Context(), "main/"+repo.DataKeyKey, bytes.NewReader(forged), storage.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := open("pass").DataKey(t.Context(), false); err == nil || !strings.Contains(err.Error(), "not with the passphrase") {
+		t.Fatalf("a data key in a clear envelope: %q, %v; want it refused", k, err)
 	}
 }

@@ -2,6 +2,7 @@ package codec
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
@@ -92,6 +93,12 @@ type Config struct {
 	// to it instead of with a scrypt stanza each, which costs about a second per object.
 	// Objects sealed either way stay readable.
 	DataKey string
+	// SigningKey is the repository's write key ("PGHARBOR-SIGN-KEY-1…"), on hosts that write
+	// backups and WAL; Sign uses it. It does not let its holder read anything.
+	SigningKey string
+	// VerifyKeys are public verify keys ("pgharbor-verify1…"). When set, NewReaderFor refuses
+	// objects that are not signed by one of them for the name they are read under.
+	VerifyKeys []string
 	// Concurrency is the number of goroutines one zstd stream may use (default 1: pgharbor
 	// runs many streams in parallel instead).
 	Concurrency int
@@ -115,6 +122,8 @@ type Codec struct {
 	idFPs      []string
 	hasScrypt  bool
 	dataIDs    []age.Identity // the repository data key (passphrase mode)
+	signer     ed25519.PrivateKey
+	verifiers  map[[KeyIDSize]byte]ed25519.PublicKey
 
 	encOpts []zstd.EOption
 	encPool sync.Pool // *zstd.Encoder
@@ -240,6 +249,24 @@ func New(cfg Config) (*Codec, error) {
 		id.SetMaxWorkFactor(scryptFactor)
 		c.identities = append(c.identities, id)
 		c.hasScrypt = true
+	}
+
+	if cfg.SigningKey != "" {
+		priv, err := parseSigningKey(cfg.SigningKey)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+		}
+		c.signer = priv
+	}
+	for i, s := range cfg.VerifyKeys {
+		pub, err := parseVerifyKey(s)
+		if err != nil {
+			return nil, fmt.Errorf("%w: verify key #%d %w", ErrConfig, i+1, err)
+		}
+		if c.verifiers == nil {
+			c.verifiers = make(map[[KeyIDSize]byte]ed25519.PublicKey)
+		}
+		c.verifiers[keyID(pub)] = pub
 	}
 
 	window := maxZstdWindow

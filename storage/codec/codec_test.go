@@ -413,7 +413,7 @@ func TestUnknownHeaderFieldsAreRejected(t *testing.T) {
 		{4, 0, "envelope version 0"},
 		{5, 9, "unknown compression id 9"},
 		{6, 7, "unknown encryption id 7"},
-		{7, 2, "unknown header flags"},
+		{7, 4, "unknown header flags"},
 		{7, 0x81, "unknown header flags"},
 	} {
 		bad := bytes.Clone(sealed)

@@ -15,6 +15,10 @@
 //     its recipient. Only restore hosts need one.
 //   - fingerprint: a short, stable, non-secret name for a recipient (see Fingerprint),
 //     stored in the repository's pgharbor.json.
+//   - write key / signing key: an Ed25519 secret key ("PGHARBOR-SIGN-KEY-1…") held by hosts
+//     that write; Sign appends a signature over an object's bytes and its name.
+//   - verify key: the write key's public half ("pgharbor-verify1…"), held by readers;
+//     NewReaderFor refuses objects it did not sign for the name they are read under.
 //
 // # Envelope format, version 1
 //
@@ -23,7 +27,8 @@
 //	4      1    format version, 1
 //	5      1    compression id: 0 none, 1 zstd
 //	6      1    encryption id: 0 none, 1 age public-key recipients, 2 age passphrase (scrypt)
-//	7      1    flags, 0 in version 1 (readers reject anything else)
+//	7      1    flags: 0x01 a SHA-256 of the payload follows (DigestSize bytes),
+//	            0x02 the object ends with a signature trailer; other bits are rejected
 //
 // Body when the encryption id is not 0:
 //
@@ -45,7 +50,15 @@
 //
 // inner is the payload itself (compression 0) or one zstd frame (compression 1) with the
 // content checksum on and a window of at most 8 MiB; readers refuse larger windows, which
-// bounds their memory. Nothing may follow the age stream or the trailer.
+// bounds their memory. Nothing may follow the age stream or the trailer, except on a
+// signed object (flag 0x02):
+//
+//	envelope || key id (KeyIDSize bytes) || Ed25519 signature
+//
+// over a domain tag, the object's name and the SHA-256 of the envelope as stored. The flag
+// is cleared in the header copy and in the CRC-32C, so that signing an existing object needs
+// no key but the write key (see Sign); the signature covers the stored header. A reader with
+// verify keys therefore refuses unsigned objects instead of trusting the flag.
 //
 // # Keys and rotation
 //

@@ -78,6 +78,8 @@ type Header struct {
 	// HasDigest says Digest holds the SHA-256 of the payload.
 	HasDigest bool
 	Digest    [DigestSize]byte
+	// Signed says the object ends with a signature trailer (FlagSigned).
+	Signed bool
 }
 
 // Size is the length of the header's encoding.
@@ -93,6 +95,9 @@ func (h Header) Append(b []byte) []byte {
 	var flags byte
 	if h.HasDigest {
 		flags |= FlagDigest
+	}
+	if h.Signed {
+		flags |= FlagSigned
 	}
 	b = append(b, Magic[0], Magic[1], Magic[2], Magic[3], h.Version, byte(h.Compression), byte(h.Encryption), flags)
 	if h.HasDigest {
@@ -124,9 +129,10 @@ func ParseHeader(b []byte) (Header, error) {
 	default:
 		return Header{}, fmt.Errorf("%w: unknown encryption id %d (upgrade pgharbor?)", ErrUnknownFormat, b[6])
 	}
-	if b[7]&^FlagDigest != 0 {
+	if b[7]&^(FlagDigest|FlagSigned) != 0 {
 		return Header{}, fmt.Errorf("%w: unknown header flags %#02x (upgrade pgharbor?)", ErrUnknownFormat, b[7])
 	}
+	h.Signed = b[7]&FlagSigned != 0
 	if b[7]&FlagDigest != 0 {
 		if len(b) < MaxHeaderSize {
 			return Header{}, damaged(true, fmt.Sprintf("header with digest is %d of %d bytes", len(b), MaxHeaderSize), io.ErrUnexpectedEOF)
@@ -166,4 +172,14 @@ func ReadHeader(r io.Reader) (Header, error) {
 		return Header{}, fmt.Errorf("read object header: %w", err)
 	}
 	return h, err
+}
+
+// unsignedHeader returns a copy of the header bytes hb with FlagSigned cleared: what the
+// authenticated header copy and the CRC-32C trailer cover.
+func unsignedHeader(hb []byte) []byte {
+	out := append([]byte(nil), hb...)
+	if len(out) >= HeaderSize {
+		out[7] &^= FlagSigned
+	}
+	return out
 }

@@ -38,6 +38,19 @@ func (e *keyError) Is(target error) bool { return target == e.sentinel }
 // ErrCorrupt or ErrTruncated; an error reading r is returned wrapped as it is (it may be
 // transient).
 func (c *Codec) NewReader(r io.Reader) (io.ReadCloser, error) {
+	return c.newReader(r, "", false)
+}
+
+// NewReaderFor is NewReader for the object stored under name. When the codec holds verify
+// keys it authenticates the object: one without a signature is refused at once (before any
+// payload byte), and Read returns io.EOF only after the signature was checked against a
+// verify key for name; failures wrap ErrUnauthenticated. Without verify keys it is
+// NewReader.
+func (c *Codec) NewReaderFor(r io.Reader, name string) (io.ReadCloser, error) {
+	return c.newReader(r, name, c.Verifies())
+}
+
+func (c *Codec) newReader(r io.Reader, name string, auth bool) (io.ReadCloser, error) {
 	src := &recorder{r: r}
 	hb, h, err := readHeader(src)
 	if err != nil && src.err != nil {
@@ -46,12 +59,20 @@ func (c *Codec) NewReader(r io.Reader) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, err
 	}
-	rd := &reader{c: c, src: src}
+	if auth && !h.Signed {
+		return nil, fmt.Errorf("%w: the object carries no signature (written by a host without the write key, or before signing was turned on: see `pgharbor repo sign-existing`)", ErrUnauthenticated)
+	}
+	rd := &reader{c: c, src: src, name: name, auth: auth}
+	var body io.Reader = src
+	if h.Signed {
+		rd.sig = newSigReader(src, hb)
+		body = rd.sig
+	}
 	switch h.Encryption {
 	case EncryptionNone:
-		rd.inner = &recorder{r: newCRCReader(src, hb)}
+		rd.inner = &recorder{r: newCRCReader(body, unsignedHeader(hb))}
 	default:
-		ar, err := c.decrypt(h, src)
+		ar, err := c.decrypt(h, body, src)
 		if err != nil {
 			return nil, err
 		}
@@ -63,7 +84,7 @@ func (c *Codec) NewReader(r io.Reader) (io.ReadCloser, error) {
 			}
 			return nil, rd.classify(err)
 		}
-		if !bytes.Equal(cp, hb) {
+		if !bytes.Equal(cp, unsignedHeader(hb)) {
 			return nil, damaged(false, "clear header does not match its authenticated copy", nil)
 		}
 	}
@@ -83,7 +104,7 @@ func (c *Codec) NewReader(r io.Reader) (io.ReadCloser, error) {
 	return rd, nil
 }
 
-func (c *Codec) decrypt(h Header, src *recorder) (io.Reader, error) {
+func (c *Codec) decrypt(h Header, body io.Reader, src *recorder) (io.Reader, error) {
 	var ids []age.Identity
 	var missing string
 	var wrong func() string
@@ -117,7 +138,7 @@ func (c *Codec) decrypt(h Header, src *recorder) (io.Reader, error) {
 	if len(ids) == 0 {
 		return nil, &keyError{missing, ErrNoIdentity}
 	}
-	ar, err := age.Decrypt(src, ids...)
+	ar, err := age.Decrypt(body, ids...)
 	if err == nil {
 		return ar, nil
 	}
@@ -143,6 +164,10 @@ type reader struct {
 	// digest hashes the payload when the header carries want.
 	digest hash.Hash
 	want   [DigestSize]byte
+	// sig strips (and, with auth, checks) the signature trailer of a signed object.
+	sig  *sigReader
+	name string
+	auth bool
 }
 
 func (r *reader) Read(p []byte) (int, error) {
@@ -166,8 +191,28 @@ func (r *reader) Read(p []byte) (int, error) {
 	return n, r.err
 }
 
-// checkEnd makes sure the zstd frame ended exactly where the verified stream ends.
+// checkEnd makes sure the object ended where it should, and checks its signature.
 func (r *reader) checkEnd() error {
+	if err := r.checkPayloadEnd(); err != nil {
+		return err
+	}
+	if r.sig == nil {
+		return nil
+	}
+	var err error
+	if r.auth {
+		err = r.c.verify(r.sig, r.name)
+	} else {
+		_, err = r.sig.finish()
+	}
+	if r.src.err != nil {
+		return fmt.Errorf("read object: %w", r.src.err)
+	}
+	return err
+}
+
+// checkPayloadEnd makes sure the zstd frame ended exactly where the verified stream ends.
+func (r *reader) checkPayloadEnd() error {
 	if r.digest != nil {
 		var got [DigestSize]byte
 		if !bytes.Equal(r.digest.Sum(got[:0]), r.want[:]) {
