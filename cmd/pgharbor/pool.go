@@ -44,14 +44,23 @@ one pool instance only.`,
 			if err != nil {
 				return err
 			}
-			if fcfg.Enabled {
-				// The monitor tells the pool's own view of the cluster, so a failover reroutes
-				// writes at once instead of at the pool's next health check.
-				mon, err := failover.New(fcfg, cfg.Cluster.Nodes, srv.Cluster(), a.logger)
-				if err != nil {
-					return err
+			// The monitor tells the pool's own view of the cluster, so a failover reroutes
+			// writes at once instead of at the pool's next health check. Without
+			// failover.enabled it does not watch, but still serves the admin console's
+			// node commands (SWITCHOVER, ATTACH/DETACH/RECOVER NODE).
+			mon, err := failover.New(fcfg, cfg.Cluster.Nodes, srv.Cluster(), a.logger)
+			switch {
+			case err != nil && fcfg.Enabled:
+				return err
+			case err != nil:
+				a.logger.Info("node commands of the admin console are off", "reason", err)
+			default:
+				mon.SetPauser(srv)
+				mon.SetRebuilder(a.failoverRebuilder())
+				srv.SetNodeControl(failover.Console{M: mon})
+				if fcfg.Enabled {
+					go mon.Run(ctx)
 				}
-				go mon.Run(ctx)
 			}
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
