@@ -56,7 +56,9 @@ func (a *app) consoleQuery(ctx context.Context, f consoleFlags, q string) ([]str
 	if _, err := strconv.Atoi(port); err != nil {
 		return nil, nil, fmt.Errorf("pool address %q: bad port", addr)
 	}
-	q1 := func(s string) string { return "'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), `'`, `\'`) + "'" }
+	q1 := func(s string) string {
+		return "'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), `'`, `\'`) + "'"
+	}
 	conn, err := pgconn.Connect(ctx, fmt.Sprintf("host=%s port=%s user=%s dbname=pgharbor sslmode=%s application_name='pgharbor cli'",
 		q1(host), port, q1(user), q1(f.sslmode)))
 	if err != nil {

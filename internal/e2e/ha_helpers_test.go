@@ -49,8 +49,9 @@ func startHANodes(t *testing.T, o pgtest.Options) []*pgtest.Cluster {
 
 // startHAPool writes a config for nodes (ports[i] overrides the port the pool and monitor
 // use for node i when non-zero) and starts `pgharbor pool`; extraFailover is appended to
-// the failover: section, head is put before pool: (repo and encryption settings).
-func startHAPool(t *testing.T, nodes []*pgtest.Cluster, ports []int, head, extraFailover string) *haCluster {
+// the failover: section. With e, the env's config (repository, keys) comes first and the
+// file lives in the env's directory, readable by the postgres OS user (restore_command).
+func startHAPool(t *testing.T, nodes []*pgtest.Cluster, ports []int, e *env, extraFailover string) *haCluster {
 	t.Helper()
 	h := &haCluster{t: t, nodes: nodes, names: []string{"n0", "s1", "s2"}, port: pgtest.FreePort(t)}
 	var ns, opts strings.Builder
@@ -61,6 +62,14 @@ func startHAPool(t *testing.T, nodes []*pgtest.Cluster, ports []int, head, extra
 		}
 		fmt.Fprintf(&ns, "      - {name: %s, host: 127.0.0.1, port: %d}\n", h.names[i], port)
 		fmt.Fprintf(&opts, "    %s: {data_dir: %q}\n", h.names[i], c.DataDir)
+	}
+	head, dir := "", t.TempDir()
+	if e != nil {
+		b, err := os.ReadFile(e.config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		head, dir = string(b)+"\n", e.dir
 	}
 	cfg := fmt.Sprintf(`%spool:
   listen: 127.0.0.1:%d
@@ -85,8 +94,7 @@ func startHAPool(t *testing.T, nodes []*pgtest.Cluster, ports []int, head, extra
   rejoin_wait: 2m
 %s  nodes:
 %s`, head, h.port, ns.String(), extraFailover, opts.String())
-	dir := t.TempDir()
-	h.config = filepath.Join(dir, "pgharbor.yaml")
+	h.config = filepath.Join(dir, "pool.yaml")
 	if err := os.WriteFile(h.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -24,7 +24,7 @@ func TestSwitchoverUnderLoadLosesNothing(t *testing.T) {
 	nodes := startHANodes(t, pgtest.Options{})
 	n0, s1, s2 := nodes[0], nodes[1], nodes[2]
 	n0.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
-	h := startHAPool(t, nodes, nil, "", "")
+	h := startHAPool(t, nodes, nil, nil, "")
 	led := newLedger(t, n0, h.connString("postgres"))
 	t.Logf("SHOW POOL_NODES before:\n%s", formatRows(h.poolNodes()))
 
