@@ -224,7 +224,17 @@ type ledger struct {
 }
 
 func newLedger(t *testing.T, c *pgtest.Cluster, connStr string) *ledger {
-	c.Exec(t, "CREATE TABLE ledger (client int, seq int, PRIMARY KEY (client, seq)); CREATE TABLE counters (client int PRIMARY KEY, n int NOT NULL)")
+	return newLedgerIn(t, c, "postgres", connStr)
+}
+
+// newLedgerIn creates the ledger's tables in database db of c.
+func newLedgerIn(t *testing.T, c *pgtest.Cluster, db, connStr string) *ledger {
+	t.Helper()
+	conn := c.Connect(t, db)
+	if _, err := conn.Exec(context.Background(), "CREATE TABLE ledger (client int, seq int, PRIMARY KEY (client, seq)); CREATE TABLE counters (client int PRIMARY KEY, n int NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(context.Background())
 	return &ledger{connStr: connStr, acked: map[[2]int]bool{}}
 }
 
@@ -245,17 +255,35 @@ func (l *ledger) run(ctx context.Context, client int) {
 		return
 	}
 	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		l.fail(err)
-		return
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, "INSERT INTO counters VALUES ($1, 0)", client); err != nil {
-		l.fail(err)
-		return
-	}
-	for seq := 1; ctx.Err() == nil; seq++ {
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
+	registered := false
+	for seq := 1; ctx.Err() == nil; {
+		if conn == nil || conn.IsClosed() {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			conn, err = pgx.ConnectConfig(cctx, cfg)
+			cancel()
+			if err != nil {
+				conn = nil
+				if ctx.Err() == nil {
+					l.fail(fmt.Errorf("client %d connect: %w", client, err))
+				}
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+		}
+		if !registered {
+			if _, err := conn.Exec(ctx, "INSERT INTO counters VALUES ($1, 0) ON CONFLICT DO NOTHING", client); err != nil {
+				l.fail(err)
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			registered = true
+		}
 		err := pgx.BeginFunc(context.Background(), conn, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(context.Background(), "INSERT INTO ledger VALUES ($1, $2)", client, seq); err != nil {
 				return err
@@ -264,15 +292,17 @@ func (l *ledger) run(ctx context.Context, client int) {
 			return err
 		})
 		if err != nil {
+			// The outcome of a failed COMMIT is unknown: the next try uses another seq so
+			// that an unacknowledged commit never collides.
 			l.fail(fmt.Errorf("client %d seq %d: %w", client, seq, err))
-			if conn.IsClosed() {
-				return
-			}
+			seq++
+			time.Sleep(20 * time.Millisecond)
 			continue
 		}
 		l.mu.Lock()
 		l.acked[[2]int{client, seq}] = true
 		l.mu.Unlock()
+		seq++
 		time.Sleep(2 * time.Millisecond)
 	}
 }
@@ -332,12 +362,15 @@ func decodeJSON(t *testing.T, s string, v any) {
 func ledgerSame(t *testing.T, primary, standby *pgtest.Cluster) {
 	t.Helper()
 	primary.WaitReplay(t, standby)
+	bench := primary.QueryString(t, "postgres", "SELECT (to_regclass('pgbench_accounts') IS NOT NULL)::text") == "true"
 	sum := func(c *pgtest.Cluster) string {
-		return c.QueryString(t, "postgres", `SELECT md5(
+		q := `SELECT md5(
 		  (SELECT coalesce(string_agg(client::text || ':' || seq::text, ',' ORDER BY client, seq), '') FROM ledger) || '|' ||
-		  (SELECT coalesce(string_agg(client::text || ':' || n::text, ',' ORDER BY client), '') FROM counters) || '|' ||
-		  CASE WHEN to_regclass('pgbench_accounts') IS NULL THEN '' ELSE
-		    (SELECT coalesce(sum(abalance), 0)::text FROM pgbench_accounts) || ':' || (SELECT count(*)::text FROM pgbench_history) END)`)
+		  (SELECT coalesce(string_agg(client::text || ':' || n::text, ',' ORDER BY client), '') FROM counters))`
+		if bench {
+			q += ` || (SELECT coalesce(sum(abalance), 0)::text FROM pgbench_accounts) || ':' || (SELECT count(*)::text FROM pgbench_history)`
+		}
+		return c.QueryString(t, "postgres", q)
 	}
 	if got, want := sum(standby), sum(primary); got != want {
 		t.Fatalf("standby on port %d differs from the primary on port %d", standby.Port, primary.Port)
