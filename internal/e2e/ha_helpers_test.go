@@ -322,7 +322,13 @@ func (l *ledger) count() int {
 // missingOn returns the acknowledged rows that c lacks.
 func (l *ledger) missingOn(t *testing.T, c *pgtest.Cluster) []string {
 	t.Helper()
-	conn := c.Connect(t, "postgres")
+	return l.missingOnDB(t, c, "postgres")
+}
+
+// missingOnDB is missingOn for the ledger in database db.
+func (l *ledger) missingOnDB(t *testing.T, c *pgtest.Cluster, db string) []string {
+	t.Helper()
+	conn := c.Connect(t, db)
 	rows, err := conn.Query(context.Background(), "SELECT client, seq FROM ledger")
 	if err != nil {
 		t.Fatal(err)
@@ -375,4 +381,17 @@ func ledgerSame(t *testing.T, primary, standby *pgtest.Cluster) {
 	if got, want := sum(standby), sum(primary); got != want {
 		t.Fatalf("standby on port %d differs from the primary on port %d", standby.Port, primary.Port)
 	}
+}
+
+// connectSimple opens a pgx connection that uses the simple protocol (as through a pool in
+// transaction mode without prepared statements).
+func connectSimple(connStr string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(connStr)
+	if err != nil {
+		return nil, err
+	}
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return pgx.ConnectConfig(ctx, cfg)
 }
