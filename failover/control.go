@@ -150,9 +150,10 @@ func (m *Monitor) detail(ctx context.Context, n Node) nodeDetail {
 
 // findPrimary returns the primary the monitor watches or, when it watches none (the loop
 // does not run, or runs discovery), the one node that answers and is not in recovery,
-// leaving out former primaries and detached nodes.
+// leaving out former primaries and detached nodes. Without the loop the answer is
+// remembered as the primary.
 func (m *Monitor) findPrimary(ctx context.Context) (int, error) {
-	if p := m.Primary(); p >= 0 {
+	if p := m.Primary(); p >= 0 && m.running.Load() {
 		return p, nil
 	}
 	sts := m.probe(ctx, func(i int) bool { return !m.isFailed(i) && !m.isDetached(i) })
@@ -168,6 +169,11 @@ func (m *Monitor) findPrimary(ctx context.Context) (int, error) {
 	case 0:
 		return -1, errors.New("no node answers as primary")
 	case 1:
+		if !m.running.Load() {
+			m.mu.Lock()
+			m.primary = id
+			m.mu.Unlock()
+		}
 		return id, nil
 	}
 	return -1, fmt.Errorf("several nodes answer as primary (%s): split brain; not acting", strings.Join(prims, ", "))

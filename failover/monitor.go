@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -91,6 +92,8 @@ type Monitor struct {
 	rejoinAt map[int]time.Time
 	pauser   Pauser
 	rebuild  Rebuilder
+	// running: Run watches; otherwise primary may be stale and node commands look again.
+	running atomic.Bool
 }
 
 // New checks cfg against the nodes (the pool's cluster.nodes, whose order gives the node
@@ -146,6 +149,8 @@ func (m *Monitor) Events() []Event {
 // Run watches until ctx is done and then returns nil. It never gives up because of a node:
 // unreachable nodes are logged and retried.
 func (m *Monitor) Run(ctx context.Context) error {
+	m.running.Store(true)
+	defer m.running.Store(false)
 	m.log.Info("failover monitor started", "nodes", len(m.nodes), "period", m.cfg.HealthCheckPeriod,
 		"retries", m.cfg.Retries, "retry_delay", m.cfg.RetryDelay)
 	// A watch connection to the primary wakes the loop as soon as the server closes it, so

@@ -206,9 +206,18 @@ func (m *Monitor) Switchover(ctx context.Context, o SwitchoverOptions) (*Switcho
 	}
 	m.roleHook(ctx, ph, env, tgt, "primary")
 
+	// An old primary that does not rejoin is watched as a former primary: started again as a
+	// primary it is a split-brain risk (and auto_rejoin's business).
+	formerPrimary := func() {
+		m.mu.Lock()
+		m.failed[prim] = true
+		m.mu.Unlock()
+	}
 	if o.NoRejoin {
+		formerPrimary()
 		m.roleHook(ctx, ph, env, old, "stopped")
 	} else if method, err := m.rejoin(ctx, prim, to, true); err != nil {
+		formerPrimary()
 		rep.RejoinError = err.Error()
 		m.log.Error("switchover done, but the old primary did not rejoin as a standby", "node", old.Name, "err", err)
 		m.roleHook(ctx, ph, env, old, "stopped")

@@ -57,6 +57,11 @@ func TestNodeDetachAttachRecoverAndLease(t *testing.T) {
 		t.Fatalf("node attach 2 --output json: %s", out)
 	}
 	waitUntil(t, "s2 up again", 10*time.Second, func() bool { return roleOf(h.poolNodes(), 2) == "up/standby" })
+	var list []map[string]string
+	decodeJSON(t, h.mustCLI("node", "list", "--output", "json"), &list)
+	if len(list) != 3 || list[0]["role"] != "primary" || list[2]["status"] != "up" || list[2]["role"] != "standby" {
+		t.Fatalf("node list --output json: %v", list)
+	}
 
 	// attach refuses a standby that does not stream
 	h.mustCLI("node", "detach", "s2")
