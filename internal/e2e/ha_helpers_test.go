@@ -49,9 +49,10 @@ func startHANodes(t *testing.T, o pgtest.Options) []*pgtest.Cluster {
 
 // startHAPool writes a config for nodes (ports[i] overrides the port the pool and monitor
 // use for node i when non-zero) and starts `pgharbor pool`; extraFailover is appended to
-// the failover: section. With e, the env's config (repository, keys) comes first and the
+// the failover: section (its drain_timeout replaces the default 10s); the nodes in noDataDir
+// get no data_dir (as if on another host). With e, the env's config (repository, keys) comes first and the
 // file lives in the env's directory, readable by the postgres OS user (restore_command).
-func startHAPool(t *testing.T, nodes []*pgtest.Cluster, ports []int, e *env, extraFailover string) *haCluster {
+func startHAPool(t *testing.T, nodes []*pgtest.Cluster, ports []int, e *env, extraFailover string, noDataDir ...int) *haCluster {
 	t.Helper()
 	h := &haCluster{t: t, nodes: nodes, names: []string{"n0", "s1", "s2"}, port: pgtest.FreePort(t)}
 	var ns, opts strings.Builder
@@ -61,7 +62,13 @@ func startHAPool(t *testing.T, nodes []*pgtest.Cluster, ports []int, e *env, ext
 			port = ports[i]
 		}
 		fmt.Fprintf(&ns, "      - {name: %s, host: 127.0.0.1, port: %d}\n", h.names[i], port)
-		fmt.Fprintf(&opts, "    %s: {data_dir: %q}\n", h.names[i], c.DataDir)
+		dd := c.DataDir
+		for _, id := range noDataDir {
+			if id == i {
+				dd = ""
+			}
+		}
+		fmt.Fprintf(&opts, "    %s: {data_dir: %q}\n", h.names[i], dd)
 	}
 	head, dir := "", t.TempDir()
 	if e != nil {
@@ -70,6 +77,10 @@ func startHAPool(t *testing.T, nodes []*pgtest.Cluster, ports []int, e *env, ext
 			t.Fatal(err)
 		}
 		head, dir = string(b)+"\n", e.dir
+	}
+	drain := "  drain_timeout: 10s\n"
+	if strings.Contains(extraFailover, "drain_timeout:") {
+		drain = ""
 	}
 	cfg := fmt.Sprintf(`%spool:
   listen: 127.0.0.1:%d
@@ -89,11 +100,10 @@ func startHAPool(t *testing.T, nodes []*pgtest.Cluster, ports []int, e *env, ext
   query_timeout: 1s
   retries: 1
   retry_delay: 200ms
-  drain_timeout: 10s
-  replay_timeout: 30s
+%s  replay_timeout: 30s
   rejoin_wait: 2m
 %s  nodes:
-%s`, head, h.port, ns.String(), extraFailover, opts.String())
+%s`, head, h.port, ns.String(), drain, extraFailover, opts.String())
 	h.config = filepath.Join(dir, "pool.yaml")
 	if err := os.WriteFile(h.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
