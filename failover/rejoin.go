@@ -42,7 +42,28 @@ func (m *Monitor) stopLocal(ctx context.Context, n Node) error {
 	if err != nil {
 		return err
 	}
-	return replica.Stop(ctx, m.cfg.BinDir, dir, "fast", owner)
+	// pg_ctl -w looks for the end every 100 ms; a switchover holds transactions meanwhile,
+	// so pg_ctl only signals and the postmaster.pid is watched more often here.
+	cmd := exec.CommandContext(ctx, filepath.Join(m.cfg.BinDir, "pg_ctl"), "-D", dir, "-m", "fast", "-W", "stop")
+	cmd.Dir = "/"
+	if owner != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: owner}
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("pg_ctl stop %s: %w: %s", dir, err, strings.TrimSpace(string(out)))
+	}
+	deadline := time.Now().Add(m.cfg.CommandTimeout)
+	for replica.PostmasterPID(dir) != 0 {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("node %s: the postmaster on %s did not stop within command_timeout %v", n.Name, dir, m.cfg.CommandTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // startLocal starts the postmaster on n's local data directory as it was configured (used
@@ -110,7 +131,10 @@ func (m *Monitor) rejoin(ctx context.Context, id, prim int, cleanStop bool) (str
 		}
 		tli, lsn := ctl.Position()
 		diverged := replica.Diverged(tli, lsn, pr.Timeline, pr.History)
-		if sw, ok := pr.History.SwitchPoint(tli); ok && !diverged {
+		// After a switchover the node stopped cleanly at a checkpoint the new primary
+		// replayed before its promotion: nothing of it lies beyond the switch point, and
+		// pg_waldump need not look (it can trip over a zero-filled preallocated segment).
+		if sw, ok := pr.History.SwitchPoint(tli); ok && !diverged && !cleanStop {
 			if diverged, err = replica.WALAfter(ctx, m.cfg.BinDir, dir, tli, sw); err != nil {
 				return "", err
 			}

@@ -21,17 +21,23 @@ type SwitchoverOptions struct {
 
 // SwitchoverReport says what a switchover did.
 type SwitchoverReport struct {
-	OldPrimaryID int      `json:"old_primary_id"`
-	OldPrimary   string   `json:"old_primary"`
-	NewPrimaryID int      `json:"new_primary_id"`
-	NewPrimary   string   `json:"new_primary"`
-	StopLSN      string   `json:"stop_lsn"` // the old primary's shutdown checkpoint (or its last position) that the target replayed
-	HeldSeconds  float64  `json:"held_seconds"`
-	Followed     []string `json:"followed"`
-	Rejoined     bool     `json:"rejoined"`
-	RejoinMethod string   `json:"rejoin_method,omitempty"`
-	RejoinError  string   `json:"rejoin_error,omitempty"`
-	Seconds      float64  `json:"seconds"`
+	OldPrimaryID int     `json:"old_primary_id"`
+	OldPrimary   string  `json:"old_primary"`
+	NewPrimaryID int     `json:"new_primary_id"`
+	NewPrimary   string  `json:"new_primary"`
+	StopLSN      string  `json:"stop_lsn"` // the old primary's shutdown checkpoint (or its last position) that the target replayed
+	HeldSeconds  float64 `json:"held_seconds"`
+	// Where the held time went: waiting for running transactions, stopping the old
+	// primary, waiting for the target's replay, promoting.
+	DrainSeconds   float64  `json:"drain_seconds"`
+	StopSeconds    float64  `json:"stop_seconds"`
+	ReplaySeconds  float64  `json:"replay_seconds"`
+	PromoteSeconds float64  `json:"promote_seconds"`
+	Followed       []string `json:"followed"`
+	Rejoined       bool     `json:"rejoined"`
+	RejoinMethod   string   `json:"rejoin_method,omitempty"`
+	RejoinError    string   `json:"rejoin_error,omitempty"`
+	Seconds        float64  `json:"seconds"`
 }
 
 // ErrSwitchoverAbandoned wraps the reason a switchover stopped before the promotion; the
@@ -98,6 +104,9 @@ func (m *Monitor) Switchover(ctx context.Context, o SwitchoverOptions) (*Switcho
 	defer ls.release()
 	m.setMaint(true)
 	defer m.setMaint(false)
+	// A checkpoint now, while transactions still run, leaves the shutdown checkpoint little
+	// to write: the stop, which holds transactions, gets shorter.
+	m.checkpoint(ctx, old)
 	rep := &SwitchoverReport{OldPrimaryID: prim, OldPrimary: old.Name, NewPrimaryID: to, NewPrimary: tgt.Name}
 	m.log.Warn("switchover: holding new transactions", "from", old.Name, "to", tgt.Name, "drain_timeout", m.cfg.DrainTimeout)
 
@@ -105,6 +114,7 @@ func (m *Monitor) Switchover(ctx context.Context, o SwitchoverOptions) (*Switcho
 	pctx, cancel := context.WithTimeout(ctx, m.cfg.DrainTimeout)
 	err = m.pauser.Pause(pctx)
 	cancel()
+	rep.DrainSeconds = time.Since(held).Seconds()
 	resumed := false
 	resume := func() {
 		if !resumed {
@@ -141,23 +151,29 @@ func (m *Monitor) Switchover(ctx context.Context, o SwitchoverOptions) (*Switcho
 		}
 		return fmt.Errorf("%w; the old primary %s runs again", err, old.Name)
 	}
+	phase := time.Now()
 	if err := m.stopPrimary(ctx, old, tgt); err != nil {
 		if m.detail(ctx, old).err == nil {
 			return nil, undo(fmt.Errorf("stopping %s: %w", old.Name, err))
 		}
 		m.log.Warn("the stop of the old primary reported an error, but it is down; going on", "node", old.Name, "err", err)
 	}
+	rep.StopSeconds = time.Since(phase).Seconds()
+	phase = time.Now()
 	stopLSN, err := m.waitReplayed(ctx, old, tgt, od.currentLSN)
 	if err != nil {
 		return nil, undo(err)
 	}
 	rep.StopLSN = stopLSN.String()
-	if err := m.promote(ctx, tgt); err != nil {
+	rep.ReplaySeconds = time.Since(phase).Seconds()
+	phase = time.Now()
+	if err := m.promoteFast(ctx, tgt); err != nil {
 		if d := m.detail(ctx, tgt); d.err == nil && d.inRecovery {
 			return nil, undo(err)
 		}
 		return nil, fmt.Errorf("switchover: promotion of %s failed and its state is unclear: %w; the pool holds no transactions; check SHOW POOL_NODES", tgt.Name, err)
 	}
+	rep.PromoteSeconds = time.Since(phase).Seconds()
 	if m.pool != nil {
 		m.pool.SetPrimary(to)
 	}
@@ -303,5 +319,53 @@ func (m *Monitor) waitReplayed(ctx context.Context, old, tgt Node, before wal.LS
 			return 0, ctx.Err()
 		case <-time.After(10 * time.Millisecond):
 		}
+	}
+}
+
+// promoteFast promotes n without pg_promote's own wait (it looks for the end of recovery
+// every 100 ms) and watches pg_is_in_recovery() more often: transactions are held meanwhile.
+func (m *Monitor) promoteFast(ctx context.Context, n Node) error {
+	conn, err := m.connect(ctx, n)
+	if err != nil {
+		return err
+	}
+	defer closeConn(conn)
+	pctx, cancel := context.WithTimeout(ctx, m.cfg.PromoteTimeout+m.cfg.QueryTimeout)
+	defer cancel()
+	res, err := conn.Exec(pctx, "SELECT pg_promote(false)").ReadAll()
+	if err != nil {
+		return fmt.Errorf("pg_promote on %s: %w", n.Name, err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || string(res[0].Rows[0][0]) != "t" {
+		return fmt.Errorf("pg_promote on %s: the promotion could not be signalled", n.Name)
+	}
+	for {
+		res, err := conn.Exec(pctx, "SELECT pg_is_in_recovery()").ReadAll()
+		if err != nil {
+			return fmt.Errorf("promotion of %s: %w", n.Name, err)
+		}
+		if len(res) == 1 && len(res[0].Rows) == 1 && string(res[0].Rows[0][0]) == "f" {
+			return nil
+		}
+		select {
+		case <-pctx.Done():
+			return fmt.Errorf("promotion of %s: not finished within promote_timeout %v", n.Name, m.cfg.PromoteTimeout)
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// checkpoint runs CHECKPOINT on n, bounded by replay_timeout; a failure only costs time
+// later and is logged.
+func (m *Monitor) checkpoint(ctx context.Context, n Node) {
+	conn, err := m.connect(ctx, n)
+	if err == nil {
+		cctx, cancel := context.WithTimeout(ctx, m.cfg.ReplayTimeout)
+		_, err = conn.Exec(cctx, "CHECKPOINT").ReadAll()
+		cancel()
+		closeConn(conn)
+	}
+	if err != nil {
+		m.log.Warn("CHECKPOINT before the switchover failed; the shutdown checkpoint will take longer", "node", n.Name, "err", err)
 	}
 }

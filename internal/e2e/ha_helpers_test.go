@@ -96,10 +96,11 @@ func startHAPool(t *testing.T, nodes []*pgtest.Cluster, ports []int, e *env, ext
 %sfailover:
   enabled: true
   health_check_period: 500ms
-  connect_timeout: 1s
-  query_timeout: 1s
-  retries: 1
+  connect_timeout: 2s
+  query_timeout: 2s
+  retries: 2
   retry_delay: 200ms
+  sslmode: disable
 %s  replay_timeout: 30s
   rejoin_wait: 2m
 %s  nodes:
