@@ -20,6 +20,10 @@ const (
 	DefaultUser              = "postgres"
 	DefaultDatabase          = "postgres"
 	DefaultSSLMode           = "prefer"
+	DefaultDrainTimeout      = 10 * time.Second
+	DefaultReplayTimeout     = 60 * time.Second
+	DefaultRejoinWait        = 5 * time.Minute
+	DefaultBinDir            = "/usr/lib/postgresql/15/bin"
 )
 
 // NodeOptions are the failover settings of one node, keyed by the node's name in the
@@ -70,13 +74,34 @@ type Config struct {
 	OnRoleChange         string        `yaml:"on_role_change"`         // once per node whose role changed
 	CommandTimeout       time.Duration `yaml:"command_timeout"`        // per hook run
 
+	// StopCommand stops a node's PostgreSQL for a switchover (placeholders as in
+	// failover_command, %d being the node to stop); without it, a node whose data_dir is on
+	// this host is stopped with pg_ctl stop -m fast.
+	StopCommand string `yaml:"stop_command"`
+	// DrainTimeout bounds how long a switchover waits for running transactions to finish
+	// once new ones are held; past it the switchover is abandoned and nothing changes.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// ReplayTimeout bounds how long a switchover waits for the target to replay everything
+	// the stopped primary wrote.
+	ReplayTimeout time.Duration `yaml:"replay_timeout"`
+	// AutoRejoin rebuilds a former primary that comes back as a standby of the new primary
+	// (pg_rewind or a delta restore; its data_dir must be on this host) and attaches it.
+	AutoRejoin bool `yaml:"auto_rejoin"`
+	// RejoinWait bounds a rebuild's wait for the rebuilt standby to stream.
+	RejoinWait time.Duration `yaml:"rejoin_wait"`
+	// BinDir holds pg_ctl, pg_controldata and pg_rewind for nodes on this host.
+	BinDir string `yaml:"bin_dir"`
+	// RestoreCommand, when set, is written into a rejoined standby's configuration so it can
+	// fetch archived WAL (pgharbor wal fetch).
+	RestoreCommand string `yaml:"restore_command"`
+
 	Nodes map[string]NodeOptions `yaml:"nodes"`
 }
 
 // withDefaults validates c and fills in defaults; names are the cluster's node names.
 func (c Config) withDefaults(names []string) (Config, error) {
 	if c.HealthCheckPeriod < 0 || c.ConnectTimeout < 0 || c.QueryTimeout < 0 || c.RetryDelay < 0 ||
-		c.PromoteTimeout < 0 || c.CommandTimeout < 0 {
+		c.PromoteTimeout < 0 || c.CommandTimeout < 0 || c.DrainTimeout < 0 || c.ReplayTimeout < 0 || c.RejoinWait < 0 {
 		return c, errors.New("failover: durations must not be negative")
 	}
 	if c.MaxLagBytes < 0 {
@@ -93,6 +118,12 @@ func (c Config) withDefaults(names []string) (Config, error) {
 	def(&c.RetryDelay, DefaultRetryDelay)
 	def(&c.PromoteTimeout, DefaultPromoteTimeout)
 	def(&c.CommandTimeout, DefaultCommandTimeout)
+	def(&c.DrainTimeout, DefaultDrainTimeout)
+	def(&c.ReplayTimeout, DefaultReplayTimeout)
+	def(&c.RejoinWait, DefaultRejoinWait)
+	if c.BinDir == "" {
+		c.BinDir = DefaultBinDir
+	}
 	switch {
 	case c.Retries == 0:
 		c.Retries = DefaultRetries

@@ -14,6 +14,11 @@
 //   - hooks: failover_command, follow_primary_command and on_role_change, shell commands
 //     with pgpool-II's placeholders.
 //
-// Only one monitor may act on a cluster: nothing here stops a second monitor from
-// promoting another standby (see docs/ha.md).
+// Only one monitor may act on a cluster. The promotion lease (LeaseKey, an advisory lock
+// held on the standbys while a monitor promotes) keeps a second monitor from promoting at the
+// same moment; it is no consensus store (see docs/ha.md).
+//
+// Besides failover: Switchover (a planned change of primary with no committed transaction
+// lost), Attach, Detach and Recover (the admin console's node commands, through Console),
+// and auto_rejoin (a returning former primary rebuilt as a standby through a Rebuilder).
 package failover

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -74,6 +75,25 @@ type Monitor struct {
 	syncNames   bool            // synchronous_standby_names was set
 	inSync      map[string]bool // application names streaming as sync or quorum standbys
 	afterFailed func(Event)     // test hook: called after each failover
+
+	// opMu is held by whoever acts on the cluster: a failover round, a switchover, a node
+	// command. The loop skips a round rather than wait for it.
+	opMu sync.Mutex
+	// maint: a switchover is under way; the loop checks nothing (the primary it stops on
+	// purpose is not a failure).
+	maint bool
+	// detached: taken out by an operator (DETACH NODE): never a candidate until attached.
+	detached map[int]bool
+	// rejoining: a rebuild of the node runs (RECOVER NODE or auto_rejoin).
+	rejoining map[int]bool
+	// formerSeen: a former primary was seen up and still claiming primary (logged once).
+	formerSeen map[int]bool
+	// rejoinAt: after a failed auto_rejoin, when to try again.
+	rejoinAt map[int]time.Time
+	pauser   Pauser
+	rebuild  Rebuilder
+	// running: Run watches; otherwise primary may be stale and node commands look again.
+	running atomic.Bool
 }
 
 // New checks cfg against the nodes (the pool's cluster.nodes, whose order gives the node
@@ -105,7 +125,8 @@ func New(cfg Config, nodes []cluster.NodeConfig, pool Pool, log *slog.Logger) (*
 	for i := range ns {
 		ns[i].Opts = cfg.Nodes[ns[i].Name]
 	}
-	return &Monitor{cfg: cfg, nodes: ns, pool: pool, log: log.With("component", "failover"), primary: -1, failed: map[int]bool{}}, nil
+	return &Monitor{cfg: cfg, nodes: ns, pool: pool, log: log.With("component", "failover"), primary: -1, failed: map[int]bool{},
+		detached: map[int]bool{}, rejoining: map[int]bool{}, formerSeen: map[int]bool{}, rejoinAt: map[int]time.Time{}}, nil
 }
 
 // Config returns the configuration with defaults filled in.
@@ -128,6 +149,8 @@ func (m *Monitor) Events() []Event {
 // Run watches until ctx is done and then returns nil. It never gives up because of a node:
 // unreachable nodes are logged and retried.
 func (m *Monitor) Run(ctx context.Context) error {
+	m.running.Store(true)
+	defer m.running.Store(false)
 	m.log.Info("failover monitor started", "nodes", len(m.nodes), "period", m.cfg.HealthCheckPeriod,
 		"retries", m.cfg.Retries, "retry_delay", m.cfg.RetryDelay)
 	// A watch connection to the primary wakes the loop as soon as the server closes it, so
@@ -209,9 +232,16 @@ func (m *Monitor) watch(ctx context.Context, n Node, wake chan<- struct{}) {
 // step does one round: find the primary when none is known, else check it (and fail over
 // when it is declared failed). It returns how long to wait before the next round.
 func (m *Monitor) step(ctx context.Context) time.Duration {
+	if !m.opMu.TryLock() {
+		return m.cfg.RetryDelay // a switchover or node command acts; check after it
+	}
+	defer m.opMu.Unlock()
 	m.mu.Lock()
-	prim, h := m.primary, m.health
+	prim, h, maint := m.primary, m.health, m.maint
 	m.mu.Unlock()
+	if maint {
+		return m.cfg.RetryDelay
+	}
 	if prim < 0 {
 		m.discover(ctx)
 		return m.cfg.HealthCheckPeriod
@@ -249,6 +279,7 @@ func (m *Monitor) step(ctx context.Context) time.Duration {
 	case Suspect:
 		return m.cfg.RetryDelay
 	}
+	m.watchFormer(ctx, prim)
 	return m.cfg.HealthCheckPeriod
 }
 
@@ -278,6 +309,12 @@ func (m *Monitor) discover(ctx context.Context) {
 	}
 }
 
+func (m *Monitor) isDetached(id int) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.detached[id]
+}
+
 func (m *Monitor) isFailed(id int) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -301,7 +338,7 @@ func (m *Monitor) failover(ctx context.Context, old int) {
 	sts := m.probe(ctx, func(i int) bool { return i != old && !m.isFailed(i) })
 	var cands []Candidate
 	for i, n := range m.nodes {
-		if i == old || m.isFailed(i) {
+		if i == old || m.isFailed(i) || m.isDetached(i) {
 			continue
 		}
 		st := sts[i]
@@ -314,6 +351,18 @@ func (m *Monitor) failover(ctx context.Context, old int) {
 		m.log.Error("cannot fail over: no standby to promote; trying again", "old_primary", oldN.Name, "err", err)
 		return
 	}
+	var others []int
+	for _, c := range cands {
+		if c.Up && c.ID != win.ID {
+			others = append(others, c.ID)
+		}
+	}
+	ls, err := m.acquireLease(ctx, win.ID, others)
+	if err != nil {
+		m.log.Error("not promoting: the promotion lease is not ours; trying again", "node", win.Name, "err", err)
+		return
+	}
+	defer ls.release()
 	m.log.Warn("promoting standby", "node_id", win.ID, "node", win.Name, "old_primary", oldN.Name,
 		"position", win.Position(), "passed_over", passed)
 	if err := m.promote(ctx, m.nodes[win.ID]); err != nil {
@@ -407,11 +456,11 @@ const statusSQL = `SELECT pg_is_in_recovery(),
     (SELECT string_agg(application_name, E'\n') FROM pg_stat_replication
       WHERE state = 'streaming' AND sync_state IN ('sync', 'quorum')) END`
 
-func (m *Monitor) connString(n Node, timeout time.Duration) string {
+func (m *Monitor) connString(n Node, timeout time.Duration, app string) string {
 	kv := [][2]string{
 		{"host", n.Host}, {"port", strconv.Itoa(n.Port)}, {"user", m.cfg.User},
 		{"dbname", m.cfg.Database}, {"sslmode", m.cfg.SSLMode},
-		{"application_name", "pgharbor failover monitor"},
+		{"application_name", app},
 		{"connect_timeout", strconv.Itoa(max(1, int((timeout+time.Second-1)/time.Second)))},
 	}
 	if m.cfg.Password != "" {
@@ -435,7 +484,12 @@ func conninfo(kv [][2]string) string {
 
 // connect logs in to n within the connect timeout.
 func (m *Monitor) connect(ctx context.Context, n Node) (*pgconn.PgConn, error) {
-	pc, err := pgconn.ParseConfig(m.connString(n, m.cfg.ConnectTimeout))
+	return m.connectApp(ctx, n, "pgharbor failover monitor")
+}
+
+// connectApp is connect with another application_name.
+func (m *Monitor) connectApp(ctx context.Context, n Node, app string) (*pgconn.PgConn, error) {
+	pc, err := pgconn.ParseConfig(m.connString(n, m.cfg.ConnectTimeout, app))
 	if err != nil {
 		return nil, fmt.Errorf("connection settings for %s: %w", n.Name, err)
 	}
@@ -449,8 +503,11 @@ func (m *Monitor) connect(ctx context.Context, n Node) (*pgconn.PgConn, error) {
 	return conn, nil
 }
 
+// m2s bounds the goodbyes: closing a connection, releasing a lock.
+const m2s = 2 * time.Second
+
 func closeConn(conn *pgconn.PgConn) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), m2s)
 	defer cancel()
 	conn.Close(ctx)
 }

@@ -206,13 +206,15 @@ func (s *Server) adminQuery(ctx context.Context, q string) []byte {
 	case cmd == "RESUME":
 		s.Resume()
 		return appendMsg(nil, &pgproto3.CommandComplete{CommandTag: []byte("RESUME")})
+	case cmd == "SWITCHOVER" || ((cmd == "ATTACH" || cmd == "DETACH" || cmd == "RECOVER") && arg == "NODE"):
+		return s.nodeCommand(ctx, cmd, f[1:])
 	case cmd == "RELOAD":
 		if err := s.reload(); err != nil {
 			return adminErr("reload: %v", err)
 		}
 		return appendMsg(nil, &pgproto3.CommandComplete{CommandTag: []byte("RELOAD")})
 	}
-	return adminErr("unknown admin command %q: try SHOW POOLS|CLIENTS|SERVERS|STATS|CONFIG|POOL_NODES, PAUSE, RESUME, RELOAD", q)
+	return adminErr("unknown admin command %q: try SHOW POOLS|CLIENTS|SERVERS|STATS|CONFIG|POOL_NODES, PAUSE, RESUME, RELOAD, SWITCHOVER [TO] node [NOREJOIN], ATTACH|DETACH|RECOVER NODE node", q)
 }
 
 func (s *Server) sortedPools() []*serverPool {
@@ -389,3 +391,79 @@ func (s *Server) showConfig() []byte {
 	}
 	return resultSet(nil, []string{"key", "value"}, rows, "SHOW")
 }
+
+// NodeControl carries out the admin console's node commands (pcp-like: SWITCHOVER, ATTACH
+// NODE, DETACH NODE, RECOVER NODE). The failover monitor implements it; a node is given by
+// id or name. Each method blocks until the command is done and returns a sentence for
+// people and a JSON document for programs.
+type NodeControl interface {
+	Switchover(ctx context.Context, to string, rejoin bool) (msg, detail string, err error)
+	Attach(ctx context.Context, node string) (msg, detail string, err error)
+	Detach(ctx context.Context, node string) (msg, detail string, err error)
+	Recover(ctx context.Context, node string) (msg, detail string, err error)
+}
+
+type nodeControlRef struct{ NodeControl }
+
+// SetNodeControl enables the node commands of the admin console (nil disables them).
+func (s *Server) SetNodeControl(nc NodeControl) {
+	if nc == nil {
+		s.nodeCtl.Store(nil)
+		return
+	}
+	s.nodeCtl.Store(&nodeControlRef{nc})
+}
+
+// nodeCommandColumns is the one row a node command answers.
+var nodeCommandColumns = []string{"result", "detail"}
+
+// nodeCommand runs SWITCHOVER [TO] node [NOREJOIN] or ATTACH|DETACH|RECOVER NODE node; args
+// are the words after the command.
+func (s *Server) nodeCommand(ctx context.Context, cmd string, args []string) []byte {
+	ref := s.nodeCtl.Load()
+	if ref == nil {
+		return (&pgError{Severity: "ERROR", Code: sqlstateFeatureNotSupp,
+			Message: cmd + ": node commands need the failover monitor in this pool (a failover: section and at least two nodes)"}).encode(nil)
+	}
+	var (
+		msg, detail string
+		err         error
+	)
+	switch cmd {
+	case "SWITCHOVER":
+		if len(args) > 0 && strings.EqualFold(args[0], "TO") {
+			args = args[1:]
+		}
+		rejoin := true
+		if len(args) == 2 && strings.EqualFold(args[1], "NOREJOIN") {
+			rejoin, args = false, args[:1]
+		}
+		if len(args) != 1 {
+			return adminErr("usage: SWITCHOVER [TO] node [NOREJOIN] (node: id or name)")
+		}
+		msg, detail, err = ref.Switchover(ctx, args[0], rejoin)
+	default:
+		if len(args) != 2 {
+			return adminErr("usage: %s NODE node (node: id or name)", cmd)
+		}
+		node := args[1]
+		switch cmd {
+		case "ATTACH":
+			msg, detail, err = ref.Attach(ctx, node)
+		case "DETACH":
+			msg, detail, err = ref.Detach(ctx, node)
+		case "RECOVER":
+			msg, detail, err = ref.Recover(ctx, node)
+		}
+	}
+	if err != nil {
+		s.log.Error("admin node command failed", "command", cmd, "args", args, "err", err)
+		return (&pgError{Severity: "ERROR", Code: sqlstateObjectInState, Message: fmt.Sprintf("%s: %v", strings.ToLower(cmd), err)}).encode(nil)
+	}
+	s.log.Info("admin node command done", "command", cmd, "args", args, "result", msg)
+	return resultSet(nil, nodeCommandColumns, [][]string{{msg, detail}}, cmd)
+}
+
+// sqlstateObjectInState (object_not_in_prerequisite_state) answers a node command that was
+// refused or failed.
+const sqlstateObjectInState = "55000"

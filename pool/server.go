@@ -52,7 +52,8 @@ type Server struct {
 	params   map[[2]string][]pgproto3.ParameterStatus // login settings by (client db, user)
 	reloader func() (Config, error)
 
-	usable atomic.Pointer[map[int]bool] // node ids that may get traffic
+	usable  atomic.Pointer[map[int]bool]   // node ids that may get traffic
+	nodeCtl atomic.Pointer[nodeControlRef] // the admin console's node commands; nil: none
 
 	pauseMu  sync.Mutex
 	paused   bool

@@ -48,5 +48,8 @@ func loadFailoverConfig(a *app) (failover.Config, error) {
 	if err := a.cfg.Section("failover", &cfg); err != nil {
 		return cfg, err
 	}
+	if cfg.BinDir == "" {
+		cfg.BinDir = a.cfg.Postgres.BinDir
+	}
 	return cfg, nil
 }

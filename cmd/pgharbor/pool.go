@@ -23,7 +23,9 @@ func newPoolCmd(a *app) *cobra.Command {
 
 Clients connect to the listen address as to PostgreSQL. The admin console is the database
 "pgharbor" (SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW CONFIG, SHOW POOL_NODES,
-PAUSE, RESUME, RELOAD); SIGHUP reloads the configuration file as RELOAD does. See docs/pool.md.
+PAUSE, RESUME, RELOAD, and the node commands SWITCHOVER, ATTACH/DETACH/RECOVER NODE that
+pgharbor switchover and pgharbor node send); SIGHUP reloads the configuration file as RELOAD
+does. See docs/pool.md and docs/ha.md.
 
 With failover.enabled the failover monitor runs inside the pool (see docs/ha.md); run it in
 one pool instance only.`,
@@ -44,14 +46,29 @@ one pool instance only.`,
 			if err != nil {
 				return err
 			}
-			if fcfg.Enabled {
-				// The monitor tells the pool's own view of the cluster, so a failover reroutes
-				// writes at once instead of at the pool's next health check.
-				mon, err := failover.New(fcfg, cfg.Cluster.Nodes, srv.Cluster(), a.logger)
-				if err != nil {
-					return err
+			// The monitor tells the pool's own view of the cluster, so a failover reroutes
+			// writes at once instead of at the pool's next health check. Without
+			// failover.enabled it does not watch, but still serves the admin console's
+			// node commands (SWITCHOVER, ATTACH/DETACH/RECOVER NODE).
+			if fcfg.RestoreCommand == "" && a.cfg != nil && a.cfg.Repo.URL != "" {
+				// A rejoined standby can fetch archived WAL from the same repository.
+				if rc, err := a.restoreCommand(); err == nil {
+					fcfg.RestoreCommand = rc
 				}
-				go mon.Run(ctx)
+			}
+			mon, err := failover.New(fcfg, cfg.Cluster.Nodes, srv.Cluster(), a.logger)
+			switch {
+			case err != nil && fcfg.Enabled:
+				return err
+			case err != nil:
+				a.logger.Info("node commands of the admin console are off", "reason", err)
+			default:
+				mon.SetPauser(srv)
+				mon.SetRebuilder(a.failoverRebuilder())
+				srv.SetNodeControl(failover.Console{M: mon})
+				if fcfg.Enabled {
+					go mon.Run(ctx)
+				}
 			}
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
