@@ -25,6 +25,7 @@ type Control struct {
 	MinRecoveryTLI   wal.TimelineID
 	WALLogHints      bool
 	DataChecksums    bool
+	WALSegmentSize   int64
 }
 
 // Position is the newest WAL position the directory is known to hold, and its timeline:
@@ -90,6 +91,8 @@ func ParseControlData(out string) (Control, error) {
 			c.WALLogHints = val == "on"
 		case "Data page checksum version":
 			c.DataChecksums = val != "0"
+		case "Bytes per WAL segment":
+			c.WALSegmentSize, err = strconv.ParseInt(val, 10, 64)
 		}
 		if err != nil {
 			return c, fmt.Errorf("pg_controldata %q: %w", key, err)
@@ -168,9 +171,24 @@ func Endpoint(pgdata string) (port int, socketDir string, ok bool) {
 // checkpoint, says whether it went past the point where the primary's history left tli.
 // pg_waldump validates each page's address, so recycled segments with old content do not
 // count.
+//
+// The segment holding from is named to pg_waldump: without it, pg_waldump learns the
+// segment size from whichever file of pg_wal it opens first, and a preallocated segment
+// that is still all zeros makes it fail.
 func WALAfter(ctx context.Context, binDir, pgdata string, tli wal.TimelineID, from wal.LSN) (bool, error) {
+	ctl, err := ReadControl(ctx, binDir, pgdata)
+	if err != nil {
+		return false, err
+	}
+	if err := wal.CheckSegmentSize(ctl.WALSegmentSize); err != nil {
+		return false, fmt.Errorf("%s: pg_control: %w", pgdata, err)
+	}
+	seg, err := wal.SegmentOf(from, tli, ctl.WALSegmentSize).SegmentName(ctl.WALSegmentSize)
+	if err != nil {
+		return false, err
+	}
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "pg_waldump"), "-p", filepath.Join(pgdata, "pg_wal"),
-		"-t", strconv.FormatUint(uint64(tli), 10), "-s", from.String(), "-n", "1")
+		"-t", strconv.FormatUint(uint64(tli), 10), "-s", from.String(), "-n", "1", seg)
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "LANG=C")
 	out, err := cmd.CombinedOutput()
 	if err == nil {
@@ -178,6 +196,7 @@ func WALAfter(ctx context.Context, binDir, pgdata string, tli wal.TimelineID, fr
 	}
 	msg := string(out)
 	if strings.Contains(msg, "could not find a valid record") || strings.Contains(msg, "could not find file") ||
+		strings.Contains(msg, "could not locate WAL file") ||
 		strings.Contains(msg, "No such file") {
 		return false, nil
 	}

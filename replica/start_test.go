@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pgharbor/pgharbor/internal/pgtest"
+	"github.com/pgharbor/pgharbor/wal"
 )
 
 // A standby whose slot another receiver holds does not stream: the bounded wait ends with
@@ -67,5 +68,34 @@ func TestStartAndWaitStreamingSaysSlotInUse(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(pgdata, "standby.signal")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// WALAfter finds the record at a position and none past the end of WAL, even when pg_wal
+// holds a preallocated segment that is still all zeros (pg_waldump would take the segment
+// size from it unless told which segment to read).
+func TestWALAfterWithAZeroFilledSegmentInPgWal(t *testing.T) {
+	pg := pgtest.Start(t, pgtest.Options{})
+	pg.Exec(t, "CREATE TABLE t AS SELECT generate_series(1, 1000) g")
+	pg.Exec(t, "CHECKPOINT")
+	lsn, err := wal.ParseLSN(pg.QueryString(t, "postgres", "SELECT checkpoint_lsn::text FROM pg_control_checkpoint()"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero := filepath.Join(pg.DataDir, "pg_wal", "0000000100000000000000F0")
+	if err := os.WriteFile(zero, make([]byte, 16<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if pg.Cred != nil {
+		if err := os.Chown(zero, int(pg.Cred.Uid), int(pg.Cred.Gid)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	if ok, err := WALAfter(ctx, pg.BinDir, pg.DataDir, 1, lsn); err != nil || !ok {
+		t.Fatalf("WALAfter at the last checkpoint: %v %v, want a record", ok, err)
+	}
+	if ok, err := WALAfter(ctx, pg.BinDir, pg.DataDir, 1, lsn+64<<20); err != nil || ok {
+		t.Fatalf("WALAfter 64 MiB past the checkpoint: %v %v, want none and no error", ok, err)
 	}
 }
