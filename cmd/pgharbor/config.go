@@ -98,6 +98,11 @@ type PostgresConfig struct {
 type BackupConfig struct {
 	FastCheckpoint *bool         `yaml:"fast_checkpoint"`
 	Method         string        `yaml:"method"` // auto, stream or local
+	// Type is full (default), diff or incr: `pgharbor backup` without --type and the
+	// server's scheduled backups take it (docs/configuration.md).
+	Type string `yaml:"type"`
+	// ChecksumAll makes diff and incr backups read every file (--checksum-all).
+	ChecksumAll bool `yaml:"checksum_all"`
 	Workers        int           `yaml:"workers"`
 	Uploads        int           `yaml:"uploads"`
 	BundleSizeMB   int           `yaml:"bundle_size_mb"`
