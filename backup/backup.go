@@ -56,6 +56,9 @@ type Options struct {
 	// ChecksumAll makes a local diff or incr backup read and hash every file, instead of
 	// taking the files whose size and modification time are unchanged from the parent.
 	ChecksumAll bool
+	// FullAfter, when set, turns a diff or incr backup into a full one when the newest full
+	// backup started longer ago than this.
+	FullAfter time.Duration
 }
 
 func (o *Options) defaults() {
@@ -233,7 +236,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 			method = MethodStream
 		}
 	}
-	b, err := chooseBase(ctx, r, o.Type, facts, o.ChecksumAll, o.Logger)
+	b, err := chooseBase(ctx, r, o.Type, facts, o.ChecksumAll, o.FullAfter, start, o.Logger)
 	if err != nil {
 		return nil, err
 	}

@@ -164,7 +164,11 @@ func (zeros) Read(b []byte) (int, error) {
 // chooseBase finds the parent of a backup of type typ and reads its manifest. It returns
 // nil (a full backup) for TypeFull, and, with a warning, when no backup can serve as the
 // parent: then the backup is taken full, as pgBackRest does.
-func chooseBase(ctx context.Context, r *repo.Repo, typ string, facts serverFacts, checksumAll bool, log *slog.Logger) (*base, error) {
+//
+// With fullAfter set, a diff or incr backup is taken full when the newest full backup
+// started more than fullAfter before now (one schedule of incrementals that renews its
+// full backup every week, say).
+func chooseBase(ctx context.Context, r *repo.Repo, typ string, facts serverFacts, checksumAll bool, fullAfter time.Duration, now time.Time, log *slog.Logger) (*base, error) {
 	switch typ {
 	case TypeFull, "":
 		return nil, nil
@@ -185,6 +189,19 @@ func chooseBase(ctx context.Context, r *repo.Repo, typ string, facts serverFacts
 		if typ == TypeIncr || b.Type == TypeFull || b.Type == "" {
 			parent = b
 			break
+		}
+	}
+	if fullAfter > 0 {
+		var newestFull *Summary
+		for i := len(cat.Backups) - 1; i >= 0; i-- {
+			if b := &cat.Backups[i]; b.Type == TypeFull || b.Type == "" {
+				newestFull = b
+				break
+			}
+		}
+		if newestFull != nil && newestFull.StartTime.Before(now.Add(-fullAfter)) {
+			log.Info(fmt.Sprintf("the newest full backup %s started more than %s ago (backup.full_after): taking a full backup instead of %s", newestFull.Label, fullAfter, typ))
+			return nil, nil
 		}
 	}
 	want := "backup"

@@ -132,7 +132,7 @@ func (a *app) runBackup(ctx context.Context, req backupRequest) (*backup.Summary
 	o := backup.Options{
 		ConnString: a.cfg.Postgres.Conn, FastCheckpoint: req.fastCheckpoint, Method: req.method, DataDir: a.cfg.Postgres.DataDir,
 		Workers: bc.Workers, Uploads: bc.Uploads, BundleSize: bc.BundleSizeMB << 20, LockStale: bc.LockTimeout,
-		Progress: req.progress, Logger: a.logger, Type: req.typ, ChecksumAll: req.checksumAll,
+		Progress: req.progress, Logger: a.logger, Type: req.typ, ChecksumAll: req.checksumAll, FullAfter: bc.FullAfter,
 	}
 	if req.archiveCheck {
 		o.ArchiveCheck = a.archiveCheck(r, req.archiveTimeout)

@@ -103,6 +103,8 @@ type BackupConfig struct {
 	Type string `yaml:"type"`
 	// ChecksumAll makes diff and incr backups read every file (--checksum-all).
 	ChecksumAll bool `yaml:"checksum_all"`
+	// FullAfter makes a diff or incr backup full when the newest full backup is older.
+	FullAfter time.Duration `yaml:"full_after"`
 	Workers        int           `yaml:"workers"`
 	Uploads        int           `yaml:"uploads"`
 	BundleSizeMB   int           `yaml:"bundle_size_mb"`
