@@ -592,6 +592,15 @@ func (x *executor) writeBundle(ctx context.Context, b bundleRef, pieces []piece)
 	br := bufio.NewReaderSize(rc, 256<<10)
 	var pos int64
 	buf := make([]byte, 256<<10)
+	// Consecutive pieces of a bundle are mostly consecutive chunks of one file: it stays
+	// open from one to the next.
+	var fh *os.File
+	var open string
+	defer func() {
+		if fh != nil {
+			fh.Close()
+		}
+	}()
 	for _, pc := range pieces {
 		if pc.ext.Offset < pos {
 			return fmt.Errorf("backup %s: bundle %d of backup %s: overlapping pieces in the manifest", x.m.Label, b.n, b.label)
@@ -602,9 +611,18 @@ func (x *executor) writeBundle(ctx context.Context, b bundleRef, pieces []piece)
 		pos = pc.ext.Offset
 		f := x.m.FileList[pc.file]
 		p := x.filePath(f)
-		fh, err := os.OpenFile(p, os.O_WRONLY|unix.O_NOFOLLOW, 0)
-		if err != nil {
-			return fmt.Errorf("open %s: %w", p, err)
+		if p != open {
+			if fh != nil {
+				err := fh.Close()
+				fh = nil
+				if err != nil {
+					return fmt.Errorf("close %s: %w", open, err)
+				}
+			}
+			if fh, err = os.OpenFile(p, os.O_WRONLY|unix.O_NOFOLLOW, 0); err != nil {
+				return fmt.Errorf("open %s: %w", p, err)
+			}
+			open = p
 		}
 		fileOff := pc.off
 		pieceOff := fileOff
@@ -613,12 +631,10 @@ func (x *executor) writeBundle(ctx context.Context, b bundleRef, pieces []piece)
 		for left > 0 {
 			chunk := buf[:min(int64(len(buf)), left)]
 			if _, err := io.ReadFull(br, chunk); err != nil {
-				fh.Close()
 				return fmt.Errorf("read %s%s (piece of %s): %w", x.r.Location(key), x.ownerNote(b.label), f.Path, err)
 			}
 			crc = crc32.Update(crc, castagnoli, chunk)
 			if _, err := fh.WriteAt(chunk, fileOff); err != nil {
-				fh.Close()
 				return fmt.Errorf("write %s: %w", p, err)
 			}
 			fileOff += int64(len(chunk))
@@ -632,13 +648,17 @@ func (x *executor) writeBundle(ctx context.Context, b bundleRef, pieces []piece)
 			startWriteback(fh, pieceOff, pc.ext.Length)
 			x.flush.wrote(p, pieceOff, pc.ext.Length)
 		}
-		if err := fh.Close(); err != nil {
-			return fmt.Errorf("close %s: %w", p, err)
-		}
 		if crc != pc.ext.CRC {
 			return fmt.Errorf("backup %s: %s: checksum mismatch in a piece from %s%s: the object is damaged (run `pgharbor verify --backup %s`)", x.m.Label, f.Path, x.r.Location(key), x.ownerNote(b.label), x.m.Label)
 		}
 		pos += pc.ext.Length
+	}
+	if fh != nil {
+		err := fh.Close()
+		fh = nil
+		if err != nil {
+			return fmt.Errorf("close %s: %w", open, err)
+		}
 	}
 	return nil
 }
