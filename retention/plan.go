@@ -67,12 +67,12 @@ type Backup struct {
 	// backup whose bundles hold pieces of this one. A kept backup keeps its References.
 	Parent     string
 	References []string
-	StartTime time.Time
-	StopTime  time.Time
-	StartLSN  wal.LSN
-	StopLSN   wal.LSN
-	Timeline  wal.TimelineID
-	Pinned    bool
+	StartTime  time.Time
+	StopTime   time.Time
+	StartLSN   wal.LSN
+	StopLSN    wal.LSN
+	Timeline   wal.TimelineID
+	Pinned     bool
 }
 
 // WALFile is one object of the WAL archive.
