@@ -98,6 +98,11 @@ type PostgresConfig struct {
 type BackupConfig struct {
 	FastCheckpoint *bool         `yaml:"fast_checkpoint"`
 	Method         string        `yaml:"method"` // auto, stream or local
+	Workers        int           `yaml:"workers"`
+	Uploads        int           `yaml:"uploads"`
+	BundleSizeMB   int           `yaml:"bundle_size_mb"`
+	LockTimeout    time.Duration `yaml:"lock_timeout"`
+
 	// Type is full (default), diff or incr: `pgharbor backup` without --type and the
 	// server's scheduled backups take it (docs/configuration.md).
 	Type string `yaml:"type"`
@@ -105,10 +110,6 @@ type BackupConfig struct {
 	ChecksumAll bool `yaml:"checksum_all"`
 	// FullAfter makes a diff or incr backup full when the newest full backup is older.
 	FullAfter time.Duration `yaml:"full_after"`
-	Workers        int           `yaml:"workers"`
-	Uploads        int           `yaml:"uploads"`
-	BundleSizeMB   int           `yaml:"bundle_size_mb"`
-	LockTimeout    time.Duration `yaml:"lock_timeout"`
 }
 
 // WALConfig tunes archive push and fetch, and the WAL receiver.
