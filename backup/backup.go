@@ -50,6 +50,15 @@ type Options struct {
 	// Progress, when set, is called with bytes read so far and the estimated total.
 	Progress func(done, total int64)
 	Logger   *slog.Logger
+	// Type is TypeFull (default), TypeDiff or TypeIncr. Without a backup to compare with, a
+	// diff or incr backup is taken full, with a warning.
+	Type string
+	// ChecksumAll makes a local diff or incr backup read and hash every file, instead of
+	// taking the files whose size and modification time are unchanged from the parent.
+	ChecksumAll bool
+	// FullAfter, when set, turns a diff or incr backup into a full one when the newest full
+	// backup started longer ago than this.
+	FullAfter time.Duration
 }
 
 func (o *Options) defaults() {
@@ -110,6 +119,9 @@ func Run(ctx context.Context, r *repo.Repo, o Options) (*Summary, error) {
 	o.defaults()
 	if o.Method != MethodAuto && o.Method != MethodStream && o.Method != MethodLocal {
 		return nil, fmt.Errorf("backup method %q: want auto, stream or local", o.Method)
+	}
+	if o.Type != "" && o.Type != TypeFull && o.Type != TypeDiff && o.Type != TypeIncr {
+		return nil, fmt.Errorf("backup type %q: want full, diff or incr", o.Type)
 	}
 	conn, err := pgx.Connect(ctx, o.ConnString)
 	if err != nil {
@@ -224,10 +236,21 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 			method = MethodStream
 		}
 	}
-	o.Logger.Info("backup starting", "label", label, "method", method, "repository", r.Location(BackupPrefix(r, label)))
+	b, err := chooseBase(ctx, r, o.Type, facts, o.ChecksumAll, o.FullAfter, start, o.Logger)
+	if err != nil {
+		return nil, err
+	}
+	typ, parent := TypeFull, ""
+	if b != nil {
+		typ, parent = o.Type, b.label
+	}
+	o.Logger.Info("backup starting", "label", label, "type", typ, "parent", parent, "method", method, "repository", r.Location(BackupPrefix(r, label)))
+	if b != nil && method == MethodStream {
+		o.Logger.Info("the stream method reads every file in full (BASE_BACKUP sends them all); only the chunks that changed since the parent are stored", "parent", parent)
+	}
 	p := newPipeline(ctx, r, label, o.BundleSize, o.Workers, o.Uploads)
+	p.base = b
 	var src *source
-	var err error
 	if method == MethodLocal {
 		src, err = readLocal(ctx, conn, dir, "pgharbor "+label, o, facts, p)
 	} else {
@@ -259,7 +282,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 		o.Logger.Debug("backup WAL archived", "label", label, "seconds", time.Since(start).Seconds())
 	}
 	sum := Summary{
-		Format: ManifestFormat, Label: label, Type: "full",
+		Format: ManifestFormat, Label: label, Type: typ, Parent: parent, References: references(files), Reused: p.reused.Load(),
 		SystemIdentifier: facts.systemID, PGVersion: facts.version, WALSegmentSize: facts.segSize,
 		Timeline: src.startTLI, StartLSN: src.startLSN, StopLSN: src.stopLSN, StopTimeline: src.stopTLI, Method: src.method,
 		StartTime: start, StopTime: stopTime, StopNextXID: nextXID,
@@ -286,7 +309,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	if err := r.PutJSON(ctx, path.Join(prefix, manifestName), Manifest{Summary: sum, FileList: files}, true); err != nil {
 		return nil, fmt.Errorf("store manifest: %w", err)
 	}
-	o.Logger.Info("backup complete", "label", label, "size", sum.Size, "stored", sum.StoredSize,
+	o.Logger.Info("backup complete", "label", label, "type", sum.Type, "parent", sum.Parent, "size", sum.Size, "stored", sum.StoredSize, "reused", sum.Reused,
 		"files", sum.Files, "bundles", sum.Bundles, "start_lsn", sum.StartLSN, "stop_lsn", sum.StopLSN,
 		"seconds", fmt.Sprintf("%.1f", sum.Duration))
 	return &sum, nil
@@ -365,14 +388,14 @@ func readArchives(bb *baseBackupStream, p *pipeline) ([]File, []byte, error) {
 			case tar.TypeSymlink:
 				f.Type, f.Link = "symlink", hdr.Linkname
 			case tar.TypeReg:
-				f.Type = "file"
-				if f.Extents, f.Size, err = p.readFrom(tr, hdr.Size, nil); err != nil {
+				f.Type, f.Size = "file", hdr.Size
+				n, err := p.readFile(tr, &f)
+				if err != nil {
 					return nil, nil, fmt.Errorf("archive %s, file %s: %w", name, hdr.Name, err)
 				}
-				if f.Size != hdr.Size {
-					return nil, nil, fmt.Errorf("archive %s, file %s: %d bytes, header says %d", name, hdr.Name, f.Size, hdr.Size)
+				if n != hdr.Size {
+					return nil, nil, fmt.Errorf("archive %s, file %s: %d bytes, header says %d", name, hdr.Name, n, hdr.Size)
 				}
-				f.CRC = extentsCRC(f.Extents)
 			default:
 				return nil, nil, fmt.Errorf("archive %s: unsupported entry type %q for %s", name, hdr.Typeflag, hdr.Name)
 			}

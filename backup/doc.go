@@ -13,7 +13,12 @@
 // Glossary:
 //   - label: a backup's name, its start time in UTC (20261122T023000Z); labels sort by time.
 //   - bundle: backups/<label>/data/<n>, a sealed run of consecutive file bytes.
-//   - extent: a piece of one file inside one bundle (bundle, offset, length, CRC-32C).
+//   - extent: a piece of one file inside one bundle (bundle, offset, length, CRC-32C,
+//     SHA-256); a file is cut into one extent per chunk (ChunkSize bytes of the file).
+//   - type: full, diff or incr (incremental.go). A diff or incr backup compares each chunk
+//     with its parent's and stores only the changed ones; the others are references: extents
+//     that name the backup whose bundle holds them. Restore and verify read every piece from
+//     the backup that holds it, in one pass.
 //   - summary: backups/<label>/summary, the small part of the manifest that listings read.
 //   - manifest: backups/<label>/manifest, written last; without it a backup does not exist.
 package backup

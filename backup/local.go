@@ -383,7 +383,13 @@ func readLocal(ctx context.Context, conn *pgx.Conn, dir, label string, o Options
 // with zeros to that size (WAL replay truncates it again).
 // With checkPages (a cluster with data checksums), the pages of data files are verified on
 // the way (pageVerifier) and the failed ones listed in f.PageErrors.
+// In a diff or incr backup, a file whose size and modification time show it unchanged since
+// the parent is taken from the parent without being read (base.unchanged).
 func readLocalFile(p *pipeline, f *File, abs string, checkPages bool, startLSN uint64) (bool, error) {
+	if prev := p.base.unchanged(f); prev != nil {
+		p.reuse(f, prev)
+		return true, nil
+	}
 	fh, err := os.Open(abs)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
@@ -392,31 +398,18 @@ func readLocalFile(p *pipeline, f *File, abs string, checkPages bool, startLSN u
 		return false, fmt.Errorf("open %s: %w", abs, err)
 	}
 	defer fh.Close()
-	size := f.Size
 	var r io.Reader = fh
 	var pv *pageVerifier
 	if checkPages && checksummedFile(*f) {
 		pv = &pageVerifier{r: fh, at: fh, startLSN: startLSN, base: firstBlock(path.Base(f.Path))}
 		r = pv
 	}
-	var n int64
-	f.Extents, n, err = p.readFrom(r, size, nil)
+	_, err = p.readFile(io.MultiReader(r, zeros{}), f)
 	if pv != nil {
 		f.PageErrors = pv.bad
 	}
 	if err != nil {
 		return false, fmt.Errorf("read %s: %w", abs, err)
 	}
-	if n < size {
-		zeros := make([]byte, min(size-n, 1<<20))
-		for n < size {
-			z := zeros[:min(size-n, int64(len(zeros)))]
-			if f.Extents, err = p.write(z, f.Extents); err != nil {
-				return false, err
-			}
-			n += int64(len(z))
-		}
-	}
-	f.CRC = extentsCRC(f.Extents)
 	return true, nil
 }

@@ -35,7 +35,15 @@ func BundleKey(r *repo.Repo, label string, n int) string {
 type Summary struct {
 	Format int    `json:"format"`
 	Label  string `json:"label"`
-	Type   string `json:"type"` // full
+	// Type is full, diff or incr (see BackupType*). A diff or incr backup stores only the
+	// chunks that changed since Parent; its manifest still lists every file and every
+	// extent, the unchanged ones pointing into the bundles of the backups in References.
+	Type string `json:"type"`
+	// Parent is the backup a diff or incr backup was compared with.
+	Parent string `json:"parent,omitempty"`
+	// References lists, oldest first, every other backup whose bundles this backup's extents
+	// point into: they must stay while this backup does.
+	References []string `json:"references,omitempty"`
 	// Method is how the files were read: stream (BASE_BACKUP) or local (the data directory).
 	Method           string    `json:"method,omitempty"`
 	SystemIdentifier string    `json:"system_identifier"`
@@ -50,9 +58,12 @@ type Summary struct {
 	// StopNextXID is the next transaction id to be assigned when the backup ended: a
 	// transaction with this id or later committed after the backup's consistency point.
 	StopNextXID uint64 `json:"stop_next_xid"`
-	// Size is the sum of the files' sizes; StoredSize the sum of the bundles' sealed sizes.
+	// Size is the sum of the files' sizes; StoredSize the sum of this backup's own sealed
+	// objects (bundles and backup_manifest). Reused is the bytes of files this backup takes
+	// from the backups in References instead of storing them again.
 	Size       int64 `json:"size"`
 	StoredSize int64 `json:"stored_size"`
+	Reused     int64 `json:"reused,omitempty"`
 	Files      int   `json:"files"`
 	Bundles    int   `json:"bundles"`
 	// BundlesUncompressed counts bundles kept without compression (samples did not shrink).
@@ -74,6 +85,11 @@ type Tablespace struct {
 
 // Extent is a piece of a file stored in one bundle.
 type Extent struct {
+	// Backup is the label of the backup whose bundle holds the piece; empty means the
+	// backup of this manifest. It always names the backup that stored the bytes, never an
+	// intermediate one, so a restore reads each piece from where it is without walking a
+	// chain.
+	Backup string `json:"k,omitempty"`
 	Bundle int    `json:"b"`
 	Offset int64  `json:"o"` // offset in the bundle's decoded bytes
 	Length int64  `json:"l"`
@@ -116,7 +132,19 @@ type File struct {
 	CRC        uint32      `json:"crc,omitempty"` // CRC-32C of the whole file (PostgreSQL's manifest algorithm)
 	// PageErrors lists the blocks whose page checksum failed when a local backup read them.
 	PageErrors []uint32 `json:"page_errors,omitempty"`
-	Extents    []Extent `json:"extents,omitempty"`
+	// Chunk, when set, says the file was cut into extents at every multiple of Chunk bytes
+	// (one extent per chunk): the next incremental compares the file chunk by chunk. Zero in
+	// manifests written before incremental backups: such a file is stored whole next time.
+	Chunk   int64    `json:"chunk,omitempty"`
+	Extents []Extent `json:"extents,omitempty"`
+}
+
+// Owner is the label of the backup whose bundle holds e, for a manifest of backup label.
+func (e Extent) Owner(label string) string {
+	if e.Backup == "" {
+		return label
+	}
+	return e.Backup
 }
 
 // Manifest is the full description of a backup.

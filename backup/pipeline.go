@@ -84,6 +84,10 @@ type pipeline struct {
 	// collector empties a sync.Pool, and under the soft memory limit it runs often enough
 	// that every bundle grew a fresh buffer (zeroed, page-faulted: ~10% of backup CPU).
 	sealed chan *bytes.Buffer
+	// base, for a diff or incr backup, is the backup files are compared with; nil for a
+	// full backup. reused counts the file bytes taken from it instead of stored.
+	base   *base
+	reused atomic.Int64
 	// digests holds each extent's SHA-256 by bundle and offset. The sealers compute them in
 	// parallel, beside the compression, rather than the single reader on its way through.
 	mu      sync.Mutex
@@ -193,6 +197,9 @@ func (p *pipeline) setDigests(files []File) error {
 	for i := range files {
 		for j := range files[i].Extents {
 			e := &files[i].Extents[j]
+			if e.Backup != "" {
+				continue // taken from an earlier backup, hash and all
+			}
 			d, ok := p.digests[extentAt{e.Bundle, e.Offset}]
 			if !ok {
 				return fmt.Errorf("no SHA-256 for %s at bundle %d offset %d", files[i].Path, e.Bundle, e.Offset)
@@ -229,7 +236,7 @@ func (p *pipeline) write(data []byte, extents []Extent) ([]Extent, error) {
 		}
 		n := copy(tail, data)
 		data = data[n:]
-		if extents, err = p.commit(n, extents); err != nil {
+		if extents, err = p.commit(n, extents, true); err != nil {
 			return extents, err
 		}
 	}
@@ -248,7 +255,7 @@ func (p *pipeline) readFrom(r io.Reader, size int64, extents []Extent) ([]Extent
 		}
 		n, rerr := io.ReadFull(r, tail)
 		done += int64(n)
-		if extents, err = p.commit(n, extents); err != nil {
+		if extents, err = p.commit(n, extents, true); err != nil {
 			return extents, done, err
 		}
 		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
@@ -275,8 +282,10 @@ func (p *pipeline) tail(max int) ([]byte, error) {
 	return p.cur[off : off+min(p.size-off, max)], nil
 }
 
-// commit takes n bytes written into the tail into the current bundle and the extents.
-func (p *pipeline) commit(n int, extents []Extent) ([]Extent, error) {
+// commit takes n bytes written into the tail into the current bundle and the extents. With
+// merge, bytes that continue the last extent in the same bundle extend it; without, they
+// start an extent of their own (a chunk of a chunked file).
+func (p *pipeline) commit(n int, extents []Extent, merge bool) ([]Extent, error) {
 	if n == 0 {
 		return extents, nil
 	}
@@ -284,7 +293,7 @@ func (p *pipeline) commit(n int, extents []Extent) ([]Extent, error) {
 	p.cur = p.cur[:len(p.cur)+n]
 	chunk := p.cur[off:]
 	// CRC-32C updates incrementally: an extent that grows continues its checksum.
-	if k := len(extents) - 1; k >= 0 && extents[k].Bundle == p.next && extents[k].Offset+extents[k].Length == off {
+	if k := len(extents) - 1; merge && k >= 0 && extents[k].Backup == "" && extents[k].Bundle == p.next && extents[k].Offset+extents[k].Length == off {
 		extents[k].CRC = crc32.Update(extents[k].CRC, castagnoli, chunk)
 		extents[k].Length += int64(n)
 	} else {

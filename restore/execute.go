@@ -508,25 +508,43 @@ func sameContent(p string, f backup.File) bool {
 type piece struct {
 	file int
 	ext  backup.Extent
+	off  int64 // where the piece starts in its file
+}
+
+// bundleRef names a bundle: the backup that stored it and its number. A diff or incr
+// backup's pieces live in its own bundles and in those of the backups it references.
+type bundleRef struct {
+	label string
+	n     int
 }
 
 // fetch downloads every bundle that holds bytes of a file to write, in parallel, and writes
-// the pieces in place, checking each piece's CRC-32C.
+// the pieces in place, checking each piece's CRC-32C. Every bundle is read once, whichever
+// backup it belongs to: a restore of an incremental backup is one pass, never a full
+// restore followed by increments.
 func (x *executor) fetch(ctx context.Context) error {
-	byBundle := map[int][]piece{}
+	byBundle := map[bundleRef][]piece{}
 	for i, f := range x.m.FileList {
 		if !x.need[i] || i == x.control {
 			continue
 		}
+		var off int64
 		for _, e := range f.Extents {
-			byBundle[e.Bundle] = append(byBundle[e.Bundle], piece{file: i, ext: e})
+			k := bundleRef{e.Owner(x.m.Label), e.Bundle}
+			byBundle[k] = append(byBundle[k], piece{file: i, ext: e, off: off})
+			off += e.Length
 		}
 	}
-	bundles := make([]int, 0, len(byBundle))
+	bundles := make([]bundleRef, 0, len(byBundle))
 	for b := range byBundle {
 		bundles = append(bundles, b)
 	}
-	sort.Ints(bundles)
+	sort.Slice(bundles, func(i, j int) bool {
+		if bundles[i].label != bundles[j].label {
+			return bundles[i].label < bundles[j].label
+		}
+		return bundles[i].n < bundles[j].n
+	})
 	x.res.Bundles = len(bundles)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(x.o.Workers)
@@ -538,16 +556,24 @@ func (x *executor) fetch(ctx context.Context) error {
 	return g.Wait()
 }
 
+// ownerNote says which backup an object belongs to when it is not the one restored.
+func (x *executor) ownerNote(label string) string {
+	if label == x.m.Label {
+		return ""
+	}
+	return fmt.Sprintf(" (an object of backup %s, which backup %s references)", label, x.m.Label)
+}
+
 // interleave orders bundles so that the ones written at the same time lie far apart: the
 // list is cut into n stretches and they take turns. Consecutive bundles usually hold
 // consecutive pieces of one large file, and writers of one file queue on its inode lock
 // (perf showed the kernel spinning on it for 3-4% of a restore's CPU).
-func interleave(bundles []int, n int) []int {
+func interleave[T any](bundles []T, n int) []T {
 	if n <= 1 || len(bundles) <= n {
 		return bundles
 	}
 	stretch := (len(bundles) + n - 1) / n
-	out := make([]int, 0, len(bundles))
+	out := make([]T, 0, len(bundles))
 	for i := range stretch {
 		for j := i; j < len(bundles); j += stretch {
 			out = append(out, bundles[j])
@@ -556,43 +582,59 @@ func interleave(bundles []int, n int) []int {
 	return out
 }
 
-func (x *executor) writeBundle(ctx context.Context, n int, pieces []piece) error {
-	key := backup.BundleKey(x.r, x.m.Label, n)
+func (x *executor) writeBundle(ctx context.Context, b bundleRef, pieces []piece) error {
+	key := backup.BundleKey(x.r, b.label, b.n)
 	rc, err := x.r.GetData(ctx, key)
 	if err != nil {
-		return fmt.Errorf("backup %s: %w", x.m.Label, err)
+		return fmt.Errorf("backup %s: %w%s", x.m.Label, err, x.ownerNote(b.label))
 	}
 	defer rc.Close()
 	br := bufio.NewReaderSize(rc, 256<<10)
 	var pos int64
 	buf := make([]byte, 256<<10)
+	// Consecutive pieces of a bundle are mostly consecutive chunks of one file: it stays
+	// open from one to the next.
+	var fh *os.File
+	var open string
+	defer func() {
+		if fh != nil {
+			fh.Close()
+		}
+	}()
 	for _, pc := range pieces {
 		if pc.ext.Offset < pos {
-			return fmt.Errorf("backup %s: bundle %d: overlapping pieces in the manifest", x.m.Label, n)
+			return fmt.Errorf("backup %s: bundle %d of backup %s: overlapping pieces in the manifest", x.m.Label, b.n, b.label)
 		}
 		if _, err := br.Discard(int(pc.ext.Offset - pos)); err != nil {
-			return fmt.Errorf("read %s: %w", x.r.Location(key), err)
+			return fmt.Errorf("read %s%s: %w", x.r.Location(key), x.ownerNote(b.label), err)
 		}
 		pos = pc.ext.Offset
 		f := x.m.FileList[pc.file]
 		p := x.filePath(f)
-		fh, err := os.OpenFile(p, os.O_WRONLY|unix.O_NOFOLLOW, 0)
-		if err != nil {
-			return fmt.Errorf("open %s: %w", p, err)
+		if p != open {
+			if fh != nil {
+				err := fh.Close()
+				fh = nil
+				if err != nil {
+					return fmt.Errorf("close %s: %w", open, err)
+				}
+			}
+			if fh, err = os.OpenFile(p, os.O_WRONLY|unix.O_NOFOLLOW, 0); err != nil {
+				return fmt.Errorf("open %s: %w", p, err)
+			}
+			open = p
 		}
-		fileOff := extentFileOffset(f, pc.ext)
+		fileOff := pc.off
 		pieceOff := fileOff
 		crc := uint32(0)
 		left := pc.ext.Length
 		for left > 0 {
 			chunk := buf[:min(int64(len(buf)), left)]
 			if _, err := io.ReadFull(br, chunk); err != nil {
-				fh.Close()
-				return fmt.Errorf("read %s (piece of %s): %w", x.r.Location(key), f.Path, err)
+				return fmt.Errorf("read %s%s (piece of %s): %w", x.r.Location(key), x.ownerNote(b.label), f.Path, err)
 			}
 			crc = crc32.Update(crc, castagnoli, chunk)
 			if _, err := fh.WriteAt(chunk, fileOff); err != nil {
-				fh.Close()
 				return fmt.Errorf("write %s: %w", p, err)
 			}
 			fileOff += int64(len(chunk))
@@ -606,27 +648,19 @@ func (x *executor) writeBundle(ctx context.Context, n int, pieces []piece) error
 			startWriteback(fh, pieceOff, pc.ext.Length)
 			x.flush.wrote(p, pieceOff, pc.ext.Length)
 		}
-		if err := fh.Close(); err != nil {
-			return fmt.Errorf("close %s: %w", p, err)
-		}
 		if crc != pc.ext.CRC {
-			return fmt.Errorf("backup %s: %s: checksum mismatch in a piece from %s: the object is damaged (run `pgharbor verify --backup %s`)", x.m.Label, f.Path, x.r.Location(key), x.m.Label)
+			return fmt.Errorf("backup %s: %s: checksum mismatch in a piece from %s%s: the object is damaged (run `pgharbor verify --backup %s`)", x.m.Label, f.Path, x.r.Location(key), x.ownerNote(b.label), x.m.Label)
 		}
 		pos += pc.ext.Length
 	}
-	return nil
-}
-
-// extentFileOffset is where an extent starts in its file: the sum of the lengths before it.
-func extentFileOffset(f backup.File, e backup.Extent) int64 {
-	var off int64
-	for _, x := range f.Extents {
-		if x == e {
-			return off
+	if fh != nil {
+		err := fh.Close()
+		fh = nil
+		if err != nil {
+			return fmt.Errorf("close %s: %w", open, err)
 		}
-		off += x.Length
 	}
-	return off
+	return nil
 }
 
 func (x *executor) progress(n int64) {
@@ -738,21 +772,22 @@ func (x *executor) writeControl(ctx context.Context) error {
 
 // readPiece returns the bytes of one extent, checked against its CRC-32C and SHA-256.
 func (x *executor) readPiece(ctx context.Context, f backup.File, e backup.Extent) ([]byte, error) {
-	key := backup.BundleKey(x.r, x.m.Label, e.Bundle)
+	owner := e.Owner(x.m.Label)
+	key := backup.BundleKey(x.r, owner, e.Bundle)
 	rc, err := x.r.GetData(ctx, key)
 	if err != nil {
-		return nil, fmt.Errorf("backup %s: %w", x.m.Label, err)
+		return nil, fmt.Errorf("backup %s: %w%s", x.m.Label, err, x.ownerNote(owner))
 	}
 	defer rc.Close()
 	if _, err := io.CopyN(io.Discard, rc, e.Offset); err != nil {
-		return nil, fmt.Errorf("read %s: %w", x.r.Location(key), err)
+		return nil, fmt.Errorf("read %s%s: %w", x.r.Location(key), x.ownerNote(owner), err)
 	}
 	buf := make([]byte, e.Length)
 	if _, err := io.ReadFull(rc, buf); err != nil {
-		return nil, fmt.Errorf("read %s (piece of %s): %w", x.r.Location(key), f.Path, err)
+		return nil, fmt.Errorf("read %s%s (piece of %s): %w", x.r.Location(key), x.ownerNote(owner), f.Path, err)
 	}
 	if crc32.Checksum(buf, castagnoli) != e.CRC || (!e.SHA256.IsZero() && backup.Digest(sha256.Sum256(buf)) != e.SHA256) {
-		return nil, fmt.Errorf("backup %s: %s: checksum mismatch in a piece from %s: the object is damaged (run `pgharbor verify --backup %s`)", x.m.Label, f.Path, x.r.Location(key), x.m.Label)
+		return nil, fmt.Errorf("backup %s: %s: checksum mismatch in a piece from %s%s: the object is damaged (run `pgharbor verify --backup %s`)", x.m.Label, f.Path, x.r.Location(key), x.ownerNote(owner), x.m.Label)
 	}
 	return buf, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -24,6 +25,12 @@ var ErrBadManifest = errors.New("the backup manifest is unsafe to restore")
 func validateManifest(m *backup.Manifest, roots map[uint32]string) error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: backup %s: %s (nothing was written)", ErrBadManifest, m.Label, fmt.Sprintf(format, args...))
+	}
+	for _, ref := range m.References {
+		// A reference becomes part of an object key: it must name a backup, nothing else.
+		if ref == "" || ref == "." || ref == ".." || ref == m.Label || strings.ContainsAny(ref, "/\\") {
+			return bad("references backup %q", ref)
+		}
 	}
 	locations := map[uint32]string{}
 	for _, ts := range m.Tablespaces {
@@ -89,6 +96,9 @@ func validateManifest(m *backup.Manifest, roots map[uint32]string) error {
 			for _, e := range f.Extents {
 				if e.Bundle < 0 || e.Offset < 0 || e.Length <= 0 {
 					return bad("file %q has a piece at bundle %d offset %d length %d", f.Path, e.Bundle, e.Offset, e.Length)
+				}
+				if e.Backup != "" && !slices.Contains(m.References, e.Backup) {
+					return bad("file %q has a piece in backup %q, which the manifest does not list among its references", f.Path, e.Backup)
 				}
 				sum += e.Length
 			}

@@ -54,6 +54,18 @@ func TestRestoreRefusesForgedManifestsBeforeWritingAnything(t *testing.T) {
 			f.Path = "base/1/etc/x"
 			m.FileList = append(m.FileList, f)
 		},
+		"reference-path": func(m *backup.Manifest) {
+			m.References = []string{"../../other-cluster/backups/20261204T000000Z"}
+		},
+		"reference-to-itself": func(m *backup.Manifest) {
+			m.References = []string{m.Label}
+		},
+		"piece-in-an-unlisted-backup": func(m *backup.Manifest) {
+			f := evil
+			f.Extents = append([]backup.Extent(nil), evil.Extents...) // evil is shared by the cases
+			f.Extents[0].Backup = "20261203T000000Z"
+			m.FileList = append(m.FileList, f)
+		},
 		"tablespace-link-elsewhere": func(m *backup.Manifest) {
 			m.Tablespaces = []backup.Tablespace{{OID: 16400, Location: "/srv/ts"}}
 			m.FileList = append(m.FileList, backup.File{Path: "pg_tblspc/16400", Type: "symlink", Link: "/etc"})

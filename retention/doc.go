@@ -5,6 +5,8 @@
 // Glossary:
 //   - policy: the rules (newest N full backups, younger than a duration, a recovery window,
 //     a minimum count); a backup is kept when any rule keeps it, or when it is pinned.
+//   - references: the backups whose bundles a diff or incr backup's extents point into; a
+//     kept backup keeps its references ("kept: parent of …", "kept: referenced by …").
 //   - pin: a marker object that exempts one backup from expiry (`pgharbor backup pin`).
 //   - recovery window: every moment of the last D must stay restorable, so the newest backup
 //     that stopped at or before the window's start is kept, with all WAL from its start.

@@ -148,8 +148,20 @@ func Expire(ctx context.Context, r *repo.Repo, p Policy, opts ExpireOptions) (*R
 			return rep, fmt.Errorf("remove the stale expiring marker of kept backup %s: %w", l, err)
 		}
 	}
-	for _, b := range d.Backups {
+	// Newest first: a diff or incr backup goes before the backups it references, so an
+	// interrupted expire never leaves a complete backup whose pieces are gone.
+	refs := map[string][]string{}
+	for _, b := range backups {
+		refs[b.Label] = b.References
+	}
+	var needed []string // dropped backups that a backup pinned meanwhile references
+	for i := len(d.Backups) - 1; i >= 0; i-- {
+		b := d.Backups[i]
 		if b.Keep {
+			continue
+		}
+		if slices.Contains(needed, b.Label) {
+			log.Warn("backup referenced by a backup pinned while expire ran: kept", "label", b.Label)
 			continue
 		}
 		deleted, err := x.deleteBackup(ctx, b.Label)
@@ -159,10 +171,13 @@ func Expire(ctx context.Context, r *repo.Repo, p Policy, opts ExpireOptions) (*R
 		if deleted {
 			rep.DeletedBackups++
 			log.Info("backup expired", "label", b.Label, "stop_time", b.StopTime, "reason", b.Reason)
+		} else {
+			needed = append(needed, refs[b.Label]...)
 		}
 	}
 	if len(rep.Skipped) > 0 {
-		// A backup pinned while expire ran stays, and so must the WAL from its start.
+		// A backup pinned while expire ran stays, with the backups it references, and so
+		// must the WAL from its start.
 		d.keepAlso(rep.Skipped, "pinned while expire ran", backups, arch)
 	}
 	if len(d.DropWAL) > 0 {
@@ -327,7 +342,7 @@ func fromCatalog(cat *backup.Catalog) ([]Backup, error) {
 			return nil, fmt.Errorf("backup %s: its summary has no timeline or stop time; it cannot be placed in time", s.Label)
 		}
 		out = append(out, Backup{
-			Label: s.Label, Type: s.Type, StartTime: s.StartTime, StopTime: s.StopTime,
+			Label: s.Label, Type: s.Type, Parent: s.Parent, References: s.References, StartTime: s.StartTime, StopTime: s.StopTime,
 			StartLSN: start, StopLSN: stop, Timeline: wal.TimelineID(s.Timeline), Pinned: cat.IsPinned(s.Label),
 		})
 	}

@@ -309,8 +309,9 @@ func TestPinRacingExpire(t *testing.T) {
 	rep, err := Expire(ctx, r2, Policy{FullCount: 1}, ExpireOptions{Now: now, OnDelete: func(what string, _ int) {
 		if !pinned {
 			pinned = true
-			// While the first dropped backup is being deleted, someone pins the third.
-			if err := r2.PutJSON(ctx, backup.PinKey(r2, "20261203T000000Z"), backup.NewMarker(""), false); err != nil {
+			// While the first dropped backup (the newest: dependents go first) is being
+			// deleted, someone pins the oldest.
+			if err := r2.PutJSON(ctx, backup.PinKey(r2, "20261201T000000Z"), backup.NewMarker(""), false); err != nil {
 				t.Error(err)
 			}
 		}
@@ -318,24 +319,24 @@ func TestPinRacingExpire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(rep.Skipped, []string{"20261203T000000Z"}) {
+	if !slices.Equal(rep.Skipped, []string{"20261201T000000Z"}) {
 		t.Fatalf("skipped %v", rep.Skipped)
 	}
-	if got := backupLabels(keys(t, b2)); !slices.Equal(got, []string{"20261203T000000Z", "20261204T000000Z"}) {
+	if got := backupLabels(keys(t, b2)); !slices.Equal(got, []string{"20261201T000000Z", "20261204T000000Z"}) {
 		t.Fatalf("backups left: %v", got)
 	}
-	if ok, _ := storage.Exists(ctx, b2, backup.ExpiringKey(r2, "20261203T000000Z")); ok {
+	if ok, _ := storage.Exists(ctx, b2, backup.ExpiringKey(r2, "20261201T000000Z")); ok {
 		t.Fatalf("the kept backup still carries the expiring marker")
 	}
-	// Its WAL stays too: from its start in segment 18, not from the newest backup's.
-	if rep.Timelines[0].FirstKept != "000000010000000000000012" || rep.DeletedWAL != 17 {
+	// Its WAL stays too: from its start in segment 2, not from the newest backup's.
+	if rep.Timelines[0].FirstKept != "000000010000000000000002" || rep.DeletedWAL != 1 {
 		t.Fatalf("WAL after a pin during expire: %+v, deleted %d", rep.Timelines[0], rep.DeletedWAL)
 	}
-	if ok, _ := storage.Exists(ctx, b2, "main/wal/0000000100000000/000000010000000000000012"); !ok {
+	if ok, _ := storage.Exists(ctx, b2, "main/wal/0000000100000000/000000010000000000000002"); !ok {
 		t.Fatalf("the WAL of the backup pinned during expire is gone")
 	}
 	for _, bd := range rep.Backups {
-		if bd.Label == "20261203T000000Z" && bd.Reason != "kept: pinned while expire ran" {
+		if bd.Label == "20261201T000000Z" && bd.Reason != "kept: pinned while expire ran" {
 			t.Errorf("reason %q", bd.Reason)
 		}
 	}

@@ -61,14 +61,18 @@ func (p Policy) String() string {
 
 // Backup is what Plan needs to know of a complete backup.
 type Backup struct {
-	Label     string
-	Type      string // "full"
-	StartTime time.Time
-	StopTime  time.Time
-	StartLSN  wal.LSN
-	StopLSN   wal.LSN
-	Timeline  wal.TimelineID
-	Pinned    bool
+	Label string
+	Type  string // full, diff or incr ("" in summaries written before types: full)
+	// Parent is the backup a diff or incr backup was compared with; References every
+	// backup whose bundles hold pieces of this one. A kept backup keeps its References.
+	Parent     string
+	References []string
+	StartTime  time.Time
+	StopTime   time.Time
+	StartLSN   wal.LSN
+	StopLSN    wal.LSN
+	Timeline   wal.TimelineID
+	Pinned     bool
 }
 
 // WALFile is one object of the WAL archive.
@@ -165,13 +169,21 @@ func Plan(p Policy, backups []Backup, arch Archive, now time.Time) (*Decision, e
 	}
 	keep := func(i int, rule string) { d.Backups[i].Rules = append(d.Backups[i].Rules, rule) }
 
-	// Newest first for the count rules.
+	// Newest first for the count rules. A diff or incr backup lives as long as the full
+	// backup it descends from (pgBackRest's rule).
 	if p.FullCount > 0 {
 		n := 0
+		keptFull := map[string]bool{}
 		for i := len(bs) - 1; i >= 0 && n < p.FullCount; i-- {
-			if bs[i].Type == "" || bs[i].Type == "full" {
+			if isFull(bs[i]) {
 				keep(i, fmt.Sprintf("newest %d full", p.FullCount))
+				keptFull[bs[i].Label] = true
 				n++
+			}
+		}
+		for i, b := range bs {
+			if f := fullOf(bs, b); !isFull(b) && keptFull[f] {
+				keep(i, fmt.Sprintf("descends from %s, one of the newest %d full", f, p.FullCount))
 			}
 		}
 	}
@@ -206,6 +218,7 @@ func Plan(p Policy, backups []Backup, arch Archive, now time.Time) (*Decision, e
 			keep(i, "pinned")
 		}
 	}
+	keepReferenced(d, bs)
 	kept := 0
 	for _, b := range d.Backups {
 		if len(b.Rules) > 0 {
@@ -218,6 +231,7 @@ func Plan(p Policy, backups []Backup, arch Archive, now time.Time) (*Decision, e
 			kept++
 		}
 	}
+	keepReferenced(d, bs)
 	for i := range d.Backups {
 		b := &d.Backups[i]
 		b.Keep = len(b.Rules) > 0
@@ -229,6 +243,61 @@ func Plan(p Policy, backups []Backup, arch Archive, now time.Time) (*Decision, e
 	}
 	planWAL(d, bs, arch)
 	return d, nil
+}
+
+func isFull(b Backup) bool { return b.Type == "" || b.Type == "full" }
+
+// fullOf returns the label of the full backup b descends from through its parents ("" when
+// the chain is broken).
+func fullOf(bs []Backup, b Backup) string {
+	byLabel := make(map[string]Backup, len(bs))
+	for _, x := range bs {
+		byLabel[x.Label] = x
+	}
+	for range len(bs) + 1 {
+		if isFull(b) {
+			return b.Label
+		}
+		parent, ok := byLabel[b.Parent]
+		if !ok {
+			return ""
+		}
+		b = parent
+	}
+	return ""
+}
+
+// keepReferenced keeps every backup whose bundles a kept backup's pieces live in, until
+// nothing more changes: "kept: parent of X" or "kept: referenced by X".
+func keepReferenced(d *Decision, bs []Backup) {
+	index := make(map[string]int, len(bs))
+	for i, b := range bs {
+		index[b.Label] = i
+	}
+	for changed := true; changed; {
+		changed = false
+		for i := len(bs) - 1; i >= 0; i-- {
+			if len(d.Backups[i].Rules) == 0 {
+				continue
+			}
+			for _, ref := range bs[i].References {
+				j, ok := index[ref]
+				if !ok {
+					continue
+				}
+				rule := "referenced by " + bs[i].Label
+				if ref == bs[i].Parent {
+					rule = "parent of " + bs[i].Label
+				}
+				if !slices.Contains(d.Backups[j].Rules, rule) {
+					if len(d.Backups[j].Rules) == 0 {
+						changed = true
+					}
+					d.Backups[j].Rules = append(d.Backups[j].Rules, rule)
+				}
+			}
+		}
+	}
 }
 
 // byStopTime returns a copy of backups ordered by stop time (then start time, stop LSN).
@@ -254,6 +323,14 @@ func (d *Decision) keepAlso(labels []string, rule string, backups []Backup, arch
 		b := &d.Backups[i]
 		if !b.Keep && slices.Contains(labels, b.Label) {
 			b.Keep, b.Rules, b.Reason = true, append(b.Rules, rule), "kept: "+rule
+		}
+	}
+	bs := byStopTime(backups)
+	keepReferenced(d, bs)
+	for i := range d.Backups {
+		b := &d.Backups[i]
+		if !b.Keep && len(b.Rules) > 0 {
+			b.Keep, b.Reason = true, "kept: "+strings.Join(b.Rules, "; ")
 		}
 	}
 	if arch.SegmentSize == 0 {

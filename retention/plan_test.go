@@ -343,7 +343,7 @@ func TestPlanIsDeterministicAndLeavesInputAlone(t *testing.T) {
 	if fmt.Sprint(a) != fmt.Sprint(b) {
 		t.Errorf("two plans differ")
 	}
-	if !slices.Equal(bs, before) {
+	if fmt.Sprint(bs) != fmt.Sprint(before) {
 		t.Errorf("input reordered")
 	}
 }
@@ -362,5 +362,96 @@ func TestParseDuration(t *testing.T) {
 	}
 	if s := FormatDuration(days(7)); s != "7d" {
 		t.Errorf("FormatDuration(7d) = %s", s)
+	}
+}
+
+// inc is an incremental (typ incr or diff) of parent that references refs.
+func inc(label, typ string, ago time.Duration, startSeg uint64, parent string, refs ...string) Backup {
+	b := bk(label, ago, 1, startSeg)
+	b.Type, b.Parent, b.References = typ, parent, refs
+	return b
+}
+
+func TestPlanKeepsWhatKeptIncrementalsReference(t *testing.T) {
+	arch := Archive{SegmentSize: segSize, Files: segs(1, 1, 40)}
+	// f1 ← i1 ← i2, f2 ← d1 (diff of f2), i3 (incr of d1).
+	chain := []Backup{
+		bk("f1", days(6), 1, 2),
+		inc("i1", "incr", days(5), 5, "f1", "f1"),
+		inc("i2", "incr", days(4), 8, "i1", "f1", "i1"),
+		bk("f2", days(3), 1, 12),
+		inc("d1", "diff", days(2), 15, "f2", "f2"),
+		inc("i3", "incr", days(1), 18, "d1", "d1", "f2"),
+	}
+	tests := []struct {
+		name    string
+		policy  Policy
+		backups []Backup
+		kept    []string
+		reasons map[string]string
+		horizon string // first kept segment of timeline 1
+	}{
+		{
+			name:    "a young incremental keeps its parent and the full it references",
+			policy:  Policy{KeepYoungerThan: hours(4*24 + 12)},
+			backups: chain,
+			kept:    []string{"f1", "i1", "i2", "f2", "d1", "i3"},
+			reasons: map[string]string{"i1": "parent of i2", "f1": "referenced by i2"},
+			horizon: "000000010000000000000002",
+		},
+		{
+			name:    "once the incrementals expire, their full goes",
+			policy:  Policy{KeepYoungerThan: hours(3*24 + 12)},
+			backups: chain,
+			kept:    []string{"f2", "d1", "i3"},
+			horizon: "00000001000000000000000C",
+		},
+		{
+			name:    "full count keeps the backups descending from the kept fulls",
+			policy:  Policy{FullCount: 1},
+			backups: chain,
+			kept:    []string{"f2", "d1", "i3"},
+			reasons: map[string]string{"d1": "descends from f2", "i3": "descends from f2"},
+			horizon: "00000001000000000000000C",
+		},
+		{
+			name:    "a pinned incremental keeps its whole chain",
+			policy:  Policy{FullCount: 1},
+			backups: func() []Backup { bs := slices.Clone(chain); bs[2].Pinned = true; return bs }(),
+			kept:    []string{"f1", "i1", "i2", "f2", "d1", "i3"},
+			reasons: map[string]string{"i2": "pinned", "i1": "kept: parent of i2", "f1": "kept: referenced by i2"},
+			horizon: "000000010000000000000002",
+		},
+		{
+			name:    "minimum count on an incremental keeps its references",
+			policy:  Policy{KeepYoungerThan: hours(1), MinCount: 1},
+			backups: chain,
+			kept:    []string{"f2", "d1", "i3"},
+			reasons: map[string]string{"i3": "minimum count", "d1": "parent of i3", "f2": "referenced by i3"},
+			horizon: "00000001000000000000000C",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := Plan(tc.policy, tc.backups, arch, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var kept []string
+			for _, b := range d.Backups {
+				if b.Keep {
+					kept = append(kept, b.Label)
+				}
+				if want, ok := tc.reasons[b.Label]; ok && !strings.Contains(b.Reason, want) {
+					t.Errorf("%s: reason %q, want it to say %q", b.Label, b.Reason, want)
+				}
+			}
+			if !slices.Equal(kept, tc.kept) {
+				t.Errorf("kept %v, want %v", kept, tc.kept)
+			}
+			if len(d.Timelines) != 1 || d.Timelines[0].FirstKept != tc.horizon {
+				t.Errorf("timelines %+v, want the WAL kept from %s", d.Timelines, tc.horizon)
+			}
+		})
 	}
 }

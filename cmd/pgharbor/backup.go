@@ -12,14 +12,18 @@ import (
 )
 
 func newBackupCmd(a *app) *cobra.Command {
-	var fast, noArchiveCheck bool
-	var conn, method string
+	var fast, noArchiveCheck, checksumAll bool
+	var conn, method, typ string
 	var archiveTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "backup",
-		Short: "Take a full base backup",
-		Long: `backup takes a full base backup into the repository: compressed, encrypted, small files
-bundled, large files split, with bounded memory. When pgharbor runs on the database host and can
+		Short: "Take a base backup: full, differential or incremental",
+		Long: `backup takes a base backup into the repository: compressed, encrypted, small files
+bundled, large files split, with bounded memory. --type full stores every file; --type incr
+stores only the 128 KiB chunks that changed since the newest backup of any type, --type diff
+those that changed since the newest full backup. Either way the backup's manifest lists every
+file, and a restore of it reads each chunk from the backup that stored it, in one pass. Without
+a backup to compare with, diff and incr take a full backup and say so. When pgharbor runs on the database host and can
 read the data directory, it reads the files itself between pg_backup_start and pg_backup_stop
 (--method local, the fastest); elsewhere it streams BASE_BACKUP over a replication connection
 (--method stream). The default, auto, picks local when it can prove the data directory it sees
@@ -39,6 +43,12 @@ complete only once the WAL that makes it consistent is in the repository.`,
 			if cmd.Flags().Changed("method") {
 				req.method = method
 			}
+			if cmd.Flags().Changed("type") {
+				req.typ = typ
+			}
+			if cmd.Flags().Changed("checksum-all") {
+				req.checksumAll = checksumAll
+			}
 			req.archiveCheck, req.archiveTimeout = !noArchiveCheck, archiveTimeout
 			bar := a.newProgress("backup")
 			req.progress = bar.update
@@ -48,8 +58,12 @@ complete only once the WAL that makes it consistent is in the repository.`,
 				return err
 			}
 			return a.print(sum, func() {
-				fmt.Fprintf(a.stdout, "backup %s complete: %s in %d files, stored %s (%.0f%%) in %d bundles, %.1f s, %s/s, WAL %s..%s timeline %d\n",
-					sum.Label, humanBytes(sum.Size), sum.Files, humanBytes(sum.StoredSize), 100*float64(sum.StoredSize)/float64(max(sum.Size, 1)),
+				kind := sum.Type
+				if sum.Parent != "" {
+					kind += " (parent " + sum.Parent + ", " + humanBytes(sum.Reused) + " unchanged)"
+				}
+				fmt.Fprintf(a.stdout, "backup %s complete: %s, %s in %d files, stored %s (%.0f%%) in %d bundles, %.1f s, %s/s, WAL %s..%s timeline %d\n",
+					sum.Label, kind, humanBytes(sum.Size), sum.Files, humanBytes(sum.StoredSize), 100*float64(sum.StoredSize)/float64(max(sum.Size, 1)),
 					sum.Bundles, sum.Duration, humanBytes(int64(float64(sum.Size)/max(sum.Duration, 0.001))), sum.StartLSN, sum.StopLSN, sum.Timeline)
 				if sum.ChecksumFailures > 0 {
 					fmt.Fprintf(a.stdout, "warning: %d data pages failed checksum verification; they are in the backup as read (the log names the files and blocks)\n", sum.ChecksumFailures)
@@ -60,6 +74,8 @@ complete only once the WAL that makes it consistent is in the repository.`,
 	cmd.Flags().BoolVar(&fast, "fast-checkpoint", true, "ask the server for an immediate checkpoint (backup.fast_checkpoint)")
 	cmd.Flags().StringVar(&conn, "conn", "", "connection string of the server (postgres.conn)")
 	cmd.Flags().StringVar(&method, "method", backup.MethodAuto, "how to read the cluster: local (read the data directory on this host, between pg_backup_start and pg_backup_stop), stream (BASE_BACKUP over a replication connection), auto (local when the server's data directory is on this host and readable, else stream) (backup.method)")
+	cmd.Flags().StringVar(&typ, "type", backup.TypeFull, "full (every file), incr (the chunks changed since the newest backup) or diff (the chunks changed since the newest full backup) (backup.type)")
+	cmd.Flags().BoolVar(&checksumAll, "checksum-all", false, "with --method local, read and hash every file in a diff or incr backup, instead of taking files whose size and modification time are unchanged from the parent (backup.checksum_all)")
 	cmd.Flags().BoolVar(&noArchiveCheck, "no-archive-check", false, "do not wait for the backup's WAL to be in the repository (the backup then needs WAL from elsewhere)")
 	cmd.Flags().DurationVar(&archiveTimeout, "archive-timeout", defaultArchiveTimeout, "how long to wait for the backup's WAL to reach the repository")
 	cmd.AddCommand(newBackupCleanupCmd(a), newBackupPinCmd(a, true), newBackupPinCmd(a, false))
@@ -70,6 +86,8 @@ complete only once the WAL that makes it consistent is in the repository.`,
 type backupRequest struct {
 	fastCheckpoint bool
 	method         string
+	typ            string
+	checksumAll    bool
 	archiveCheck   bool
 	archiveTimeout time.Duration
 	progress       func(done, total int64)
@@ -81,7 +99,11 @@ const defaultArchiveTimeout = 60 * time.Second
 // backupRequestFromConfig is the request the configuration alone makes, with the same
 // defaults as the command's flags: the server's scheduled backups are exactly this.
 func (a *app) backupRequestFromConfig() backupRequest {
-	req := backupRequest{fastCheckpoint: true, method: backup.MethodAuto, archiveCheck: true, archiveTimeout: defaultArchiveTimeout}
+	req := backupRequest{fastCheckpoint: true, method: backup.MethodAuto, typ: backup.TypeFull, archiveCheck: true, archiveTimeout: defaultArchiveTimeout,
+		checksumAll: a.cfg.Backup.ChecksumAll}
+	if t := a.cfg.Backup.Type; t != "" {
+		req.typ = t
+	}
 	if fc := a.cfg.Backup.FastCheckpoint; fc != nil {
 		req.fastCheckpoint = *fc
 	}
@@ -110,7 +132,7 @@ func (a *app) runBackup(ctx context.Context, req backupRequest) (*backup.Summary
 	o := backup.Options{
 		ConnString: a.cfg.Postgres.Conn, FastCheckpoint: req.fastCheckpoint, Method: req.method, DataDir: a.cfg.Postgres.DataDir,
 		Workers: bc.Workers, Uploads: bc.Uploads, BundleSize: bc.BundleSizeMB << 20, LockStale: bc.LockTimeout,
-		Progress: req.progress, Logger: a.logger,
+		Progress: req.progress, Logger: a.logger, Type: req.typ, ChecksumAll: req.checksumAll, FullAfter: bc.FullAfter,
 	}
 	if req.archiveCheck {
 		o.ArchiveCheck = a.archiveCheck(r, req.archiveTimeout)

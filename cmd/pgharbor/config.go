@@ -108,6 +108,14 @@ type BackupConfig struct {
 	Uploads        int           `yaml:"uploads"`
 	BundleSizeMB   int           `yaml:"bundle_size_mb"`
 	LockTimeout    time.Duration `yaml:"lock_timeout"`
+
+	// Type is full (default), diff or incr: `pgharbor backup` without --type and the
+	// server's scheduled backups take it (docs/configuration.md).
+	Type string `yaml:"type"`
+	// ChecksumAll makes diff and incr backups read every file (--checksum-all).
+	ChecksumAll bool `yaml:"checksum_all"`
+	// FullAfter makes a diff or incr backup full when the newest full backup is older.
+	FullAfter time.Duration `yaml:"full_after"`
 }
 
 // WALConfig tunes archive push and fetch, and the WAL receiver.

@@ -69,13 +69,17 @@ func (a *app) printInfo(rep infoReport) {
 	w := a.stdout
 	fmt.Fprintf(w, "cluster %s (system identifier %s, PostgreSQL %d, encryption %s)\n\n", rep.Identity.Cluster, rep.Identity.SystemIdentifier, rep.Identity.PGVersion/10000, rep.Identity.Encryption)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "BACKUP\tTYPE\tMETHOD\tSTART\tSTOP\tTIMELINE\tSTART LSN\tSTOP LSN\tSIZE\tSTORED\tSECONDS")
+	fmt.Fprintln(tw, "BACKUP\tTYPE\tPARENT\tMETHOD\tSTART\tSTOP\tTIMELINE\tSTART LSN\tSTOP LSN\tSIZE\tSTORED\tSECONDS")
 	for _, b := range rep.Catalog.Backups {
 		method := b.Method
 		if method == "" {
 			method = backup.MethodStream // backups from before the method was recorded
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%.1f\n", b.Label, b.Type, method, b.StartTime.Format(time.RFC3339), b.StopTime.Format(time.RFC3339),
+		parent := b.Parent
+		if parent == "" {
+			parent = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%.1f\n", b.Label, b.Type, parent, method, b.StartTime.Format(time.RFC3339), b.StopTime.Format(time.RFC3339),
 			b.Timeline, b.StartLSN, b.StopLSN, humanBytes(b.Size), humanBytes(b.StoredSize), b.Duration)
 	}
 	tw.Flush()
@@ -147,8 +151,10 @@ func newVerifyCmd(a *app) *cobra.Command {
 		Use:   "verify [--backup LABEL]",
 		Short: "Check that backups decrypt and match their manifests, and that their WAL is archived",
 		Long: `verify reads every object of a backup (all backups without --backup), decrypting and
-decompressing it, checks every file's pieces against the manifest's CRC-32C, and checks that
-the WAL from the backup's start to its stop is in the repository.`,
+decompressing it, checks every file's pieces against the manifest's CRC-32C and SHA-256, and
+checks that the WAL from the backup's start to its stop is in the repository. For a diff or
+incr backup it also reads the bundles of the earlier backups its pieces point into (the chain),
+and an error names the damaged object and the backup it belongs to.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			results, err := a.runVerify(cmd.Context(), label, workers)
@@ -161,7 +167,11 @@ the WAL from the backup's start to its stop is in the repository.`,
 			// Backups refused for their signature come after the ones that verified.
 			if perr := a.print(results, func() {
 				for _, res := range results {
-					fmt.Fprintf(a.stdout, "backup %s OK: %d files, %d bundles, %s, WAL present\n", res.Label, res.Files, res.Bundles, humanBytes(res.Bytes))
+					chain := ""
+					if len(res.References) > 0 {
+						chain = ", pieces in " + strings.Join(res.References, ", ") + " intact"
+					}
+					fmt.Fprintf(a.stdout, "backup %s OK: %d files, %d bundles, %s%s, WAL present\n", res.Label, res.Files, res.Bundles, humanBytes(res.Bytes), chain)
 				}
 				if len(results) == 0 {
 					fmt.Fprintln(a.stdout, "no complete backup to verify")

@@ -359,8 +359,10 @@ func TestKilledExpireIsFinishedByTheNext(t *testing.T) {
 	for _, b := range info.Catalog.Backups {
 		complete = append(complete, b.Label)
 	}
-	if !slices.Equal(complete, labels[2:]) {
-		t.Fatalf("complete backups after the kill: %v, want %v", complete, labels[2:])
+	// Expire deletes newest first (dependents before what they reference): the third
+	// backup is gone, the first not yet.
+	if want := []string{labels[0], labels[3]}; !slices.Equal(complete, want) {
+		t.Fatalf("complete backups after the kill: %v, want %v", complete, want)
 	}
 	if len(info.Catalog.Incomplete) != 1 || info.Catalog.Incomplete[0].Label != labels[1] || info.Catalog.Incomplete[0].Running || info.Catalog.Incomplete[0].Objects < 3 {
 		t.Fatalf("incomplete after the kill: %+v", info.Catalog.Incomplete)
@@ -370,7 +372,7 @@ func TestKilledExpireIsFinishedByTheNext(t *testing.T) {
 	}
 
 	// The next expire takes over the dead process's lock, finishes the second backup, and
-	// expires the third and the WAL.
+	// expires the first and the WAL.
 	x := e.expire("--full-count", "1")
 	if !slices.Equal(x.Finished, []string{labels[1]}) || x.DeletedBackups != 1 {
 		t.Fatalf("second expire finished %v and deleted %d backups", x.Finished, x.DeletedBackups)
