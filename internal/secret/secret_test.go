@@ -29,6 +29,12 @@ func TestHoldsSecretsFindsThemAtAnyDepth(t *testing.T) {
 		"s3: {secret_access_key: abc}\n":                                         "secret_access_key",
 		"clusters:\n- name: a\n  s3: {secret_access_key: abc}\n":                 "secret_access_key",
 		"pool: {cluster: {health_check_password: ''}}\n":                         "",
+		"pool: {server_password: x}\n":                                           "server_password",
+		"encryption: {passphrase: 1234}\n":                                       "passphrase",
+		"encryption: {passphrase: null}\n":                                       "",
+		// found by FuzzConfig: a value reached through an alias or a merge key
+		"k: &k s3cr3t\ns3: {secret_access_key: *k}\n":       "secret_access_key",
+		"base: &b {passphrase: x}\nencryption:\n  <<: *b\n": "passphrase",
 	} {
 		ok, key := HoldsSecrets([]byte(doc))
 		if key != want || ok != (want != "") {
