@@ -116,7 +116,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 
 // apply installs a validated configuration (auth file and TLS files are re-read).
 func (s *Server) apply(cfg Config) error {
-	af, err := loadAuthFile(cfg.AuthFile)
+	af, err := loadAuthFile(cfg.AuthFile, s.log)
 	if err != nil {
 		return fmt.Errorf("pool: %w", err)
 	}

@@ -26,6 +26,28 @@ func CheckPrivate(path, what string) error {
 	return nil
 }
 
+// CheckServiceFile is CheckPrivate for files a service reads that an administrator may
+// share with it through a group, as PostgreSQL allows for its ssl_key_file: a file owned by
+// root that its group may read but not write (0640) passes with a warning for the caller to
+// log; anything else that the group or others can reach is refused, saying the chmod.
+func CheckServiceFile(path, what string) (warning string, err error) {
+	if runtime.GOOS == "windows" {
+		return "", nil
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	perm := st.Mode().Perm()
+	switch {
+	case perm&0o077 == 0:
+		return "", nil
+	case perm&0o077 == 0o040 && ownedByRoot(st):
+		return fmt.Sprintf("%s %s is readable by its group (mode %04o, owned by root): every member of the group can read the secrets in it; run `chmod 600 %s` (and chown it to the user that runs pgharbor) to keep them to one user", what, path, perm, path), nil
+	}
+	return "", fmt.Errorf("%s %s is accessible to other users (mode %04o): run `chmod 600 %s` (a root-owned file may be 0640 to share it with a group)", what, path, perm, path)
+}
+
 // secretKeys are configuration keys whose values are secrets, wherever they appear.
 var secretKeys = map[string]bool{
 	"passphrase": true, "secret_access_key": true, "session_token": true, "password": true,

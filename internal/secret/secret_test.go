@@ -42,3 +42,34 @@ func TestHoldsSecretsFindsThemAtAnyDepth(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckServiceFileAllowsOnlyARootOwnedGroupShare(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "userlist.txt")
+	if err := os.WriteFile(p, []byte(`"u" "pw"`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := CheckServiceFile(p, "auth_file"); w != "" || err != nil {
+		t.Fatalf("0600: warning %q, error %v", w, err)
+	}
+	for _, mode := range []os.FileMode{0o644, 0o604, 0o660, 0o620} {
+		os.Chmod(p, mode)
+		if _, err := CheckServiceFile(p, "auth_file"); err == nil || !strings.Contains(err.Error(), "chmod 600 "+p) {
+			t.Errorf("mode %04o: %v, want a refusal saying the chmod", mode, err)
+		}
+	}
+	os.Chmod(p, 0o640)
+	w, err := CheckServiceFile(p, "auth_file")
+	if os.Geteuid() == 0 {
+		// the file is root's: shared with a group on purpose, as PostgreSQL allows for its key
+		if err != nil || !strings.Contains(w, "chmod 600 "+p) {
+			t.Fatalf("root-owned 0640: warning %q, error %v; want a warning saying the chmod", w, err)
+		}
+		if err := os.Chown(p, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		w, err = CheckServiceFile(p, "auth_file")
+	}
+	if err == nil {
+		t.Fatalf("0640 not owned by root: accepted (warning %q)", w)
+	}
+}
