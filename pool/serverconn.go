@@ -237,23 +237,43 @@ func serverTLS(conn net.Conn, cfg *Config, host string) (net.Conn, error) {
 		}
 		return nil, fmt.Errorf("server %s does not support TLS (server_tls_sslmode %s)", host, cfg.ServerTLSMode)
 	}
+	tc, err := serverTLSConfig(cfg, host)
+	if err != nil {
+		return nil, err
+	}
+	t := tls.Client(conn, tc)
+	if err := t.Handshake(); err != nil {
+		return nil, fmt.Errorf("TLS to %s: %w", host, err)
+	}
+	return t, nil
+}
+
+// serverTLSConfig is the TLS configuration towards server host under server_tls_sslmode
+// (not disable): prefer and require encrypt without checking the certificate, as libpq's
+// modes of the same names do; verify-ca checks the chain, verify-full also the host name.
+func serverTLSConfig(cfg *Config, host string) (*tls.Config, error) {
 	tc := &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
 	switch cfg.ServerTLSMode {
 	case "prefer", "require":
 		tc.InsecureSkipVerify = true
 	case "verify-ca", "verify-full":
-		pool := x509.NewCertPool()
 		if cfg.ServerTLSCAFile != "" {
 			pem, err := os.ReadFile(cfg.ServerTLSCAFile)
 			if err != nil {
 				return nil, fmt.Errorf("server_tls_ca_file: %w", err)
 			}
-			pool.AppendCertsFromPEM(pem)
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("server_tls_ca_file %s: no PEM certificate in it", cfg.ServerTLSCAFile)
+			}
 			tc.RootCAs = pool
 		}
 		if cfg.ServerTLSMode == "verify-ca" {
 			tc.InsecureSkipVerify = true
 			tc.VerifyConnection = func(cs tls.ConnectionState) error {
+				if len(cs.PeerCertificates) == 0 {
+					return errors.New("the server sent no certificate")
+				}
 				opts := x509.VerifyOptions{Roots: tc.RootCAs, Intermediates: x509.NewCertPool()}
 				for _, c := range cs.PeerCertificates[1:] {
 					opts.Intermediates.AddCert(c)
@@ -263,11 +283,7 @@ func serverTLS(conn net.Conn, cfg *Config, host string) (net.Conn, error) {
 			}
 		}
 	}
-	t := tls.Client(conn, tc)
-	if err := t.Handshake(); err != nil {
-		return nil, fmt.Errorf("TLS to %s: %w", host, err)
-	}
-	return t, nil
+	return tc, nil
 }
 
 // cancelServer sends a CancelRequest for the backend (pid, secret) at host:port.
