@@ -210,3 +210,40 @@ func TestTargetTimeInAnotherZone(t *testing.T) {
 		}
 	}
 }
+
+// libfaketime is the Debian package faketime's preload library.
+const libfaketime = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+// TestBackupHostClockOffByMinutes runs PostgreSQL with its clock ten minutes ahead of the
+// host that runs pgharbor (libfaketime), takes a backup before and one after a recovery
+// point, and restores --target-time at that point (as read from the server, as users do).
+// The restore must start from the backup before the point: one chosen by the host's clock
+// would end after the target, and recovery could not stop there.
+func TestBackupHostClockOffByMinutes(t *testing.T) {
+	if _, err := os.Stat(libfaketime); err != nil {
+		t.Skipf("%s not found (apt-get install faketime): needed to run PostgreSQL with a clock of its own", libfaketime)
+	}
+	// pgharbor (Go) reads the clock without libc: only PostgreSQL and its tools move.
+	t.Setenv("LD_PRELOAD", libfaketime)
+	t.Setenv("FAKETIME", "+10m")
+	t.Setenv("FAKETIME_DONT_RESET", "1")
+	e := newEnv(t, "", "")
+	pg := e.startPrimary(nil)
+	pg.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
+	pg.Exec(t, "CREATE TABLE marks (k int PRIMARY KEY)")
+	e.must("repo", "init")
+	skew := pg.QueryString(t, "postgres", "SELECT round(extract(epoch FROM clock_timestamp()) - $1::float8)::text", float64(time.Now().UnixNano())/1e9)
+	if skew < "590" || skew > "610" || len(skew) != 3 {
+		t.Fatalf("the server's clock is %s s off the host's, want about 600: the test would prove nothing", skew)
+	}
+	e.must("backup", "--conn", pg.ConnString("postgres"), "--method", "local")
+	pg.Pgbench(t, "postgres", "-n", "-c", "2", "-t", "100")
+	p := markPoint(t, pg, 1)
+	pg.Pgbench(t, "postgres", "-n", "-c", "2", "-t", "100")
+	e.must("backup", "--conn", pg.ConnString("postgres"), "--method", "local")
+	pg.Pgbench(t, "postgres", "-n", "-c", "2", "-t", "100")
+	waitArchived(t, pg)
+	if got := e.restoreAndRead(pg, "--target-time", p.time.Format(time.RFC3339Nano)); got != p.snap {
+		t.Fatalf("--target-time %s restored %s, want %s", p.time.Format(time.RFC3339Nano), got, p.snap)
+	}
+}
