@@ -99,7 +99,6 @@ func readServerFacts(ctx context.Context, conn *pgx.Conn) (serverFacts, error) {
 	return f, nil
 }
 
-
 // NewLabel returns a label for a backup starting at t.
 func NewLabel(t time.Time) string { return t.UTC().Format("20060102T150405Z") }
 
