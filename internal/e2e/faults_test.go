@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgharbor/pgharbor/internal/ci"
 	"github.com/pgharbor/pgharbor/internal/pgtest"
 	"github.com/pgharbor/pgharbor/internal/testserver"
 )
@@ -221,7 +222,11 @@ const libfaketime = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 // would end after the target, and recovery could not stop there.
 func TestBackupHostClockOffByMinutes(t *testing.T) {
 	if _, err := os.Stat(libfaketime); err != nil {
-		t.Skipf("%s not found (apt-get install faketime): needed to run PostgreSQL with a clock of its own", libfaketime)
+		msg := fmt.Sprintf("%s not found (apt-get install faketime; scripts/setup.sh does): needed to run PostgreSQL with a clock of its own", libfaketime)
+		if ci.Enabled() {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
 	}
 	// pgharbor (Go) reads the clock without libc: only PostgreSQL and its tools move.
 	t.Setenv("LD_PRELOAD", libfaketime)
