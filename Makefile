@@ -42,13 +42,14 @@ lint:
 # runs every seed there on each `make test`).
 FUZZTIME ?= 30s
 fuzz:
-	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' . | sort); do \
+	@failed=""; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' . | sort); do \
 		dir=$$(dirname $$f); \
 		for fz in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' $$f | cut -d' ' -f2); do \
 			echo "== $$fz in $$dir for $(FUZZTIME)"; \
-			$(GO) test -run '^$$' -fuzz "^$$fz\$$" -fuzztime $(FUZZTIME) $$dir; \
+			$(GO) test -run '^$$' -fuzz "^$$fz\$$" -fuzztime $(FUZZTIME) $$dir || failed="$$failed $$dir:$$fz"; \
 		done; \
-	done
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed"; exit 1; fi; echo "fuzz: every fuzzer passed"
 
 clean:
 	rm -rf bin bench/results
