@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/base64"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -215,5 +217,34 @@ func TestFuzzSeedsAreRealCaptures(t *testing.T) {
 				t.Errorf("%s: not a corpus file (%v)", p, err)
 			}
 		}
+	}
+}
+
+// TestAnnouncedLengthIsNotAllocatedBeforeTheBytesCome: found by FuzzServerMessages, which
+// slowed to a few executions a second: a header announcing a 1 GB message made whole()
+// allocate 1 GB before reading a byte of it. Any peer could do that per message.
+func TestAnnouncedLengthIsNotAllocatedBeforeTheBytesCome(t *testing.T) {
+	in := append([]byte{'D', 0x3f, 0xff, 0xff, 0xff}, make([]byte, 100<<10)...)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	mr := msgReader{r: bufio.NewReaderSize(bytes.NewReader(in), bufSize)}
+	_, n, err := mr.header()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mr.whole(n); err == nil {
+		t.Fatal("a truncated message was returned whole")
+	}
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > 16<<20 {
+		t.Fatalf("reading 100 kB of a message announced as 1 GB allocated %d MB", got>>20)
+	}
+	// and a message that does come in full is returned whole
+	msg := appendMsg(nil, &pgproto3.DataRow{Values: [][]byte{bytes.Repeat([]byte("x"), 300<<10)}})
+	mr = msgReader{r: bufio.NewReaderSize(bytes.NewReader(msg), bufSize)}
+	_, n, _ = mr.header()
+	got, err := mr.whole(n)
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("a 300 kB message read back as %d bytes (%v)", len(got), err)
 	}
 }
