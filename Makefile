@@ -37,9 +37,19 @@ lint:
 	$(GO) vet $(PKGS)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
 
+# Every fuzzer (func FuzzX in any *_test.go) runs for FUZZTIME; a failing input is saved under
+# the package's testdata/fuzz/FuzzX/, where `go test` then runs it as a regression test (as it
+# runs every seed there on each `make test`).
+FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzNewReader -fuzztime 30s ./storage/codec
-	$(GO) test -run '^$$' -fuzz FuzzReadHeader -fuzztime 30s ./storage/codec
+	@failed=""; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' . | sort); do \
+		dir=$$(dirname $$f); \
+		for fz in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' $$f | cut -d' ' -f2); do \
+			echo "== $$fz in $$dir for $(FUZZTIME)"; \
+			$(GO) test -run '^$$' -fuzz "^$$fz\$$" -fuzztime $(FUZZTIME) $$dir || failed="$$failed $$dir:$$fz"; \
+		done; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed"; exit 1; fi; echo "fuzz: every fuzzer passed"
 
 clean:
 	rm -rf bin bench/results

@@ -108,7 +108,6 @@ func readServerFacts(ctx context.Context, conn *pgx.Conn) (serverFacts, error) {
 	return f, nil
 }
 
-
 // NewLabel returns a label for a backup starting at t.
 func NewLabel(t time.Time) string { return t.UTC().Format("20060102T150405Z") }
 
@@ -223,6 +222,13 @@ type source struct {
 }
 
 func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.Time, facts serverFacts, id repo.Identity, conn *pgx.Conn) (*Summary, error) {
+	// The times recorded are the server's: restore compares them with --target-time, which
+	// users take from the server (commit times are the server's), and the host running the
+	// backup may be minutes off.
+	var serverStart time.Time
+	if err := conn.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&serverStart); err != nil {
+		return nil, fmt.Errorf("read the server's clock: %w", err)
+	}
 	method, dir := o.Method, ""
 	if method == MethodAuto || method == MethodLocal {
 		d, err := localDataDir(ctx, conn, o.DataDir, facts.systemID)
@@ -269,9 +275,10 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	}
 	o.Logger.Debug("backup data stored", "label", label, "seconds", time.Since(start).Seconds())
 	files, pgManifest := src.files, src.pgManifest
-	stopTime := time.Now().UTC()
+	duration := time.Since(start)
 	var nextXID uint64
-	if err := conn.QueryRow(ctx, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").Scan(&nextXID); err != nil {
+	var stopTime time.Time
+	if err := conn.QueryRow(ctx, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint, clock_timestamp()").Scan(&nextXID, &stopTime); err != nil {
 		return nil, fmt.Errorf("read next transaction id: %w", err)
 	}
 	o.Logger.Debug("backup stopped on the server", "label", label, "seconds", time.Since(start).Seconds())
@@ -285,10 +292,10 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 		Format: ManifestFormat, Label: label, Type: typ, Parent: parent, References: references(files), Reused: p.reused.Load(),
 		SystemIdentifier: facts.systemID, PGVersion: facts.version, WALSegmentSize: facts.segSize,
 		Timeline: src.startTLI, StartLSN: src.startLSN, StopLSN: src.stopLSN, StopTimeline: src.stopTLI, Method: src.method,
-		StartTime: start, StopTime: stopTime, StopNextXID: nextXID,
+		StartTime: serverStart.UTC(), StopTime: stopTime.UTC(), StopNextXID: nextXID,
 		Files: len(files), Bundles: bundles, BundlesUncompressed: int(p.uncompressed.Load()), StoredSize: p.stored.Load(),
 		Encryption: id.Encryption, Tablespaces: src.tablespaces, ChecksumFailures: src.checksumFailures,
-		Duration: stopTime.Sub(start).Seconds(),
+		Duration: duration.Seconds(),
 	}
 	for _, f := range files {
 		sum.Size += f.Size

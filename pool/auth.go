@@ -13,10 +13,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+
+	secretfile "github.com/pgharbor/pgharbor/internal/secret"
 )
 
 // secret is what the pool knows about one user's password: the plaintext, PostgreSQL's md5
@@ -174,9 +177,18 @@ func (s *secret) userMD5(user string) (string, bool) {
 // authFile is a parsed PgBouncer-style userlist: lines of `"user" "secret"`.
 type authFile map[string]*secret
 
-func loadAuthFile(path string) (authFile, error) {
+// loadAuthFile reads auth_file, refusing one that others can read (its secrets log in as
+// its users, or let anyone try passwords offline against a SCRAM verifier).
+func loadAuthFile(path string, log *slog.Logger) (authFile, error) {
 	if path == "" {
 		return authFile{}, nil
+	}
+	warning, err := secretfile.CheckServiceFile(path, "auth_file")
+	if err != nil {
+		return nil, err
+	}
+	if warning != "" {
+		log.Warn(warning)
 	}
 	f, err := os.Open(path)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -150,7 +151,17 @@ func (s *Server) authQuery(ctx context.Context, user, db string) (*secret, error
 		return nil, err
 	}
 	pc.Host, pc.Port, pc.User, pc.Database = p.Host, uint16(p.Port), cfg.AuthUser, db
+	// The connection carries auth_user's password and brings back password hashes: it goes
+	// as server connections do, under server_tls_sslmode.
 	pc.TLSConfig, pc.Fallbacks = nil, nil
+	if cfg.ServerTLSMode != "disable" && !strings.HasPrefix(p.Host, "/") {
+		if pc.TLSConfig, err = serverTLSConfig(cfg, p.Host); err != nil {
+			return nil, fatal(sqlstateCannotConnect, "auth_query: %v", err)
+		}
+		if cfg.ServerTLSMode == "prefer" {
+			pc.Fallbacks = []*pgconn.FallbackConfig{{Host: pc.Host, Port: pc.Port}}
+		}
+	}
 	pc.ConnectTimeout = cfg.ServerConnectTimeout
 	pc.RuntimeParams = map[string]string{"application_name": "pgharbor auth_query"}
 	if au != nil {

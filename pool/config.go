@@ -78,7 +78,9 @@ type Config struct {
 	ServerUser     string `yaml:"server_user"`
 	ServerPassword string `yaml:"server_password"`
 
-	ServerTLSMode   string `yaml:"server_tls_sslmode"` // disable (default), prefer, require, verify-ca, verify-full
+	// ServerTLSMode is disable, prefer (the default, as in PgBouncer and libpq), require,
+	// verify-ca or verify-full; it covers server connections and the auth_query connection.
+	ServerTLSMode   string `yaml:"server_tls_sslmode"`
 	ServerTLSCAFile string `yaml:"server_tls_ca_file"`
 
 	ClientTLSMode     string `yaml:"client_tls_sslmode"` // disable, allow, prefer (default when a key is set), require
@@ -180,7 +182,7 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	switch c.ServerTLSMode {
 	case "":
-		c.ServerTLSMode = "disable"
+		c.ServerTLSMode = "prefer"
 	case "disable", "prefer", "require", "verify-ca", "verify-full":
 	default:
 		return c, fmt.Errorf("pool: server_tls_sslmode %q: want disable, prefer, require, verify-ca or verify-full", c.ServerTLSMode)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -63,13 +64,23 @@ func (m *msgReader) whole(n int) ([]byte, error) {
 		_, _ = m.r.Discard(total)
 		return b, nil
 	}
-	if cap(m.big) < total || cap(m.big) > 4*maxSmallKeep && total <= maxSmallKeep {
-		m.big = make([]byte, total)
+	// The length is the peer's claim: the buffer grows with the bytes that arrive, so a
+	// header announcing a gigabyte costs memory only once the gigabyte is sent.
+	b := m.big[:0]
+	if cap(b) > 4*maxSmallKeep && total <= maxSmallKeep {
+		b = nil
 	}
-	b := m.big[:total]
-	if _, err := io.ReadFull(m.r, b); err != nil {
-		return nil, noEOF(err)
+	for len(b) < total {
+		step := min(total-len(b), max(len(b), bufSize))
+		b = slices.Grow(b, step)
+		n, err := io.ReadFull(m.r, b[len(b):len(b)+step])
+		b = b[:len(b)+n]
+		if err != nil {
+			m.big = b[:0]
+			return nil, noEOF(err)
+		}
 	}
+	m.big = b
 	return b, nil
 }
 

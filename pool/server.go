@@ -3,6 +3,7 @@ package pool
 import (
 	"bufio"
 	"context"
+	"crypto/subtle"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -117,7 +118,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 
 // apply installs a validated configuration (auth file and TLS files are re-read).
 func (s *Server) apply(cfg Config) error {
-	af, err := loadAuthFile(cfg.AuthFile)
+	af, err := loadAuthFile(cfg.AuthFile, s.log)
 	if err != nil {
 		return fmt.Errorf("pool: %w", err)
 	}
@@ -861,18 +862,40 @@ func (s *Server) cancel(ctx context.Context, pid uint32, secret []byte) {
 	s.mu.Lock()
 	sess := s.sessions[pid]
 	s.mu.Unlock()
-	if sess == nil || len(secret) != 4 || u32(nil, sess.secret)[0] != secret[0] || string(u32(nil, sess.secret)) != string(secret) {
+	if sess == nil || len(secret) != 4 || subtle.ConstantTimeCompare(u32(nil, sess.secret), secret) != 1 {
 		return
 	}
+	// No lock is held while dialling or waiting for the server: the event loop and every
+	// listing take sess.mu, and a cancel can take seconds.
 	sess.mu.Lock()
-	defer sess.mu.Unlock() // the server connection cannot change hands meanwhile
 	sc := sess.sc
+	sess.mu.Unlock()
 	if sc == nil || sc.pid == 0 {
 		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := cancelServer(cctx, sc.pool.key.host, sc.pool.key.port, sc.pid, sc.secret); err != nil {
+	conn, err := dialCancel(cctx, sc.pool.key.host, sc.pool.key.port)
+	if err != nil {
 		s.log.Warn("cancel request", "err", err)
+		return
 	}
+	defer conn.Close()
+	// The request goes out only while the session still holds that server connection: in
+	// transaction mode it may have passed to another client during the dial, whose query
+	// is not this client's to cancel. The write does not wait on the server.
+	sess.mu.Lock()
+	still := sess.sc == sc
+	if still {
+		err = writeCancel(conn, sc.pid, sc.secret)
+	}
+	sess.mu.Unlock()
+	if !still {
+		return
+	}
+	if err != nil {
+		s.log.Warn("cancel request", "err", err)
+		return
+	}
+	awaitCancel(conn)
 }

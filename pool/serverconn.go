@@ -237,23 +237,43 @@ func serverTLS(conn net.Conn, cfg *Config, host string) (net.Conn, error) {
 		}
 		return nil, fmt.Errorf("server %s does not support TLS (server_tls_sslmode %s)", host, cfg.ServerTLSMode)
 	}
+	tc, err := serverTLSConfig(cfg, host)
+	if err != nil {
+		return nil, err
+	}
+	t := tls.Client(conn, tc)
+	if err := t.Handshake(); err != nil {
+		return nil, fmt.Errorf("TLS to %s: %w", host, err)
+	}
+	return t, nil
+}
+
+// serverTLSConfig is the TLS configuration towards server host under server_tls_sslmode
+// (not disable): prefer and require encrypt without checking the certificate, as libpq's
+// modes of the same names do; verify-ca checks the chain, verify-full also the host name.
+func serverTLSConfig(cfg *Config, host string) (*tls.Config, error) {
 	tc := &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
 	switch cfg.ServerTLSMode {
 	case "prefer", "require":
 		tc.InsecureSkipVerify = true
 	case "verify-ca", "verify-full":
-		pool := x509.NewCertPool()
 		if cfg.ServerTLSCAFile != "" {
 			pem, err := os.ReadFile(cfg.ServerTLSCAFile)
 			if err != nil {
 				return nil, fmt.Errorf("server_tls_ca_file: %w", err)
 			}
-			pool.AppendCertsFromPEM(pem)
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("server_tls_ca_file %s: no PEM certificate in it", cfg.ServerTLSCAFile)
+			}
 			tc.RootCAs = pool
 		}
 		if cfg.ServerTLSMode == "verify-ca" {
 			tc.InsecureSkipVerify = true
 			tc.VerifyConnection = func(cs tls.ConnectionState) error {
+				if len(cs.PeerCertificates) == 0 {
+					return errors.New("the server sent no certificate")
+				}
 				opts := x509.VerifyOptions{Roots: tc.RootCAs, Intermediates: x509.NewCertPool()}
 				for _, c := range cs.PeerCertificates[1:] {
 					opts.Intermediates.AddCert(c)
@@ -263,15 +283,26 @@ func serverTLS(conn net.Conn, cfg *Config, host string) (net.Conn, error) {
 			}
 		}
 	}
-	t := tls.Client(conn, tc)
-	if err := t.Handshake(); err != nil {
-		return nil, fmt.Errorf("TLS to %s: %w", host, err)
-	}
-	return t, nil
+	return tc, nil
 }
 
 // cancelServer sends a CancelRequest for the backend (pid, secret) at host:port.
 func cancelServer(ctx context.Context, host string, port int, pid uint32, secret []byte) error {
+	conn, err := dialCancel(ctx, host, port)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := writeCancel(conn, pid, secret); err != nil {
+		return err
+	}
+	awaitCancel(conn)
+	return nil
+}
+
+// dialCancel opens the connection a CancelRequest goes over. It is the slow part of a cancel
+// (a server far away or overloaded), so callers hold no lock while it runs.
+func dialCancel(ctx context.Context, host string, port int) (net.Conn, error) {
 	d := net.Dialer{}
 	network, addr := "tcp", net.JoinHostPort(host, strconv.Itoa(port))
 	if len(host) > 0 && host[0] == '/' {
@@ -279,17 +310,29 @@ func cancelServer(ctx context.Context, host string, port int, pid uint32, secret
 	}
 	conn, err := d.DialContext(ctx, network, addr)
 	if err != nil {
+		return nil, fmt.Errorf("cancel: %w", err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	return conn, nil
+}
+
+// writeCancel sends the CancelRequest on a fresh connection: sixteen bytes into an empty
+// socket buffer, which does not wait on the server.
+func writeCancel(conn net.Conn, pid uint32, secret []byte) error {
+	_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+	if _, err := conn.Write(appendMsg(nil, &pgproto3.CancelRequest{ProcessID: pid, SecretKey: secret})); err != nil {
 		return fmt.Errorf("cancel: %w", err)
 	}
-	defer conn.Close()
-	msg := appendMsg(nil, &pgproto3.CancelRequest{ProcessID: pid, SecretKey: secret})
-	if _, err := conn.Write(msg); err != nil {
-		return fmt.Errorf("cancel: %w", err)
-	}
-	// The server closes the connection once it has read the request.
+	return nil
+}
+
+// awaitCancel waits for the server to close the connection, which it does once it has read
+// the request (or the deadline passes).
+func awaitCancel(conn net.Conn) {
 	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	_, _ = io.Copy(io.Discard, conn)
-	return nil
 }
 
 // alive probes an idle connection without blocking: a closed or chattering server

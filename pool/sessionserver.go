@@ -350,10 +350,14 @@ func (s *session) cleanup() {
 			}
 		case goneCancel:
 			// cancel what runs, then reset at ReadyForQuery
+			// (dialled without holding mu, which the server loop needs to finish)
 			if sc.pid != 0 {
-				cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				_ = cancelServer(cctx, sc.pool.key.host, sc.pool.key.port, sc.pid, sc.secret)
-				cancel()
+				host, port, pid, secret := sc.pool.key.host, sc.pool.key.port, sc.pid, sc.secret
+				go func() {
+					cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					defer cancel()
+					_ = cancelServer(cctx, host, port, pid, secret)
+				}()
 			}
 			_ = sc.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 		default:

@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -463,4 +465,23 @@ func TestSessionSetsAreTheSettingsAClientKeeps(t *testing.T) {
 			t.Errorf("sessionSets(%q) = %q, want %q", q, g, want)
 		}
 	}
+}
+
+func TestAuthFileOthersCanReadIsRefusedSayingTheChmod(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "userlist.txt")
+	if err := os.WriteFile(p, []byte(`"alice" "pw"`+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Listen: "127.0.0.1:0", AuthFile: p, Cluster: cluster.Config{Nodes: []cluster.NodeConfig{{Host: "127.0.0.1", Port: 1}}}}
+	if _, err := New(cfg, nil); err == nil || !strings.Contains(err.Error(), "chmod 600 "+p) {
+		t.Fatalf("a 0644 auth_file: %v, want a refusal saying the chmod", err)
+	}
+	if err := os.Chmod(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, nil)
+	if err != nil {
+		t.Fatalf("a 0600 auth_file: %v", err)
+	}
+	s.closeListeners()
 }

@@ -635,7 +635,11 @@ func (x *executor) writeBundle(ctx context.Context, b bundleRef, pieces []piece)
 			}
 			crc = crc32.Update(crc, castagnoli, chunk)
 			if _, err := fh.WriteAt(chunk, fileOff); err != nil {
-				return fmt.Errorf("write %s: %w", p, err)
+				// err names the file already ("write <path>: ...")
+				if errors.Is(err, syscall.ENOSPC) {
+					return fmt.Errorf("%w: the filesystem is full; make room and run the same restore with --delta, which keeps the files already written", err)
+				}
+				return err
 			}
 			fileOff += int64(len(chunk))
 			left -= int64(len(chunk))

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what pgharbor's tests and demo need on a fresh Debian machine, and nothing twice:
 # PostgreSQL 15 (server binaries), the clients the pool tests drive, headless Chromium and a
-# font for the server's status-page test, and the storage servers the S3 and GCS tests start
-# (built with go install at pinned versions, cached in ~/go/bin).
+# font for the server's status-page test, libfaketime (a PostgreSQL with a clock of its own),
+# and the storage servers the S3 and GCS tests start (built with go install at pinned
+# versions, cached in ~/go/bin).
 set -euo pipefail
 
 need_pkgs=()
-for p in postgresql-15 pgbouncer python3-psycopg2 libpostgresql-jdbc-java chromium fonts-dejavu-core; do
+for p in postgresql-15 pgbouncer python3-psycopg2 libpostgresql-jdbc-java chromium fonts-dejavu-core faketime; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 command -v java >/dev/null 2>&1 || need_pkgs+=(default-jre-headless) # the JDBC client test

@@ -26,42 +26,78 @@ type VersityServer struct {
 
 // StartVersity starts a Versity S3 gateway on a free loopback port over a fresh temp
 // directory and stops it when the test ends. It has no buckets; create them with the S3 API.
-func StartVersity(t testing.TB) VersityServer {
+func StartVersity(t testing.TB) VersityServer { return StartVersityProcess(t).VersityServer }
+
+// Versity is a running Versity gateway whose process a test can kill and start again, on
+// the same port over the same data, to see what clients do when the server dies.
+type Versity struct {
+	VersityServer
+	t      testing.TB
+	bin    string
+	addr   string
+	cmd    *exec.Cmd
+	exited chan struct{}
+	out    *lockedBuffer
+}
+
+// StartVersityProcess is StartVersity for tests that kill the server (Kill, Restart).
+func StartVersityProcess(t testing.TB) *Versity {
 	t.Helper()
 	bin := FindBinary(t, "versitygw", VersityInstall)
-	srv := VersityServer{
+	v := &Versity{VersityServer: VersityServer{
 		AccessKey: "pgharbor-test-access",
 		SecretKey: "pgharbor-test-secret-key",
 		Dir:       filepath.Join(t.TempDir(), "posix"),
-	}
-	if err := os.MkdirAll(srv.Dir, 0o755); err != nil {
+	}, t: t, bin: bin, out: &lockedBuffer{}}
+	if err := os.MkdirAll(v.Dir, 0o755); err != nil {
 		t.Fatalf("versitygw: %v", err)
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
-	srv.Endpoint = "http://" + addr
+	v.addr = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	v.Endpoint = "http://" + v.addr
+	v.start()
+	t.Cleanup(v.Kill)
+	return v
+}
 
-	cmd := exec.Command(bin, "--port", addr, "--quiet", "posix", srv.Dir)
-	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+srv.AccessKey, "ROOT_SECRET_KEY="+srv.SecretKey)
-	out := &lockedBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
+func (v *Versity) start() {
+	v.t.Helper()
+	cmd := exec.Command(v.bin, "--port", v.addr, "--quiet", "posix", v.Dir)
+	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+v.AccessKey, "ROOT_SECRET_KEY="+v.SecretKey)
+	cmd.Stdout, cmd.Stderr = v.out, v.out
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start versitygw: %v", err)
+		v.t.Fatalf("start versitygw: %v", err)
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-	if err := WaitTCP(addr, 10*time.Second); err != nil {
-		t.Fatalf("versitygw did not come up: %v\noutput:\n%s", err, out.String())
+	v.cmd, v.exited = cmd, exited
+	if err := WaitTCP(v.addr, 10*time.Second); err != nil {
+		v.t.Fatalf("versitygw did not come up: %v\noutput:\n%s", err, v.out.String())
 	}
 	select {
 	case <-exited:
-		t.Fatalf("versitygw exited at startup:\n%s", out.String())
+		v.t.Fatalf("versitygw exited at startup:\n%s", v.out.String())
 	default:
 	}
-	return srv
+}
+
+// Kill ends the server process with SIGKILL (no clean shutdown) and waits for it to exit.
+func (v *Versity) Kill() {
+	if v.cmd == nil {
+		return
+	}
+	_ = v.cmd.Process.Kill()
+	<-v.exited
+	v.cmd = nil
+}
+
+// Restart starts the server again on the same address over the same data; it must have
+// been killed.
+func (v *Versity) Restart() {
+	v.t.Helper()
+	if v.cmd != nil {
+		v.t.Fatal("versitygw: Restart while it runs")
+	}
+	v.start()
 }
 
 // lockedBuffer collects a child's output while the test may read it.
