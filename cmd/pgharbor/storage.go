@@ -58,7 +58,13 @@ func (a *app) openBackend(ctx context.Context) (storage.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	return retry.New(b, retry.Policy{Logger: a.logger}), nil
+	p := retry.Policy{Logger: a.logger}
+	if u.Scheme == "s3" || u.Scheme == "gs" || u.Scheme == "gcs" {
+		// An object store that restarts or fails over is away for seconds: enough attempts
+		// for the backoff to span about ten seconds on average (at most about twenty).
+		p.Attempts = 8
+	}
+	return retry.New(b, p), nil
 }
 
 // codecConfig turns the encryption and compression settings into a codec.Config.

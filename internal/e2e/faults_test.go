@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -60,33 +59,19 @@ func TestS3ServerKilledDuringBackupAndWALPush(t *testing.T) {
 	if b.d < killedAt {
 		t.Fatalf("the backup ended (%s) before the server was killed (%s): the test proved nothing; make the cluster bigger", b.d, killedAt)
 	}
-	var info struct {
-		Backups []struct {
-			Label string `json:"label"`
-		} `json:"backups"`
-		Incomplete []struct {
-			Label string `json:"label"`
-		} `json:"incomplete"`
-	}
-	infoJSON := func() {
-		out := e.must("info", "--output", "json")
-		if err := json.Unmarshal([]byte(out), &info); err != nil {
-			t.Fatalf("info --output json: %v\n%s", err, out)
-		}
-	}
-	infoJSON()
+	info := e.info()
 	if b.r.code == 0 {
 		t.Logf("backup completed through the outage in %s (killed at %s)", b.d, killedAt)
-		if len(info.Backups) != 1 {
-			t.Fatalf("a completed backup, but info lists %d", len(info.Backups))
+		if len(info.Catalog.Backups) != 1 {
+			t.Fatalf("a completed backup, but info lists %d", len(info.Catalog.Backups))
 		}
 	} else {
 		t.Logf("backup failed after %s (killed at %s): %s", b.d, killedAt, strings.TrimSpace(b.r.stderr))
 		if !strings.Contains(b.r.stderr, "connect") && !strings.Contains(b.r.stderr, "refused") && !strings.Contains(b.r.stderr, "EOF") && !strings.Contains(b.r.stderr, "reset") {
 			t.Fatalf("the failed backup does not say that the storage server went away:\n%s", b.r.stderr)
 		}
-		if len(info.Backups) != 0 {
-			t.Fatalf("a failed backup is listed as complete: %+v", info.Backups)
+		if len(info.Catalog.Backups) != 0 {
+			t.Fatalf("a failed backup is listed as complete: %+v", info.Catalog.Backups)
 		}
 		e.must("backup", "cleanup")
 		e.must("backup", "--conn", pg.ConnString("postgres"), "--method", "stream")
