@@ -1,0 +1,155 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgharbor/pgharbor/wal"
+)
+
+// standbyBackup is the JSON of `backup --output json` that this test reads.
+type standbyBackup struct {
+	Label        string `json:"label"`
+	Method       string `json:"method"`
+	From         string `json:"from"`
+	Timeline     uint32 `json:"timeline"`
+	StopTimeline uint32 `json:"stop_timeline"`
+	StartLSN     string `json:"start_lsn"`
+	StopLSN      string `json:"stop_lsn"`
+}
+
+// A streaming standby of a primary that archives through pgharbor is backed up with both
+// methods while pgbench writes to the primary (the local one with --primary, so the
+// primary switches WAL at the end; the stream one without, waiting for the primary's
+// archive_timeout). The primary takes no checkpoint for them. Both backups restore to a
+// time after them with exactly the data the primary had then, and verify passes. Wrong
+// inputs are refused with a clear message and leave no backup behind.
+func TestBackupFromStandbyBothMethodsRestoreToTimeTarget(t *testing.T) {
+	e := newEnv(t, "", "backup:\n  from: standby\n")
+	pg := e.startPrimary(map[string]string{"archive_timeout": "'3s'"})
+	pg.Pgbench(t, "postgres", "-i", "-s", "2", "-q")
+	pg.Exec(t, "CREATE TABLE marks (k int PRIMARY KEY)")
+	e.must("repo", "init")
+	sb := pg.StartStandby(t)
+	defer sb.Stop(t, "immediate")
+	pg.WaitReplay(t, sb)
+	primary, standbyConn := pg.ConnString("postgres"), sb.ConnString("postgres")
+
+	t.Run("refused", func(t *testing.T) {
+		cases := []struct {
+			name string
+			args []string
+			want string
+		}{
+			{"from-standby at the primary", []string{"--conn", primary}, "--from-standby: the server is not a standby (pg_is_in_recovery() is false)"},
+			{"standby without from-standby", []string{"--conn", standbyConn, "--from-standby=false"}, "the server is a standby (pg_is_in_recovery() is true): give --from-standby"},
+			{"primary that is a standby", []string{"--conn", standbyConn, "--primary", standbyConn}, "--primary: that server is a standby too"},
+		}
+		for _, c := range cases {
+			r := e.run(append([]string{"backup"}, c.args...)...)
+			if r.code == 0 || !strings.Contains(r.stderr, c.want) {
+				t.Errorf("%s: exit %d, stderr %q; want an error with %q", c.name, r.code, r.stderr, c.want)
+			}
+			t.Logf("%s: %s", c.name, strings.TrimSpace(r.stderr))
+		}
+		// The primary's archiver fails: the standby's backup cannot become consistent from
+		// the repository, waits its bound saying why, and fails.
+		pg.Exec(t, "ALTER SYSTEM SET archive_command = 'false'")
+		pg.Exec(t, "SELECT pg_reload_conf()")
+		time.Sleep(500 * time.Millisecond)
+		// New WAL in a segment the archiver cannot push, replayed by the standby: the
+		// backup's stop position lies there.
+		pg.Exec(t, "SELECT pg_switch_wal()")
+		pg.Pgbench(t, "postgres", "-n", "-c", "1", "-t", "50")
+		pg.WaitReplay(t, sb)
+		t0 := time.Now()
+		r := e.run("backup", "--conn", standbyConn, "--method", "stream", "--archive-timeout", "6s")
+		want := "a backup from a standby waits for the primary to archive segment"
+		if r.code == 0 || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "waiting for the primary to archive the backup's WAL") {
+			t.Errorf("archive failing: exit %d, stderr %q; want the waiting message and an error with %q", r.code, r.stderr, want)
+		}
+		t.Logf("archive failing (%.1f s): %s", time.Since(t0).Seconds(), lastLine(r.stderr))
+		pg.Exec(t, "ALTER SYSTEM RESET archive_command")
+		pg.Exec(t, "SELECT pg_reload_conf()")
+		if n := len(e.info().Catalog.Backups); n != 0 {
+			t.Fatalf("refused backups left %d backups in the repository", n)
+		}
+	})
+	waitArchived(t, pg)
+
+	load := pg.Command("pgbench", "-n", "-c", "2", "-T", "600", "postgres")
+	if err := load.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopLoad := func() {
+		if load.Process != nil {
+			load.Process.Signal(os.Interrupt)
+			load.Wait()
+			load.Process = nil
+		}
+	}
+	defer stopLoad()
+	checkpoints := func() string {
+		return pg.QueryString(t, "postgres", "SELECT checkpoints_req::text FROM pg_stat_bgwriter")
+	}
+	ckptBefore := checkpoints()
+	time.Sleep(time.Second)
+	backupOf := func(args ...string) standbyBackup {
+		t.Helper()
+		t0 := time.Now()
+		out := e.must(append([]string{"backup", "--conn", standbyConn, "--output", "json"}, args...)...)
+		var b standbyBackup
+		if err := json.Unmarshal([]byte(out), &b); err != nil {
+			t.Fatalf("backup output %q: %v", out, err)
+		}
+		t.Logf("backup %s from the standby by %s under load: %.1f s, WAL %s..%s timeline %d", b.Label, b.Method, time.Since(t0).Seconds(), b.StartLSN, b.StopLSN, b.Timeline)
+		return b
+	}
+	local := backupOf("--method", "local", "--primary", primary)
+	time.Sleep(time.Second)
+	stream := backupOf("--method", "stream")
+	for _, b := range []struct {
+		standbyBackup
+		method string
+	}{{local, "local"}, {stream, "stream"}} {
+		start, err1 := wal.ParseLSN(b.StartLSN)
+		stop, err2 := wal.ParseLSN(b.StopLSN)
+		if err1 != nil || err2 != nil || stop <= start || b.Method != b.method || b.From != "standby" || b.Timeline != 1 || b.StopTimeline != 1 {
+			t.Fatalf("backup summary %+v: want method %s, from standby, timeline 1, stop after start", b.standbyBackup, b.method)
+		}
+	}
+	time.Sleep(time.Second)
+	stopLoad()
+	if got := checkpoints(); got != ckptBefore {
+		t.Errorf("the primary ran %s requested checkpoints during the standby's backups (before %s): the backups touched the primary", got, ckptBefore)
+	}
+	if n := pg.QueryString(t, "postgres", "SELECT count(*)::text FROM pgbench_history"); n == "0" {
+		t.Fatal("pgbench wrote nothing: the test would prove little")
+	}
+	p1 := markPoint(t, pg, 1)
+	pg.Pgbench(t, "postgres", "-n", "-c", "2", "-t", "100")
+	markPoint(t, pg, 2)
+	waitArchived(t, pg)
+
+	for _, b := range []standbyBackup{local, stream} {
+		t.Run(b.Method, func(t *testing.T) {
+			e.must("verify", "--backup", b.Label)
+			c := e.restoreStarted(pg, "--backup", b.Label, "--target-time", p1.time.Format(time.RFC3339Nano), "--target-action", "promote")
+			if got := snapshot(t, c.ConnString("postgres")); got != p1.snap {
+				t.Fatalf("restore of the standby's %s backup to point 1: %s, want %s", b.Method, got, p1.snap)
+			}
+			if _, err := os.Stat(filepath.Join(c.DataDir, "standby.signal")); err == nil {
+				t.Fatal("the restored cluster has the standby's standby.signal")
+			}
+		})
+	}
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
