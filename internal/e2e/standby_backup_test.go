@@ -153,3 +153,48 @@ func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
 }
+
+// After a failover the standby that was promoted is the primary of timeline 2 and archives
+// into the same repository; a standby of it is backed up there, on timeline 2, and that
+// backup restores to a time target with the data of that moment (recovery reads timeline 2's
+// history from the repository).
+func TestBackupFromStandbyOnNewTimelineAfterPromotion(t *testing.T) {
+	e := newEnv(t, "", "")
+	old := e.startPrimary(nil)
+	old.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
+	old.Exec(t, "CREATE TABLE marks (k int PRIMARY KEY)")
+	e.must("repo", "init")
+	e.must("backup", "--conn", old.ConnString("postgres"))
+	promoted := old.StartStandby(t)
+	defer promoted.Stop(t, "immediate")
+	old.Pgbench(t, "postgres", "-n", "-c", "1", "-t", "100")
+	old.WaitReplay(t, promoted)
+	waitArchived(t, old)
+	old.Stop(t, "fast")
+	promoted.Exec(t, "SELECT pg_promote()")
+	promoted.Exec(t, "CHECKPOINT")
+	if tli := promoted.QueryString(t, "postgres", "SELECT timeline_id::text FROM pg_control_checkpoint()"); tli != "2" {
+		t.Fatalf("the promoted standby is on timeline %s, want 2", tli)
+	}
+	sb := promoted.StartStandby(t)
+	defer sb.Stop(t, "immediate")
+	promoted.Pgbench(t, "postgres", "-n", "-c", "2", "-t", "200")
+	promoted.WaitReplay(t, sb)
+
+	out := e.must("backup", "--conn", sb.ConnString("postgres"), "--from-standby", "--primary", promoted.ConnString("postgres"), "--output", "json")
+	var b standbyBackup
+	if err := json.Unmarshal([]byte(out), &b); err != nil {
+		t.Fatalf("backup output %q: %v", out, err)
+	}
+	if b.From != "standby" || b.Timeline != 2 || b.StopTimeline != 2 {
+		t.Fatalf("backup from the standby of the promoted primary: %+v, want from standby on timeline 2", b)
+	}
+	promoted.Pgbench(t, "postgres", "-n", "-c", "2", "-t", "100")
+	p1 := markPoint(t, promoted, 1)
+	promoted.Pgbench(t, "postgres", "-n", "-c", "2", "-t", "100")
+	waitArchived(t, promoted)
+	c := e.restoreStarted(promoted, "--backup", b.Label, "--target-time", p1.time.Format(time.RFC3339Nano), "--target-action", "promote")
+	if got := snapshot(t, c.ConnString("postgres")); got != p1.snap {
+		t.Fatalf("restore of the timeline-2 standby backup to point 1: %s, want %s", got, p1.snap)
+	}
+}
