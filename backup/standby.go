@@ -149,15 +149,21 @@ func (s *standby) switchPrimary(ctx context.Context, src *source, segSize int64,
 	if err != nil {
 		return err
 	}
-	var cur string
-	var tli uint32
-	if err := s.primary.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text, timeline_id FROM pg_control_checkpoint()").Scan(&cur, &tli); err != nil {
+	// The timeline the primary writes on is in the name of its current segment: that is
+	// the live value, where pg_control's lags behind a promotion until the next checkpoint.
+	var cur, file string
+	if err := s.primary.QueryRow(ctx, "SELECT l::text, pg_walfile_name(l) FROM pg_current_wal_lsn() l").Scan(&cur, &file); err != nil {
 		return fmt.Errorf("--primary: read the primary's WAL position: %w", err)
 	}
 	lsn, err := wal.ParseLSN(cur)
 	if err != nil {
 		return fmt.Errorf("--primary: WAL position %q: %w", cur, err)
 	}
+	cs, err := wal.ParseSegmentName(file, segSize)
+	if err != nil {
+		return fmt.Errorf("--primary: current segment %q: %w", file, err)
+	}
+	tli := uint32(cs.TLI)
 	if tli != src.stopTLI {
 		// The segment was finished on the old timeline by the promotion that began the
 		// primary's (the new primary archives it as a .partial, and recovery follows the
