@@ -10,6 +10,9 @@
                           started and ended in between (a walsender, a checkpoint's backend).
                           read_bytes is what reached the block device (page cache misses);
                           rchar every byte returned by read(2) and friends, cache or not.
+  replib.py load PID DUMP also writes "pid ticks cmdline" per process of the tree into DUMP.
+  replib.py top A B       the processes whose CPU grew most between dumps A and B (new ones in
+                          full; the postmaster's line includes what it reaped).
   replib.py report RAW    the tables (medians, each round, ratios) from RAW lines
                           "part metric tool round value".
 """
@@ -36,8 +39,17 @@ def proc_io(pid):
     return out
 
 
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
 def cmd_load(argv):
     root = int(argv[0])
+    dump = open(argv[1], "w") if len(argv) > 1 else None
     parent = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -65,10 +77,24 @@ def cmd_load(argv):
         if pid == root:
             ticks += int(st[13]) + int(st[14])
         cpu += ticks
+        if dump:
+            dump.write(f"{pid} {ticks} {cmdline(pid)}\n")
         rb += io["read_bytes"]
         rc += io["rchar"]
         todo.extend(children.get(pid, []))
     print(f"{cpu / TICK:.2f} {rb} {rc}")
+
+
+def cmd_top(argv):
+    def read(p):
+        out = {}
+        for line in open(p):
+            pid, ticks, cmd = (line.rstrip("\n").split(" ", 2) + [""])[:3]
+            out[pid] = (int(ticks), cmd)
+        return out
+    a, b = read(argv[0]), read(argv[1])
+    rows = sorted(((t - a.get(pid, (0, ""))[0], pid, cmd) for pid, (t, cmd) in b.items()), reverse=True)
+    print("; ".join(f"{d / TICK:.2f} s {cmd[:60]}" for d, pid, cmd in rows[:4] if d > 0))
 
 
 def fmt(v):
@@ -131,4 +157,4 @@ def cmd_report(argv):
 
 
 if __name__ == "__main__":
-    {"load": cmd_load, "report": cmd_report}[sys.argv[1]](sys.argv[2:])
+    {"load": cmd_load, "top": cmd_top, "report": cmd_report}[sys.argv[1]](sys.argv[2:])

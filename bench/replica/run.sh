@@ -272,11 +272,11 @@ measure() { # measure PART TOOL
 	as_pg mkdir -p "$WORK/sock-$t"
 	sync
 	python3 "$WORK/benchlib.py" evict "$PGDATA" "$WORK/pgh-repo" "$WORK/pgbr-repo" >/dev/null 2>&1 || true
-	a=$(python3 "$WORK/replib.py" load "$(primary_pid)")
+	a=$(python3 "$WORK/replib.py" load "$(primary_pid)" "$WORK/logs/procs-a")
 	t0=$(now)
 	run_tool "$part" "$t"
 	t1=$(now)
-	b=$(python3 "$WORK/replib.py" load "$(primary_pid)")
+	b=$(python3 "$WORK/replib.py" load "$(primary_pid)" "$WORK/logs/procs-b")
 	read -r ca ra xa <<<"$a"
 	read -r cb rb xb <<<"$b"
 	local wall cpu
@@ -286,7 +286,7 @@ measure() { # measure PART TOOL
 	echo "$part cpu $t $r $cpu" >>"$RAW"
 	echo "$part read $t $r $((rb - ra))" >>"$RAW"
 	echo "$part rchar $t $r $((xb - xa))" >>"$RAW"
-	log "$part $t: $wall s, primary CPU $cpu s, read_bytes $(((rb - ra) >> 20)) MiB, rchar $(((xb - xa) >> 20)) MiB"
+	log "$part $t: $wall s, primary CPU $cpu s, read_bytes $(((rb - ra) >> 20)) MiB, rchar $(((xb - xa) >> 20)) MiB; primary CPU by process: $(python3 "$WORK/replib.py" top "$WORK/logs/procs-a" "$WORK/logs/procs-b")"
 	stop_dir "$WORK/sb-$t" fast
 }
 
