@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgharbor/pgharbor/internal/pgtest"
 	"github.com/pgharbor/pgharbor/wal"
 )
 
@@ -138,6 +139,16 @@ func TestBackupFromStandbyBothMethodsRestoreToTimeTarget(t *testing.T) {
 	for _, b := range []standbyBackup{local, stream} {
 		t.Run(b.Method, func(t *testing.T) {
 			e.must("verify", "--backup", b.Label)
+			// The restored files match the backup's PostgreSQL manifest, and the standby's
+			// standby.signal is not among them.
+			dir := pgtest.MkdirOwned(t, e.cred, "pgharbor-restore-") + "/data"
+			e.must("restore", "--pgdata", dir, "--backup", b.Label, "--target", "immediate", "--no-sync")
+			if out, err := pg.Command("pg_verifybackup", "-n", dir).CombinedOutput(); err != nil || !strings.Contains(string(out), "successfully verified") {
+				t.Fatalf("pg_verifybackup of the restored standby backup: %v\n%s", err, out)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "standby.signal")); !os.IsNotExist(err) {
+				t.Fatalf("the restore of a standby's backup holds standby.signal (%v)", err)
+			}
 			c := e.restoreStarted(pg, "--backup", b.Label, "--target-time", p1.time.Format(time.RFC3339Nano), "--target-action", "promote")
 			if got := snapshot(t, c.ConnString("postgres")); got != p1.snap {
 				t.Fatalf("restore of the standby's %s backup to point 1: %s, want %s", b.Method, got, p1.snap)
