@@ -47,8 +47,8 @@ type Options struct {
 	Method string
 	// DataDir is the data directory for MethodLocal (default: the server's data_directory).
 	DataDir string
-	// FromStandby says the server at ConnString is a standby and is to be backed up as one
-	// (FromStandby in the docs); without it a standby is refused, and with it a primary is.
+	// FromStandby backs up the server at ConnString as a standby (backup.from: standby):
+	// without it a standby is refused, and with it a primary is.
 	FromStandby bool
 	// PrimaryConnString, for a backup from a standby, reaches the standby's primary on a
 	// normal connection. It is used only to check the primary is the standby's and to ask it

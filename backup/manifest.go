@@ -37,10 +37,7 @@ type Summary struct {
 	Label  string `json:"label"`
 	Type   string `json:"type"` // full
 	// Method is how the files were read: stream (BASE_BACKUP) or local (the data directory).
-	Method string `json:"method,omitempty"`
-	// From is where the backup was read: FromPrimary or FromStandby (empty in manifests
-	// written before backups from a standby existed: the primary).
-	From             string    `json:"from,omitempty"`
+	Method           string    `json:"method,omitempty"`
 	SystemIdentifier string    `json:"system_identifier"`
 	PGVersion        int       `json:"pg_version"`
 	WALSegmentSize   int64     `json:"wal_segment_size"`
@@ -67,6 +64,9 @@ type Summary struct {
 	// Tablespaces maps OID to the location the tablespace had on the server.
 	Tablespaces []Tablespace `json:"tablespaces,omitempty"`
 	Duration    float64      `json:"duration_seconds"`
+	// From is where the backup was read: FromPrimary or FromStandby (empty in manifests
+	// written before backups from a standby existed: the primary).
+	From string `json:"from,omitempty"`
 }
 
 // Tablespace is one tablespace of the backed-up cluster.

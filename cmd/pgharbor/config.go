@@ -96,17 +96,14 @@ type PostgresConfig struct {
 
 // BackupConfig tunes base backups.
 type BackupConfig struct {
-	FastCheckpoint *bool  `yaml:"fast_checkpoint"`
-	Method         string `yaml:"method"` // auto, stream or local
-	// From is primary (default) or standby: postgres.conn is a standby to back up.
-	From string `yaml:"from"`
-	// Primary is the conninfo of the standby's primary for a backup from a standby
-	// (optional: pg_switch_wal at the end instead of waiting for the segment).
-	Primary      string        `yaml:"primary"`
-	Workers      int           `yaml:"workers"`
-	Uploads      int           `yaml:"uploads"`
-	BundleSizeMB int           `yaml:"bundle_size_mb"`
-	LockTimeout  time.Duration `yaml:"lock_timeout"`
+	FastCheckpoint *bool         `yaml:"fast_checkpoint"`
+	Method         string        `yaml:"method"` // auto, stream or local
+	Workers        int           `yaml:"workers"`
+	Uploads        int           `yaml:"uploads"`
+	BundleSizeMB   int           `yaml:"bundle_size_mb"`
+	LockTimeout    time.Duration `yaml:"lock_timeout"`
+	From           string        `yaml:"from"`    // primary (default), or standby: postgres.conn is a standby to back up there
+	Primary        string        `yaml:"primary"` // with from: standby, the standby's primary, asked to pg_switch_wal at the end
 }
 
 // WALConfig tunes archive push and fetch, and the WAL receiver.
