@@ -47,6 +47,14 @@ type Options struct {
 	Method string
 	// DataDir is the data directory for MethodLocal (default: the server's data_directory).
 	DataDir string
+	// FromStandby backs up the server at ConnString as a standby (backup.from: standby):
+	// without it a standby is refused, and with it a primary is.
+	FromStandby bool
+	// PrimaryConnString, for a backup from a standby, reaches the standby's primary on a
+	// normal connection. It is used only to check the primary is the standby's and to ask it
+	// to switch WAL (pg_switch_wal) at the end, so the backup need not wait for the segment
+	// to fill or for archive_timeout. Optional.
+	PrimaryConnString string
 	// Progress, when set, is called with bytes read so far and the estimated total.
 	Progress func(done, total int64)
 	Logger   *slog.Logger
@@ -131,9 +139,11 @@ func Run(ctx context.Context, r *repo.Repo, o Options) (*Summary, error) {
 	if err != nil {
 		return nil, err
 	}
-	if facts.inRecover {
-		return nil, errors.New("the server is a standby: backup from a standby is not supported yet; point postgres.conn at the primary")
+	sb, err := checkSource(ctx, conn, facts, o)
+	if err != nil {
+		return nil, err
 	}
+	defer sb.close()
 	id, err := r.Attach(ctx, repo.Identity{SystemIdentifier: facts.systemID, PGVersion: facts.version, WALSegmentSize: facts.segSize})
 	if err != nil {
 		return nil, err
@@ -159,7 +169,7 @@ func Run(ctx context.Context, r *repo.Repo, o Options) (*Summary, error) {
 	}
 	defer lock.Release(context.Background())
 
-	sum, err := run(ctx, r, o, label, start, facts, id, conn)
+	sum, err := run(ctx, r, o, label, start, facts, id, conn, sb)
 	if err != nil {
 		cleanup(r, label, o.Logger)
 		return nil, fmt.Errorf("backup %s failed: %w", label, err)
@@ -221,7 +231,7 @@ type source struct {
 	checksumFailures  int // data pages whose checksum failed (local backups of clusters with data checksums)
 }
 
-func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.Time, facts serverFacts, id repo.Identity, conn *pgx.Conn) (*Summary, error) {
+func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.Time, facts serverFacts, id repo.Identity, conn *pgx.Conn, sb *standby) (*Summary, error) {
 	// The times recorded are the server's: restore compares them with --target-time, which
 	// users take from the server (commit times are the server's), and the host running the
 	// backup may be minutes off.
@@ -242,6 +252,10 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 			method = MethodStream
 		}
 	}
+	from := FromPrimary
+	if sb != nil {
+		from = FromStandby
+	}
 	b, err := chooseBase(ctx, r, o.Type, facts, o.ChecksumAll, o.FullAfter, start, o.Logger)
 	if err != nil {
 		return nil, err
@@ -250,7 +264,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	if b != nil {
 		typ, parent = o.Type, b.label
 	}
-	o.Logger.Info("backup starting", "label", label, "type", typ, "parent", parent, "method", method, "repository", r.Location(BackupPrefix(r, label)))
+	o.Logger.Info("backup starting", "label", label, "type", typ, "parent", parent, "method", method, "from", from, "repository", r.Location(BackupPrefix(r, label)))
 	if b != nil && method == MethodStream {
 		o.Logger.Info("the stream method reads every file in full (BASE_BACKUP sends them all); only the chunks that changed since the parent are stored", "parent", parent)
 	}
@@ -270,6 +284,11 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	if err != nil {
 		return nil, err
 	}
+	if sb != nil {
+		if err := standbyStop(src); err != nil {
+			return nil, err
+		}
+	}
 	if err := p.setDigests(src.files); err != nil {
 		return nil, err
 	}
@@ -282,8 +301,19 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 		return nil, fmt.Errorf("read next transaction id: %w", err)
 	}
 	o.Logger.Debug("backup stopped on the server", "label", label, "seconds", time.Since(start).Seconds())
+	if sb != nil && sb.primary != nil {
+		if err := sb.switchPrimary(ctx, src, facts.segSize, o.Logger); err != nil {
+			return nil, err
+		}
+	}
 	if o.ArchiveCheck != nil {
-		if err := o.ArchiveCheck(ctx, src.startTLI, src.startLSN, src.stopLSN, facts.segSize); err != nil {
+		check := o.ArchiveCheck
+		if sb != nil {
+			check = func(ctx context.Context, _ uint32, _, _ string, segSize int64) error {
+				return waitArchived(ctx, o, sb, src, segSize)
+			}
+		}
+		if err := check(ctx, src.startTLI, src.startLSN, src.stopLSN, facts.segSize); err != nil {
 			return nil, fmt.Errorf("WAL needed to make the backup consistent is not in the repository: %w", err)
 		}
 		o.Logger.Debug("backup WAL archived", "label", label, "seconds", time.Since(start).Seconds())
@@ -291,7 +321,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	sum := Summary{
 		Format: ManifestFormat, Label: label, Type: typ, Parent: parent, References: references(files), Reused: p.reused.Load(),
 		SystemIdentifier: facts.systemID, PGVersion: facts.version, WALSegmentSize: facts.segSize,
-		Timeline: src.startTLI, StartLSN: src.startLSN, StopLSN: src.stopLSN, StopTimeline: src.stopTLI, Method: src.method,
+		Timeline: src.startTLI, StartLSN: src.startLSN, StopLSN: src.stopLSN, StopTimeline: src.stopTLI, Method: src.method, From: from,
 		StartTime: serverStart.UTC(), StopTime: stopTime.UTC(), StopNextXID: nextXID,
 		Files: len(files), Bundles: bundles, BundlesUncompressed: int(p.uncompressed.Load()), StoredSize: p.stored.Load(),
 		Encryption: id.Encryption, Tablespaces: src.tablespaces, ChecksumFailures: src.checksumFailures,
@@ -317,7 +347,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 		return nil, fmt.Errorf("store manifest: %w", err)
 	}
 	o.Logger.Info("backup complete", "label", label, "type", sum.Type, "parent", sum.Parent, "size", sum.Size, "stored", sum.StoredSize, "reused", sum.Reused,
-		"files", sum.Files, "bundles", sum.Bundles, "start_lsn", sum.StartLSN, "stop_lsn", sum.StopLSN,
+		"files", sum.Files, "bundles", sum.Bundles, "from", from, "start_lsn", sum.StartLSN, "stop_lsn", sum.StopLSN,
 		"seconds", fmt.Sprintf("%.1f", sum.Duration))
 	return &sum, nil
 }
@@ -389,6 +419,9 @@ func readArchives(bb *baseBackupStream, p *pipeline) ([]File, []byte, error) {
 				return nil, nil, fmt.Errorf("archive %s: %w", name, err)
 			}
 			f := File{Tablespace: ts, Path: path.Clean(strings.TrimSuffix(hdr.Name, "/")), Mode: fs.FileMode(hdr.Mode & 0o7777), ModTime: hdr.ModTime.UTC()}
+			if ts == 0 && signalFiles[f.Path] {
+				continue // the rest of the entry is skipped by the next tr.Next
+			}
 			switch hdr.Typeflag {
 			case tar.TypeDir:
 				f.Type = "dir"
@@ -437,6 +470,11 @@ func crossCheck(files []File, pgManifest []byte) error {
 		want[f.Path] = i
 	}
 	seen := 0
+	for _, f := range m.Files {
+		if signalFiles[f.Path] {
+			seen++ // left out on purpose (signalFiles)
+		}
+	}
 	for _, f := range files {
 		if f.Type != "file" {
 			continue

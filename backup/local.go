@@ -181,6 +181,9 @@ func (w *walker) walk(ts uint32, root, rel string, dbDir bool) error {
 			}
 		}
 		p := path.Join(rel, name)
+		if ts == 0 && signalFiles[p] {
+			continue
+		}
 		if ts == 0 && p == "global/pg_control" {
 			continue // read last, as PostgreSQL does
 		}
@@ -365,6 +368,15 @@ func readLocal(ctx context.Context, conn *pgx.Conn, dir, label string, o Options
 	}
 	// A backup taken on a primary ends on the timeline it started on.
 	res.startTLI, res.stopTLI = uint32(tli), uint32(tli)
+	if facts.inRecover {
+		// On a standby pg_backup_stop returns the minimum recovery point, which lies on the
+		// timeline pg_control gives with it; that timeline only grows, so reading it now
+		// tells whether the backup stayed on the one it began on (standbyStop refuses it
+		// otherwise).
+		if err := conn.QueryRow(ctx, "SELECT min_recovery_end_timeline FROM pg_control_recovery()").Scan(&res.stopTLI); err != nil {
+			return nil, fmt.Errorf("read the standby's minimum recovery point timeline: %w", err)
+		}
+	}
 	// backup_label goes into the backup as BASE_BACKUP sends it; the tablespaces travel as
 	// the pg_tblspc links, so tablespace_map is not needed.
 	lf := File{Path: "backup_label", Type: "file", Mode: 0o600, ModTime: time.Now().UTC().Truncate(time.Second)}

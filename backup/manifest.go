@@ -75,6 +75,9 @@ type Summary struct {
 	// Tablespaces maps OID to the location the tablespace had on the server.
 	Tablespaces []Tablespace `json:"tablespaces,omitempty"`
 	Duration    float64      `json:"duration_seconds"`
+	// From is where the backup was read: FromPrimary or FromStandby (empty in manifests
+	// written before backups from a standby existed: the primary).
+	From string `json:"from,omitempty"`
 }
 
 // Tablespace is one tablespace of the backed-up cluster.

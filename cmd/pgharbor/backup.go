@@ -12,8 +12,8 @@ import (
 )
 
 func newBackupCmd(a *app) *cobra.Command {
-	var fast, noArchiveCheck, checksumAll bool
-	var conn, method, typ string
+	var fast, noArchiveCheck, checksumAll, fromStandby bool
+	var conn, method, typ, primary string
 	var archiveTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "backup",
@@ -30,7 +30,14 @@ read the data directory, it reads the files itself between pg_backup_start and p
 is the server's (postmaster.pid, process parentage, system identifier).
 The pgharbor manifest is written last; a backup without it does not exist for any command.
 The server must archive its WAL with archive_command = 'pgharbor wal push %p': the backup is
-complete only once the WAL that makes it consistent is in the repository.`,
+complete only once the WAL that makes it consistent is in the repository.
+
+With --from-standby (backup.from: standby) postgres.conn is a streaming standby: the backup
+runs pg_backup_start/pg_backup_stop (or BASE_BACKUP) there and reads the standby's files, so
+the primary reads none. The WAL still comes from the primary's archive_command (or a WAL
+receiver); a standby cannot switch WAL segments, so the backup waits, within
+--archive-timeout, for the primary to archive the segment holding its stop position. Give
+--primary CONNINFO (backup.primary) and pgharbor asks the primary to pg_switch_wal() instead.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.Flags().Changed("conn") {
@@ -49,6 +56,12 @@ complete only once the WAL that makes it consistent is in the repository.`,
 			if cmd.Flags().Changed("checksum-all") {
 				req.checksumAll = checksumAll
 			}
+			if cmd.Flags().Changed("from-standby") {
+				req.fromStandby = fromStandby
+			}
+			if cmd.Flags().Changed("primary") {
+				req.primary = primary
+			}
 			req.archiveCheck, req.archiveTimeout = !noArchiveCheck, archiveTimeout
 			bar := a.newProgress("backup")
 			req.progress = bar.update
@@ -62,9 +75,9 @@ complete only once the WAL that makes it consistent is in the repository.`,
 				if sum.Parent != "" {
 					kind += " (parent " + sum.Parent + ", " + humanBytes(sum.Reused) + " unchanged)"
 				}
-				fmt.Fprintf(a.stdout, "backup %s complete: %s, %s in %d files, stored %s (%.0f%%) in %d bundles, %.1f s, %s/s, WAL %s..%s timeline %d\n",
+				fmt.Fprintf(a.stdout, "backup %s complete: %s, %s in %d files, stored %s (%.0f%%) in %d bundles, %.1f s, %s/s, WAL %s..%s timeline %d%s\n",
 					sum.Label, kind, humanBytes(sum.Size), sum.Files, humanBytes(sum.StoredSize), 100*float64(sum.StoredSize)/float64(max(sum.Size, 1)),
-					sum.Bundles, sum.Duration, humanBytes(int64(float64(sum.Size)/max(sum.Duration, 0.001))), sum.StartLSN, sum.StopLSN, sum.Timeline)
+					sum.Bundles, sum.Duration, humanBytes(int64(float64(sum.Size)/max(sum.Duration, 0.001))), sum.StartLSN, sum.StopLSN, sum.Timeline, fromNote(sum.From))
 				if sum.ChecksumFailures > 0 {
 					fmt.Fprintf(a.stdout, "warning: %d data pages failed checksum verification; they are in the backup as read (the log names the files and blocks)\n", sum.ChecksumFailures)
 				}
@@ -76,6 +89,8 @@ complete only once the WAL that makes it consistent is in the repository.`,
 	cmd.Flags().StringVar(&method, "method", backup.MethodAuto, "how to read the cluster: local (read the data directory on this host, between pg_backup_start and pg_backup_stop), stream (BASE_BACKUP over a replication connection), auto (local when the server's data directory is on this host and readable, else stream) (backup.method)")
 	cmd.Flags().StringVar(&typ, "type", backup.TypeFull, "full (every file), incr (the chunks changed since the newest backup) or diff (the chunks changed since the newest full backup) (backup.type)")
 	cmd.Flags().BoolVar(&checksumAll, "checksum-all", false, "with --method local, read and hash every file in a diff or incr backup, instead of taking files whose size and modification time are unchanged from the parent (backup.checksum_all)")
+	cmd.Flags().BoolVar(&fromStandby, "from-standby", false, "the server (--conn) is a standby: back it up there, the primary reads no data file (backup.from: standby)")
+	cmd.Flags().StringVar(&primary, "primary", "", "with --from-standby: connection string of the standby's primary, asked to pg_switch_wal() so the backup need not wait for its last segment (backup.primary)")
 	cmd.Flags().BoolVar(&noArchiveCheck, "no-archive-check", false, "do not wait for the backup's WAL to be in the repository (the backup then needs WAL from elsewhere)")
 	cmd.Flags().DurationVar(&archiveTimeout, "archive-timeout", defaultArchiveTimeout, "how long to wait for the backup's WAL to reach the repository")
 	cmd.AddCommand(newBackupCleanupCmd(a), newBackupPinCmd(a, true), newBackupPinCmd(a, false))
@@ -88,6 +103,8 @@ type backupRequest struct {
 	method         string
 	typ            string
 	checksumAll    bool
+	fromStandby    bool
+	primary        string
 	archiveCheck   bool
 	archiveTimeout time.Duration
 	progress       func(done, total int64)
@@ -110,6 +127,8 @@ func (a *app) backupRequestFromConfig() backupRequest {
 	if m := a.cfg.Backup.Method; m != "" {
 		req.method = m
 	}
+	req.fromStandby = a.cfg.Backup.From == backup.FromStandby
+	req.primary = a.cfg.Backup.Primary
 	return req
 }
 
@@ -122,6 +141,9 @@ func (a *app) runBackup(ctx context.Context, req backupRequest) (*backup.Summary
 	if a.cfg.Postgres.Conn == "" {
 		return nil, errors.New("no server to back up: set --conn, postgres.conn or PGHARBOR_POSTGRES_CONN")
 	}
+	if f := a.cfg.Backup.From; f != "" && f != backup.FromPrimary && f != backup.FromStandby {
+		return nil, fmt.Errorf("backup.from %q: want primary or standby", f)
+	}
 	r, err := a.openRepo(ctx, false)
 	if err != nil {
 		return nil, err
@@ -133,6 +155,7 @@ func (a *app) runBackup(ctx context.Context, req backupRequest) (*backup.Summary
 		ConnString: a.cfg.Postgres.Conn, FastCheckpoint: req.fastCheckpoint, Method: req.method, DataDir: a.cfg.Postgres.DataDir,
 		Workers: bc.Workers, Uploads: bc.Uploads, BundleSize: bc.BundleSizeMB << 20, LockStale: bc.LockTimeout,
 		Progress: req.progress, Logger: a.logger, Type: req.typ, ChecksumAll: req.checksumAll, FullAfter: bc.FullAfter,
+		FromStandby: req.fromStandby, PrimaryConnString: req.primary,
 	}
 	if req.archiveCheck {
 		o.ArchiveCheck = a.archiveCheck(r, req.archiveTimeout)
@@ -169,4 +192,12 @@ func newBackupCleanupCmd(a *app) *cobra.Command {
 			})
 		},
 	}
+}
+
+// fromNote says, in the one-line report, that a backup was read from a standby.
+func fromNote(from string) string {
+	if from == backup.FromStandby {
+		return ", from a standby"
+	}
+	return ""
 }

@@ -116,6 +116,8 @@ type BackupConfig struct {
 	ChecksumAll bool `yaml:"checksum_all"`
 	// FullAfter makes a diff or incr backup full when the newest full backup is older.
 	FullAfter time.Duration `yaml:"full_after"`
+	From      string        `yaml:"from"`    // primary (default), or standby: postgres.conn is a standby to back up there
+	Primary   string        `yaml:"primary"` // with from: standby, the standby's primary, asked to pg_switch_wal at the end
 }
 
 // WALConfig tunes archive push and fetch, and the WAL receiver.
