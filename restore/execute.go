@@ -65,9 +65,12 @@ type Options struct {
 
 // Result says what the executor did.
 type Result struct {
-	Files        int   `json:"files"`
-	FilesWritten int   `json:"files_written"`
-	FilesKept    int   `json:"files_kept"`
+	Files        int `json:"files"`
+	FilesWritten int `json:"files_written"`
+	FilesKept    int `json:"files_kept"`
+	// FilesPatched counts the files of FilesWritten of which a delta restore rewrote only
+	// the pieces whose content differed, keeping the rest in place.
+	FilesPatched int   `json:"files_patched"`
 	FilesRemoved int   `json:"files_removed"`
 	Bytes        int64 `json:"bytes_written"`
 	Bundles      int   `json:"bundles_fetched"`
@@ -147,6 +150,9 @@ type executor struct {
 	roots map[uint32]string // tablespace OID (0 = data directory) -> directory
 	owner *syscall.Credential
 	need  []bool // per file: must be written
+	// kept, per file a delta restore patches in place: which of its extents are already on
+	// disk with the recorded content (nil: the whole file is written)
+	kept [][]bool
 	// control is the index of global/pg_control among the files (-1: none), which finish
 	// writes after everything else is durable.
 	control int
@@ -279,6 +285,7 @@ func alwaysWritten(f backup.File) bool {
 func (x *executor) layout(ctx context.Context) error {
 	files := x.m.FileList
 	x.need = make([]bool, len(files))
+	x.kept = make([][]bool, len(files))
 	x.control = -1
 	order := make([]int, len(files))
 	for i := range order {
@@ -334,7 +341,7 @@ func (x *executor) layout(ctx context.Context) error {
 			regular = append(regular, i)
 		}
 	}
-	same, err := x.unchanged(ctx, regular)
+	onDisk, err := x.compare(ctx, regular)
 	if err != nil {
 		return err
 	}
@@ -342,12 +349,27 @@ func (x *executor) layout(ctx context.Context) error {
 		f := files[i]
 		p := x.filePath(f)
 		x.res.Files++
-		if same[k] {
+		if onDisk[k].same() {
 			x.res.FilesKept++
 			continue
 		}
 		x.need[i] = true
 		x.res.FilesWritten++
+		if kept := onDisk[k].kept; kept != nil {
+			// Patched in place: only the pieces that differ are written, the file takes
+			// its recorded size (cut or extended) first.
+			x.kept[i] = kept
+			x.res.FilesPatched++
+			for j, e := range f.Extents {
+				if !kept[j] {
+					x.total += e.Length
+				}
+			}
+			if err := os.Truncate(p, f.Size); err != nil {
+				return fmt.Errorf("size %s: %w", p, err)
+			}
+			continue
+		}
 		x.total += f.Size
 		if f.Tablespace == 0 && f.Path == controlFile {
 			x.control = i // written by finish, last
@@ -395,13 +417,34 @@ func (x *executor) layout(ctx context.Context) error {
 	return nil
 }
 
-// unchanged says, for each of the regular files idx, whether a delta restore may keep the
-// copy already on disk: same size and every piece with the SHA-256 the manifest recorded.
-// Files are compared in parallel (hashing is the cost of a delta restore).
-func (x *executor) unchanged(ctx context.Context, idx []int) ([]bool, error) {
-	same := make([]bool, len(idx))
+// diskCopy is what a delta restore found of a file on disk: for each of the manifest's
+// extents, whether the disk holds exactly its bytes (nil: nothing usable).
+type diskCopy struct {
+	kept  []bool
+	sized bool // the file on disk has the recorded size
+}
+
+// same reports whether the file on disk is exactly the recorded one: it is kept as it is.
+func (d diskCopy) same() bool {
+	if d.kept == nil || !d.sized {
+		return false
+	}
+	for _, k := range d.kept {
+		if !k {
+			return false
+		}
+	}
+	return true
+}
+
+// compare reads, for each of the regular files idx, the copy already on disk in a delta
+// restore and hashes it extent by extent against the SHA-256 the manifest recorded: a file
+// whose extents all match is kept, one where some match is patched (only the others are
+// written). Files are compared in parallel (hashing is the cost of a delta restore).
+func (x *executor) compare(ctx context.Context, idx []int) ([]diskCopy, error) {
+	out := make([]diskCopy, len(idx))
 	if !x.o.Delta {
-		return same, nil
+		return out, nil
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(x.o.Workers, runtime.NumCPU()))
@@ -414,11 +457,11 @@ func (x *executor) unchanged(ctx context.Context, idx []int) ([]bool, error) {
 			if err := gctx.Err(); err != nil {
 				return err
 			}
-			same[k] = sameContent(x.filePath(f), f)
+			out[k] = compareContent(x.filePath(f), f)
 			return nil
 		})
 	}
-	return same, g.Wait()
+	return out, g.Wait()
 }
 
 // removeDurably removes p if it exists and makes the removal durable.
@@ -472,37 +515,49 @@ func (x *executor) removeExtra(root string, keep map[string]bool) error {
 	return nil
 }
 
-// sameContent reports whether the file at p holds exactly f's bytes: the size matches and
-// every extent's bytes hash to the SHA-256 the backup recorded. A manifest without hashes
-// (older backups) never matches, so such a file is rewritten.
-func sameContent(p string, f backup.File) bool {
+// compareContent hashes the regular file at p extent by extent against f's manifest entry.
+// Nothing is usable when the file is missing or not regular, or when the manifest has no
+// hashes (written before they were recorded): a CRC cannot prove two pieces equal.
+func compareContent(p string, f backup.File) diskCopy {
 	st, err := os.Lstat(p)
-	if err != nil || !st.Mode().IsRegular() || st.Size() != f.Size {
-		return false
+	if err != nil || !st.Mode().IsRegular() {
+		return diskCopy{}
 	}
 	for _, e := range f.Extents {
 		if e.SHA256.IsZero() {
-			return false
+			return diskCopy{}
 		}
 	}
 	fh, err := os.Open(p)
 	if err != nil {
-		return false
+		return diskCopy{}
 	}
 	defer fh.Close()
 	br := bufio.NewReaderSize(fh, 256<<10)
 	h := sha256.New()
 	var sum backup.Digest
-	for _, e := range f.Extents {
+	kept := make([]bool, len(f.Extents))
+	any := false
+	for j, e := range f.Extents {
 		h.Reset()
-		if n, err := io.CopyN(h, br, e.Length); err != nil || n != e.Length {
-			return false
+		n, err := io.CopyN(h, br, e.Length)
+		if n != e.Length {
+			break // the file on disk ends here: the rest is written
 		}
-		if h.Sum(sum[:0]); sum != e.SHA256 {
-			return false
+		if h.Sum(sum[:0]); sum == e.SHA256 {
+			kept[j], any = true, true
+		}
+		if err != nil {
+			break
 		}
 	}
-	return true
+	if !any && len(f.Extents) > 0 {
+		return diskCopy{}
+	}
+	if len(f.Extents) == 0 && st.Size() != 0 {
+		return diskCopy{} // an empty file in the backup: truncate by rewriting
+	}
+	return diskCopy{kept: kept, sized: st.Size() == f.Size}
 }
 
 type piece struct {
@@ -529,9 +584,11 @@ func (x *executor) fetch(ctx context.Context) error {
 			continue
 		}
 		var off int64
-		for _, e := range f.Extents {
-			k := bundleRef{e.Owner(x.m.Label), e.Bundle}
-			byBundle[k] = append(byBundle[k], piece{file: i, ext: e, off: off})
+		for j, e := range f.Extents {
+			if x.kept[i] == nil || !x.kept[i][j] {
+				k := bundleRef{e.Owner(x.m.Label), e.Bundle}
+				byBundle[k] = append(byBundle[k], piece{file: i, ext: e, off: off})
+			}
 			off += e.Length
 		}
 	}

@@ -3,6 +3,7 @@ package restore
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"fmt"
 	"hash/crc32"
 	"math/rand/v2"
 	"os"
@@ -45,10 +46,10 @@ func TestDeltaNeverTakesTwoControlFilesForEqual(t *testing.T) {
 	if err := os.WriteFile(p, a, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if sameContent(p, fileOf(controlFile, b, 8192)) {
+	if compareContent(p, fileOf(controlFile, b, 8192)).same() {
 		t.Fatal("a pg_control with other content was judged unchanged")
 	}
-	if !sameContent(p, fileOf(controlFile, a, 8192)) {
+	if !compareContent(p, fileOf(controlFile, a, 8192)).same() {
 		t.Fatal("the same bytes were judged changed")
 	}
 }
@@ -63,22 +64,55 @@ func TestDeltaComparesEveryPieceByContent(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := fileOf("base/5/16384", data, 1<<20)
-	if !sameContent(p, f) {
+	if !compareContent(p, f).same() {
 		t.Fatal("identical file judged changed")
 	}
 	changed := append([]byte(nil), data...)
 	changed[2<<20+5] ^= 1 // one bit in the third piece
-	if sameContent(p, fileOf("base/5/16384", changed, 1<<20)) {
+	if compareContent(p, fileOf("base/5/16384", changed, 1<<20)).same() {
 		t.Fatal("a file differing in one bit was judged unchanged")
 	}
 	old := f
 	old.Extents = append([]backup.Extent(nil), f.Extents...)
 	old.Extents[1].SHA256 = backup.Digest{}
-	if sameContent(p, old) {
+	if compareContent(p, old).same() {
 		t.Fatal("a piece without a recorded SHA-256 (older manifest) must make the file be rewritten")
 	}
-	if sameContent(p, fileOf("base/5/16384", data[:len(data)-1], 1<<20)) {
+	if compareContent(p, fileOf("base/5/16384", data[:len(data)-1], 1<<20)).same() {
 		t.Fatal("a file of another size was judged unchanged")
+	}
+}
+
+// A file that differs in some pieces keeps the others: only the differing ones, and those
+// the file on disk is too short to hold, are written.
+func TestDeltaKeepsThePiecesThatMatch(t *testing.T) {
+	data := make([]byte, 4<<20)
+	for i := range data {
+		data[i] = byte(i * 13)
+	}
+	p := filepath.Join(t.TempDir(), "16385")
+	disk := append([]byte(nil), data[:3<<20+100]...) // shorter by most of a piece
+	disk[1<<20+7] ^= 0x80                            // second piece differs
+	if err := os.WriteFile(p, disk, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := compareContent(p, fileOf("base/5/16385", data, 1<<20))
+	if want := []bool{true, false, true, false}; fmt.Sprint(d.kept) != fmt.Sprint(want) || d.same() {
+		t.Fatalf("kept %v (same %v), want %v", d.kept, d.same(), want)
+	}
+	// same bytes, file on disk longer than recorded: every piece matches, the size does not
+	if err := os.WriteFile(p, append(append([]byte(nil), data...), 1, 2, 3), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if d := compareContent(p, fileOf("base/5/16385", data, 1<<20)); d.same() || d.kept == nil {
+		t.Fatalf("longer file: kept %v same %v, want every piece kept and the file cut", d.kept, d.same())
+	}
+	// nothing in common: rewritten whole
+	if err := os.WriteFile(p, make([]byte, 4<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if d := compareContent(p, fileOf("base/5/16385", data, 1<<20)); d.kept != nil {
+		t.Fatalf("file with no matching piece: kept %v, want a whole rewrite", d.kept)
 	}
 }
 

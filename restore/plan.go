@@ -5,7 +5,7 @@
 //   - target: where recovery stops: a time, an LSN, a transaction id, a named restore point,
 //     "immediate" (the end of the backup) or "latest" (the end of the archived WAL).
 //   - window: the recoverable window, from the earliest backup's end to the newest archived WAL.
-//   - delta: reusing a non-empty data directory, rewriting only files whose content differs
+//   - delta: reusing a non-empty data directory, writing only the pieces whose content differs
 //     (SHA-256 per piece) and always the files PostgreSQL reads specially.
 package restore
 

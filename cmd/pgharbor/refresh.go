@@ -183,8 +183,8 @@ func (a *app) runRefresh(cmd *cobra.Command, f refreshFlags) error {
 	rep.SQLSeconds = time.Since(t3).Seconds()
 	rep.Seconds = time.Since(t0).Seconds()
 	return a.print(rep, func() {
-		fmt.Fprintf(a.stdout, "refreshed %s from backup %s (target %s) in %.1f s: %d files rewritten, %d kept, %d removed, %s written; stop %.1f s, restore %.1f s, start %.1f s, sql %.1f s\n",
-			pgdata, rep.Backup, rep.Target, rep.Seconds, res.FilesWritten, res.FilesKept, res.FilesRemoved, humanBytes(res.Bytes),
+		fmt.Fprintf(a.stdout, "refreshed %s from backup %s (target %s) in %.1f s: %d files rewritten (%s%d kept, %d removed), %s written; stop %.1f s, restore %.1f s, start %.1f s, sql %.1f s\n",
+			pgdata, rep.Backup, rep.Target, rep.Seconds, res.FilesWritten, patchedNote(res), res.FilesKept, res.FilesRemoved, humanBytes(res.Bytes),
 			rep.StopSeconds, rep.RestoreSeconds, rep.StartSeconds, rep.SQLSeconds)
 		fmt.Fprintf(a.stdout, "PostgreSQL runs on port %d as an independent primary with archive_mode = off\n", f.port)
 	})

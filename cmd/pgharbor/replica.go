@@ -141,7 +141,7 @@ func (a *app) runReplica(cmd *cobra.Command, f replicaFlags, rebuild bool) error
 			fmt.Fprintf(a.stdout, " of backup %s", rep.Backup)
 		}
 		if res := rep.Restore; res != nil {
-			fmt.Fprintf(a.stdout, ": %s written in %d files (%d kept, %d removed)", humanBytes(res.Bytes), res.FilesWritten, res.FilesKept, res.FilesRemoved)
+			fmt.Fprintf(a.stdout, ": %s written in %d files (%s%d kept, %d removed)", humanBytes(res.Bytes), res.FilesWritten, patchedNote(res), res.FilesKept, res.FilesRemoved)
 		}
 		fmt.Fprintf(a.stdout, ", %.1f s\n", rep.Seconds)
 		if rep.SlotCreated {

@@ -51,7 +51,7 @@ Targets (one of): --target-time, --target-lsn, --target-xid, --target-name,
 	fl.BoolVar(&f.exclusive, "target-exclusive", false, "stop just before the target instead of just after it")
 	fl.StringVar(&f.label, "backup", "", "restore this backup (default: the newest one that can reach the target)")
 	fl.StringArrayVar(&f.tsMap, "tablespace-map", nil, "OLD=NEW: restore the tablespace at OLD (location or OID) into NEW (repeatable)")
-	fl.BoolVar(&f.delta, "delta", false, "reuse a non-empty data directory (server stopped): keep files whose content (SHA-256 per piece) matches the backup, rewrite the rest, always rewrite pg_control (last) and the other files PostgreSQL reads specially")
+	fl.BoolVar(&f.delta, "delta", false, "reuse a non-empty data directory (server stopped): keep files whose content (SHA-256 per piece) matches the backup, write only the pieces that differ, always rewrite pg_control (last) and the other files PostgreSQL reads specially")
 	fl.IntVar(&f.workers, "workers", 4, "bundles downloaded and written in parallel")
 	fl.BoolVar(&f.noSync, "no-sync", false, "do not wait for the restored files to reach the disk (faster; for throwaway copies such as test databases: a crash soon after can damage the copy)")
 	fl.IntVar(&f.flushAfterMB, "flush-after", restore.DefaultFlushAfter>>20, "MiB written between two background flushes to disk (each then leaves the page cache); 0: flush only at the end")
@@ -180,7 +180,7 @@ func (a *app) runRestore(cmd *cobra.Command, f restoreFlags) error {
 		return fmt.Errorf("restore of backup %s into %s: %w", plan.Backup.Label, pgdata, err)
 	}
 	secs := time.Since(start).Seconds()
-	a.logger.Info("restore written", "backup", plan.Backup.Label, "bytes", res.Bytes, "files_written", res.FilesWritten, "files_kept", res.FilesKept, "seconds", fmt.Sprintf("%.1f", secs))
+	a.logger.Info("restore written", "backup", plan.Backup.Label, "bytes", res.Bytes, "files_written", res.FilesWritten, "files_kept", res.FilesKept, "files_patched", res.FilesPatched, "seconds", fmt.Sprintf("%.1f", secs))
 	if f.start {
 		bin := a.pgBinDir(plan.Backup.PGVersion)
 		cred, err := restore.OwnerFor(pgdata)
@@ -193,8 +193,8 @@ func (a *app) runRestore(cmd *cobra.Command, f restoreFlags) error {
 	}
 	out := map[string]any{"backup": plan.Backup.Label, "pgdata": pgdata, "target": t.Kind, "settings": plan.Settings, "result": res, "seconds": secs, "started": f.start}
 	return a.print(out, func() {
-		fmt.Fprintf(a.stdout, "restored backup %s into %s: %s written in %d files (%d kept, %d removed), %.1f s, %s/s\n",
-			plan.Backup.Label, pgdata, humanBytes(res.Bytes), res.FilesWritten, res.FilesKept, res.FilesRemoved, secs, humanBytes(int64(float64(res.Bytes)/max(secs, 0.001))))
+		fmt.Fprintf(a.stdout, "restored backup %s into %s: %s written in %d files (%s%d kept, %d removed), %.1f s, %s/s\n",
+			plan.Backup.Label, pgdata, humanBytes(res.Bytes), res.FilesWritten, patchedNote(res), res.FilesKept, res.FilesRemoved, secs, humanBytes(int64(float64(res.Bytes)/max(secs, 0.001))))
 		if f.start {
 			fmt.Fprintf(a.stdout, "PostgreSQL is running on port %d and reached the target (%s)\n", f.port, t.Kind)
 		} else {
@@ -263,4 +263,12 @@ func (a *app) pgBinDir(version int) string {
 		return a.cfg.Postgres.BinDir
 	}
 	return fmt.Sprintf("/usr/lib/postgresql/%d/bin", max(version/10000, 15))
+}
+
+// patchedNote says how many of the files written a delta restore only patched.
+func patchedNote(res *restore.Result) string {
+	if res.FilesPatched == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d only in their changed pieces, ", res.FilesPatched)
 }

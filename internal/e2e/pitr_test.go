@@ -243,6 +243,16 @@ func TestDeltaRestoreRewritesOnlyWhatDiffers(t *testing.T) {
 	if err := os.WriteFile(pgdata+"/base/stray-file", []byte("not from the backup"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// One damaged page in the middle of an index: only the piece holding it is written.
+	pkey := strings.TrimSpace(pg.QueryString(t, "postgres", "SELECT pg_relation_filepath('pgbench_accounts_pkey')"))
+	fh, err := os.OpenFile(pgdata+"/"+pkey, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fh.WriteAt([]byte("damaged"), 1<<20+100); err != nil {
+		t.Fatal(err)
+	}
+	fh.Close()
 	if r := e.run("restore", "--pgdata", pgdata); r.code == 0 || !strings.Contains(r.stderr, "--delta") {
 		t.Fatalf("restore into a non-empty directory without --delta: exit %d: %s", r.code, r.stderr)
 	}
@@ -252,6 +262,7 @@ func TestDeltaRestoreRewritesOnlyWhatDiffers(t *testing.T) {
 			FilesWritten int `json:"files_written"`
 			FilesKept    int `json:"files_kept"`
 			FilesRemoved int `json:"files_removed"`
+			FilesPatched int `json:"files_patched"`
 		} `json:"result"`
 	}
 	out := e.must("restore", "--pgdata", pgdata, "--delta", "--output", "json")
@@ -259,15 +270,16 @@ func TestDeltaRestoreRewritesOnlyWhatDiffers(t *testing.T) {
 		t.Fatalf("%v: %s", err, out)
 	}
 	r := res.Result
-	// Written: the truncated relation, PG_VERSION and postgresql.auto.conf (the first restore
-	// added recovery settings to it), and the files PostgreSQL treats specially, which a
-	// delta always rewrites: pg_control, backup_label and every pg_filenode.map. Removed:
-	// the stray file, plus recovery.signal and backup_manifest of the first restore
-	// (written anew).
+	// Written: the truncated relation, PG_VERSION, postgresql.auto.conf (the first restore
+	// appended recovery settings to it: patched, cut back to its size), the damaged index
+	// (patched: one piece), and the files
+	// PostgreSQL treats specially, which a delta always rewrites: pg_control, backup_label
+	// and every pg_filenode.map. Removed: the stray file, plus recovery.signal and
+	// backup_manifest of the first restore (written anew).
 	maps, _ := filepath.Glob(pgdata + "/base/*/pg_filenode.map")
 	special := 3 + len(maps) // pg_control, backup_label, global/pg_filenode.map
-	if r.FilesWritten != 3+special || r.FilesRemoved != 3 || r.FilesKept != r.Files-3-special {
-		t.Fatalf("delta restore: %+v (want %d written, 3 removed, the rest kept)", r, 3+special)
+	if r.FilesWritten != 4+special || r.FilesPatched != 2 || r.FilesRemoved != 3 || r.FilesKept != r.Files-4-special {
+		t.Fatalf("delta restore: %+v (want %d written of which 2 patched, 3 removed, the rest kept)", r, 4+special)
 	}
 	cmd := pg.Command("pg_verifybackup", "-n", pgdata)
 	if out, err := cmd.CombinedOutput(); err != nil {
