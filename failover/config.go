@@ -20,6 +20,7 @@ const (
 	DefaultUser              = "postgres"
 	DefaultDatabase          = "postgres"
 	DefaultSSLMode           = "prefer"
+	DefaultClientWait        = 30 * time.Second
 )
 
 // NodeOptions are the failover settings of one node, keyed by the node's name in the
@@ -70,13 +71,17 @@ type Config struct {
 	OnRoleChange         string        `yaml:"on_role_change"`         // once per node whose role changed
 	CommandTimeout       time.Duration `yaml:"command_timeout"`        // per hook run
 
+	// ClientWait bounds how long a new transaction through the pool waits for a reachable
+	// primary while the primary is down (until the promotion); then it gets an error.
+	ClientWait time.Duration `yaml:"client_wait"`
+
 	Nodes map[string]NodeOptions `yaml:"nodes"`
 }
 
 // withDefaults validates c and fills in defaults; names are the cluster's node names.
 func (c Config) withDefaults(names []string) (Config, error) {
 	if c.HealthCheckPeriod < 0 || c.ConnectTimeout < 0 || c.QueryTimeout < 0 || c.RetryDelay < 0 ||
-		c.PromoteTimeout < 0 || c.CommandTimeout < 0 {
+		c.PromoteTimeout < 0 || c.CommandTimeout < 0 || c.ClientWait < 0 {
 		return c, errors.New("failover: durations must not be negative")
 	}
 	if c.MaxLagBytes < 0 {
@@ -93,6 +98,7 @@ func (c Config) withDefaults(names []string) (Config, error) {
 	def(&c.RetryDelay, DefaultRetryDelay)
 	def(&c.PromoteTimeout, DefaultPromoteTimeout)
 	def(&c.CommandTimeout, DefaultCommandTimeout)
+	def(&c.ClientWait, DefaultClientWait)
 	switch {
 	case c.Retries == 0:
 		c.Retries = DefaultRetries

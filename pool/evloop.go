@@ -61,10 +61,11 @@ const (
 type loopMsgKind int
 
 const (
-	msgAdd   loopMsgKind = iota // a new session: fd, and bytes already read in data
-	msgGrant                    // a server connection for a waiting session (nil: try again; or err)
-	msgKill                     // send data (a FATAL error) and end the session
-	msgQuit                     // stop the loop
+	msgAdd     loopMsgKind = iota // a new session: fd, and bytes already read in data
+	msgGrant                      // a server connection for a waiting session (nil: try again; or err)
+	msgKill                       // send data (a FATAL error) and end the session
+	msgCluster                    // the cluster changed: sessions parked for a primary look again
+	msgQuit                       // stop the loop
 )
 
 type loopMsg struct {
@@ -92,6 +93,7 @@ type evLoop struct {
 	fds       map[int32]loopEntry
 	sessions  map[*session]struct{}
 	waiting   map[*session]struct{}
+	parked    map[*session]struct{} // waiting for a reachable primary (failwait.go)
 	flushList []*session
 	buf       []byte
 	events    []epollEvent
@@ -127,6 +129,12 @@ type loopSess struct {
 	want      attachReq   // what the waiting acquisition is for
 	waitPool  *serverPool // the pool the session waits on (queued or a login under way)
 	waitStart time.Time
+	// Waiting for a reachable primary during a failover: parked holds the session's input
+	// until the cluster changes or parkRetry; parkUntil is failover.client_wait's deadline
+	// for the transaction (zero when it is not waiting).
+	parked    bool
+	parkRetry time.Time
+	parkUntil time.Time
 }
 
 type attachReq struct {
@@ -171,7 +179,7 @@ func newLoop(ctx context.Context, srv *Server) (*evLoop, error) {
 	}
 	l := &evLoop{srv: srv, ctx: ctx, epfd: epfd, efd: int(efd), done: make(chan struct{}),
 		fds: map[int32]loopEntry{}, sessions: map[*session]struct{}{}, waiting: map[*session]struct{}{},
-		buf: make([]byte, loopReadSize), events: make([]epollEvent, 128)}
+		parked: map[*session]struct{}{}, buf: make([]byte, loopReadSize), events: make([]epollEvent, 128)}
 	ev := epollEvent{Events: epEPOLLIN | epollET, Fd: int32(efd)}
 	if err := epollCtl(epfd, epEPOLL_CTL_ADD, int(efd), &ev); err != nil {
 		_ = syscall.Close(epfd)
@@ -354,6 +362,8 @@ func (l *evLoop) drain() bool {
 				l.add(m.sess, m.fd, m.data)
 			case msgGrant:
 				l.grant(m.sess, m.sc, m.err)
+			case msgCluster:
+				l.unparkAll()
 			case msgKill:
 				if ls := m.sess.ev; ls != nil && !ls.closed {
 					ls.out = append(ls.out, m.data...)
@@ -476,7 +486,7 @@ func (l *evLoop) quiet(s *session) bool {
 // takesInput says whether the loop may handle the next client message now.
 func (l *evLoop) takesInput(s *session) bool {
 	ls := s.ev
-	if ls.stalled || ls.demote || ls.waitPool != nil {
+	if ls.stalled || ls.demote || ls.waitPool != nil || ls.parked {
 		return false
 	}
 	es := l.server(s)
@@ -633,8 +643,13 @@ func (l *evLoop) query(s *session, msg []byte) bool {
 	}
 	if req.p == nil {
 		n, ok := srv.cl.Primary()
-		if !ok {
+		fo := srv.failoverOpts()
+		if !ok && fo == nil {
 			ls.demote = true // a goroutine waits for a primary (query_wait_timeout)
+			return false
+		}
+		if !ok || (fo != nil && srv.recentlyDown(n.ID)) {
+			l.park(s, fo)
 			return false
 		}
 		req.p, req.node = srv.sessionPool(s, n), n.ID
@@ -704,6 +719,12 @@ func (l *evLoop) attach(s *session, sc *serverConn) bool {
 	s.mu.Unlock()
 	s.srv.attached.Add(1)
 	es.ls = s
+	if !ls.parkUntil.IsZero() {
+		ls.parkUntil = time.Time{}
+		if !req.reader {
+			s.srv.noteReachable(req.node)
+		}
+	}
 	return true
 }
 
@@ -756,7 +777,7 @@ func (l *evLoop) grant(s *session, sc *serverConn, err error) {
 	p.stats.waitTime.Add(int64(l.now.Sub(ls.waitStart)))
 	if err != nil {
 		p.stats.loginErrors.Add(1)
-		if ls.want.reader && !ls.want.retried {
+		if ls.want.reader && !ls.want.retried && (serverUnreachable(err) || !errors.As(err, new(*pgError))) {
 			s.srv.log.Warn("reader unreachable, using the primary", "node", ls.want.node, "err", err)
 			if n, ok := s.srv.cl.Primary(); ok {
 				req := attachReq{p: s.srv.sessionPool(s, n), node: n.ID, retried: true}
@@ -766,6 +787,14 @@ func (l *evLoop) grant(s *session, sc *serverConn, err error) {
 				l.pump(s)
 				return
 			}
+		}
+		if fo := s.srv.failoverOpts(); fo != nil && serverUnreachable(err) {
+			// the primary is down and not yet replaced: wait for the failover
+			if !ls.want.reader {
+				s.srv.notePrimaryUnreachable(ls.want.node, err)
+			}
+			l.park(s, fo)
+			return
 		}
 		var pe *pgError
 		if !errors.As(err, &pe) {
@@ -782,6 +811,61 @@ func (l *evLoop) grant(s *session, sc *serverConn, err error) {
 		}
 	}
 	l.pump(s)
+}
+
+// park holds s's next Query until the cluster changes (msgCluster) or failoverRetry passed
+// (tick), up to failover.client_wait from the first park of this transaction, without
+// blocking the loop: the session has no server connection and reads nothing meanwhile.
+func (l *evLoop) park(s *session, fo *FailoverOptions) {
+	ls := s.ev
+	if ls.parkUntil.IsZero() {
+		ls.parkUntil = l.now.Add(fo.ClientWait)
+	}
+	ls.parkRetry = l.now.Add(failoverRetry)
+	ls.parked = true
+	l.parked[s] = struct{}{}
+	s.mu.Lock()
+	s.waiting = true
+	s.mu.Unlock()
+}
+
+// unpark lets s take input again.
+func (l *evLoop) unpark(s *session) {
+	s.ev.parked = false
+	delete(l.parked, s)
+	s.mu.Lock()
+	s.waiting = false
+	s.mu.Unlock()
+}
+
+// unparkAll retries every parked session after a change of the cluster.
+func (l *evLoop) unparkAll() {
+	for _, s := range l.parkedList() {
+		l.unpark(s)
+		if ls := s.ev; ls != nil && !ls.ended && !ls.closed {
+			l.pump(s)
+		}
+	}
+}
+
+// parkedList copies the parked sessions: retrying one may park it again.
+func (l *evLoop) parkedList() []*session {
+	if len(l.parked) == 0 {
+		return nil
+	}
+	out := make([]*session, 0, len(l.parked))
+	for s := range l.parked {
+		out = append(out, s)
+	}
+	return out
+}
+
+// cfgWait is failover.client_wait as the pool has it now (0 when failover is off).
+func cfgWait(srv *Server) time.Duration {
+	if fo := srv.failoverOpts(); fo != nil {
+		return fo.ClientWait
+	}
+	return 0
 }
 
 // endWait takes s off the loop's waiting list.
@@ -1051,6 +1135,7 @@ func (l *evLoop) wantOut(fd int) {
 // serverLost handles a server connection that failed while s held it.
 func (l *evLoop) serverLost(s *session, err error) {
 	ls := s.ev
+	node, reader := s.node, s.roAttach || s.sessionRO
 	sc := l.detach(s)
 	sc.pool.drop(sc)
 	if ls.closed {
@@ -1058,7 +1143,7 @@ func (l *evLoop) serverLost(s *session, err error) {
 		return
 	}
 	s.srv.log.Warn("server connection lost", "client", s.addr, "pool", sc.pool.name(), "err", err)
-	l.kill(s, fatal(sqlstateConnFailure, "server connection lost"))
+	l.kill(s, s.srv.lostError(node, reader))
 }
 
 // kill sends pe to the client and ends the session.
@@ -1084,6 +1169,10 @@ func (l *evLoop) clientGone(s *session) {
 	ls.out, ls.in = nil, nil
 	delete(l.fds, int32(ls.fd))
 	_ = syscall.Close(ls.fd)
+	if ls.parked {
+		ls.parked = false
+		delete(l.parked, s)
+	}
 	if p := ls.waitPool; p != nil {
 		if !p.unwait(s) {
 			return // a connection or a wake-up is on its way: grant passes it on and forgets s
@@ -1146,6 +1235,7 @@ func (l *evLoop) forget(s *session) {
 	s.ev.ended = true
 	delete(l.sessions, s)
 	delete(l.waiting, s)
+	delete(l.parked, s)
 	s.srv.forget(s)
 }
 
@@ -1162,6 +1252,22 @@ func (l *evLoop) tick() {
 			p.stats.timeouts.Add(1)
 			l.endWait(s)
 			l.failQuery(s, &pgError{Severity: "ERROR", Code: sqlstateCannotConnect, Message: "query_wait_timeout: no server connection became free in time"})
+			l.pump(s)
+		}
+	}
+	for _, s := range l.parkedList() {
+		ls := s.ev
+		if !ls.parked {
+			continue
+		}
+		switch {
+		case !l.now.Before(ls.parkUntil):
+			l.unpark(s)
+			ls.parkUntil = time.Time{}
+			l.failQuery(s, s.srv.clientWaitError(max(cfgWait(s.srv), 0)))
+			l.pump(s)
+		case !l.now.Before(ls.parkRetry):
+			l.unpark(s)
 			l.pump(s)
 		}
 	}

@@ -844,10 +844,60 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 			return nil, &pgError{Severity: "ERROR", Code: sqlstateCannotConnect, Message: "query_wait_timeout: the pool is paused"}
 		}
 	}
+	// With a failover monitor on the cluster, a transaction that finds no reachable primary
+	// waits for one up to failover.client_wait (failwait.go) instead of failing.
+	fo := s.srv.failoverOpts()
+	primaryWait := waitCtx
+	var foStart time.Time
+	var foCtx context.Context
+	var sub <-chan struct{}
+	defer func() {
+		if sub != nil {
+			s.srv.cl.Unsubscribe(sub)
+		}
+	}()
+	foBegin := func() time.Time {
+		if foStart.IsZero() {
+			foStart = time.Now()
+			s.mu.Lock()
+			s.waiting = true
+			s.mu.Unlock()
+			sub = s.srv.cl.Subscribe()
+		}
+		return foStart.Add(fo.ClientWait)
+	}
+	if fo != nil {
+		primaryWait = func() context.Context {
+			if foCtx == nil {
+				var c context.CancelFunc
+				foCtx, c = context.WithDeadline(ctx, foBegin())
+				prev := cancel
+				cancel = func() { c(); prev() }
+			}
+			return foCtx
+		}
+		defer func() {
+			if !foStart.IsZero() {
+				s.mu.Lock()
+				s.waiting = false
+				s.mu.Unlock()
+			}
+		}()
+	}
 	for attempt := 0; ; attempt++ {
-		p, nodeID, isReader, err := s.srv.poolFor(waitCtx, s, readOnly)
+		p, nodeID, isReader, err := s.srv.poolFor(primaryWait, s, readOnly)
 		if err != nil {
+			if fo != nil && ctx.Err() == nil {
+				return nil, s.srv.clientWaitError(fo.ClientWait)
+			}
 			return nil, err
+		}
+		if fo != nil && !isReader && s.srv.recentlyDown(nodeID) {
+			// another session just found this primary unreachable: wait with it
+			if werr := s.srv.waitForPrimary(ctx, sub, foBegin()); werr != nil {
+				return nil, s.attachWaitErr(fo, werr)
+			}
+			continue
 		}
 		sc := p.tryIdle()
 		if sc == nil {
@@ -862,11 +912,24 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 				}
 				sc, err = p.acquireWait(ctx, &s.wait, wait)
 				s.mu.Lock()
-				s.waiting = false
+				s.waiting = !foStart.IsZero()
 				s.mu.Unlock()
 			}
 		}
 		if err != nil {
+			if isReader && attempt == 0 && serverUnreachable(err) {
+				s.srv.log.Warn("reader unreachable, using the primary", "node", nodeID, "err", err)
+				readOnly = false
+				continue
+			}
+			if fo != nil && serverUnreachable(err) && !isReader {
+				// the primary is down and not yet replaced: wait for the failover
+				s.srv.notePrimaryUnreachable(nodeID, err)
+				if werr := s.srv.waitForPrimary(ctx, sub, foBegin()); werr != nil {
+					return nil, s.attachWaitErr(fo, werr)
+				}
+				continue
+			}
 			if errors.Is(err, context.DeadlineExceeded) {
 				return nil, &pgError{Severity: "ERROR", Code: sqlstateCannotConnect, Message: "query_wait_timeout: no server connection became free in time"}
 			}
@@ -884,6 +947,9 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 				continue
 			}
 			return nil, fatal(sqlstateCannotConnect, "cannot connect to server: %v", err)
+		}
+		if !foStart.IsZero() {
+			s.srv.noteReachable(nodeID)
 		}
 		if sc.ev != nil { // last used by the event loop
 			if err := sc.leaveLoop(); err != nil {
@@ -919,6 +985,14 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 		}
 		return sc, nil
 	}
+}
+
+// attachWaitErr is attach's error when waiting for a primary ended with err.
+func (s *session) attachWaitErr(fo *FailoverOptions, err error) error {
+	if errors.Is(err, context.Canceled) {
+		return fatal(sqlstateAdminShutdown, "pgharbor pool is shutting down")
+	}
+	return s.srv.clientWaitError(fo.ClientWait)
 }
 
 // writeClient writes b to the client, flushing when asked.

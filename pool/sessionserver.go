@@ -273,6 +273,7 @@ func (s *session) serverGone(sc *serverConn, done chan struct{}, err error) {
 	req := s.detachReq
 	clean := s.pending == 0 && !s.inBatch && sc.mr.r.Buffered() == 0
 	status := s.txStatus
+	node, reader := s.node, s.roAttach || s.sessionRO
 	if s.sc == sc {
 		s.detachLocked()
 	}
@@ -288,7 +289,7 @@ func (s *session) serverGone(sc *serverConn, done chan struct{}, err error) {
 	sc.pool.drop(sc)
 	if !req {
 		s.srv.log.Warn("server connection lost", "client", s.addr, "pool", sc.pool.name(), "err", err)
-		s.writeClient(fatal(sqlstateConnFailure, "server connection lost").encode(nil), true)
+		s.writeClient(s.srv.lostError(node, reader).encode(nil), true)
 		_ = s.conn.Close()
 	}
 }

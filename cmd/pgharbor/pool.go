@@ -51,6 +51,9 @@ one pool instance only.`,
 				if err != nil {
 					return err
 				}
+				// New transactions wait for the new primary instead of failing while the
+				// primary is down, and a refused login asks the monitor to check at once.
+				srv.SetFailover(&pool.FailoverOptions{ClientWait: mon.Config().ClientWait, CheckPrimary: mon.CheckSoon})
 				go mon.Run(ctx)
 			}
 			hup := make(chan os.Signal, 1)
