@@ -135,6 +135,11 @@ type loopSess struct {
 	parked    bool
 	parkRetry time.Time
 	parkUntil time.Time
+	// fresh: the attachment (failover on) has had no answer yet; retryQ holds the Query it
+	// began with, sent again on another connection when the first answer says the server
+	// closed the connection before reading it (retryableFirst).
+	fresh  bool
+	retryQ []byte
 }
 
 type attachReq struct {
@@ -719,6 +724,7 @@ func (l *evLoop) attach(s *session, sc *serverConn) bool {
 	s.mu.Unlock()
 	s.srv.attached.Add(1)
 	es.ls = s
+	ls.fresh = s.srv.failoverOpts() != nil
 	if !ls.parkUntil.IsZero() {
 		ls.parkUntil = time.Time{}
 		if !req.reader {
@@ -739,8 +745,16 @@ func (l *evLoop) send(s *session, sc *serverConn, msg []byte) {
 	if f&textRole != 0 || (msg[0] == 'F' && callsSetConfig(msg)) {
 		sc.resetRole = true
 	}
+	first := s.pending == 0
 	s.sentLocked(sc, l.now)
 	s.mu.Unlock()
+	if ls := s.ev; ls.fresh {
+		if first && msg[0] == 'Q' {
+			ls.retryQ = append(ls.retryQ[:0], msg...)
+		} else {
+			ls.fresh = false
+		}
+	}
 	sc.ev.out = append(sc.ev.out, msg...)
 }
 
@@ -970,10 +984,17 @@ func (l *evLoop) serverData(s *session, es *loopServer, data []byte) {
 			return
 		}
 		total := 1 + n
-		whole := typ == 'Z' || typ == 'S' || (es.swallow > 0 && typ == 'E')
+		whole := typ == 'Z' || typ == 'S' || ((es.swallow > 0 || ls.fresh) && typ == 'E')
 		if whole && total > len(data) {
 			keep(data)
 			return
+		}
+		if ls.fresh {
+			ls.fresh = false
+			if typ == 'E' && retryableFirst(data[5:total]) {
+				l.retryFirst(s)
+				return
+			}
 		}
 		if es.swallow > 0 {
 			switch typ {
@@ -1130,6 +1151,24 @@ func (l *evLoop) flush(fd int, out *[]byte, blocked *bool) syscall.Errno {
 func (l *evLoop) wantOut(fd int) {
 	ev := epollEvent{Events: outEvents, Fd: int32(fd)}
 	_ = epollCtl(l.epfd, epEPOLL_CTL_MOD, fd, &ev)
+}
+
+// retryFirst drops s's server connection, whose server ended it before reading the Query
+// the attachment began with, and puts that Query back in front of the client's input: the
+// next pass acquires another connection (parking for a reachable primary) and sends it.
+func (l *evLoop) retryFirst(s *session) {
+	ls := s.ev
+	sc := l.detach(s)
+	sc.ev.part = sc.ev.part[:0]
+	sc.pool.drop(sc)
+	s.srv.log.Info("server connection closed before the transaction's first query was read; sending it again", "client", s.addr, "node", sc.pool.key.nodeID)
+	if ls.closed {
+		l.forget(s)
+		return
+	}
+	in := make([]byte, 0, len(ls.retryQ)+len(ls.in))
+	ls.in = append(append(in, ls.retryQ...), ls.in...)
+	ls.retryQ = ls.retryQ[:0]
 }
 
 // serverLost handles a server connection that failed while s held it.

@@ -143,6 +143,25 @@ func (s *Server) waitForPrimary(ctx context.Context, sub <-chan struct{}, deadli
 	return nil
 }
 
+// retryableFirst says whether body, the ErrorResponse that is the first answer on a server
+// connection just taken for a transaction, shows that the server ended the connection
+// without running the transaction's first Query: a FATAL shutdown error (57P01 "unexpected
+// postmaster exit" from a backend that was waiting for input, 57P02, 57P03) that came
+// before any other answer. A backend that ran the Query would have answered it first, and
+// one that committed and was then told to end sends a WARNING before its FATAL. The Query
+// can then go to another connection: it has not run.
+func retryableFirst(body []byte) bool {
+	pe := decodeServerError(body)
+	if pe.Severity != "FATAL" {
+		return false
+	}
+	switch pe.Code {
+	case "57P01", "57P02", "57P03":
+		return true
+	}
+	return false
+}
+
 // clientWaitError is what a transaction gets when no primary became reachable within
 // failover.client_wait.
 func (s *Server) clientWaitError(wait time.Duration) *pgError {

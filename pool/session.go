@@ -96,6 +96,13 @@ type session struct {
 	// swallowZ counts answers to the pool's own sync queries the reader drops (goroutine
 	// engine; the event loop counts them in loopServer.swallow).
 	swallowZ atomic.Int32
+	// fresh: the attachment (transaction mode, failover on) has had no answer yet, and
+	// retryQ is the Query it began with: when the server's first answer says it closed the
+	// connection before reading it, the Query goes to another server connection (see
+	// retryableFirst). The event loop keeps its own copy of the Query (loopSess.retryQ).
+	fresh  atomic.Bool
+	retryQ []byte
+	ctx    context.Context // run's (goroutine engine)
 }
 
 // parseEntry is a ParseComplete or CloseComplete the server owes us, in order.
@@ -108,6 +115,7 @@ type parseEntry struct {
 
 // run is the client loop. It returns when the client leaves or the session fails.
 func (s *session) run(ctx context.Context) {
+	s.ctx = ctx
 	defer s.cleanup()
 	idleArmed := false
 	for {
@@ -379,6 +387,16 @@ func (s *session) send(sc *serverConn, typ byte, msg []byte) error {
 			}
 			s.noteText(q, f)
 		}
+	}
+	if s.fresh.Load() {
+		s.mu.Lock()
+		if s.sc == sc && typ == 'Q' && s.pending == 0 {
+			s.retryQ = msg // valid until the client loop reads again, after the answer
+		} else {
+			s.fresh.Store(false)
+			s.retryQ = nil
+		}
+		s.mu.Unlock()
 	}
 	s.wmu.Lock()
 	if pre := s.account(sc, typ); pre != nil {
@@ -959,6 +977,13 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 		}
 		if err := s.syncParams(sc); err != nil {
 			p.drop(sc)
+			if fo != nil && serverUnreachable(err) {
+				// the idle connection's server went away as it was taken: try another
+				if !isReader {
+					s.srv.notePrimaryUnreachable(nodeID, err)
+				}
+				continue
+			}
 			var pe *pgError
 			if errors.As(err, &pe) {
 				return nil, pe
@@ -973,6 +998,8 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 		p.mu.Unlock()
 		s.mu.Lock()
 		s.attachLocked(sc, nodeID, readOnly, time.Now())
+		s.fresh.Store(fo != nil && s.tgt.mode == ModeTransaction)
+		s.retryQ = nil
 		s.detached = make(chan struct{})
 		done := s.detached
 		s.mu.Unlock()
