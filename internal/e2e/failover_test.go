@@ -76,8 +76,8 @@ func TestFailoverPrimaryKilledUnderWrites(t *testing.T) {
 				lost += r.lost
 				before += r.errsBefore
 				after += r.errsAfter
-				t.Logf("FAILOVER-RESULT engine=%s settings=%q run=%d rto_ms=%d lost=%d acked=%d errors_in_flight=%d errors_begun_after=%d kinds=%q",
-					engine, st, i, r.rto.Milliseconds(), r.lost, r.acked, r.errsBefore, r.errsAfter, r.kinds)
+				t.Logf("FAILOVER-RESULT engine=%s settings=%q run=%d rto_ms=%d promoted_ms=%d lost=%d acked=%d errors_in_flight=%d errors_begun_after=%d kinds=%q",
+					engine, st, i, r.rto.Milliseconds(), r.promoted.Milliseconds(), r.lost, r.acked, r.errsBefore, r.errsAfter, r.short)
 			})
 		}
 		if len(rtos) == runs {
@@ -109,9 +109,10 @@ func (s failoverSettings) String() string {
 // failoverResult is what one run measured.
 type failoverResult struct {
 	rto                   time.Duration // SIGKILL → first write acknowledged by the new primary
+	promoted              time.Duration // SIGKILL → the test saw the standby out of recovery
 	acked, lost           int
 	errsBefore, errsAfter int // client errors of transactions begun before / after the SIGKILL
-	kinds                 string
+	kinds, short          string // by kind with the first message; without
 }
 
 func failoverOnce(t *testing.T, st failoverSettings, engine string) failoverResult {
@@ -275,6 +276,7 @@ func failoverOnce(t *testing.T, st failoverSettings, engine string) failoverResu
 		return false
 	})
 	newP, otherC := all[promoted], all[other]
+	promotedAt := time.Since(crash)
 	t.Logf("promoted %s (node %d) %.2fs after the crash", names[promoted], promoted, time.Since(crash).Seconds())
 	waitUntil(t, "writes through the pool reach the new primary", 60*time.Second, func() bool { return w.firstOn(newP.Port) > 0 })
 	rto := w.firstOn(newP.Port)
@@ -349,8 +351,8 @@ func failoverOnce(t *testing.T, st failoverSettings, engine string) failoverResu
 		return roleOf(after, promoted) == "up/primary" && roleOf(after, other) == "up/standby" && strings.HasPrefix(roleOf(after, 0), "down/")
 	})
 	t.Logf("SHOW POOL_NODES after:\n%s", formatRows(after))
-	res := failoverResult{rto: rto, acked: len(acked), lost: len(missing)}
-	res.errsBefore, res.errsAfter, res.kinds = w.errorCounts()
+	res := failoverResult{rto: rto, promoted: promotedAt, acked: len(acked), lost: len(missing)}
+	res.errsBefore, res.errsAfter, res.kinds, res.short = w.errorCounts()
 	t.Logf("%s, io_engine %s: RTO (crash -> first write acknowledged by the new primary): %.3fs; acknowledged writes: %d (%d on the new primary), missing: %d",
 		st, engine, rto.Seconds(), len(acked), w.ackedOn(newP.Port), len(missing))
 	t.Logf("client errors by kind: %s", res.kinds)
@@ -503,18 +505,20 @@ func (w *writer) ackedIDs() []int {
 
 // errorCounts returns the errors of transactions begun before and after the crash and a
 // summary by kind.
-func (w *writer) errorCounts() (before, after int, kinds string) {
+func (w *writer) errorCounts() (before, after int, kinds, short string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if len(w.errs) == 0 {
-		return w.before, w.after, "none"
+		return w.before, w.after, "none", "none"
 	}
-	var parts []string
+	var parts, shorts []string
 	for k, n := range w.errs {
 		parts = append(parts, fmt.Sprintf("%s: %d (first: %s)", k, n, w.firstErr[k]))
+		shorts = append(shorts, fmt.Sprintf("%s: %d", k, n))
 	}
 	sort.Strings(parts)
-	return w.before, w.after, strings.Join(parts, "; ")
+	sort.Strings(shorts)
+	return w.before, w.after, strings.Join(parts, "; "), strings.Join(shorts, "; ")
 }
 
 func waitUntil(t *testing.T, what string, d time.Duration, ok func() bool) {
