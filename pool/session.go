@@ -885,16 +885,15 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 		return foStart.Add(fo.ClientWait)
 	}
 	if fo != nil {
+		foCancel := context.CancelFunc(func() {})
 		primaryWait = func() context.Context {
 			if foCtx == nil {
-				var c context.CancelFunc
-				foCtx, c = context.WithDeadline(ctx, foBegin())
-				prev := cancel
-				cancel = func() { c(); prev() }
+				foCtx, foCancel = context.WithDeadline(ctx, foBegin())
 			}
 			return foCtx
 		}
 		defer func() {
+			foCancel()
 			if !foStart.IsZero() {
 				s.mu.Lock()
 				s.waiting = false
