@@ -277,7 +277,15 @@ func (m *Monitor) step(ctx context.Context) time.Duration {
 	m.mu.Lock()
 	m.health = next
 	if o == CheckOK {
-		m.lastLSN, m.syncNames, m.inSync = st.currentLSN, st.syncNames, st.inSync
+		m.lastLSN, m.syncNames = st.currentLSN, st.syncNames
+		// A check that finds synchronous_standby_names set but no standby in sync keeps the
+		// last set: with none in sync the primary acknowledges no commit, so that set still
+		// holds every acknowledged one. Such a check is what a crash looks like when the
+		// status query ran on a backend that outlived its postmaster by a few milliseconds,
+		// after the WAL senders had ended; taking it would leave no standby electable.
+		if !st.syncNames || len(st.inSync) > 0 {
+			m.inSync = st.inSync
+		}
 	}
 	m.mu.Unlock()
 	if next.State != h.State {

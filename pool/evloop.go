@@ -929,6 +929,11 @@ func (l *evLoop) readServer(s *session, es *loopServer) {
 			es.rdReady = false
 			return
 		}
+		if ls.fresh && len(es.part) == 0 && resetBeforeRead(errnoErr(errno), l.now.Sub(s.lastQuery)) {
+			ls.fresh = false
+			l.retryFirst(s)
+			return
+		}
 		if errno != 0 || n == 0 {
 			err := error(io.EOF)
 			if errno != 0 {
@@ -1158,10 +1163,16 @@ func (l *evLoop) wantOut(fd int) {
 // next pass acquires another connection (parking for a reachable primary) and sends it.
 func (l *evLoop) retryFirst(s *session) {
 	ls := s.ev
+	reader := s.roAttach || s.sessionRO
 	sc := l.detach(s)
 	sc.ev.part = sc.ev.part[:0]
 	sc.pool.drop(sc)
 	s.srv.log.Info("server connection closed before the transaction's first query was read; sending it again", "client", s.addr, "node", sc.pool.key.nodeID)
+	if !reader {
+		// its siblings in the pool are going too: wait for the node or the new primary
+		// rather than take the next one
+		s.srv.notePrimaryUnreachable(sc.pool.key.nodeID, errClosedUnread)
+	}
 	if ls.closed {
 		l.forget(s)
 		return

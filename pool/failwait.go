@@ -162,6 +162,29 @@ func retryableFirst(body []byte) bool {
 	return false
 }
 
+// errClosedUnread is why a node is taken for down after a retryableFirst answer.
+var errClosedUnread = errors.New("the server closed a pooled connection before reading the query sent on it")
+
+// resetBeforeRead says whether err, reading the first answer on a server connection just
+// taken for a transaction, shows that the server closed the connection without reading the
+// transaction's first Query: a connection reset soon after the Query was sent. A socket closed
+// with unread data in it is reset instead of closed in order (and the reset discards what the
+// server wrote before, such as its FATAL); a backend that read the Query and then ended (for
+// example while it waited for a synchronous standby when its postmaster died) closes in
+// order, which is an EOF here, and is never retried. The bound on the delay keeps out a reset
+// from a host that rebooted long after it answered nothing.
+func resetBeforeRead(err error, sinceSent time.Duration) bool {
+	return err != nil && errors.Is(err, syscall.ECONNRESET) && sinceSent < time.Second
+}
+
+// errnoErr is errno as an error, nil for 0.
+func errnoErr(errno syscall.Errno) error {
+	if errno == 0 {
+		return nil
+	}
+	return errno
+}
+
 // clientWaitError is what a transaction gets when no primary became reachable within
 // failover.client_wait.
 func (s *Server) clientWaitError(wait time.Duration) *pgError {

@@ -110,6 +110,9 @@ func (s *session) clientFlush() {
 func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
 	typ, n, err := sc.mr.header()
 	if err != nil {
+		if s.fresh.Load() && s.firstAnswer() && resetBeforeRead(err, time.Since(s.sentAt())) {
+			return stepRetry
+		}
 		s.serverGone(sc, done, err)
 		return stepEnded
 	}
@@ -230,6 +233,13 @@ func (s *session) firstAnswer() bool {
 	return !s.reader && s.retryQ != nil
 }
 
+// sentAt is when the last Query went to the server.
+func (s *session) sentAt() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastQuery
+}
+
 // retryFirst drops sc, whose server ended the connection before it read the Query the
 // attachment began with, and sends that Query again on a connection from attach (which
 // waits for a reachable primary). The client has seen nothing of the first try.
@@ -239,6 +249,7 @@ func (s *session) retryFirst(sc *serverConn, done chan struct{}) error {
 	s.retryQ = nil
 	s.pending--
 	s.rfqSeq++ // the Query's ReadyForQuery will not come from sc
+	reader := s.roAttach || s.sessionRO
 	if s.sc == sc {
 		s.detachLocked()
 	}
@@ -248,6 +259,11 @@ func (s *session) retryFirst(sc *serverConn, done chan struct{}) error {
 	close(done)
 	sc.pool.drop(sc)
 	s.srv.log.Info("server connection closed before the transaction's first query was read; sending it again", "client", s.addr, "node", sc.pool.key.nodeID)
+	if !reader {
+		// its siblings in the pool are going too: wait for the node or the new primary
+		// rather than take the next one
+		s.srv.notePrimaryUnreachable(sc.pool.key.nodeID, errClosedUnread)
+	}
 	nsc, err := s.ensureAttached(s.ctx, 'Q', msg)
 	if err != nil {
 		return err
