@@ -52,8 +52,8 @@ for set in $SETS; do
 	fi
 	grep -h 'FAILOVER-RESULT' "$work/$set.log" | sed "s/^ *failover_test.go:[0-9]*: FAILOVER-RESULT /$set /" >>"$work/results"
 	if [ ! -s "$work/nodes" ]; then
-		awk '/SHOW POOL_NODES before:/{p=1} p{print} /SHOW POOL_NODES after:/{q=1} q&&/^ *[0-9] \|/{n++} q&&n==3{exit}' "$work/$set.log" |
-			sed 's/^ *failover_test.go:[0-9]*: //; s/^    //' >"$work/nodes" || true
+		grep -m2 -A4 'SHOW POOL_NODES' "$work/$set.log" | grep -v '^--$' |
+			sed 's/^ *failover_test.go:[0-9]*: //; s/^        //' >"$work/nodes" || true
 	fi
 done
 
