@@ -1120,7 +1120,15 @@ func (l *evLoop) rollback(sc *serverConn, status byte) {
 }
 
 func (l *evLoop) writeServer(s *session, es *loopServer) {
+	before := len(es.out)
 	if errno := l.flush(es.fd, &es.out, &es.wrBlocked); errno != 0 {
+		if ls := s.ev; ls.fresh && len(es.out) == before && unsentReset(errno) {
+			// the server closed the connection before the transaction's first query
+			// reached it: nothing of it was written
+			ls.fresh = false
+			l.retryFirst(s)
+			return
+		}
 		l.serverLost(s, os.NewSyscallError("write", errno))
 	}
 }

@@ -177,6 +177,12 @@ func resetBeforeRead(err error, sinceSent time.Duration) bool {
 	return err != nil && errors.Is(err, syscall.ECONNRESET) && sinceSent < time.Second
 }
 
+// unsentReset says whether err, writing a transaction's first query to a server connection
+// just taken, shows that the server had closed it: then none of the query reached it.
+func unsentReset(err error) bool {
+	return err != nil && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE))
+}
+
 // errnoErr is errno as an error, nil for 0.
 func errnoErr(errno syscall.Errno) error {
 	if errno == 0 {

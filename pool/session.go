@@ -103,6 +103,8 @@ type session struct {
 	fresh  atomic.Bool
 	retryQ []byte
 	ctx    context.Context // run's (goroutine engine)
+	// flushErr is the last failed flush to a server (client loop only).
+	flushErr error
 }
 
 // parseEntry is a ParseComplete or CloseComplete the server owes us, in order.
@@ -409,6 +411,14 @@ func (s *session) send(sc *serverConn, typ byte, msg []byte) error {
 	err := s.maybeFlush(sc, typ)
 	s.wmu.Unlock()
 	if err != nil {
+		if typ == 'Q' && s.fresh.Load() && unsentReset(s.flushErr) && s.firstAnswer() {
+			// the server closed the connection before the transaction's first query
+			// reached it
+			s.mu.Lock()
+			done := s.detached
+			s.mu.Unlock()
+			return s.retryFirst(sc, done)
+		}
 		return err
 	}
 	return s.afterWrite(sc, typ)
@@ -457,6 +467,7 @@ func (s *session) account(sc *serverConn, typ byte) []byte {
 func (s *session) maybeFlush(sc *serverConn, typ byte) error {
 	if typ == 'S' || typ == 'Q' || typ == 'F' || typ == 'H' || typ == 'c' || typ == 'f' || !s.mr.complete() {
 		if err := sc.w.Flush(); err != nil {
+			s.flushErr = err
 			return s.serverWriteErr(sc, err)
 		}
 	}
