@@ -1200,7 +1200,8 @@ func (l *evLoop) serverLost(s *session, err error) {
 		l.forget(s)
 		return
 	}
-	s.srv.log.Warn("server connection lost", "client", s.addr, "pool", sc.pool.name(), "err", err)
+	s.srv.log.Warn("server connection lost", "client", s.addr, "pool", sc.pool.name(), "err", err,
+		"first_answer", ls.fresh, "since_sent", l.now.Sub(s.lastQuery))
 	l.kill(s, s.srv.lostError(node, reader))
 }
 
