@@ -929,7 +929,10 @@ func (l *evLoop) readServer(s *session, es *loopServer) {
 			es.rdReady = false
 			return
 		}
-		if ls.fresh && len(es.part) == 0 && resetBeforeRead(errnoErr(errno), l.now.Sub(s.lastQuery)) {
+		// (es.part may hold what the server sent while the connection was idle, such as
+		// its FATAL read together with the last transaction's ReadyForQuery: from before
+		// the Query, so no sign that the server read it)
+		if ls.fresh && resetBeforeRead(errnoErr(errno), l.now.Sub(s.lastQuery)) {
 			ls.fresh = false
 			l.retryFirst(s)
 			return
