@@ -15,8 +15,9 @@
 #
 # Reported per run: RTO = SIGKILL → first write acknowledged by the new primary through the
 # pool, the promotion as the test saw it, acknowledged rows missing on the new primary, and
-# client errors by kind, split into transactions in flight at the crash and transactions begun
-# after it. Per set: median and worst RTO, lost rows, errors. Then SHOW POOL_NODES before and
+# client errors by kind, split into transactions that reached a backend of the old primary
+# ("in flight"; some of them began after the SIGKILL by the client's clock, since backends outlive
+# a killed postmaster by milliseconds) and transactions begun after it that never reached it. Per set: median and worst RTO, lost rows, errors. Then SHOW POOL_NODES before and
 # after one failover.
 #
 # Settings (environment):
@@ -62,17 +63,18 @@ field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
 	echo "failover benchmark $(date -u +%Y-%m-%dT%H:%MZ), io_engine $IO_ENGINE, $(nproc) cores"
 	echo "RTO = SIGKILL of the primary's postmaster -> first write acknowledged by the new primary through the pool"
 	echo
-	printf '%-9s %4s %8s %12s %6s %7s %10s %12s  %s\n' set run "RTO(s)" "promoted(s)" lost acked in_flight begun_after "errors by kind"
+	printf '%-9s %4s %8s %12s %6s %7s %10s %16s %12s  %s\n' set run "RTO(s)" "promoted(s)" lost acked in_flight "(begun after kill)" begun_after "errors by kind"
 	while read -r line; do
 		set=${line%% *}
-		printf '%-9s %4s %8.3f %12.3f %6s %7s %10s %12s  %s\n' "$set" "$(field run <<<"$line")" \
+		printf '%-9s %4s %8.3f %12.3f %6s %7s %10s %16s %12s  %s\n' "$set" "$(field run <<<"$line")" \
 			"$(awk -v m="$(field rto_ms <<<"$line")" 'BEGIN{print m/1000}')" \
 			"$(awk -v m="$(field promoted_ms <<<"$line")" 'BEGIN{print m/1000}')" \
 			"$(field lost <<<"$line")" "$(field acked <<<"$line")" "$(field errors_in_flight <<<"$line")" \
+			"$(field errors_in_flight_begun_after_kill <<<"$line")" \
 			"$(field errors_begun_after <<<"$line")" "$(sed -n 's/.* kinds="\(.*\)"$/\1/p' <<<"$line")"
 	done <"$work/results"
 	echo
-	printf '%-9s %5s %12s %11s %6s %18s %12s\n' set runs "RTO median" "RTO worst" lost "errors in flight" "begun after"
+	printf '%-9s %5s %12s %11s %6s %18s %18s %12s\n' set runs "RTO median" "RTO worst" lost "errors in flight" "(begun after kill)" "begun after"
 	for set in $SETS; do
 		grep "^$set " "$work/results" >"$work/r.$set" || true
 		n=$(wc -l <"$work/r.$set")
@@ -82,11 +84,15 @@ field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
 		worst=$(tail -1 <<<"$rtos" | awk '{print $1/1000}')
 		lost=$(field lost <"$work/r.$set" | awk '{s+=$1} END{print s+0}')
 		inf=$(field errors_in_flight <"$work/r.$set" | awk '{s+=$1} END{print s+0}')
+		late=$(field errors_in_flight_begun_after_kill <"$work/r.$set" | awk '{s+=$1} END{print s+0}')
 		aft=$(field errors_begun_after <"$work/r.$set" | awk '{s+=$1} END{print s+0}')
-		printf '%-9s %5s %11.3fs %10.3fs %6s %18s %12s\n' "$set" "$n" "$med" "$worst" "$lost" "$inf" "$aft"
+		printf '%-9s %5s %11.3fs %10.3fs %6s %18s %18s %12s\n' "$set" "$n" "$med" "$worst" "$lost" "$inf" "$late" "$aft"
 	done
 	echo
-	echo "targets: fast RTO <= 0.5 s (pgpool-II's class), defaults RTO <= 3 s, 0 errors for transactions begun after the crash, sync 0 lost"
+	echo "in_flight: the transaction reached a backend of the old primary (its commit is in doubt); \"begun after kill\": of those, begun"
+	echo "after the SIGKILL by the client's clock (backends outlive their postmaster by milliseconds); begun_after: errors of transactions"
+	echo "begun after the SIGKILL that never reached the old primary"
+	echo "targets: fast RTO <= 0.5 s (pgpool-II's class), defaults RTO <= 3 s, begun_after 0, sync 0 lost"
 	echo
 	cat "$work/nodes"
 } | tee "$RESULTS_FILE"
