@@ -2,18 +2,19 @@
 # `make bench`: the backup benchmark (bench/backup/run.sh: pgharbor against pgBackRest and
 # pg_basebackup — backup, restore, WAL archiving), the pooler benchmark (bench/pool/run.sh:
 # pgharbor pool against PgBouncer and direct connections, then -M prepared with 50 clients
-# against direct connections) and the WAL receiver benchmark
-# (bench/receive/run.sh: catch-up, and the receiver against a streaming standby as the
-# synchronous standby) and the standby benchmark (bench/replica/run.sh: seeding and rebuilding a
-# standby with pgharbor, pg_basebackup and pgBackRest).
+# against direct connections), the WAL receiver benchmark (bench/receive/run.sh: catch-up, and
+# the receiver against a streaming standby as the synchronous standby), the standby benchmark
+# (bench/replica/run.sh: seeding and rebuilding a standby with pgharbor, pg_basebackup and
+# pgBackRest) and the failover benchmark (bench/failover/run.sh: RTO, lost transactions and
+# client errors when the primary is killed under writes through the pool).
 #
-#   BENCH_ONLY=backup|pool|receive|replica   run only one of them (default: all)
+#   BENCH_ONLY=backup|pool|receive|replica|failover   run only one of them (default: all)
 # Each benchmark takes its own settings from the environment; see the top of its run.sh.
-# Both run even when the first fails; the exit status is non-zero when either failed.
+# All run even when one fails; the exit status is non-zero when any failed.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ONLY=${BENCH_ONLY:-}
-case $ONLY in ""|backup|pool|receive|replica) ;; *) echo "BENCH_ONLY must be backup, pool, receive or replica" >&2; exit 2 ;; esac
+case $ONLY in ""|backup|pool|receive|replica|failover) ;; *) echo "BENCH_ONLY must be backup, pool, receive, replica or failover" >&2; exit 2 ;; esac
 rc=0
 if [ -z "$ONLY" ] || [ "$ONLY" = backup ]; then
 	echo "== backup benchmark (bench/backup/run.sh)"
@@ -36,5 +37,9 @@ fi
 if [ -z "$ONLY" ] || [ "$ONLY" = replica ]; then
 	echo "== standby benchmark (bench/replica/run.sh)"
 	bash bench/replica/run.sh || rc=1
+fi
+if [ -z "$ONLY" ] || [ "$ONLY" = failover ]; then
+	echo "== failover benchmark (bench/failover/run.sh)"
+	bash bench/failover/run.sh || rc=1
 fi
 exit $rc

@@ -24,6 +24,7 @@ const (
 	DefaultReplayTimeout     = 60 * time.Second
 	DefaultRejoinWait        = 5 * time.Minute
 	DefaultBinDir            = "/usr/lib/postgresql/15/bin"
+	DefaultClientWait        = 30 * time.Second
 )
 
 // NodeOptions are the failover settings of one node, keyed by the node's name in the
@@ -95,13 +96,18 @@ type Config struct {
 	// fetch archived WAL (pgharbor wal fetch).
 	RestoreCommand string `yaml:"restore_command"`
 
+	// ClientWait bounds how long a new transaction through the pool waits for a reachable
+	// primary while the primary is down (until the promotion); then it gets an error.
+	ClientWait time.Duration `yaml:"client_wait"`
+
 	Nodes map[string]NodeOptions `yaml:"nodes"`
 }
 
 // withDefaults validates c and fills in defaults; names are the cluster's node names.
 func (c Config) withDefaults(names []string) (Config, error) {
 	if c.HealthCheckPeriod < 0 || c.ConnectTimeout < 0 || c.QueryTimeout < 0 || c.RetryDelay < 0 ||
-		c.PromoteTimeout < 0 || c.CommandTimeout < 0 || c.DrainTimeout < 0 || c.ReplayTimeout < 0 || c.RejoinWait < 0 {
+		c.PromoteTimeout < 0 || c.CommandTimeout < 0 || c.DrainTimeout < 0 || c.ReplayTimeout < 0 || c.RejoinWait < 0 ||
+		c.ClientWait < 0 {
 		return c, errors.New("failover: durations must not be negative")
 	}
 	if c.MaxLagBytes < 0 {
@@ -124,6 +130,7 @@ func (c Config) withDefaults(names []string) (Config, error) {
 	if c.BinDir == "" {
 		c.BinDir = DefaultBinDir
 	}
+	def(&c.ClientWait, DefaultClientWait)
 	switch {
 	case c.Retries == 0:
 		c.Retries = DefaultRetries

@@ -94,6 +94,8 @@ type Monitor struct {
 	rebuild  Rebuilder
 	// running: Run watches; otherwise primary may be stale and node commands look again.
 	running atomic.Bool
+	// kick asks Run for a check of the primary now (CheckSoon).
+	kick chan struct{}
 }
 
 // New checks cfg against the nodes (the pool's cluster.nodes, whose order gives the node
@@ -126,7 +128,7 @@ func New(cfg Config, nodes []cluster.NodeConfig, pool Pool, log *slog.Logger) (*
 		ns[i].Opts = cfg.Nodes[ns[i].Name]
 	}
 	return &Monitor{cfg: cfg, nodes: ns, pool: pool, log: log.With("component", "failover"), primary: -1, failed: map[int]bool{},
-		detached: map[int]bool{}, rejoining: map[int]bool{}, formerSeen: map[int]bool{}, rejoinAt: map[int]time.Time{}}, nil
+		detached: map[int]bool{}, rejoining: map[int]bool{}, formerSeen: map[int]bool{}, rejoinAt: map[int]time.Time{}, kick: make(chan struct{}, 1)}, nil
 }
 
 // Config returns the configuration with defaults filled in.
@@ -187,12 +189,52 @@ func (m *Monitor) Run(ctx context.Context) error {
 				}()
 			}
 		}
+		if !m.sleep(ctx, wait, wake) {
+			return nil
+		}
+	}
+}
+
+// sleep waits until the next round: wait passed, the watch connection closed (wake), or
+// CheckSoon asked while the primary is healthy (a kick that came during a check is dropped
+// once the check made it suspect: retry_delay holds). False when ctx ended.
+func (m *Monitor) sleep(ctx context.Context, wait time.Duration, wake <-chan struct{}) bool {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for {
 		select {
 		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
+			return false
+		case <-t.C:
+			return true
 		case <-wake:
+			return true
+		case <-m.kick:
+			m.mu.Lock()
+			healthy := m.primary >= 0 && m.health.State == Healthy
+			m.mu.Unlock()
+			if healthy {
+				return true
+			}
 		}
+	}
+}
+
+// CheckSoon asks for a check of the primary now, instead of at the next period: the pool
+// calls it when its own login to the primary (node id) failed as if the node were down. It
+// never blocks. The check counts like any other, so one refused login by itself never fails
+// the primary when retries > 0; and while the primary is already suspect the next check
+// keeps to retry_delay, so that many refused logins do not use up the retries at once.
+func (m *Monitor) CheckSoon(id int) {
+	m.mu.Lock()
+	act := id == m.primary && m.health.State == Healthy
+	m.mu.Unlock()
+	if !act {
+		return
+	}
+	select {
+	case m.kick <- struct{}{}:
+	default:
 	}
 }
 
@@ -265,7 +307,15 @@ func (m *Monitor) step(ctx context.Context) time.Duration {
 	m.mu.Lock()
 	m.health = next
 	if o == CheckOK {
-		m.lastLSN, m.syncNames, m.inSync = st.currentLSN, st.syncNames, st.inSync
+		m.lastLSN, m.syncNames = st.currentLSN, st.syncNames
+		// A check that finds synchronous_standby_names set but no standby in sync keeps the
+		// last set: with none in sync the primary acknowledges no commit, so that set still
+		// holds every acknowledged one. Such a check is what a crash looks like when the
+		// status query ran on a backend that outlived its postmaster by a few milliseconds,
+		// after the WAL senders had ended; taking it would leave no standby electable.
+		if !st.syncNames || len(st.inSync) > 0 {
+			m.inSync = st.inSync
+		}
 	}
 	m.mu.Unlock()
 	if next.State != h.State {

@@ -61,10 +61,11 @@ const (
 type loopMsgKind int
 
 const (
-	msgAdd   loopMsgKind = iota // a new session: fd, and bytes already read in data
-	msgGrant                    // a server connection for a waiting session (nil: try again; or err)
-	msgKill                     // send data (a FATAL error) and end the session
-	msgQuit                     // stop the loop
+	msgAdd     loopMsgKind = iota // a new session: fd, and bytes already read in data
+	msgGrant                      // a server connection for a waiting session (nil: try again; or err)
+	msgKill                       // send data (a FATAL error) and end the session
+	msgCluster                    // the cluster changed: sessions parked for a primary look again
+	msgQuit                       // stop the loop
 )
 
 type loopMsg struct {
@@ -92,6 +93,7 @@ type evLoop struct {
 	fds       map[int32]loopEntry
 	sessions  map[*session]struct{}
 	waiting   map[*session]struct{}
+	parked    map[*session]struct{} // waiting for a reachable primary (failwait.go)
 	flushList []*session
 	buf       []byte
 	events    []epollEvent
@@ -127,6 +129,17 @@ type loopSess struct {
 	want      attachReq   // what the waiting acquisition is for
 	waitPool  *serverPool // the pool the session waits on (queued or a login under way)
 	waitStart time.Time
+	// Waiting for a reachable primary during a failover: parked holds the session's input
+	// until the cluster changes or parkRetry; parkUntil is failover.client_wait's deadline
+	// for the transaction (zero when it is not waiting).
+	parked    bool
+	parkRetry time.Time
+	parkUntil time.Time
+	// fresh: the attachment (failover on) has had no answer yet; retryQ holds the Query it
+	// began with, sent again on another connection when the first answer says the server
+	// closed the connection before reading it (retryableFirst).
+	fresh  bool
+	retryQ []byte
 }
 
 type attachReq struct {
@@ -171,7 +184,7 @@ func newLoop(ctx context.Context, srv *Server) (*evLoop, error) {
 	}
 	l := &evLoop{srv: srv, ctx: ctx, epfd: epfd, efd: int(efd), done: make(chan struct{}),
 		fds: map[int32]loopEntry{}, sessions: map[*session]struct{}{}, waiting: map[*session]struct{}{},
-		buf: make([]byte, loopReadSize), events: make([]epollEvent, 128)}
+		parked: map[*session]struct{}{}, buf: make([]byte, loopReadSize), events: make([]epollEvent, 128)}
 	ev := epollEvent{Events: epEPOLLIN | epollET, Fd: int32(efd)}
 	if err := epollCtl(epfd, epEPOLL_CTL_ADD, int(efd), &ev); err != nil {
 		_ = syscall.Close(epfd)
@@ -354,6 +367,8 @@ func (l *evLoop) drain() bool {
 				l.add(m.sess, m.fd, m.data)
 			case msgGrant:
 				l.grant(m.sess, m.sc, m.err)
+			case msgCluster:
+				l.unparkAll()
 			case msgKill:
 				if ls := m.sess.ev; ls != nil && !ls.closed {
 					ls.out = append(ls.out, m.data...)
@@ -476,7 +491,7 @@ func (l *evLoop) quiet(s *session) bool {
 // takesInput says whether the loop may handle the next client message now.
 func (l *evLoop) takesInput(s *session) bool {
 	ls := s.ev
-	if ls.stalled || ls.demote || ls.waitPool != nil {
+	if ls.stalled || ls.demote || ls.waitPool != nil || ls.parked {
 		return false
 	}
 	es := l.server(s)
@@ -633,8 +648,13 @@ func (l *evLoop) query(s *session, msg []byte) bool {
 	}
 	if req.p == nil {
 		n, ok := srv.cl.Primary()
-		if !ok {
+		fo := srv.failoverOpts()
+		if !ok && fo == nil {
 			ls.demote = true // a goroutine waits for a primary (query_wait_timeout)
+			return false
+		}
+		if !ok || (fo != nil && srv.recentlyDown(n.ID)) {
+			l.park(s, fo)
 			return false
 		}
 		req.p, req.node = srv.sessionPool(s, n), n.ID
@@ -704,6 +724,13 @@ func (l *evLoop) attach(s *session, sc *serverConn) bool {
 	s.mu.Unlock()
 	s.srv.attached.Add(1)
 	es.ls = s
+	ls.fresh = s.srv.failoverOpts() != nil
+	if !ls.parkUntil.IsZero() {
+		ls.parkUntil = time.Time{}
+		if !req.reader {
+			s.srv.noteReachable(req.node)
+		}
+	}
 	return true
 }
 
@@ -718,8 +745,16 @@ func (l *evLoop) send(s *session, sc *serverConn, msg []byte) {
 	if f&textRole != 0 || (msg[0] == 'F' && callsSetConfig(msg)) {
 		sc.resetRole = true
 	}
+	first := s.pending == 0
 	s.sentLocked(sc, l.now)
 	s.mu.Unlock()
+	if ls := s.ev; ls.fresh {
+		if first && msg[0] == 'Q' {
+			ls.retryQ = append(ls.retryQ[:0], msg...)
+		} else {
+			ls.fresh = false
+		}
+	}
 	sc.ev.out = append(sc.ev.out, msg...)
 }
 
@@ -756,7 +791,7 @@ func (l *evLoop) grant(s *session, sc *serverConn, err error) {
 	p.stats.waitTime.Add(int64(l.now.Sub(ls.waitStart)))
 	if err != nil {
 		p.stats.loginErrors.Add(1)
-		if ls.want.reader && !ls.want.retried {
+		if ls.want.reader && !ls.want.retried && (serverUnreachable(err) || !errors.As(err, new(*pgError))) {
 			s.srv.log.Warn("reader unreachable, using the primary", "node", ls.want.node, "err", err)
 			if n, ok := s.srv.cl.Primary(); ok {
 				req := attachReq{p: s.srv.sessionPool(s, n), node: n.ID, retried: true}
@@ -766,6 +801,14 @@ func (l *evLoop) grant(s *session, sc *serverConn, err error) {
 				l.pump(s)
 				return
 			}
+		}
+		if fo := s.srv.failoverOpts(); fo != nil && serverUnreachable(err) {
+			// the primary is down and not yet replaced: wait for the failover
+			if !ls.want.reader {
+				s.srv.notePrimaryUnreachable(ls.want.node, err)
+			}
+			l.park(s, fo)
+			return
 		}
 		var pe *pgError
 		if !errors.As(err, &pe) {
@@ -782,6 +825,61 @@ func (l *evLoop) grant(s *session, sc *serverConn, err error) {
 		}
 	}
 	l.pump(s)
+}
+
+// park holds s's next Query until the cluster changes (msgCluster) or failoverRetry passed
+// (tick), up to failover.client_wait from the first park of this transaction, without
+// blocking the loop: the session has no server connection and reads nothing meanwhile.
+func (l *evLoop) park(s *session, fo *FailoverOptions) {
+	ls := s.ev
+	if ls.parkUntil.IsZero() {
+		ls.parkUntil = l.now.Add(fo.ClientWait)
+	}
+	ls.parkRetry = l.now.Add(failoverRetry)
+	ls.parked = true
+	l.parked[s] = struct{}{}
+	s.mu.Lock()
+	s.waiting = true
+	s.mu.Unlock()
+}
+
+// unpark lets s take input again.
+func (l *evLoop) unpark(s *session) {
+	s.ev.parked = false
+	delete(l.parked, s)
+	s.mu.Lock()
+	s.waiting = false
+	s.mu.Unlock()
+}
+
+// unparkAll retries every parked session after a change of the cluster.
+func (l *evLoop) unparkAll() {
+	for _, s := range l.parkedList() {
+		l.unpark(s)
+		if ls := s.ev; ls != nil && !ls.ended && !ls.closed {
+			l.pump(s)
+		}
+	}
+}
+
+// parkedList copies the parked sessions: retrying one may park it again.
+func (l *evLoop) parkedList() []*session {
+	if len(l.parked) == 0 {
+		return nil
+	}
+	out := make([]*session, 0, len(l.parked))
+	for s := range l.parked {
+		out = append(out, s)
+	}
+	return out
+}
+
+// cfgWait is failover.client_wait as the pool has it now (0 when failover is off).
+func cfgWait(srv *Server) time.Duration {
+	if fo := srv.failoverOpts(); fo != nil {
+		return fo.ClientWait
+	}
+	return 0
 }
 
 // endWait takes s off the loop's waiting list.
@@ -829,6 +927,14 @@ func (l *evLoop) readServer(s *session, es *loopServer) {
 		n, errno := rawRead(es.fd, l.buf)
 		if errno == syscall.EAGAIN {
 			es.rdReady = false
+			return
+		}
+		// (es.part may hold what the server sent while the connection was idle, such as
+		// its FATAL read together with the last transaction's ReadyForQuery: from before
+		// the Query, so no sign that the server read it)
+		if ls.fresh && resetBeforeRead(errnoErr(errno), l.now.Sub(s.lastQuery)) {
+			ls.fresh = false
+			l.retryFirst(s)
 			return
 		}
 		if errno != 0 || n == 0 {
@@ -886,10 +992,17 @@ func (l *evLoop) serverData(s *session, es *loopServer, data []byte) {
 			return
 		}
 		total := 1 + n
-		whole := typ == 'Z' || typ == 'S' || (es.swallow > 0 && typ == 'E')
+		whole := typ == 'Z' || typ == 'S' || ((es.swallow > 0 || ls.fresh) && typ == 'E')
 		if whole && total > len(data) {
 			keep(data)
 			return
+		}
+		if ls.fresh {
+			ls.fresh = false
+			if typ == 'E' && retryableFirst(data[5:total]) {
+				l.retryFirst(s)
+				return
+			}
 		}
 		if es.swallow > 0 {
 			switch typ {
@@ -1010,7 +1123,15 @@ func (l *evLoop) rollback(sc *serverConn, status byte) {
 }
 
 func (l *evLoop) writeServer(s *session, es *loopServer) {
+	before := len(es.out)
 	if errno := l.flush(es.fd, &es.out, &es.wrBlocked); errno != 0 {
+		if ls := s.ev; ls.fresh && len(es.out) == before && unsentReset(errno) {
+			// the server closed the connection before the transaction's first query
+			// reached it: nothing of it was written
+			ls.fresh = false
+			l.retryFirst(s)
+			return
+		}
 		l.serverLost(s, os.NewSyscallError("write", errno))
 	}
 }
@@ -1048,17 +1169,43 @@ func (l *evLoop) wantOut(fd int) {
 	_ = epollCtl(l.epfd, epEPOLL_CTL_MOD, fd, &ev)
 }
 
+// retryFirst drops s's server connection, whose server ended it before reading the Query
+// the attachment began with, and puts that Query back in front of the client's input: the
+// next pass acquires another connection (parking for a reachable primary) and sends it.
+func (l *evLoop) retryFirst(s *session) {
+	ls := s.ev
+	reader := s.roAttach || s.sessionRO
+	sc := l.detach(s)
+	sc.ev.part = sc.ev.part[:0]
+	sc.pool.drop(sc)
+	s.srv.log.Info("server connection closed before the transaction's first query was read; sending it again", "client", s.addr, "node", sc.pool.key.nodeID)
+	if !reader {
+		// its siblings in the pool are going too: wait for the node or the new primary
+		// rather than take the next one
+		s.srv.notePrimaryUnreachable(sc.pool.key.nodeID, errClosedUnread)
+	}
+	if ls.closed {
+		l.forget(s)
+		return
+	}
+	in := make([]byte, 0, len(ls.retryQ)+len(ls.in))
+	ls.in = append(append(in, ls.retryQ...), ls.in...)
+	ls.retryQ = ls.retryQ[:0]
+}
+
 // serverLost handles a server connection that failed while s held it.
 func (l *evLoop) serverLost(s *session, err error) {
 	ls := s.ev
+	node, reader := s.node, s.roAttach || s.sessionRO
 	sc := l.detach(s)
 	sc.pool.drop(sc)
 	if ls.closed {
 		l.forget(s)
 		return
 	}
-	s.srv.log.Warn("server connection lost", "client", s.addr, "pool", sc.pool.name(), "err", err)
-	l.kill(s, fatal(sqlstateConnFailure, "server connection lost"))
+	s.srv.log.Warn("server connection lost", "client", s.addr, "pool", sc.pool.name(), "err", err,
+		"first_answer", ls.fresh, "since_sent", l.now.Sub(s.lastQuery))
+	l.kill(s, s.srv.lostError(node, reader))
 }
 
 // kill sends pe to the client and ends the session.
@@ -1084,6 +1231,10 @@ func (l *evLoop) clientGone(s *session) {
 	ls.out, ls.in = nil, nil
 	delete(l.fds, int32(ls.fd))
 	_ = syscall.Close(ls.fd)
+	if ls.parked {
+		ls.parked = false
+		delete(l.parked, s)
+	}
 	if p := ls.waitPool; p != nil {
 		if !p.unwait(s) {
 			return // a connection or a wake-up is on its way: grant passes it on and forgets s
@@ -1146,6 +1297,7 @@ func (l *evLoop) forget(s *session) {
 	s.ev.ended = true
 	delete(l.sessions, s)
 	delete(l.waiting, s)
+	delete(l.parked, s)
 	s.srv.forget(s)
 }
 
@@ -1162,6 +1314,22 @@ func (l *evLoop) tick() {
 			p.stats.timeouts.Add(1)
 			l.endWait(s)
 			l.failQuery(s, &pgError{Severity: "ERROR", Code: sqlstateCannotConnect, Message: "query_wait_timeout: no server connection became free in time"})
+			l.pump(s)
+		}
+	}
+	for _, s := range l.parkedList() {
+		ls := s.ev
+		if !ls.parked {
+			continue
+		}
+		switch {
+		case !l.now.Before(ls.parkUntil):
+			l.unpark(s)
+			ls.parkUntil = time.Time{}
+			l.failQuery(s, s.srv.clientWaitError(max(cfgWait(s.srv), 0)))
+			l.pump(s)
+		case !l.now.Before(ls.parkRetry):
+			l.unpark(s)
 			l.pump(s)
 		}
 	}

@@ -56,6 +56,10 @@ type Server struct {
 	usable  atomic.Pointer[map[int]bool]   // node ids that may get traffic
 	nodeCtl atomic.Pointer[nodeControlRef] // the admin console's node commands; nil: none
 
+	fo         atomic.Pointer[FailoverOptions] // nil: no failover monitor acts on the cluster
+	down       primaryDown
+	clusterGen atomic.Uint64 // counts changes of the cluster seen by watchCluster
+
 	pauseMu  sync.Mutex
 	paused   bool
 	resumeCh chan struct{}
@@ -88,6 +92,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		creds: map[string]serverCreds{}, params: map[[2]string][]pgproto3.ParameterStatus{},
 		resumeCh: make(chan struct{}), started: time.Now()}
 	close(s.resumeCh)
+	s.down.node.Store(-1)
 	if err := s.apply(cfg); err != nil {
 		return nil, err
 	}
@@ -471,6 +476,11 @@ func (s *Server) watchCluster(ctx context.Context) {
 			return
 		case <-ch:
 			s.refreshNodes()
+			s.clusterGen.Add(1)
+			if s.loop != nil {
+				// sessions of the loop parked for a primary look again
+				s.loop.post(loopMsg{kind: msgCluster})
+			}
 			s.evictStale()
 			for _, p := range s.poolList() {
 				if !s.nodeUsable(p.key.nodeID) {
@@ -836,13 +846,39 @@ func (s *Server) loginParams(ctx context.Context, sess *session) ([]pgproto3.Par
 	if ok {
 		return ps, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, max(positive(s.config().QueryWaitTimeout), time.Second))
-	defer cancel()
-	p, _, _, err := s.poolFor(func() context.Context { return ctx }, sess, sess.sessionRO)
-	if err != nil {
-		return nil, err
+	wait := max(positive(s.config().QueryWaitTimeout), time.Second)
+	fo := s.failoverOpts()
+	var sub <-chan struct{}
+	if fo != nil {
+		// during a failover a new client waits for the primary like a transaction does
+		wait = max(wait, fo.ClientWait)
+		sub = s.cl.Subscribe()
+		defer s.cl.Unsubscribe(sub)
 	}
-	sc, err := p.acquire(ctx)
+	deadline := time.Now().Add(wait)
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	var sc *serverConn
+	var p *serverPool
+	var err error
+	for {
+		var node int
+		var reader bool
+		p, node, reader, err = s.poolFor(func() context.Context { return ctx }, sess, sess.sessionRO)
+		if err != nil {
+			return nil, err
+		}
+		sc, err = p.acquire(ctx)
+		if err == nil || fo == nil || !serverUnreachable(err) {
+			break
+		}
+		if !reader {
+			s.notePrimaryUnreachable(node, err)
+		}
+		if werr := s.waitForPrimary(ctx, sub, deadline); werr != nil {
+			return nil, fatal(sqlstateCannotConnect, "%s", s.clientWaitError(fo.ClientWait).Message)
+		}
+	}
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return nil, fatal(sqlstateCannotConnect, "query_wait_timeout: no server connection became free in time")

@@ -96,6 +96,15 @@ type session struct {
 	// swallowZ counts answers to the pool's own sync queries the reader drops (goroutine
 	// engine; the event loop counts them in loopServer.swallow).
 	swallowZ atomic.Int32
+	// fresh: the attachment (transaction mode, failover on) has had no answer yet, and
+	// retryQ is the Query it began with: when the server's first answer says it closed the
+	// connection before reading it, the Query goes to another server connection (see
+	// retryableFirst). The event loop keeps its own copy of the Query (loopSess.retryQ).
+	fresh  atomic.Bool
+	retryQ []byte
+	ctx    context.Context // run's (goroutine engine)
+	// flushErr is the last failed flush to a server (client loop only).
+	flushErr error
 }
 
 // parseEntry is a ParseComplete or CloseComplete the server owes us, in order.
@@ -108,6 +117,7 @@ type parseEntry struct {
 
 // run is the client loop. It returns when the client leaves or the session fails.
 func (s *session) run(ctx context.Context) {
+	s.ctx = ctx
 	defer s.cleanup()
 	idleArmed := false
 	for {
@@ -380,6 +390,16 @@ func (s *session) send(sc *serverConn, typ byte, msg []byte) error {
 			s.noteText(q, f)
 		}
 	}
+	if s.fresh.Load() {
+		s.mu.Lock()
+		if s.sc == sc && typ == 'Q' && s.pending == 0 {
+			s.retryQ = msg // valid until the client loop reads again, after the answer
+		} else {
+			s.fresh.Store(false)
+			s.retryQ = nil
+		}
+		s.mu.Unlock()
+	}
 	s.wmu.Lock()
 	if pre := s.account(sc, typ); pre != nil {
 		_, _ = sc.w.Write(pre)
@@ -391,6 +411,14 @@ func (s *session) send(sc *serverConn, typ byte, msg []byte) error {
 	err := s.maybeFlush(sc, typ)
 	s.wmu.Unlock()
 	if err != nil {
+		if typ == 'Q' && s.fresh.Load() && unsentReset(s.flushErr) && s.firstAnswer() {
+			// the server closed the connection before the transaction's first query
+			// reached it
+			s.mu.Lock()
+			done := s.detached
+			s.mu.Unlock()
+			return s.retryFirst(sc, done)
+		}
 		return err
 	}
 	return s.afterWrite(sc, typ)
@@ -439,6 +467,7 @@ func (s *session) account(sc *serverConn, typ byte) []byte {
 func (s *session) maybeFlush(sc *serverConn, typ byte) error {
 	if typ == 'S' || typ == 'Q' || typ == 'F' || typ == 'H' || typ == 'c' || typ == 'f' || !s.mr.complete() {
 		if err := sc.w.Flush(); err != nil {
+			s.flushErr = err
 			return s.serverWriteErr(sc, err)
 		}
 	}
@@ -865,10 +894,59 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 			return nil, &pgError{Severity: "ERROR", Code: sqlstateCannotConnect, Message: "query_wait_timeout: the pool is paused"}
 		}
 	}
+	// With a failover monitor on the cluster, a transaction that finds no reachable primary
+	// waits for one up to failover.client_wait (failwait.go) instead of failing.
+	fo := s.srv.failoverOpts()
+	primaryWait := waitCtx
+	var foStart time.Time
+	var foCtx context.Context
+	var sub <-chan struct{}
+	defer func() {
+		if sub != nil {
+			s.srv.cl.Unsubscribe(sub)
+		}
+	}()
+	foBegin := func() time.Time {
+		if foStart.IsZero() {
+			foStart = time.Now()
+			s.mu.Lock()
+			s.waiting = true
+			s.mu.Unlock()
+			sub = s.srv.cl.Subscribe()
+		}
+		return foStart.Add(fo.ClientWait)
+	}
+	if fo != nil {
+		foCancel := context.CancelFunc(func() {})
+		primaryWait = func() context.Context {
+			if foCtx == nil {
+				foCtx, foCancel = context.WithDeadline(ctx, foBegin())
+			}
+			return foCtx
+		}
+		defer func() {
+			foCancel()
+			if !foStart.IsZero() {
+				s.mu.Lock()
+				s.waiting = false
+				s.mu.Unlock()
+			}
+		}()
+	}
 	for attempt := 0; ; attempt++ {
-		p, nodeID, isReader, err := s.srv.poolFor(waitCtx, s, readOnly)
+		p, nodeID, isReader, err := s.srv.poolFor(primaryWait, s, readOnly)
 		if err != nil {
+			if fo != nil && ctx.Err() == nil {
+				return nil, s.srv.clientWaitError(fo.ClientWait)
+			}
 			return nil, err
+		}
+		if fo != nil && !isReader && s.srv.recentlyDown(nodeID) {
+			// another session just found this primary unreachable: wait with it
+			if werr := s.srv.waitForPrimary(ctx, sub, foBegin()); werr != nil {
+				return nil, s.attachWaitErr(fo, werr)
+			}
+			continue
 		}
 		sc := p.tryIdle()
 		if sc == nil {
@@ -883,11 +961,24 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 				}
 				sc, err = p.acquireWait(ctx, &s.wait, wait)
 				s.mu.Lock()
-				s.waiting = false
+				s.waiting = !foStart.IsZero()
 				s.mu.Unlock()
 			}
 		}
 		if err != nil {
+			if isReader && attempt == 0 && serverUnreachable(err) {
+				s.srv.log.Warn("reader unreachable, using the primary", "node", nodeID, "err", err)
+				readOnly = false
+				continue
+			}
+			if fo != nil && serverUnreachable(err) && !isReader {
+				// the primary is down and not yet replaced: wait for the failover
+				s.srv.notePrimaryUnreachable(nodeID, err)
+				if werr := s.srv.waitForPrimary(ctx, sub, foBegin()); werr != nil {
+					return nil, s.attachWaitErr(fo, werr)
+				}
+				continue
+			}
 			if errors.Is(err, context.DeadlineExceeded) {
 				return nil, &pgError{Severity: "ERROR", Code: sqlstateCannotConnect, Message: "query_wait_timeout: no server connection became free in time"}
 			}
@@ -906,6 +997,9 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 			}
 			return nil, fatal(sqlstateCannotConnect, "cannot connect to server: %v", err)
 		}
+		if !foStart.IsZero() {
+			s.srv.noteReachable(nodeID)
+		}
 		if sc.ev != nil { // last used by the event loop
 			if err := sc.leaveLoop(); err != nil {
 				p.drop(sc)
@@ -914,6 +1008,13 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 		}
 		if err := s.syncParams(sc); err != nil {
 			p.drop(sc)
+			if fo != nil && serverUnreachable(err) {
+				// the idle connection's server went away as it was taken: try another
+				if !isReader {
+					s.srv.notePrimaryUnreachable(nodeID, err)
+				}
+				continue
+			}
 			var pe *pgError
 			if errors.As(err, &pe) {
 				return nil, pe
@@ -928,6 +1029,8 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 		p.mu.Unlock()
 		s.mu.Lock()
 		s.attachLocked(sc, nodeID, readOnly, time.Now())
+		s.fresh.Store(fo != nil && s.tgt.mode == ModeTransaction)
+		s.retryQ = nil
 		s.detached = make(chan struct{})
 		done := s.detached
 		s.mu.Unlock()
@@ -940,6 +1043,14 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 		}
 		return sc, nil
 	}
+}
+
+// attachWaitErr is attach's error when waiting for a primary ended with err.
+func (s *session) attachWaitErr(fo *FailoverOptions, err error) error {
+	if errors.Is(err, context.Canceled) {
+		return fatal(sqlstateAdminShutdown, "pgharbor pool is shutting down")
+	}
+	return s.srv.clientWaitError(fo.ClientWait)
 }
 
 // writeClient writes b to the client, flushing when asked.

@@ -20,6 +20,7 @@ const (
 	stepQuiet         // a ReadyForQuery left nothing outstanding; the attachment is still held
 	stepEnded         // the attachment ended (released or dropped): sc is no longer ours
 	stepCopyIn        // the server waits for COPY data from the client
+	stepRetry         // the server closed the connection before reading the attachment's first Query (retryableFirst)
 )
 
 // serverLoop forwards the server's messages to the client until the attachment ends. It runs
@@ -56,6 +57,8 @@ func (s *session) pumpInline(sc *serverConn, done chan struct{}) error {
 			}
 			s.mu.Unlock()
 			return nil
+		case stepRetry:
+			return s.retryFirst(sc, done)
 		}
 	}
 }
@@ -107,8 +110,16 @@ func (s *session) clientFlush() {
 func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
 	typ, n, err := sc.mr.header()
 	if err != nil {
+		if s.fresh.Load() && s.firstAnswer() && resetBeforeRead(err, time.Since(s.sentAt())) {
+			return stepRetry
+		}
 		s.serverGone(sc, done, err)
 		return stepEnded
+	}
+	if s.fresh.Load() && s.firstAnswer() && typ == 'E' && sc.mr.fits(n) {
+		if b, err := sc.mr.r.Peek(5 + n); err == nil && retryableFirst(b[5:]) {
+			return stepRetry
+		}
 	}
 	if s.swallowZ.Load() > 0 {
 		return s.swallowStep(sc, done, typ, n)
@@ -216,6 +227,53 @@ func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
 	return result
 }
 
+// firstAnswer ends the attachment's fresh state and says whether its first Query may be
+// sent again (the client loop reads inline and kept it).
+func (s *session) firstAnswer() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fresh.Store(false)
+	return !s.reader && s.retryQ != nil
+}
+
+// sentAt is when the last Query went to the server.
+func (s *session) sentAt() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastQuery
+}
+
+// retryFirst drops sc, whose server ended the connection before it read the Query the
+// attachment began with, and sends that Query again on a connection from attach (which
+// waits for a reachable primary). The client has seen nothing of the first try.
+func (s *session) retryFirst(sc *serverConn, done chan struct{}) error {
+	s.mu.Lock()
+	msg := s.retryQ
+	s.retryQ = nil
+	s.pending--
+	s.rfqSeq++ // the Query's ReadyForQuery will not come from sc
+	reader := s.roAttach || s.sessionRO
+	if s.sc == sc {
+		s.detachLocked()
+	}
+	s.inBatch = false
+	s.mu.Unlock()
+	s.srv.attached.Add(-1)
+	close(done)
+	sc.pool.drop(sc)
+	s.srv.log.Info("server connection closed before the transaction's first query was read; sending it again", "client", s.addr, "node", sc.pool.key.nodeID)
+	if !reader {
+		// its siblings in the pool are going too: wait for the node or the new primary
+		// rather than take the next one
+		s.srv.notePrimaryUnreachable(sc.pool.key.nodeID, errClosedUnread)
+	}
+	nsc, err := s.ensureAttached(s.ctx, 'Q', msg)
+	if err != nil {
+		return err
+	}
+	return s.send(nsc, 'Q', msg)
+}
+
 // swallowStep reads one message of the answer to a sync Query the pool sent (syncLocked):
 // the client gets only its ParameterStatus messages, which correct what the RESET reported.
 func (s *session) swallowStep(sc *serverConn, done chan struct{}, typ byte, n int) int {
@@ -276,6 +334,7 @@ func (s *session) serverGone(sc *serverConn, done chan struct{}, err error) {
 	req := s.detachReq
 	clean := s.pending == 0 && !s.inBatch && sc.mr.r.Buffered() == 0
 	status := s.txStatus
+	node, reader := s.node, s.roAttach || s.sessionRO
 	if s.sc == sc {
 		s.detachLocked()
 	}
@@ -291,7 +350,7 @@ func (s *session) serverGone(sc *serverConn, done chan struct{}, err error) {
 	sc.pool.drop(sc)
 	if !req {
 		s.srv.log.Warn("server connection lost", "client", s.addr, "pool", sc.pool.name(), "err", err)
-		s.writeClient(fatal(sqlstateConnFailure, "server connection lost").encode(nil), true)
+		s.writeClient(s.srv.lostError(node, reader).encode(nil), true)
 		_ = s.conn.Close()
 	}
 }

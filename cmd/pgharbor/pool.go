@@ -67,6 +67,10 @@ one pool instance only.`,
 				mon.SetRebuilder(a.failoverRebuilder())
 				srv.SetNodeControl(failover.Console{M: mon})
 				if fcfg.Enabled {
+					// New transactions wait for the new primary instead of failing while
+					// the primary is down, and a refused login asks the monitor to check
+					// at once.
+					srv.SetFailover(&pool.FailoverOptions{ClientWait: mon.Config().ClientWait, CheckPrimary: mon.CheckSoon})
 					go mon.Run(ctx)
 				}
 			}
