@@ -637,26 +637,6 @@ func (m *Monitor) probe(ctx context.Context, want func(id int) bool) []nodeStatu
 	return out
 }
 
-// promote runs pg_promote on n and waits for it to finish.
-func (m *Monitor) promote(ctx context.Context, n Node) error {
-	conn, err := m.connect(ctx, n)
-	if err != nil {
-		return err
-	}
-	defer closeConn(conn)
-	secs := max(1, int(m.cfg.PromoteTimeout/time.Second))
-	pctx, cancel := context.WithTimeout(ctx, m.cfg.PromoteTimeout+m.cfg.QueryTimeout)
-	defer cancel()
-	res, err := conn.Exec(pctx, fmt.Sprintf("SELECT pg_promote(true, %d)", secs)).ReadAll()
-	if err != nil {
-		return fmt.Errorf("pg_promote on %s: %w", n.Name, err)
-	}
-	if len(res) != 1 || len(res[0].Rows) != 1 || string(res[0].Rows[0][0]) != "t" {
-		return fmt.Errorf("pg_promote on %s: not promoted within %d s", n.Name, secs)
-	}
-	return nil
-}
-
 // PrimaryConninfo is the primary_conninfo a standby n gets to stream from primary.
 func (m *Monitor) PrimaryConninfo(n, primary Node) string {
 	kv := [][2]string{{"host", primary.Host}, {"port", strconv.Itoa(primary.Port)},

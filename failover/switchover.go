@@ -167,7 +167,7 @@ func (m *Monitor) Switchover(ctx context.Context, o SwitchoverOptions) (*Switcho
 	rep.StopLSN = stopLSN.String()
 	rep.ReplaySeconds = time.Since(phase).Seconds()
 	phase = time.Now()
-	if err := m.promoteFast(ctx, tgt); err != nil {
+	if err := m.promote(ctx, tgt); err != nil {
 		if d := m.detail(ctx, tgt); d.err == nil && d.inRecovery {
 			return nil, undo(err)
 		}
@@ -322,9 +322,10 @@ func (m *Monitor) waitReplayed(ctx context.Context, old, tgt Node, before wal.LS
 	}
 }
 
-// promoteFast promotes n without pg_promote's own wait (it looks for the end of recovery
-// every 100 ms) and watches pg_is_in_recovery() more often: transactions are held meanwhile.
-func (m *Monitor) promoteFast(ctx context.Context, n Node) error {
+// promote promotes n without pg_promote's own wait (it looks for the end of recovery every
+// 100 ms) and watches pg_is_in_recovery() more often: writes wait for it, in a failover as
+// in a switchover.
+func (m *Monitor) promote(ctx context.Context, n Node) error {
 	conn, err := m.connect(ctx, n)
 	if err != nil {
 		return err
