@@ -130,9 +130,9 @@ func Fetch(ctx context.Context, r *repo.Repo, name, dest string, opts FetchOptio
 
 // expectedSystem returns the system identifier the segments fetched into dest must carry,
 // and where it was read: pg_control of the data directory whose pg_wal holds dest
-// (restore_command runs there), else the repository's identity.
+// (restore_command runs there), else (and when dest is empty) the repository's identity.
 func expectedSystem(ctx context.Context, r *repo.Repo, dest string) (uint64, string, error) {
-	if abs, err := filepath.Abs(dest); err == nil && filepath.Base(filepath.Dir(abs)) == "pg_wal" {
+	if abs, err := filepath.Abs(dest); dest != "" && err == nil && filepath.Base(filepath.Dir(abs)) == "pg_wal" {
 		pgdata := filepath.Dir(filepath.Dir(abs))
 		if sysid, err := ControlSystemIdentifier(pgdata); err == nil && sysid != 0 {
 			return sysid, filepath.Join(pgdata, "global", "pg_control"), nil
@@ -584,4 +584,38 @@ func fetchStreamed(ctx context.Context, r *repo.Repo, name, dest string, check f
 		return 0, fmt.Errorf("fetch %s: %w", name, err)
 	}
 	return int64(len(buf)), nil
+}
+
+// VerifySegment reads the archived segment name whole, as a fetch would, without writing
+// it anywhere: it must decrypt and decompress, carry a valid signature when verify keys are
+// configured, and start with a page header naming this segment and the repository's system.
+func VerifySegment(ctx context.Context, r *repo.Repo, name string) error {
+	p, err := ObjectPath(name)
+	if err != nil {
+		return err
+	}
+	key := r.Key(p)
+	rc, err := r.GetStream(ctx, key)
+	if errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("%w: %s (looked for %s)", ErrSegmentMissing, name, r.Location(key))
+	}
+	if err != nil {
+		return fmt.Errorf("segment %s: %w", name, err) // err names the object
+	}
+	hr := &headReader{r: rc}
+	_, err = io.Copy(io.Discard, hr) // the codec checks the whole object before EOF
+	if cerr := rc.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("segment %s: %w", name, err)
+	}
+	sysid, from, err := expectedSystem(ctx, r, "")
+	if err != nil {
+		return err
+	}
+	if err := checkFetched(name, hr.head, sysid, from); err != nil {
+		return fmt.Errorf("%s: %w", r.Location(key), err)
+	}
+	return nil
 }

@@ -149,10 +149,11 @@ func newVerifyCmd(a *app) *cobra.Command {
 	var workers int
 	cmd := &cobra.Command{
 		Use:   "verify [--backup LABEL]",
-		Short: "Check that backups decrypt and match their manifests, and that their WAL is archived",
+		Short: "Check that backups decrypt and match their manifests, and that the WAL they need is archived and intact",
 		Long: `verify reads every object of a backup (all backups without --backup), decrypting and
 decompressing it, checks every file's pieces against the manifest's CRC-32C and SHA-256, and
-checks that the WAL from the backup's start to its stop is in the repository. For a diff or
+reads the WAL from the backup's start to its stop (it must decrypt, be signed when verify
+keys are configured, and belong to this system). For a diff or
 incr backup it also reads the bundles of the earlier backups its pieces point into (the chain),
 and an error names the damaged object and the backup it belongs to.`,
 		Args: cobra.NoArgs,
@@ -216,6 +217,21 @@ func (a *app) runVerify(ctx context.Context, label string, workers int) ([]*back
 		}
 		if err := check(ctx, b.Timeline, b.StartLSN, b.StopLSN, b.WALSegmentSize); err != nil {
 			return nil, fmt.Errorf("backup %s: %w", b.Label, err)
+		}
+		// The WAL that makes the backup consistent is read whole: a forged or damaged
+		// segment fails here, not in the middle of a restore.
+		segs, err := segmentsBetween(b.Timeline, b.StartLSN, b.StopLSN, b.WALSegmentSize)
+		if err != nil {
+			return nil, fmt.Errorf("backup %s: %w", b.Label, err)
+		}
+		for _, seg := range segs {
+			name, err := seg.SegmentName(b.WALSegmentSize)
+			if err == nil {
+				err = wal.VerifySegment(ctx, r, name)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("backup %s: WAL: %w", b.Label, err)
+			}
 		}
 		results = append(results, res)
 		a.logger.Info("backup verified", "label", b.Label, "files", res.Files, "bundles", res.Bundles)

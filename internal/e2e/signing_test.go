@@ -19,6 +19,7 @@ import (
 	"github.com/pgharbor/pgharbor/storage"
 	"github.com/pgharbor/pgharbor/storage/codec"
 	"github.com/pgharbor/pgharbor/storage/s3"
+	"github.com/pgharbor/pgharbor/wal"
 )
 
 // Write authentication, as an operator turns it on for a repository that already holds
@@ -226,6 +227,49 @@ func TestSigningRefusesObjectsFromHostsWithoutTheWriteKey(t *testing.T) {
 	}
 	writeRepoFile(t, filepath.Join(repoDir, victim), saved)
 	reader.must("wal", "fetch", "--spool-dir", fetchSpool, "--prefetch", "-1", victimName, filepath.Join(out, "again"))
+
+	// verify reads the WAL a backup needs: a forged segment in the backup's range fails it,
+	// naming the object.
+	var sums struct {
+		Catalog struct {
+			Backups []struct {
+				Label    string `json:"label"`
+				Timeline uint32 `json:"timeline"`
+				StartLSN string `json:"start_lsn"`
+			} `json:"backups"`
+		} `json:"catalog"`
+	}
+	if err := json.Unmarshal([]byte(reader.must("info", "--output", "json")), &sums); err != nil || len(sums.Catalog.Backups) == 0 {
+		t.Fatalf("info: %v %+v", err, sums)
+	}
+	first := sums.Catalog.Backups[0]
+	startLSN, err := wal.ParseLSN(first.StartLSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startName, err := wal.SegmentOf(startLSN, wal.TimelineID(first.Timeline), 16<<20).SegmentName(16 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startPath, err := wal.ObjectPath(startName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startKey := filepath.Join(repoDir, "main", startPath)
+	savedStart := mustRead(t, startKey)
+	reader.must("wal", "fetch", "--spool-dir", fetchSpool, "--prefetch", "-1", startName, filepath.Join(out, "start"))
+	forgedStart, _, err := forger.SealDigest(mustRead(t, filepath.Join(out, "start")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRepoFile(t, startKey, forgedStart)
+	if r := reader.run("verify", "--backup", first.Label); r.code == 0 || !strings.Contains(r.stderr, startName) || !strings.Contains(r.stderr, "no signature") {
+		t.Fatalf("verify with a forged segment in the backup's WAL: exit %d, stderr %s", r.code, r.stderr)
+	} else {
+		t.Logf("verify, forged segment in the backup's WAL: %s", strings.TrimSpace(r.stderr))
+	}
+	writeRepoFile(t, startKey, savedStart)
+	reader.must("verify", "--backup", first.Label)
 
 	// A forged manifest for the real backup: restore refuses it before writing anything.
 	manifestKey := "main/backups/" + label + "/manifest"
