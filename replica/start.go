@@ -90,6 +90,7 @@ func StartAndWaitStreaming(ctx context.Context, o StartOptions) error {
 	deadline := start.Add(o.Wait)
 	seenRunning := false
 	status := ""
+	var askedPrimary time.Time
 	for {
 		pid := PostmasterPID(o.PGData)
 		if pid != 0 {
@@ -107,8 +108,11 @@ func StartAndWaitStreaming(ctx context.Context, o StartOptions) error {
 			var asked bool
 			status, asked = o.receiverStatus(ctx)
 			// A standby that cannot be asked (hot_standby = off, an authentication that
-			// refuses this OS user) is judged by the primary alone.
-			if status == "streaming" || !asked {
+			// refuses this OS user, or not yet accepting connections) is judged by the
+			// primary alone, asked every few seconds only: each question is a new
+			// connection to the primary, whose load seeding is meant to spare.
+			if status == "streaming" || !asked && time.Since(askedPrimary) >= primaryAskEvery {
+				askedPrimary = time.Now()
 				ok, err := streamingOnPrimary(ctx, o.PrimaryConnInfo, o.Slot, o.AppName)
 				if err == nil && ok {
 					o.Logger.Info("standby streams", "pgdata", o.PGData, "seconds", fmt.Sprintf("%.1f", time.Since(start).Seconds()))
@@ -132,6 +136,9 @@ func StartAndWaitStreaming(ctx context.Context, o StartOptions) error {
 		}
 	}
 }
+
+// primaryAskEvery spaces the questions to the primary about a standby that cannot be asked.
+const primaryAskEvery = 2 * time.Second
 
 // explain builds the error for a standby that did not stream within the wait.
 func (o StartOptions) explain(ctx context.Context, log, status string) error {
