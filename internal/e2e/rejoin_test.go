@@ -35,7 +35,8 @@ func TestAutoRejoinRebuildsFormerPrimary(t *testing.T) {
 	defer func() { stop(); led.wg.Wait() }()
 	waitUntil(t, "writes through the pool", 30*time.Second, func() bool { return led.count() >= 200 })
 
-	if err := syscall.Kill(postmasterPID(t, n0), syscall.SIGKILL); err != nil {
+	killedPID := postmasterPID(t, n0)
+	if err := syscall.Kill(killedPID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	var newP *pgtest.Cluster
@@ -53,7 +54,12 @@ func TestAutoRejoinRebuildsFormerPrimary(t *testing.T) {
 	waitUntil(t, "writes on the new primary", 30*time.Second, func() bool { return led.count() >= afterFailover+200 })
 
 	// The old primary comes back as it was: a primary on the old timeline.
-	os.Remove(filepath.Join(n0.DataDir, "postmaster.pid")) // its postmaster was killed
+	// Its postmaster was killed: once the process is gone (PostgreSQL refuses to start
+	// while the PID in its socket lock file still exists), its stale lock files are ignored.
+	waitUntil(t, "the killed postmaster gone", 30*time.Second, func() bool {
+		return syscall.Kill(killedPID, 0) == syscall.ESRCH
+	})
+	os.Remove(filepath.Join(n0.DataDir, "postmaster.pid"))
 	n0.Start(t)
 	t0 := time.Now()
 	waitUntil(t, "split-brain risk logged", 30*time.Second, func() bool { return strings.Contains(h.poolLog(), "split-brain risk") })
