@@ -6,13 +6,17 @@
 # (bench/receive/run.sh: catch-up, and the receiver against a streaming standby as the
 # synchronous standby).
 #
-#   BENCH_ONLY=backup|pool|receive   run only one of them (default: all)
+# The incremental backup benchmark (bench/incr/run.sh: pgharbor incr against pgBackRest's
+# file-level and block incremental, and restoring an incr against restoring a full) runs only
+# when asked for.
+#
+#   BENCH_ONLY=backup|pool|receive|incr   run only one of them (default: all but incr)
 # Each benchmark takes its own settings from the environment; see the top of its run.sh.
 # Both run even when the first fails; the exit status is non-zero when either failed.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ONLY=${BENCH_ONLY:-}
-case $ONLY in ""|backup|pool|receive) ;; *) echo "BENCH_ONLY must be backup, pool or receive" >&2; exit 2 ;; esac
+case $ONLY in ""|backup|pool|receive|incr) ;; *) echo "BENCH_ONLY must be backup, pool, receive or incr" >&2; exit 2 ;; esac
 rc=0
 if [ -z "$ONLY" ] || [ "$ONLY" = backup ]; then
 	echo "== backup benchmark (bench/backup/run.sh)"
@@ -31,5 +35,9 @@ fi
 if [ -z "$ONLY" ] || [ "$ONLY" = receive ]; then
 	echo "== WAL receiver benchmark (bench/receive/run.sh)"
 	bash bench/receive/run.sh || rc=1
+fi
+if [ "$ONLY" = incr ]; then
+	echo "== incremental backup benchmark (bench/incr/run.sh)"
+	bash bench/incr/run.sh || rc=1
 fi
 exit $rc
