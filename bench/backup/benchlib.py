@@ -236,7 +236,7 @@ METRICS = [
     ("backup_tree", "full backup peak RSS, sum over process tree", "MiB", BACKUP_TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
      None, None),
     ("backup_stored", "full backup stored size", "MB", BACKUP_TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"], None, None),
-    ("backup_cpu_gb", "full backup CPU seconds per GB of data directory (tool side)", "s/GB", BACKUP_TOOLS,
+    ("backup_cpu_gb", "full backup CPU seconds per GB of data directory without pg_wal (tool side)", "s/GB", BACKUP_TOOLS,
      ["pgbr_enc", "pgbr_plain", "pg_basebackup"], None, None),
     ("restore_s", "full restore wall time (tool exits)", "s", TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
      "pgharbor <= 0.8x pgBackRest aes", lambda m: m["pgharbor"] <= 0.8 * m["pgbr_enc"]),

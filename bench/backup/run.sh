@@ -47,7 +47,7 @@
 #                 switched segment. Reported: seconds from the end of the load to that moment.
 # Measured per run: wall time, peak RSS, CPU seconds (user + system of the tool and the
 # children it waited for; pg_basebackup's and pgharbor --method stream's server side is not
-# included) reported per GB of data directory. "largest process" is ru_maxrss from wait4 (for
+# included) reported per GB of data directory (pg_wal aside). "largest process" is ru_maxrss from wait4 (for
 # pgBackRest the largest of its main and local processes), "sum over process tree" the largest
 # sampled (20 ms) sum over the tool and its children (pgBackRest forks process-max locals).
 # Before each measurement the script runs sync(1), untimed. The page cache is not dropped.
@@ -238,8 +238,10 @@ sql "CHECKPOINT"
 archive_now 300
 DBSIZE=$(sql "SELECT pg_size_pretty(sum(pg_database_size(datname))) FROM pg_database")
 log "cluster size $DBSIZE (pgbench_accounts $(sql "SELECT pg_size_pretty(pg_total_relation_size('pgbench_accounts'))"), rnd $(sql "SELECT pg_size_pretty(pg_total_relation_size('rnd'))"))"
-DATA_BYTES=$(dirsize "$PGDATA")
-echo "# cluster size $DBSIZE; data directory $DATA_BYTES bytes; shape $SHAPE; checksums $(sql "SHOW data_checksums")" >>"$RAW"
+# What a backup copies: the data directory without pg_wal (after the load, pg_wal may be as
+# large as the data).
+DATA_BYTES=$(($(dirsize "$PGDATA") - $(dirsize "$PGDATA/pg_wal")))
+echo "# cluster size $DBSIZE; data directory without pg_wal $DATA_BYTES bytes; shape $SHAPE; checksums $(sql "SHOW data_checksums")" >>"$RAW"
 
 # --- pgharbor -------------------------------------------------------------------------------
 as_pg "$WORK/pgharbor" keygen --out "$WORK/identity.txt" >"$WORK/recipient"
