@@ -37,29 +37,46 @@ var checksumBaseOffsets = [32]uint32{
 // pageChecksum is PostgreSQL's pg_checksum_page for a page at block blkno of its relation
 // fork: the page's words (its own checksum field counted as zero) folded into 32 sums, two
 // rounds of zeros, the sums xor-ed together with the block number, reduced to 1..65535.
+// The 32 sums are independent, so they are computed eight at a time down the whole page:
+// eight sums live in registers for 64 rows instead of all 32 going through memory on every
+// row.
 func pageChecksum(page []byte, blkno uint32) uint16 {
-	sums := checksumBaseOffsets
-	for row := 0; row < pageSize; row += 4 * len(sums) {
-		w := page[row : row+4*len(sums)]
-		for j := range sums {
-			v := binary.LittleEndian.Uint32(w[4*j:])
-			if row == 0 && j == 2 {
-				v &^= 0xFFFF // pd_checksum, bytes 8-9
-			}
-			t := sums[j] ^ v
-			sums[j] = t*fnvPrime ^ t>>17
-		}
-	}
+	const rowBytes = 4 * len(checksumBaseOffsets)
+	p := (*[pageSize]byte)(page)
 	var r uint32
-	for j := range sums {
-		for range 2 {
-			t := sums[j]
-			sums[j] = t*fnvPrime ^ t>>17
+	for g := 0; g < len(checksumBaseOffsets); g += 8 {
+		s0, s1, s2, s3 := checksumBaseOffsets[g], checksumBaseOffsets[g+1], checksumBaseOffsets[g+2], checksumBaseOffsets[g+3]
+		s4, s5, s6, s7 := checksumBaseOffsets[g+4], checksumBaseOffsets[g+5], checksumBaseOffsets[g+6], checksumBaseOffsets[g+7]
+		for row := 0; row < pageSize; row += rowBytes {
+			w := (*[32]byte)(p[row+4*g : row+4*g+32])
+			a := binary.LittleEndian.Uint64(w[0:])
+			b := binary.LittleEndian.Uint64(w[8:])
+			c := binary.LittleEndian.Uint64(w[16:])
+			d := binary.LittleEndian.Uint64(w[24:])
+			if row == 0 && g == 0 {
+				b &^= 0xFFFF // pd_checksum, bytes 8-9: the low half of word 2
+			}
+			s0 = mixChecksum(s0, uint32(a))
+			s1 = mixChecksum(s1, uint32(a>>32))
+			s2 = mixChecksum(s2, uint32(b))
+			s3 = mixChecksum(s3, uint32(b>>32))
+			s4 = mixChecksum(s4, uint32(c))
+			s5 = mixChecksum(s5, uint32(c>>32))
+			s6 = mixChecksum(s6, uint32(d))
+			s7 = mixChecksum(s7, uint32(d>>32))
 		}
-		r ^= sums[j]
+		for _, s := range [8]uint32{s0, s1, s2, s3, s4, s5, s6, s7} {
+			r ^= mixChecksum(mixChecksum(s, 0), 0)
+		}
 	}
 	r ^= blkno
 	return uint16(r%65535 + 1)
+}
+
+// mixChecksum is CHECKSUM_COMP: one FNV-1a-style step of a sum with a word.
+func mixChecksum(sum, v uint32) uint32 {
+	t := sum ^ v
+	return t*fnvPrime ^ t>>17
 }
 
 // checksummedFile tells which files hold checksummed pages: those under global/ and base/

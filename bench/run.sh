@@ -8,13 +8,16 @@
 # pgBackRest) and the failover benchmark (bench/failover/run.sh: RTO, lost transactions and
 # client errors when the primary is killed under writes through the pool).
 #
-#   BENCH_ONLY=backup|pool|receive|replica|failover   run only one of them (default: all)
+# The incremental backup benchmark (bench/incr/run.sh) compares pgharbor incr with pgBackRest's
+# file-level and block incremental, and restoring an incr with restoring a full.
+#
+#   BENCH_ONLY=backup|pool|receive|replica|failover|incr   run only one of them (default: all)
 # Each benchmark takes its own settings from the environment; see the top of its run.sh.
 # All run even when one fails; the exit status is non-zero when any failed.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ONLY=${BENCH_ONLY:-}
-case $ONLY in ""|backup|pool|receive|replica|failover) ;; *) echo "BENCH_ONLY must be backup, pool, receive, replica or failover" >&2; exit 2 ;; esac
+case $ONLY in ""|backup|pool|receive|replica|failover|incr) ;; *) echo "BENCH_ONLY must be backup, pool, receive, replica, failover or incr" >&2; exit 2 ;; esac
 rc=0
 if [ -z "$ONLY" ] || [ "$ONLY" = backup ]; then
 	echo "== backup benchmark (bench/backup/run.sh)"
@@ -41,5 +44,9 @@ fi
 if [ -z "$ONLY" ] || [ "$ONLY" = failover ]; then
 	echo "== failover benchmark (bench/failover/run.sh)"
 	bash bench/failover/run.sh || rc=1
+fi
+if [ -z "$ONLY" ] || [ "$ONLY" = incr ]; then
+	echo "== incremental backup benchmark (bench/incr/run.sh)"
+	bash bench/incr/run.sh || rc=1
 fi
 exit $rc

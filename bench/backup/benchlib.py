@@ -2,19 +2,35 @@
 """Helpers for bench/backup/run.sh.
 
   benchlib.py run LOG -- CMD...   run CMD (stdout+stderr appended to LOG); print
-                                  "<wall s> <peak RSS MiB> <peak tree RSS MiB> <exit code>":
+                                  "<wall s> <peak RSS MiB> <peak tree RSS MiB> <CPU s>
+                                  <read bytes> <exit code>":
                                   peak RSS is ru_maxrss from wait4 (the largest single process of
                                   the tree: CMD and the children it waited for), peak tree RSS the
                                   largest sum of RSS over CMD and all its descendants, sampled
-                                  every 20 ms.
+                                  every 20 ms. CPU s is user + system time of CMD and the
+                                  descendants it waited for (wait4); read bytes is what they
+                                  fetched from storage (read_bytes of /proc/PID/io: the kernel
+                                  adds a reaped child's counters to its parent's, so this
+                                  process's own counters before and after CMD give the tree's).
   benchlib.py gencopy MB          COPY BINARY stream of MB rows (id int, b bytea) of 1 MiB of
                                   os.urandom each, on stdout.
+  benchlib.py geninline MB RND TXT  COPY BINARY stream of rows (id int, b bytea, t text): RND
+                                  bytes of os.urandom and TXT bytes of compressible words per
+                                  row, MB MiB in all, on stdout.
+  benchlib.py treeio PID          sum of read_bytes over PID and its descendants.
+  benchlib.py blockmap DIR OUT    a hash of every 8 KiB block of every file below DIR (DIR/pg_wal
+                                  aside), to OUT.
+  benchlib.py blockdiff OLD NEW   compare two block maps: blocks, changed blocks (changed or
+                                  new), changed 128 KiB chunks, changed files; one line.
   benchlib.py evict DIR...        drop the files below DIR from the page cache (posix_fadvise
                                   DONTNEED after fsync), so the next read comes from disk.
   benchlib.py report RAW          the table (medians, min, max, ratios, targets) from RAW lines
                                   "metric tool round value".
 """
+import hashlib
 import os
+import pickle
+import random
 import statistics
 import struct
 import sys
@@ -54,6 +70,40 @@ def tree_rss(root):
     return total
 
 
+def read_bytes(pid="self"):
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cmd_treeio(argv):
+    root = int(argv[0])
+    children = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+            children.setdefault(int(stat[stat.rindex(b")") + 2:].split()[1]), []).append(int(name))
+        except (OSError, ValueError, IndexError):
+            continue
+    total, todo, seen = 0, [root], set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += read_bytes(pid)
+        todo.extend(children.get(pid, []))
+    print(total)
+
+
 def cmd_run(argv):
     log = argv[0]
     assert argv[1] == "--", "usage: run LOG -- CMD..."
@@ -61,6 +111,7 @@ def cmd_run(argv):
     with open(log, "ab") as out:
         out.write(("\n$ " + " ".join(cmd) + "\n").encode())
         out.flush()
+        io0 = read_bytes()
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:
@@ -78,10 +129,12 @@ def cmd_run(argv):
             peak_tree = max(peak_tree, tree_rss(pid))
             time.sleep(0.02)
         wall = time.monotonic() - start
+        io = read_bytes() - io0
     code = os.waitstatus_to_exitcode(status)
     maxrss_mib = ru.ru_maxrss / 1024.0  # KiB on Linux
     peak_tree = max(peak_tree / 1048576.0, maxrss_mib)
-    print(f"{wall:.3f} {maxrss_mib:.1f} {peak_tree:.1f} {code}")
+    cpu = ru.ru_utime + ru.ru_stime
+    print(f"{wall:.3f} {maxrss_mib:.1f} {peak_tree:.1f} {cpu:.2f} {io} {code}")
 
 
 def cmd_gencopy(argv):
@@ -94,6 +147,71 @@ def cmd_gencopy(argv):
         out.write(os.urandom(size))
     out.write(struct.pack("!h", -1))
     out.flush()
+
+
+WORDS = b"alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega account branch teller".split()
+
+
+def cmd_geninline(argv):
+    total, rnd, txt = int(argv[0]) << 20, int(argv[1]), int(argv[2])
+    rng = random.Random(1)
+    out = sys.stdout.buffer
+    out.write(b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0))
+    i = 0
+    while i * (rnd + txt) < total:
+        i += 1
+        t = bytearray()
+        while len(t) < txt:
+            t += rng.choice(WORDS) + b" "
+        t = bytes(t[:txt])
+        out.write(struct.pack("!hii", 3, 4, i) + struct.pack("!i", rnd) + os.urandom(rnd) + struct.pack("!i", txt) + t)
+    out.write(struct.pack("!h", -1))
+    out.flush()
+
+
+def file_blocks(top):
+    """(relative path, [8-byte digest per 8 KiB block]) for every regular file below top."""
+    for root, dirs, files in os.walk(top):
+        if root == top and "pg_wal" in dirs:
+            dirs.remove("pg_wal")
+        for name in sorted(files):
+            p = os.path.join(root, name)
+            if os.path.islink(p) or not os.path.isfile(p):
+                continue
+            digests = []
+            try:
+                with open(p, "rb") as f:
+                    while True:
+                        b = f.read(8192)
+                        if not b:
+                            break
+                        digests.append(hashlib.blake2b(b, digest_size=8).digest())
+            except OSError:
+                continue  # removed meanwhile
+            yield os.path.relpath(p, top), digests
+
+
+def cmd_blockmap(argv):
+    with open(argv[1], "wb") as out:
+        pickle.dump(dict(file_blocks(argv[0])), out)
+
+
+def cmd_blockdiff(argv):
+    with open(argv[0], "rb") as f:
+        old = pickle.load(f)
+    with open(argv[1], "rb") as f:
+        new = pickle.load(f)
+    blocks = changed = chunks = chunks_changed = files_changed = 0
+    for path, nd in new.items():
+        od = old.get(path, [])
+        blocks += len(nd)
+        diff = [i for i in range(len(nd)) if i >= len(od) or od[i] != nd[i]]
+        changed += len(diff)
+        chunks += (len(nd) + 15) // 16
+        chunks_changed += len({i // 16 for i in diff})
+        if diff or len(od) != len(nd):
+            files_changed += 1
+    print(f"{blocks} {changed} {chunks} {chunks_changed} {len(new)} {files_changed}")
 
 
 TOOLS = ["pgharbor", "pgbr_enc", "pgbr_plain", "pg_basebackup"]
@@ -118,6 +236,8 @@ METRICS = [
     ("backup_tree", "full backup peak RSS, sum over process tree", "MiB", BACKUP_TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
      None, None),
     ("backup_stored", "full backup stored size", "MB", BACKUP_TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"], None, None),
+    ("backup_cpu_gb", "full backup CPU seconds per GB of data directory without pg_wal (tool side)", "s/GB", BACKUP_TOOLS,
+     ["pgbr_enc", "pgbr_plain", "pg_basebackup"], None, None),
     ("restore_s", "full restore wall time (tool exits)", "s", TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
      "pgharbor <= 0.8x pgBackRest aes", lambda m: m["pgharbor"] <= 0.8 * m["pgbr_enc"]),
     ("restore_sync_s", "full restore wall time + sync(1) after it", "s", TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
@@ -203,6 +323,97 @@ def cmd_report(argv):
         print("\n".join(verdicts))
 
 
+INCR_NAMES = {
+    "pgharbor": "pgharbor (age+zstd3)",
+    "pgbr_file": "pgBackRest aes+zst3, file",
+    "pgbr_block": "pgBackRest aes+zst3, block",
+    "incr": "pgharbor restore of the incr",
+    "full": "pgharbor restore of a full",
+    "all": "cluster",
+}
+INCR_METRICS = [
+    ("changed_pct", "8 KiB blocks changed by the pgbench run", "%"),
+    ("changed_chunks_pct", "128 KiB chunks changed by the pgbench run", "%"),
+    ("changed_files", "files changed by the pgbench run", "files"),
+    ("full_s", "full backup wall time", "s"),
+    ("full_stored", "full backup stored bytes (repository growth, WAL aside)", "MB"),
+    ("full_cpu", "full backup CPU (user + system, tool side)", "s"),
+    ("full_rss", "full backup peak RSS, largest process", "MiB"),
+    ("incr_s", "incremental backup wall time", "s"),
+    ("incr_stored", "incremental backup stored bytes (repository growth, WAL aside)", "MB"),
+    ("incr_read", "incremental backup bytes read from storage (data directory evicted first)", "MB"),
+    ("incr_cpu", "incremental backup CPU (user + system, tool side)", "s"),
+    ("incr_rss", "incremental backup peak RSS, largest process", "MiB"),
+    ("full2_s", "pgharbor full backup of the post-change state (restore reference)", "s"),
+    ("restore_s", "restore wall time (tool exits)", "s"),
+    ("restore_sync_s", "restore wall time + sync(1) after it", "s"),
+    ("restore_rss", "restore peak RSS, largest process", "MiB"),
+]
+
+
+def load_raw(path):
+    data, fails = {}, {}
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) != 4 or parts[0].startswith("#"):
+                continue
+            metric, tool, _rnd, value = parts
+            if value == "FAIL":
+                fails[(metric, tool)] = fails.get((metric, tool), 0) + 1
+                continue
+            data.setdefault((metric, tool), []).append(float(value))
+    return data, fails
+
+
+def cmd_report_incr(argv):
+    data, fails = load_raw(argv[0])
+    out = []
+    for metric, title, unit in INCR_METRICS:
+        present = [t for t in INCR_NAMES if (metric, t) in data or (metric, t) in fails]
+        if not present:
+            continue
+        out.append(f"\n{title} [{unit}]")
+        out.append(f"  {'':30} {'median':>8} {'min':>8} {'max':>8} {'n':>3}")
+        for t in present:
+            vals = data.get((metric, t), [])
+            nf = fails.get((metric, t), 0)
+            if vals:
+                line = f"  {INCR_NAMES[t]:30} {fmt(statistics.median(vals)):>8} {fmt(min(vals)):>8} {fmt(max(vals)):>8} {len(vals):>3}"
+            else:
+                line = f"  {INCR_NAMES[t]:30} {'-':>8} {'-':>8} {'-':>8} {0:>3}"
+            out.append(line + (f"  ({nf} failed)" if nf else ""))
+
+    def med(metric, tool):
+        vals = data.get((metric, tool))
+        return statistics.median(vals) if vals else None
+
+    checks = [
+        ("incr stored bytes: pgharbor <= 0.2x pgBackRest file-level incr",
+         med("incr_stored", "pgharbor"), med("incr_stored", "pgbr_file"), 0.2),
+        ("incr wall time: pgharbor incr <= 0.5x pgharbor full",
+         med("incr_s", "pgharbor"), med("full_s", "pgharbor"), 0.5),
+        ("restore of the incr <= 1.1x restore of a full of the same state (tool exits)",
+         med("restore_s", "incr"), med("restore_s", "full"), 1.1),
+        ("restore of the incr <= 1.1x restore of a full of the same state (+ sync)",
+         med("restore_sync_s", "incr"), med("restore_sync_s", "full"), 1.1),
+    ]
+    out.append("\nRatios (on the medians) and targets (issue 21):")
+    for name, a, b, limit in checks:
+        if a is None or not b:
+            out.append(f"  {name}: n/a")
+            continue
+        r = a / b
+        out.append(f"  {name}: {r:.3f}x -> {'MET' if r <= limit else 'MISSED'}")
+    for metric, what in (("incr_stored", "stored"), ("incr_s", "wall"), ("incr_read", "read")):
+        a = med(metric, "pgharbor")
+        for d in ("pgbr_file", "pgbr_block"):
+            b = med(metric, d)
+            if a is not None and b:
+                out.append(f"  incr {what}: pgharbor / {INCR_NAMES[d]}: {a / b:.3f}x")
+    print("\n".join(out))
+
+
 def cmd_evict(argv):
     for top in argv:
         for root, _, files in os.walk(top):
@@ -222,7 +433,8 @@ def cmd_evict(argv):
 
 
 if __name__ == "__main__":
-    cmds = {"run": cmd_run, "gencopy": cmd_gencopy, "report": cmd_report, "evict": cmd_evict}
+    cmds = {"run": cmd_run, "gencopy": cmd_gencopy, "geninline": cmd_geninline, "treeio": cmd_treeio,
+            "blockmap": cmd_blockmap, "blockdiff": cmd_blockdiff, "report": cmd_report, "report-incr": cmd_report_incr, "evict": cmd_evict}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

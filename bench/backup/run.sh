@@ -5,8 +5,15 @@
 #   bench/backup/run.sh                                          (or `make bench`)
 #   BENCH_SCALE=10 BENCH_RANDOM_MB=100 BENCH_WAL_MB=200 BENCH_ROUNDS=1 bench/backup/run.sh   (quick check)
 #
-# Data: pgbench -i -s $BENCH_SCALE plus $BENCH_RANDOM_MB rows of 1 MiB of os.urandom bytes in a
-# bytea column with STORAGE EXTERNAL (stored out of line, uncompressed), loaded with COPY BINARY.
+# Data (BENCH_SHAPE):
+#   toast   (default) pgbench -i -s $BENCH_SCALE plus $BENCH_RANDOM_MB rows of 1 MiB of os.urandom
+#           bytes in a bytea column with STORAGE EXTERNAL (stored out of line, uncompressed),
+#           loaded with COPY BINARY; no data checksums.
+#   inline  initdb -k (data checksums on), pgbench -i -s $BENCH_SCALE, plus $BENCH_RANDOM_MB MiB of
+#           rows (id int, b bytea, t text), both columns STORAGE PLAIN (never compressed, never
+#           out of line): b $BENCH_INLINE_RND bytes of os.urandom, t $BENCH_INLINE_TXT bytes of
+#           words from a small vocabulary (compressible), so incompressible values sit inline on
+#           the same pages as compressible ones.
 #
 # Each round (the order of the tools rotates every round, so drift in a shared machine's load
 # does not favour one tool):
@@ -38,13 +45,16 @@
 #                 pgBackRest variants use the encrypted repository. After the load: pg_switch_wal,
 #                 then pg_stat_archiver is polled (10 ms) until last_archived_wal reaches the
 #                 switched segment. Reported: seconds from the end of the load to that moment.
-# Measured per run: wall time and peak RSS. "largest process" is ru_maxrss from wait4 (for
+# Measured per run: wall time, peak RSS, CPU seconds (user + system of the tool and the
+# children it waited for; pg_basebackup's and pgharbor --method stream's server side is not
+# included) reported per GB of data directory (pg_wal aside). "largest process" is ru_maxrss from wait4 (for
 # pgBackRest the largest of its main and local processes), "sum over process tree" the largest
 # sampled (20 ms) sum over the tool and its children (pgBackRest forks process-max locals).
 # Before each measurement the script runs sync(1), untimed. The page cache is not dropped.
 #
 # Settings (environment):
 #   BENCH_SCALE=100 BENCH_RANDOM_MB=800 BENCH_ROUNDS=3 BENCH_WAL_MB=1300 BENCH_WAL_SYNC=1
+#   BENCH_SHAPE=toast|inline  BENCH_INLINE_RND=1024 BENCH_INLINE_TXT=512
 #   BENCH_PARTS="backup restore wal"   PGBIN=/usr/lib/postgresql/15/bin
 #   PGHARBOR_BIN=path (default: go build -o bench/bin/pgharbor ./cmd/pgharbor)
 #   KEEP=1 (keep the work dir under /tmp: logs, repositories, cluster)
@@ -60,6 +70,10 @@ ROUNDS=${BENCH_ROUNDS:-3}
 WAL_MB=${BENCH_WAL_MB:-1300}
 WAL_SYNC=${BENCH_WAL_SYNC:-1}
 PARTS=${BENCH_PARTS:-"backup restore wal"}
+SHAPE=${BENCH_SHAPE:-toast}
+INLINE_RND=${BENCH_INLINE_RND:-1024}
+INLINE_TXT=${BENCH_INLINE_TXT:-512}
+case $SHAPE in toast | inline) ;; *) echo "BENCH_SHAPE must be toast or inline" >&2; exit 2 ;; esac
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE=$REPO/bench/backup
@@ -125,13 +139,14 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 PSQL=(as_pg env PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -h "$WORK" -p "$PORT" -U postgres -d postgres -qAtX -v ON_ERROR_STOP=1)
 sql() { "${PSQL[@]}" -c "$1"; }
 
-# measure NAME CMD...: run CMD as postgres; sets M_WALL M_RSS M_TREE, fails on a non-zero exit.
+# measure NAME CMD...: run CMD as postgres; sets M_WALL M_RSS M_TREE M_CPU M_READ, fails on a
+# non-zero exit.
 measure() {
 	local name=$1; shift
 	sync
 	local out
 	out=$(as_pg python3 "$WORK/benchlib.py" run "$WORK/logs/$name.log" -- "$@")
-	read -r M_WALL M_RSS M_TREE M_CODE <<<"$out"
+	read -r M_WALL M_RSS M_TREE M_CPU M_READ M_CODE <<<"$out"
 	if [ "$M_CODE" != 0 ]; then
 		log "$name: exit $M_CODE; last lines of $WORK/logs/$name.log:"
 		tail -n 20 "$WORK/logs/$name.log" >&2
@@ -145,13 +160,15 @@ dirsize() { du -sb "$1" 2>/dev/null | cut -f1; }
 	echo "# pgharbor backup benchmark $STAMP"
 	echo "# host: $(nproc) cores, $(free -m | awk '/^Mem:/{print $2}') MiB RAM, $(uname -r)"
 	echo "# pgharbor $("$WORK/pgharbor" version 2>/dev/null | head -1) ($(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')), $(pgbackrest version), $("$PGBIN/postgres" --version)"
-	echo "# BENCH_SCALE=$SCALE BENCH_RANDOM_MB=$RANDOM_MB BENCH_ROUNDS=$ROUNDS BENCH_WAL_MB=$WAL_MB BENCH_WAL_SYNC=$WAL_SYNC BENCH_PARTS=\"$PARTS\""
+	echo "# BENCH_SCALE=$SCALE BENCH_RANDOM_MB=$RANDOM_MB BENCH_ROUNDS=$ROUNDS BENCH_WAL_MB=$WAL_MB BENCH_WAL_SYNC=$WAL_SYNC BENCH_PARTS=\"$PARTS\" BENCH_SHAPE=$SHAPE BENCH_INLINE_RND=$INLINE_RND BENCH_INLINE_TXT=$INLINE_TXT"
 	echo "# metric tool round value"
 } >"$RAW"
 
 # --- cluster --------------------------------------------------------------------------------
 log "work dir $WORK; PostgreSQL 15 on port $PORT"
-as_pg "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust --no-sync >/dev/null
+INITDB_OPTS=()
+[ "$SHAPE" != inline ] || INITDB_OPTS=(--data-checksums)
+as_pg "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust --no-sync "${INITDB_OPTS[@]}" >/dev/null
 cat >>"$PGDATA/postgresql.conf" <<CONF
 port = $PORT
 listen_addresses = ''
@@ -205,15 +222,26 @@ set_archive_command() {
 log "loading data: pgbench -i -s $SCALE"
 as_pg "$PGBIN/pgbench" -h "$WORK" -p "$PORT" -U postgres -i -s "$SCALE" -q postgres >"$WORK/logs/pgbench-init.log" 2>&1 ||
 	{ tail "$WORK/logs/pgbench-init.log" >&2; die "pgbench -i failed"; }
-log "loading data: $RANDOM_MB MiB of random bytes (1 MiB bytea rows, STORAGE EXTERNAL)"
-sql "CREATE TABLE rnd (id int PRIMARY KEY, b bytea); ALTER TABLE rnd ALTER COLUMN b SET STORAGE EXTERNAL"
-python3 "$WORK/benchlib.py" gencopy "$RANDOM_MB" | "${PSQL[@]}" -c "COPY rnd FROM STDIN (FORMAT binary)"
+if [ "$SHAPE" = toast ]; then
+	log "loading data: $RANDOM_MB MiB of random bytes (1 MiB bytea rows, STORAGE EXTERNAL)"
+	sql "CREATE TABLE rnd (id int PRIMARY KEY, b bytea); ALTER TABLE rnd ALTER COLUMN b SET STORAGE EXTERNAL"
+	python3 "$WORK/benchlib.py" gencopy "$RANDOM_MB" | "${PSQL[@]}" -c "COPY rnd FROM STDIN (FORMAT binary)"
+else
+	log "loading data: $RANDOM_MB MiB of inline rows ($INLINE_RND random + $INLINE_TXT text bytes, STORAGE PLAIN)"
+	sql "CREATE TABLE rnd (id int PRIMARY KEY, b bytea, t text); ALTER TABLE rnd ALTER COLUMN b SET STORAGE PLAIN, ALTER COLUMN t SET STORAGE PLAIN"
+	python3 "$WORK/benchlib.py" geninline "$RANDOM_MB" "$INLINE_RND" "$INLINE_TXT" | "${PSQL[@]}" -c "COPY rnd FROM STDIN (FORMAT binary)"
+	[ "$(sql "SELECT count(*) FROM pg_class WHERE oid = (SELECT reltoastrelid FROM pg_class WHERE relname = 'rnd') AND relpages > 0")" = 0 ] ||
+		die "rnd has TOAST pages: the inline shape needs every value on the table's own pages"
+fi
 sql "VACUUM ANALYZE" >/dev/null
 sql "CHECKPOINT"
 archive_now 300
 DBSIZE=$(sql "SELECT pg_size_pretty(sum(pg_database_size(datname))) FROM pg_database")
 log "cluster size $DBSIZE (pgbench_accounts $(sql "SELECT pg_size_pretty(pg_total_relation_size('pgbench_accounts'))"), rnd $(sql "SELECT pg_size_pretty(pg_total_relation_size('rnd'))"))"
-echo "# cluster size $DBSIZE" >>"$RAW"
+# What a backup copies: the data directory without pg_wal (after the load, pg_wal may be as
+# large as the data).
+DATA_BYTES=$(($(dirsize "$PGDATA") - $(dirsize "$PGDATA/pg_wal")))
+echo "# cluster size $DBSIZE; data directory without pg_wal $DATA_BYTES bytes; shape $SHAPE; checksums $(sql "SHOW data_checksums")" >>"$RAW"
 
 # --- pgharbor -------------------------------------------------------------------------------
 as_pg "$WORK/pgharbor" keygen --out "$WORK/identity.txt" >"$WORK/recipient"
@@ -304,7 +332,8 @@ backup_one() { # backup_one TOOL ROUND
 	record backup_rss "$t" "$r" "$M_RSS"
 	record backup_tree "$t" "$r" "$M_TREE"
 	record backup_stored "$t" "$r" "$(((after - before) / 1000000))"
-	log "  backup  $t: ${M_WALL}s, peak RSS ${M_RSS} MiB (tree ${M_TREE} MiB), stored $(((after - before) / 1000000)) MB"
+	record backup_cpu_gb "$t" "$r" "$(python3 -c "print(f'{$M_CPU / ($DATA_BYTES / 1e9):.2f}')")"
+	log "  backup  $t: ${M_WALL}s, CPU ${M_CPU}s, peak RSS ${M_RSS} MiB (tree ${M_TREE} MiB), stored $(((after - before) / 1000000)) MB"
 }
 
 # warm_restore_target writes and deletes a file the size of the data directory where the
@@ -420,7 +449,7 @@ fi
 TABLE=$(python3 "$HERE/benchlib.py" report "$RAW")
 {
 	echo
-	echo "pgharbor backup benchmark, $STAMP: $(nproc) cores; cluster $DBSIZE (pgbench -s $SCALE + $RANDOM_MB MiB random); $ROUNDS round(s), tool order rotating"
+	echo "pgharbor backup benchmark, $STAMP: $(nproc) cores; cluster $DBSIZE (pgbench -s $SCALE + $RANDOM_MB MiB random, shape $SHAPE); $ROUNDS round(s), tool order rotating"
 	echo "pgBackRest: zst level 3, process-max=2, start-fast, --archive-check=n; pg_basebackup: -Ft -X none, client-zstd:3"
 	echo "$TABLE"
 } | tee -a "$RAW"
