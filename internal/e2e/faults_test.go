@@ -24,6 +24,7 @@ import (
 // segment that could not be pushed is pushed on PostgreSQL's next try; verify is clean and a
 // restore gives the data.
 func TestS3ServerKilledDuringBackupAndWALPush(t *testing.T) {
+	parallel(t)
 	srv := testserver.StartVersityProcess(t)
 	srv.CreateBucket(t, "backups")
 	e := newEnv(t, "s3://backups/faults", fmt.Sprintf(`s3:
@@ -104,6 +105,7 @@ func TestS3ServerKilledDuringBackupAndWALPush(t *testing.T) {
 // ENOSPC error that names the file, a non-zero exit; then, with room, --delta finishes the
 // same directory and PostgreSQL starts on the right data.
 func TestRestoreIntoAFullFilesystem(t *testing.T) {
+	parallel(t)
 	e := newEnv(t, "", "")
 	j := runJourney(t, e, "local")
 	root := pgtest.MkdirOwned(t, e.cred, "pgharbor-enospc-")
@@ -140,6 +142,7 @@ func TestRestoreIntoAFullFilesystem(t *testing.T) {
 // (PostgreSQL's OS user), then full: wal push and wal fetch (restore_command) keep working
 // without it, and no segment is skipped (verify, and a restore to the end).
 func TestArchivingWithoutAUsableSpool(t *testing.T) {
+	parallel(t)
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: the spool is made unwritable for the postgres OS user, and a full one is a tmpfs")
 	}
@@ -186,6 +189,7 @@ func TestArchivingWithoutAUsableSpool(t *testing.T) {
 // PostgreSQL's own format: it names the same instant as in UTC, and the restore shows the data
 // of that moment.
 func TestTargetTimeInAnotherZone(t *testing.T) {
+	parallel(t)
 	e := newEnv(t, "", "")
 	j := runJourney(t, e, "local")
 	p := j.points[1]

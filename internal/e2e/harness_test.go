@@ -261,3 +261,10 @@ func (e *env) restoreStarted(pg *pgtest.Cluster, args ...string) *pgtest.Cluster
 	e.must(all...)
 	return c
 }
+
+// parallel lets a test run beside the other parallel tests once the sequential ones are
+// done. For tests that wait on servers more than they compute, that measure no timing, and
+// that set no environment: the package's run then fits CI's time on two cores.
+func parallel(t *testing.T) {
+	t.Parallel()
+}

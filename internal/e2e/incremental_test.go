@@ -121,6 +121,7 @@ func (e *env) restoreFiles(label string) string {
 // verify checks the chain and names a damaged object of a parent; expire keeps the parents
 // of a kept incremental and lets them go once nothing references them.
 func TestIncrementalChainRestoresEveryBackupInOnePass(t *testing.T) {
+	parallel(t)
 	e := newEnv(t, "", "")
 	// No autovacuum: the comparison of two backups of one state needs the pages unchanged
 	// between them.
@@ -317,6 +318,7 @@ func TestIncrementalChainRestoresEveryBackupInOnePass(t *testing.T) {
 
 // An incremental with no backup to compare with is taken full, with a warning.
 func TestIncrementalWithoutParentFallsBackToFull(t *testing.T) {
+	parallel(t)
 	e := newEnv(t, "", "")
 	e.initRepoFirst()
 	pg := e.startPrimary(nil)

@@ -29,6 +29,7 @@ import (
 // the public recipients, unsigned or signed with another key, or a signed object moved to
 // another name) are refused by `wal fetch`, `restore`, `info` and `verify`, naming them.
 func TestSigningRefusesObjectsFromHostsWithoutTheWriteKey(t *testing.T) {
+	parallel(t)
 	e := newEnv(t, "", "")
 	repoDir := filepath.Join(e.dir, "repo")
 	spool := filepath.Join(e.dir, "spool")
@@ -423,6 +424,7 @@ func writeRepoFile(t *testing.T, p string, b []byte) {
 // end, and a segment put into the bucket by someone holding only the recipient is refused
 // by restore_command's `wal fetch`, naming it.
 func TestSigningOnS3(t *testing.T) {
+	parallel(t)
 	srv := testserver.StartVersity(t)
 	srv.CreateBucket(t, "backups")
 	e := newEnv(t, "s3://backups/prod", fmt.Sprintf(`s3:

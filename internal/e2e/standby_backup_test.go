@@ -30,6 +30,7 @@ type standbyBackup struct {
 // time after them with exactly the data the primary had then, and verify passes. Wrong
 // inputs are refused with a clear message and leave no backup behind.
 func TestBackupFromStandbyBothMethodsRestoreToTimeTarget(t *testing.T) {
+	parallel(t)
 	e := newEnv(t, "", "backup:\n  from: standby\n")
 	pg := e.startPrimary(map[string]string{"archive_timeout": "'3s'"})
 	pg.Pgbench(t, "postgres", "-i", "-s", "2", "-q")
@@ -170,6 +171,7 @@ func lastLine(s string) string {
 // backup restores to a time target with the data of that moment (recovery reads timeline 2's
 // history from the repository).
 func TestBackupFromStandbyOnNewTimelineAfterPromotion(t *testing.T) {
+	parallel(t)
 	e := newEnv(t, "", "")
 	old := e.startPrimary(nil)
 	old.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
