@@ -16,19 +16,15 @@ const DefaultFlushAfter = 256 << 20
 //
 // Every Options.FlushAfter bytes written (DefaultFlushAfter) it calls syncfs on the
 // restore's file systems from its own goroutine, so the disk works while the workers
-// decrypt and decompress, and the final syncfs waits only for the last stretch. Measured on the 2.4 GB benchmark restore: final
-// sync 0.03-0.2 s instead of 0.7-1.2 s; whole restore 3.5 s against 4.0 s (medians of 6
-// alternating runs). The sync_file_range hint after each piece alone (startWriteback) left
-// the final wait at about a second.
+// decrypt and decompress, and the final syncfs waits only for the last stretch. The
+// sync_file_range hint after each piece (startWriteback) alone leaves a long final wait.
 //
 // After each flush it drops what was written before it from the page cache (clean by then).
 // A restore reads none of it back, so caching it only pushes out what the host had cached,
 // and the dropped pages are the ones the next writes reuse. On a virtual machine whose
 // memory the host backs lazily (a new VM; one that handed free memory back), every page the
-// cache grows into costs a fault in the host: a 2.4 GB restore that grew the cache took
-// 7-9 s with 9-12 s of system time instead of 3 s, and a 900 MB dd 2.1-2.3 s of system time
-// against 0.1 s into reused pages. Where memory is recycled anyway, dropping costs about
-// 0.1-0.2 s of a 3.3 s restore (freeing the pages the next rm -rf would otherwise free).
+// cache grows into costs a fault in the host, which multiplies a restore's system time.
+// bench/backup/README.md ("Restore: flushing and the page cache") has the measurements.
 //
 // A flush that fails fails the restore: syncfs reports a write-back error only to a caller
 // that opened the file system before the error, so a later syncfs might not see it.
