@@ -306,9 +306,9 @@ func (l *evLoop) run() {
 // most loopYield; when nothing came by then, the goroutine parks in Go's poller, watching a
 // duplicate of the epoll fd, until an event or the next tick (none while no session is in
 // the loop). Blocked in epoll_wait, the thread holds its P, so Go's monitor (sysmon) never
-// sleeps for long and takes the P away after 10 ms: an idle pool used 1.5% of a core and woke
-// 640 times a second, where an idle PgBouncer wakes 3 times. Parked, the P is free and an
-// idle pool is quiet. The duplicate is in Go's poller only while parked: kept there, every
+// sleeps for long and takes the P away after 10 ms: an idle pool used CPU and woke hundreds
+// of times a second, where an idle PgBouncer hardly wakes. Parked, the P is free and an idle
+// pool is quiet. The duplicate is in Go's poller only while parked: kept there, every
 // event would also wake the poller's thread. Under load the loop rarely waits 5 ms, so the
 // cost of a park (a few system calls and the hand-off of a locked goroutine) stays rare.
 func (l *evLoop) wait(timeout int) (int, error) {
