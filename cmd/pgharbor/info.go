@@ -172,7 +172,7 @@ and an error names the damaged object and the backup it belongs to.`,
 					if len(res.References) > 0 {
 						chain = ", pieces in " + strings.Join(res.References, ", ") + " intact"
 					}
-					fmt.Fprintf(a.stdout, "backup %s OK: %d files, %d bundles, %s%s, WAL present\n", res.Label, res.Files, res.Bundles, humanBytes(res.Bytes), chain)
+					fmt.Fprintf(a.stdout, "backup %s OK: %d files, %d bundles, %s%s, its WAL intact\n", res.Label, res.Files, res.Bundles, humanBytes(res.Bytes), chain)
 				}
 				if len(results) == 0 {
 					fmt.Fprintln(a.stdout, "no complete backup to verify")

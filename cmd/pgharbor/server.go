@@ -194,7 +194,7 @@ func (c *serverCluster) verifyJob(ctx context.Context) (server.Result, error) {
 	for _, r := range res {
 		bytes += r.Bytes
 	}
-	return server.Result{Detail: fmt.Sprintf("%d backups verified (%s), their WAL present", len(res), humanBytes(bytes))}, nil
+	return server.Result{Detail: fmt.Sprintf("%d backups verified (%s), their WAL intact", len(res), humanBytes(bytes))}, nil
 }
 
 // expireJob expires what the cluster's retention policy lets go (server_expire.go).
