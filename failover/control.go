@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgharbor/pgharbor/pool/cluster"
 	"github.com/pgharbor/pgharbor/wal"
 )
 
@@ -99,6 +100,18 @@ const detailSQL = `SELECT pg_is_in_recovery(),
   pg_last_wal_receive_lsn()::text,
   pg_last_wal_replay_lsn()::text`
 
+// walFileTimeline reads the timeline from a WAL file name (its first 8 hex digits).
+func walFileTimeline(name string) (wal.TimelineID, error) {
+	if len(name) < 8 {
+		return 0, fmt.Errorf("WAL file name %q", name)
+	}
+	t, err := strconv.ParseUint(name[:8], 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("WAL file name %q: %w", name, err)
+	}
+	return wal.TimelineID(t), nil
+}
+
 func (m *Monitor) detail(ctx context.Context, n Node) nodeDetail {
 	conn, err := m.connect(ctx, n)
 	if err != nil {
@@ -117,16 +130,11 @@ func (m *Monitor) detail(ctx context.Context, n Node) nodeDetail {
 	row := res[0].Rows[0]
 	d := nodeDetail{inRecovery: string(row[0]) == "t", receiver: string(row[2])}
 	if row[1] != nil {
-		// A WAL file name starts with the timeline in 8 hex digits.
-		s := string(row[1])
-		if len(s) < 8 {
-			return nodeDetail{err: fmt.Errorf("query %s: WAL file name %q", n.Name, s)}
-		}
-		t, err := strconv.ParseUint(s[:8], 16, 32)
+		t, err := walFileTimeline(string(row[1]))
 		if err != nil {
-			return nodeDetail{err: fmt.Errorf("query %s: WAL file name %q: %w", n.Name, s, err)}
+			return nodeDetail{err: fmt.Errorf("query %s: %w", n.Name, err)}
 		}
-		d.timeline = wal.TimelineID(t)
+		d.timeline = t
 	}
 	if row[3] != nil {
 		t, err := strconv.ParseUint(string(row[3]), 10, 32)
@@ -157,26 +165,25 @@ func (m *Monitor) findPrimary(ctx context.Context) (int, error) {
 		return p, nil
 	}
 	sts := m.probe(ctx, func(i int) bool { return !m.isFailed(i) && !m.isDetached(i) })
-	var prims []string
-	id := -1
+	var prims []int
 	for i, st := range sts {
 		if st.err == nil && !st.inRecovery {
-			id = i
-			prims = append(prims, m.nodes[i].Name)
+			prims = append(prims, i)
 		}
 	}
-	switch len(prims) {
-	case 0:
+	if len(prims) == 0 {
 		return -1, errors.New("no node answers as primary")
-	case 1:
-		if !m.running.Load() {
-			m.mu.Lock()
-			m.primary = id
-			m.mu.Unlock()
-		}
-		return id, nil
 	}
-	return -1, fmt.Errorf("several nodes answer as primary (%s): split brain; not acting", strings.Join(prims, ", "))
+	id := cluster.ChoosePrimary(prims, -1, func(i int) uint32 { return uint32(sts[i].timeline) })
+	if id < 0 {
+		return -1, fmt.Errorf("several nodes answer as primary on the same timeline (%s): split brain; not acting", m.claimants(prims, sts))
+	}
+	if !m.running.Load() {
+		m.mu.Lock()
+		m.primary = id
+		m.mu.Unlock()
+	}
+	return id, nil
 }
 
 // attachable says why node id may not get traffic now (nil: it may). A primary other than

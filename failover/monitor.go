@@ -333,7 +333,10 @@ func (m *Monitor) step(ctx context.Context) time.Duration {
 	return m.cfg.HealthCheckPeriod
 }
 
-// discover finds the primary: the one node not in recovery. With none or several it waits.
+// discover finds the primary: the node not in recovery or, when several claim it (an old
+// primary back after a failover this process no longer remembers), the one on the newest
+// timeline; the others are taken for former primaries (fenced, and rebuilt with auto_rejoin).
+// With none, or several on the same newest timeline, it waits.
 func (m *Monitor) discover(ctx context.Context) {
 	sts := m.probe(ctx, func(int) bool { return true })
 	var prims []int
@@ -342,21 +345,36 @@ func (m *Monitor) discover(ctx context.Context) {
 			prims = append(prims, i)
 		}
 	}
-	switch len(prims) {
-	case 1:
-		m.mu.Lock()
-		m.primary, m.health = prims[0], Health{}
-		m.mu.Unlock()
-		m.log.Info("watching primary", "node_id", prims[0], "node", m.nodes[prims[0]].Name)
-	case 0:
-		m.log.Warn("no primary found; checking again", "period", m.cfg.HealthCheckPeriod)
-	default:
-		var names []string
-		for _, id := range prims {
-			names = append(names, m.nodes[id].Name)
+	id := cluster.ChoosePrimary(prims, -1, func(i int) uint32 { return uint32(sts[i].timeline) })
+	if id < 0 {
+		if len(prims) == 0 {
+			m.log.Warn("no primary found; checking again", "period", m.cfg.HealthCheckPeriod)
+			return
 		}
-		m.log.Error("several nodes report to be primary (split brain); not acting until one remains", "nodes", names)
+		m.log.Error("several nodes report to be primary on the same timeline (split brain); not acting until one remains", "nodes", m.claimants(prims, sts))
+		return
 	}
+	m.mu.Lock()
+	m.primary, m.health = id, Health{}
+	for _, o := range prims {
+		if o != id {
+			m.failed[o] = true
+		}
+	}
+	m.mu.Unlock()
+	if len(prims) > 1 {
+		m.log.Error("several nodes report to be primary; the one on the newest timeline is the primary, the others are former primaries and get no traffic",
+			"primary", m.nodes[id].Name, "nodes", m.claimants(prims, sts), "auto_rejoin", m.cfg.AutoRejoin)
+	}
+	m.log.Info("watching primary", "node_id", id, "node", m.nodes[id].Name, "timeline", sts[id].timeline)
+}
+
+func (m *Monitor) claimants(ids []int, sts []nodeStatus) string {
+	var names []string
+	for _, i := range ids {
+		names = append(names, fmt.Sprintf("%s (timeline %d)", m.nodes[i].Name, sts[i].timeline))
+	}
+	return strings.Join(names, ", ")
 }
 
 func (m *Monitor) isDetached(id int) bool {
@@ -493,6 +511,7 @@ type nodeStatus struct {
 	replayLSN  wal.LSN // standby
 	syncNames  bool
 	inSync     map[string]bool
+	timeline   wal.TimelineID // primary: the timeline it writes on
 }
 
 // statusSQL reads a node's role and position and, on a primary, its synchronous standbys,
@@ -504,7 +523,8 @@ const statusSQL = `SELECT pg_is_in_recovery(),
   current_setting('synchronous_standby_names'),
   CASE WHEN pg_is_in_recovery() THEN NULL ELSE
     (SELECT string_agg(application_name, E'\n') FROM pg_stat_replication
-      WHERE state = 'streaming' AND sync_state IN ('sync', 'quorum')) END`
+      WHERE state = 'streaming' AND sync_state IN ('sync', 'quorum')) END,
+  CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END`
 
 func (m *Monitor) connString(n Node, timeout time.Duration, app string) string {
 	kv := [][2]string{
@@ -575,7 +595,7 @@ func (m *Monitor) status(ctx context.Context, n Node) nodeStatus {
 	if err != nil {
 		return nodeStatus{err: fmt.Errorf("status query on %s: %w", n.Name, err)}
 	}
-	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 6 {
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 7 {
 		return nodeStatus{err: fmt.Errorf("status query on %s: unexpected result shape", n.Name)}
 	}
 	row := res[0].Rows[0]
@@ -596,6 +616,13 @@ func (m *Monitor) status(ctx context.Context, n Node) nodeStatus {
 		for _, a := range strings.Split(string(row[5]), "\n") {
 			st.inSync[a] = true
 		}
+	}
+	if row[6] != nil {
+		t, err := walFileTimeline(string(row[6]))
+		if err != nil {
+			return nodeStatus{err: fmt.Errorf("status query on %s: %w", n.Name, err)}
+		}
+		st.timeline = t
 	}
 	return st
 }

@@ -83,3 +83,43 @@ func waitFor(t *testing.T, what string, d time.Duration, ok func() bool) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestMonitorStartsBesideAnOldPrimary: a monitor that starts (or restarts, forgetting the
+// failover it made) while the old primary runs again beside the node promoted in its place
+// watches the promoted node, the one on the newer timeline, even though the old primary is
+// listed first, and takes the old one for a former primary: never a candidate, and no
+// failover is made on its account.
+func TestMonitorStartsBesideAnOldPrimary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	old := pgtest.Start(t, pgtest.Options{})
+	promoted := old.StartStandby(t)
+	promoted.Exec(t, "SELECT pg_promote()")
+	nodes := []cluster.NodeConfig{
+		{Name: "old", Host: "127.0.0.1", Port: old.Port},
+		{Name: "promoted", Host: "127.0.0.1", Port: promoted.Port},
+	}
+	cfg := Config{HealthCheckPeriod: 200 * time.Millisecond, ConnectTimeout: time.Second, QueryTimeout: time.Second,
+		Retries: -1, RetryDelay: 100 * time.Millisecond}
+	m, err := New(cfg, nodes, nil, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "monitor watches the promoted node", 30*time.Second, func() bool { return m.Primary() == 1 })
+	if !m.isFailed(0) {
+		t.Fatal("the old primary is not taken for a former primary")
+	}
+	id, err := m.findPrimary(ctx)
+	if err != nil || id != 1 {
+		t.Fatalf("findPrimary: %d %v", id, err)
+	}
+	time.Sleep(time.Second)
+	if m.Primary() != 1 || len(m.Events()) != 0 {
+		t.Fatalf("primary %d, events %+v", m.Primary(), m.Events())
+	}
+}

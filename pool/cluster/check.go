@@ -10,7 +10,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// checkSQL learns a node's role and replication position in one round trip.
+// checkSQL learns a node's role and replication position in one round trip. On a primary the
+// name of the WAL file it writes carries the timeline it writes on: of two nodes that both
+// claim to be primary, the one on the newer timeline was promoted after the other.
 // pg_current_wal_lsn() fails during recovery, hence the CASE. The time lag counts only while
 // the standby has received WAL it has not replayed (or receives none, e.g. archive
 // recovery): an idle, caught-up standby's last replayed transaction may be old.
@@ -20,7 +22,8 @@ const checkSQL = `SELECT pg_is_in_recovery(),
   CASE WHEN pg_is_in_recovery()
         AND (pg_last_wal_receive_lsn() IS NULL OR pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn())
        THEN COALESCE(extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()), 0)
-       ELSE 0 END`
+       ELSE 0 END,
+  CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END`
 
 // connString builds a libpq keyword/value connection string for a health check.
 func (c *Cluster) connString(n NodeConfig) string {
@@ -64,7 +67,7 @@ func (c *Cluster) pgProbe(ctx context.Context, n NodeConfig) (probeResult, error
 	if err != nil {
 		return probeResult{}, fmt.Errorf("query: %w", err)
 	}
-	if len(results) != 1 || len(results[0].Rows) != 1 || len(results[0].Rows[0]) != 4 {
+	if len(results) != 1 || len(results[0].Rows) != 1 || len(results[0].Rows[0]) != 5 {
 		return probeResult{}, fmt.Errorf("query: unexpected result shape")
 	}
 	return parseCheckRow(results[0].Rows[0])
@@ -101,6 +104,16 @@ func parseCheckRow(row [][]byte) (probeResult, error) {
 		if secs > 0 {
 			r.lagTime = time.Duration(secs * float64(time.Second))
 		}
+	}
+	if len(row) > 4 && row[4] != nil {
+		if len(row[4]) < 8 {
+			return r, fmt.Errorf("WAL file name %q", row[4])
+		}
+		tli, err := strconv.ParseUint(string(row[4][:8]), 16, 32)
+		if err != nil {
+			return r, fmt.Errorf("WAL file name %q: %w", row[4], err)
+		}
+		r.timeline = uint32(tli)
 	}
 	return r, nil
 }

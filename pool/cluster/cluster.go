@@ -6,7 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"sort"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -109,6 +110,7 @@ type probeResult struct {
 	replayLSN  uint64 // standby only: pg_last_wal_replay_lsn()
 	hasReplay  bool
 	lagTime    time.Duration
+	timeline   uint32 // primary only: the timeline it writes on (0: unknown)
 }
 
 // prober checks one node; tests replace it.
@@ -150,6 +152,7 @@ type Cluster struct {
 	nodes     []*node
 	primaryID int  // -1: none known
 	pinned    bool // primaryID was chosen by SetPrimary; no other node may become primary
+	ambiguous bool // the last round found several claimants and chose none (logged once)
 	// epoch counts SetPrimary calls: a round of checks that began before the latest one
 	// saw the nodes before the failover (the new primary still in recovery) and is dropped.
 	epoch uint64
@@ -610,6 +613,39 @@ func (c *Cluster) checkNode(ctx context.Context, nc NodeConfig) (probeResult, er
 	}
 }
 
+// ChoosePrimary picks the primary among the nodes that claim it (their ids; timeline gives the
+// timeline each writes on, 0 when unknown). A node promoted later writes on a newer timeline,
+// so the newest timeline wins: an old primary that comes back after a
+// failover (its fence lost with a restart of the pool, or a failover made by another tool)
+// writes on an older timeline than the node promoted in its place and never gets the writes.
+// Between claimants on the same newest timeline nothing tells which one the standbys follow:
+// the current primary keeps the role if it is one of them, otherwise none is chosen (-1).
+func ChoosePrimary(claimants []int, current int, timeline func(id int) uint32) int {
+	if len(claimants) == 0 {
+		return -1
+	}
+	if len(claimants) == 1 {
+		return claimants[0]
+	}
+	var newest uint32
+	for _, id := range claimants {
+		newest = max(newest, timeline(id))
+	}
+	var top []int
+	for _, id := range claimants {
+		if timeline(id) == newest {
+			top = append(top, id)
+		}
+	}
+	if len(top) == 1 {
+		return top[0]
+	}
+	if slices.Contains(top, current) {
+		return current
+	}
+	return -1
+}
+
 // apply is the one place where health-check results change node states.
 func (c *Cluster) apply(outs []outcome, epoch uint64) {
 	c.mu.Lock()
@@ -631,19 +667,16 @@ func (c *Cluster) apply(outs []outcome, epoch uint64) {
 		}
 	}
 	if !c.pinned {
-		keep := false
-		for _, id := range claimants {
-			if id == c.primaryID {
-				keep = true
+		tl := func(id int) uint32 { return outs[id].res.timeline }
+		c.primaryID = ChoosePrimary(claimants, c.primaryID, tl)
+		if len(claimants) > 1 && c.primaryID < 0 && (oldPrimary >= 0 || !c.ambiguous) {
+			var who []string
+			for _, id := range claimants {
+				who = append(who, fmt.Sprintf("%s (timeline %d)", c.nodes[id].cfg.Name, tl(id)))
 			}
+			c.log.Error("several nodes claim to be primary on the same newest timeline; routing writes to none of them until one remains", "nodes", strings.Join(who, ", "))
 		}
-		if !keep {
-			c.primaryID = -1
-			if len(claimants) > 0 {
-				sort.Ints(claimants)
-				c.primaryID = claimants[0]
-			}
-		}
+		c.ambiguous = len(claimants) > 1 && c.primaryID < 0
 	}
 	var primaryLSN uint64
 	havePrimaryLSN := false
@@ -684,8 +717,14 @@ func (c *Cluster) apply(outs []outcome, epoch uint64) {
 			}
 		case role == RolePrimary && i != c.primaryID:
 			reason := fmt.Sprintf("split brain: reports primary while node %d is primary", c.primaryID)
-			if c.primaryID < 0 {
+			switch {
+			case c.primaryID >= 0 && !c.pinned && r.timeline < outs[c.primaryID].res.timeline:
+				reason = fmt.Sprintf("stale primary: writes on timeline %d while node %d writes on timeline %d",
+					r.timeline, c.primaryID, outs[c.primaryID].res.timeline)
+			case c.primaryID < 0 && c.pinned:
 				reason = "reports primary but is not the primary chosen by SetPrimary"
+			case c.primaryID < 0:
+				reason = "split brain: several nodes claim to be primary on the same timeline"
 			}
 			if c.setStatus(n, StatusDown, role, reason) {
 				changed = true

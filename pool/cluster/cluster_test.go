@@ -175,6 +175,70 @@ func TestSecondPrimaryIsMarkedDown(t *testing.T) {
 	}
 }
 
+func primaryOn(tli uint32, lsn uint64) probeResult {
+	r := primaryAt(lsn)
+	r.timeline = tli
+	return r
+}
+
+// A pool that starts (or restarts, losing the fences SetPrimary set) while an old primary has
+// come back beside the node promoted in its place must route writes to the promoted one,
+// whatever the order of the nodes in the configuration.
+func TestNewerTimelineWinsAmongClaimants(t *testing.T) {
+	c, f := newFakeCluster(t, 3)
+	f.set(6000, primaryOn(1, 900), nil) // the old primary, back after a failover
+	f.set(6001, primaryOn(2, 500), nil) // promoted in its place
+	f.set(6002, standbyAt(400, 0), nil)
+	c.CheckNow(context.Background())
+	if p, ok := c.Primary(); !ok || p.ID != 1 {
+		t.Fatalf("primary %+v %v, want node 1 (timeline 2); roles %s", p, ok, roles(c))
+	}
+	n, _ := c.Node(0)
+	if n.Status != StatusDown || !strings.Contains(n.Reason, "stale primary: writes on timeline 1 while node 1 writes on timeline 2") {
+		t.Fatalf("old primary: %+v", n)
+	}
+	// A node promoted later takes over from the current primary too (a failover made by
+	// another tool while the old primary kept running).
+	f.set(6002, primaryOn(3, 950), nil)
+	c.CheckNow(context.Background())
+	if p, _ := c.Primary(); p.ID != 2 {
+		t.Fatalf("primary %d, want node 2 (timeline 3); roles %s", p.ID, roles(c))
+	}
+	if got := roles(c); got != "primary/down primary/down primary/up" {
+		t.Fatalf("roles: %s", got)
+	}
+}
+
+func TestClaimantsOnTheSameTimelineGetNoWritesUntilOneRemains(t *testing.T) {
+	c, f := newFakeCluster(t, 2)
+	f.set(6000, primaryOn(2, 900), nil)
+	f.set(6001, primaryOn(2, 500), nil)
+	c.CheckNow(context.Background())
+	if p, ok := c.Primary(); ok {
+		t.Fatalf("primary %+v chosen between two claimants on timeline 2", p)
+	}
+	for id := range 2 {
+		if n, _ := c.Node(id); n.Status != StatusDown || !strings.Contains(n.Reason, "same timeline") {
+			t.Fatalf("node %d: %+v", id, n)
+		}
+	}
+	f.set(6001, standbyAt(500, 0), nil) // one of them is made a standby
+	c.CheckNow(context.Background())
+	if p, ok := c.Primary(); !ok || p.ID != 0 {
+		t.Fatalf("primary %+v %v; roles %s", p, ok, roles(c))
+	}
+}
+
+func TestCheckRowTimeline(t *testing.T) {
+	r, err := parseCheckRow([][]byte{[]byte("f"), []byte("0/3000060"), nil, []byte("0"), []byte("000000020000000000000003")})
+	if err != nil || r.timeline != 2 || r.inRecovery {
+		t.Fatalf("%+v %v", r, err)
+	}
+	if _, err := parseCheckRow([][]byte{[]byte("f"), []byte("0/3000060"), nil, []byte("0"), []byte("zz")}); err == nil {
+		t.Fatal("a bad WAL file name was accepted")
+	}
+}
+
 func TestSetPrimaryFencesOldPrimaryUntilMarkUp(t *testing.T) {
 	c, f := newFakeCluster(t, 3)
 	f.set(6000, primaryAt(10), nil)

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -175,4 +176,40 @@ func TestRealClusterRolesLagDownAndFailover(t *testing.T) {
 			}
 		}
 	})
+}
+
+// The old primary still runs after a standby was promoted, and a pool starts afresh (no fence
+// survives a restart): the promoted node, on the newer timeline, gets the writes even though
+// the old primary is listed first.
+func TestRealClusterFreshPoolPicksThePromotedNode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	old := pgtest.Start(t, pgtest.Options{})
+	promoted := old.StartStandby(t)
+	promoted.Exec(t, "SELECT pg_promote()")
+	if tl := promoted.QueryString(t, "postgres", "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"); tl != "00000002" {
+		t.Fatalf("promoted node writes on timeline %s", tl)
+	}
+	cfg := Config{
+		Nodes: []NodeConfig{
+			{Host: "127.0.0.1", Port: old.Port, Name: "old"},
+			{Host: "127.0.0.1", Port: promoted.Port, Name: "promoted"},
+		},
+		HealthCheckTimeout: 5 * time.Second,
+	}
+	c, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c.CheckNow(ctx)
+	if p, ok := c.Primary(); !ok || p.ID != 1 {
+		t.Fatalf("primary %+v %v; nodes %+v", p, ok, c.Nodes())
+	}
+	n, _ := c.Node(0)
+	if n.Status != StatusDown || n.Role != RolePrimary || !strings.Contains(n.Reason, "stale primary: writes on timeline 1 while node 1 writes on timeline 2") {
+		t.Fatalf("old primary: %+v", n)
+	}
 }
