@@ -1,0 +1,299 @@
+package failover
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pgharbor/pgharbor/internal/ci"
+	"github.com/pgharbor/pgharbor/internal/pgtest"
+)
+
+// startEtcd runs a one-member etcd on free loopback ports with a temp data dir, stopped in
+// cleanup, and returns its client URL. Without the etcd binary the test is skipped, except
+// in CI where it fails.
+func startEtcd(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("etcd")
+	if err != nil {
+		if ci.Enabled() {
+			t.Fatalf("etcd not found (apt-get install etcd-server, or scripts/setup.sh): %v", err)
+		}
+		t.Skip("etcd not found: apt-get install etcd-server (scripts/setup.sh) to run this test")
+	}
+	cp, pp := pgtest.FreePort(t), pgtest.FreePort(t)
+	curl, purl := fmt.Sprintf("http://127.0.0.1:%d", cp), fmt.Sprintf("http://127.0.0.1:%d", pp)
+	dir := t.TempDir()
+	logf, err := os.Create(dir + "/etcd.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--name", "t", "--data-dir", dir+"/data",
+		"--listen-client-urls", curl, "--advertise-client-urls", curl,
+		"--listen-peer-urls", purl, "--initial-advertise-peer-urls", purl,
+		"--initial-cluster", "t="+purl, "--log-outputs", "stderr")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		logf.Close()
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		res, err := http.Post(curl+"/v3/kv/range", "application/json", strings.NewReader(`{"key":"eA=="}`))
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return curl
+			}
+		}
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(dir + "/etcd.log")
+			t.Fatalf("etcd exited: %s", b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(dir + "/etcd.log")
+			t.Fatalf("etcd not ready within 30s: %s", b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// tcpProxy forwards a loopback port to target until Cut, which closes the port and every
+// connection through it: the partition of one monitor from etcd.
+type tcpProxy struct {
+	l     net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+	cut   bool
+}
+
+func newProxy(t *testing.T, target string) (*tcpProxy, string) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpProxy{l: l}
+	t.Cleanup(p.Cut)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			if p.cut {
+				c.Close()
+				u.Close()
+			} else {
+				p.conns = append(p.conns, c, u)
+			}
+			p.mu.Unlock()
+			go func() { io.Copy(u, c); u.Close() }()
+			go func() { io.Copy(c, u); c.Close() }()
+		}
+	}()
+	return p, "http://" + l.Addr().String()
+}
+
+func (p *tcpProxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+	p.l.Close()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// candidate runs an elector whose lead function records when it led.
+type candidate struct {
+	e       *Elector
+	cancel  context.CancelFunc
+	done    chan struct{}
+	mu      sync.Mutex
+	started []time.Time
+	ended   []time.Time
+}
+
+func runCandidate(t *testing.T, name string, endpoints []string, ttl time.Duration, active *atomic.Int32, overlap *atomic.Bool) *candidate {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	e, err := NewElector(EtcdConfig{Endpoints: endpoints, Prefix: "/pgharbor/test/", TTL: ttl, Name: name}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &candidate{e: e, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		e.Run(ctx, func(lctx context.Context) {
+			if active.Add(1) > 1 {
+				overlap.Store(true)
+			}
+			c.mu.Lock()
+			c.started = append(c.started, time.Now())
+			c.mu.Unlock()
+			<-lctx.Done()
+			c.mu.Lock()
+			c.ended = append(c.ended, time.Now())
+			c.mu.Unlock()
+			active.Add(-1)
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-c.done })
+	return c
+}
+
+func (c *candidate) terms() (int, int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.started), len(c.ended)
+}
+
+func (c *candidate) lastEnd() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ended[len(c.ended)-1]
+}
+
+func (c *candidate) lastStart() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.started[len(c.started)-1]
+}
+
+// TestEtcdElectionOneLeaderAndTakeover: of two candidates exactly one leads; when the
+// leader stops, the other leads within the ttl; the key names the leader.
+func TestEtcdElectionOneLeaderAndTakeover(t *testing.T) {
+	url := startEtcd(t)
+	const ttl = 3 * time.Second
+	var active atomic.Int32
+	var overlap atomic.Bool
+	a := runCandidate(t, "a", []string{url}, ttl, &active, &overlap)
+	waitFor(t, "a leads", 10*time.Second, a.e.IsLeader)
+	b := runCandidate(t, "b", []string{url}, ttl, &active, &overlap)
+	waitFor(t, "b knows a leads", 10*time.Second, func() bool { return b.e.Status().Holder == "a" })
+	time.Sleep(2 * ttl) // a keeps the lease alive through several keepalives; b never leads
+	if b.e.IsLeader() || !a.e.IsLeader() || active.Load() != 1 {
+		t.Fatalf("a leader %v, b leader %v, active %d", a.e.IsLeader(), b.e.IsLeader(), active.Load())
+	}
+	if err := a.e.Confirm(context.Background()); err != nil {
+		t.Fatalf("leader a cannot confirm: %v", err)
+	}
+	if err := b.e.Confirm(context.Background()); err == nil {
+		t.Fatal("follower b confirms a leadership it does not hold")
+	}
+
+	stopped := time.Now()
+	a.cancel()
+	<-a.done
+	waitFor(t, "b leads after a stopped", ttl+2*time.Second, b.e.IsLeader)
+	t.Logf("takeover after a clean stop: %v", time.Since(stopped).Round(time.Millisecond))
+	if overlap.Load() {
+		t.Fatal("two candidates led at once")
+	}
+	if n, _ := b.terms(); n != 1 {
+		t.Fatalf("b led %d terms", n)
+	}
+}
+
+// TestEtcdElectionLeaderPartitioned: the leader reaches etcd through a proxy that is cut.
+// It must stop acting within the ttl, before the other candidate starts, and the other
+// must lead once the lease expired (ttl and a poll later).
+func TestEtcdElectionLeaderPartitioned(t *testing.T) {
+	url := startEtcd(t)
+	const ttl = 3 * time.Second
+	proxy, purl := newProxy(t, strings.TrimPrefix(url, "http://"))
+	var active atomic.Int32
+	var overlap atomic.Bool
+	a := runCandidate(t, "a", []string{purl}, ttl, &active, &overlap)
+	waitFor(t, "a leads", 10*time.Second, a.e.IsLeader)
+	b := runCandidate(t, "b", []string{url}, ttl, &active, &overlap)
+	waitFor(t, "b knows a leads", 10*time.Second, func() bool { return b.e.Status().Holder == "a" })
+	time.Sleep(ttl / 2)
+
+	cut := time.Now()
+	proxy.Cut()
+	waitFor(t, "a stops acting", ttl+time.Second, func() bool { _, e := a.terms(); return e == 1 })
+	stoppedAfter := a.lastEnd().Sub(cut)
+	if stoppedAfter > ttl {
+		t.Fatalf("a stopped acting %v after the cut; ttl %v", stoppedAfter, ttl)
+	}
+	if a.e.IsLeader() {
+		t.Fatal("a still takes itself for the leader")
+	}
+	if err := a.e.Confirm(context.Background()); err == nil {
+		t.Fatal("partitioned a confirms its leadership")
+	}
+	waitFor(t, "b leads", 2*ttl+2*time.Second, b.e.IsLeader)
+	takeover := b.lastStart().Sub(cut)
+	t.Logf("partitioned leader stopped after %v; the other led after %v", stoppedAfter.Round(time.Millisecond), takeover.Round(time.Millisecond))
+	if !b.lastStart().After(a.lastEnd()) || overlap.Load() {
+		t.Fatalf("b started leading (%v) before a stopped (%v)", b.lastStart(), a.lastEnd())
+	}
+	if st := a.e.Status(); st.EtcdError == "" {
+		t.Fatal("a does not report why it cannot reach etcd")
+	}
+	time.Sleep(ttl)
+	if n, _ := a.terms(); n != 1 || a.e.IsLeader() {
+		t.Fatal("partitioned a leads again")
+	}
+}
+
+// TestEtcdElectionUnreachableNeverLeads: with etcd unreachable from the start a candidate
+// never leads and says why.
+func TestEtcdElectionUnreachableNeverLeads(t *testing.T) {
+	port := pgtest.FreePort(t)
+	var active atomic.Int32
+	var overlap atomic.Bool
+	a := runCandidate(t, "a", []string{fmt.Sprintf("http://127.0.0.1:%d", port)}, 2*time.Second, &active, &overlap)
+	time.Sleep(3 * time.Second)
+	if n, _ := a.terms(); n != 0 || a.e.IsLeader() {
+		t.Fatal("a leads without etcd")
+	}
+	if st := a.e.Status(); !strings.Contains(st.EtcdError, "connect") {
+		t.Fatalf("etcd error %q", st.EtcdError)
+	}
+}
+
+func TestEtcdConfigChecks(t *testing.T) {
+	for _, c := range []EtcdConfig{
+		{Prefix: "/p/"},
+		{Endpoints: []string{"127.0.0.1:2379"}, Prefix: "/p/"},
+		{Endpoints: []string{"http://127.0.0.1:2379"}},
+		{Endpoints: []string{"http://127.0.0.1:2379"}, Prefix: "/p/", TTL: time.Second},
+		{Endpoints: []string{"http://127.0.0.1:2379"}, Prefix: "/p/", TTL: 2500 * time.Millisecond},
+	} {
+		if _, err := NewElector(c, nil); err == nil {
+			t.Errorf("%+v accepted", c)
+		}
+	}
+	e, err := NewElector(EtcdConfig{Endpoints: []string{"http://127.0.0.1:2379"}, Prefix: "/p/"}, nil)
+	if err != nil || e.cfg.TTL != DefaultEtcdTTL || !strings.Contains(e.Name(), "/") {
+		t.Fatalf("%v %+v", err, e)
+	}
+}
