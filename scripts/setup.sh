@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Installs what pgharbor's tests and demo need on a fresh Debian machine, and nothing twice:
 # PostgreSQL 15 (server binaries), the clients the pool tests drive, headless Chromium and a
-# font for the server's status-page test, libfaketime (a PostgreSQL with a clock of its own), etcd
-# (the failover leader election tests),
-# and the storage servers the S3 and GCS tests start (built with go install at pinned
-# versions, cached in ~/go/bin).
+# font for the server's status-page test, libfaketime (a PostgreSQL with a clock of its own),
+# etcd (the failover leader election tests), and the storage servers the S3 and GCS tests
+# start (built with go install at pinned versions, cached in ~/go/bin).
 set -euo pipefail
 
 need_pkgs=()
