@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/pgharbor/pgharbor/internal/etcdtest"
 	"github.com/pgharbor/pgharbor/internal/pgtest"
 )
@@ -147,6 +149,9 @@ func TestEtcdElectionOneLeaderAndTakeover(t *testing.T) {
 	if err := a.e.Confirm(context.Background()); err != nil {
 		t.Fatalf("leader a cannot confirm: %v", err)
 	}
+	if la, lb := leaderGauge(t, a.e), leaderGauge(t, b.e); la != 1 || lb != 0 {
+		t.Fatalf("pgharbor_failover_leader: a %v, b %v", la, lb)
+	}
 	if err := b.e.Confirm(context.Background()); err == nil {
 		t.Fatal("follower b confirms a leadership it does not hold")
 	}
@@ -162,6 +167,33 @@ func TestEtcdElectionOneLeaderAndTakeover(t *testing.T) {
 	if n, _ := b.terms(); n != 1 {
 		t.Fatalf("b led %d terms", n)
 	}
+	if lb := leaderGauge(t, b.e); lb != 1 {
+		t.Fatalf("pgharbor_failover_leader of b: %v", lb)
+	}
+}
+
+// leaderGauge scrapes pgharbor_failover_leader from e's collector.
+func leaderGauge(t *testing.T, e *Elector) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(e.Collector()); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "pgharbor_failover_leader" && len(mf.GetMetric()) == 1 {
+			m := mf.GetMetric()[0]
+			if len(m.GetLabel()) != 1 || m.GetLabel()[0].GetValue() != e.Name() {
+				t.Fatalf("labels %v", m.GetLabel())
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	t.Fatal("no pgharbor_failover_leader")
+	return 0
 }
 
 // TestEtcdElectionLeaderPartitioned: the leader reaches etcd through a proxy that is cut.
