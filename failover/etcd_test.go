@@ -272,3 +272,33 @@ func TestEtcdConfigChecks(t *testing.T) {
 		t.Fatalf("%v %+v", err, e)
 	}
 }
+
+// TestEtcdElectionTLS: an etcd that requires client certificates elects a candidate given
+// ca_file, cert_file and key_file, and refuses one without a client certificate.
+func TestEtcdElectionTLS(t *testing.T) {
+	c := etcdtest.NewTLS(t)
+	url := etcdtest.StartTLS(t, c)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	run := func(cfg EtcdConfig) *Elector {
+		e, err := NewElector(cfg, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); e.Run(ctx, func(c context.Context) { <-c.Done() }) }()
+		t.Cleanup(func() { cancel(); <-done })
+		return e
+	}
+	noCert := run(EtcdConfig{Endpoints: []string{url}, Prefix: "/tls/", TTL: 2 * time.Second, Name: "nocert", CAFile: c.CAFile})
+	time.Sleep(time.Second)
+	if noCert.IsLeader() || noCert.Status().EtcdError == "" {
+		t.Fatalf("a candidate without a client certificate: %+v", noCert.Status())
+	}
+	ok := run(EtcdConfig{Endpoints: []string{url}, Prefix: "/tls/", TTL: 2 * time.Second, Name: "tls",
+		CAFile: c.CAFile, CertFile: c.ClientCert, KeyFile: c.ClientKey})
+	waitFor(t, "the candidate with a client certificate leads", 10*time.Second, ok.IsLeader)
+	if err := ok.Confirm(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
