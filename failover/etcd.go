@@ -155,17 +155,23 @@ func (e *Elector) Confirm(ctx context.Context) error {
 	}
 	cctx, cancel := context.WithDeadline(ctx, dl)
 	defer cancel()
-	var r txnResp
-	err := e.call(cctx, "/v3/kv/txn", map[string]any{
-		"compare": []map[string]any{{"key": b64(e.key), "result": "EQUAL", "target": "LEASE", "lease": strconv.FormatInt(lease, 10)}},
-	}, &r)
+	held, err := e.holdsKey(cctx, lease)
 	if err != nil {
 		return fmt.Errorf("%w: cannot confirm the leader key: %v", ErrNotLeader, err)
 	}
-	if !r.Succeeded {
+	if !held {
 		return fmt.Errorf("%w: the leader key no longer holds this monitor's lease", ErrNotLeader)
 	}
 	return nil
+}
+
+// holdsKey asks etcd, in one transaction, whether the leader key holds lease.
+func (e *Elector) holdsKey(ctx context.Context, lease int64) (bool, error) {
+	var r txnResp
+	err := e.call(ctx, "/v3/kv/txn", map[string]any{
+		"compare": []map[string]any{{"key": b64(e.key), "result": "EQUAL", "target": "LEASE", "lease": strconv.FormatInt(lease, 10)}},
+	}, &r)
+	return r.Succeeded, err
 }
 
 // Run campaigns until ctx ends. Each time this monitor becomes leader it calls lead with a
@@ -320,6 +326,14 @@ func (e *Elector) keepAlive(ctx context.Context, lease int64) string {
 		e.mu.Lock()
 		e.deadline = e.leaseDeadline(sent, time.Duration(ttl)*time.Second)
 		e.mu.Unlock()
+		// A live lease is not enough: the key may have been deleted (etcdctl del) and
+		// taken by another monitor.
+		cctx, cancel := context.WithDeadline(ctx, e.leaseDeadline(sent, time.Duration(ttl)*time.Second))
+		held, err := e.holdsKey(cctx, lease)
+		cancel()
+		if err == nil && !held {
+			return "the leader key no longer holds this monitor's lease"
+		}
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -300,5 +301,43 @@ func TestEtcdElectionTLS(t *testing.T) {
 	waitFor(t, "the candidate with a client certificate leads", 10*time.Second, ok.IsLeader)
 	if err := ok.Confirm(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestEtcdElectionKeyDeleted: when the leader key is deleted by hand (etcdctl del) while
+// the leader's lease lives on, another candidate may take the key at once; the old leader
+// stops acting at its next keepalive (within ttl/3), and meanwhile only the key's new holder
+// passes the check made before a promotion.
+func TestEtcdElectionKeyDeleted(t *testing.T) {
+	url := startEtcd(t)
+	const ttl = 3 * time.Second
+	var active atomic.Int32
+	var overlap atomic.Bool
+	a := runCandidate(t, "a", []string{url}, ttl, &active, &overlap)
+	waitFor(t, "a leads", 10*time.Second, a.e.IsLeader)
+	b := runCandidate(t, "b", []string{url}, ttl, &active, &overlap)
+	waitFor(t, "b knows a leads", 10*time.Second, func() bool { return b.e.Status().Holder == "a" })
+	res, err := http.Post(url+"/v3/kv/deleterange", "application/json", strings.NewReader(fmt.Sprintf(`{"key":%q}`, b64("/pgharbor/test/leader"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	deleted := time.Now()
+	if err := a.e.Confirm(context.Background()); err == nil {
+		t.Fatal("a confirms its leadership after its key was deleted")
+	}
+	waitFor(t, "b leads", 2*ttl, b.e.IsLeader)
+	if err := b.e.Confirm(context.Background()); err != nil {
+		t.Fatalf("b cannot confirm: %v", err)
+	}
+	if err := a.e.Confirm(context.Background()); err == nil {
+		t.Fatal("a and b both confirm")
+	}
+	waitFor(t, "a stops acting", ttl/3+time.Second, func() bool { _, e := a.terms(); return e == 1 })
+	t.Logf("a stopped acting %v after the key was deleted; b led %v after", a.lastEnd().Sub(deleted).Round(time.Millisecond),
+		b.lastStart().Sub(deleted).Round(time.Millisecond))
+	time.Sleep(ttl)
+	if a.e.IsLeader() || !b.e.IsLeader() || active.Load() != 1 {
+		t.Fatalf("a leader %v, b leader %v, active %d", a.e.IsLeader(), b.e.IsLeader(), active.Load())
 	}
 }
