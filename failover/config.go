@@ -101,6 +101,10 @@ type Config struct {
 	ClientWait time.Duration `yaml:"client_wait"`
 
 	Nodes map[string]NodeOptions `yaml:"nodes"`
+
+	// Etcd, when set, lets several monitors run: an etcd lease elects the one that acts
+	// (docs/ha.md). Without it, exactly one monitor may run.
+	Etcd *EtcdConfig `yaml:"etcd"`
 }
 
 // withDefaults validates c and fills in defaults; names are the cluster's node names.

@@ -67,9 +67,13 @@ func (m *Monitor) NodeID(s string) (int, error) {
 	return 0, fmt.Errorf("no node named %q (nodes: %s)", s, strings.Join(names, ", "))
 }
 
-// lockOp takes opMu, waiting for a failover round or another command to end, or fails
-// when ctx ends first.
+// lockOp refuses unless this monitor is the etcd leader (with failover.etcd), and takes
+// opMu, waiting for a failover round or another command to end, or fails when ctx ends
+// first.
 func (m *Monitor) lockOp(ctx context.Context) error {
+	if err := m.confirmLeader(ctx); err != nil {
+		return err
+	}
 	for !m.opMu.TryLock() {
 		select {
 		case <-ctx.Done():

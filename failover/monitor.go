@@ -96,6 +96,8 @@ type Monitor struct {
 	running atomic.Bool
 	// kick asks Run for a check of the primary now (CheckSoon).
 	kick chan struct{}
+	// elector: with failover.etcd, only its leader acts (see etcd.go); nil: always act.
+	elector *Elector
 }
 
 // New checks cfg against the nodes (the pool's cluster.nodes, whose order gives the node
@@ -431,6 +433,10 @@ func (m *Monitor) failover(ctx context.Context, old int) {
 		return
 	}
 	defer ls.release()
+	if err := m.confirmLeader(ctx); err != nil {
+		m.log.Error("not promoting: this monitor is not the leader", "node", win.Name, "err", err)
+		return
+	}
 	m.log.Warn("promoting standby", "node_id", win.ID, "node", win.Name, "old_primary", oldN.Name,
 		"position", win.Position(), "passed_over", passed)
 	if err := m.promote(ctx, m.nodes[win.ID]); err != nil {

@@ -151,6 +151,9 @@ func (m *Monitor) Switchover(ctx context.Context, o SwitchoverOptions) (*Switcho
 		}
 		return fmt.Errorf("%w; the old primary %s runs again", err, old.Name)
 	}
+	if err := m.confirmLeader(ctx); err != nil {
+		return nil, undo(err)
+	}
 	phase := time.Now()
 	if err := m.stopPrimary(ctx, old, tgt); err != nil {
 		if m.detail(ctx, old).err == nil {
@@ -167,6 +170,9 @@ func (m *Monitor) Switchover(ctx context.Context, o SwitchoverOptions) (*Switcho
 	rep.StopLSN = stopLSN.String()
 	rep.ReplaySeconds = time.Since(phase).Seconds()
 	phase = time.Now()
+	if err := m.confirmLeader(ctx); err != nil {
+		return nil, undo(err)
+	}
 	if err := m.promote(ctx, tgt); err != nil {
 		if d := m.detail(ctx, tgt); d.err == nil && d.inRecovery {
 			return nil, undo(err)

@@ -94,8 +94,17 @@ func (s *Server) Registry() *prometheus.Registry {
 			_ = reg.Register(c)
 		}
 	}
+	for _, c := range s.extraColls {
+		_ = reg.Register(c)
+	}
 	return reg
 }
+
+type extraCollectors []prometheus.Collector
+
+// AddCollector serves c on the pool's /metrics too (the failover election's metrics); call
+// it before Serve.
+func (s *Server) AddCollector(c prometheus.Collector) { s.extraColls = append(s.extraColls, c) }
 
 func (s *Server) metricsHandler() http.Handler {
 	mux := http.NewServeMux()

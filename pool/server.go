@@ -66,6 +66,7 @@ type Server struct {
 
 	ln, unixLn  net.Listener
 	metricsLn   net.Listener
+	extraColls  extraCollectors // AddCollector: served beside the pool's own metrics
 	started     time.Time
 	stopping    atomic.Bool
 	wg          sync.WaitGroup

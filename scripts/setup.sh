@@ -2,12 +2,12 @@
 # Installs what pgharbor's tests and demo need on a fresh Debian machine, and nothing twice:
 # PostgreSQL 15 (server binaries), the clients the pool tests drive, headless Chromium and a
 # font for the server's status-page test, libfaketime (a PostgreSQL with a clock of its own),
-# and the storage servers the S3 and GCS tests start (built with go install at pinned
-# versions, cached in ~/go/bin).
+# etcd (the failover leader election tests), and the storage servers the S3 and GCS tests
+# start (built with go install at pinned versions, cached in ~/go/bin).
 set -euo pipefail
 
 need_pkgs=()
-for p in postgresql-15 pgbouncer python3-psycopg2 libpostgresql-jdbc-java chromium fonts-dejavu-core faketime; do
+for p in postgresql-15 pgbouncer python3-psycopg2 libpostgresql-jdbc-java chromium fonts-dejavu-core faketime etcd-server; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 command -v java >/dev/null 2>&1 || need_pkgs+=(default-jre-headless) # the JDBC client test
@@ -26,4 +26,4 @@ install_tool() { # name module@version
 }
 install_tool versitygw github.com/versity/versitygw/cmd/versitygw@v1.8.0
 install_tool fake-gcs-server github.com/fsouza/fake-gcs-server@v1.56.1
-echo "setup: ready (PostgreSQL 15, pgbouncer, psycopg2, JDBC, chromium, versitygw, fake-gcs-server)"
+echo "setup: ready (PostgreSQL 15, pgbouncer, psycopg2, JDBC, chromium, etcd, versitygw, fake-gcs-server)"

@@ -28,7 +28,8 @@ pgharbor switchover and pgharbor node send); SIGHUP reloads the configuration fi
 does. See docs/pool.md and docs/ha.md.
 
 With failover.enabled the failover monitor runs inside the pool (see docs/ha.md); run it in
-one pool instance only.`,
+one pool instance only, or set failover.etcd so that an etcd leader election picks the one
+that acts.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := loadPoolConfig(a, listen)
@@ -65,13 +66,23 @@ one pool instance only.`,
 			default:
 				mon.SetPauser(srv)
 				mon.SetRebuilder(a.failoverRebuilder())
+				if fcfg.Enabled && fcfg.Etcd != nil {
+					// Several pools may run the monitor: the etcd leader acts, and node
+					// commands run only there.
+					el, err := failover.NewElector(*fcfg.Etcd, a.logger)
+					if err != nil {
+						return err
+					}
+					mon.SetElector(el)
+					srv.AddCollector(el.Collector())
+				}
 				srv.SetNodeControl(failover.Console{M: mon})
 				if fcfg.Enabled {
 					// New transactions wait for the new primary instead of failing while
 					// the primary is down, and a refused login asks the monitor to check
 					// at once.
 					srv.SetFailover(&pool.FailoverOptions{ClientWait: mon.Config().ClientWait, CheckPrimary: mon.CheckSoon})
-					go mon.Run(ctx)
+					go mon.RunElected(ctx)
 				}
 			}
 			hup := make(chan os.Signal, 1)

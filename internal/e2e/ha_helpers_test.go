@@ -30,6 +30,7 @@ type haCluster struct {
 	port   int    // the pool's
 	config string // config file path
 	log    string // the pool's log file
+	stop   func() // SIGTERM to the pool and wait for it (also run at cleanup)
 }
 
 // startHANodes starts n0 and two standbys streaming from it under their names.
@@ -121,14 +122,20 @@ func startHAPool(t *testing.T, nodes []*pgtest.Cluster, ports []int, e *env, ext
 	}
 	done := make(chan struct{})
 	go func() { pool.Wait(); logF.Close(); close(done) }()
+	var once sync.Once
+	h.stop = func() {
+		once.Do(func() {
+			pool.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				pool.Process.Kill()
+				<-done
+			}
+		})
+	}
 	t.Cleanup(func() {
-		pool.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			pool.Process.Kill()
-			<-done
-		}
+		h.stop()
 		if t.Failed() || os.Getenv("PGHARBOR_E2E_SHOW_LOG") != "" {
 			b, _ := os.ReadFile(h.log)
 			t.Logf("pool log:\n%s", b)
