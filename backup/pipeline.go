@@ -64,7 +64,9 @@ func (pr *probe) compressible(data, scratch []byte) ([]byte, bool) {
 func (pr *probe) Close() { pr.enc.Close() }
 
 // pipeline cuts file bytes into bundles and seals and uploads them with bounded memory:
-// at most workers+1 raw bundles and workers+uploads sealed bundles exist at once.
+// at most workers+1 raw bundles and workers+uploads sealed bundles exist at once, the
+// sealed ones in blocks as large as their sealed size. The +1 lets the reader fill a
+// bundle while every sealer works, so that no sealer waits for its next bundle.
 type pipeline struct {
 	r            *repo.Repo
 	label        string
@@ -434,10 +436,26 @@ func (p *pipeline) flush() error {
 func (p *pipeline) close() (int, error) {
 	err := p.flush()
 	p.endSeal()
-	if werr := p.g.Wait(); werr != nil {
+	werr := p.g.Wait()
+	p.release()
+	if werr != nil {
 		return 0, werr
 	}
 	return p.next, err
+}
+
+// release lets the garbage collector have the buffers once every goroutine has stopped: the
+// rest of the backup (manifests, waiting for WAL) does not need them.
+func (p *pipeline) release() {
+	p.cur, p.starts = nil, nil
+	for {
+		select {
+		case <-p.free:
+		case <-p.blocks:
+		default:
+			return
+		}
+	}
 }
 
 // endSeal tells the sealers no bundle will come: idle sealers wait for bundles, not for the

@@ -113,7 +113,7 @@ const (
 	// match tables are too small to find matches much farther back in dense data such as
 	// database pages, so a larger window costs memory (an encoder keeps two windows of
 	// history) without making objects smaller; bench/backup/README.md has the measurement.
-	dataZstdWindow    = 1 << 20
+	dataZstdWindow    = 256 << 10
 	identityFileLimit = 1 << 20
 )
 
