@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -64,9 +65,8 @@ func (pr *probe) compressible(data, scratch []byte) ([]byte, bool) {
 func (pr *probe) Close() { pr.enc.Close() }
 
 // pipeline cuts file bytes into bundles and seals and uploads them with bounded memory:
-// at most workers+1 raw bundles and workers+uploads sealed bundles exist at once, the
-// sealed ones in blocks as large as their sealed size. The +1 lets the reader fill a
-// bundle while every sealer works, so that no sealer waits for its next bundle.
+// at most rawBundles(workers) raw bundles and workers+uploads sealed bundles exist at
+// once, the sealed ones in blocks as large as their sealed size.
 type pipeline struct {
 	r            *repo.Repo
 	label        string
@@ -101,6 +101,16 @@ type pipeline struct {
 	digests map[extentAt]Digest
 }
 
+// rawBundles is the number of raw bundle buffers: one per sealer, and one more for the
+// reader to fill while every sealer works when there is a core for it to run on. Without
+// one the reader takes its time from the sealers anyway, and the extra buffer only waits.
+func rawBundles(workers int) int {
+	if runtime.GOMAXPROCS(0) > workers {
+		return workers + 1
+	}
+	return max(workers, 2)
+}
+
 type extentAt struct {
 	bundle int
 	offset int64
@@ -121,13 +131,13 @@ func newPipeline(ctx context.Context, r *repo.Repo, label string, bundleSize, wo
 	g, gctx := errgroup.WithContext(ctx)
 	p := &pipeline{
 		r: r, label: label, size: bundleSize, g: g, ctx: gctx,
-		free:    make(chan []byte, workers+1),
+		free:    make(chan []byte, rawBundles(workers)),
 		toSeal:  make(chan rawBundle),
 		toPut:   make(chan sealedBlob),
 		blocks:  make(chan []byte, (workers+uploads)*(bundleSize/sealBlockSize+2)),
 		digests: map[extentAt]Digest{},
 	}
-	for i := 0; i < workers+1; i++ {
+	for i := 0; i < rawBundles(workers); i++ {
 		p.free <- make([]byte, 0, bundleSize)
 	}
 	probe, err := newProbe()
