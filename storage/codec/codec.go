@@ -113,7 +113,7 @@ const (
 	// match tables are too small to find matches much farther back in dense data such as
 	// database pages, so a larger window costs memory (an encoder keeps two windows of
 	// history) without making objects smaller; bench/backup/README.md has the measurement.
-	dataZstdWindow    = 1 << 20
+	dataZstdWindow    = 256 << 10
 	identityFileLimit = 1 << 20
 )
 
@@ -428,17 +428,14 @@ func (c *Codec) IdentityFingerprints() []string {
 }
 
 // DataSealer seals payloads held whole in memory (backup bundles), one after another, into
-// the objects NewWriter would make of them. It owns one zstd encoder, whose history and
-// tables are allocated once, not per object, and compresses each payload in one call
-// (EncodeAll) into a buffer it keeps: the streaming encoder would first copy every byte
-// into its own buffers, which on well-compressing data costs a noticeable share of the
-// compression's time. Objects carry a smaller zstd window than NewWriter's at levels below
-// 6 (dataZstdWindow), which readers need less memory for. Not safe for concurrent use: one
-// per goroutine.
+// the objects NewWriter would make of them. It owns one zstd encoder and streams through
+// it: no buffer for the whole compressed payload, and the encoder's history and tables are
+// allocated once, not per object. Objects carry a smaller zstd window than NewWriter's at
+// levels below 6 (dataZstdWindow), which readers need less memory for. Not safe for
+// concurrent use: one per goroutine.
 type DataSealer struct {
-	c       *Codec
-	enc     *zstd.Encoder // nil when the codec does not compress
-	scratch []byte        // the compressed payload
+	c   *Codec
+	enc *zstd.Encoder // nil when the codec does not compress
 }
 
 // NewDataSealer returns a DataSealer for c's settings.
@@ -459,14 +456,27 @@ func (c *Codec) NewDataSealer() (*DataSealer, error) {
 // no setting, the header says so. After an error the bytes written to w are not an object.
 func (s *DataSealer) Seal(w io.Writer, plain []byte, stored bool) error {
 	h := s.c.header
-	payload := plain
 	if stored || s.enc == nil {
 		h.Compression = CompressionNone
-	} else {
-		s.scratch = s.enc.EncodeAll(plain, s.scratch[:0])
-		payload = s.scratch
 	}
-	return s.c.writePayload(w, h, payload)
+	ow, err := s.c.newWriter(w, h, false)
+	if err != nil {
+		return err
+	}
+	if h.Compression == CompressionZstd {
+		s.enc.ResetContentSize(ow, int64(len(plain)))
+		_, err = s.enc.Write(plain)
+		if err == nil {
+			err = s.enc.Close()
+		}
+		s.enc.Reset(io.Discard) // drop the reference to w
+		if err != nil {
+			return fmt.Errorf("zstd: %w", err)
+		}
+	} else if _, err := ow.Write(plain); err != nil {
+		return err
+	}
+	return ow.Close()
 }
 
 // Close releases the encoder.
