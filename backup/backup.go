@@ -35,8 +35,11 @@ type Options struct {
 	FastCheckpoint bool
 	// Workers seal bundles in parallel (default 2); Uploads store them (default 3).
 	Workers, Uploads int
-	// BundleSize is the size of a bundle's decoded bytes (default 4 MiB). Memory is about
-	// (2×Workers + Uploads + 1) × BundleSize, whatever the cluster's size.
+	// BundleSize is the size of a bundle's decoded bytes (default 4 MiB). The data pipeline
+	// holds Workers+1 raw bundles (Workers, at least 2, when the host has no more cores than
+	// Workers) and up to Workers+Uploads sealed ones, each as large as it is sealed, besides
+	// one zstd encoder per worker: at most about (2×Workers + Uploads + 1) × BundleSize,
+	// whatever the cluster's size, and much less when the data compresses.
 	BundleSize int
 	// LockStale is how old a lock's heartbeat may be before it is taken over (default 2 min).
 	LockStale time.Duration

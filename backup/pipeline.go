@@ -1,13 +1,13 @@
 package backup
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pgharbor/pgharbor/internal/repo"
+	"github.com/pgharbor/pgharbor/storage"
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -26,7 +27,6 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // work at backup and at restore and loses nothing.
 type probe struct {
 	enc *zstd.Encoder
-	out []byte
 }
 
 const (
@@ -44,24 +44,29 @@ func newProbe() (*probe, error) {
 	return &probe{enc: enc}, nil
 }
 
-func (pr *probe) compressible(data []byte) bool {
+// compressible tells whether data is worth compressing; scratch holds the compressed
+// samples and is returned for the caller's next call. It may be called from several
+// goroutines at once (each with its own scratch): they take turns with the one encoder, and
+// a probe is short.
+func (pr *probe) compressible(data, scratch []byte) ([]byte, bool) {
 	if len(data) < probeSamples*probeSampleSize*2 {
-		return true
+		return scratch, true
 	}
 	step := len(data) / probeSamples
 	in, out := 0, 0
 	for i := 0; i < probeSamples; i++ {
 		sample := data[i*step : i*step+probeSampleSize]
-		pr.out = pr.enc.EncodeAll(sample, pr.out[:0])
-		in, out = in+len(sample), out+len(pr.out)
+		scratch = pr.enc.EncodeAll(sample, scratch[:0])
+		in, out = in+len(sample), out+len(scratch)
 	}
-	return float64(out) < probeThreshold*float64(in)
+	return scratch, float64(out) < probeThreshold*float64(in)
 }
 
 func (pr *probe) Close() { pr.enc.Close() }
 
 // pipeline cuts file bytes into bundles and seals and uploads them with bounded memory:
-// at most workers+1 raw bundles and workers+uploads sealed bundles exist at once.
+// at most rawBundles(workers) raw bundles and workers+uploads sealed bundles exist at
+// once, the sealed ones in blocks as large as their sealed size.
 type pipeline struct {
 	r            *repo.Repo
 	label        string
@@ -80,10 +85,12 @@ type pipeline struct {
 	// flush, wait and close) says it is no longer open.
 	endSealOnce sync.Once
 	sealEnded   bool
-	// sealed holds sealed-bundle buffers for reuse. A channel, not a sync.Pool: the garbage
-	// collector empties a sync.Pool, and under the soft memory limit it runs often enough
-	// that every bundle grew a fresh buffer (zeroed, page-faulted: ~10% of backup CPU).
-	sealed chan *bytes.Buffer
+	// blocks holds the blocks sealed bundles are written into, for reuse. A channel, not a
+	// sync.Pool: the garbage collector empties a sync.Pool, and under the soft memory limit
+	// it runs often enough that every bundle would take fresh, zeroed, page-faulted memory.
+	blocks chan []byte
+	// probe is shared by the sealers: its encoder's tables are not small, and a probe is short.
+	probe *probe
 	// base, for a diff or incr backup, is the backup files are compared with; nil for a
 	// full backup. reused counts the file bytes taken from it instead of stored.
 	base   *base
@@ -92,6 +99,16 @@ type pipeline struct {
 	// parallel, beside the compression, rather than the single reader on its way through.
 	mu      sync.Mutex
 	digests map[extentAt]Digest
+}
+
+// rawBundles is the number of raw bundle buffers: one per sealer, and one more for the
+// reader to fill while every sealer works when there is a core for it to run on. Without
+// one the reader takes its time from the sealers anyway, and the extra buffer only waits.
+func rawBundles(workers int) int {
+	if runtime.GOMAXPROCS(0) > workers {
+		return workers + 1
+	}
+	return max(workers, 2)
 }
 
 type extentAt struct {
@@ -107,31 +124,43 @@ type rawBundle struct {
 
 type sealedBlob struct {
 	n   int
-	buf *bytes.Buffer
+	buf *blockBuf
 }
 
 func newPipeline(ctx context.Context, r *repo.Repo, label string, bundleSize, workers, uploads int) *pipeline {
 	g, gctx := errgroup.WithContext(ctx)
 	p := &pipeline{
 		r: r, label: label, size: bundleSize, g: g, ctx: gctx,
-		free:    make(chan []byte, workers+1),
+		free:    make(chan []byte, rawBundles(workers)),
 		toSeal:  make(chan rawBundle),
 		toPut:   make(chan sealedBlob),
-		sealed:  make(chan *bytes.Buffer, workers+uploads),
+		blocks:  make(chan []byte, (workers+uploads)*(bundleSize/sealBlockSize+2)),
 		digests: map[extentAt]Digest{},
 	}
-	for i := 0; i < workers+1; i++ {
+	for i := 0; i < rawBundles(workers); i++ {
 		p.free <- make([]byte, 0, bundleSize)
 	}
+	probe, err := newProbe()
+	p.probe = probe
 	var sealers sync.WaitGroup
 	for i := 0; i < workers; i++ {
 		sealers.Add(1)
 		g.Go(func() error {
 			defer sealers.Done()
+			if err != nil {
+				return err
+			}
 			return p.sealLoop()
 		})
 	}
-	g.Go(func() error { sealers.Wait(); close(p.toPut); return nil })
+	g.Go(func() error {
+		sealers.Wait()
+		if probe != nil {
+			probe.Close()
+		}
+		close(p.toPut)
+		return nil
+	})
 	for i := 0; i < uploads; i++ {
 		g.Go(p.putLoop)
 	}
@@ -139,34 +168,32 @@ func newPipeline(ctx context.Context, r *repo.Repo, label string, bundleSize, wo
 }
 
 func (p *pipeline) sealLoop() error {
-	probe, err := newProbe()
+	sealer, err := p.r.Codec().NewDataSealer()
 	if err != nil {
 		return err
 	}
-	defer probe.Close()
-	var scratch []byte // compressed payload, reused
+	defer sealer.Close()
+	var probeOut []byte
 	for b := range p.toSeal {
 		p.hashExtents(b)
-		var buf *bytes.Buffer
-		select {
-		case buf = <-p.sealed:
-			buf.Reset()
-		default:
-			buf = new(bytes.Buffer)
+		var compressible bool
+		if p.r.Codec().Compresses() {
+			probeOut, compressible = p.probe.compressible(b.data, probeOut)
 		}
-		buf.Grow(len(b.data) + len(b.data)/64 + 4096) // worst case: incompressible, plus framing
-		stored := p.r.Codec().Compresses() && !probe.compressible(b.data)
+		stored := p.r.Codec().Compresses() && !compressible
 		if stored {
 			p.uncompressed.Add(1)
 		}
-		scratch, err = p.r.Codec().SealAll(buf, b.data, stored, scratch)
-		if err != nil {
+		buf := &blockBuf{free: p.blocks}
+		if err := sealer.Seal(buf, b.data, stored); err != nil {
+			buf.release()
 			return fmt.Errorf("seal bundle %d: %w", b.n, err)
 		}
 		p.free <- b.data[:0]
 		select {
 		case p.toPut <- sealedBlob{n: b.n, buf: buf}:
 		case <-p.ctx.Done():
+			buf.release()
 			return p.ctx.Err()
 		}
 	}
@@ -213,18 +240,109 @@ func (p *pipeline) setDigests(files []File) error {
 func (p *pipeline) putLoop() error {
 	for s := range p.toPut {
 		key := BundleKey(p.r, p.label, s.n)
-		if err := p.r.PutSealed(p.ctx, key, s.buf.Bytes(), false); err != nil {
+		// What Repo.PutSealed does with a byte slice, from the blocks.
+		err := p.r.Backend().Put(p.ctx, key, &blockReader{b: s.buf}, storage.PutOptions{Size: s.buf.n})
+		n := s.buf.n
+		s.buf.release()
+		if err != nil {
 			return fmt.Errorf("store %s: %w", p.r.Location(key), err)
 		}
-		p.stored.Add(int64(s.buf.Len()))
-		if s.buf.Cap() <= 2*p.size {
-			select {
-			case p.sealed <- s.buf:
-			default:
-			}
-		}
+		p.stored.Add(n)
 	}
 	return nil
+}
+
+// sealBlockSize is the size of the blocks sealed bundles are held in.
+const sealBlockSize = 128 << 10
+
+// blockBuf holds a sealed bundle in fixed-size blocks from a shared free list: its memory
+// follows the sealed size (a compressed bundle needs a fraction of a stored one), and no
+// buffer is ever grown by copying.
+type blockBuf struct {
+	free   chan []byte
+	blocks [][]byte
+	n      int64
+}
+
+func (b *blockBuf) Write(p []byte) (int, error) {
+	written := len(p)
+	for len(p) > 0 {
+		k := len(b.blocks) - 1
+		if k < 0 || len(b.blocks[k]) == cap(b.blocks[k]) {
+			var blk []byte
+			select {
+			case blk = <-b.free:
+			default:
+				blk = make([]byte, 0, sealBlockSize)
+			}
+			b.blocks = append(b.blocks, blk)
+			k++
+		}
+		blk := b.blocks[k]
+		m := copy(blk[len(blk):cap(blk)], p)
+		b.blocks[k] = blk[:len(blk)+m]
+		p = p[m:]
+	}
+	b.n += int64(written)
+	return written, nil
+}
+
+// release gives the blocks back to the free list; b must not be used after.
+func (b *blockBuf) release() {
+	for _, blk := range b.blocks {
+		select {
+		case b.free <- blk[:0]:
+		default:
+		}
+	}
+	b.blocks, b.n = nil, 0
+}
+
+// blockReader reads a blockBuf; it seeks, so that a failed upload can be sent again.
+type blockReader struct {
+	b   *blockBuf
+	off int64
+}
+
+func (r *blockReader) Read(p []byte) (int, error) {
+	if r.off >= r.b.n {
+		return 0, io.EOF
+	}
+	blk := r.b.blocks[r.off/sealBlockSize]
+	n := copy(p, blk[r.off%sealBlockSize:])
+	r.off += int64(n)
+	return n, nil
+}
+
+func (r *blockReader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for r.off < r.b.n {
+		blk := r.b.blocks[r.off/sealBlockSize]
+		n, err := w.Write(blk[r.off%sealBlockSize:])
+		r.off += int64(n)
+		total += int64(n)
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+func (r *blockReader) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += r.off
+	case io.SeekEnd:
+		offset += r.b.n
+	default:
+		return 0, errors.New("blockReader.Seek: invalid whence")
+	}
+	if offset < 0 {
+		return 0, errors.New("blockReader.Seek: negative position")
+	}
+	r.off = offset
+	return offset, nil
 }
 
 // write appends file bytes to the current bundle and returns the extents they landed in.
@@ -328,10 +446,26 @@ func (p *pipeline) flush() error {
 func (p *pipeline) close() (int, error) {
 	err := p.flush()
 	p.endSeal()
-	if werr := p.g.Wait(); werr != nil {
+	werr := p.g.Wait()
+	p.release()
+	if werr != nil {
 		return 0, werr
 	}
 	return p.next, err
+}
+
+// release lets the garbage collector have the buffers once every goroutine has stopped: the
+// rest of the backup (manifests, waiting for WAL) does not need them.
+func (p *pipeline) release() {
+	p.cur, p.starts = nil, nil
+	for {
+		select {
+		case <-p.free:
+		case <-p.blocks:
+		default:
+			return
+		}
+	}
 }
 
 // endSeal tells the sealers no bundle will come: idle sealers wait for bundles, not for the

@@ -216,11 +216,15 @@ def cmd_blockdiff(argv):
 
 TOOLS = ["pgharbor", "pgbr_enc", "pgbr_plain", "pg_basebackup"]
 # backups also by pgharbor --method stream (BASE_BACKUP), for comparison with its default
-BACKUP_TOOLS = ["pgharbor", "pgharbor_stream", "pgbr_enc", "pgbr_plain", "pg_basebackup"]
+# optional: pgharbor_base (another build, PGHARBOR_BASE_BIN), pgharbor_l1 (zstd level 1,
+# BENCH_PGH_LEVEL1=1); measured only when asked for, reported when present
+BACKUP_TOOLS = ["pgharbor", "pgharbor_stream", "pgharbor_base", "pgharbor_l1", "pgbr_enc", "pgbr_plain", "pg_basebackup"]
 WAL_TOOLS = ["pgharbor", "pgbr_async", "pgbr_sync"]
 NAMES = {
     "pgharbor": "pgharbor (age+zstd3)",
     "pgharbor_stream": "pgharbor --method stream",
+    "pgharbor_base": "pgharbor, base build",
+    "pgharbor_l1": "pgharbor (age+zstd1)",
     "pgbr_enc": "pgBackRest aes+zst3",
     "pgbr_plain": "pgBackRest zst3",
     "pg_basebackup": "pg_basebackup zstd3",
@@ -229,15 +233,15 @@ NAMES = {
 }
 # metric: (title, unit, tools, ratio denominators, target text, target check on the medians)
 METRICS = [
-    ("backup_s", "full backup wall time", "s", BACKUP_TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
+    ("backup_s", "full backup wall time", "s", BACKUP_TOOLS, ["pgharbor_base", "pgbr_enc", "pgbr_plain", "pg_basebackup"],
      "pgharbor <= 0.6x pgBackRest aes", lambda m: m["pgharbor"] <= 0.6 * m["pgbr_enc"]),
-    ("backup_rss", "full backup peak RSS, largest process", "MiB", BACKUP_TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
+    ("backup_rss", "full backup peak RSS, largest process", "MiB", BACKUP_TOOLS, ["pgharbor_base", "pgbr_enc", "pgbr_plain", "pg_basebackup"],
      "pgharbor <= 128 MiB", lambda m: m["pgharbor"] <= 128),
-    ("backup_tree", "full backup peak RSS, sum over process tree", "MiB", BACKUP_TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
+    ("backup_tree", "full backup peak RSS, sum over process tree", "MiB", BACKUP_TOOLS, ["pgharbor_base", "pgbr_enc", "pgbr_plain", "pg_basebackup"],
      None, None),
-    ("backup_stored", "full backup stored size", "MB", BACKUP_TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"], None, None),
+    ("backup_stored", "full backup stored size", "MB", BACKUP_TOOLS, ["pgharbor_base", "pgbr_enc", "pgbr_plain", "pg_basebackup"], None, None),
     ("backup_cpu_gb", "full backup CPU seconds per GB of data directory without pg_wal (tool side)", "s/GB", BACKUP_TOOLS,
-     ["pgbr_enc", "pgbr_plain", "pg_basebackup"], None, None),
+     ["pgharbor_base", "pgbr_enc", "pgbr_plain", "pg_basebackup"], None, None),
     ("restore_s", "full restore wall time (tool exits)", "s", TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
      "pgharbor <= 0.8x pgBackRest aes", lambda m: m["pgharbor"] <= 0.8 * m["pgbr_enc"]),
     ("restore_sync_s", "full restore wall time + sync(1) after it", "s", TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
@@ -267,8 +271,11 @@ def fmt(v):
 def cmd_report(argv):
     data = {}
     fails = {}
+    inline = False
     with open(argv[0]) as f:
         for line in f:
+            if line.startswith("# cluster size") and "shape inline" in line:
+                inline = True
             parts = line.split()
             if len(parts) != 4 or parts[0].startswith("#"):
                 continue
@@ -298,11 +305,11 @@ def cmd_report(argv):
             if nf:
                 line += f"  ({nf} failed)"
             out.append(line)
-        for h in ("pgharbor", "pgharbor_stream"):
+        for h in ("pgharbor", "pgharbor_stream", "pgharbor_l1"):
             if h not in med:
                 continue
             for d in denoms:
-                if d in med and med[d] > 0:
+                if d in med and med[d] > 0 and not (d == "pgharbor_base" and h != "pgharbor"):
                     ratio = med[h] / med[d]
                     # ratio range from the extremes: best and worst pairing over rounds
                     hv, dv = data[(metric, h)], data[(metric, d)]
@@ -321,6 +328,21 @@ def cmd_report(argv):
     if verdicts:
         print("\nTargets (issue 3), on the medians:")
         print("\n".join(verdicts))
+    if inline:
+        def med(metric, tool):
+            v = data.get((metric, tool))
+            return statistics.median(v) if v else None
+        print("\nTargets (issue 21, full backups on the inline shape), on the medians:")
+        w, b = med("backup_s", "pgharbor"), med("backup_s", "pgbr_enc")
+        if w and b:
+            print(f"  wall time pgharbor <= 0.6x pgBackRest aes: {w / b:.2f}x -> {'MET' if w <= 0.6 * b else 'MISSED'}")
+        c, cb = med("backup_cpu_gb", "pgharbor"), med("backup_cpu_gb", "pgbr_enc")
+        if c and cb:
+            print(f"  (CPU per GB pgharbor / pgBackRest aes: {c / cb:.2f}x)")
+        r = med("backup_rss", "pgharbor")
+        if r:
+            print(f"  peak RSS pgharbor <= 64 MiB: {r:.0f} MiB -> {'MET' if r <= 64 else 'MISSED'}")
+        print("  wall time pgharbor <= 1.0x WAL-G: not measured (WAL-G not installable here)")
 
 
 INCR_NAMES = {

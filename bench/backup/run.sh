@@ -57,6 +57,11 @@
 #   BENCH_SHAPE=toast|inline  BENCH_INLINE_RND=1024 BENCH_INLINE_TXT=512
 #   BENCH_PARTS="backup restore wal"   PGBIN=/usr/lib/postgresql/15/bin
 #   PGHARBOR_BIN=path (default: go build -o bench/bin/pgharbor ./cmd/pgharbor)
+#   PGHARBOR_BASE_BIN=path: also back up with this other pgharbor build, same settings and
+#     repository, in the same rounds ("pgharbor, base build"; ratios against it): a paired
+#     comparison of two builds on one data set
+#   BENCH_PGH_LEVEL1=1: also back up with pgharbor at zstd level 1 ("pgharbor (age+zstd1)")
+#   (both only with BENCH_PARTS without restore: pgharbor's restore takes the newest backup)
 #   KEEP=1 (keep the work dir under /tmp: logs, repositories, cluster)
 # Output: the table on stdout; raw numbers, settings and the table in bench/results/backup-<UTC>.txt.
 # Needs: postgresql-15, pgbackrest, zstd, python3, Go (apt-get install -y pgbackrest zstd).
@@ -74,6 +79,10 @@ SHAPE=${BENCH_SHAPE:-toast}
 INLINE_RND=${BENCH_INLINE_RND:-1024}
 INLINE_TXT=${BENCH_INLINE_TXT:-512}
 case $SHAPE in toast | inline) ;; *) echo "BENCH_SHAPE must be toast or inline" >&2; exit 2 ;; esac
+if [[ " $PARTS " == *" restore "* ]] && { [ -n "${PGHARBOR_BASE_BIN:-}" ] || [ "${BENCH_PGH_LEVEL1:-0}" != 0 ]; }; then
+	echo "PGHARBOR_BASE_BIN and BENCH_PGH_LEVEL1 need BENCH_PARTS without restore" >&2
+	exit 2
+fi
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE=$REPO/bench/backup
@@ -132,6 +141,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 cp "$HARBOR_BIN" "$WORK/pgharbor"
+if [ -n "${PGHARBOR_BASE_BIN:-}" ]; then
+	[ -x "$PGHARBOR_BASE_BIN" ] || die "$PGHARBOR_BASE_BIN is not executable"
+	cp "$PGHARBOR_BASE_BIN" "$WORK/pgharbor-base"
+	chmod 755 "$WORK/pgharbor-base"
+fi
 cp "$HERE/benchlib.py" "$WORK/benchlib.py"
 chmod 755 "$WORK/pgharbor" "$WORK/benchlib.py"
 as_pg mkdir -p "$WORK/logs" "$WORK/pgh-spool"
@@ -263,6 +277,8 @@ wal:
 YAML
 [ "$(id -u)" != 0 ] || chown postgres: "$WORK/pgharbor.yaml"
 PGH=("$WORK/pgharbor" --config "$WORK/pgharbor.yaml")
+sed 's/^  level: 3$/  level: 1/' "$WORK/pgharbor.yaml" >"$WORK/pgharbor-l1.yaml"
+[ "$(id -u)" != 0 ] || chown postgres: "$WORK/pgharbor-l1.yaml"
 as_pg "${PGH[@]}" repo init >"$WORK/logs/repo-init.log" 2>&1 || { cat "$WORK/logs/repo-init.log" >&2; die "pgharbor repo init failed"; }
 PGH_ARCHIVE="$WORK/pgharbor --config $WORK/pgharbor.yaml wal push %p"
 
@@ -313,7 +329,7 @@ rotate() { # rotate N WORDS...: the words, starting at index N mod count
 backup_one() { # backup_one TOOL ROUND
 	local t=$1 r=$2 dir before after
 	case $t in
-	pgharbor | pgharbor_stream) dir=$WORK/pgh-repo ;;
+	pgharbor | pgharbor_stream | pgharbor_base | pgharbor_l1) dir=$WORK/pgh-repo ;;
 	pgbr_enc) dir=$WORK/pgbr-repo-enc ;;
 	pgbr_plain) dir=$WORK/pgbr-repo-plain ;;
 	pg_basebackup) rm -rf "$WORK/pgbb"; dir=$WORK/pgbb ;;
@@ -322,6 +338,8 @@ backup_one() { # backup_one TOOL ROUND
 	case $t in
 	pgharbor) measure "backup-$t-$r" "${PGH[@]}" backup ;;
 	pgharbor_stream) measure "backup-$t-$r" "${PGH[@]}" backup --method stream ;;
+	pgharbor_base) measure "backup-$t-$r" "$WORK/pgharbor-base" --config "$WORK/pgharbor.yaml" backup ;;
+	pgharbor_l1) measure "backup-$t-$r" "$WORK/pgharbor" --config "$WORK/pgharbor-l1.yaml" backup ;;
 	pgbr_enc) measure "backup-$t-$r" pgbackrest --config "$WORK/pgbr-enc.conf" --stanza=bench --type=full --archive-check=n backup ;;
 	pgbr_plain) measure "backup-$t-$r" pgbackrest --config "$WORK/pgbr-plain.conf" --stanza=bench --type=full --archive-check=n backup ;;
 	pg_basebackup) measure "backup-$t-$r" "$PGBIN/pg_basebackup" -h "$WORK" -p "$PORT" -U postgres -D "$WORK/pgbb" -Ft -X none \
@@ -424,6 +442,8 @@ SQL
 
 TOOLS=(pgharbor pgbr_enc pgbr_plain pg_basebackup)
 BACKUP_TOOLS=(pgharbor pgharbor_stream pgbr_enc pgbr_plain pg_basebackup)
+[ -z "${PGHARBOR_BASE_BIN:-}" ] || BACKUP_TOOLS+=(pgharbor_base)
+[ "${BENCH_PGH_LEVEL1:-0}" = 0 ] || BACKUP_TOOLS+=(pgharbor_l1)
 WAL_TOOLS=(pgharbor pgbr_async)
 [ "$WAL_SYNC" = 0 ] || WAL_TOOLS+=(pgbr_sync)
 

@@ -65,6 +65,7 @@ receiver); a standby cannot switch WAL segments, so the backup waits, within
 			req.archiveCheck, req.archiveTimeout = !noArchiveCheck, archiveTimeout
 			bar := a.newProgress("backup")
 			req.progress = bar.update
+			collectBackupGarbageSooner()
 			sum, err := a.runBackup(cmd.Context(), req)
 			bar.finish()
 			if err != nil {

@@ -105,10 +105,15 @@ type Config struct {
 }
 
 const (
-	defaultLevel      = 3
-	defaultScrypt     = 18 // age's default
-	maxZstdWindow     = 8 << 20
-	lowLevelZstdWin   = 4 << 20
+	defaultLevel    = 3
+	defaultScrypt   = 18 // age's default
+	maxZstdWindow   = 8 << 20
+	lowLevelZstdWin = 4 << 20
+	// dataZstdWindow is the window of DataSealer objects at levels below 6. Those encoders'
+	// match tables are too small to find matches much farther back in dense data such as
+	// database pages, so a larger window costs memory (an encoder keeps two windows of
+	// history) without making objects smaller; bench/backup/README.md has the measurement.
+	dataZstdWindow    = 256 << 10
 	identityFileLimit = 1 << 20
 )
 
@@ -125,8 +130,9 @@ type Codec struct {
 	signer     ed25519.PrivateKey
 	verifiers  map[[KeyIDSize]byte]ed25519.PublicKey
 
-	encOpts []zstd.EOption
-	encPool sync.Pool // *zstd.Encoder
+	encOpts  []zstd.EOption
+	dataOpts []zstd.EOption // DataSealer's encoder
+	encPool  sync.Pool      // *zstd.Encoder
 	// whole compresses payloads held in memory (SealAll). One encoder, made on first use and
 	// kept: EncodeAll may run concurrently (up to GOMAXPROCS calls at once), and unlike the
 	// pooled stream encoders, which the garbage collector drops, its history buffers and
@@ -138,12 +144,14 @@ type Codec struct {
 	// garbage collector empties a pool, and a new decoder allocates and zeroes its window
 	// again for the next object.
 	decoders chan *zstd.Decoder
+	// sealers is a free list of the DataSealers Seal uses, for the same reason.
+	sealers chan *DataSealer
 }
 
 // New validates cfg and returns a Codec. Errors wrap ErrConfig and say which setting is
 // wrong; they never contain secret key material.
 func New(cfg Config) (*Codec, error) {
-	c := &Codec{header: Header{Version: FormatVersion}, decoders: make(chan *zstd.Decoder, runtime.GOMAXPROCS(0)+2)}
+	c := &Codec{header: Header{Version: FormatVersion}, decoders: make(chan *zstd.Decoder, runtime.GOMAXPROCS(0)+2), sealers: make(chan *DataSealer, 2)}
 
 	switch cfg.Compression {
 	case "", "zstd":
@@ -279,6 +287,16 @@ func New(cfg Config) (*Codec, error) {
 		zstd.WithEncoderConcurrency(conc),
 		zstd.WithWindowSize(window),
 	}
+	dataWindow := window
+	if level < 6 {
+		dataWindow = dataZstdWindow
+	}
+	c.dataOpts = []zstd.EOption{
+		zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)),
+		zstd.WithEncoderCRC(true),
+		zstd.WithEncoderConcurrency(1), // synchronous: the caller runs one sealer per core
+		zstd.WithWindowSize(dataWindow),
+	}
 	if c.header.Compression == CompressionZstd {
 		// Build one encoder now so option errors surface here, not on the first write.
 		enc, err := zstd.NewWriter(nil, c.encOpts...)
@@ -351,18 +369,28 @@ func (c *Codec) putDecoder(dec *zstd.Decoder) {
 // Header returns the header new objects get.
 func (c *Codec) Header() Header { return c.header }
 
-// Seal encodes a small payload into a whole object (manifests, identity files).
+// Seal encodes a small payload into a whole object (manifests, identity files). It uses a
+// DataSealer's encoder, whose small window suits small payloads: the streaming encoder's
+// history alone would take two of its larger windows.
 func (c *Codec) Seal(plain []byte) ([]byte, error) {
+	var s *DataSealer
+	select {
+	case s = <-c.sealers:
+	default:
+		var err error
+		if s, err = c.NewDataSealer(); err != nil {
+			return nil, err
+		}
+	}
 	var buf bytes.Buffer
 	buf.Grow(len(plain)/2 + 512)
-	w, err := c.NewWriter(&buf)
+	err := s.Seal(&buf, plain, false)
+	select {
+	case c.sealers <- s:
+	default:
+		s.Close()
+	}
 	if err != nil {
-		return nil, err
-	}
-	if _, err := w.Write(plain); err != nil {
-		return nil, err
-	}
-	if err := w.Close(); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil
@@ -397,4 +425,63 @@ func (c *Codec) Fingerprints() []string {
 // identities can decrypt, to compare with a repository's fingerprints before a restore.
 func (c *Codec) IdentityFingerprints() []string {
 	return append([]string(nil), c.idFPs...)
+}
+
+// DataSealer seals payloads held whole in memory (backup bundles), one after another, into
+// the objects NewWriter would make of them. It owns one zstd encoder and streams through
+// it: no buffer for the whole compressed payload, and the encoder's history and tables are
+// allocated once, not per object. Objects carry a smaller zstd window than NewWriter's at
+// levels below 6 (dataZstdWindow), which readers need less memory for. Not safe for
+// concurrent use: one per goroutine.
+type DataSealer struct {
+	c   *Codec
+	enc *zstd.Encoder // nil when the codec does not compress
+}
+
+// NewDataSealer returns a DataSealer for c's settings.
+func (c *Codec) NewDataSealer() (*DataSealer, error) {
+	s := &DataSealer{c: c}
+	if c.header.Compression == CompressionZstd {
+		enc, err := zstd.NewWriter(nil, c.dataOpts...)
+		if err != nil {
+			return nil, fmt.Errorf("zstd encoder: %w", err)
+		}
+		s.enc = enc
+	}
+	return s, nil
+}
+
+// Seal writes the object for plain to w. With stored, the payload is not compressed: for
+// payloads the caller knows do not compress (random bytes, compressed data); readers need
+// no setting, the header says so. After an error the bytes written to w are not an object.
+func (s *DataSealer) Seal(w io.Writer, plain []byte, stored bool) error {
+	h := s.c.header
+	if stored || s.enc == nil {
+		h.Compression = CompressionNone
+	}
+	ow, err := s.c.newWriter(w, h, false)
+	if err != nil {
+		return err
+	}
+	if h.Compression == CompressionZstd {
+		s.enc.ResetContentSize(ow, int64(len(plain)))
+		_, err = s.enc.Write(plain)
+		if err == nil {
+			err = s.enc.Close()
+		}
+		s.enc.Reset(io.Discard) // drop the reference to w
+		if err != nil {
+			return fmt.Errorf("zstd: %w", err)
+		}
+	} else if _, err := ow.Write(plain); err != nil {
+		return err
+	}
+	return ow.Close()
+}
+
+// Close releases the encoder.
+func (s *DataSealer) Close() {
+	if s.enc != nil {
+		s.enc.Close()
+	}
 }
