@@ -1013,8 +1013,17 @@ func testPrepareWithoutServer(t *testing.T, f *fixture) {
 }
 
 func testPreparedChurn(t *testing.T, f *fixture) {
+	for _, engine := range []string{IOEngineEpoll, IOEngineGoroutines} {
+		t.Run(engine, func(t *testing.T) { testPreparedChurnOn(t, f, engine) })
+	}
+}
+
+// testPreparedChurnOn: named statements on engine, with a new server connection for every
+// transaction, so every use prepares the statement again where it runs.
+func testPreparedChurnOn(t *testing.T, f *fixture, engine string) {
 	cfg := baseConfig(f, ModeTransaction)
 	cfg.ServerLifetime = time.Nanosecond // every transaction gets a fresh server connection
+	cfg.IOEngine = engine
 	s := startPool(t, cfg)
 	fe, _ := rawClient(t, s)
 	send := func(msgs ...pgproto3.FrontendMessage) {
