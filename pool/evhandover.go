@@ -20,6 +20,7 @@ import (
 // keeping its server connection when it holds one (a transaction is open).
 func (l *evLoop) demoteSession(s *session) {
 	ls := s.ev
+	s.srv.handovers.Add(1)
 	if len(ls.in) > 0 {
 		s.srv.log.Debug("event loop: session moves to a goroutine", "client", s.addr, "message", string(ls.in[:1]), "buffered", len(ls.in))
 	}

@@ -20,12 +20,14 @@ import (
 )
 
 // The event loop runs the common transaction-mode session, a client on a plain TCP or unix
-// socket that speaks the simple query protocol, on one thread: one epoll set holds every
-// such client socket and the server connections they use, and one goroutine locked to that
-// thread reads, forwards and writes with raw system calls. A session goroutine per client
-// (session.run) costs a goroutine wake-up per message and a scheduler hand-off around the
-// blocking ones, which made pgharbor use much more CPU per short transaction than
-// PgBouncer's single-threaded libevent loop (figures: docs/pool.md, "Design measurements").
+// socket, on one thread: simple queries, and the extended protocol with named prepared
+// statements (rewritten as the goroutine engine does them, prepared.go). One epoll set
+// holds every such client socket and the server connections they use, and one goroutine
+// locked to that thread reads, forwards and writes with raw system calls. A session
+// goroutine per client (session.run) costs a goroutine wake-up per message and a scheduler
+// hand-off around the blocking ones, which made pgharbor use much more CPU per short
+// transaction than PgBouncer's single-threaded libevent loop (figures: docs/pool.md,
+// "Design measurements").
 //
 // An answer that ends a transaction is written to its client after every event of the
 // epoll batch is handled (and the server connection it freed went to the next waiting
@@ -35,9 +37,10 @@ import (
 // may hold row locks until its client's next statement, and deferring it cost TPC-B
 // throughput. An answer over loopOutHigh/4 is written as it comes.
 //
-// Anything else a session sends (the extended protocol, SHOW POOL_NODES, DEALLOCATE, a
-// message over loopMaxMsg) moves the session to a goroutine for good, at a point where no
-// answer is outstanding (demote); a server connection moves between the loop and the
+// Anything else a session sends (SHOW POOL_NODES, DEALLOCATE, DISCARD, the extended
+// protocol under statement-level load balancing, a message over loopMaxMsg) moves the
+// session to a goroutine for good, at a point where no answer is outstanding (demote,
+// counted in pgharbor_pool_loop_handovers_total); a server connection moves between the loop and the
 // goroutines when a session of the other kind acquires it (enterLoop, leaveLoop). Waiting
 // for a server connection, opening one and rolling back after a client left happen off the
 // loop thread or in the pool's wait queue, never blocking the loop.
@@ -47,8 +50,10 @@ const (
 	loopOutHigh  = 256 << 10 // output held for a peer above which the loop stops reading the other side
 	loopTick     = 100 * time.Millisecond
 	// loopYield bounds the time between the loop goroutine's passes through the Go
-	// scheduler (see run).
-	loopYield = 5 * time.Millisecond
+	// scheduler (see run). Below the runtime's 10 ms preemption threshold with room for a
+	// pass of the loop; each pass hands the locked thread over twice (futex wake-ups and
+	// context switches), so passing less often costs less CPU per transaction.
+	loopYield = 8 * time.Millisecond
 )
 
 // epoll flags: edge-triggered, for reading and writing (as Go's own poller registers sockets).
@@ -309,7 +314,7 @@ func (l *evLoop) run() {
 // sleeps for long and takes the P away after 10 ms: an idle pool used CPU and woke hundreds
 // of times a second, where an idle PgBouncer hardly wakes. Parked, the P is free and an idle
 // pool is quiet. The duplicate is in Go's poller only while parked: kept there, every
-// event would also wake the poller's thread. Under load the loop rarely waits 5 ms, so the
+// event would also wake the poller's thread. Under load the loop rarely waits loopYield, so the
 // cost of a park (a few system calls and the hand-off of a locked goroutine) stays rare.
 func (l *evLoop) wait(timeout int) (int, error) {
 	short := min(timeout, int(loopYield/time.Millisecond))
@@ -591,23 +596,25 @@ func (l *evLoop) consume(s *session) {
 			off = len(data)
 			l.clientGone(s)
 			return
-		case 'Q', 'F': // a FunctionCall (fastpath, large objects) is answered like a Query
+		case 'Q', 'F', 'P', 'B', 'D', 'E', 'C', 'S', 'H':
+			// a FunctionCall (fastpath, large objects) is answered like a Query
 			if !l.query(s, msg) {
 				return
 			}
 			off += total
 		default:
-			ls.demote = true // the extended protocol and the rest: a session goroutine
+			ls.demote = true // the rest: a session goroutine (which refuses what it does not know)
 			return
 		}
 	}
 }
 
-// query handles a Query or FunctionCall message; false when it stays unconsumed (waiting,
-// or the session goes to a goroutine or ended).
+// query handles a Query or FunctionCall message, or one of the extended protocol; false
+// when it stays unconsumed (waiting, or the session goes to a goroutine or ended).
 func (l *evLoop) query(s *session, msg []byte) bool {
 	ls := s.ev
-	if msg[0] == 'Q' {
+	switch msg[0] {
+	case 'Q':
 		if len(msg) < 6 || msg[len(msg)-1] != 0 {
 			l.kill(s, fatal(sqlstateProtocolViolation, "malformed Query message"))
 			return false
@@ -615,6 +622,33 @@ func (l *evLoop) query(s *session, msg []byte) bool {
 		if q := msg[5 : len(msg)-1]; (len(q) < 64 && mentionsNodes(q)) || mentionsDealloc(q) {
 			ls.demote = true
 			return false
+		}
+	case 'F':
+	default:
+		if !l.extendedHere(s, msg) {
+			ls.demote = true
+			return false
+		}
+		if err := checkStmtMsg(msg[0], msg[5:]); err != nil {
+			var pe *pgError
+			errors.As(err, &pe)
+			l.kill(s, pe)
+			return false
+		}
+		if s.sc == nil {
+			// what needs no server connection is answered here, as by a goroutine
+			switch msg[0] {
+			case 'S':
+				ls.out = appendMsg(ls.out, &pgproto3.ReadyForQuery{TxStatus: orIdle(s.txStatus)})
+				return true
+			case 'H':
+				return true
+			case 'P':
+				if s.parseLocal(msg) {
+					ls.out = append(ls.out, '1', 0, 0, 0, 4)
+					return true
+				}
+			}
 		}
 	}
 	if sc := s.sc; sc != nil {
@@ -734,8 +768,25 @@ func (l *evLoop) attach(s *session, sc *serverConn) bool {
 	return true
 }
 
-// send forwards one Query or FunctionCall to sc (written when pump gets to it).
+// extendedHere says whether the loop runs an extended-protocol message msg itself: not
+// when the batch may go to a reader (statement-level load balancing decides on the whole
+// batch, which a goroutine reads ahead) or it is SHOW POOL_NODES (answered by the pool).
+func (l *evLoop) extendedHere(s *session, msg []byte) bool {
+	if s.virt.active || len(s.virt.stmts) > 0 || (msg[0] == 'P' && mentionsNodes(msg)) {
+		return false
+	}
+	cfg := s.srv.config()
+	return !cfg.LoadBalance || !cfg.StatementLevelLoadBalance || s.sessionRO || s.tgt.route == "primary"
+}
+
+// send forwards one message to sc (written when pump gets to it).
 func (l *evLoop) send(s *session, sc *serverConn, msg []byte) {
+	switch msg[0] {
+	case 'Q', 'F':
+	default:
+		l.sendExtended(s, sc, msg)
+		return
+	}
 	f := 0
 	if q := stmtText(msg); len(q) > 0 {
 		f = scanText(q)
@@ -756,6 +807,37 @@ func (l *evLoop) send(s *session, sc *serverConn, msg []byte) {
 		}
 	}
 	sc.ev.out = append(sc.ev.out, msg...)
+}
+
+// sendExtended forwards an extended-protocol message, its named statements rewritten
+// (rewriteStmt), and keeps the batch state: a Sync owes a ReadyForQuery, anything else
+// keeps the batch open.
+func (l *evLoop) sendExtended(s *session, sc *serverConn, msg []byte) {
+	s.ev.fresh = false // only a simple Query is sent again (retryFirst)
+	es := sc.ev
+	typ := msg[0]
+	switch typ {
+	case 'P', 'B', 'D', 'C':
+		if typ == 'P' {
+			if q := stmtText(msg); len(q) > 0 { // the unnamed statement's text
+				f := scanText(q)
+				s.noteText(q, f)
+				if f&textRole != 0 {
+					s.markRoleReset(sc)
+				}
+			}
+		}
+		es.out = s.rewriteStmt(sc, msg, es.out)
+	default:
+		es.out = append(es.out, msg...)
+	}
+	s.mu.Lock()
+	if typ == 'S' {
+		s.sentLocked(sc, l.now)
+	} else {
+		s.inBatch = true
+	}
+	s.mu.Unlock()
 }
 
 // grant handles a pool's answer to a waiting session: a connection, a wake-up (nil) or a
@@ -992,7 +1074,7 @@ func (l *evLoop) serverData(s *session, es *loopServer, data []byte) {
 			return
 		}
 		total := 1 + n
-		whole := typ == 'Z' || typ == 'S' || ((es.swallow > 0 || ls.fresh) && typ == 'E')
+		whole := typ == 'Z' || typ == 'S' || typ == '1' || typ == '3' || ((es.swallow > 0 || ls.fresh) && typ == 'E')
 		if whole && total > len(data) {
 			keep(data)
 			return
@@ -1048,6 +1130,11 @@ func (l *evLoop) serverData(s *session, es *loopServer, data []byte) {
 			continue
 		case 'S':
 			s.serverParam(sc, data[5:total])
+		case '1', '3':
+			if s.completion(typ) {
+				data = data[total:]
+				continue
+			}
 		case 'G', 'W':
 			ls.copyIn = true
 		case 'E':

@@ -219,14 +219,23 @@ func testEventLoop(t *testing.T, f *fixture) {
 	t.Run("MovesToAGoroutineInsideATransaction", func(t *testing.T) {
 		e := loopConn(t, s, "app_e")
 		x := mustOne(t, ctx, e, "BEGIN; SELECT txid_current()")
-		// the extended protocol: the session moves to a goroutine, with its transaction
+		// the extended protocol runs in the loop, in the same transaction
 		rr := e.ExecParams(ctx, "SELECT txid_current()", nil, nil, nil, nil).Read()
 		if rr.Err != nil || len(rr.Rows) != 1 || string(rr.Rows[0][0]) != x {
-			t.Fatalf("txid after the move: %v %v, want %s (same transaction)", rr.Err, rr.Rows, x)
+			t.Fatalf("txid over the extended protocol: %v %v, want %s (same transaction)", rr.Err, rr.Rows, x)
+		}
+		if io := clientIO(t, s, e.PID()); io != "epoll" {
+			t.Fatalf("SHOW CLIENTS io after the extended protocol: %q, want epoll", io)
+		}
+		// DEALLOCATE (the pool's prepared-statement bookkeeping): the session moves to a
+		// goroutine, with its transaction
+		mustOne(t, ctx, e, "DEALLOCATE ALL")
+		if got := mustOne(t, ctx, e, "SELECT txid_current()"); got != x {
+			t.Fatalf("txid after the move: %s, want %s (same transaction)", got, x)
 		}
 		mustOne(t, ctx, e, "COMMIT")
 		if io := clientIO(t, s, e.PID()); io != "goroutine" {
-			t.Fatalf("SHOW CLIENTS io after the extended protocol: %q, want goroutine", io)
+			t.Fatalf("SHOW CLIENTS io after DEALLOCATE: %q, want goroutine", io)
 		}
 		if got := mustOne(t, ctx, a, "SELECT 'a still in the loop'"); got != "a still in the loop" {
 			t.Fatal(got)

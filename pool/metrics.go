@@ -24,12 +24,13 @@ var (
 	descLoginErr   = prometheus.NewDesc("pgharbor_pool_server_login_errors_total", "Failed server connection attempts.", []string{"database", "user", "node"}, nil)
 	descPaused     = prometheus.NewDesc("pgharbor_pool_paused", "1 while the pool is paused.", nil, nil)
 	descLoginTotal = prometheus.NewDesc("pgharbor_pool_client_logins_total", "Successful client logins.", nil, nil)
+	descHandovers  = prometheus.NewDesc("pgharbor_pool_loop_handovers_total", "Sessions the event loop handed to a goroutine (a message or state the loop does not handle).", nil, nil)
 )
 
 type poolCollector struct{ s *Server }
 
 func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descClients, descServers, descWaiting, descXacts, descQueries, descXactTime, descQueryTime, descWaits, descWaitTime, descWaitTO, descLoginErr, descPaused, descLoginTotal} {
+	for _, d := range []*prometheus.Desc{descClients, descServers, descWaiting, descXacts, descQueries, descXactTime, descQueryTime, descWaits, descWaitTime, descWaitTO, descLoginErr, descPaused, descLoginTotal, descHandovers} {
 		ch <- d
 	}
 }
@@ -75,6 +76,7 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	s.pauseMu.Unlock()
 	ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, b2f(paused))
 	ch <- prometheus.MustNewConstMetric(descLoginTotal, prometheus.CounterValue, float64(s.totalLogins.Load()))
+	ch <- prometheus.MustNewConstMetric(descHandovers, prometheus.CounterValue, float64(s.handovers.Load()))
 }
 
 func b2f(b bool) float64 {

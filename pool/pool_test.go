@@ -217,6 +217,7 @@ func TestPool(t *testing.T) {
 	t.Run("PreparedStatementsFollowClientsAcrossServerConnections", func(t *testing.T) { testPreparedChurn(t, f) })
 	t.Run("PreparedStatementsPerServerAreCapped", func(t *testing.T) { testPreparedCap(t, f) })
 	t.Run("PreparingBetweenTransactionsNeedsNoServer", func(t *testing.T) { testPrepareWithoutServer(t, f) })
+	t.Run("NamedStatementSessionsStayOnTheEventLoop", func(t *testing.T) { testPreparedOnLoop(t, f) })
 	t.Run("LargeMessagesBatchesAndPipelines", func(t *testing.T) { testLargeAndPipelined(t, f) })
 	t.Run("EventLoopSessions", func(t *testing.T) { testEventLoop(t, f) })
 	t.Run("LimitsTimeoutsUnixSocketServerTLSMode", func(t *testing.T) { testLimits(t, f) })
@@ -1012,8 +1013,17 @@ func testPrepareWithoutServer(t *testing.T, f *fixture) {
 }
 
 func testPreparedChurn(t *testing.T, f *fixture) {
+	for _, engine := range []string{IOEngineEpoll, IOEngineGoroutines} {
+		t.Run(engine, func(t *testing.T) { testPreparedChurnOn(t, f, engine) })
+	}
+}
+
+// testPreparedChurnOn: named statements on engine, with a new server connection for every
+// transaction, so every use prepares the statement again where it runs.
+func testPreparedChurnOn(t *testing.T, f *fixture, engine string) {
 	cfg := baseConfig(f, ModeTransaction)
 	cfg.ServerLifetime = time.Nanosecond // every transaction gets a fresh server connection
+	cfg.IOEngine = engine
 	s := startPool(t, cfg)
 	fe, _ := rawClient(t, s)
 	send := func(msgs ...pgproto3.FrontendMessage) {
@@ -1243,5 +1253,160 @@ func testLimits(t *testing.T, f *fixture) {
 	_, err = pgx.Connect(ctx, poolConnString(s2, "postgres", "postgres"))
 	if err == nil || !strings.Contains(err.Error(), "does not support TLS") {
 		t.Fatalf("server_tls_sslmode require: %v", err)
+	}
+}
+
+// testPreparedOnLoop: with the epoll engine, two server connections and more clients than
+// that, sessions using named prepared statements (pgbench -M prepared, pgx's statement
+// cache, a raw client) run on the event loop from start to end: none is handed to a
+// goroutine. A statement parsed on one server connection runs on the other, where the
+// pool prepares it first; the pool answers a repeated Parse of a known statement itself.
+func testPreparedOnLoop(t *testing.T, f *fixture) {
+	cfg := baseConfig(f, ModeTransaction)
+	cfg.DefaultPoolSize, cfg.IOEngine = 2, IOEngineEpoll
+	s := startPool(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	fe, conn := rawClient(t, s)
+	send := func(msgs ...pgproto3.FrontendMessage) {
+		for _, m := range msgs {
+			fe.Send(m)
+		}
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// rows reads up to ReadyForQuery and returns the first column of each row (failing on
+	// an error)
+	rows := func(what string) []string {
+		var out []string
+		for {
+			m, err := fe.Receive()
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			switch m := m.(type) {
+			case *pgproto3.DataRow:
+				out = append(out, string(m.Values[0]))
+			case *pgproto3.ErrorResponse:
+				t.Fatalf("%s: %s %s", what, m.Code, m.Message)
+			case *pgproto3.ReadyForQuery:
+				return out
+			}
+		}
+	}
+	send(&pgproto3.Parse{Name: "twice", Query: "SELECT $1::int * 2"}, &pgproto3.Sync{})
+	if got := until(t, fe, 'Z'); got != "1Z" {
+		t.Fatalf("Parse, Sync: %q", got)
+	}
+	// runOn runs the statement and reports the backend it ran on (one batch: one server
+	// connection)
+	runOn := func(arg string) string {
+		send(&pgproto3.Bind{PreparedStatement: "twice", Parameters: [][]byte{[]byte(arg)}}, &pgproto3.Execute{},
+			&pgproto3.Parse{Query: "SELECT pg_backend_pid()"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		got := rows("Bind/Execute of the named statement")
+		want, _ := strconv.Atoi(arg)
+		if len(got) != 2 || got[0] != strconv.Itoa(2*want) {
+			t.Fatalf("rows %v, want [%d pid]", got, 2*want)
+		}
+		return got[1]
+	}
+	first := runOn("21")
+	// take the server connection it ran on with another client's open transaction, so the
+	// next run lands on the other one
+	holders := []*pgconn.PgConn{loopConn(t, s, "holder1"), loopConn(t, s, "holder2")}
+	var held []*pgconn.PgConn
+	for _, h := range holders {
+		if _, err := one(ctx, h, "BEGIN"); err != nil {
+			t.Fatal(err)
+		}
+		p := mustOne(t, ctx, h, "SELECT pg_backend_pid()")
+		held = append(held, h)
+		if p == first {
+			break
+		}
+	}
+	if len(held) == 2 {
+		// both held: let go of the one the statement did not run on
+		mustOne(t, ctx, held[0], "COMMIT")
+	}
+	second := runOn("50")
+	if second == first {
+		t.Fatalf("the statement ran on backend %s both times; the test needs the other server connection", first)
+	}
+	for _, h := range held {
+		if _, err := one(ctx, h, "COMMIT"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// a repeated Parse under another name, with the server connections busy elsewhere, is
+	// answered by the pool
+	h1, h2 := holders[0], holders[1]
+	mustOne(t, ctx, h1, "BEGIN")
+	mustOne(t, ctx, h1, "SELECT 1")
+	mustOne(t, ctx, h2, "BEGIN")
+	mustOne(t, ctx, h2, "SELECT 1")
+	_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+	send(&pgproto3.Parse{Name: "again", Query: "SELECT $1::int * 2"}, &pgproto3.Sync{})
+	if got := until(t, fe, 'Z'); got != "1Z" {
+		t.Fatalf("repeated Parse with every server connection busy: %q", got)
+	}
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	mustOne(t, ctx, h1, "COMMIT")
+	mustOne(t, ctx, h2, "COMMIT")
+	send(&pgproto3.Bind{PreparedStatement: "again", Parameters: [][]byte{[]byte("4")}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	if got := rows("Bind of the locally parsed statement"); len(got) != 1 || got[0] != "8" {
+		t.Fatalf("rows %v, want [8]", got)
+	}
+
+	// pgx (statement cache: Parse, Describe statement, Bind, Execute) and pgbench -M
+	// prepared, more clients than server connections
+	c := connect(t, s, "postgres", "postgres")
+	for i := 0; i < 20; i++ {
+		var n int
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM pgbench_branches WHERE bid > $1", i-20).Scan(&n); err != nil || n != 1 {
+			t.Fatalf("pgx prepared query %d: %v %d", i, err, n)
+		}
+	}
+	for _, args := range [][]string{{"-S"}, {}} {
+		out := pgbench(t, s, "postgres", append([]string{"-n", "-M", "prepared", "-c", "8", "-j", "2", "-t", "50"}, args...)...)
+		if !strings.Contains(out, "number of transactions actually processed: 400/400") {
+			t.Fatalf("pgbench -M prepared %v, 8 clients over 2 server connections:\n%s", args, out)
+		}
+	}
+	if n := s.handovers.Load(); n != 0 {
+		t.Fatalf("%d sessions were handed from the event loop to goroutines, want none", n)
+	}
+	for _, r := range adminQuery(t, s, "SHOW CLIENTS") {
+		if r[0] == "C" && r[9] != "epoll" {
+			t.Fatalf("client %v runs on %q, want epoll", r, r[9])
+		}
+	}
+	// the metric says so too
+	mfs, err := s.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, mf := range mfs {
+		if mf.GetName() == "pgharbor_pool_loop_handovers_total" {
+			found = true
+			if v := mf.GetMetric()[0].GetCounter().GetValue(); v != 0 {
+				t.Fatalf("pgharbor_pool_loop_handovers_total = %v", v)
+			}
+		}
+	}
+	if !found {
+		t.Fatal("no pgharbor_pool_loop_handovers_total metric")
+	}
+	// and an extended-protocol message the loop does not run (SHOW POOL_NODES) still
+	// moves the session, counted
+	send(&pgproto3.Parse{Query: "SHOW POOL_NODES"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	if got := until(t, fe, 'Z'); !strings.HasSuffix(got, "CZ") || strings.Contains(got, "E") {
+		t.Fatalf("SHOW POOL_NODES over the extended protocol: %q", got)
+	}
+	if n := s.handovers.Load(); n != 1 {
+		t.Fatalf("handovers after SHOW POOL_NODES: %d, want 1", n)
 	}
 }

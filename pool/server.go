@@ -43,7 +43,9 @@ type Server struct {
 
 	nextID   atomic.Uint64
 	attached atomic.Int64 // sessions holding a server connection
-	loop     *evLoop      // runs transaction-mode sessions on plain sockets; nil with io_engine goroutines
+	// handovers counts sessions the event loop moved to a goroutine (demoteSession).
+	handovers atomic.Int64
+	loop      *evLoop // runs transaction-mode sessions on plain sockets; nil with io_engine goroutines
 
 	mu       sync.Mutex
 	pools    map[poolKey]*serverPool

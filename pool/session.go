@@ -481,129 +481,18 @@ func (s *session) serverWriteErr(sc *serverConn, err error) error {
 
 // handleStmtMsg rewrites Parse/Bind/Describe/Close of named statements in transaction mode.
 func (s *session) handleStmtMsg(ctx context.Context, typ byte, msg []byte) error {
-	body := msg[5:]
-	var out []byte
-	switch typ {
-	case 'P':
-		name, _, rest, ok := parseMsg(body)
-		if !ok {
-			return fatal(sqlstateProtocolViolation, "malformed Parse message")
-		}
-		if name == "" {
-			break
-		}
-		st := &stmt{id: s.srv.stmts.id(rest), rest: append([]byte(nil), rest...)}
-		st.query, _, _ = cstring(rest)
-		f := scanText([]byte(st.query))
-		if f == 0 && s.parseLocally(st.id) {
-			// A statement a server has parsed before, named between transactions: answer
-			// here and prepare it on whichever server connection the client's next Bind
-			// or Describe gets (reprepare). A client that prepares synchronously
-			// (PQprepare: Parse, Sync) then needs no server connection, so it cannot wait
-			// for one while its own open transactions elsewhere hold them all (pgbench -M
-			// prepared with more clients than servers).
-			s.stmts[name] = st
-			s.writeClient(appendMsg(nil, &pgproto3.ParseComplete{}), false)
-			return nil
-		}
-		sc, err := s.ensureAttached(ctx, typ, msg)
-		if err != nil {
-			return err
-		}
-		st.role = f&textRole != 0
-		s.noteText([]byte(st.query), f)
-		if st.role {
-			s.markRoleReset(sc)
-		}
-		s.stmts[name] = st
-		s.mu.Lock()
-		seq := s.syncSeq + 1
-		if _, ok := sc.prepared[st.id]; ok {
-			sc.prepared[st.id] = sc.batch
-			out = encodeParse(nil, noopStmt, []byte{0, 0, 0})
-			out = encodeClose(out, noopStmt)
-			s.parseQ = append(s.parseQ, parseEntry{seq: seq, kind: '1'}, parseEntry{seq: seq, kind: '3', swallow: true})
-		} else {
-			// Close first: harmless when absent, and right if a DISCARD or DEALLOCATE we
-			// could not see through left our bookkeeping behind the server's.
-			out = s.evictLocked(sc, nil, seq)
-			out = encodeClose(out, serverStmtName(st.id))
-			out = encodeParse(out, serverStmtName(st.id), st.rest)
-			sc.prepared[st.id] = sc.batch
-			s.parseQ = append(s.parseQ, parseEntry{seq: seq, kind: '3', swallow: true}, parseEntry{seq: seq, kind: '1', id: st.id})
-		}
-		s.mu.Unlock()
-		return s.send(sc, typ, out)
-	case 'B':
-		portal, name, rest, ok := bindStmt(body)
-		if !ok {
-			return fatal(sqlstateProtocolViolation, "malformed Bind message")
-		}
-		st := s.stmts[name]
-		if name == "" || st == nil {
-			break
-		}
-		sc, err := s.ensureAttached(ctx, typ, msg)
-		if err != nil {
-			return err
-		}
-		if st.role {
-			s.markRoleReset(sc)
-		}
-		out = s.reprepare(sc, st, nil)
-		out = encodeBind(out, portal, serverStmtName(st.id), rest)
-		return s.send(sc, typ, out)
-	case 'D':
-		if len(body) < 2 || body[0] != 'S' {
-			break
-		}
-		name, _, ok := cstring(body[1:])
-		if !ok {
-			return fatal(sqlstateProtocolViolation, "malformed Describe message")
-		}
-		st := s.stmts[name]
-		if name == "" || st == nil {
-			break
-		}
-		sc, err := s.ensureAttached(ctx, typ, msg)
-		if err != nil {
-			return err
-		}
-		out = s.reprepare(sc, st, nil)
-		out = encodeDescribeStmt(out, serverStmtName(st.id))
-		return s.send(sc, typ, out)
-	case 'C':
-		if len(body) < 2 || body[0] != 'S' {
-			break
-		}
-		name, _, ok := cstring(body[1:])
-		if !ok {
-			return fatal(sqlstateProtocolViolation, "malformed Close message")
-		}
-		if name == "" {
-			break
-		}
-		delete(s.stmts, name)
-		sc, err := s.ensureAttached(ctx, typ, msg)
-		if err != nil {
-			return err
-		}
-		s.mu.Lock()
-		s.parseQ = append(s.parseQ, parseEntry{seq: s.syncSeq + 1, kind: '3'})
-		s.mu.Unlock()
-		return s.send(sc, typ, encodeClose(nil, noopStmt))
+	if err := checkStmtMsg(typ, msg[5:]); err != nil {
+		return err
+	}
+	if typ == 'P' && s.parseLocal(msg) {
+		s.writeClient(appendMsg(nil, &pgproto3.ParseComplete{}), false)
+		return nil
 	}
 	sc, err := s.ensureAttached(ctx, typ, msg)
 	if err != nil {
 		return err
 	}
-	if typ == 'P' || typ == 'C' {
-		// unnamed statements still produce completions that must stay in order
-		s.mu.Lock()
-		s.parseQ = append(s.parseQ, parseEntry{seq: s.syncSeq + 1, kind: completionOf(typ)})
-		s.mu.Unlock()
-	}
-	return s.send(sc, typ, msg)
+	return s.send(sc, typ, s.rewriteStmt(sc, msg, nil))
 }
 
 // parseLocally reports whether a Parse of statement id can be answered by the pool: the

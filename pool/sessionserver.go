@@ -155,22 +155,13 @@ func (s *session) serverStep(sc *serverConn, done chan struct{}) int {
 		s.clientFlush()
 		return result
 	case '1', '3':
-		s.mu.Lock()
-		var e parseEntry
-		if len(s.parseQ) > 0 && s.parseQ[0].kind == typ {
-			e = s.parseQ[0]
-			s.parseQ = s.parseQ[1:]
-		}
-		s.mu.Unlock()
+		swallow := s.completion(typ)
 		msg, err := sc.mr.whole(n)
 		if err != nil {
 			s.serverGone(sc, done, err)
 			return stepEnded
 		}
-		if typ == '1' && e.id != 0 {
-			s.srv.stmts.markParsed(e.id)
-		}
-		if !e.swallow {
+		if !swallow {
 			s.clientWriteMsg(msg)
 		}
 	case 'S':

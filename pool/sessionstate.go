@@ -91,3 +91,20 @@ func (s *session) detachLocked() {
 	s.roAttach = false
 	s.reader = false
 }
+
+// completion takes the ParseComplete or CloseComplete (typ '1' or '3') a server sent off the
+// queue of those owed (parseQ), notes a statement the server accepted, and says whether the
+// pool asked for it (the client must not see it).
+func (s *session) completion(typ byte) (swallow bool) {
+	s.mu.Lock()
+	var e parseEntry
+	if len(s.parseQ) > 0 && s.parseQ[0].kind == typ {
+		e = s.parseQ[0]
+		s.parseQ = s.parseQ[1:]
+	}
+	s.mu.Unlock()
+	if typ == '1' && e.id != 0 {
+		s.srv.stmts.markParsed(e.id)
+	}
+	return e.swallow
+}
