@@ -150,7 +150,7 @@ func (a *app) runBackup(ctx context.Context, req backupRequest) (*backup.Summary
 		return nil, err
 	}
 	defer r.Backend().Close()
-	boundMemory()
+	boundMemory(ctx)
 	bc := a.cfg.Backup
 	o := backup.Options{
 		ConnString: a.cfg.Postgres.Conn, FastCheckpoint: req.fastCheckpoint, Method: req.method, DataDir: a.cfg.Postgres.DataDir,

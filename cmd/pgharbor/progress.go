@@ -61,15 +61,6 @@ func humanBytes(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-// boundMemory sets a soft memory limit for the data-moving commands (backup, restore) unless
-// GOMEMLIMIT says otherwise: their buffers are bounded, and the limit keeps the garbage
-// collector from letting the heap double on top of them.
-func boundMemory() {
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(80 << 20)
-	}
-}
-
 // collectBackupGarbageSooner has the garbage collector of a process that runs one backup
 // start a cycle when the heap has grown by half of what is live, not by all of it (GOGC=50
 // instead of 100). A backup's live heap is mostly its bounded buffers, which it reuses, so

@@ -149,7 +149,7 @@ func (a *app) runRefresh(cmd *cobra.Command, f refreshFlags) error {
 	os.Remove(filepath.Join(pgdata, "postmaster.pid")) // left by a crash: the restore refuses it
 	t1 := time.Now()
 	rep.StopSeconds = t1.Sub(t0).Seconds()
-	boundMemory()
+	boundMemory(ctx)
 	bar := a.newProgress("refresh")
 	res, err := restore.Execute(ctx, r, plan, restore.Options{
 		PGData: pgdata, Delta: true, Workers: f.workers, RestoreCommand: restoreCmd, ArchiveOff: true,

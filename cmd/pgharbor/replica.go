@@ -113,7 +113,7 @@ func (a *app) runReplica(cmd *cobra.Command, f replicaFlags, rebuild bool) error
 		return err
 	}
 	bin := a.pgBinDir(id.PGVersion)
-	boundMemory()
+	boundMemory(ctx)
 	bar := a.newProgress("restore")
 	o := replica.Options{
 		PGData: pgdata, BinDir: bin, Primary: primary, AppName: f.appName, Slot: f.slot, CreateSlot: f.createSlot,

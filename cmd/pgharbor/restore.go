@@ -168,7 +168,7 @@ func (a *app) runRestore(cmd *cobra.Command, f restoreFlags) error {
 	if err := wal.ClearPrefetched(a.cfg.WAL.SpoolDir, a.spoolID()); err != nil {
 		a.logger.Warn("could not empty the prefetch spool; its segments are still checked before use", "err", err)
 	}
-	boundMemory()
+	boundMemory(ctx)
 	bar := a.newProgress("restore")
 	start := time.Now()
 	res, err := restore.Execute(ctx, r, plan, restore.Options{

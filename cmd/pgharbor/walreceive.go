@@ -61,7 +61,7 @@ newest segment by themselves.
 				return err
 			}
 			defer r.Backend().Close()
-			boundMemory()
+			boundMemory(cmd.Context())
 			err = wal.Receive(ctx, r, opts)
 			if ctx.Err() != nil {
 				return nil // stopped
