@@ -47,7 +47,7 @@ const pageKeySize = 32
 // pageHasher computes the keyed page hashes of Extent.Pages: the first PageHashSize bytes of
 // SHA-256(key ‖ page). Used by the single reader goroutine only.
 type pageHasher struct {
-	key []byte
+	key     []byte
 	h       hash.Hash
 	scratch []byte
 }
