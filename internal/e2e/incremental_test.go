@@ -236,6 +236,20 @@ func TestIncrementalChainRestoresEveryBackupInOnePass(t *testing.T) {
 				t.Errorf("%s (%d and %d bytes) differs between the incremental's restore and the full's in blocks %v", p, len(a[p]), len(data), blocks)
 			}
 		}
+		// A delta restore of the first incremental (whose changed chunks are pieces of
+		// pages from two backups) over the full's restore of a later state gives the same
+		// files as a restore of it into an empty directory.
+		out := e.must("restore", "--pgdata", dirB, "--backup", incr1.Label, "--target", "immediate", "--no-sync", "--delta")
+		t.Logf("delta restore of %s: %s", incr1.Label, strings.TrimSpace(out))
+		c, d := relationFiles(t, dirB), relationFiles(t, e.restoreFiles(incr1.Label))
+		if len(c) != len(d) {
+			t.Fatalf("delta restore of %s left %d relation files, a restore into an empty directory %d", incr1.Label, len(c), len(d))
+		}
+		for p, data := range d {
+			if !bytes.Equal(c[p], data) {
+				t.Errorf("%s differs between the delta restore of %s and its restore into an empty directory", p, incr1.Label)
+			}
+		}
 	})
 
 	pg.Pgbench(t, "postgres", "-n", "-c", "2", "-t", "200")
