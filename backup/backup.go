@@ -271,8 +271,12 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	if b != nil && method == MethodStream {
 		o.Logger.Info("the stream method reads every file in full (BASE_BACKUP sends them all); only the chunks that changed since the parent are stored", "parent", parent)
 	}
+	pages, err := newPageHasher(b)
+	if err != nil {
+		return nil, err
+	}
 	p := newPipeline(ctx, r, label, o.BundleSize, o.Workers, o.Uploads)
-	p.base = b
+	p.base, p.pages = b, pages
 	var src *source
 	if method == MethodLocal {
 		src, err = readLocal(ctx, conn, dir, "pgharbor "+label, o, facts, p)
@@ -346,7 +350,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 		return nil, fmt.Errorf("store summary: %w", err)
 	}
 	// The manifest goes last: from this moment the backup exists.
-	if err := r.PutJSON(ctx, path.Join(prefix, manifestName), Manifest{Summary: sum, FileList: files}, true); err != nil {
+	if err := r.PutJSON(ctx, path.Join(prefix, manifestName), Manifest{Summary: sum, PageKey: p.pages.key, FileList: files}, true); err != nil {
 		return nil, fmt.Errorf("store manifest: %w", err)
 	}
 	o.Logger.Info("backup complete", "label", label, "type", sum.Type, "parent", sum.Parent, "size", sum.Size, "stored", sum.StoredSize, "reused", sum.Reused,

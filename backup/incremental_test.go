@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"hash/crc32"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -16,9 +18,13 @@ import (
 // base (nil: full) and returns the manifest it would write.
 func storeFiles(t *testing.T, r *repo.Repo, label string, b *base, bundle int, paths []string, content map[string][]byte) *Manifest {
 	t.Helper()
+	pages, err := newPageHasher(b)
+	if err != nil {
+		t.Fatal(err)
+	}
 	p := newPipeline(context.Background(), r, label, bundle, 2, 2)
-	p.base = b
-	m := &Manifest{Summary: Summary{Label: label, StartTime: time.Now()}}
+	p.base, p.pages = b, pages
+	m := &Manifest{Summary: Summary{Label: label, StartTime: time.Now()}, PageKey: pages.key}
 	for _, path := range paths {
 		f := File{Path: path, Type: "file", Size: int64(len(content[path]))}
 		n, err := p.readFile(bytes.NewReader(content[path]), &f)
@@ -27,7 +33,6 @@ func storeFiles(t *testing.T, r *repo.Repo, label string, b *base, bundle int, p
 		}
 		m.FileList = append(m.FileList, f)
 	}
-	var err error
 	if m.Bundles, err = p.close(); err != nil {
 		t.Fatal(err)
 	}
@@ -43,22 +48,30 @@ func storeFiles(t *testing.T, r *repo.Repo, label string, b *base, bundle int, p
 // extent's CRC-32C and SHA-256.
 func reassemble(t *testing.T, r *repo.Repo, label string, f File) []byte {
 	t.Helper()
+	out, err := tryReassemble(r, label, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func tryReassemble(r *repo.Repo, label string, f File) ([]byte, error) {
 	var out []byte
 	for _, e := range f.Extents {
 		data, err := r.GetBytes(context.Background(), BundleKey(r, e.Owner(label), e.Bundle))
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		piece := data[e.Offset : e.Offset+e.Length]
 		if crc32.Checksum(piece, castagnoli) != e.CRC || Digest(sha256.Sum256(piece)) != e.SHA256 {
-			t.Fatalf("%s: extent %+v does not match its checksums", f.Path, e)
+			return nil, fmt.Errorf("%s: extent %+v does not match its checksums", f.Path, e)
 		}
 		out = append(out, piece...)
 	}
 	if extentsCRC(f.Extents) != f.CRC {
-		t.Fatalf("%s: whole-file CRC does not combine from its extents", f.Path)
+		return nil, fmt.Errorf("%s: whole-file CRC does not combine from its extents", f.Path)
 	}
-	return out
+	return out, nil
 }
 
 func TestIncrementalStoresOnlyChangedChunksAndPointsAtTheBackupThatHoldsTheRest(t *testing.T) {
@@ -171,5 +184,152 @@ func TestUnchangedTrustsMtimeOnlyWellBeforeTheParentStarted(t *testing.T) {
 	}
 	if newBase(m, false).unchanged(&cases[0].f) != nil {
 		t.Error("checksum-all trusted an mtime")
+	}
+}
+
+// storedBytes sums the bytes a backup stored itself (extents without a reference).
+func storedBytes(m *Manifest) int64 {
+	var n int64
+	for _, f := range m.FileList {
+		for _, e := range f.Extents {
+			if e.Backup == "" {
+				n += e.Length
+			}
+		}
+	}
+	return n
+}
+
+// checkPages checks that every extent of a relation file carries the keyed hash of each of
+// its pages, as the bytes it stands for hash with key.
+func checkPages(t *testing.T, key []byte, f File, content []byte) {
+	t.Helper()
+	ph := &pageHasher{key: key, h: sha256.New()}
+	var off int64
+	for i, e := range f.Extents {
+		if want := ph.sum(content[off : off+e.Length]); !bytes.Equal(e.Pages, want) {
+			t.Fatalf("%s: extent %d: page hashes %x, want %x", f.Path, i, e.Pages, want)
+		}
+		off += e.Length
+	}
+}
+
+func TestIncrementalStoresOnlyTheChangedPagesOfARelationFile(t *testing.T) {
+	r := memRepo(t)
+	const bundle = 1 << 20
+	rng := rand.New(rand.NewPCG(3, 4))
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		return b
+	}
+	const rel, other = "base/5/16384", "pg_xact/0000"
+	paths := []string{rel, other}
+	v1 := map[string][]byte{rel: random(20 * ChunkSize), other: random(2 * ChunkSize)}
+	full := storeFiles(t, r, "A", nil, bundle, paths, v1)
+	if len(full.PageKey) != pageKeySize {
+		t.Fatalf("page key of %d bytes", len(full.PageKey))
+	}
+	checkPages(t, full.PageKey, full.FileList[0], v1[rel])
+	if full.FileList[1].Extents[0].Pages != nil {
+		t.Fatal("a file that is not a relation got page hashes")
+	}
+
+	touch := func(b []byte, pages ...int) {
+		for _, p := range pages {
+			b[p*PageSize+100] ^= 0xff
+		}
+	}
+	// Pages 40 and 41 are adjacent (one stored run), 100 and 159 (the last) alone, 3 too;
+	// the other file changes one byte and is stored by the chunk.
+	v2 := map[string][]byte{rel: bytes.Clone(v1[rel]), other: bytes.Clone(v1[other])}
+	touch(v2[rel], 3, 40, 41, 100, 159)
+	touch(v2[other], 1)
+	incr1 := storeFiles(t, r, "B", newBase(full, false), bundle, paths, v2)
+	if got, want := storedBytes(incr1), int64(5*PageSize+ChunkSize); got != want {
+		t.Fatalf("incr stored %d bytes, want %d: five changed pages and one chunk of the other file", got, want)
+	}
+	if !bytes.Equal(incr1.PageKey, full.PageKey) {
+		t.Fatal("the incremental did not inherit its parent's page key")
+	}
+	for _, f := range incr1.FileList {
+		if got := reassemble(t, r, "B", f); !bytes.Equal(got, v2[f.Path]) {
+			t.Fatalf("%s: incremental reassembles to other bytes", f.Path)
+		}
+	}
+	checkPages(t, incr1.PageKey, incr1.FileList[0], v2[rel])
+
+	// A second incremental: page 42 changes, beside pages B stored (the chunk's pieces now
+	// come from A, B and C, each pointing at the backup that holds the bytes), and the file
+	// grows by three pages, in a chunk the parent does not have.
+	v3 := map[string][]byte{rel: append(bytes.Clone(v2[rel]), random(3*PageSize)...), other: v2[other]}
+	touch(v3[rel], 42)
+	incr2 := storeFiles(t, r, "C", newBase(incr1, false), bundle, paths, v3)
+	if got := storedBytes(incr2); got != 4*PageSize {
+		t.Fatalf("second incr stored %d bytes, want one changed page and three new ones", got)
+	}
+	for _, f := range incr2.FileList {
+		if got := reassemble(t, r, "C", f); !bytes.Equal(got, v3[f.Path]) {
+			t.Fatalf("%s: second incremental reassembles to other bytes", f.Path)
+		}
+	}
+	checkPages(t, incr2.PageKey, incr2.FileList[0], v3[rel])
+	if got := incr2.References; len(got) != 2 || got[0] != "A" || got[1] != "B" {
+		t.Fatalf("references %v, want [A B]", got)
+	}
+	// A diff against A stores every page changed since A.
+	diff := storeFiles(t, r, "D", newBase(full, false), bundle, []string{rel}, v3)
+	if got := storedBytes(diff); got != 9*PageSize {
+		t.Fatalf("diff stored %d bytes, want six changed pages and three new ones", got)
+	}
+	if got := reassemble(t, r, "D", diff.FileList[0]); !bytes.Equal(got, v3[rel]) {
+		t.Fatal("diff reassembles to other bytes")
+	}
+
+	// A parent written before page hashes: changed chunks are stored whole, and the
+	// unchanged ones gain page hashes for the next backup.
+	old := *full
+	old.PageKey = nil
+	old.FileList = []File{full.FileList[0]}
+	old.FileList[0].Extents = slices.Clone(full.FileList[0].Extents)
+	for i := range old.FileList[0].Extents {
+		old.FileList[0].Extents[i].Pages = nil
+	}
+	fromOld := storeFiles(t, r, "E", newBase(&old, false), bundle, []string{rel}, v2)
+	if got := storedBytes(fromOld); got != 4*ChunkSize {
+		t.Fatalf("incr of a parent without page hashes stored %d bytes, want four chunks", got)
+	}
+	if got := reassemble(t, r, "E", fromOld.FileList[0]); !bytes.Equal(got, v2[rel]) {
+		t.Fatal("incr of an old parent reassembles to other bytes")
+	}
+	checkPages(t, fromOld.PageKey, fromOld.FileList[0], v2[rel])
+}
+
+// A page hash that matches although the page changed (forged here in the parent's manifest)
+// makes a reference to stale bytes; the reference carries the checksums of the bytes read,
+// so reading it back fails instead of returning the parent's page.
+func TestIncrementalPageHashMatchCannotRestoreStaleBytes(t *testing.T) {
+	r := memRepo(t)
+	rng := rand.New(rand.NewPCG(5, 6))
+	v1 := make([]byte, 2*ChunkSize)
+	for i := range v1 {
+		v1[i] = byte(rng.Uint32())
+	}
+	const rel = "base/5/16385"
+	full := storeFiles(t, r, "A", nil, 1<<20, []string{rel}, map[string][]byte{rel: v1})
+	v2 := bytes.Clone(v1)
+	v2[2*PageSize] ^= 1 // page 2 changes
+	v2[3*PageSize] ^= 1 // page 3 changes, and its hash is forged to match
+	ph := &pageHasher{key: full.PageKey, h: sha256.New()}
+	forged := ph.sum(v2[3*PageSize : 4*PageSize])
+	copy(full.FileList[0].Extents[0].Pages[3*PageHashSize:], forged)
+	incr := storeFiles(t, r, "B", newBase(full, false), 1<<20, []string{rel}, map[string][]byte{rel: v2})
+	if got := storedBytes(incr); got != PageSize {
+		t.Fatalf("stored %d bytes, want the one page whose hash differs", got)
+	}
+	if _, err := tryReassemble(r, "B", incr.FileList[0]); err == nil {
+		t.Fatal("a reference to stale bytes read back without a checksum error")
 	}
 }

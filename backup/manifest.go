@@ -101,6 +101,12 @@ type Extent struct {
 	// the same: a CRC cannot prove two files equal (a file that ends with its own CRC, such
 	// as pg_control, has a constant whole-file CRC). Zero in manifests written before it.
 	SHA256 Digest `json:"h,omitzero"`
+	// Pages, for a piece of a relation file made of whole pages, holds a PageHashSize-byte
+	// keyed hash of each of its pages (see pageHasher). The next diff or incr backup compares
+	// a changed chunk page by page with it and stores only the pages that differ. Absent in
+	// manifests written before page-level incrementals and for other files: such a chunk is
+	// compared and stored whole.
+	Pages []byte `json:"p,omitempty"`
 }
 
 // Digest is a SHA-256, written in manifests as hex.
@@ -153,6 +159,10 @@ func (e Extent) Owner(label string) string {
 // Manifest is the full description of a backup.
 type Manifest struct {
 	Summary
+	// PageKey keys the page hashes of the extents (Extent.Pages). A full backup draws it at
+	// random; its diff and incr backups inherit it, so their page hashes compare. Absent in
+	// manifests written before page-level incrementals.
+	PageKey  []byte `json:"page_key,omitempty"`
 	FileList []File `json:"file_list"`
 }
 

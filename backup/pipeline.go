@@ -95,6 +95,8 @@ type pipeline struct {
 	// full backup. reused counts the file bytes taken from it instead of stored.
 	base   *base
 	reused atomic.Int64
+	// pages hashes the pages of relation files for page-level incrementals (incremental.go).
+	pages *pageHasher
 	// digests holds each extent's SHA-256 by bundle and offset. The sealers compute them in
 	// parallel, beside the compression, rather than the single reader on its way through.
 	mu      sync.Mutex

@@ -135,6 +135,11 @@ func TestIncrementalChainRestoresEveryBackupInOnePass(t *testing.T) {
 		CREATE TABLE dropme (id int, v text); INSERT INTO dropme SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
 		CREATE TABLE vf (id int, v text); INSERT INTO vf SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
 		CREATE TABLE newrel (id int, v text); DROP TABLE newrel; CREATE TABLE newrel (id int, v text)`)
+	// One row per page (fillfactor 10, rows too wide for two) and no index: an update stays
+	// on its page (HOT), so updating k rows far apart changes exactly k pages of the file,
+	// each in a chunk of its own.
+	pg.Exec(t, `CREATE TABLE paged (id int, v text) WITH (fillfactor = 10);
+		INSERT INTO paged SELECT g, repeat(md5(g::text), 22) FROM generate_series(1, 2000) g`)
 	pg.Exec(t, "VACUUM ANALYZE")
 	// The parent's mtimes must lie safely before the incrementals' start for the local
 	// method to trust them: wait out the margin once.
@@ -163,9 +168,13 @@ func TestIncrementalChainRestoresEveryBackupInOnePass(t *testing.T) {
 		INSERT INTO newrel SELECT g, md5(g::text) FROM generate_series(1, 5000) g;
 		INSERT INTO grow SELECT g, md5(g::text) FROM generate_series(20001, 40000) g;
 		TRUNCATE trunc; INSERT INTO trunc VALUES (1, 'after truncate');
-		DROP TABLE dropme`)
+		DROP TABLE dropme;
+		UPDATE paged SET v = upper(v) WHERE id % 100 = 0`)
 	pg.Exec(t, "CHECKPOINT")
 	incr1 := e.typedBackup(pg, "--type", "incr", "--method", "local")
+	t.Run("stores-only-changed-pages", func(t *testing.T) {
+		e.checkPagedStored(pg, incr1.Label, 20)
+	})
 	if incr1.Type != "incr" || incr1.Parent != full.Label || !slices.Equal(incr1.References, []string{full.Label}) {
 		t.Fatalf("first incremental: %+v, want parent and reference %s", incr1, full.Label)
 	}
@@ -225,6 +234,20 @@ func TestIncrementalChainRestoresEveryBackupInOnePass(t *testing.T) {
 					}
 				}
 				t.Errorf("%s (%d and %d bytes) differs between the incremental's restore and the full's in blocks %v", p, len(a[p]), len(data), blocks)
+			}
+		}
+		// A delta restore of the first incremental (whose changed chunks are pieces of
+		// pages from two backups) over the full's restore of a later state gives the same
+		// files as a restore of it into an empty directory.
+		out := e.must("restore", "--pgdata", dirB, "--backup", incr1.Label, "--target", "immediate", "--no-sync", "--delta")
+		t.Logf("delta restore of %s: %s", incr1.Label, strings.TrimSpace(out))
+		c, d := relationFiles(t, dirB), relationFiles(t, e.restoreFiles(incr1.Label))
+		if len(c) != len(d) {
+			t.Fatalf("delta restore of %s left %d relation files, a restore into an empty directory %d", incr1.Label, len(c), len(d))
+		}
+		for p, data := range d {
+			if !bytes.Equal(c[p], data) {
+				t.Errorf("%s differs between the delta restore of %s and its restore into an empty directory", p, incr1.Label)
 			}
 		}
 	})
@@ -336,4 +359,45 @@ func TestIncrementalWithoutParentFallsBackToFull(t *testing.T) {
 	if r := e.run("backup", "--conn", pg.ConnString("postgres"), "--type", "weekly"); r.code == 0 || !strings.Contains(r.stderr, "want full, diff or incr") {
 		t.Fatalf("backup --type weekly: exit %d %s", r.code, r.stderr)
 	}
+}
+
+// checkPagedStored checks that backup label stored exactly pages pages of table paged's
+// file, every other byte of it a reference to an earlier backup.
+func (e *env) checkPagedStored(pg *pgtest.Cluster, label string, pages int64) {
+	e.t.Helper()
+	relPath := pg.QueryString(e.t, "postgres", "SELECT pg_relation_filepath('paged')")
+	var m struct {
+		Files []struct {
+			Path    string `json:"path"`
+			Size    int64  `json:"size"`
+			Extents []struct {
+				Backup string `json:"k"`
+				Length int64  `json:"l"`
+				Pages  []byte `json:"p"`
+			} `json:"extents"`
+		} `json:"file_list"`
+	}
+	if err := json.Unmarshal([]byte(e.must("repo", "get", "backups/"+label+"/manifest")), &m); err != nil {
+		e.t.Fatal(err)
+	}
+	for _, f := range m.Files {
+		if f.Path != relPath {
+			continue
+		}
+		var stored int64
+		for _, x := range f.Extents {
+			if x.Backup == "" {
+				stored += x.Length
+			}
+			if int64(len(x.Pages)) != x.Length/8192*8 {
+				e.t.Errorf("%s: a piece of %d bytes has %d bytes of page hashes", f.Path, x.Length, len(x.Pages))
+			}
+		}
+		if stored != pages*8192 {
+			e.t.Fatalf("backup %s stored %d bytes of %s (%d bytes, %d pieces), want %d changed pages", label, stored, f.Path, f.Size, len(f.Extents), pages)
+		}
+		e.t.Logf("backup %s stored %d pages of %s's %d in %d pieces", label, stored/8192, f.Path, f.Size/8192, len(f.Extents))
+		return
+	}
+	e.t.Fatalf("backup %s has no file %s", label, relPath)
 }
