@@ -14,6 +14,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // StartOptions say how to start a standby and what to wait for.
@@ -122,8 +125,12 @@ func StartAndWaitStreaming(ctx context.Context, o StartOptions) error {
 	deadline := start.Add(o.Wait)
 	seenRunning := false
 	status := ""
-	var askedPrimary, askedStandby time.Time
+	// The primary is asked about a standby that cannot be asked only after primaryAskEvery:
+	// a standby that can be asked usually answers before.
+	askedPrimary, askedStandby := start, time.Time{}
 	answered := false // the standby answered the last question
+	asker := &standbyAsker{o: o}
+	defer asker.close()
 	for {
 		pid := PostmasterPID(o.PGData)
 		if pid != 0 {
@@ -141,9 +148,9 @@ func StartAndWaitStreaming(ctx context.Context, o StartOptions) error {
 		// pg_ctl -w waits for): before that every question is a failed connection, a backend
 		// forked for nothing while the startup process replays.
 		fresh := false
-		if pid != 0 && acceptsConnections(o.PGData) && time.Since(askedStandby) >= standbyAskEvery {
+		if pid != 0 && acceptsConnections(o.PGData) && (asker.conn != nil || time.Since(askedStandby) >= standbyAskEvery) {
 			askedStandby, fresh = time.Now(), true
-			status, answered = o.receiverStatus(ctx)
+			status, answered = asker.status(ctx)
 			if answered && times.StandbyAnswered == 0 {
 				times.StandbyAnswered = at()
 			}
@@ -185,8 +192,8 @@ func StartAndWaitStreaming(ctx context.Context, o StartOptions) error {
 }
 
 // pollEvery is how often the start loop looks at postmaster.pid and the log (cheap: file
-// reads); standbyAskEvery how often at most it runs psql against a standby that accepts
-// connections.
+// reads) and queries the standby over its open connection; standbyAskEvery how often at
+// most it connects anew or runs psql.
 const (
 	pollEvery       = 50 * time.Millisecond
 	standbyAskEvery = 150 * time.Millisecond
@@ -245,18 +252,63 @@ func (o StartOptions) explain(ctx context.Context, log, status string) error {
 	return e
 }
 
-// receiverStatus asks the standby for pg_stat_wal_receiver's status ("" when it has no WAL
-// receiver); asked is false when the standby did not answer.
-func (o StartOptions) receiverStatus(ctx context.Context) (status string, asked bool) {
-	port, sock, ok := Endpoint(o.PGData)
+// standbyAsker asks a starting standby for pg_stat_wal_receiver's status ("" when it has no
+// WAL receiver): over one connection this process keeps open when the standby lets it in
+// (each question is then a query, not a process and a backend), else with psql run as the
+// server's OS user, whom peer authentication knows when it does not know this process's.
+type standbyAsker struct {
+	o       StartOptions
+	conn    *pgx.Conn
+	usePsql bool
+}
+
+const receiverQuery = "SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), '')"
+
+// status returns the receiver's status; asked is false when the standby did not answer.
+func (a *standbyAsker) status(ctx context.Context) (status string, asked bool) {
+	port, sock, ok := Endpoint(a.o.PGData)
 	if !ok {
 		return "", false
 	}
-	out, err := o.psql(ctx, sock, port, "SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), '')")
+	if !a.usePsql && a.conn == nil {
+		cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=postgres connect_timeout=5", quoteConnValue(sock), port, quoteConnValue(a.o.DBUser)))
+		if err != nil {
+			a.usePsql = true
+		} else {
+			cfg.RuntimeParams["application_name"] = "pgharbor start"
+			c, err := pgx.ConnectConfig(ctx, cfg)
+			var pe *pgconn.PgError
+			switch {
+			case err == nil:
+				a.conn = c
+			case errors.As(err, &pe) && strings.HasPrefix(pe.Code, "28"):
+				a.usePsql = true // refused this process: psql as the server's OS user
+			default:
+				return "", false // not accepting connections yet
+			}
+		}
+	}
+	if a.conn != nil {
+		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := a.conn.QueryRow(qctx, receiverQuery).Scan(&status); err != nil {
+			a.close()
+			return "", false
+		}
+		return status, true
+	}
+	out, err := a.o.psql(ctx, sock, port, receiverQuery)
 	if err != nil {
 		return "", false
 	}
 	return strings.TrimSpace(out), true
+}
+
+func (a *standbyAsker) close() {
+	if a.conn != nil {
+		a.conn.Close(context.Background())
+		a.conn = nil
+	}
 }
 
 func (o StartOptions) psql(ctx context.Context, host string, port int, sql string) (string, error) {
