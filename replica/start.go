@@ -127,7 +127,7 @@ func StartAndWaitStreaming(ctx context.Context, o StartOptions) error {
 	status := ""
 	// The primary is asked about a standby that cannot be asked only after primaryAskEvery:
 	// a standby that can be asked usually answers before.
-	askedPrimary, askedStandby := start, time.Time{}
+	askedPrimary, askedStandby := start.Add(-confirmEvery), time.Time{}
 	answered := false // the standby answered the last question
 	asker := &standbyAsker{o: o}
 	defer asker.close()
@@ -162,7 +162,9 @@ func StartAndWaitStreaming(ctx context.Context, o StartOptions) error {
 		// this OS user, or not yet accepting connections) is judged by the primary alone,
 		// asked every few seconds only: each question is a new connection to the primary,
 		// whose load seeding is meant to spare.
-		if pid != 0 && (fresh && status == "streaming" || !answered && time.Since(askedPrimary) >= primaryAskEvery) {
+		// Once the standby streams, the primary may still show its walsender catching up:
+		// it is asked again, but not at every tick.
+		if pid != 0 && (fresh && status == "streaming" && time.Since(askedPrimary) >= confirmEvery || !answered && time.Since(askedPrimary) >= primaryAskEvery) {
 			askedPrimary = time.Now()
 			times.PrimaryAsked++
 			ok, err := streamingOnPrimary(ctx, o.PrimaryConnInfo, o.Slot, o.AppName)
@@ -220,6 +222,9 @@ func acceptsConnections(pgdata string) bool {
 
 // primaryAskEvery spaces the questions to the primary about a standby that cannot be asked.
 const primaryAskEvery = 2 * time.Second
+
+// confirmEvery spaces the questions to the primary once the standby says it streams.
+const confirmEvery = 250 * time.Millisecond
 
 // explain builds the error for a standby that did not stream within the wait.
 func (o StartOptions) explain(ctx context.Context, log, status string) error {
