@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -66,6 +67,18 @@ type Report struct {
 	AppName     string          `json:"application_name"`
 	Streaming   bool            `json:"streaming"`
 	Seconds     float64         `json:"seconds"`
+	// Phases says where the time went: seconds from the command's start at which each step
+	// ended.
+	Phases Phases `json:"phases"`
+}
+
+// Phases are the seconds, counted from the start of create or rebuild, at which each step
+// ended (0: the step did not run).
+type Phases struct {
+	Preflight float64 `json:"preflight_s"`
+	Copy      float64 `json:"copy_s"` // restore, delta restore or pg_rewind
+	Config    float64 `json:"config_s"`
+	StartTimes
 }
 
 // Source is the repository side: the repository, its complete backups (oldest first) and
@@ -182,6 +195,7 @@ func Create(ctx context.Context, src Source, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	tPre := since(t0)
 	pl, err := plan(src, o, c.primary)
 	if err != nil {
 		return nil, err
@@ -195,6 +209,7 @@ func Create(ctx context.Context, src Source, o Options) (*Report, error) {
 		return nil, fmt.Errorf("restore of backup %s into %s: %w", pl.Backup.Label, o.PGData, err)
 	}
 	rep := &Report{PGData: o.PGData, Method: "restore", Backup: pl.Backup.Label, Restore: res, Slot: o.Slot, AppName: c.appName}
+	rep.Phases.Preflight, rep.Phases.Copy = tPre, since(t0)
 	return rep, finishStandby(ctx, o, c, rep, t0)
 }
 
@@ -223,11 +238,13 @@ func finishStandby(ctx context.Context, o Options, c checked, rep *Report, t0 ti
 	if err := WriteAutoConf(o.PGData, Settings{PrimaryConnInfo: c.conninfo, SlotName: o.Slot, RestoreCommand: o.RestoreCommand, Standby: true, Extra: extra}, owner); err != nil {
 		return err
 	}
+	rep.Phases.Config = since(t0)
 	if !o.Start {
 		return nil
 	}
-	err = StartAndWaitStreaming(ctx, StartOptions{PGData: o.PGData, BinDir: o.BinDir, Cred: owner, Wait: o.Wait,
-		PrimaryConnInfo: c.conninfo, Slot: o.Slot, AppName: c.appName, Logger: o.Logger})
+	err = StartAndWaitStreaming(ctx, StartOptions{PGData: o.PGData, BinDir: o.BinDir, Cred: owner, Wait: o.Wait, SyncFS: true,
+		PrimaryConnInfo: c.conninfo, Slot: o.Slot, AppName: c.appName, Logger: o.Logger, Times: &rep.Phases.StartTimes, Since: t0})
+	o.Logger.Debug("replica phases", "pgdata", o.PGData, "phases", rep.Phases)
 	if err != nil {
 		return err
 	}
@@ -265,6 +282,7 @@ func Rebuild(ctx context.Context, src Source, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	tPre := since(t0)
 	if c.identity.SystemIdentifier != "" && ctl.SystemIdentifier != c.identity.SystemIdentifier {
 		return nil, fmt.Errorf("%s belongs to another cluster: its system identifier is %s, the repository's (cluster %s) is %s; refusing to overwrite it, nothing was changed", o.PGData, ctl.SystemIdentifier, src.Repo.Cluster(), c.identity.SystemIdentifier)
 	}
@@ -313,6 +331,7 @@ func Rebuild(ctx context.Context, src Source, o Options) (*Report, error) {
 		return nil, err
 	}
 	rep := &Report{PGData: o.PGData, Diverged: diverged, Slot: o.Slot, AppName: c.appName}
+	rep.Phases.Preflight = tPre
 	if method == MethodRewind {
 		err := rewind(ctx, o, c, owner)
 		if err == nil {
@@ -334,6 +353,7 @@ func Rebuild(ctx context.Context, src Source, o Options) (*Report, error) {
 		}
 		rep.Method, rep.Backup, rep.Restore = "delta-restore", pl.Backup.Label, res
 	}
+	rep.Phases.Copy = since(t0)
 	for name, b := range saved {
 		if err := writeFileAtomic(filepath.Join(o.PGData, name), b, owner); err != nil {
 			return nil, err
@@ -392,3 +412,6 @@ func checkpointAfterPromotion(ctx context.Context, conninfo string, tli wal.Time
 	}
 	return nil
 }
+
+// since is the seconds from t0, to the millisecond.
+func since(t0 time.Time) float64 { return math.Round(time.Since(t0).Seconds()*1000) / 1000 }

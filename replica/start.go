@@ -9,10 +9,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // StartOptions say how to start a standby and what to wait for.
@@ -33,6 +37,24 @@ type StartOptions struct {
 	Slot            string
 	AppName         string
 	Logger          *slog.Logger
+	// Times, when set, receives when each step of the start ended, in seconds from Since
+	// (default: the call).
+	Times *StartTimes
+	Since time.Time
+	// SyncFS starts the server with recovery_init_sync_method = syncfs (Linux), for a data
+	// directory that was just made durable as a whole (a restore ends with syncfs): the
+	// server's own sync at the start of crash recovery is then one call on the file system
+	// instead of an open and fsync of every file.
+	SyncFS bool
+}
+
+// StartTimes are the seconds at which each step of StartAndWaitStreaming ended.
+type StartTimes struct {
+	PgCtl           float64 `json:"pg_ctl_s"`            // pg_ctl start returned
+	StandbyAnswered float64 `json:"standby_answered_s"`  // the standby first answered a query
+	StandbyStreams  float64 `json:"standby_streaming_s"` // its WAL receiver said streaming
+	Confirmed       float64 `json:"confirmed_s"`         // the primary saw it stream
+	PrimaryAsked    int     `json:"primary_asked"`       // connections made to the primary
 }
 
 // decisive reasons do not heal by waiting: once the log shows one for a while, the wait ends.
@@ -79,7 +101,19 @@ func StartAndWaitStreaming(ctx context.Context, o StartOptions) error {
 		return tail(b, 4000)
 	}
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, filepath.Join(o.BinDir, "pg_ctl"), "-D", o.PGData, "-l", o.LogFile, "-W", "start")
+	if o.Since.IsZero() {
+		o.Since = start
+	}
+	times := o.Times
+	if times == nil {
+		times = &StartTimes{}
+	}
+	at := func() float64 { return since(o.Since) }
+	args := []string{"-D", o.PGData, "-l", o.LogFile, "-W"}
+	if o.SyncFS && runtime.GOOS == "linux" {
+		args = append(args, "-o", "-c recovery_init_sync_method=syncfs")
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(o.BinDir, "pg_ctl"), append(args, "start")...)
 	cmd.Dir = "/"
 	if o.Cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: o.Cred}
@@ -87,10 +121,16 @@ func StartAndWaitStreaming(ctx context.Context, o StartOptions) error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return &StreamError{Reason: ReasonServerStopped, Detail: fmt.Sprintf("pg_ctl start: %v: %s", err, strings.TrimSpace(string(out))), LogFile: o.LogFile, LogTail: readLog()}
 	}
+	times.PgCtl = at()
 	deadline := start.Add(o.Wait)
 	seenRunning := false
 	status := ""
-	var askedPrimary time.Time
+	// The primary is asked about a standby that cannot be asked only after primaryAskEvery:
+	// a standby that can be asked usually answers before.
+	askedPrimary, askedStandby := start.Add(-confirmEvery), time.Time{}
+	answered := false // the standby answered the last question
+	asker := &standbyAsker{o: o}
+	defer asker.close()
 	for {
 		pid := PostmasterPID(o.PGData)
 		if pid != 0 {
@@ -104,21 +144,37 @@ func StartAndWaitStreaming(ctx context.Context, o StartOptions) error {
 			}
 			return e
 		}
-		if pid != 0 {
-			var asked bool
-			status, asked = o.receiverStatus(ctx)
-			// A standby that cannot be asked (hot_standby = off, an authentication that
-			// refuses this OS user, or not yet accepting connections) is judged by the
-			// primary alone, asked every few seconds only: each question is a new
-			// connection to the primary, whose load seeding is meant to spare.
-			if status == "streaming" || !asked && time.Since(askedPrimary) >= primaryAskEvery {
-				askedPrimary = time.Now()
-				ok, err := streamingOnPrimary(ctx, o.PrimaryConnInfo, o.Slot, o.AppName)
-				if err == nil && ok {
-					o.Logger.Info("standby streams", "pgdata", o.PGData, "seconds", fmt.Sprintf("%.1f", time.Since(start).Seconds()))
-					return nil
-				}
+		// The standby is asked only once postmaster.pid says it accepts connections (what
+		// pg_ctl -w waits for): before that every question is a failed connection, a backend
+		// forked for nothing while the startup process replays.
+		fresh := false
+		if pid != 0 && acceptsConnections(o.PGData) && (asker.conn != nil || time.Since(askedStandby) >= standbyAskEvery) {
+			askedStandby, fresh = time.Now(), true
+			status, answered = asker.status(ctx)
+			if answered && times.StandbyAnswered == 0 {
+				times.StandbyAnswered = at()
 			}
+			if status == "streaming" && times.StandbyStreams == 0 {
+				times.StandbyStreams = at()
+			}
+		}
+		// A standby that cannot be asked (hot_standby = off, an authentication that refuses
+		// this OS user, or not yet accepting connections) is judged by the primary alone,
+		// asked every few seconds only: each question is a new connection to the primary,
+		// whose load seeding is meant to spare.
+		// Once the standby streams, the primary may still show its walsender catching up:
+		// it is asked again, but not at every tick.
+		if pid != 0 && (fresh && status == "streaming" && time.Since(askedPrimary) >= confirmEvery || !answered && time.Since(askedPrimary) >= primaryAskEvery) {
+			askedPrimary = time.Now()
+			times.PrimaryAsked++
+			ok, err := streamingOnPrimary(ctx, o.PrimaryConnInfo, o.Slot, o.AppName)
+			if err == nil && ok {
+				times.Confirmed = at()
+				o.Logger.Info("standby streams", "pgdata", o.PGData, "seconds", fmt.Sprintf("%.1f", time.Since(start).Seconds()))
+				return nil
+			}
+		}
+		if pid != 0 {
 			if time.Since(start) > decisiveAfter {
 				log := readLog()
 				if r, ok := Classify(log); ok && decisive[r] {
@@ -132,13 +188,43 @@ func StartAndWaitStreaming(ctx context.Context, o StartOptions) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
+		case <-time.After(pollEvery):
 		}
 	}
 }
 
+// pollEvery is how often the start loop looks at postmaster.pid and the log (cheap: file
+// reads) and queries the standby over its open connection; standbyAskEvery how often at
+// most it connects anew or runs psql.
+const (
+	pollEvery       = 50 * time.Millisecond
+	standbyAskEvery = 150 * time.Millisecond
+)
+
+// acceptsConnections reads the postmaster's status line of postmaster.pid (line 8): "ready"
+// or "standby" once it accepts connections, "starting" before. A file without the line
+// (not written yet, or another version) counts as accepting, so that psql decides.
+func acceptsConnections(pgdata string) bool {
+	data, err := os.ReadFile(filepath.Join(pgdata, "postmaster.pid"))
+	if err != nil {
+		return false
+	}
+	lines := strings.Split(string(data), "\n")
+	if len(lines) < 8 {
+		return true
+	}
+	switch strings.TrimSpace(lines[7]) {
+	case "starting", "stopping":
+		return false
+	}
+	return true
+}
+
 // primaryAskEvery spaces the questions to the primary about a standby that cannot be asked.
 const primaryAskEvery = 2 * time.Second
+
+// confirmEvery spaces the questions to the primary once the standby says it streams.
+const confirmEvery = 250 * time.Millisecond
 
 // explain builds the error for a standby that did not stream within the wait.
 func (o StartOptions) explain(ctx context.Context, log, status string) error {
@@ -171,18 +257,63 @@ func (o StartOptions) explain(ctx context.Context, log, status string) error {
 	return e
 }
 
-// receiverStatus asks the standby for pg_stat_wal_receiver's status ("" when it has no WAL
-// receiver); asked is false when the standby did not answer.
-func (o StartOptions) receiverStatus(ctx context.Context) (status string, asked bool) {
-	port, sock, ok := Endpoint(o.PGData)
+// standbyAsker asks a starting standby for pg_stat_wal_receiver's status ("" when it has no
+// WAL receiver): over one connection this process keeps open when the standby lets it in
+// (each question is then a query, not a process and a backend), else with psql run as the
+// server's OS user, whom peer authentication knows when it does not know this process's.
+type standbyAsker struct {
+	o       StartOptions
+	conn    *pgx.Conn
+	usePsql bool
+}
+
+const receiverQuery = "SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), '')"
+
+// status returns the receiver's status; asked is false when the standby did not answer.
+func (a *standbyAsker) status(ctx context.Context) (status string, asked bool) {
+	port, sock, ok := Endpoint(a.o.PGData)
 	if !ok {
 		return "", false
 	}
-	out, err := o.psql(ctx, sock, port, "SELECT coalesce((SELECT status FROM pg_stat_wal_receiver), '')")
+	if !a.usePsql && a.conn == nil {
+		cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=postgres connect_timeout=5", quoteConnValue(sock), port, quoteConnValue(a.o.DBUser)))
+		if err != nil {
+			a.usePsql = true
+		} else {
+			cfg.RuntimeParams["application_name"] = "pgharbor start"
+			c, err := pgx.ConnectConfig(ctx, cfg)
+			var pe *pgconn.PgError
+			switch {
+			case err == nil:
+				a.conn = c
+			case errors.As(err, &pe) && strings.HasPrefix(pe.Code, "28"):
+				a.usePsql = true // refused this process: psql as the server's OS user
+			default:
+				return "", false // not accepting connections yet
+			}
+		}
+	}
+	if a.conn != nil {
+		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := a.conn.QueryRow(qctx, receiverQuery).Scan(&status); err != nil {
+			a.close()
+			return "", false
+		}
+		return status, true
+	}
+	out, err := a.o.psql(ctx, sock, port, receiverQuery)
 	if err != nil {
 		return "", false
 	}
 	return strings.TrimSpace(out), true
+}
+
+func (a *standbyAsker) close() {
+	if a.conn != nil {
+		a.conn.Close(context.Background())
+		a.conn = nil
+	}
 }
 
 func (o StartOptions) psql(ctx context.Context, host string, port int, sql string) (string, error) {

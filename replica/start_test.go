@@ -3,6 +3,7 @@ package replica
 import (
 	"context"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -97,5 +98,74 @@ func TestWALAfterWithAZeroFilledSegmentInPgWal(t *testing.T) {
 	}
 	if ok, err := WALAfter(ctx, pg.BinDir, pg.DataDir, 1, lsn+64<<20); err != nil || ok {
 		t.Fatalf("WALAfter 64 MiB past the checkpoint: %v %v, want none and no error", ok, err)
+	}
+}
+
+// A standby is asked over a connection of this process when it lets it in, and through psql
+// as the server's OS user when it does not (peer authentication refuses any other OS user):
+// either way the wait ends on the standby's own word that it streams, confirmed once by the
+// primary, without a connection to the primary before.
+func TestStartAndWaitStreamingAsksTheStandbyEitherWay(t *testing.T) {
+	pg := pgtest.Start(t, pgtest.Options{})
+	for _, tc := range []struct {
+		name, hba string
+	}{
+		{"trust", ""},
+		{"peer", "local all all peer\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.hba != "" && pg.Cred == nil {
+				t.Skip("peer authentication refuses this process only when it runs as another OS user than the server")
+			}
+			root := pgtest.MkdirOwned(t, pg.Cred, "pgharbor-standby-")
+			pgdata := filepath.Join(root, "data")
+			if out, err := pg.Command("pg_basebackup", "-D", pgdata, "-h", pg.SocketDir, "-p", strconv.Itoa(pg.Port), "-U", "postgres", "-X", "stream", "--no-sync").CombinedOutput(); err != nil {
+				t.Fatalf("pg_basebackup: %v\n%s", err, out)
+			}
+			if tc.hba != "" {
+				hba := filepath.Join(pgdata, "pg_hba.conf")
+				if err := os.WriteFile(hba, []byte(tc.hba), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chown(hba, int(pg.Cred.Uid), int(pg.Cred.Gid)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			port := pgtest.FreePort(t)
+			conninfo, app, err := WithApplicationName(pg.TCPConnString("postgres"), "asked-"+tc.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = WriteAutoConf(pgdata, Settings{PrimaryConnInfo: conninfo, Standby: true,
+				Extra: map[string]string{"port": strconv.Itoa(port), "unix_socket_directories": root}}, pg.Cred)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { Stop(context.Background(), pg.BinDir, pgdata, "immediate", pg.Cred) })
+			var times StartTimes
+			err = StartAndWaitStreaming(context.Background(), StartOptions{PGData: pgdata, BinDir: pg.BinDir, Cred: pg.Cred, Wait: time.Minute,
+				PrimaryConnInfo: conninfo, AppName: app, Times: &times, SyncFS: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if times.StandbyStreams == 0 || times.Confirmed < times.StandbyStreams || times.StandbyAnswered > times.StandbyStreams {
+				t.Fatalf("times %+v: want the standby to have answered, said streaming, then the primary confirmed", times)
+			}
+			// The primary is asked only to confirm (again every 250 ms while its walsender
+			// still catches up), never while the standby could say it does not stream yet.
+			if most := 1 + int(math.Ceil((times.Confirmed-times.StandbyStreams)/confirmEvery.Seconds())); times.PrimaryAsked < 1 || times.PrimaryAsked > most {
+				t.Fatalf("the primary was asked %d times, want 1 to %d: the standby could be asked", times.PrimaryAsked, most)
+			}
+			if got := pg.QueryString(t, "postgres", "SELECT state FROM pg_stat_replication WHERE application_name = '"+app+"'"); got != "streaming" {
+				t.Fatalf("the primary says %q for %s", got, app)
+			}
+			if tc.hba != "" {
+				log, _ := os.ReadFile(filepath.Join(pgdata, "pgharbor-start.log"))
+				if !strings.Contains(string(log), "Peer authentication failed") {
+					t.Fatalf("the standby's log shows no refused connection of this process: it was not asked through psql\n%s", log)
+				}
+			}
+			t.Logf("%+v", times)
+		})
 	}
 }

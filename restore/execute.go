@@ -14,7 +14,6 @@ import (
 	"os/user"
 	"path"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -74,6 +73,8 @@ type Result struct {
 	FilesRemoved int   `json:"files_removed"`
 	Bytes        int64 `json:"bytes_written"`
 	Bundles      int   `json:"bundles_fetched"`
+	// Phases says where the time went (a delta restore's compare is part of layout).
+	Phases Phases `json:"phases"`
 }
 
 // Execute writes the plan's backup into opts.PGData and configures recovery.
@@ -139,7 +140,8 @@ func Execute(ctx context.Context, r *repo.Repo, plan *Plan, o Options) (*Result,
 	if err := x.finish(ctx, pgManifest, plan); err != nil {
 		return nil, err
 	}
-	o.Logger.Debug("restore phases", "layout", t1.Sub(t0), "fetch_and_write", t2.Sub(t1), "finish_and_sync", time.Since(t2))
+	x.res.Phases.Layout, x.res.Phases.FetchWrite, x.res.Phases.FinishSync = seconds(t1.Sub(t0)), seconds(t2.Sub(t1)), seconds(time.Since(t2))
+	o.Logger.Debug("restore phases", "layout", t1.Sub(t0), "compare", time.Duration(x.res.Phases.Compare*float64(time.Second)), "fetch_and_write", t2.Sub(t1), "finish_and_sync", time.Since(t2))
 	return &x.res, nil
 }
 
@@ -341,7 +343,11 @@ func (x *executor) layout(ctx context.Context) error {
 			regular = append(regular, i)
 		}
 	}
+	tc := time.Now()
 	onDisk, err := x.compare(ctx, regular)
+	if x.o.Delta {
+		x.res.Phases.Compare = seconds(time.Since(tc))
+	}
 	if err != nil {
 		return err
 	}
@@ -417,53 +423,6 @@ func (x *executor) layout(ctx context.Context) error {
 	return nil
 }
 
-// diskCopy is what a delta restore found of a file on disk: for each of the manifest's
-// extents, whether the disk holds exactly its bytes (nil: nothing usable).
-type diskCopy struct {
-	kept  []bool
-	sized bool // the file on disk has the recorded size
-}
-
-// same reports whether the file on disk is exactly the recorded one: it is kept as it is.
-func (d diskCopy) same() bool {
-	if d.kept == nil || !d.sized {
-		return false
-	}
-	for _, k := range d.kept {
-		if !k {
-			return false
-		}
-	}
-	return true
-}
-
-// compare reads, for each of the regular files idx, the copy already on disk in a delta
-// restore and hashes it extent by extent against the SHA-256 the manifest recorded: a file
-// whose extents all match is kept, one where some match is patched (only the others are
-// written). Files are compared in parallel (hashing is the cost of a delta restore).
-func (x *executor) compare(ctx context.Context, idx []int) ([]diskCopy, error) {
-	out := make([]diskCopy, len(idx))
-	if !x.o.Delta {
-		return out, nil
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(max(x.o.Workers, runtime.NumCPU()))
-	for k, i := range idx {
-		f := x.m.FileList[i]
-		if alwaysWritten(f) {
-			continue
-		}
-		g.Go(func() error {
-			if err := gctx.Err(); err != nil {
-				return err
-			}
-			out[k] = compareContent(x.filePath(f), f)
-			return nil
-		})
-	}
-	return out, g.Wait()
-}
-
 // removeDurably removes p if it exists and makes the removal durable.
 func removeDurably(p string) error {
 	if err := os.Remove(p); err != nil {
@@ -513,51 +472,6 @@ func (x *executor) removeExtra(root string, keep map[string]bool) error {
 		x.res.FilesRemoved++
 	}
 	return nil
-}
-
-// compareContent hashes the regular file at p extent by extent against f's manifest entry.
-// Nothing is usable when the file is missing or not regular, or when the manifest has no
-// hashes (written before they were recorded): a CRC cannot prove two pieces equal.
-func compareContent(p string, f backup.File) diskCopy {
-	st, err := os.Lstat(p)
-	if err != nil || !st.Mode().IsRegular() {
-		return diskCopy{}
-	}
-	for _, e := range f.Extents {
-		if e.SHA256.IsZero() {
-			return diskCopy{}
-		}
-	}
-	fh, err := os.Open(p)
-	if err != nil {
-		return diskCopy{}
-	}
-	defer fh.Close()
-	br := bufio.NewReaderSize(fh, 256<<10)
-	h := sha256.New()
-	var sum backup.Digest
-	kept := make([]bool, len(f.Extents))
-	any := false
-	for j, e := range f.Extents {
-		h.Reset()
-		n, err := io.CopyN(h, br, e.Length)
-		if n != e.Length {
-			break // the file on disk ends here: the rest is written
-		}
-		if h.Sum(sum[:0]); sum == e.SHA256 {
-			kept[j], any = true, true
-		}
-		if err != nil {
-			break
-		}
-	}
-	if !any && len(f.Extents) > 0 {
-		return diskCopy{}
-	}
-	if len(f.Extents) == 0 && st.Size() != 0 {
-		return diskCopy{} // an empty file in the backup: truncate by rewriting
-	}
-	return diskCopy{kept: kept, sized: st.Size() == f.Size}
 }
 
 type piece struct {
