@@ -38,6 +38,10 @@ const (
 	// completed segment stored): a trickle of WAL after a burst gets at most this many
 	// stores before the timer paces it again.
 	maxTailCredits = 4
+	// receiveWindow is the zstd window of the receiver's frames: the encoder keeps twice
+	// that in memory, and WAL compresses no better with a longer one (its repeats are near
+	// each other: full-page images and the records that follow them).
+	receiveWindow = 1 << 20
 	// A pause stores at least FlushBytes/largeTailDivisor at once, credits or not: pieces
 	// that large are as few per byte as the FlushBytes ones (a burst pauses now and then
 	// before its real end, whenever the server has sent all it flushed).
@@ -475,8 +479,7 @@ func (rc *receiver) stream(ctx context.Context, conn *pgconn.PgConn, tli Timelin
 	rc.tli = tli
 	rc.seg = SegmentOf(start, tli, rc.segSize)
 	if rc.fe == nil {
-		// A frame holds at most the bytes of one flush: a longer window would only cost memory.
-		fe, err := rc.r.Codec().NewFrameEncoder(int(min(rc.o.FlushBytes, rc.segSize)))
+		fe, err := rc.r.Codec().NewFrameEncoder(int(min(rc.o.FlushBytes, rc.segSize, receiveWindow)))
 		if err != nil {
 			return nil, err
 		}

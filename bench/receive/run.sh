@@ -6,10 +6,10 @@
 #
 # 1. Catch-up: with the receiver streaming into an encrypted filesystem repository, a bulk
 #    load writes ~$BENCH_WAL_MB MB of WAL (INSERTs of pgbench-like rows committed every
-#    20000 rows). At the end of the load the script reads the server's WAL position and the
-#    receiver's flushed position (pg_stat_replication: the receiver reports as flushed only
-#    what is in the repository), then polls every 10 ms until the receiver has stored
-#    everything. Reported: the lag in MB at the end of the load, the seconds to catch up, the
+#    20000 rows). At the end of the load, in the same session, a function reads the server's
+#    WAL position and the receiver's flushed position (pg_stat_replication: the receiver
+#    reports as flushed only what is in the repository), then polls every 10 ms until the
+#    receiver has stored everything. Reported: the lag in MB at the end of the load, the seconds to catch up, the
 #    receiver's CPU seconds per GB of WAL (utime+stime from /proc over the load and
 #    catch-up) and its peak RSS (VmHWM).
 # 2. Synchronous commit: pgbench TPC-B (-c 8, $BENCH_TPS_SECONDS s) with
@@ -134,7 +134,7 @@ for r in $(seq 1 "$ROUNDS"); do
 	    INSERT INTO load SELECT g, g % 10, 0, '' FROM generate_series(1, 20000) g; COMMIT;
 	  END LOOP; END \$\$" \
 		-c "SELECT end_lsn, round(lag / 1e6, 1), round(extract(epoch FROM clock_timestamp() - t0)::numeric, 2) FROM catchup()")
-	read -r endlsn lag catch <<<"$out"; [ -n "${BENCH_DEBUG:-}" ] && log "load ended $(date -u +%T.%N) $out"
+	read -r endlsn lag catch <<<"$out"
 	[ -n "$catch" ] || die "catch-up not measured: $out"
 	walgb=$(sql "SELECT pg_wal_lsn_diff('$endlsn', '$startlsn') / 1e9")
 	cpu=$(python3 -c "print(f'{($(cpu_s "$RPID") - $cpu0) / $walgb:.2f}')")

@@ -3,6 +3,7 @@ package codec
 import (
 	"bytes"
 	"fmt"
+	"io"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -86,7 +87,7 @@ func (fe *FrameEncoder) Bytes() []byte { return fe.out.b }
 // buffers.
 func (fe *FrameEncoder) Reset() {
 	if fe.open {
-		fe.enc.Reset(nil)
+		fe.enc.Reset(io.Discard) // abandon the open frame
 		fe.open = false
 	}
 	fe.out.b = fe.out.b[:0]
