@@ -42,9 +42,9 @@ const (
 	// that in memory, and WAL compresses no better with a longer one (its repeats are near
 	// each other: full-page images and the records that follow them).
 	receiveWindow = 1 << 20
-	// A pause stores at least FlushBytes/largeTailDivisor at once, credits or not: pieces
-	// that large are as few per byte as the FlushBytes ones (a burst pauses now and then
-	// before its real end, whenever the server has sent all it flushed).
+	// A pause stores at least FlushBytes/largeTailDivisor at once, credits or not: a burst
+	// pauses now and then before its real end, whenever the server has sent all it
+	// flushed, and pieces that large keep the number of objects bounded by the WAL stored.
 	largeTailDivisor = 16
 )
 
