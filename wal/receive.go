@@ -2,8 +2,10 @@ package wal
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"log/slog"
 	"path"
 	"strconv"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/pgharbor/pgharbor/internal/repo"
 	"github.com/pgharbor/pgharbor/storage"
+	"github.com/pgharbor/pgharbor/storage/codec"
 )
 
 // Defaults of ReceiveOptions.
@@ -27,6 +30,22 @@ const (
 	DefaultReceiveFlushBytes    = 4 << 20
 	receiveStatusInterval       = 10 * time.Second
 	syncFlushDelay              = time.Millisecond
+	// receiveTailDelay is how long the stream must stay quiet after a burst (WAL arriving
+	// faster than FlushBytes per FlushInterval) before the receiver stores its tail instead
+	// of waiting for the timer.
+	receiveTailDelay = 50 * time.Millisecond
+	// maxTailCredits bounds the small tail stores a burst earns (one per FlushBytes or
+	// completed segment stored): a trickle of WAL after a burst gets at most this many
+	// stores before the timer paces it again.
+	maxTailCredits = 4
+	// receiveWindow is the zstd window of the receiver's frames: the encoder keeps twice
+	// that in memory, and WAL compresses no better with a longer one (its repeats are near
+	// each other: full-page images and the records that follow them).
+	receiveWindow = 1 << 20
+	// A pause stores at least FlushBytes/largeTailDivisor at once, credits or not: a burst
+	// pauses now and then before its real end, whenever the server has sent all it
+	// flushed, and pieces that large keep the number of objects bounded by the WAL stored.
+	largeTailDivisor = 16
 )
 
 // ReceiveOptions configure Receive.
@@ -201,8 +220,26 @@ type receiver struct {
 	segSize int64
 	tli     TimelineID
 	seg     Segment
-	buf     []byte // the current segment's bytes received so far
-	stored  int64  // bytes of buf in the repository
+	recvd   int64  // bytes of the current segment received
+	stored  int64  // of them, the bytes in the repository
+	head    []byte // the segment's first bytes (its long page header), checked when it completes
+	// The received bytes are compressed as they arrive, into frames that end at every
+	// flush: a piece is sealed from the frame of its bytes, the completed segment from all
+	// of them, so no plain copy of the segment is kept and no byte is compressed twice.
+	fe       *codec.FrameEncoder
+	pieceAt  int       // where in fe.Bytes() the frame of the bytes not yet stored starts
+	segSum   hash.Hash // SHA-256 of the segment's bytes received
+	pieceSum hash.Hash // SHA-256 of the bytes not yet stored
+	sealed   []byte    // the object sealed last, whose storage the next one reuses
+}
+
+// resetSegment starts the segment rc.seg with nothing received.
+func (rc *receiver) resetSegment() {
+	rc.recvd, rc.stored, rc.pieceAt = 0, 0, 0
+	rc.head = rc.head[:0]
+	rc.fe.Reset()
+	rc.segSum.Reset()
+	rc.pieceSum.Reset()
 }
 
 func (rc *receiver) setErr(err error) {
@@ -441,11 +478,15 @@ func (rc *receiver) storeHistory(ctx context.Context, conn *pgconn.PgConn, tli T
 func (rc *receiver) stream(ctx context.Context, conn *pgconn.PgConn, tli TimelineID, start LSN) (*pglogrepl.CopyDoneResult, error) {
 	rc.tli = tli
 	rc.seg = SegmentOf(start, tli, rc.segSize)
-	rc.buf = rc.buf[:0]
-	if cap(rc.buf) < int(rc.segSize) {
-		rc.buf = make([]byte, 0, rc.segSize)
+	if rc.fe == nil {
+		fe, err := rc.r.Codec().NewFrameEncoder(int(min(rc.o.FlushBytes, rc.segSize, receiveWindow)))
+		if err != nil {
+			return nil, err
+		}
+		rc.fe, rc.segSum, rc.pieceSum = fe, sha256.New(), sha256.New()
+		rc.head = make([]byte, 0, longHeaderSize)
 	}
-	rc.stored = 0
+	rc.resetSegment()
 	err := pglogrepl.StartReplication(ctx, conn, rc.o.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{Timeline: int32(tli), Mode: pglogrepl.PhysicalReplication})
 	if next, nextLSN, ok := pglogrepl.IsErrEndTimeline(err); ok {
 		return &pglogrepl.CopyDoneResult{Timeline: int32(next), LSN: nextLSN}, nil
@@ -459,6 +500,12 @@ func (rc *receiver) stream(ctx context.Context, conn *pgconn.PgConn, tli Timelin
 	rc.report(ctx)
 	lastFlush, nextStatus := time.Now(), time.Now().Add(receiveStatusInterval)
 	var pendingSince time.Time // when the oldest byte not yet stored arrived
+	var lastData time.Time     // when WAL arrived last
+	// When a burst pauses, its tail is stored at once instead of at the next tick: the next
+	// WAL may be far off. A large tail always is; a small one only with a credit, earned by
+	// a store due to FlushBytes or a completed segment, so the number of objects stays
+	// bounded by FlushInterval and FlushBytes, and a trickle of WAL is stored by the timer.
+	tailCredits := 0
 	for {
 		now := time.Now()
 		if !now.Before(nextStatus) {
@@ -469,8 +516,12 @@ func (rc *receiver) stream(ctx context.Context, conn *pgconn.PgConn, tli Timelin
 			nextStatus = now.Add(receiveStatusInterval)
 		}
 		deadline := nextStatus
-		if int64(len(rc.buf)) > rc.stored {
+		tail := lastData.Add(receiveTailDelay)
+		if rc.recvd > rc.stored {
 			due := lastFlush.Add(rc.o.FlushInterval)
+			if large := rc.recvd-rc.stored >= rc.o.FlushBytes/largeTailDivisor; (large || tailCredits > 0) && tail.Before(due) {
+				due = tail
+			}
 			if rc.o.Synchronous {
 				// Commits are waiting: store what came as soon as the server pauses, and
 				// under a steady stream no later than a moment after it arrived (the
@@ -494,7 +545,11 @@ func (rc *receiver) stream(ctx context.Context, conn *pgconn.PgConn, tli Timelin
 			timedOut = true // due already: no wait (a context past its deadline is an error to pgconn)
 		}
 		if timedOut {
-			if int64(len(rc.buf)) > rc.stored && !time.Now().Before(deadline) {
+			if now := time.Now(); rc.recvd > rc.stored && !now.Before(deadline) {
+				small := rc.recvd-rc.stored < rc.o.FlushBytes/largeTailDivisor
+				if small && tailCredits > 0 && now.Before(lastFlush.Add(rc.o.FlushInterval)) {
+					tailCredits--
+				}
 				if err := rc.flush(ctx, conn); err != nil {
 					return nil, err
 				}
@@ -528,24 +583,30 @@ func (rc *receiver) stream(ctx context.Context, conn *pgconn.PgConn, tli Timelin
 				if err != nil {
 					return nil, err
 				}
-				if int64(len(rc.buf)) == rc.stored {
+				if rc.recvd == rc.stored {
 					pendingSince = time.Now()
 				}
-				if err := rc.data(ctx, conn, LSN(x.WALStart), x.WALData); err != nil {
+				completed, err := rc.data(ctx, conn, LSN(x.WALStart), x.WALData)
+				if err != nil {
 					return nil, err
 				}
+				if completed {
+					tailCredits = min(tailCredits+1, maxTailCredits)
+				}
+				lastData = time.Now()
 				rc.mu.Lock()
-				rc.lastData = time.Now()
+				rc.lastData = lastData
 				rc.mu.Unlock()
 				rc.update(func(s *ReceiverStatus) {
 					s.ServerEnd = LSN(x.ServerWALEnd)
-					s.Received = rc.seg.StartLSN(rc.segSize) + LSN(len(rc.buf))
+					s.Received = rc.seg.StartLSN(rc.segSize) + LSN(rc.recvd)
 				})
-				if int64(len(rc.buf))-rc.stored >= rc.o.FlushBytes {
+				if rc.recvd-rc.stored >= rc.o.FlushBytes {
 					if err := rc.flush(ctx, conn); err != nil {
 						return nil, err
 					}
 					lastFlush = time.Now()
+					tailCredits = min(tailCredits+1, maxTailCredits)
 				}
 			}
 		case *pgproto3.CopyDone:
@@ -567,29 +628,40 @@ func (rc *receiver) stream(ctx context.Context, conn *pgconn.PgConn, tli Timelin
 	}
 }
 
-// data appends received WAL, storing each segment as it completes.
-func (rc *receiver) data(ctx context.Context, conn *pgconn.PgConn, at LSN, b []byte) error {
-	want := rc.seg.StartLSN(rc.segSize) + LSN(len(rc.buf))
+// data takes in received WAL, storing each segment as it completes; completed says whether
+// one did.
+func (rc *receiver) data(ctx context.Context, conn *pgconn.PgConn, at LSN, b []byte) (completed bool, err error) {
+	want := rc.seg.StartLSN(rc.segSize) + LSN(rc.recvd)
 	if at != want {
-		return fmt.Errorf("the server sent WAL from %s, but the stream was at %s", at, want)
+		return false, fmt.Errorf("the server sent WAL from %s, but the stream was at %s", at, want)
 	}
 	for len(b) > 0 {
-		n := min(len(b), int(rc.segSize)-len(rc.buf))
-		rc.buf = append(rc.buf, b[:n]...)
+		n := int(min(int64(len(b)), rc.segSize-rc.recvd))
+		chunk := b[:n]
 		b = b[n:]
-		if int64(len(rc.buf)) == rc.segSize {
+		if len(rc.head) < longHeaderSize {
+			rc.head = append(rc.head, chunk[:min(n, longHeaderSize-len(rc.head))]...)
+		}
+		if _, err := rc.fe.Write(chunk); err != nil {
+			return completed, err
+		}
+		rc.segSum.Write(chunk)
+		rc.pieceSum.Write(chunk)
+		rc.recvd += int64(n)
+		if rc.recvd == rc.segSize {
 			if err := rc.complete(ctx, conn); err != nil {
-				return err
+				return completed, err
 			}
+			completed = true
 		}
 	}
-	return nil
+	return completed, nil
 }
 
 // flush stores the received bytes of the current segment not yet stored as a piece, then
 // tells the server they are flushed.
 func (rc *receiver) flush(ctx context.Context, conn *pgconn.PgConn) error {
-	from, to := rc.stored, int64(len(rc.buf))
+	from, to := rc.stored, rc.recvd
 	if to == from {
 		return nil
 	}
@@ -598,9 +670,20 @@ func (rc *receiver) flush(ctx context.Context, conn *pgconn.PgConn) error {
 		return err
 	}
 	piece := StreamName(name, from, to)
-	if _, err := pushData(ctx, rc.r, piece, rc.buf[from:to]); err != nil {
+	if err := rc.fe.EndFrame(); err != nil {
 		return fmt.Errorf("store %s: %w", piece, err)
 	}
+	var sum [32]byte
+	rc.pieceSum.Sum(sum[:0])
+	if rc.sealed, err = rc.r.Codec().SealCompressed(rc.sealed, rc.fe.Bytes()[rc.pieceAt:], sum); err != nil {
+		return fmt.Errorf("store %s: seal: %w", piece, err)
+	}
+	if err := pushSealed(ctx, rc.r, piece, rc.sealed, sum); err != nil {
+		return fmt.Errorf("store %s: %w", piece, err)
+	}
+	rc.log.Debug("streamed WAL stored", "object", piece, "bytes", to-from)
+	rc.pieceAt = len(rc.fe.Bytes())
+	rc.pieceSum.Reset()
 	rc.stored = to
 	rc.markStored(to)
 	return rc.sendStatus(ctx, conn, false)
@@ -611,19 +694,33 @@ func (rc *receiver) markStored(off int64) {
 	rc.update(func(s *ReceiverStatus) { s.Stored, s.StoredAt = end, time.Now() })
 }
 
-// complete stores the finished segment as the ordinary segment object and removes its
-// pieces.
+// complete stores the finished segment as the ordinary segment object, sealed from the
+// frames of all its bytes (decoded, the same bytes and SHA-256 as `wal push` stores for it),
+// and removes its pieces.
 func (rc *receiver) complete(ctx context.Context, conn *pgconn.PgConn) error {
 	name, err := rc.seg.SegmentName(rc.segSize)
 	if err != nil {
 		return err
 	}
-	if _, err := checkSegment(name, KindSegment, rc.buf); err != nil {
+	h, err := checkSegment(name, KindPartial, rc.head)
+	if err != nil {
 		return fmt.Errorf("received segment %s: %w", name, err)
 	}
-	if _, err := pushData(ctx, rc.r, name, rc.buf); err != nil {
+	if h.SegmentSize != rc.segSize {
+		return fmt.Errorf("received segment %s: its header says segments are %d bytes, the server %d", name, h.SegmentSize, rc.segSize)
+	}
+	if err := rc.fe.EndFrame(); err != nil {
+		return fmt.Errorf("store %s: %w", name, err)
+	}
+	var sum [32]byte
+	rc.segSum.Sum(sum[:0])
+	if rc.sealed, err = rc.r.Codec().SealCompressed(rc.sealed, rc.fe.Bytes(), sum); err != nil {
+		return fmt.Errorf("store %s: seal: %w", name, err)
+	}
+	if err := pushSealed(ctx, rc.r, name, rc.sealed, sum); err != nil {
 		return err
 	}
+	rc.log.Debug("streamed WAL stored", "object", name, "bytes", rc.segSize-rc.stored)
 	rc.markStored(rc.segSize)
 	if err := rc.sendStatus(ctx, conn, false); err != nil {
 		return err
@@ -632,8 +729,7 @@ func (rc *receiver) complete(ctx context.Context, conn *pgconn.PgConn) error {
 		rc.log.Warn("streamed pieces of a completed segment not removed; the next completed segment or expire removes them", "segment", name, "err", err)
 	}
 	rc.seg = rc.seg.Next()
-	rc.buf = rc.buf[:0]
-	rc.stored = 0
+	rc.resetSegment()
 	return nil
 }
 
@@ -667,7 +763,7 @@ func (rc *receiver) sendStatus(ctx context.Context, conn *pgconn.PgConn, reply b
 	if stored < st.Stored {
 		stored = st.Stored
 	}
-	received := rc.seg.StartLSN(rc.segSize) + LSN(len(rc.buf))
+	received := rc.seg.StartLSN(rc.segSize) + LSN(rc.recvd)
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: pglogrepl.LSN(received),
 		WALFlushPosition: pglogrepl.LSN(stored),

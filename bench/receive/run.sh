@@ -6,10 +6,10 @@
 #
 # 1. Catch-up: with the receiver streaming into an encrypted filesystem repository, a bulk
 #    load writes ~$BENCH_WAL_MB MB of WAL (INSERTs of pgbench-like rows committed every
-#    20000 rows). At the end of the load the script reads the server's WAL position and the
-#    receiver's flushed position (pg_stat_replication: the receiver reports as flushed only
-#    what is in the repository), then polls every 10 ms until the receiver has stored
-#    everything. Reported: the lag in MB at the end of the load, the seconds to catch up, the
+#    20000 rows). At the end of the load, in the same session, a function reads the server's
+#    WAL position and the receiver's flushed position (pg_stat_replication: the receiver
+#    reports as flushed only what is in the repository), then polls every 10 ms until the
+#    receiver has stored everything. Reported: the lag in MB at the end of the load, the seconds to catch up, the
 #    receiver's CPU seconds per GB of WAL (utime+stime from /proc over the load and
 #    catch-up) and its peak RSS (VmHWM).
 # 2. Synchronous commit: pgbench TPC-B (-c 8, $BENCH_TPS_SECONDS s) with
@@ -107,22 +107,35 @@ record() { R[$1]+="$2 "; }
 median() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print(f"{statistics.median(v):.2f}" if v else "-")' $1; }
 
 sql "CREATE TABLE load (aid int, bid int, abalance int, filler char(84))"
+# catchup() waits until the receiver has stored the WAL written so far; it returns that WAL
+# position, the receiver's lag behind it when called, and when it was called.
+sql "CREATE FUNCTION catchup(OUT end_lsn pg_lsn, OUT lag numeric, OUT t0 timestamptz) LANGUAGE plpgsql AS \$\$
+DECLARE f pg_lsn; BEGIN
+  t0 := clock_timestamp(); end_lsn := pg_current_wal_lsn();
+  SELECT flush_lsn INTO f FROM pg_stat_replication WHERE application_name = 'pgharbor';
+  lag := pg_wal_lsn_diff(end_lsn, coalesce(f, '0/0'));
+  LOOP
+    SELECT flush_lsn INTO f FROM pg_stat_replication WHERE application_name = 'pgharbor';
+    EXIT WHEN f >= end_lsn;
+    PERFORM pg_sleep(0.01);
+  END LOOP;
+END \$\$"
 for r in $(seq 1 "$ROUNDS"); do
 	log "round $r: catch-up after ~$WAL_MB MB of WAL"
 	start_receiver
 	cpu0=$(cpu_s "$RPID")
 	startlsn=$(sql "SELECT pg_current_wal_lsn()")
-	sql "DO \$\$ DECLARE target bigint := $WAL_MB::bigint * 1000000; s pg_lsn := pg_current_wal_lsn(); BEGIN
+	# The load, then in the same session (no new connection between them) the wait: from the
+	# end of the load, poll pg_stat_replication every 10 ms until the receiver's flushed
+	# position reaches the server's WAL position at that moment.
+	out=$(as_pg "$PGBIN/psql" -h "$WORK" -p "$PORT" -U postgres -d postgres -AtqX -F ' ' \
+		-c "DO \$\$ DECLARE target bigint := $WAL_MB::bigint * 1000000; s pg_lsn := pg_current_wal_lsn(); BEGIN
 	  WHILE pg_wal_lsn_diff(pg_current_wal_lsn(), s) < target LOOP
 	    INSERT INTO load SELECT g, g % 10, 0, '' FROM generate_series(1, 20000) g; COMMIT;
-	  END LOOP; END \$\$" >/dev/null
-	endlsn=$(sql "SELECT pg_current_wal_lsn()")
-	t0=$(date +%s.%N)
-	lag=$(sql "SELECT round(pg_wal_lsn_diff('$endlsn', coalesce(flush_lsn, '0/0')) / 1e6, 1) FROM pg_stat_replication WHERE application_name = 'pgharbor'")
-	while [ "$(sql "SELECT coalesce(flush_lsn >= '$endlsn', false) FROM pg_stat_replication WHERE application_name = 'pgharbor'")" != t ]; do
-		sleep 0.01
-	done
-	catch=$(python3 -c "import time; print(f'{time.time() - $t0:.2f}')")
+	  END LOOP; END \$\$" \
+		-c "SELECT end_lsn, round(lag / 1e6, 1), round(extract(epoch FROM clock_timestamp() - t0)::numeric, 2) FROM catchup()")
+	read -r endlsn lag catch <<<"$out"
+	[ -n "$catch" ] || die "catch-up not measured: $out"
 	walgb=$(sql "SELECT pg_wal_lsn_diff('$endlsn', '$startlsn') / 1e9")
 	cpu=$(python3 -c "print(f'{($(cpu_s "$RPID") - $cpu0) / $walgb:.2f}')")
 	rss=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$RPID/status")

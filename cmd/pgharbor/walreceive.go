@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"runtime/debug"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -61,7 +63,7 @@ newest segment by themselves.
 				return err
 			}
 			defer r.Backend().Close()
-			boundMemory(cmd.Context())
+			boundReceiverMemory(cmd.Context())
 			err = wal.Receive(ctx, r, opts)
 			if ctx.Err() != nil {
 				return nil // stopped
@@ -76,6 +78,17 @@ newest segment by themselves.
 	fl.BoolVar(&dropSlot, "drop-slot", false, "drop the slot and exit")
 	fl.BoolVar(&sync, "synchronous", false, "store WAL as soon as the server pauses sending (wal.stream.synchronous), for synchronous_standby_names")
 	return cmd
+}
+
+// boundReceiverMemory is boundMemory for the long-running receiver, which keeps little
+// (the segment's compressed frames, one sealed object, the encoder's window) and makes
+// little garbage: the collector may run more often, so that the heap does not grow to twice
+// what is live between cycles. GOGC and GOMEMLIMIT override it.
+func boundReceiverMemory(ctx context.Context) {
+	boundMemory(ctx)
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(25)
+	}
 }
 
 func dropReplicationSlot(cmd *cobra.Command, connStr, slot string) error {

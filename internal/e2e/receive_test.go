@@ -399,3 +399,46 @@ func TestWALReceiverReportsTheGapOfADroppedSlot(t *testing.T) {
 	}
 	t.Logf("info: gap %+v", info.WAL.Timelines[0].Gaps[0])
 }
+
+// After a burst of WAL the receiver stores the tail as soon as the stream pauses, not at
+// the next flush tick (set far off here), and the completed segments it sealed from its
+// frames decode to the very bytes PostgreSQL wrote.
+func TestWALReceiverStoresTheTailOfABurstAtOnce(t *testing.T) {
+	e := newEnvSpool(t, "", "wal:\n  stream:\n    flush_interval: 60s\n", true)
+	pg := e.startPrimary(map[string]string{"archive_mode": "off"})
+	e.must("repo", "init")
+	rc := e.startReceiver(t, pg)
+	waitStreaming(t, pg, rc)
+	pg.Exec(t, "CREATE TABLE burst (id int, filler char(84))")
+	first := pg.QueryString(t, "postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())")
+	pg.Exec(t, "INSERT INTO burst SELECT g, g::text FROM generate_series(1, 300000) g")
+	end := pg.QueryString(t, "postgres", "SELECT pg_current_wal_lsn()::text")
+	start := time.Now()
+	for pg.QueryString(t, "postgres", "SELECT coalesce(flush_lsn >= '"+end+"', false)::text FROM pg_stat_replication WHERE application_name = 'pgharbor'") != "true" {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("the receiver has not stored the burst's tail (up to %s) after %v; the flush interval is 60 s\n%s", end, time.Since(start), rc.output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("burst's tail stored %v after the burst", time.Since(start).Round(time.Millisecond))
+	last := pg.QueryString(t, "postgres", "SELECT pg_walfile_name('"+end+"')")
+	if first == last {
+		t.Fatalf("the burst stayed within segment %s: no completed segment to compare", first)
+	}
+	// Every segment the burst completed, fetched from the repository, is the file in pg_wal.
+	for _, name := range strings.Fields(pg.QueryString(t, "postgres", "SELECT string_agg(name, ' ') FROM pg_ls_waldir() WHERE name >= '"+first+"' AND name < '"+last+"'")) {
+		dest := filepath.Join(e.dir, "fetched-"+name)
+		e.must("wal", "fetch", "--prefetch", "-1", name, dest)
+		got, err := os.ReadFile(dest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := os.ReadFile(filepath.Join(pg.DataDir, "pg_wal", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Fatalf("segment %s from the repository differs from pg_wal's (%d and %d bytes)", name, len(got), len(want))
+		}
+	}
+}
