@@ -48,7 +48,7 @@
 // at the end of the object, so a consumer of an unencrypted stream may already hold
 // damaged bytes when the error comes: write to a temporary file, keep it after io.EOF.
 //
-// inner is the payload itself (compression 0) or one zstd frame (compression 1) with the
+// inner is the payload itself (compression 0) or one or more zstd frames (compression 1; the WAL receiver ends one at each flush) with the
 // content checksum on and a window of at most 8 MiB; readers refuse larger windows, which
 // bounds their memory. Nothing may follow the age stream or the trailer, except on a
 // signed object (flag 0x02):
