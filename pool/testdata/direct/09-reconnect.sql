@@ -6,7 +6,7 @@ PREPARE before_reconnect AS SELECT 1;
 \c postgres
 SHOW application_name;
 SHOW search_path;
-SELECT count(*) FROM pg_tables WHERE tablename = 'diff_reconnect';
+SELECT count(*) FROM pg_class WHERE relname = 'diff_reconnect' AND relnamespace = pg_my_temp_schema();
 SELECT count(*) FROM pg_prepared_statements;
 DROP TABLE IF EXISTS diff_reconnect;
 DEALLOCATE ALL;
