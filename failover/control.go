@@ -109,11 +109,7 @@ func walFileTimeline(name string) (wal.TimelineID, error) {
 	if len(name) < 8 {
 		return 0, fmt.Errorf("WAL file name %q", name)
 	}
-	t, err := strconv.ParseUint(name[:8], 16, 32)
-	if err != nil {
-		return 0, fmt.Errorf("WAL file name %q: %w", name, err)
-	}
-	return wal.TimelineID(t), nil
+	return wal.ParseTimelineID(name[:8])
 }
 
 func (m *Monitor) detail(ctx context.Context, n Node) nodeDetail {
