@@ -1,9 +1,7 @@
 package wal
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -190,36 +188,12 @@ func pushData(ctx context.Context, r *repo.Repo, name string, data []byte) ([32]
 	}
 	err = r.PutWithDigest(ctx, key, sealed, sum)
 	if errors.Is(err, storage.ErrExists) {
-		return sum, compareArchived(ctx, r, name, key, data, sum)
+		return sum, compareArchived(ctx, r, name, key, sum)
 	}
 	if err != nil {
 		return sum, fmt.Errorf("push %s to %s: %w", name, r.Location(key), err)
 	}
 	return sum, nil
-}
-
-// compareArchived decides whether an existing archived copy is the same file.
-func compareArchived(ctx context.Context, r *repo.Repo, name, key string, data []byte, sum [32]byte) error {
-	stored, ok, err := r.StoredDigest(ctx, key)
-	if err != nil {
-		return fmt.Errorf("push %s: %s exists; reading its digest: %w", name, r.Location(key), err)
-	}
-	if !ok {
-		// No recorded digest (written by another tool or version): compare the content,
-		// which needs the identity.
-		plain, err := r.GetBytes(ctx, key)
-		if err != nil {
-			return fmt.Errorf("push %s: %s exists without a recorded digest and cannot be compared (%w); check it with `pgharbor repo get` on a host with the identity", name, r.Location(key), err)
-		}
-		if bytes.Equal(plain, data) {
-			return nil
-		}
-		stored = sha256.Sum256(plain)
-	} else if stored == sum {
-		return nil
-	}
-	return fmt.Errorf("push %s: %w: %s holds content with SHA-256 %x, the file to archive has %x; the archived copy is kept. "+
-		"Two servers may be archiving into one cluster name, or this server was restored without a new timeline: check repo.cluster", name, ErrConflict, r.Location(key), stored[:8], sum[:8])
 }
 
 // serverIdentity gathers what the file and PGDATA say about the server.

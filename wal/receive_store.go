@@ -23,7 +23,7 @@ func pushSealed(ctx context.Context, r *repo.Repo, name string, sealed []byte, s
 	key := r.Key(p)
 	err = r.PutWithDigest(ctx, key, sealed, sum)
 	if errors.Is(err, storage.ErrExists) {
-		return compareArchivedDigest(ctx, r, name, key, sum)
+		return compareArchived(ctx, r, name, key, sum)
 	}
 	if err != nil {
 		return fmt.Errorf("push %s to %s: %w", name, r.Location(key), err)
@@ -31,8 +31,10 @@ func pushSealed(ctx context.Context, r *repo.Repo, name string, sealed []byte, s
 	return nil
 }
 
-// compareArchivedDigest is compareArchived by the content's SHA-256 alone.
-func compareArchivedDigest(ctx context.Context, r *repo.Repo, name, key string, sum [32]byte) error {
+// compareArchived decides whether the existing archived copy at key holds the same content
+// as the file whose SHA-256 is sum: by the digest recorded in its header or, without one,
+// by hashing its content.
+func compareArchived(ctx context.Context, r *repo.Repo, name, key string, sum [32]byte) error {
 	stored, ok, err := r.StoredDigest(ctx, key)
 	if err != nil {
 		return fmt.Errorf("push %s: %s exists; reading its digest: %w", name, r.Location(key), err)
