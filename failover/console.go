@@ -3,6 +3,8 @@ package failover
 import (
 	"context"
 	"encoding/json"
+	"strconv"
+	"strings"
 )
 
 // Console adapts the monitor to the pool's admin console (pool.NodeControl): the console's
@@ -67,4 +69,38 @@ func (c Console) Detach(ctx context.Context, node string) (string, string, error
 // Recover runs Monitor.Recover.
 func (c Console) Recover(ctx context.Context, node string) (string, string, error) {
 	return c.node(ctx, "recover", node, c.M.Recover)
+}
+
+// Status answers the admin console's SHOW FAILOVER: one (key, value) row per item, the
+// monitor's view of the cluster and, with failover.etcd, of the election.
+func (c Console) Status() [][2]string {
+	m := c.M
+	m.mu.Lock()
+	primary, health := "", "-"
+	if m.primary >= 0 {
+		primary, health = m.nodes[m.primary].Name, m.health.State.String()
+	}
+	var detached []string
+	for id := range m.nodes {
+		if m.detached[id] {
+			detached = append(detached, m.nodes[id].Name)
+		}
+	}
+	m.mu.Unlock()
+	rows := [][2]string{
+		// watching: this monitor's loop runs (failover.enabled, and with etcd the leader).
+		{"watching", strconv.FormatBool(m.running.Load())},
+		{"primary", primary},
+		{"primary_health", health},
+		{"detached", strings.Join(detached, ",")},
+	}
+	if e := m.Elector(); e != nil {
+		st := e.Status()
+		rows = append(rows,
+			[2]string{"etcd_name", st.Name},
+			[2]string{"etcd_leader", st.Holder},
+			[2]string{"etcd_error", st.EtcdError},
+			[2]string{"etcd_terms", strconv.Itoa(st.Terms)})
+	}
+	return rows
 }

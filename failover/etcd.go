@@ -34,6 +34,11 @@ type EtcdConfig struct {
 	CAFile   string `yaml:"ca_file"`
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
+	// Username with Password or PasswordFile authenticate to an etcd with auth enabled
+	// (`etcdctl auth enable`); the user needs read and write on Prefix.
+	Username     string `yaml:"username"`
+	Password     string `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
 }
 
 func (c EtcdConfig) withDefaults() (EtcdConfig, error) {
@@ -56,6 +61,12 @@ func (c EtcdConfig) withDefaults() (EtcdConfig, error) {
 	}
 	if c.TTL%time.Second != 0 {
 		return c, fmt.Errorf("failover.etcd: ttl %v is not whole seconds", c.TTL)
+	}
+	if c.Password != "" && c.PasswordFile != "" {
+		return c, errors.New("failover.etcd: set password or password_file, not both")
+	}
+	if c.Username == "" && (c.Password != "" || c.PasswordFile != "") {
+		return c, errors.New("failover.etcd: password without username")
 	}
 	if c.Name == "" {
 		h, _ := os.Hostname()
@@ -81,6 +92,12 @@ type Elector struct {
 	holder   string    // the leader's name as last read ("" when none or unknown)
 	etcdErr  string    // the last error talking to etcd ("" when the last request worked)
 	terms    int       // times this elector became leader
+
+	password string
+	// tokens holds an auth token per endpoint: etcd's default (simple) tokens are known
+	// only to the member that issued them.
+	tokens map[string]string
+	auths  int // successful authentications, for tests
 }
 
 // NewElector checks cfg and returns an elector; it does not talk to etcd yet.
@@ -114,8 +131,20 @@ func NewElector(cfg EtcdConfig, log *slog.Logger) (*Elector, error) {
 		}
 		tr.TLSClientConfig = tc
 	}
+	password := cfg.Password
+	if cfg.PasswordFile != "" {
+		b, err := os.ReadFile(cfg.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("failover.etcd.password_file: %w", err)
+		}
+		password = strings.TrimRight(string(b), "\r\n")
+		if password == "" {
+			return nil, fmt.Errorf("failover.etcd.password_file %s is empty", cfg.PasswordFile)
+		}
+	}
 	poll := min(cfg.TTL/5, time.Second)
-	return &Elector{cfg: cfg, key: cfg.Prefix + "leader", hc: &http.Client{Transport: tr}, log: log.With("component", "failover-etcd"), poll: poll}, nil
+	return &Elector{cfg: cfg, key: cfg.Prefix + "leader", hc: &http.Client{Transport: tr}, log: log.With("component", "failover-etcd"), poll: poll,
+		password: password, tokens: map[string]string{}}, nil
 }
 
 // Name is this monitor's name in the leader key.
@@ -364,7 +393,7 @@ func (e *Elector) noteErr(err error) {
 	e.etcdErr = msg
 	e.mu.Unlock()
 	if changed && err != nil {
-		e.log.Error("etcd unreachable: this monitor does not act unless it holds the leader key", "endpoints", e.cfg.Endpoints, "err", err)
+		e.log.Error("etcd unreachable or refusing this monitor: it does not act unless it holds the leader key", "endpoints", e.cfg.Endpoints, "err", err)
 	} else if changed {
 		e.log.Info("etcd reachable again", "endpoints", e.cfg.Endpoints)
 	}
@@ -379,7 +408,7 @@ func (e *Elector) call(ctx context.Context, path string, req, resp any) error {
 	}
 	var errs []error
 	for _, ep := range e.cfg.Endpoints {
-		err := e.post(ctx, strings.TrimSuffix(ep, "/")+path, body, resp)
+		err := e.callEndpoint(ctx, strings.TrimSuffix(ep, "/"), path, body, resp)
 		if err == nil {
 			e.noteErr(nil)
 			return nil
@@ -394,7 +423,56 @@ func (e *Elector) call(ctx context.Context, path string, req, resp any) error {
 	return err
 }
 
-func (e *Elector) post(ctx context.Context, url string, body []byte, resp any) error {
+// callEndpoint is one request to one endpoint, authenticated when a username is set: with
+// the endpoint's token, and once more with a new token when etcd says the token expired
+// (simple tokens expire after some minutes unused, and with a restart of the member).
+func (e *Elector) callEndpoint(ctx context.Context, ep, path string, body []byte, resp any) error {
+	if e.cfg.Username == "" {
+		err := e.post(ctx, ep+path, body, "", resp)
+		if err != nil && strings.Contains(err.Error(), "user name is empty") {
+			err = fmt.Errorf("%w (etcd has authentication enabled: set failover.etcd.username and password or password_file)", err)
+		}
+		return err
+	}
+	e.mu.Lock()
+	tok := e.tokens[ep]
+	e.mu.Unlock()
+	if tok != "" {
+		err := e.post(ctx, ep+path, body, tok, resp)
+		if err == nil || !strings.Contains(err.Error(), "invalid auth token") {
+			return err
+		}
+	}
+	tok, err := e.authenticate(ctx, ep)
+	if err != nil {
+		return err
+	}
+	return e.post(ctx, ep+path, body, tok, resp)
+}
+
+// authenticate gets a token for ep with the configured user and password.
+func (e *Elector) authenticate(ctx context.Context, ep string) (string, error) {
+	body, err := json.Marshal(map[string]string{"name": e.cfg.Username, "password": e.password})
+	if err != nil {
+		return "", err
+	}
+	var a struct {
+		Token string `json:"token"`
+	}
+	if err := e.post(ctx, ep+"/v3/auth/authenticate", body, "", &a); err != nil {
+		return "", fmt.Errorf("authenticating as etcd user %q: %w", e.cfg.Username, err)
+	}
+	if a.Token == "" {
+		return "", fmt.Errorf("authenticating as etcd user %q: etcd returned no token (is auth enabled on this member?)", e.cfg.Username)
+	}
+	e.mu.Lock()
+	e.tokens[ep] = a.Token
+	e.auths++
+	e.mu.Unlock()
+	return a.Token, nil
+}
+
+func (e *Elector) post(ctx context.Context, url string, body []byte, token string, resp any) error {
 	// One request may not use the whole deadline when there are other endpoints to try.
 	rctx, cancel := context.WithTimeout(ctx, max(e.cfg.TTL/3, time.Second))
 	defer cancel()
@@ -403,6 +481,9 @@ func (e *Elector) post(ctx context.Context, url string, body []byte, resp any) e
 		return err
 	}
 	hr.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		hr.Header.Set("Authorization", token)
+	}
 	res, err := e.hc.Do(hr)
 	if err != nil {
 		return err

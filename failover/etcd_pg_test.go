@@ -62,6 +62,22 @@ func TestTwoMonitorsWithEtcdFailOverOnce(t *testing.T) {
 	if m2.m.Primary() != -1 || m2.m.running.Load() {
 		t.Fatal("the follower m2 watches")
 	}
+	// SHOW FAILOVER on either names the leader; only the leader watches.
+	for _, c := range []struct {
+		m     *Monitor
+		watch string
+	}{{m1.m, "true"}, {m2.m, "false"}} {
+		st := map[string]string{}
+		for _, kv := range (Console{M: c.m}).Status() {
+			st[kv[0]] = kv[1]
+		}
+		if st["etcd_leader"] != "m1" || st["watching"] != c.watch || st["etcd_error"] != "" || st["etcd_name"] != c.m.elector.Name() {
+			t.Fatalf("SHOW FAILOVER of %s: %v", c.m.elector.Name(), st)
+		}
+		if c.watch == "true" && (st["primary"] != "p" || st["primary_health"] != "healthy") {
+			t.Fatalf("SHOW FAILOVER of the leader: %v", st)
+		}
+	}
 	// A node command on the follower is refused and names the leader.
 	if _, err := m2.m.Detach(context.Background(), 1); err == nil {
 		t.Fatal("the follower m2 ran DETACH NODE")

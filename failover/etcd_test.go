@@ -2,12 +2,14 @@ package failover
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -263,6 +265,9 @@ func TestEtcdConfigChecks(t *testing.T) {
 		{Endpoints: []string{"http://127.0.0.1:2379"}},
 		{Endpoints: []string{"http://127.0.0.1:2379"}, Prefix: "/p/", TTL: time.Second},
 		{Endpoints: []string{"http://127.0.0.1:2379"}, Prefix: "/p/", TTL: 2500 * time.Millisecond},
+		{Endpoints: []string{"http://127.0.0.1:2379"}, Prefix: "/p/", Password: "x"},
+		{Endpoints: []string{"http://127.0.0.1:2379"}, Prefix: "/p/", Username: "u", Password: "x", PasswordFile: "/etc/hostname"},
+		{Endpoints: []string{"http://127.0.0.1:2379"}, Prefix: "/p/", Username: "u", PasswordFile: "/nonexistent/pw"},
 	} {
 		if _, err := NewElector(c, nil); err == nil {
 			t.Errorf("%+v accepted", c)
@@ -339,5 +344,102 @@ func TestEtcdElectionKeyDeleted(t *testing.T) {
 	time.Sleep(ttl)
 	if a.e.IsLeader() || !b.e.IsLeader() || active.Load() != 1 {
 		t.Fatalf("a leader %v, b leader %v, active %d", a.e.IsLeader(), b.e.IsLeader(), active.Load())
+	}
+}
+
+// etcdAdmin POSTs body to path on an etcd JSON gateway with an optional token and fails the
+// test on any error answer.
+func etcdAdmin(t *testing.T, url, token, path, body string) []byte {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", token)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("%s %s: %s %s", path, body, res.Status, b)
+	}
+	return b
+}
+
+// TestEtcdElectionAuth: an etcd with authentication enabled and a user allowed on the
+// prefix only. A candidate with that user's password leads; one with a wrong password or
+// none never leads and says why; and the leader keeps leading across expired tokens
+// (--auth-token-ttl 1 against keepalives every 2 s: every renewal needs a new token).
+func TestEtcdElectionAuth(t *testing.T) {
+	url := etcdtest.StartArgs(t, "--auth-token-ttl", "1")
+	etcdAdmin(t, url, "", "/v3/auth/user/add", `{"name":"root","password":"rootpw"}`)
+	etcdAdmin(t, url, "", "/v3/auth/user/grant", `{"user":"root","role":"root"}`)
+	etcdAdmin(t, url, "", "/v3/auth/role/add", `{"name":"monitors"}`)
+	etcdAdmin(t, url, "", "/v3/auth/role/grant", fmt.Sprintf(`{"name":"monitors","perm":{"permType":"READWRITE","key":%q,"range_end":%q}}`,
+		b64("/auth/"), b64("/auth0")))
+	etcdAdmin(t, url, "", "/v3/auth/user/add", `{"name":"mon","password":"s3cret"}`)
+	etcdAdmin(t, url, "", "/v3/auth/user/grant", `{"user":"mon","role":"monitors"}`)
+	etcdAdmin(t, url, "", "/v3/auth/enable", `{}`)
+
+	pwFile := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pwFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	run := func(cfg EtcdConfig) *Elector {
+		cfg.Endpoints, cfg.Prefix = []string{url}, "/auth/"
+		e, err := NewElector(cfg, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); e.Run(ctx, func(c context.Context) { <-c.Done() }) }()
+		t.Cleanup(func() { cancel(); <-done })
+		return e
+	}
+	wrong := run(EtcdConfig{Name: "wrong", TTL: 2 * time.Second, Username: "mon", Password: "nope"})
+	anon := run(EtcdConfig{Name: "anon", TTL: 2 * time.Second})
+	waitFor(t, "the wrong password and no user both fail", 10*time.Second, func() bool {
+		return wrong.Status().EtcdError != "" && anon.Status().EtcdError != ""
+	})
+	if e := wrong.Status().EtcdError; !strings.Contains(e, `authenticating as etcd user "mon"`) || !strings.Contains(e, "authentication failed") {
+		t.Fatalf("wrong password: %q", e)
+	}
+	if e := anon.Status().EtcdError; !strings.Contains(e, "set failover.etcd.username") {
+		t.Fatalf("without a user: %q", e)
+	}
+
+	ok := run(EtcdConfig{Name: "mon", TTL: 6 * time.Second, Username: "mon", PasswordFile: pwFile})
+	waitFor(t, "the candidate with the password leads", 10*time.Second, ok.IsLeader)
+	time.Sleep(5 * time.Second) // two keepalives, each after the token expired
+	if err := ok.Confirm(context.Background()); err != nil {
+		t.Fatalf("after the tokens expired: %v", err)
+	}
+	ok.mu.Lock()
+	auths := ok.auths
+	ok.mu.Unlock()
+	if auths < 2 || !ok.IsLeader() || wrong.IsLeader() || anon.IsLeader() {
+		t.Fatalf("authentications %d; leaders: mon %v wrong %v anon %v", auths, ok.IsLeader(), wrong.IsLeader(), anon.IsLeader())
+	}
+	t.Logf("mon authenticated %d times in its term", auths)
+
+	// The root token sees the leader key with mon's name.
+	var tok struct {
+		Token string `json:"token"`
+	}
+	if err := json.Unmarshal(etcdAdmin(t, url, "", "/v3/auth/authenticate", `{"name":"root","password":"rootpw"}`), &tok); err != nil {
+		t.Fatal(err)
+	}
+	var rr rangeResp
+	if err := json.Unmarshal(etcdAdmin(t, url, tok.Token, "/v3/kv/range", fmt.Sprintf(`{"key":%q}`, b64("/auth/leader"))), &rr); err != nil {
+		t.Fatal(err)
+	}
+	if len(rr.Kvs) != 1 || rr.Kvs[0].value() != "mon" {
+		t.Fatalf("leader key: %+v", rr.Kvs)
 	}
 }

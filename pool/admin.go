@@ -193,6 +193,8 @@ func (s *Server) adminQuery(ctx context.Context, q string) []byte {
 		return s.showStats()
 	case cmd == "SHOW" && arg == "CONFIG":
 		return s.showConfig()
+	case cmd == "SHOW" && arg == "FAILOVER":
+		return s.showFailover()
 	case cmd == "SHOW" && arg == "POOL_NODES":
 		b := s.poolNodesResponse(nil, 'I')
 		return b[:len(b)-6] // without its ReadyForQuery
@@ -214,7 +216,7 @@ func (s *Server) adminQuery(ctx context.Context, q string) []byte {
 		}
 		return appendMsg(nil, &pgproto3.CommandComplete{CommandTag: []byte("RELOAD")})
 	}
-	return adminErr("unknown admin command %q: try SHOW POOLS|CLIENTS|SERVERS|STATS|CONFIG|POOL_NODES, PAUSE, RESUME, RELOAD, SWITCHOVER [TO] node [NOREJOIN], ATTACH|DETACH|RECOVER NODE node", q)
+	return adminErr("unknown admin command %q: try SHOW POOLS|CLIENTS|SERVERS|STATS|CONFIG|POOL_NODES|FAILOVER, PAUSE, RESUME, RELOAD, SWITCHOVER [TO] node [NOREJOIN], ATTACH|DETACH|RECOVER NODE node", q)
 }
 
 func (s *Server) sortedPools() []*serverPool {
@@ -403,7 +405,30 @@ type NodeControl interface {
 	Recover(ctx context.Context, node string) (msg, detail string, err error)
 }
 
+// NodeStatus is implemented by a NodeControl that can describe the failover monitor: the
+// admin console's SHOW FAILOVER lists its (key, value) rows.
+type NodeStatus interface {
+	Status() [][2]string
+}
+
 type nodeControlRef struct{ NodeControl }
+
+// showFailover answers SHOW FAILOVER.
+func (s *Server) showFailover() []byte {
+	var st NodeStatus
+	if ref := s.nodeCtl.Load(); ref != nil {
+		st, _ = ref.NodeControl.(NodeStatus)
+	}
+	if st == nil {
+		return (&pgError{Severity: "ERROR", Code: sqlstateFeatureNotSupp,
+			Message: "SHOW FAILOVER: no failover monitor in this pool (a failover: section and at least two nodes)"}).encode(nil)
+	}
+	var rows [][]string
+	for _, kv := range st.Status() {
+		rows = append(rows, []string{kv[0], kv[1]})
+	}
+	return resultSet(nil, []string{"key", "value"}, rows, "SHOW")
+}
 
 // SetNodeControl enables the node commands of the admin console (nil disables them).
 func (s *Server) SetNodeControl(nc NodeControl) {

@@ -74,3 +74,28 @@ func TestAdminNodeCommandsReachTheNodeControl(t *testing.T) {
 		t.Errorf("refused command answered %q", out)
 	}
 }
+
+type fakeNodeStatus struct{ fakeNodeControl }
+
+func (fakeNodeStatus) Status() [][2]string {
+	return [][2]string{{"watching", "true"}, {"etcd_leader", "mon-a"}}
+}
+
+func TestAdminShowFailover(t *testing.T) {
+	s := fuzzServer(t)
+	ctx := context.Background()
+	if out := string(s.adminQuery(ctx, "SHOW FAILOVER")); !strings.Contains(out, "no failover monitor") {
+		t.Fatalf("without a monitor: %q", out)
+	}
+	s.SetNodeControl(&fakeNodeControl{}) // node commands without a status
+	if out := string(s.adminQuery(ctx, "show failover;")); !strings.Contains(out, "no failover monitor") {
+		t.Fatalf("without a status: %q", out)
+	}
+	s.SetNodeControl(&fakeNodeStatus{})
+	out := string(s.adminQuery(ctx, "show failover;"))
+	for _, want := range []string{"watching", "true", "etcd_leader", "mon-a", "SHOW"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("SHOW FAILOVER answered %q, lacks %q", out, want)
+		}
+	}
+}

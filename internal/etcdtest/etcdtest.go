@@ -22,6 +22,12 @@ func Start(t testing.TB) string {
 	return start(t, nil)
 }
 
+// StartArgs is Start with more etcd command-line flags (e.g. --auth-token-ttl).
+func StartArgs(t testing.TB, args ...string) string {
+	t.Helper()
+	return start(t, nil, args...)
+}
+
 // TLS is a certificate set for StartTLS, as PEM files.
 type TLS struct {
 	CAFile, ServerCert, ServerKey string
@@ -37,7 +43,7 @@ func StartTLS(t testing.TB, c TLS) string {
 	return start(t, &c)
 }
 
-func start(t testing.TB, c *TLS) string {
+func start(t testing.TB, c *TLS, args ...string) string {
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
 		if ci.Enabled() {
@@ -62,6 +68,7 @@ func start(t testing.TB, c *TLS) string {
 		"--listen-peer-urls", purl, "--initial-advertise-peer-urls", purl,
 		"--initial-cluster", "t="+purl, "--log-outputs", "stderr")
 	cmd.Args = append(cmd.Args, extra...)
+	cmd.Args = append(cmd.Args, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
