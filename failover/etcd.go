@@ -17,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/pgharbor/pgharbor/internal/secret"
 )
 
 // DefaultEtcdTTL is the leader lease's time to live when failover.etcd.ttl is not set.
@@ -133,6 +135,13 @@ func NewElector(cfg EtcdConfig, log *slog.Logger) (*Elector, error) {
 	}
 	password := cfg.Password
 	if cfg.PasswordFile != "" {
+		warn, err := secret.CheckServiceFile(cfg.PasswordFile, "failover.etcd.password_file")
+		if err != nil {
+			return nil, err
+		}
+		if warn != "" {
+			log.Warn(warn)
+		}
 		b, err := os.ReadFile(cfg.PasswordFile)
 		if err != nil {
 			return nil, fmt.Errorf("failover.etcd.password_file: %w", err)

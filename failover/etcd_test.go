@@ -273,6 +273,14 @@ func TestEtcdConfigChecks(t *testing.T) {
 			t.Errorf("%+v accepted", c)
 		}
 	}
+	open := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(open, []byte("pw\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewElector(EtcdConfig{Endpoints: []string{"http://127.0.0.1:2379"}, Prefix: "/p/", Username: "u", PasswordFile: open}, nil); err == nil ||
+		!strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("a password file others can read: %v", err)
+	}
 	e, err := NewElector(EtcdConfig{Endpoints: []string{"http://127.0.0.1:2379"}, Prefix: "/p/"}, nil)
 	if err != nil || e.cfg.TTL != DefaultEtcdTTL || !strings.Contains(e.Name(), "/") {
 		t.Fatalf("%v %+v", err, e)
