@@ -43,7 +43,7 @@ func New(root string) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("repository path %s: %w", root, err)
 	}
-	if err := os.MkdirAll(abs, 0o750); err != nil {
+	if err := mkdirLikeParent(abs); err != nil {
 		return nil, storage.Permanent(fmt.Errorf("create repository directory %s: %w", abs, err))
 	}
 	b := &Backend{root: abs, uid: -1, gid: -1}
@@ -57,6 +57,36 @@ func New(root string) (*Backend, error) {
 		}
 	}
 	return b, nil
+}
+
+// mkdirLikeParent creates dir and its missing parents. Run as root, it gives the new
+// directories the owner of the nearest existing parent: a repository that root creates
+// first (`pgharbor info` or `check` before `repo init`) under a directory of the postgres
+// user must stay writable by archive_command, which runs as that user.
+func mkdirLikeParent(dir string) error {
+	if st, err := os.Stat(dir); err == nil && st.IsDir() {
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := mkdirLikeParent(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o750); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	st, err := os.Stat(parent)
+	if err != nil {
+		return err
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Uid != 0 {
+		return os.Lchown(dir, int(sys.Uid), int(sys.Gid))
+	}
+	return nil
 }
 
 // Location implements storage.Backend.

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/pgharbor/pgharbor/storage"
@@ -140,5 +141,35 @@ func TestPermissionDeniedIsPermanent(t *testing.T) {
 	}
 	if storage.IsPermanent(fmt.Errorf("put: %w", errors.New("connection reset"))) {
 		t.Fatal("a transient error counts as permanent")
+	}
+}
+
+// TestNewRepositoryDirTakesItsParentsOwner: run as root, a repository directory created
+// under another user's directory belongs to that user (archive_command, running as that
+// user, writes into it later).
+func TestNewRepositoryDirTakesItsParentsOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	parent := t.TempDir()
+	const uid, gid = 4242, 4343
+	if err := os.Chown(parent, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	b, err := fs.New(filepath.Join(parent, "repo", "sub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Put(context.Background(), "main/x", bytes.NewReader([]byte("x")), storage.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"repo", "repo/sub", "repo/sub/main", "repo/sub/main/x"} {
+		st, err := os.Stat(filepath.Join(parent, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sys := st.Sys().(*syscall.Stat_t); sys.Uid != uid || sys.Gid != gid {
+			t.Errorf("%s owned by %d:%d, want %d:%d", p, sys.Uid, sys.Gid, uid, gid)
+		}
 	}
 }
