@@ -30,6 +30,9 @@ type ExpireOptions struct {
 	// OnDelete, when set, is called before each delete request with what it deletes and how
 	// many keys: for progress output (and for tests that interrupt an expire part-way).
 	OnDelete func(what string, keys int)
+	// Set, when not empty, expires that backup and the backups that depend on it instead of
+	// applying the policy (PlanSet); the policy is then not needed.
+	Set string
 }
 
 // Report is what Expire did (or, with DryRun, would do). It is JSON-serialisable.
@@ -67,8 +70,10 @@ type Report struct {
 // a backup whose WAL is gone.
 func Expire(ctx context.Context, r *repo.Repo, p Policy, opts ExpireOptions) (*Report, error) {
 	began := time.Now()
-	if err := p.Validate(); err != nil {
-		return nil, err
+	if opts.Set == "" {
+		if err := p.Validate(); err != nil {
+			return nil, err
+		}
 	}
 	now := opts.Now
 	if now.IsZero() {
@@ -101,7 +106,12 @@ func Expire(ctx context.Context, r *repo.Repo, p Policy, opts ExpireOptions) (*R
 	if err != nil {
 		return nil, err
 	}
-	d, err := Plan(p, backups, arch, now)
+	var d *Decision
+	if opts.Set != "" {
+		d, err = PlanSet(opts.Set, backups, arch, now)
+	} else {
+		d, err = Plan(p, backups, arch, now)
+	}
 	if err != nil {
 		return nil, err
 	}

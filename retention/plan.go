@@ -485,3 +485,58 @@ func segName(s wal.Segment, size int64) string {
 	n, _ := s.SegmentName(size)
 	return n
 }
+
+// PlanSet decides the expiry of one named backup and every backup that depends on it (an
+// incremental or differential whose pieces live in its bundles, directly or through
+// another): `expire --set LABEL`, for a backup known to be bad or no longer wanted. Every
+// other backup is kept whatever the policy says; the WAL that no kept backup reaches goes,
+// as with Plan. It refuses a label it does not know, a pinned backup among those it would
+// delete, and deleting every backup.
+func PlanSet(label string, backups []Backup, arch Archive, now time.Time) (*Decision, error) {
+	if arch.SegmentSize == 0 {
+		arch.SegmentSize = wal.DefaultSegmentSize
+	}
+	if err := wal.CheckSegmentSize(arch.SegmentSize); err != nil {
+		return nil, err
+	}
+	bs := byStopTime(backups)
+	idx := slices.IndexFunc(bs, func(b Backup) bool { return b.Label == label })
+	if idx < 0 {
+		return nil, fmt.Errorf("expire --set %s: no complete backup has that label (`pgharbor info` lists them)", label)
+	}
+	// The set: label, and whatever references something in the set, until it stops growing.
+	set := map[string]string{label: "dropped: named by --set " + label}
+	for changed := true; changed; {
+		changed = false
+		for _, b := range bs {
+			if _, in := set[b.Label]; in {
+				continue
+			}
+			for _, ref := range append([]string{b.Parent}, b.References...) {
+				if _, in := set[ref]; in && ref != "" {
+					set[b.Label] = fmt.Sprintf("dropped: depends on %s (--set %s)", ref, label)
+					changed = true
+					break
+				}
+			}
+		}
+	}
+	if len(set) == len(bs) {
+		return nil, fmt.Errorf("expire --set %s: it would delete every backup of the cluster (%d with the ones that depend on it); take a new backup first", label, len(set))
+	}
+	d := &Decision{Policy: "set=" + label, Now: now.UTC(), Backups: make([]BackupDecision, len(bs)), Timelines: []TimelineDecision{}}
+	for i, b := range bs {
+		d.Backups[i] = BackupDecision{Label: b.Label, StopTime: b.StopTime.UTC(), Timeline: b.Timeline, StartLSN: b.StartLSN, Pinned: b.Pinned}
+		why, drop := set[b.Label]
+		switch {
+		case drop && b.Pinned:
+			return nil, fmt.Errorf("expire --set %s: backup %s is pinned; unpin it first (`pgharbor backup unpin %s`) to delete it (%s)", label, b.Label, b.Label, strings.TrimPrefix(why, "dropped: "))
+		case drop:
+			d.Backups[i].Reason = why
+		default:
+			d.Backups[i].Keep, d.Backups[i].Rules, d.Backups[i].Reason = true, []string{"not named by --set"}, "kept: not named by --set"
+		}
+	}
+	planWAL(d, bs, arch)
+	return d, nil
+}

@@ -455,3 +455,66 @@ func TestPlanKeepsWhatKeptIncrementalsReference(t *testing.T) {
 		})
 	}
 }
+
+func TestPlanSet(t *testing.T) {
+	arch := Archive{SegmentSize: segSize, Files: segs(1, 1, 40)}
+	// f1 ← i1 ← i2, f2 ← d1 (diff of f2), i3 (incr of d1).
+	chain := []Backup{
+		bk("f1", days(6), 1, 2),
+		inc("i1", "incr", days(5), 5, "f1", "f1"),
+		inc("i2", "incr", days(4), 8, "i1", "f1", "i1"),
+		bk("f2", days(3), 1, 12),
+		inc("d1", "diff", days(2), 15, "f2", "f2"),
+		inc("i3", "incr", days(1), 18, "d1", "d1", "f2"),
+	}
+	for _, tc := range []struct {
+		set     string
+		kept    []string
+		reasons map[string]string
+		horizon string
+	}{
+		{set: "i1", kept: []string{"f1", "f2", "d1", "i3"}, reasons: map[string]string{"i1": "named by --set i1", "i2": "depends on i1"},
+			horizon: "000000010000000000000002"},
+		{set: "d1", kept: []string{"f1", "i1", "i2", "f2"}, reasons: map[string]string{"i3": "depends on d1", "f2": "kept: not named by --set"},
+			horizon: "000000010000000000000002"},
+		// The oldest chain goes, and with it the WAL only it needed.
+		{set: "f1", kept: []string{"f2", "d1", "i3"}, reasons: map[string]string{"i2": "depends on"}, horizon: "00000001000000000000000C"},
+		// The newest backup may go (a bad one), the rest stays.
+		{set: "i3", kept: []string{"f1", "i1", "i2", "f2", "d1"}, horizon: "000000010000000000000002"},
+	} {
+		d, err := PlanSet(tc.set, chain, arch, now)
+		if err != nil {
+			t.Fatalf("--set %s: %v", tc.set, err)
+		}
+		var kept []string
+		for _, b := range d.Backups {
+			if b.Keep {
+				kept = append(kept, b.Label)
+			}
+			if want, ok := tc.reasons[b.Label]; ok && !strings.Contains(b.Reason, want) {
+				t.Errorf("--set %s: %s: reason %q, want %q", tc.set, b.Label, b.Reason, want)
+			}
+		}
+		if !slices.Equal(kept, tc.kept) {
+			t.Errorf("--set %s: kept %v, want %v", tc.set, kept, tc.kept)
+		}
+		if len(d.Timelines) != 1 || d.Timelines[0].FirstKept != tc.horizon {
+			t.Errorf("--set %s: timelines %+v, want the first kept segment %s", tc.set, d.Timelines, tc.horizon)
+		}
+	}
+	pinned := slices.Clone(chain)
+	pinned[2].Pinned = true
+	for _, tc := range []struct {
+		set     string
+		backups []Backup
+		want    string
+	}{
+		{"nope", chain, "no complete backup has that label"},
+		{"i1", pinned, "backup i2 is pinned; unpin it first"},
+		{"f1", chain[:3], "would delete every backup"},
+	} {
+		if _, err := PlanSet(tc.set, tc.backups, arch, now); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("--set %s: %v, want %q", tc.set, err, tc.want)
+		}
+	}
+}

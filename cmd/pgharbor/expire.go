@@ -15,9 +15,9 @@ import (
 func newExpireCmd(a *app) *cobra.Command {
 	var dryRun bool
 	var fullCount, minCount int
-	var younger, window string
+	var younger, window, set string
 	cmd := &cobra.Command{
-		Use:   "expire [--dry-run]",
+		Use:   "expire [--dry-run] [--set LABEL]",
 		Short: "Delete the backups and WAL the retention policy no longer keeps",
 		Long: `expire applies the retention policy (the retention section of the config, or the flags):
 it keeps the newest N full backups, every backup younger than a duration, every moment of a
@@ -26,7 +26,9 @@ recovery window restorable, never fewer than the minimum count, and every pinned
 can reach. Backups are ordered by stop time, never by label. --dry-run prints what would go
 and the rule that decided each backup, and deletes nothing. expire and backup exclude each
 other through the repository lock; an expire that was killed is finished by the next one.
-See docs/retention.md.`,
+--set LABEL deletes that one backup and the incremental and differential backups that
+depend on it, whatever the policy says (refused for a pinned backup, or when no backup would
+be left), and the WAL no remaining backup reaches. See docs/retention.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -45,7 +47,7 @@ See docs/retention.md.`,
 				rc.MinCount = minCount
 			}
 			policy, err := rc.Policy()
-			if err != nil {
+			if err != nil && set == "" {
 				return err
 			}
 			r, err := a.openRepo(ctx, true)
@@ -55,7 +57,7 @@ See docs/retention.md.`,
 			defer r.Backend().Close()
 			delay := expireTestDelay()
 			rep, err := retention.Expire(ctx, r, policy, retention.ExpireOptions{
-				DryRun: dryRun, Logger: a.logger, LockStale: a.cfg.Backup.LockTimeout,
+				DryRun: dryRun, Logger: a.logger, LockStale: a.cfg.Backup.LockTimeout, Set: set,
 				OnDelete: func(what string, n int) {
 					a.logger.Debug("deleting", "what", what, "objects", n)
 					if delay > 0 {
@@ -74,6 +76,7 @@ See docs/retention.md.`,
 	}
 	f := cmd.Flags()
 	f.BoolVar(&dryRun, "dry-run", false, "print what would be deleted and why; delete nothing")
+	f.StringVar(&set, "set", "", "expire this backup and the backups that depend on it, instead of applying the policy")
 	f.IntVar(&fullCount, "full-count", 0, "keep the newest N full backups (retention.full_count)")
 	f.StringVar(&younger, "keep-younger-than", "", "keep every backup younger than this, e.g. 7d or 36h (retention.keep_younger_than)")
 	f.StringVar(&window, "window", "", "keep every moment of this recovery window restorable, e.g. 14d (retention.window)")

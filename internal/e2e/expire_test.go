@@ -413,6 +413,48 @@ func TestPinKeepsABackupThroughExpire(t *testing.T) {
 	e.must("verify")
 }
 
+// TestExpireSetDeletesOneBackupAndWhatDependsOnIt: `expire --set` deletes the named backup
+// and the incremental taken on it, whatever the policy (none is configured here), keeps the
+// rest restorable, and refuses to delete the last backup.
+func TestExpireSetDeletesOneBackupAndWhatDependsOnIt(t *testing.T) {
+	e := newEnv(t, "", "")
+	pg := e.startPrimary(nil)
+	pg.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
+	e.must("repo", "init")
+	full1 := e.backupJSON(pg)
+	pg.Pgbench(t, "postgres", "-n", "-t", "100")
+	var incr backupJSON
+	if err := json.Unmarshal([]byte(e.must("backup", "--conn", pg.ConnString("postgres"), "--type", "incr", "--output", "json")), &incr); err != nil {
+		t.Fatal(err)
+	}
+	full2 := e.backupJSON(pg)
+	waitArchived(t, pg)
+
+	x := e.expire("--set", full1.Label, "--dry-run")
+	reasons := map[string]string{}
+	for _, b := range x.Backups {
+		reasons[b.Label] = b.Reason
+	}
+	if x.DeletedBackups != 2 || !strings.Contains(reasons[incr.Label], "depends on "+full1.Label) || reasons[full2.Label] != "kept: not named by --set" {
+		t.Fatalf("dry run of --set %s: %d backups, reasons %v", full1.Label, x.DeletedBackups, reasons)
+	}
+	if n := len(e.info().Catalog.Backups); n != 3 {
+		t.Fatalf("the dry run deleted something: %d backups left", n)
+	}
+	x = e.expire("--set", full1.Label)
+	left := e.info().Catalog.Backups
+	if x.DeletedBackups != 2 || len(left) != 1 || left[0].Label != full2.Label {
+		t.Fatalf("--set %s deleted %d, left %+v", full1.Label, x.DeletedBackups, left)
+	}
+	e.must("verify")
+	if r := e.run("expire", "--set", full2.Label); r.code == 0 || !strings.Contains(r.stderr, "would delete every backup") {
+		t.Fatalf("--set of the last backup: exit %d %s", r.code, r.stderr)
+	}
+	if r := e.run("expire", "--set", full1.Label); r.code == 0 || !strings.Contains(r.stderr, "no complete backup has that label") {
+		t.Fatalf("--set of a deleted backup: exit %d %s", r.code, r.stderr)
+	}
+}
+
 // TestExpireAcrossATimelineSwitch: a backup on timeline 1, a restore promoted in the past
 // (timeline 2, archiving into the same repository) with a backup of its own, and the old
 // primary writing on along timeline 1. Keeping both backups keeps timeline 2 from where it
