@@ -64,12 +64,17 @@ type S3Config struct {
 	SessionToken    string `yaml:"session_token"`
 	PartSizeMB      int    `yaml:"part_size_mb"`
 	Concurrency     int    `yaml:"concurrency"`
+	StorageClass    string `yaml:"storage_class"`  // of new objects; the bucket's default when empty
+	SSE             string `yaml:"sse"`            // AES256, aws:kms or aws:kms:dsse
+	SSEKMSKeyID     string `yaml:"sse_kms_key_id"` // with sse: aws:kms
 }
 
 // GCSConfig configures Google Cloud Storage.
 type GCSConfig struct {
 	Endpoint        string `yaml:"endpoint"`
 	CredentialsFile string `yaml:"credentials_file"`
+	StorageClass    string `yaml:"storage_class"` // of new objects; the bucket's default when empty
+	KMSKeyName      string `yaml:"kms_key_name"`  // Cloud KMS key of new objects
 }
 
 // EncryptionConfig: mode age (X25519 recipients), passphrase, or none (explicitly).

@@ -49,9 +49,12 @@ func (a *app) openBackend(ctx context.Context) (storage.Backend, error) {
 			Bucket: u.Host, Prefix: prefix, Endpoint: s.Endpoint, Region: s.Region, PathStyle: s.PathStyle,
 			AccessKeyID: s.AccessKeyID, SecretAccessKey: s.SecretAccessKey, SessionToken: s.SessionToken,
 			PartSize: int64(s.PartSizeMB) << 20, Concurrency: s.Concurrency,
+			StorageClass: s.StorageClass, SSE: s.SSE, SSEKMSKeyID: s.SSEKMSKeyID,
 		})
 	case "gs", "gcs":
-		b, err = gcs.New(ctx, gcs.Config{Bucket: u.Host, Prefix: prefix, Endpoint: a.cfg.GCS.Endpoint, CredentialsFile: a.cfg.GCS.CredentialsFile})
+		g := a.cfg.GCS
+		b, err = gcs.New(ctx, gcs.Config{Bucket: u.Host, Prefix: prefix, Endpoint: g.Endpoint, CredentialsFile: g.CredentialsFile,
+			StorageClass: g.StorageClass, KMSKeyName: g.KMSKeyName})
 	default:
 		return nil, fmt.Errorf("repository URL %q: unknown scheme %q (use file://, s3:// or gs://)", raw, u.Scheme)
 	}

@@ -61,6 +61,13 @@ type Config struct {
 	CredentialsFile string
 	// ChunkSize is the upload chunk size in bytes; 0 means DefaultChunkSize.
 	ChunkSize int
+	// StorageClass of new objects (STANDARD, NEARLINE, COLDLINE, ARCHIVE); empty means the
+	// bucket's default. Every class reads at once; the colder ones charge per read and
+	// for early deletion, which expire may cause.
+	StorageClass string
+	// KMSKeyName encrypts new objects with this Cloud KMS key (customer-managed keys,
+	// projects/…/locations/…/keyRings/…/cryptoKeys/…); empty means the bucket's default.
+	KMSKeyName string
 }
 
 // Backend stores objects in one GCS bucket under an optional prefix.
@@ -70,6 +77,8 @@ type Backend struct {
 	name      string // bucket name
 	prefix    string // "" or "folder/" (with the slash)
 	chunkSize int
+	class     string
+	kmsKey    string
 }
 
 var _ storage.Backend = (*Backend)(nil)
@@ -87,6 +96,11 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 			return nil, fmt.Errorf("gcs: prefix: %w", err)
 		}
 		prefix += "/"
+	}
+	switch cfg.StorageClass {
+	case "", "STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE":
+	default:
+		return nil, storage.Permanent(fmt.Errorf("gcs: storage class %q: want STANDARD, NEARLINE, COLDLINE or ARCHIVE", cfg.StorageClass))
 	}
 	chunk := cfg.ChunkSize
 	if chunk <= 0 {
@@ -108,7 +122,8 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("gcs: create client for gs://%s: %w", cfg.Bucket, err)
 	}
 	client.SetRetry(gcs.WithPolicy(gcs.RetryNever))
-	b := &Backend{client: client, bucket: client.Bucket(cfg.Bucket), name: cfg.Bucket, prefix: prefix, chunkSize: chunk}
+	b := &Backend{client: client, bucket: client.Bucket(cfg.Bucket), name: cfg.Bucket, prefix: prefix, chunkSize: chunk,
+		class: cfg.StorageClass, kmsKey: cfg.KMSKeyName}
 
 	it := b.bucket.Objects(ctx, &gcs.Query{Prefix: prefix})
 	it.PageInfo().MaxSize = 1
@@ -172,6 +187,7 @@ func (b *Backend) Put(ctx context.Context, key string, r io.Reader, opts storage
 	defer cancel()
 	w := obj.NewWriter(wctx)
 	w.ContentType = "application/octet-stream"
+	w.StorageClass, w.KMSKeyName = b.class, b.kmsKey
 	w.ChunkSize = b.chunkSize
 	if opts.Size >= 0 && opts.Size < int64(b.chunkSize) {
 		// A body known to fit one chunk goes up in a single request; a smaller buffer keeps

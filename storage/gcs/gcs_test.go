@@ -184,3 +184,27 @@ func TestEmulatorHostEnvironmentVariable(t *testing.T) {
 		t.Fatalf("stat after delete: %v", err)
 	}
 }
+
+// TestStorageClassOfNewObjects: objects put in one request and in several chunks get the
+// configured storage class (fake-gcs-server records it as GCS does); an unknown class is
+// refused before any request.
+func TestStorageClassOfNewObjects(t *testing.T) {
+	f := startWithBucket(t, "sclass")
+	b := open(t, gcs.Config{Bucket: "sclass", Prefix: "p", Endpoint: f.Endpoint, StorageClass: "NEARLINE", ChunkSize: 256 << 10})
+	ctx := context.Background()
+	for key, body := range map[string][]byte{"small": []byte("x"), "big": bytes.Repeat([]byte("y"), 600<<10)} {
+		if err := b.Put(ctx, key, bytes.NewReader(body), storage.PutOptions{Size: -1}); err != nil {
+			t.Fatalf("put %s: %v", key, err)
+		}
+		attrs, err := adminClient(t, f).Bucket("sclass").Object("p/" + key).Attrs(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if attrs.StorageClass != "NEARLINE" || attrs.Size != int64(len(body)) {
+			t.Errorf("%s: class %q size %d, want NEARLINE and %d", key, attrs.StorageClass, attrs.Size, len(body))
+		}
+	}
+	if _, err := gcs.New(ctx, gcs.Config{Bucket: "sclass", Endpoint: f.Endpoint, StorageClass: "GLACIER"}); err == nil || !storage.IsPermanent(err) {
+		t.Fatalf("an unknown class: %v", err)
+	}
+}

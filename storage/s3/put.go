@@ -89,6 +89,7 @@ func (b *Backend) putObject(ctx context.Context, key string, data []byte, opts s
 		Key:           aws.String(b.objectKey(key)),
 		Body:          bytes.NewReader(data),
 		ContentLength: aws.Int64(int64(len(data))),
+		StorageClass:  b.class, ServerSideEncryption: b.sse, SSEKMSKeyId: b.kmsKey,
 	}
 	if opts.IfNotExists {
 		in.IfNoneMatch = aws.String("*")
@@ -108,6 +109,7 @@ func (b *Backend) multipart(ctx context.Context, key string, first *[]byte, r io
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	created, err := b.client.CreateMultipartUpload(cctx, &s3.CreateMultipartUploadInput{
 		Bucket: &b.bucket, Key: &okey, ChecksumAlgorithm: b.checksum,
+		StorageClass: b.class, ServerSideEncryption: b.sse, SSEKMSKeyId: b.kmsKey,
 	})
 	cancel()
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -63,6 +64,39 @@ type Config struct {
 	PartSize int64
 	// Concurrency is the number of parts in flight per Put, DefaultConcurrency if 0.
 	Concurrency int
+	// StorageClass of new objects (STANDARD_IA, INTELLIGENT_TIERING, GLACIER_IR, …); empty
+	// means the bucket's default. Classes whose objects need a restore before they can be
+	// read (GLACIER, DEEP_ARCHIVE) are refused: WAL fetch and restore must read at once.
+	StorageClass string
+	// SSE is the server-side encryption of new objects: "AES256" (S3-managed keys),
+	// "aws:kms" or "aws:kms:dsse" (KMS, with SSEKMSKeyID or the account's default key);
+	// empty leaves it to the bucket's default encryption. pgharbor's own encryption
+	// applies either way.
+	SSE         string
+	SSEKMSKeyID string
+}
+
+// checkObjectSettings validates the storage class and server-side encryption settings.
+func checkObjectSettings(cfg Config) error {
+	if c := cfg.StorageClass; c != "" {
+		switch types.StorageClass(c) {
+		case types.StorageClassGlacier, types.StorageClassDeepArchive:
+			return fmt.Errorf("s3: storage class %s needs a restore before an object can be read, so WAL fetch and restore would fail; use GLACIER_IR, STANDARD_IA or a lifecycle rule for old backups", c)
+		}
+		if !slices.Contains(types.StorageClass("").Values(), types.StorageClass(c)) {
+			return fmt.Errorf("s3: unknown storage class %q (one of %v)", c, types.StorageClass("").Values())
+		}
+	}
+	switch cfg.SSE {
+	case "", string(types.ServerSideEncryptionAes256):
+		if cfg.SSEKMSKeyID != "" {
+			return errors.New("s3: sse_kms_key_id needs sse: aws:kms (or aws:kms:dsse)")
+		}
+	case string(types.ServerSideEncryptionAwsKms), string(types.ServerSideEncryptionAwsKmsDsse):
+	default:
+		return fmt.Errorf("s3: sse %q: want AES256, aws:kms or aws:kms:dsse", cfg.SSE)
+	}
+	return nil
 }
 
 // Backend is an S3 bucket (or a prefix in one) as a storage.Backend.
@@ -77,6 +111,9 @@ type Backend struct {
 	bufs        bufferPool
 	checksum    types.ChecksumAlgorithm // for multipart uploads; "" when checksums are off
 	bucketOK    atomic.Bool             // a listing has seen the bucket
+	class       types.StorageClass      // "" for the bucket's default
+	sse         types.ServerSideEncryption
+	kmsKey      *string
 }
 
 var _ storage.Backend = (*Backend)(nil)
@@ -107,6 +144,9 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = DefaultConcurrency
+	}
+	if err := checkObjectSettings(cfg); err != nil {
+		return nil, storage.Permanent(err)
 	}
 
 	// A buildable client, so that the SDK can still add AWS_CA_BUNDLE or ca_bundle roots.
@@ -160,7 +200,17 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		concurrency: cfg.Concurrency,
 		bufs:        newBufferPool(int(cfg.PartSize)),
 		checksum:    checksum,
+		class:       types.StorageClass(cfg.StorageClass),
+		sse:         types.ServerSideEncryption(cfg.SSE),
+		kmsKey:      optString(cfg.SSEKMSKeyID),
 	}, nil
+}
+
+func optString(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
 }
 
 // Location implements storage.Backend: "s3://bucket/prefix".

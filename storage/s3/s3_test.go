@@ -7,8 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -402,5 +407,88 @@ func TestStreamingPutKeepsMemoryBounded(t *testing.T) {
 	}
 	if info, err := b.Stat(context.Background(), "big"); err != nil || info.Size != size {
 		t.Errorf("stat: %+v %v", info, err)
+	}
+}
+
+// headerRecorder is a reverse proxy in front of the S3 server that records the storage
+// class and server-side encryption headers of every request that creates an object.
+type headerRecorder struct {
+	mu   sync.Mutex
+	seen []string // "METHOD query: class sse kms"
+}
+
+func (h *headerRecorder) start(t *testing.T, target string) string {
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(u)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		creates := (r.Method == http.MethodPut && r.URL.Query().Get("partNumber") == "") ||
+			(r.Method == http.MethodPost && r.URL.Query().Has("uploads"))
+		if creates {
+			h.mu.Lock()
+			h.seen = append(h.seen, fmt.Sprintf("%s %s: %s %s %s", r.Method, r.URL.Path, r.Header.Get("X-Amz-Storage-Class"),
+				r.Header.Get("X-Amz-Server-Side-Encryption"), r.Header.Get("X-Amz-Server-Side-Encryption-Aws-Kms-Key-Id")))
+			h.mu.Unlock()
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// TestStorageClassAndServerSideEncryption: every request that creates an object (a
+// single-part put and a multipart upload) carries the configured storage class and
+// server-side encryption, on its way to a real S3 server that stores the object; classes
+// that need a restore before reading and inconsistent SSE settings are refused before any
+// request.
+func TestStorageClassAndServerSideEncryption(t *testing.T) {
+	srv := testserver.StartVersity(t)
+	createBucket(t, srv, "sclass")
+	rec := &headerRecorder{}
+	cfg := config(srv, "sclass", "p")
+	cfg.Endpoint = rec.start(t, srv.Endpoint)
+	cfg.StorageClass, cfg.SSE = "STANDARD_IA", "AES256"
+	cfg.PartSize = s3.MinPartSize
+	b := newBackend(t, cfg)
+	ctx := context.Background()
+	small := []byte("small object")
+	big := bytes.Repeat([]byte("0123456789abcdef"), (s3.MinPartSize+100)/16)
+	for _, o := range []struct {
+		key  string
+		body []byte
+	}{{"small", small}, {"big", big}} {
+		if err := b.Put(ctx, o.key, bytes.NewReader(o.body), storage.PutOptions{}); err != nil {
+			t.Fatalf("put %s: %v", o.key, err)
+		}
+		rc, err := b.Get(ctx, o.key, 0, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(rc)
+		rc.Close()
+		if !bytes.Equal(got, o.body) {
+			t.Fatalf("%s read back %d bytes, want %d", o.key, len(got), len(o.body))
+		}
+	}
+	want := []string{"PUT /sclass/p/small: STANDARD_IA AES256 ", "POST /sclass/p/big: STANDARD_IA AES256 "}
+	if !slices.Equal(rec.seen, want) {
+		t.Fatalf("object-creating requests carried %q, want %q", rec.seen, want)
+	}
+	for _, bad := range []s3.Config{
+		{StorageClass: "GLACIER"}, {StorageClass: "DEEP_ARCHIVE"}, {StorageClass: "CHEAP"},
+		{SSE: "des"}, {SSE: "AES256", SSEKMSKeyID: "k"}, {SSEKMSKeyID: "k"},
+	} {
+		c := config(srv, "sclass", "p")
+		c.StorageClass, c.SSE, c.SSEKMSKeyID = bad.StorageClass, bad.SSE, bad.SSEKMSKeyID
+		if _, err := s3.New(ctx, c); err == nil || !storage.IsPermanent(err) {
+			t.Errorf("%+v: %v, want a permanent configuration error", bad, err)
+		}
+	}
+	c := config(srv, "sclass", "p")
+	c.SSE, c.SSEKMSKeyID = "aws:kms", "arn:aws:kms:us-east-1:111122223333:key/test"
+	if _, err := s3.New(ctx, c); err != nil {
+		t.Fatalf("aws:kms with a key id: %v", err)
 	}
 }
