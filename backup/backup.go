@@ -223,6 +223,28 @@ func replicationConn(ctx context.Context, connString string) (*pgconn.PgConn, er
 	return c, nil
 }
 
+// listDatabases reads the cluster's databases, for restore --db-include.
+func listDatabases(ctx context.Context, conn *pgx.Conn) ([]Database, error) {
+	rows, err := conn.Query(ctx, "SELECT oid::bigint, datname FROM pg_database ORDER BY oid")
+	if err != nil {
+		return nil, fmt.Errorf("list databases: %w", err)
+	}
+	var dbs []Database
+	for rows.Next() {
+		var oid int64
+		var name string
+		if err := rows.Scan(&oid, &name); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("list databases: %w", err)
+		}
+		dbs = append(dbs, Database{OID: uint32(oid), Name: name})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list databases: %w", err)
+	}
+	return dbs, nil
+}
+
 // source is what reading the cluster produced, by either method.
 type source struct {
 	method            string
@@ -307,6 +329,10 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	if err := conn.QueryRow(ctx, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint, clock_timestamp()").Scan(&nextXID, &stopTime); err != nil {
 		return nil, fmt.Errorf("read next transaction id: %w", err)
 	}
+	dbs, err := listDatabases(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
 	o.Logger.Debug("backup stopped on the server", "label", label, "seconds", time.Since(start).Seconds())
 	if sb != nil && sb.primary != nil {
 		if err := sb.switchPrimary(ctx, src, facts.segSize, o.Logger); err != nil {
@@ -331,7 +357,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 		Timeline: src.startTLI, StartLSN: src.startLSN, StopLSN: src.stopLSN, StopTimeline: src.stopTLI, Method: src.method, From: from,
 		StartTime: serverStart.UTC(), StopTime: stopTime.UTC(), StopNextXID: nextXID,
 		Files: len(files), Bundles: bundles, BundlesUncompressed: int(p.uncompressed.Load()), StoredSize: p.stored.Load(),
-		Encryption: id.Encryption, Tablespaces: src.tablespaces, ChecksumFailures: src.checksumFailures,
+		Encryption: id.Encryption, Tablespaces: src.tablespaces, Databases: dbs, ChecksumFailures: src.checksumFailures,
 		Duration: duration.Seconds(),
 	}
 	for _, f := range files {

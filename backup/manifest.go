@@ -74,10 +74,20 @@ type Summary struct {
 	Encryption       string `json:"encryption"`
 	// Tablespaces maps OID to the location the tablespace had on the server.
 	Tablespaces []Tablespace `json:"tablespaces,omitempty"`
-	Duration    float64      `json:"duration_seconds"`
+	// Databases are the cluster's databases when the backup ended: restore --db-include
+	// selects them by name. Absent in backups taken before it was recorded.
+	Databases []Database `json:"databases,omitempty"`
+	Duration  float64    `json:"duration_seconds"`
 	// From is where the backup was read: FromPrimary or FromStandby (empty in manifests
 	// written before backups from a standby existed: the primary).
 	From string `json:"from,omitempty"`
+}
+
+// Database is one database of the backed-up cluster: its directory is base/<OID> (and
+// <version dir>/<OID> in each tablespace).
+type Database struct {
+	OID  uint32 `json:"oid"`
+	Name string `json:"name"`
 }
 
 // Tablespace is one tablespace of the backed-up cluster.

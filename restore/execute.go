@@ -53,6 +53,11 @@ type Options struct {
 	// NoSync skips flushing the restored files to disk (no write-back hints, no syncfs):
 	// faster, for throwaway copies; a crash soon after can leave the copy damaged.
 	NoSync bool
+	// DBInclude, when not empty, restores only these user databases (names, or OIDs) whole:
+	// the relation files of the other user databases become sparse files of their size,
+	// full of zeros, so that recovery still runs; drop those databases afterwards. The
+	// built-in databases (template0, template1, postgres) are always restored.
+	DBInclude []string
 	// FlushAfter is how many bytes are written between two background flushes (syncfs, then
 	// the flushed pages leave the page cache); 0 means DefaultFlushAfter, negative flushes
 	// only at the end.
@@ -69,10 +74,16 @@ type Result struct {
 	FilesKept    int `json:"files_kept"`
 	// FilesPatched counts the files of FilesWritten of which a delta restore rewrote only
 	// the pieces whose content differed, keeping the rest in place.
-	FilesPatched int   `json:"files_patched"`
-	FilesRemoved int   `json:"files_removed"`
-	Bytes        int64 `json:"bytes_written"`
-	Bundles      int   `json:"bundles_fetched"`
+	FilesPatched int `json:"files_patched"`
+	FilesRemoved int `json:"files_removed"`
+	// FilesZeroed counts the relation files of databases left out by DBInclude, created
+	// as sparse zeroed files instead of being fetched.
+	FilesZeroed int `json:"files_zeroed,omitempty"`
+	// Excluded are the user databases DBInclude left out (Name empty when the backup has no
+	// database list): they exist in the restored cluster but cannot be used; drop them.
+	Excluded []backup.Database `json:"databases_excluded,omitempty"`
+	Bytes    int64             `json:"bytes_written"`
+	Bundles  int               `json:"bundles_fetched"`
 	// Phases says where the time went (a delta restore's compare is part of layout).
 	Phases Phases `json:"phases"`
 }
@@ -100,6 +111,10 @@ func Execute(ctx context.Context, r *repo.Repo, plan *Plan, o Options) (*Result,
 	if err := validateManifest(m, roots); err != nil {
 		return nil, err
 	}
+	excluded, err := excludedDatabases(m, o.DBInclude)
+	if err != nil {
+		return nil, err
+	}
 	owner, err := OwnerFor(o.PGData)
 	if err != nil {
 		return nil, err
@@ -109,7 +124,8 @@ func Execute(ctx context.Context, r *repo.Repo, plan *Plan, o Options) (*Result,
 			return nil, err
 		}
 	}
-	x := &executor{r: r, m: m, o: o, roots: roots, owner: owner}
+	x := &executor{r: r, m: m, o: o, roots: roots, owner: owner, excluded: excluded}
+	x.res.Excluded = excludedList(m, excluded)
 	t0 := time.Now()
 	if err := x.layout(ctx); err != nil {
 		return nil, err
@@ -162,6 +178,8 @@ type executor struct {
 	done    atomic.Int64
 	total   int64
 	flush   *flusher // nil with NoSync
+	// excluded are the databases left out by DBInclude (nil: every database is restored).
+	excluded map[uint32]bool
 }
 
 // OwnerFor says who must own a restored data directory. When running as root: the owner of
@@ -340,6 +358,12 @@ func (x *executor) layout(ctx context.Context) error {
 				return err
 			}
 		case "file":
+			if x.zeroed(f) {
+				if err := x.zeroFile(p, f); err != nil {
+					return err
+				}
+				continue
+			}
 			regular = append(regular, i)
 		}
 	}
@@ -421,6 +445,33 @@ func (x *executor) layout(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// zeroFile creates p as a sparse file of f's size, full of zeros (a relation file of a
+// database left out by DBInclude).
+func (x *executor) zeroFile(p string, f backup.File) error {
+	x.res.Files++
+	x.res.FilesZeroed++
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return err
+	}
+	if st, err := os.Lstat(p); err == nil && !st.Mode().IsRegular() {
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("replace %s: %w", p, err)
+		}
+	}
+	fh, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, f.Mode.Perm()|0o200)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", p, err)
+	}
+	err = fh.Truncate(f.Size)
+	if cerr := fh.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("size %s: %w", p, err)
+	}
+	return x.chown(p)
 }
 
 // removeDurably removes p if it exists and makes the removal durable.
@@ -650,7 +701,13 @@ func (x *executor) progress(n int64) {
 // recovery configuration, and makes everything durable with one syncfs per file system.
 func (x *executor) finish(ctx context.Context, pgManifest []byte, plan *Plan) error {
 	pgdata := x.roots[0]
-	if err := x.writeFile(filepath.Join(pgdata, "backup_manifest"), pgManifest, 0o600); err != nil {
+	// A restore that left databases out differs from the backup on purpose:
+	// pg_verifybackup against the backup's manifest would report every zeroed file.
+	if len(x.excluded) == 0 {
+		if err := x.writeFile(filepath.Join(pgdata, "backup_manifest"), pgManifest, 0o600); err != nil {
+			return err
+		}
+	} else if err := removeDurably(filepath.Join(pgdata, "backup_manifest")); err != nil {
 		return err
 	}
 	signal := "recovery.signal"

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgharbor/pgharbor/backup"
 	"github.com/pgharbor/pgharbor/replica"
 	"github.com/pgharbor/pgharbor/restore"
 	"github.com/pgharbor/pgharbor/wal"
@@ -20,7 +22,7 @@ import (
 
 type refreshFlags struct {
 	pgdata, targetTime, target, socketDir, dbname, dbUser string
-	sql                                                   []string
+	sql, dbInclude                                        []string
 	port, workers                                         int
 	noSync                                                bool
 	startTimeout                                          time.Duration
@@ -36,7 +38,9 @@ point into it (only files whose content differs are rewritten), starts it on --p
 independent primary with archive_mode = off, so that it never pushes WAL into the repository it
 came from, runs the --sql files in order (psql, stopping at the first error; e.g. scrubbing
 personal data) and reports the time taken. A directory holding another cluster (another system
-identifier) is refused before anything is stopped or written.`,
+identifier) is refused before anything is stopped or written. With --db-include only the named
+databases are fetched; the other user databases are restored as sparse zeroed files, so that
+recovery runs, and dropped right after the start, before the --sql files.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error { return a.runRefresh(cmd, f) },
 	}
@@ -47,6 +51,7 @@ identifier) is refused before anything is stopped or written.`,
 	fl.IntVar(&f.port, "port", 0, "port of the refreshed server (required: a copy must not take the production port by accident); written into postgresql.auto.conf")
 	fl.StringVar(&f.socketDir, "socket-dir", "", "unix_socket_directories of the refreshed server (default: the restored setting)")
 	fl.StringArrayVar(&f.sql, "sql", nil, "SQL file to run after the start, in order (repeatable)")
+	fl.StringArrayVar(&f.dbInclude, "db-include", nil, "refresh only this user database (name or OID; repeatable): the others are left out and dropped after the start (template0, template1 and postgres always stay)")
 	fl.StringVar(&f.dbname, "dbname", "postgres", "database the --sql files run in")
 	fl.StringVar(&f.dbUser, "db-user", "postgres", "role the --sql files run as (over the unix socket, as the data directory's OS user)")
 	fl.IntVar(&f.workers, "workers", 4, "bundles downloaded and written in parallel")
@@ -56,18 +61,20 @@ identifier) is refused before anything is stopped or written.`,
 }
 
 type refreshReport struct {
-	PGData         string          `json:"pgdata"`
-	Backup         string          `json:"backup"`
-	Target         string          `json:"target"`
-	StoppedServer  bool            `json:"stopped_server"`
-	Restore        *restore.Result `json:"restore"`
-	SQLFiles       []string        `json:"sql_files"`
-	Port           int             `json:"port"`
-	StopSeconds    float64         `json:"stop_seconds"`
-	RestoreSeconds float64         `json:"restore_seconds"`
-	StartSeconds   float64         `json:"start_seconds"`
-	SQLSeconds     float64         `json:"sql_seconds"`
-	Seconds        float64         `json:"seconds"`
+	PGData        string          `json:"pgdata"`
+	Backup        string          `json:"backup"`
+	Target        string          `json:"target"`
+	StoppedServer bool            `json:"stopped_server"`
+	Restore       *restore.Result `json:"restore"`
+	SQLFiles      []string        `json:"sql_files"`
+	// Dropped are the databases --db-include left out, dropped after the start.
+	Dropped        []backup.Database `json:"dropped_databases,omitempty"`
+	Port           int               `json:"port"`
+	StopSeconds    float64           `json:"stop_seconds"`
+	RestoreSeconds float64           `json:"restore_seconds"`
+	StartSeconds   float64           `json:"start_seconds"`
+	SQLSeconds     float64           `json:"sql_seconds"`
+	Seconds        float64           `json:"seconds"`
 }
 
 func (a *app) runRefresh(cmd *cobra.Command, f refreshFlags) error {
@@ -153,7 +160,7 @@ func (a *app) runRefresh(cmd *cobra.Command, f refreshFlags) error {
 	bar := a.newProgress("refresh")
 	res, err := restore.Execute(ctx, r, plan, restore.Options{
 		PGData: pgdata, Delta: true, Workers: f.workers, RestoreCommand: restoreCmd, ArchiveOff: true,
-		NoSync: f.noSync, Logger: a.logger, Progress: bar.update,
+		NoSync: f.noSync, Logger: a.logger, Progress: bar.update, DBInclude: f.dbInclude,
 	})
 	bar.finish()
 	if err != nil {
@@ -174,6 +181,19 @@ func (a *app) runRefresh(cmd *cobra.Command, f refreshFlags) error {
 	}
 	t3 := time.Now()
 	rep.StartSeconds = t3.Sub(t2).Seconds()
+	if len(res.Excluded) > 0 {
+		var oids []string
+		for _, d := range res.Excluded {
+			oids = append(oids, strconv.FormatUint(uint64(d.OID), 10))
+		}
+		// The zeroed databases cannot be connected to, but can be dropped.
+		drop := "SELECT format('DROP DATABASE %I', datname) FROM pg_database WHERE oid IN (" + strings.Join(oids, ",") + ")\\gexec\n"
+		if err := runPSQL(bin, pgdata, "postgres", f.dbUser, "dropping the databases --db-include left out", strings.NewReader(drop), owner); err != nil {
+			return err
+		}
+		a.logger.Info("dropped the databases --db-include left out", "databases", excludedNames(res.Excluded))
+		rep.Dropped = res.Excluded
+	}
 	for _, file := range f.sql {
 		if err := runSQLFile(bin, pgdata, f.dbname, f.dbUser, file, owner); err != nil {
 			return err
@@ -193,15 +213,21 @@ func (a *app) runRefresh(cmd *cobra.Command, f refreshFlags) error {
 // runSQLFile feeds file to psql on standard input (the file need not be readable by the
 // server's OS user), as that user over the server's unix socket, stopping at the first error.
 func runSQLFile(bin, pgdata, dbname, dbUser, file string, owner *syscall.Credential) error {
-	port, sock, ok := replica.Endpoint(pgdata)
-	if !ok {
-		return fmt.Errorf("--sql %s: cannot read the started server's port from %s/postmaster.pid", file, pgdata)
-	}
 	in, err := os.Open(file)
 	if err != nil {
 		return fmt.Errorf("--sql: %w", err)
 	}
 	defer in.Close()
+	return runPSQL(bin, pgdata, dbname, dbUser, "--sql "+file, in, owner)
+}
+
+// runPSQL runs psql with the script in on the server started on pgdata, as owner over the
+// unix socket; what names the script in errors.
+func runPSQL(bin, pgdata, dbname, dbUser, what string, in io.Reader, owner *syscall.Credential) error {
+	port, sock, ok := replica.Endpoint(pgdata)
+	if !ok {
+		return fmt.Errorf("%s: cannot read the started server's port from %s/postmaster.pid", what, pgdata)
+	}
 	cmd := exec.Command(filepath.Join(bin, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", sock, "-p", strconv.Itoa(port), "-U", dbUser, "-d", dbname, "-f", "-")
 	cmd.Stdin = in
 	cmd.Dir = "/"
@@ -210,7 +236,7 @@ func runSQLFile(bin, pgdata, dbname, dbUser, file string, owner *syscall.Credent
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: owner}
 	}
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("--sql %s failed (the refreshed server is running; the files before it ran): %w\n%s", file, err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("%s failed (the refreshed server is running; the files before it ran): %w\n%s", what, err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }

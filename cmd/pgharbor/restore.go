@@ -11,13 +11,14 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgharbor/pgharbor/backup"
 	"github.com/pgharbor/pgharbor/restore"
 	"github.com/pgharbor/pgharbor/wal"
 )
 
 type restoreFlags struct {
 	pgdata, targetTime, targetLSN, targetXID, targetName, target, timeline, action, label string
-	tsMap                                                                                 []string
+	tsMap, dbInclude                                                                      []string
 	delta, start, exclusive, noSync                                                       bool
 	workers, port, flushAfterMB                                                           int
 	socketDir, archiveMode                                                                string
@@ -51,6 +52,7 @@ Targets (one of): --target-time, --target-lsn, --target-xid, --target-name,
 	fl.BoolVar(&f.exclusive, "target-exclusive", false, "stop just before the target instead of just after it")
 	fl.StringVar(&f.label, "backup", "", "restore this backup (default: the newest one that can reach the target)")
 	fl.StringArrayVar(&f.tsMap, "tablespace-map", nil, "OLD=NEW: restore the tablespace at OLD (location or OID) into NEW (repeatable)")
+	fl.StringArrayVar(&f.dbInclude, "db-include", nil, "restore only this user database (name or OID; repeatable): the others' relation files become sparse zeroed files, so recovery runs; drop those databases afterwards (template0, template1 and postgres are always restored)")
 	fl.BoolVar(&f.delta, "delta", false, "reuse a non-empty data directory (server stopped): keep files whose content (SHA-256 per piece) matches the backup, write only the pieces that differ, always rewrite pg_control (last) and the other files PostgreSQL reads specially")
 	fl.IntVar(&f.workers, "workers", 4, "bundles downloaded and written in parallel")
 	fl.BoolVar(&f.noSync, "no-sync", false, "do not wait for the restored files to reach the disk (faster; for throwaway copies such as test databases: a crash soon after can damage the copy)")
@@ -174,6 +176,7 @@ func (a *app) runRestore(cmd *cobra.Command, f restoreFlags) error {
 	res, err := restore.Execute(ctx, r, plan, restore.Options{
 		PGData: pgdata, TablespaceMap: tsMap, Delta: f.delta, Workers: f.workers,
 		RestoreCommand: restoreCmd, ArchiveOff: f.archiveMode == "off", NoSync: f.noSync, FlushAfter: flushAfter(f.flushAfterMB), Logger: a.logger, Progress: bar.update,
+		DBInclude: f.dbInclude,
 	})
 	bar.finish()
 	if err != nil {
@@ -195,6 +198,9 @@ func (a *app) runRestore(cmd *cobra.Command, f restoreFlags) error {
 	return a.print(out, func() {
 		fmt.Fprintf(a.stdout, "restored backup %s into %s: %s written in %d files (%s%d kept, %d removed), %.1f s, %s/s\n",
 			plan.Backup.Label, pgdata, humanBytes(res.Bytes), res.FilesWritten, patchedNote(res), res.FilesKept, res.FilesRemoved, secs, humanBytes(int64(float64(res.Bytes)/max(secs, 0.001))))
+		if len(res.Excluded) > 0 {
+			fmt.Fprintf(a.stdout, "left out (%d files zeroed, unusable until dropped): %s\n", res.FilesZeroed, excludedNames(res.Excluded))
+		}
 		if f.start {
 			fmt.Fprintf(a.stdout, "PostgreSQL is running on port %d and reached the target (%s)\n", f.port, t.Kind)
 		} else {
@@ -271,4 +277,17 @@ func patchedNote(res *restore.Result) string {
 		return ""
 	}
 	return fmt.Sprintf("%d only in their changed pieces, ", res.FilesPatched)
+}
+
+// excludedNames lists the databases a --db-include restore left out, for people.
+func excludedNames(dbs []backup.Database) string {
+	var parts []string
+	for _, d := range dbs {
+		if d.Name == "" {
+			parts = append(parts, fmt.Sprintf("OID %d", d.OID))
+		} else {
+			parts = append(parts, fmt.Sprintf("%s (OID %d)", d.Name, d.OID))
+		}
+	}
+	return strings.Join(parts, ", ") + `: run DROP DATABASE for each`
 }
