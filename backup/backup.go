@@ -70,6 +70,9 @@ type Options struct {
 	// FullAfter, when set, turns a diff or incr backup into a full one when the newest full
 	// backup started longer ago than this.
 	FullAfter time.Duration
+	// MaxRate caps the bytes per second read from the cluster (averaged over the backup;
+	// 0: no limit), as pg_basebackup's --max-rate does.
+	MaxRate int64
 }
 
 func (o *Options) defaults() {
@@ -399,7 +402,8 @@ func readStream(ctx context.Context, o Options, label string, p *pipeline) (*sou
 	if o.Progress != nil {
 		bb.onProgress = func(done int64) { o.Progress(done, bb.totalSize) }
 	}
-	files, pgManifest, err := readArchives(bb, p)
+	th := newThrottle(o.MaxRate)
+	files, pgManifest, err := readArchives(bb, p, func(r io.Reader) io.Reader { return th.reader(ctx, r) })
 	if err != nil {
 		return nil, err
 	}
@@ -416,7 +420,7 @@ func readStream(ctx context.Context, o Options, label string, p *pipeline) (*sou
 
 // readArchives consumes every archive of the COPY stream, sending file bytes down the
 // pipeline, and returns the file list and PostgreSQL's backup_manifest.
-func readArchives(bb *baseBackupStream, p *pipeline) ([]File, []byte, error) {
+func readArchives(bb *baseBackupStream, p *pipeline, throttled func(io.Reader) io.Reader) ([]File, []byte, error) {
 	var files []File
 	var pgManifest []byte
 	for {
@@ -442,7 +446,7 @@ func readArchives(bb *baseBackupStream, p *pipeline) ([]File, []byte, error) {
 			}
 			ts = uint32(oid)
 		}
-		tr := tar.NewReader(ar)
+		tr := tar.NewReader(throttled(ar))
 		for {
 			hdr, err := tr.Next()
 			if errors.Is(err, io.EOF) {

@@ -261,6 +261,8 @@ var startTimeline = regexp.MustCompile(`(?m)^START TIMELINE: ([0-9]+)$`)
 // pg_backup_stop on conn (a non-exclusive backup: if pgharbor dies, the session ends and
 // the server forgets the backup).
 func readLocal(ctx context.Context, conn *pgx.Conn, dir, label string, o Options, facts serverFacts, p *pipeline) (*source, error) {
+	th := newThrottle(o.MaxRate)
+	throttled := func(r io.Reader) io.Reader { return th.reader(ctx, r) }
 	res := source{method: MethodLocal}
 	log := o.Logger
 	if err := conn.QueryRow(ctx, "SELECT pg_backup_start($1, $2)::text", label, o.FastCheckpoint).Scan(&res.startLSN); err != nil {
@@ -334,7 +336,7 @@ func readLocal(ctx context.Context, conn *pgx.Conn, dir, label string, o Options
 	files := make([]File, 0, len(w.entries)+1)
 	for _, e := range w.entries {
 		if e.Type == "file" {
-			ok, err := readLocalFile(p, &e.File, e.abs, checksums == "on", startLSN)
+			ok, err := readLocalFile(p, &e.File, e.abs, checksums == "on", startLSN, throttled)
 			if err != nil {
 				return nil, err
 			}
@@ -397,7 +399,7 @@ func readLocal(ctx context.Context, conn *pgx.Conn, dir, label string, o Options
 // the way (pageVerifier) and the failed ones listed in f.PageErrors.
 // In a diff or incr backup, a file whose size and modification time show it unchanged since
 // the parent is taken from the parent without being read (base.unchanged).
-func readLocalFile(p *pipeline, f *File, abs string, checkPages bool, startLSN uint64) (bool, error) {
+func readLocalFile(p *pipeline, f *File, abs string, checkPages bool, startLSN uint64, throttled func(io.Reader) io.Reader) (bool, error) {
 	if prev := p.base.unchanged(f); prev != nil {
 		p.reuse(f, prev)
 		return true, nil
@@ -416,6 +418,7 @@ func readLocalFile(p *pipeline, f *File, abs string, checkPages bool, startLSN u
 		pv = &pageVerifier{r: fh, at: fh, startLSN: startLSN, base: firstBlock(path.Base(f.Path))}
 		r = pv
 	}
+	r = throttled(r)
 	_, err = p.readFile(io.MultiReader(r, zeros{}), f)
 	if pv != nil {
 		f.PageErrors = pv.bad

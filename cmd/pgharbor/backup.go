@@ -13,7 +13,7 @@ import (
 
 func newBackupCmd(a *app) *cobra.Command {
 	var fast, noArchiveCheck, checksumAll, fromStandby bool
-	var conn, method, typ, primary string
+	var conn, method, typ, primary, maxRate string
 	var archiveTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "backup",
@@ -62,6 +62,9 @@ receiver); a standby cannot switch WAL segments, so the backup waits, within
 			if cmd.Flags().Changed("primary") {
 				req.primary = primary
 			}
+			if cmd.Flags().Changed("max-rate") {
+				req.maxRate = maxRate
+			}
 			req.archiveCheck, req.archiveTimeout = !noArchiveCheck, archiveTimeout
 			bar := a.newProgress("backup")
 			req.progress = bar.update
@@ -94,6 +97,7 @@ receiver); a standby cannot switch WAL segments, so the backup waits, within
 	cmd.Flags().StringVar(&primary, "primary", "", "with --from-standby: connection string of the standby's primary, asked to pg_switch_wal() so the backup need not wait for its last segment (backup.primary)")
 	cmd.Flags().BoolVar(&noArchiveCheck, "no-archive-check", false, "do not wait for the backup's WAL to be in the repository (the backup then needs WAL from elsewhere)")
 	cmd.Flags().DurationVar(&archiveTimeout, "archive-timeout", defaultArchiveTimeout, "how long to wait for the backup's WAL to reach the repository")
+	cmd.Flags().StringVar(&maxRate, "max-rate", "", "cap on the bytes read per second from the cluster, with an optional k, M or G suffix (e.g. 100M), so a backup leaves a busy server disk bandwidth (backup.max_rate)")
 	cmd.AddCommand(newBackupCleanupCmd(a), newBackupPinCmd(a, true), newBackupPinCmd(a, false))
 	return cmd
 }
@@ -108,6 +112,7 @@ type backupRequest struct {
 	primary        string
 	archiveCheck   bool
 	archiveTimeout time.Duration
+	maxRate        string
 	progress       func(done, total int64)
 }
 
@@ -118,7 +123,7 @@ const defaultArchiveTimeout = 60 * time.Second
 // defaults as the command's flags: the server's scheduled backups are exactly this.
 func (a *app) backupRequestFromConfig() backupRequest {
 	req := backupRequest{fastCheckpoint: true, method: backup.MethodAuto, typ: backup.TypeFull, archiveCheck: true, archiveTimeout: defaultArchiveTimeout,
-		checksumAll: a.cfg.Backup.ChecksumAll}
+		checksumAll: a.cfg.Backup.ChecksumAll, maxRate: a.cfg.Backup.MaxRate}
 	if t := a.cfg.Backup.Type; t != "" {
 		req.typ = t
 	}
@@ -145,6 +150,10 @@ func (a *app) runBackup(ctx context.Context, req backupRequest) (*backup.Summary
 	if f := a.cfg.Backup.From; f != "" && f != backup.FromPrimary && f != backup.FromStandby {
 		return nil, fmt.Errorf("backup.from %q: want primary or standby", f)
 	}
+	maxRate, err := backup.ParseRate(req.maxRate)
+	if err != nil {
+		return nil, fmt.Errorf("backup.max_rate / --max-rate: %w", err)
+	}
 	r, err := a.openRepo(ctx, false)
 	if err != nil {
 		return nil, err
@@ -156,7 +165,7 @@ func (a *app) runBackup(ctx context.Context, req backupRequest) (*backup.Summary
 		ConnString: a.cfg.Postgres.Conn, FastCheckpoint: req.fastCheckpoint, Method: req.method, DataDir: a.cfg.Postgres.DataDir,
 		Workers: bc.Workers, Uploads: bc.Uploads, BundleSize: bc.BundleSizeMB << 20, LockStale: bc.LockTimeout,
 		Progress: req.progress, Logger: a.logger, Type: req.typ, ChecksumAll: req.checksumAll, FullAfter: bc.FullAfter,
-		FromStandby: req.fromStandby, PrimaryConnString: req.primary,
+		FromStandby: req.fromStandby, PrimaryConnString: req.primary, MaxRate: maxRate,
 	}
 	if req.archiveCheck {
 		o.ArchiveCheck = a.archiveCheck(r, req.archiveTimeout)

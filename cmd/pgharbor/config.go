@@ -121,8 +121,9 @@ type BackupConfig struct {
 	ChecksumAll bool `yaml:"checksum_all"`
 	// FullAfter makes a diff or incr backup full when the newest full backup is older.
 	FullAfter time.Duration `yaml:"full_after"`
-	From      string        `yaml:"from"`    // primary (default), or standby: postgres.conn is a standby to back up there
-	Primary   string        `yaml:"primary"` // with from: standby, the standby's primary, asked to pg_switch_wal at the end
+	From      string        `yaml:"from"`     // primary (default), or standby: postgres.conn is a standby to back up there
+	MaxRate   string        `yaml:"max_rate"` // cap on bytes read per second from the cluster ("100M"; empty: none)
+	Primary   string        `yaml:"primary"`  // with from: standby, the standby's primary, asked to pg_switch_wal at the end
 }
 
 // WALConfig tunes archive push and fetch, and the WAL receiver.
