@@ -73,6 +73,32 @@ type Options struct {
 	// MaxRate caps the bytes per second read from the cluster (averaged over the backup;
 	// 0: no limit), as pg_basebackup's --max-rate does.
 	MaxRate int64
+	// Annotations are stored in the backup's summary (see CheckAnnotations).
+	Annotations map[string]string
+}
+
+// Annotation limits: notes, not a document store.
+const (
+	maxAnnotations     = 32
+	maxAnnotationKey   = 64
+	maxAnnotationValue = 1024
+)
+
+// CheckAnnotations validates backup annotations: at most 32, keys of 1 to 64 characters
+// without '=', values of at most 1024 bytes.
+func CheckAnnotations(a map[string]string) error {
+	if len(a) > maxAnnotations {
+		return fmt.Errorf("%d annotations: at most %d", len(a), maxAnnotations)
+	}
+	for k, v := range a {
+		if k == "" || len(k) > maxAnnotationKey || strings.ContainsAny(k, "=\n") {
+			return fmt.Errorf("annotation key %q: want 1 to %d characters, no '=' or newline", k, maxAnnotationKey)
+		}
+		if len(v) > maxAnnotationValue {
+			return fmt.Errorf("annotation %s: the value is longer than %d bytes", k, maxAnnotationValue)
+		}
+	}
+	return nil
 }
 
 func (o *Options) defaults() {
@@ -135,6 +161,9 @@ func Run(ctx context.Context, r *repo.Repo, o Options) (*Summary, error) {
 	}
 	if o.Type != "" && o.Type != TypeFull && o.Type != TypeDiff && o.Type != TypeIncr {
 		return nil, fmt.Errorf("backup type %q: want full, diff or incr", o.Type)
+	}
+	if err := CheckAnnotations(o.Annotations); err != nil {
+		return nil, err
 	}
 	conn, err := pgx.Connect(ctx, o.ConnString)
 	if err != nil {
@@ -361,7 +390,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 		StartTime: serverStart.UTC(), StopTime: stopTime.UTC(), StopNextXID: nextXID,
 		Files: len(files), Bundles: bundles, BundlesUncompressed: int(p.uncompressed.Load()), StoredSize: p.stored.Load(),
 		Encryption: id.Encryption, Tablespaces: src.tablespaces, Databases: dbs, ChecksumFailures: src.checksumFailures,
-		Duration: duration.Seconds(),
+		Duration: duration.Seconds(), Annotations: o.Annotations,
 	}
 	for _, f := range files {
 		sum.Size += f.Size

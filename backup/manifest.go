@@ -81,6 +81,9 @@ type Summary struct {
 	// From is where the backup was read: FromPrimary or FromStandby (empty in manifests
 	// written before backups from a standby existed: the primary).
 	From string `json:"from,omitempty"`
+	// Annotations are the user's key=value notes given when the backup was taken
+	// (backup --annotation), shown by info.
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 // Database is one database of the backed-up cluster: its directory is base/<OID> (and

@@ -59,3 +59,18 @@ func TestParseRate(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckAnnotations(t *testing.T) {
+	if err := CheckAnnotations(map[string]string{"reason": "before upgrade", "ticket": ""}); err != nil {
+		t.Fatal(err)
+	}
+	many := map[string]string{}
+	for i := range 33 {
+		many[string(rune('a'+i%26))+string(rune('a'+i/26))] = "v"
+	}
+	for _, bad := range []map[string]string{{"": "x"}, {"a=b": "x"}, {"a\nb": "x"}, {string(make([]byte, 65)): "x"}, {"k": string(make([]byte, 1025))}, many} {
+		if err := CheckAnnotations(bad); err == nil {
+			t.Errorf("%d annotations accepted: %q", len(bad), bad)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,6 +15,7 @@ import (
 func newBackupCmd(a *app) *cobra.Command {
 	var fast, noArchiveCheck, checksumAll, fromStandby bool
 	var conn, method, typ, primary, maxRate string
+	var annotations []string
 	var archiveTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "backup",
@@ -65,6 +67,16 @@ receiver); a standby cannot switch WAL segments, so the backup waits, within
 			if cmd.Flags().Changed("max-rate") {
 				req.maxRate = maxRate
 			}
+			for _, kv := range annotations {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					return fmt.Errorf("--annotation %q: want KEY=VALUE", kv)
+				}
+				if req.annotations == nil {
+					req.annotations = map[string]string{}
+				}
+				req.annotations[k] = v
+			}
 			req.archiveCheck, req.archiveTimeout = !noArchiveCheck, archiveTimeout
 			bar := a.newProgress("backup")
 			req.progress = bar.update
@@ -97,6 +109,7 @@ receiver); a standby cannot switch WAL segments, so the backup waits, within
 	cmd.Flags().StringVar(&primary, "primary", "", "with --from-standby: connection string of the standby's primary, asked to pg_switch_wal() so the backup need not wait for its last segment (backup.primary)")
 	cmd.Flags().BoolVar(&noArchiveCheck, "no-archive-check", false, "do not wait for the backup's WAL to be in the repository (the backup then needs WAL from elsewhere)")
 	cmd.Flags().DurationVar(&archiveTimeout, "archive-timeout", defaultArchiveTimeout, "how long to wait for the backup's WAL to reach the repository")
+	cmd.Flags().StringArrayVar(&annotations, "annotation", nil, "KEY=VALUE note stored with the backup and shown by info (repeatable), e.g. --annotation reason=before-upgrade")
 	cmd.Flags().StringVar(&maxRate, "max-rate", "", "cap on the bytes read per second from the cluster, with an optional k, M or G suffix (e.g. 100M), so a backup leaves a busy server disk bandwidth (backup.max_rate)")
 	cmd.AddCommand(newBackupCleanupCmd(a), newBackupPinCmd(a, true), newBackupPinCmd(a, false))
 	return cmd
@@ -113,6 +126,7 @@ type backupRequest struct {
 	archiveCheck   bool
 	archiveTimeout time.Duration
 	maxRate        string
+	annotations    map[string]string
 	progress       func(done, total int64)
 }
 
@@ -165,7 +179,7 @@ func (a *app) runBackup(ctx context.Context, req backupRequest) (*backup.Summary
 		ConnString: a.cfg.Postgres.Conn, FastCheckpoint: req.fastCheckpoint, Method: req.method, DataDir: a.cfg.Postgres.DataDir,
 		Workers: bc.Workers, Uploads: bc.Uploads, BundleSize: bc.BundleSizeMB << 20, LockStale: bc.LockTimeout,
 		Progress: req.progress, Logger: a.logger, Type: req.typ, ChecksumAll: req.checksumAll, FullAfter: bc.FullAfter,
-		FromStandby: req.fromStandby, PrimaryConnString: req.primary, MaxRate: maxRate,
+		FromStandby: req.fromStandby, PrimaryConnString: req.primary, MaxRate: maxRate, Annotations: req.annotations,
 	}
 	if req.archiveCheck {
 		o.ArchiveCheck = a.archiveCheck(r, req.archiveTimeout)

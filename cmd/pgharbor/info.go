@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -88,6 +90,17 @@ func (a *app) printInfo(rep infoReport) {
 	}
 	for _, l := range rep.Catalog.Pinned {
 		fmt.Fprintf(w, "backup %s is pinned: expire keeps it (`pgharbor backup unpin %s`)\n", l, l)
+	}
+	for _, b := range rep.Catalog.Backups {
+		if len(b.Annotations) == 0 {
+			continue
+		}
+		keys := slices.Sorted(maps.Keys(b.Annotations))
+		parts := make([]string, len(keys))
+		for i, k := range keys {
+			parts[i] = k + "=" + strconv.Quote(b.Annotations[k])
+		}
+		fmt.Fprintf(w, "backup %s annotations: %s\n", b.Label, strings.Join(parts, " "))
 	}
 	for _, rf := range rep.Catalog.Refused {
 		fmt.Fprintf(w, "REFUSED backup %s: %s\n", rf.Label, rf.Reason)
