@@ -287,23 +287,26 @@ func TestEtcdConfigChecks(t *testing.T) {
 	}
 }
 
+// runElector runs an elector for cfg whose leader only waits, stopped at cleanup.
+func runElector(t *testing.T, cfg EtcdConfig) *Elector {
+	t.Helper()
+	e, err := NewElector(cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); e.Run(ctx, func(c context.Context) { <-c.Done() }) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return e
+}
+
 // TestEtcdElectionTLS: an etcd that requires client certificates elects a candidate given
 // ca_file, cert_file and key_file, and refuses one without a client certificate.
 func TestEtcdElectionTLS(t *testing.T) {
 	c := etcdtest.NewTLS(t)
 	url := etcdtest.StartTLS(t, c)
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	run := func(cfg EtcdConfig) *Elector {
-		e, err := NewElector(cfg, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); e.Run(ctx, func(c context.Context) { <-c.Done() }) }()
-		t.Cleanup(func() { cancel(); <-done })
-		return e
-	}
+	run := func(cfg EtcdConfig) *Elector { return runElector(t, cfg) }
 	noCert := run(EtcdConfig{Endpoints: []string{url}, Prefix: "/tls/", TTL: 2 * time.Second, Name: "nocert", CAFile: c.CAFile})
 	time.Sleep(time.Second)
 	if noCert.IsLeader() || noCert.Status().EtcdError == "" {
@@ -397,18 +400,9 @@ func TestEtcdElectionAuth(t *testing.T) {
 	if err := os.WriteFile(pwFile, []byte("s3cret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	run := func(cfg EtcdConfig) *Elector {
 		cfg.Endpoints, cfg.Prefix = []string{url}, "/auth/"
-		e, err := NewElector(cfg, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); e.Run(ctx, func(c context.Context) { <-c.Done() }) }()
-		t.Cleanup(func() { cancel(); <-done })
-		return e
+		return runElector(t, cfg)
 	}
 	wrong := run(EtcdConfig{Name: "wrong", TTL: 2 * time.Second, Username: "mon", Password: "nope"})
 	anon := run(EtcdConfig{Name: "anon", TTL: 2 * time.Second})

@@ -405,28 +405,7 @@ func (x *executor) layout(ctx context.Context) error {
 			x.control = i // written by finish, last
 			continue
 		}
-		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-			return err
-		}
-		if st, err := os.Lstat(p); err == nil && !st.Mode().IsRegular() {
-			// A delta over a directory where something else stands in the file's place:
-			// never write through a symlink, never into a directory.
-			if err := os.RemoveAll(p); err != nil {
-				return fmt.Errorf("replace %s: %w", p, err)
-			}
-		}
-		fh, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, f.Mode.Perm()|0o200)
-		if err != nil {
-			return fmt.Errorf("create %s: %w", p, err)
-		}
-		err = fh.Truncate(f.Size)
-		if cerr := fh.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return fmt.Errorf("size %s: %w", p, err)
-		}
-		if err := x.chown(p); err != nil {
+		if err := x.createSized(p, f); err != nil {
 			return err
 		}
 	}
@@ -452,10 +431,18 @@ func (x *executor) layout(ctx context.Context) error {
 func (x *executor) zeroFile(p string, f backup.File) error {
 	x.res.Files++
 	x.res.FilesZeroed++
+	return x.createSized(p, f)
+}
+
+// createSized creates (or empties) p as a sparse file of f's size, to be written piece by
+// piece, and gives it the data directory's owner.
+func (x *executor) createSized(p string, f backup.File) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return err
 	}
 	if st, err := os.Lstat(p); err == nil && !st.Mode().IsRegular() {
+		// A delta over a directory where something else stands in the file's place:
+		// never write through a symlink, never into a directory.
 		if err := os.RemoveAll(p); err != nil {
 			return fmt.Errorf("replace %s: %w", p, err)
 		}

@@ -372,10 +372,9 @@ func inc(label, typ string, ago time.Duration, startSeg uint64, parent string, r
 	return b
 }
 
-func TestPlanKeepsWhatKeptIncrementalsReference(t *testing.T) {
-	arch := Archive{SegmentSize: segSize, Files: segs(1, 1, 40)}
-	// f1 ← i1 ← i2, f2 ← d1 (diff of f2), i3 (incr of d1).
-	chain := []Backup{
+// incrChain is f1 ← i1 ← i2, f2 ← d1 (diff of f2), i3 (incr of d1), a day apart.
+func incrChain() []Backup {
+	return []Backup{
 		bk("f1", days(6), 1, 2),
 		inc("i1", "incr", days(5), 5, "f1", "f1"),
 		inc("i2", "incr", days(4), 8, "i1", "f1", "i1"),
@@ -383,6 +382,11 @@ func TestPlanKeepsWhatKeptIncrementalsReference(t *testing.T) {
 		inc("d1", "diff", days(2), 15, "f2", "f2"),
 		inc("i3", "incr", days(1), 18, "d1", "d1", "f2"),
 	}
+}
+
+func TestPlanKeepsWhatKeptIncrementalsReference(t *testing.T) {
+	arch := Archive{SegmentSize: segSize, Files: segs(1, 1, 40)}
+	chain := incrChain()
 	tests := []struct {
 		name    string
 		policy  Policy
@@ -458,15 +462,7 @@ func TestPlanKeepsWhatKeptIncrementalsReference(t *testing.T) {
 
 func TestPlanSet(t *testing.T) {
 	arch := Archive{SegmentSize: segSize, Files: segs(1, 1, 40)}
-	// f1 ← i1 ← i2, f2 ← d1 (diff of f2), i3 (incr of d1).
-	chain := []Backup{
-		bk("f1", days(6), 1, 2),
-		inc("i1", "incr", days(5), 5, "f1", "f1"),
-		inc("i2", "incr", days(4), 8, "i1", "f1", "i1"),
-		bk("f2", days(3), 1, 12),
-		inc("d1", "diff", days(2), 15, "f2", "f2"),
-		inc("i3", "incr", days(1), 18, "d1", "d1", "f2"),
-	}
+	chain := incrChain()
 	for _, tc := range []struct {
 		set     string
 		kept    []string

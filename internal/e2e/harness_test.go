@@ -193,6 +193,16 @@ func waitArchived(t *testing.T, pg *pgtest.Cluster) {
 // snapshot is a checksum of the test data: pgbench tables and the marks table.
 func snapshot(t *testing.T, connStr string) string {
 	t.Helper()
+	return queryDigest(t, connStr, `SELECT md5(
+		(SELECT coalesce(string_agg(aid::text || ':' || abalance::text, ',' ORDER BY aid), '') FROM pgbench_accounts) || '|' ||
+		(SELECT coalesce(string_agg(tid::text || ':' || tbalance::text, ',' ORDER BY tid), '') FROM pgbench_tellers) || '|' ||
+		(SELECT count(*)::text || ':' || coalesce(sum(delta), 0)::text FROM pgbench_history) || '|' ||
+		(SELECT coalesce(string_agg(k::text, ',' ORDER BY k), '') FROM marks))`)
+}
+
+// queryDigest runs a query returning one text value (a digest of some data) on connStr.
+func queryDigest(t *testing.T, connStr, query string) string {
+	t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, connStr)
 	if err != nil {
@@ -200,12 +210,7 @@ func snapshot(t *testing.T, connStr string) string {
 	}
 	defer conn.Close(ctx)
 	var s string
-	err = conn.QueryRow(ctx, `SELECT md5(
-		(SELECT coalesce(string_agg(aid::text || ':' || abalance::text, ',' ORDER BY aid), '') FROM pgbench_accounts) || '|' ||
-		(SELECT coalesce(string_agg(tid::text || ':' || tbalance::text, ',' ORDER BY tid), '') FROM pgbench_tellers) || '|' ||
-		(SELECT count(*)::text || ':' || coalesce(sum(delta), 0)::text FROM pgbench_history) || '|' ||
-		(SELECT coalesce(string_agg(k::text, ',' ORDER BY k), '') FROM marks))`).Scan(&s)
-	if err != nil {
+	if err := conn.QueryRow(ctx, query).Scan(&s); err != nil {
 		t.Fatalf("snapshot: %v", err)
 	}
 	return s

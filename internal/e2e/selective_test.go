@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // TestRestoreOnlySomeDatabases: `restore --db-include app` of a cluster with two user
@@ -149,17 +147,7 @@ func TestRestoreOnlySomeDatabases(t *testing.T) {
 // appSnapshot is a digest of the pgbench tables of a database.
 func appSnapshot(t *testing.T, connStr string) string {
 	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, connStr)
-	if err != nil {
-		t.Fatalf("connect %s: %v", connStr, err)
-	}
-	defer conn.Close(ctx)
-	var s string
-	if err := conn.QueryRow(ctx, `SELECT md5(
+	return queryDigest(t, connStr, `SELECT md5(
 		(SELECT string_agg(aid::text || ':' || abalance::text, ',' ORDER BY aid) FROM pgbench_accounts) || '|' ||
-		(SELECT count(*)::text || ':' || coalesce(sum(delta), 0)::text FROM pgbench_history))`).Scan(&s); err != nil {
-		t.Fatalf("snapshot: %v", err)
-	}
-	return s
+		(SELECT count(*)::text || ':' || coalesce(sum(delta), 0)::text FROM pgbench_history))`)
 }
