@@ -44,12 +44,9 @@ const PageHashSize = 8
 // pageKeySize is the length of a chain's page key.
 const pageKeySize = 32
 
-// pageHasher computes the keyed page hashes of Extent.Pages: the first PageHashSize bytes of
-// SHA-256(key ‖ page). Used by the single reader goroutine only.
+// pageHasher holds the chain's page key (Manifest.PageKey).
 type pageHasher struct {
-	key     []byte
-	h       hash.Hash
-	scratch []byte
+	key []byte
 }
 
 // newPageHasher takes the parent's page key, or draws a new one for a full backup (or a
@@ -61,19 +58,114 @@ func newPageHasher(b *base) (*pageHasher, error) {
 	} else if _, err := rand.Read(key); err != nil {
 		return nil, fmt.Errorf("draw a page key: %w", err)
 	}
-	return &pageHasher{key: key, h: sha256.New()}, nil
+	return &pageHasher{key: key}, nil
 }
 
-// sum returns the page hashes of buf, whose length is a multiple of PageSize.
-func (ph *pageHasher) sum(buf []byte) []byte {
-	out := make([]byte, 0, len(buf)/PageSize*PageHashSize)
+// pageDigestSize is the length of one page's digest in a page tree.
+const pageDigestSize = sha256.Size
+
+// pageDigests appends to dst the SHA-256 of each whole page of buf. They are the one pass of
+// SHA-256 over a relation file's bytes: the extent's digest (pageTree) and its keyed page
+// hashes (keyed) are both computed from them.
+func pageDigests(dst, buf []byte) []byte {
 	for off := 0; off+PageSize <= len(buf); off += PageSize {
-		ph.h.Reset()
-		ph.h.Write(ph.key)
-		ph.h.Write(buf[off : off+PageSize])
-		ph.scratch = ph.h.Sum(ph.scratch[:0])
-		out = append(out, ph.scratch[:PageHashSize]...)
+		d := sha256.Sum256(buf[off : off+PageSize])
+		dst = append(dst, d[:]...)
 	}
+	return dst
+}
+
+// keyed returns the PageHashSize-byte keyed page hash of each page digest in ds: the first
+// bytes of SHA-256(key ‖ SHA-256(page)). The key keeps a writer of table data from aiming
+// two different pages at the same truncated hash; hashing the page's digest instead of the
+// page itself loses nothing of that (different pages have different digests) and costs 64
+// bytes of hashing per page.
+func (ph *pageHasher) keyed(ds []byte) []byte {
+	out := make([]byte, 0, len(ds)/pageDigestSize*PageHashSize)
+	var in [pageKeySize + pageDigestSize]byte
+	copy(in[:], ph.key)
+	for off := 0; off+pageDigestSize <= len(ds); off += pageDigestSize {
+		copy(in[pageKeySize:], ds[off:off+pageDigestSize])
+		h := sha256.Sum256(in[:])
+		out = append(out, h[:PageHashSize]...)
+	}
+	return out
+}
+
+// pageTree is the digest of a piece made of whole pages whose page digests are ds: the
+// SHA-256 of the pages' SHA-256s, in order (Extent.PageTree).
+func pageTree(ds []byte) Digest { return sha256.Sum256(ds) }
+
+// PieceDigest is the digest a piece's bytes data must have to match the extent e
+// (Extent.SHA256): the SHA-256 of the bytes, or for an extent with PageTree the SHA-256 of
+// its pages' SHA-256s. Data that is not whole pages never matches a page tree.
+func PieceDigest(e Extent, data []byte) Digest {
+	if !e.PageTree {
+		return sha256.Sum256(data)
+	}
+	if len(data)%PageSize != 0 {
+		return Digest{}
+	}
+	h := sha256.New()
+	var d [sha256.Size]byte
+	for off := 0; off < len(data); off += PageSize {
+		d = sha256.Sum256(data[off : off+PageSize])
+		h.Write(d[:])
+	}
+	var out Digest
+	h.Sum(out[:0])
+	return out
+}
+
+// pieceHash computes PieceDigest of a piece written to it in parts of any size.
+type pieceHash struct {
+	tree bool
+	h    hash.Hash
+	page []byte // the part of a page written so far (tree only)
+}
+
+func newPieceHash() *pieceHash { return &pieceHash{h: sha256.New()} }
+
+// reset starts the digest of a piece of extent e.
+func (ph *pieceHash) reset(e Extent) {
+	ph.tree = e.PageTree
+	ph.h.Reset()
+	ph.page = ph.page[:0]
+}
+
+func (ph *pieceHash) Write(b []byte) (int, error) {
+	if !ph.tree {
+		return ph.h.Write(b)
+	}
+	n := len(b)
+	for len(b) > 0 {
+		if len(ph.page) == 0 && len(b) >= PageSize {
+			d := sha256.Sum256(b[:PageSize])
+			ph.h.Write(d[:])
+			b = b[PageSize:]
+			continue
+		}
+		if ph.page == nil {
+			ph.page = make([]byte, 0, PageSize)
+		}
+		k := copy(ph.page[len(ph.page):PageSize], b)
+		ph.page, b = ph.page[:len(ph.page)+k], b[k:]
+		if len(ph.page) == PageSize {
+			d := sha256.Sum256(ph.page)
+			ph.h.Write(d[:])
+			ph.page = ph.page[:0]
+		}
+	}
+	return n, nil
+}
+
+// sum returns the digest of what was written since reset.
+func (ph *pieceHash) sum() Digest {
+	if ph.tree && len(ph.page) != 0 {
+		return Digest{}
+	}
+	var out Digest
+	ph.h.Sum(out[:0])
 	return out
 }
 
@@ -149,13 +241,16 @@ func (p *pipeline) reuse(f *File, prev *File) {
 func (p *pipeline) chunkSize() int64 { return min(int64(ChunkSize), int64(p.size)) }
 
 // readFile stores f.Size bytes of the file f from r, cut into chunks at every multiple of
-// the chunk size. With a parent, a chunk whose SHA-256 equals the parent's extent at the same
+// the chunk size. With a parent, a chunk whose digest equals the parent's extent at the same
 // offset is not stored again: the extent points at the parent's bytes. A changed chunk of a
 // relation file whose parent pieces carry page hashes is compared page by page
 // (storeChanged): only the runs of changed pages are stored, the runs of unchanged pages point
 // into the parent's pieces. It returns the bytes read, fewer than f.Size only when r ended
 // early; f.Extents and f.Chunk describe those bytes (the caller decides whether that is an
 // error).
+//
+// The digests of a relation file's pages are computed once per byte: by the reader when it
+// compares with a parent, otherwise by the sealers, in parallel (extentPaged).
 func (p *pipeline) readFile(r io.Reader, f *File) (int64, error) {
 	chunk := p.chunkSize()
 	var prev []placed
@@ -180,22 +275,28 @@ func (p *pipeline) readFile(r io.Reader, f *File) (int64, error) {
 		off := done
 		done += int64(got)
 		buf = buf[:got]
-		var pages []byte
+		var ds []byte // the chunk's page digests, when the reader computed them
 		if got == n && prev != nil {
 			ps := piecesIn(prev, off, int64(n))
-			if len(ps) == 1 && ps[0].e.Length == int64(n) && !ps[0].e.SHA256.IsZero() && Digest(sha256.Sum256(buf)) == ps[0].e.SHA256 {
+			if paged && n%PageSize == 0 && len(ps) > 0 {
+				ds = pageDigests(p.ds[:0], buf)
+				p.ds = ds
+			}
+			if len(ps) == 1 && ps[0].e.Length == int64(n) && !ps[0].e.SHA256.IsZero() && p.matches(ps[0].e, buf, ds) {
 				// The bytes just read stay in the free tail and are overwritten next.
 				e := p.base.ref(ps[0].e)
-				if paged && len(e.Pages) == 0 && n%PageSize == 0 {
-					e.Pages = p.pages.sum(buf) // a parent written before page hashes
+				if ds != nil && !e.PageTree {
+					// A parent written before page trees: the reference gets this backup's
+					// kind of digest and page hashes, which the next backup compares with.
+					e.SHA256, e.Pages, e.PageTree = pageTree(ds), p.pages.keyed(ds), true
 				}
 				f.Extents = append(f.Extents, e)
 				p.reused.Add(int64(n))
 				continue
 			}
-			if paged && n%PageSize == 0 && len(ps) > 0 {
+			if ds != nil {
 				var stored bool
-				if f.Extents, pages, stored, err = p.storeChanged(f.Extents, buf, off, ps); err != nil {
+				if f.Extents, stored, err = p.storeChanged(f.Extents, buf, off, ps, ds); err != nil {
 					return done, err
 				}
 				if stored {
@@ -203,14 +304,19 @@ func (p *pipeline) readFile(r io.Reader, f *File) (int64, error) {
 				}
 			}
 		}
-		if paged && got > 0 && got%PageSize == 0 && pages == nil {
-			pages = p.pages.sum(buf)
+		kind := extentPlain
+		switch {
+		case ds != nil:
+			kind = extentKnown
+		case paged && got > 0 && got%PageSize == 0:
+			kind = extentPaged
 		}
-		if f.Extents, err = p.commit(got, f.Extents, false); err != nil {
+		if f.Extents, err = p.commit(got, f.Extents, false, kind); err != nil {
 			return done, err
 		}
-		if got > 0 && pages != nil {
-			f.Extents[len(f.Extents)-1].Pages = pages
+		if kind == extentKnown {
+			e := &f.Extents[len(f.Extents)-1]
+			e.SHA256, e.Pages, e.PageTree = pageTree(ds), p.pages.keyed(ds), true
 		}
 		if got < n {
 			break
@@ -218,6 +324,15 @@ func (p *pipeline) readFile(r io.Reader, f *File) (int64, error) {
 	}
 	f.CRC = extentsCRC(f.Extents)
 	return done, nil
+}
+
+// matches tells whether buf, whose page digests are ds (nil if not computed), is the piece of
+// the parent's extent e.
+func (p *pipeline) matches(e Extent, buf, ds []byte) bool {
+	if e.PageTree && ds != nil {
+		return pageTree(ds) == e.SHA256
+	}
+	return PieceDigest(e, buf) == e.SHA256
 }
 
 // placed is a parent's extent and where it starts in its file.
@@ -253,21 +368,23 @@ func piecesIn(prev []placed, off, n int64) []placed {
 // storeChanged compares a changed chunk buf, at offset off of its file, page by page with the
 // parent's pieces ps that hold the same bytes of the file, and appends its extents to
 // extents: runs of pages whose keyed hash equals the parent's point into the parent's pieces,
-// runs of changed pages are stored. It returns stored false, and the chunk's page hashes,
-// when nothing of the chunk can be taken from the parent (the caller stores it whole).
+// runs of changed pages are stored. ds holds the chunk's page digests. It returns stored
+// false when nothing of the chunk can be taken from the parent (the caller stores it whole).
 //
 // A page hash that matches although the page changed would make a reference point at
 // stale bytes. It cannot make a restore wrong unnoticed: the reference carries the CRC-32C
-// and SHA-256 of the bytes read now, so restore (CRC-32C) and verify (both) fail on the
+// and digest of the bytes read now, so restore (CRC-32C) and verify (both) fail on the
 // parent's different bytes, naming the object. The hash is keyed with the chain's secret
 // page key (Manifest.PageKey), so no writer of table data can aim for such a match.
-func (p *pipeline) storeChanged(extents []Extent, buf []byte, off int64, ps []placed) (_ []Extent, pages []byte, stored bool, err error) {
+func (p *pipeline) storeChanged(extents []Extent, buf []byte, off int64, ps []placed, ds []byte) (_ []Extent, stored bool, err error) {
 	for _, pc := range ps {
-		if pc.e.Length%PageSize != 0 || int64(len(pc.e.Pages)) != pc.e.Length/PageSize*PageHashSize {
-			return extents, nil, false, nil
+		// Page hashes of a parent written before page trees hash the pages themselves, not
+		// their digests: they never compare with this backup's.
+		if !pc.e.PageTree || pc.e.Length%PageSize != 0 || int64(len(pc.e.Pages)) != pc.e.Length/PageSize*PageHashSize {
+			return extents, false, nil
 		}
 	}
-	pages = p.pages.sum(buf)
+	pages := p.pages.keyed(ds)
 	// A run is a stretch of pages that are all changed (from < 0) or all unchanged and in the
 	// same parent piece (from is its index in ps).
 	type run struct{ first, end, from int }
@@ -291,9 +408,9 @@ func (p *pipeline) storeChanged(extents []Extent, buf []byte, off int64, ps []pl
 		}
 	}
 	if same == 0 || len(runs) == 1 && runs[0].from >= 0 && len(ps) == 1 {
-		// Nothing to take, or every page hash matched one piece whose SHA-256 did not (the
+		// Nothing to take, or every page hash matched one piece whose digest did not (the
 		// caller compared it): store the chunk whole.
-		return extents, pages, false, nil
+		return extents, false, nil
 	}
 	// The references are made first: committing the stored runs moves their bytes to the
 	// front of the free tail, over the bytes of runs already done, and may hand the bundle
@@ -309,7 +426,7 @@ func (p *pipeline) storeChanged(extents []Extent, buf []byte, off int64, ps []pl
 		e.Offset += off + int64(r.first)*PageSize - pc.off
 		e.Length = int64(len(data))
 		e.CRC = crc32.Checksum(data, castagnoli)
-		e.SHA256 = sha256.Sum256(data)
+		e.SHA256 = pageTree(ds[r.first*pageDigestSize : r.end*pageDigestSize])
 		e.Pages = slices.Clone(pages[r.first*PageHashSize : r.end*PageHashSize])
 		refs[i] = e
 		p.reused.Add(e.Length)
@@ -321,13 +438,16 @@ func (p *pipeline) storeChanged(extents []Extent, buf []byte, off int64, ps []pl
 			continue
 		}
 		n := copy(buf[moved:], buf[r.first*PageSize:r.end*PageSize])
-		if extents, err = p.commit(n, extents, false); err != nil {
-			return extents, nil, true, err
+		if extents, err = p.commit(n, extents, false, extentKnown); err != nil {
+			return extents, true, err
 		}
 		moved += n
-		extents[len(extents)-1].Pages = slices.Clone(pages[r.first*PageHashSize : r.end*PageHashSize])
+		e := &extents[len(extents)-1]
+		e.SHA256 = pageTree(ds[r.first*pageDigestSize : r.end*pageDigestSize])
+		e.Pages = slices.Clone(pages[r.first*PageHashSize : r.end*PageHashSize])
+		e.PageTree = true
 	}
-	return extents, nil, true, nil
+	return extents, true, nil
 }
 
 // reserve returns n free bytes at the end of the current bundle, handing the bundle to the

@@ -63,7 +63,7 @@ func tryReassemble(r *repo.Repo, label string, f File) ([]byte, error) {
 			return nil, err
 		}
 		piece := data[e.Offset : e.Offset+e.Length]
-		if crc32.Checksum(piece, castagnoli) != e.CRC || Digest(sha256.Sum256(piece)) != e.SHA256 {
+		if crc32.Checksum(piece, castagnoli) != e.CRC || PieceDigest(e, piece) != e.SHA256 {
 			return nil, fmt.Errorf("%s: extent %+v does not match its checksums", f.Path, e)
 		}
 		out = append(out, piece...)
@@ -201,14 +201,40 @@ func storedBytes(m *Manifest) int64 {
 }
 
 // checkPages checks that every extent of a relation file carries the keyed hash of each of
-// its pages, as the bytes it stands for hash with key.
+// its pages, as the bytes it stands for hash with key, and the page tree of those bytes as
+// its digest.
 func checkPages(t *testing.T, key []byte, f File, content []byte) {
 	t.Helper()
-	ph := &pageHasher{key: key, h: sha256.New()}
+	ph := &pageHasher{key: key}
 	var off int64
 	for i, e := range f.Extents {
-		if want := ph.sum(content[off : off+e.Length]); !bytes.Equal(e.Pages, want) {
+		piece := content[off : off+e.Length]
+		if want := ph.keyed(pageDigests(nil, piece)); !bytes.Equal(e.Pages, want) {
 			t.Fatalf("%s: extent %d: page hashes %x, want %x", f.Path, i, e.Pages, want)
+		}
+		if !e.PageTree || e.SHA256 != PieceDigest(e, piece) {
+			t.Fatalf("%s: extent %d: page tree %v, digest %x: not the page tree of its bytes", f.Path, i, e.PageTree, e.SHA256)
+		}
+		off += e.Length
+	}
+}
+
+// asFormat1 rewrites the extents of m's file i, whose content is content, as a manifest of
+// format 1 has them: the plain SHA-256 of each piece, and page hashes (when withPages) of
+// the pages themselves.
+func asFormat1(m *Manifest, i int, content []byte, withPages bool) {
+	m.Format = 1
+	m.FileList[i].Extents = slices.Clone(m.FileList[i].Extents)
+	var off int64
+	for j := range m.FileList[i].Extents {
+		e := &m.FileList[i].Extents[j]
+		piece := content[off : off+e.Length]
+		e.SHA256, e.PageTree, e.Pages = sha256.Sum256(piece), false, nil
+		if withPages {
+			for p := 0; p+PageSize <= len(piece); p += PageSize {
+				h := sha256.Sum256(append(slices.Clone(m.PageKey), piece[p:p+PageSize]...))
+				e.Pages = append(e.Pages, h[:PageHashSize]...)
+			}
 		}
 		off += e.Length
 	}
@@ -288,23 +314,27 @@ func TestIncrementalStoresOnlyTheChangedPagesOfARelationFile(t *testing.T) {
 		t.Fatal("diff reassembles to other bytes")
 	}
 
-	// A parent written before page hashes: changed chunks are stored whole, and the
-	// unchanged ones gain page hashes for the next backup.
-	old := *full
-	old.PageKey = nil
-	old.FileList = []File{full.FileList[0]}
-	old.FileList[0].Extents = slices.Clone(full.FileList[0].Extents)
-	for i := range old.FileList[0].Extents {
-		old.FileList[0].Extents[i].Pages = nil
+	// A parent of format 1, written before page hashes or with page hashes of the pages
+	// themselves (and plain SHA-256 digests): the unchanged chunks are taken from it
+	// (compared by the plain SHA-256) and gain page trees and page hashes for the next
+	// backup; the changed ones are stored whole.
+	for _, withPages := range []bool{false, true} {
+		old := *full
+		old.FileList = []File{full.FileList[0]}
+		asFormat1(&old, 0, v1[rel], withPages)
+		if !withPages {
+			old.PageKey = nil
+		}
+		label := map[bool]string{false: "E", true: "F"}[withPages]
+		fromOld := storeFiles(t, r, label, newBase(&old, false), bundle, []string{rel}, v2)
+		if got := storedBytes(fromOld); got != 4*ChunkSize {
+			t.Fatalf("incr of a format-1 parent (page hashes %v) stored %d bytes, want four chunks", withPages, got)
+		}
+		if got := reassemble(t, r, label, fromOld.FileList[0]); !bytes.Equal(got, v2[rel]) {
+			t.Fatal("incr of an old parent reassembles to other bytes")
+		}
+		checkPages(t, fromOld.PageKey, fromOld.FileList[0], v2[rel])
 	}
-	fromOld := storeFiles(t, r, "E", newBase(&old, false), bundle, []string{rel}, v2)
-	if got := storedBytes(fromOld); got != 4*ChunkSize {
-		t.Fatalf("incr of a parent without page hashes stored %d bytes, want four chunks", got)
-	}
-	if got := reassemble(t, r, "E", fromOld.FileList[0]); !bytes.Equal(got, v2[rel]) {
-		t.Fatal("incr of an old parent reassembles to other bytes")
-	}
-	checkPages(t, fromOld.PageKey, fromOld.FileList[0], v2[rel])
 }
 
 // A page hash that matches although the page changed (forged here in the parent's manifest)
@@ -322,8 +352,8 @@ func TestIncrementalPageHashMatchCannotRestoreStaleBytes(t *testing.T) {
 	v2 := bytes.Clone(v1)
 	v2[2*PageSize] ^= 1 // page 2 changes
 	v2[3*PageSize] ^= 1 // page 3 changes, and its hash is forged to match
-	ph := &pageHasher{key: full.PageKey, h: sha256.New()}
-	forged := ph.sum(v2[3*PageSize : 4*PageSize])
+	ph := &pageHasher{key: full.PageKey}
+	forged := ph.keyed(pageDigests(nil, v2[3*PageSize:4*PageSize]))
 	copy(full.FileList[0].Extents[0].Pages[3*PageHashSize:], forged)
 	incr := storeFiles(t, r, "B", newBase(full, false), 1<<20, []string{rel}, map[string][]byte{rel: v2})
 	if got := storedBytes(incr); got != PageSize {

@@ -12,8 +12,16 @@ import (
 	"github.com/pgharbor/pgharbor/internal/repo"
 )
 
-// ManifestFormat is the version of the manifest layout.
-const ManifestFormat = 1
+// ManifestFormat is the version of the manifest layout this pgharbor writes. Format 2 added
+// Extent.PageTree: a pgharbor that reads only format 1 would take those digests for damage,
+// so it refuses the manifest instead.
+const ManifestFormat = 2
+
+// oldestManifestFormat is the oldest layout this pgharbor still reads.
+const oldestManifestFormat = 1
+
+// ReadableFormat reports whether this pgharbor reads manifests of format f.
+func ReadableFormat(f int) bool { return f >= oldestManifestFormat && f <= ManifestFormat }
 
 // Object names inside a backup's prefix.
 const (
@@ -114,6 +122,12 @@ type Extent struct {
 	// the same: a CRC cannot prove two files equal (a file that ends with its own CRC, such
 	// as pg_control, has a constant whole-file CRC). Zero in manifests written before it.
 	SHA256 Digest `json:"h,omitzero"`
+	// PageTree says SHA256 is not the SHA-256 of the piece's bytes but of its pages' SHA-256s,
+	// in order (PieceDigest), and Pages the keyed hashes of those page digests (pageHasher):
+	// one pass of SHA-256 over a relation file's bytes gives both. Set (format 2 on) on
+	// extents of whole pages of relation files; absent in older manifests and for an extent
+	// taken from a parent without reading it, which keep their plain SHA-256.
+	PageTree bool `json:"t,omitempty"`
 	// Pages, for a piece of a relation file made of whole pages, holds a PageHashSize-byte
 	// keyed hash of each of its pages (see pageHasher). The next diff or incr backup compares
 	// a changed chunk page by page with it and stores only the pages that differ. Absent in
@@ -193,8 +207,8 @@ func ReadManifest(ctx context.Context, r *repo.Repo, label string) (*Manifest, e
 	if err := r.GetJSON(ctx, path.Join(BackupPrefix(r, label), manifestName), &m); err != nil {
 		return nil, fmt.Errorf("backup %s: read manifest: %w", label, err)
 	}
-	if m.Format != ManifestFormat {
-		return nil, fmt.Errorf("backup %s: manifest format %d, this pgharbor reads %d", label, m.Format, ManifestFormat)
+	if !ReadableFormat(m.Format) {
+		return nil, fmt.Errorf("backup %s: manifest format %d, this pgharbor reads %d to %d (a newer pgharbor wrote it?)", label, m.Format, oldestManifestFormat, ManifestFormat)
 	}
 	return &m, nil
 }

@@ -19,6 +19,7 @@ func FuzzManifest(f *testing.F) {
 	f.Add([]byte(`{"format":1,"file_list":[{"path":"a","type":"file","extents":[{"h":"zz"}]}]}`))
 	f.Add([]byte(`{"format":1,"label":"l","page_key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","file_list":[{"path":"base/5/1","type":"file","mode":384,"size":16384,"mtime":"2026-01-01T00:00:00Z","chunk":131072,"extents":[{"k":"20261204T000000Z","b":0,"o":8192,"l":8192,"c":1,"p":"AQIDBAUGBwg="},{"b":3,"o":0,"l":8192,"c":2,"p":"CQoLDA0ODxA="}]}]}`))
 	f.Add([]byte(`{"format":1,"file_list":[{"path":"a","type":"file","extents":[{"p":"not base64"}]}]}`))
+	f.Add([]byte(`{"format":2,"label":"l","file_list":[{"path":"base/5/1","type":"file","mode":384,"size":8192,"mtime":"2026-01-01T00:00:00Z","chunk":131072,"extents":[{"b":0,"o":0,"l":8192,"c":2,"t":true,"p":"CQoLDA0ODxA="}]}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var m Manifest
 		if json.Unmarshal(data, &m) != nil {

@@ -78,6 +78,8 @@ type pipeline struct {
 	toPut        chan sealedBlob // sealed bundles
 	cur          []byte          // bundle being filled
 	starts       []int64         // where extents begin in cur
+	kinds        []extentKind    // what the sealers hash of each extent in cur
+	ds           []byte          // the reader's page digests of a chunk
 	next         int             // number of the bundle being filled
 	stored       atomic.Int64    // sealed bytes uploaded
 	uncompressed atomic.Int64    // bundles stored without compression
@@ -97,10 +99,30 @@ type pipeline struct {
 	reused atomic.Int64
 	// pages hashes the pages of relation files for page-level incrementals (incremental.go).
 	pages *pageHasher
-	// digests holds each extent's SHA-256 by bundle and offset. The sealers compute them in
-	// parallel, beside the compression, rather than the single reader on its way through.
+	// digests holds each extent's digest (and page hashes) by bundle and offset. The sealers
+	// compute them in parallel, beside the compression, rather than the single reader on its
+	// way through.
 	mu      sync.Mutex
-	digests map[extentAt]Digest
+	digests map[extentAt]extentSum
+}
+
+// extentKind says what the sealers compute for an extent.
+type extentKind uint8
+
+const (
+	// extentPlain: the SHA-256 of its bytes.
+	extentPlain extentKind = iota
+	// extentPaged: whole pages of a relation file: the page digests, and from them the page
+	// tree and the keyed page hashes (Extent.PageTree).
+	extentPaged
+	// extentKnown: nothing, the reader has set the extent's digest already.
+	extentKnown
+)
+
+// extentSum is what the sealers computed for an extent.
+type extentSum struct {
+	digest Digest
+	pages  []byte // keyed page hashes, for extentPaged
 }
 
 // rawBundles is the number of raw bundle buffers: one per sealer, and one more for the
@@ -122,6 +144,7 @@ type rawBundle struct {
 	n      int
 	data   []byte
 	starts []int64 // offsets where extents begin, ascending; an extent runs to the next
+	kinds  []extentKind
 }
 
 type sealedBlob struct {
@@ -137,7 +160,7 @@ func newPipeline(ctx context.Context, r *repo.Repo, label string, bundleSize, wo
 		toSeal:  make(chan rawBundle),
 		toPut:   make(chan sealedBlob),
 		blocks:  make(chan []byte, (workers+uploads)*(bundleSize/sealBlockSize+2)),
-		digests: map[extentAt]Digest{},
+		digests: map[extentAt]extentSum{},
 	}
 	for i := 0; i < rawBundles(workers); i++ {
 		p.free <- make([]byte, 0, bundleSize)
@@ -175,9 +198,9 @@ func (p *pipeline) sealLoop() error {
 		return err
 	}
 	defer sealer.Close()
-	var probeOut []byte
+	var probeOut, ds []byte
 	for b := range p.toSeal {
-		p.hashExtents(b)
+		ds = p.hashExtents(b, ds)
 		var compressible bool
 		if p.r.Codec().Compresses() {
 			probeOut, compressible = p.probe.compressible(b.data, probeOut)
@@ -202,38 +225,53 @@ func (p *pipeline) sealLoop() error {
 	return nil
 }
 
-// hashExtents records the SHA-256 of every extent in bundle b.
-func (p *pipeline) hashExtents(b rawBundle) {
-	sums := make([]Digest, len(b.starts))
+// hashExtents records the digest of every extent in bundle b that the reader did not hash;
+// ds is scratch space for page digests, returned for the next call.
+func (p *pipeline) hashExtents(b rawBundle, ds []byte) []byte {
+	sums := make([]extentSum, len(b.starts))
 	for i, off := range b.starts {
 		end := int64(len(b.data))
 		if i+1 < len(b.starts) {
 			end = b.starts[i+1]
 		}
-		sums[i] = sha256.Sum256(b.data[off:end])
+		switch b.kinds[i] {
+		case extentKnown:
+		case extentPaged:
+			ds = pageDigests(ds[:0], b.data[off:end])
+			sums[i] = extentSum{digest: pageTree(ds), pages: p.pages.keyed(ds)}
+		default:
+			sums[i].digest = sha256.Sum256(b.data[off:end])
+		}
 	}
 	p.mu.Lock()
 	for i, off := range b.starts {
-		p.digests[extentAt{b.n, off}] = sums[i]
+		if b.kinds[i] != extentKnown {
+			p.digests[extentAt{b.n, off}] = sums[i]
+		}
 	}
 	p.mu.Unlock()
+	return ds
 }
 
-// setDigests fills in the SHA-256 of every extent of files; call it after close.
+// setDigests fills in the digest of every extent of files the reader did not hash (and the
+// page hashes of the paged ones); call it after close.
 func (p *pipeline) setDigests(files []File) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for i := range files {
 		for j := range files[i].Extents {
 			e := &files[i].Extents[j]
-			if e.Backup != "" {
-				continue // taken from an earlier backup, hash and all
+			if e.Backup != "" || !e.SHA256.IsZero() {
+				continue // taken from an earlier backup, or hashed by the reader
 			}
 			d, ok := p.digests[extentAt{e.Bundle, e.Offset}]
 			if !ok {
 				return fmt.Errorf("no SHA-256 for %s at bundle %d offset %d", files[i].Path, e.Bundle, e.Offset)
 			}
-			e.SHA256 = d
+			e.SHA256 = d.digest
+			if d.pages != nil {
+				e.Pages, e.PageTree = d.pages, true
+			}
 		}
 	}
 	return nil
@@ -356,7 +394,7 @@ func (p *pipeline) write(data []byte, extents []Extent) ([]Extent, error) {
 		}
 		n := copy(tail, data)
 		data = data[n:]
-		if extents, err = p.commit(n, extents, true); err != nil {
+		if extents, err = p.commit(n, extents, true, extentPlain); err != nil {
 			return extents, err
 		}
 	}
@@ -375,7 +413,7 @@ func (p *pipeline) readFrom(r io.Reader, size int64, extents []Extent) ([]Extent
 		}
 		n, rerr := io.ReadFull(r, tail)
 		done += int64(n)
-		if extents, err = p.commit(n, extents, true); err != nil {
+		if extents, err = p.commit(n, extents, true, extentPlain); err != nil {
 			return extents, done, err
 		}
 		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
@@ -404,8 +442,9 @@ func (p *pipeline) tail(max int) ([]byte, error) {
 
 // commit takes n bytes written into the tail into the current bundle and the extents. With
 // merge, bytes that continue the last extent in the same bundle extend it; without, they
-// start an extent of their own (a chunk of a chunked file).
-func (p *pipeline) commit(n int, extents []Extent, merge bool) ([]Extent, error) {
+// start an extent of their own (a chunk of a chunked file), which the sealers hash as kind
+// says.
+func (p *pipeline) commit(n int, extents []Extent, merge bool, kind extentKind) ([]Extent, error) {
 	if n == 0 {
 		return extents, nil
 	}
@@ -419,6 +458,7 @@ func (p *pipeline) commit(n int, extents []Extent, merge bool) ([]Extent, error)
 	} else {
 		extents = append(extents, Extent{Bundle: p.next, Offset: off, Length: int64(n), CRC: crc32.Update(0, castagnoli, chunk)})
 		p.starts = append(p.starts, off)
+		p.kinds = append(p.kinds, kind)
 	}
 	if len(p.cur) == p.size {
 		return extents, p.flush()
@@ -435,11 +475,11 @@ func (p *pipeline) flush() error {
 		return p.wait()
 	}
 	select {
-	case p.toSeal <- rawBundle{n: p.next, data: p.cur, starts: p.starts}:
+	case p.toSeal <- rawBundle{n: p.next, data: p.cur, starts: p.starts, kinds: p.kinds}:
 	case <-p.ctx.Done():
 		return p.wait()
 	}
-	p.cur, p.starts = nil, nil
+	p.cur, p.starts, p.kinds = nil, nil, nil
 	p.next++
 	return nil
 }
@@ -459,7 +499,7 @@ func (p *pipeline) close() (int, error) {
 // release lets the garbage collector have the buffers once every goroutine has stopped: the
 // rest of the backup (manifests, waiting for WAL) does not need them.
 func (p *pipeline) release() {
-	p.cur, p.starts = nil, nil
+	p.cur, p.starts, p.kinds = nil, nil, nil
 	for {
 		select {
 		case <-p.free:

@@ -3,7 +3,6 @@ package backup
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -103,8 +102,7 @@ func Verify(ctx context.Context, r *repo.Repo, label string, workers int) (*Veri
 			defer rc.Close()
 			br := bufio.NewReaderSize(rc, 256<<10)
 			var pos int64
-			h := sha256.New()
-			var sum Digest
+			h := newPieceHash()
 			for _, p := range pieces {
 				e := m.FileList[p.file].Extents[p.ext]
 				if e.Offset < pos {
@@ -114,11 +112,11 @@ func Verify(ctx context.Context, r *repo.Repo, label string, workers int) (*Veri
 					return fmt.Errorf("read %s%s: %w", r.Location(key), note, err)
 				}
 				c := crc32.New(castagnoli)
-				h.Reset()
+				h.reset(e)
 				if _, err := io.CopyN(io.MultiWriter(c, h), br, e.Length); err != nil {
 					return fmt.Errorf("read %s%s: %w", r.Location(key), note, err)
 				}
-				if c.Sum32() != e.CRC || (!e.SHA256.IsZero() && Digest(h.Sum(sum[:0])) != e.SHA256) {
+				if c.Sum32() != e.CRC || (!e.SHA256.IsZero() && h.sum() != e.SHA256) {
 					return fmt.Errorf("backup %s: %s: a piece in %s%s does not match its checksum: the object is damaged", label, m.FileList[p.file].Path, r.Location(key), note)
 				}
 				pieceOK[p.file][p.ext] = true

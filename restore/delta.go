@@ -2,7 +2,6 @@ package restore
 
 import (
 	"context"
-	"crypto/sha256"
 	"io"
 	"math"
 	"os"
@@ -209,7 +208,7 @@ func compareRun(j compareJob, buf []byte, kept []bool) {
 		if off+e.Length > int64(n) {
 			return
 		}
-		if sha256.Sum256(buf[off:off+e.Length]) == e.SHA256 {
+		if backup.PieceDigest(e, buf[off:off+e.Length]) == e.SHA256 {
 			kept[j.first+i] = true
 		}
 		off += e.Length

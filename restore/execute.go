@@ -3,7 +3,6 @@ package restore
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -805,7 +804,7 @@ func (x *executor) readPiece(ctx context.Context, f backup.File, e backup.Extent
 	if _, err := io.ReadFull(rc, buf); err != nil {
 		return nil, fmt.Errorf("read %s%s (piece of %s): %w", x.r.Location(key), x.ownerNote(owner), f.Path, err)
 	}
-	if crc32.Checksum(buf, castagnoli) != e.CRC || (!e.SHA256.IsZero() && backup.Digest(sha256.Sum256(buf)) != e.SHA256) {
+	if crc32.Checksum(buf, castagnoli) != e.CRC || (!e.SHA256.IsZero() && backup.PieceDigest(e, buf) != e.SHA256) {
 		return nil, fmt.Errorf("backup %s: %s: checksum mismatch in a piece from %s%s: the object is damaged (run `pgharbor verify --backup %s`)", x.m.Label, f.Path, x.r.Location(key), x.ownerNote(owner), x.m.Label)
 	}
 	return buf, nil

@@ -37,6 +37,50 @@ func fileOf(path string, data []byte, piece int) backup.File {
 	return f
 }
 
+// pageTreeFileOf is fileOf as a backup of format 2 describes a relation file: page-tree
+// digests (backup.Extent.PageTree).
+func pageTreeFileOf(path string, data []byte, piece int) backup.File {
+	f := fileOf(path, data, piece)
+	var off int
+	for i := range f.Extents {
+		e := &f.Extents[i]
+		e.PageTree = true
+		e.SHA256 = backup.PieceDigest(*e, data[off:off+int(e.Length)])
+		off += int(e.Length)
+	}
+	return f
+}
+
+// A delta restore compares the pieces of a format-2 relation file by their page trees: equal
+// bytes are kept, one changed bit is not, and a page tree is never taken for a plain SHA-256.
+func TestDeltaComparesPageTreePieces(t *testing.T) {
+	data := make([]byte, 40*8192)
+	for i := range data {
+		data[i] = byte(i * 13)
+	}
+	p := filepath.Join(t.TempDir(), "16390")
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := pageTreeFileOf("base/5/16390", data, 16*8192)
+	if f.Extents[0].SHA256 == fileOf("base/5/16390", data, 16*8192).Extents[0].SHA256 {
+		t.Fatal("the page tree equals the plain SHA-256")
+	}
+	if !compareContent(p, f).same() {
+		t.Fatal("identical file judged changed")
+	}
+	changed := append([]byte(nil), data...)
+	changed[33*8192+5] ^= 1
+	if compareContent(p, pageTreeFileOf("base/5/16390", changed, 16*8192)).same() {
+		t.Fatal("a file differing in one bit was judged unchanged")
+	}
+	plain := fileOf("base/5/16390", data, 16*8192)
+	plain.Extents[1].PageTree = true
+	if compareContent(p, plain).same() {
+		t.Fatal("a plain SHA-256 was taken for a page tree")
+	}
+}
+
 func TestDeltaNeverTakesTwoControlFilesForEqual(t *testing.T) {
 	a, b := controlLike(1), controlLike(2)
 	if crc32.Checksum(a, castagnoli) != crc32.Checksum(b, castagnoli) {

@@ -35,7 +35,7 @@ func FuzzValidateManifest(f *testing.F) {
 	f.Add([]byte(`{"format":1,"label":"x","tablespaces":[{"oid":1,"location":"/restore"}],"file_list":[]}`), "1=/restore/ts")
 	f.Fuzz(func(t *testing.T, data []byte, tsMap string) {
 		var m backup.Manifest
-		if json.Unmarshal(data, &m) != nil || m.Format != backup.ManifestFormat {
+		if json.Unmarshal(data, &m) != nil || !backup.ReadableFormat(m.Format) {
 			return
 		}
 		o := Options{PGData: "/restore/data", TablespaceMap: map[string]string{}}

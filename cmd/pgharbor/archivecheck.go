@@ -20,6 +20,10 @@ func (a *app) archiveCheck(r *repo.Repo, timeout time.Duration) func(ctx context
 			return err
 		}
 		deadline := time.Now().Add(timeout)
+		// The segment usually arrives a moment after the server switched WAL: look again
+		// soon, then less often (a full poll interval would often be most of a small
+		// backup's wait).
+		wait := 20 * time.Millisecond
 		for _, seg := range segs {
 			name, err := seg.SegmentName(segSize)
 			if err != nil {
@@ -44,8 +48,9 @@ func (a *app) archiveCheck(r *repo.Repo, timeout time.Duration) func(ctx context
 				select {
 				case <-ctx.Done():
 					return ctx.Err()
-				case <-time.After(200 * time.Millisecond):
+				case <-time.After(wait):
 				}
+				wait = min(2*wait, 200*time.Millisecond)
 			}
 		}
 		return nil

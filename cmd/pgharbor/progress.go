@@ -62,14 +62,14 @@ func humanBytes(n int64) string {
 }
 
 // collectBackupGarbageSooner has the garbage collector of a process that runs one backup
-// start a cycle when the heap has grown by half of what is live, not by all of it (GOGC=50
-// instead of 100). A backup's live heap is mostly its bounded buffers, which it reuses, so
-// it makes little garbage; the default let the heap take as much again on top of the
-// buffers. Unlike a lower memory limit, this keeps scaling with the manifest, which grows
-// with the cluster. Not for the server, whose other work makes garbage of its own. GOGC in
-// the environment wins.
+// start a cycle when the heap has grown by a quarter of what is live, not by all of it
+// (GOGC=25 instead of 100). A backup's live heap is mostly its bounded buffers, which it
+// reuses and which hold no pointers, so it makes little garbage and a cycle costs little;
+// the default let the heap take as much again on top of the buffers. Unlike a lower memory
+// limit, this keeps scaling with the manifest, which grows with the cluster. Not for the
+// server, whose other work makes garbage of its own. GOGC in the environment wins.
 func collectBackupGarbageSooner() {
 	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(50)
+		debug.SetGCPercent(25)
 	}
 }

@@ -293,7 +293,11 @@ func New(cfg Config) (*Codec, error) {
 	}
 	c.dataOpts = []zstd.EOption{
 		zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)),
-		zstd.WithEncoderCRC(true),
+		// No content checksum in objects sealed whole (bundles, manifests): the age AEAD
+		// (or, unencrypted, the envelope's CRC-32C trailer) already covers every byte of
+		// the frame, and each piece of a bundle carries its own CRC-32C and digest in the
+		// manifest.
+		zstd.WithEncoderCRC(false),
 		zstd.WithEncoderConcurrency(1), // synchronous: the caller runs one sealer per core
 		zstd.WithWindowSize(dataWindow),
 	}
@@ -431,7 +435,8 @@ func (c *Codec) IdentityFingerprints() []string {
 // the objects NewWriter would make of them. It owns one zstd encoder and streams through
 // it: no buffer for the whole compressed payload, and the encoder's history and tables are
 // allocated once, not per object. Objects carry a smaller zstd window than NewWriter's at
-// levels below 6 (dataZstdWindow), which readers need less memory for. Not safe for
+// levels below 6 (dataZstdWindow), which readers need less memory for, and no zstd content
+// checksum. Not safe for
 // concurrent use: one per goroutine.
 type DataSealer struct {
 	c   *Codec
