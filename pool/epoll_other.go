@@ -37,3 +37,5 @@ func epollCtl(int, int, int, *epollEvent) error     { return errNoEpoll }
 func epollWait(int, []epollEvent, int) (int, error) { return 0, errNoEpoll }
 func eventFD() (int, error)                         { return -1, errNoEpoll }
 func setSchedBatch() error                          { return errNoEpoll }
+
+func epollWaitRaw(int, []epollEvent, int) (int, error) { return 0, errNoEpoll }
