@@ -95,7 +95,7 @@ type evLoop struct {
 	done   chan struct{}
 
 	// loop thread only:
-	fds       map[int32]loopEntry
+	fds       []loopEntry // by descriptor (a slice: looked up on every event)
 	sessions  map[*session]struct{}
 	waiting   map[*session]struct{}
 	parked    map[*session]struct{} // waiting for a reachable primary (failwait.go)
@@ -115,6 +115,14 @@ type evLoop struct {
 type loopEntry struct {
 	sess *session
 	srv  *loopServer
+}
+
+// setEntry records what descriptor fd is; a zero entry forgets it.
+func (l *evLoop) setEntry(fd int, e loopEntry) {
+	if fd >= len(l.fds) {
+		l.fds = append(l.fds, make([]loopEntry, fd+1-len(l.fds))...)
+	}
+	l.fds[fd] = e
 }
 
 // loopSess is a session's state in the loop (session.ev); loop thread only.
@@ -189,7 +197,7 @@ func newLoop(ctx context.Context, srv *Server) (*evLoop, error) {
 		return nil, fmt.Errorf("event loop: eventfd2: %w", err)
 	}
 	l := &evLoop{srv: srv, ctx: ctx, epfd: epfd, efd: int(efd), done: make(chan struct{}),
-		fds: map[int32]loopEntry{}, sessions: map[*session]struct{}{}, waiting: map[*session]struct{}{},
+		sessions: map[*session]struct{}{}, waiting: map[*session]struct{}{},
 		parked: map[*session]struct{}{}, buf: make([]byte, loopReadSize), events: make([]epollEvent, 128)}
 	ev := epollEvent{Events: epEPOLLIN | epollET, Fd: int32(efd)}
 	if err := epollCtl(epfd, epEPOLL_CTL_ADD, int(efd), &ev); err != nil {
@@ -423,7 +431,7 @@ func (l *evLoop) add(s *session, fd int, buffered []byte) {
 		return
 	}
 	s.ev = ls
-	l.fds[int32(fd)] = loopEntry{sess: s}
+	l.setEntry(fd, loopEntry{sess: s})
 	l.sessions[s] = struct{}{}
 	l.pump(s)
 }
@@ -434,10 +442,10 @@ func (l *evLoop) event(ev epollEvent) {
 		_, _, _ = syscall.RawSyscall(syscall.SYS_READ, uintptr(l.efd), uintptr(unsafe.Pointer(&b[0])), 8)
 		return
 	}
-	e, ok := l.fds[ev.Fd]
-	if !ok {
+	if ev.Fd < 0 || int(ev.Fd) >= len(l.fds) {
 		return
 	}
+	e := l.fds[ev.Fd]
 	in := ev.Events&(epEPOLLIN|epEPOLLHUP|epEPOLLERR|epEPOLLRDHUP) != 0
 	out := ev.Events&(epEPOLLOUT|epEPOLLHUP|epEPOLLERR) != 0
 	if s := e.sess; s != nil {
@@ -1343,7 +1351,7 @@ func (l *evLoop) clientGone(s *session) {
 	}
 	ls.closed = true
 	ls.out, ls.in = nil, nil
-	delete(l.fds, int32(ls.fd))
+	l.setEntry(ls.fd, loopEntry{})
 	_ = syscall.Close(ls.fd)
 	if ls.parked {
 		ls.parked = false
