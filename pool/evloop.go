@@ -110,6 +110,9 @@ type evLoop struct {
 	lastYield time.Time
 	noPark    bool // Go's poller cannot watch the epoll fd: wait only in epoll_wait
 	noBatch   bool // SCHED_BATCH cannot be set: not tried again
+	// holdP: the short waits keep the thread's P (epollWaitRaw). Not with a single P, which
+	// every other goroutine (logins, goroutine sessions, timers) would wait for meanwhile.
+	holdP bool
 }
 
 type loopEntry struct {
@@ -198,7 +201,8 @@ func newLoop(ctx context.Context, srv *Server) (*evLoop, error) {
 	}
 	l := &evLoop{srv: srv, ctx: ctx, epfd: epfd, efd: int(efd), done: make(chan struct{}),
 		sessions: map[*session]struct{}{}, waiting: map[*session]struct{}{},
-		parked: map[*session]struct{}{}, buf: make([]byte, loopReadSize), events: make([]epollEvent, 128)}
+		parked: map[*session]struct{}{}, buf: make([]byte, loopReadSize), events: make([]epollEvent, 128),
+		holdP: runtime.GOMAXPROCS(0) > 1}
 	ev := epollEvent{Events: epEPOLLIN | epollET, Fd: int32(efd)}
 	if err := epollCtl(epfd, epEPOLL_CTL_ADD, int(efd), &ev); err != nil {
 		_ = syscall.Close(epfd)
@@ -334,7 +338,8 @@ func (l *evLoop) batchThread() {
 // duplicate of the epoll fd, until an event or the next tick (none while no session is in
 // the loop). The short wait is a raw system call: the thread keeps its P, so Go's monitor
 // (sysmon) does not hand the P to another thread when other goroutines keep the second P
-// busy, and no other thread is woken to take it back when the wait ends. Blocked there, the
+// busy, and no other thread is woken to take it back when the wait ends (with a single P,
+// GOMAXPROCS=1, the wait goes through the scheduler as any system call: holdP). Blocked there, the
 // thread holds its P, so an idle pool would keep the monitor polling: an idle pool used CPU
 // and woke hundreds of times a second, where an idle PgBouncer hardly wakes. Parked, the P
 // is free and an idle pool is quiet. The duplicate is in Go's poller only while parked:
@@ -351,7 +356,13 @@ func (l *evLoop) wait(timeout int) (int, error) {
 			short, bounded = max(left, 0), true
 		}
 	}
-	n, err := epollWaitRaw(l.epfd, l.events, short)
+	var n int
+	var err error
+	if l.holdP {
+		n, err = epollWaitRaw(l.epfd, l.events, short)
+	} else {
+		n, err = epollWait(l.epfd, l.events, short)
+	}
 	if n != 0 || timeout == short || bounded || l.noPark || (err != nil && !errors.Is(err, syscall.EINTR)) {
 		// bounded: run passes through the scheduler and waits again
 		return n, err

@@ -137,9 +137,19 @@ func newWaitLoop(t *testing.T) *evLoop {
 }
 
 // The loop's wait ends no later than its next pass through Go's scheduler is due (it then
-// waits again), and returns at once when an event is ready.
+// waits again), and returns at once when an event is ready; with its short waits holding the
+// P (raw epoll_pwait) and without (GOMAXPROCS=1).
 func TestLoopWaitEndsWhenTheSchedulerPassIsDue(t *testing.T) {
-	l := newWaitLoop(t)
+	for _, holdP := range []bool{true, false} {
+		t.Run(map[bool]string{true: "HoldingTheP", false: "ThroughTheScheduler"}[holdP], func(t *testing.T) {
+			l := newWaitLoop(t)
+			l.holdP = holdP
+			testLoopWait(t, l)
+		})
+	}
+}
+
+func testLoopWait(t *testing.T, l *evLoop) {
 	// the pass is due in 2 ms: a wait of up to 100 ms must return by then, empty
 	l.lastYield = time.Now().Add(-loopYield + 2*time.Millisecond)
 	start := time.Now()
