@@ -5,6 +5,8 @@ package pool
 import (
 	"errors"
 	"runtime"
+	"syscall"
+	"unsafe"
 )
 
 // Without epoll the event loop cannot start: the pool runs every session on its goroutine
@@ -37,3 +39,15 @@ func epollCtl(int, int, int, *epollEvent) error     { return errNoEpoll }
 func epollWait(int, []epollEvent, int) (int, error) { return 0, errNoEpoll }
 func eventFD() (int, error)                         { return -1, errNoEpoll }
 func setSchedBatch() error                          { return errNoEpoll }
+
+func epollWaitRaw(int, []epollEvent, int) (int, error) { return 0, errNoEpoll }
+
+func recv(fd uintptr, p []byte) (uintptr, syscall.Errno) {
+	n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	return n, errno
+}
+
+func send(fd uintptr, p []byte) (uintptr, syscall.Errno) {
+	n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	return n, errno
+}

@@ -25,7 +25,7 @@ func (l *evLoop) demoteSession(s *session) {
 		s.srv.log.Debug("event loop: session moves to a goroutine", "client", s.addr, "message", string(ls.in[:1]), "buffered", len(ls.in))
 	}
 	_ = epollCtl(l.epfd, epEPOLL_CTL_DEL, ls.fd, nil)
-	delete(l.fds, int32(ls.fd))
+	l.setEntry(ls.fd, loopEntry{})
 	delete(l.sessions, s)
 	f := os.NewFile(uintptr(ls.fd), "pgharbor-client")
 	conn, err := net.FileConn(f)
@@ -95,7 +95,7 @@ func (l *evLoop) enterLoop(sc *serverConn) error {
 		_ = syscall.Close(fd)
 		return fmt.Errorf("epoll_ctl: %w", err)
 	}
-	l.fds[int32(fd)] = loopEntry{srv: es}
+	l.setEntry(fd, loopEntry{srv: es})
 	sc.ev = es
 	return nil
 }

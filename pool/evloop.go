@@ -51,8 +51,8 @@ const (
 	loopTick     = 100 * time.Millisecond
 	// loopYield bounds the time between the loop goroutine's passes through the Go
 	// scheduler (see run). Below the runtime's 10 ms preemption threshold with room for a
-	// pass of the loop; each pass hands the locked thread over twice (futex wake-ups and
-	// context switches), so passing less often costs less CPU per transaction.
+	// pass of the loop; each pass wakes another thread and puts one to sleep (futex calls
+	// and context switches), so passing less often costs less CPU per transaction.
 	loopYield = 8 * time.Millisecond
 )
 
@@ -95,7 +95,7 @@ type evLoop struct {
 	done   chan struct{}
 
 	// loop thread only:
-	fds       map[int32]loopEntry
+	fds       []loopEntry // by descriptor (a slice: looked up on every event)
 	sessions  map[*session]struct{}
 	waiting   map[*session]struct{}
 	parked    map[*session]struct{} // waiting for a reachable primary (failwait.go)
@@ -109,11 +109,23 @@ type evLoop struct {
 	later     []*session // sessions with work left after their fair share
 	lastYield time.Time
 	noPark    bool // Go's poller cannot watch the epoll fd: wait only in epoll_wait
+	noBatch   bool // SCHED_BATCH cannot be set: not tried again
+	// holdP: the short waits keep the thread's P (epollWaitRaw). Not with a single P, which
+	// every other goroutine (logins, goroutine sessions, timers) would wait for meanwhile.
+	holdP bool
 }
 
 type loopEntry struct {
 	sess *session
 	srv  *loopServer
+}
+
+// setEntry records what descriptor fd is; a zero entry forgets it.
+func (l *evLoop) setEntry(fd int, e loopEntry) {
+	if fd >= len(l.fds) {
+		l.fds = append(l.fds, make([]loopEntry, fd+1-len(l.fds))...)
+	}
+	l.fds[fd] = e
 }
 
 // loopSess is a session's state in the loop (session.ev); loop thread only.
@@ -188,8 +200,9 @@ func newLoop(ctx context.Context, srv *Server) (*evLoop, error) {
 		return nil, fmt.Errorf("event loop: eventfd2: %w", err)
 	}
 	l := &evLoop{srv: srv, ctx: ctx, epfd: epfd, efd: int(efd), done: make(chan struct{}),
-		fds: map[int32]loopEntry{}, sessions: map[*session]struct{}{}, waiting: map[*session]struct{}{},
-		parked: map[*session]struct{}{}, buf: make([]byte, loopReadSize), events: make([]epollEvent, 128)}
+		sessions: map[*session]struct{}{}, waiting: map[*session]struct{}{},
+		parked: map[*session]struct{}{}, buf: make([]byte, loopReadSize), events: make([]epollEvent, 128),
+		holdP: runtime.GOMAXPROCS(0) > 1}
 	ev := epollEvent{Events: epEPOLLIN | epollET, Fd: int32(efd)}
 	if err := epollCtl(epfd, epEPOLL_CTL_ADD, int(efd), &ev); err != nil {
 		_ = syscall.Close(epfd)
@@ -231,17 +244,7 @@ func (l *evLoop) adopt(s *session, conn net.Conn, buffered []byte) bool {
 }
 
 func (l *evLoop) run() {
-	// The loop's thread runs under SCHED_BATCH: woken by an event, it does not preempt the
-	// task on the CPU (a backend, a client) but runs once that task yields or its slice
-	// ends, with the events that came meanwhile. On a busy machine it then handles more
-	// events per epoll_wait, sleeps and is preempted less, and wakes the others less
-	// often; it never waits longer than the scheduler's slice. Both the loop's CPU per
-	// transaction and the tps went the right way with it (docs/pool.md, "Design
-	// measurements"). The policy belongs to the thread, so the goroutine keeps it.
-	runtime.LockOSThread() // never unlocked: the thread ends with the loop
-	if err := setSchedBatch(); err != nil {
-		l.srv.log.Debug("event loop: SCHED_BATCH not set", "err", err)
-	}
+	l.batchThread()
 	defer close(l.done)
 	timeout := 0
 	for {
@@ -292,11 +295,13 @@ func (l *evLoop) run() {
 			// with a signal, and, while it is in a system call, take its P away on every
 			// pass of its own until the preemption lands, which costs more CPU than the
 			// pass through the scheduler done here now and then, when the loop is about to
-			// wait for events (a thread hand-off, a locked goroutine, a few hundred times a
-			// second). A pass is not free on a busy CPU, where the other thread has to be
-			// scheduled first; see docs/pool.md, "Design measurements".
+			// wait for events (the scheduler wakes another thread, which often takes the
+			// goroutine over, a hundred times a second). A pass is not free on a busy CPU,
+			// where the other thread has to be scheduled first; see docs/pool.md, "Design
+			// measurements".
 			runtime.Gosched()
 			l.lastYield = l.now
+			l.batchThread()
 		}
 		l.asleep.Store(true)
 		l.mu.Lock()
@@ -307,19 +312,59 @@ func (l *evLoop) run() {
 	}
 }
 
+// batchThread puts the thread the loop runs on under SCHED_BATCH: woken by an event, it
+// does not preempt the task on the CPU (a backend, a client) but runs once that task yields
+// or its slice ends, with the events that came meanwhile. On a busy machine it then handles
+// more events per epoll_wait, sleeps and is preempted less, and wakes the others less
+// often; it never waits longer than the scheduler's slice. Both the loop's CPU per
+// transaction and the tps went the right way with it (docs/pool.md, "Design
+// measurements"). The policy belongs to a thread, and the goroutine is not locked to one
+// (a locked goroutine's every pass through the scheduler hands the P to another thread and
+// back), so it is checked after every such pass; the few threads of the process that run
+// the loop keep the policy.
+func (l *evLoop) batchThread() {
+	if l.noBatch {
+		return
+	}
+	if err := setSchedBatch(); err != nil {
+		l.srv.log.Debug("event loop: SCHED_BATCH not set", "err", err)
+		l.noBatch = true
+	}
+}
+
 // wait waits up to timeout ms for events. A wait that may block starts in epoll_wait for at
-// most loopYield; when nothing came by then, the goroutine parks in Go's poller, watching a
+// most loopYield, and no later than the next pass through the scheduler is due (run); when
+// nothing came in a whole loopYield, the goroutine parks in Go's poller, watching a
 // duplicate of the epoll fd, until an event or the next tick (none while no session is in
-// the loop). Blocked in epoll_wait, the thread holds its P, so Go's monitor (sysmon) never
-// sleeps for long and takes the P away after 10 ms: an idle pool used CPU and woke hundreds
-// of times a second, where an idle PgBouncer hardly wakes. Parked, the P is free and an idle
-// pool is quiet. The duplicate is in Go's poller only while parked: kept there, every
-// event would also wake the poller's thread. Under load the loop rarely waits loopYield, so the
-// cost of a park (a few system calls and the hand-off of a locked goroutine) stays rare.
+// the loop). The short wait is a raw system call: the thread keeps its P, so Go's monitor
+// (sysmon) does not hand the P to another thread when other goroutines keep the second P
+// busy, and no other thread is woken to take it back when the wait ends (with a single P,
+// GOMAXPROCS=1, the wait goes through the scheduler as any system call: holdP). Blocked there, the
+// thread holds its P, so an idle pool would keep the monitor polling: an idle pool used CPU
+// and woke hundreds of times a second, where an idle PgBouncer hardly wakes. Parked, the P
+// is free and an idle pool is quiet. The duplicate is in Go's poller only while parked:
+// kept there, every event would also wake the poller's thread. Under load the loop rarely
+// waits loopYield, so the cost of a park (a few system calls and a goroutine wake-up)
+// stays rare.
 func (l *evLoop) wait(timeout int) (int, error) {
 	short := min(timeout, int(loopYield/time.Millisecond))
-	n, err := epollWait(l.epfd, l.events, short)
-	if n != 0 || timeout == short || l.noPark || (err != nil && !errors.Is(err, syscall.EINTR)) {
+	bounded := false
+	if short > 0 {
+		// rounded up: a wait of 0 ms until the pass is due would spin
+		left := int((loopYield - time.Since(l.lastYield) + time.Millisecond - 1) / time.Millisecond)
+		if left < short {
+			short, bounded = max(left, 0), true
+		}
+	}
+	var n int
+	var err error
+	if l.holdP {
+		n, err = epollWaitRaw(l.epfd, l.events, short)
+	} else {
+		n, err = epollWait(l.epfd, l.events, short)
+	}
+	if n != 0 || timeout == short || bounded || l.noPark || (err != nil && !errors.Is(err, syscall.EINTR)) {
+		// bounded: run passes through the scheduler and waits again
 		return n, err
 	}
 	rest := timeout - short
@@ -344,10 +389,11 @@ func (l *evLoop) wait(timeout int) (int, error) {
 	}
 	var werr error
 	err = rc.Read(func(fd uintptr) bool {
-		n, werr = epollWait(int(fd), l.events, 0)
+		n, werr = epollWaitRaw(int(fd), l.events, 0)
 		return n != 0 || (werr != nil && !errors.Is(werr, syscall.EINTR))
 	})
 	l.lastYield = time.Now() // parking passed through the scheduler
+	l.batchThread()
 	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 		l.srv.log.Debug("event loop: waiting in epoll_wait only", "err", err)
 		l.noPark = true
@@ -396,7 +442,7 @@ func (l *evLoop) add(s *session, fd int, buffered []byte) {
 		return
 	}
 	s.ev = ls
-	l.fds[int32(fd)] = loopEntry{sess: s}
+	l.setEntry(fd, loopEntry{sess: s})
 	l.sessions[s] = struct{}{}
 	l.pump(s)
 }
@@ -407,10 +453,10 @@ func (l *evLoop) event(ev epollEvent) {
 		_, _, _ = syscall.RawSyscall(syscall.SYS_READ, uintptr(l.efd), uintptr(unsafe.Pointer(&b[0])), 8)
 		return
 	}
-	e, ok := l.fds[ev.Fd]
-	if !ok {
+	if ev.Fd < 0 || int(ev.Fd) >= len(l.fds) {
 		return
 	}
+	e := l.fds[ev.Fd]
 	in := ev.Events&(epEPOLLIN|epEPOLLHUP|epEPOLLERR|epEPOLLRDHUP) != 0
 	out := ev.Events&(epEPOLLOUT|epEPOLLHUP|epEPOLLERR) != 0
 	if s := e.sess; s != nil {
@@ -1316,7 +1362,7 @@ func (l *evLoop) clientGone(s *session) {
 	}
 	ls.closed = true
 	ls.out, ls.in = nil, nil
-	delete(l.fds, int32(ls.fd))
+	l.setEntry(ls.fd, loopEntry{})
 	_ = syscall.Close(ls.fd)
 	if ls.parked {
 		ls.parked = false

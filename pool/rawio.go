@@ -5,7 +5,6 @@ import (
 	"net"
 	"os"
 	"syscall"
-	"unsafe"
 )
 
 // socketIO returns what the pool's buffered readers and writers use for conn: for a plain
@@ -43,7 +42,7 @@ func (s *rawSocket) Read(p []byte) (int, error) {
 	var errno syscall.Errno
 	err := s.rc.Read(func(fd uintptr) bool {
 		for {
-			n, _, errno = syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+			n, errno = recv(fd, p)
 			switch errno {
 			case syscall.EINTR:
 				continue
@@ -69,7 +68,7 @@ func (s *rawSocket) Write(p []byte) (int, error) {
 	var errno syscall.Errno
 	err := s.rc.Write(func(fd uintptr) bool {
 		for done < len(p) {
-			n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[done])), uintptr(len(p)-done))
+			n, e := send(fd, p[done:])
 			switch e {
 			case 0:
 				done += int(n)
@@ -91,7 +90,7 @@ func (s *rawSocket) Write(p []byte) (int, error) {
 
 func rawRead(fd int, p []byte) (int, syscall.Errno) {
 	for {
-		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		n, errno := recv(uintptr(fd), p)
 		if errno == syscall.EINTR {
 			continue
 		}
@@ -103,7 +102,7 @@ func rawRead(fd int, p []byte) (int, syscall.Errno) {
 func rawWrite(fd int, p []byte) (int, syscall.Errno) {
 	done := 0
 	for done < len(p) {
-		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[done])), uintptr(len(p)-done))
+		n, errno := send(uintptr(fd), p[done:])
 		switch errno {
 		case 0:
 			done += int(n)

@@ -20,6 +20,8 @@
 #   PGBIN=/usr/lib/postgresql/15/bin  PGBOUNCER=pgbouncer  KEEP=1 (keep the work dir)
 #   RESULTS_FILE=path (also write the table there)  STRICT=1 (exit 1 when a target is missed)
 #   PGHARBOR_BIN=path (use this binary instead of building bench/bin/pgharbor)
+#   PGHARBOR_BASE_BIN=path (with target "baseline" in TARGETS: a second pgharbor pool from
+#     this binary, e.g. the commit before a change, measured in the same rounds as pgharbor)
 # Needs: PostgreSQL 15 server binaries and pgbench, `apt-get install -y pgbouncer`, Go.
 # Run as root (PostgreSQL and PgBouncer then run as the postgres OS user) or as a normal user.
 set -euo pipefail
@@ -109,12 +111,15 @@ PGDATA="$WORK/data"
 PG_PORT=$(free_port)
 BOUNCER_PORT=$(free_port)
 HARBOR_PORT=$(free_port)
+BASE_PORT=$(free_port)
 HARBOR_PID=""
+BASE_PID=""
 BOUNCER_PID=""
 
 cleanup() {
 	set +e
 	if [ -n "$HARBOR_PID" ]; then kill "$HARBOR_PID" 2>/dev/null; wait "$HARBOR_PID" 2>/dev/null; fi
+	if [ -n "$BASE_PID" ]; then kill "$BASE_PID" 2>/dev/null; wait "$BASE_PID" 2>/dev/null; fi
 	if [ -n "$BOUNCER_PID" ]; then kill "$BOUNCER_PID" 2>/dev/null; fi
 	if [ -f "$PGDATA/postmaster.pid" ]; then as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1; fi
 	if [ "${KEEP:-}" = 1 ]; then log "work dir kept: $WORK"; else rm -rf "$WORK"; fi
@@ -134,6 +139,10 @@ if [[ " $TARGETS " == *" pgharbor "* ]]; then
 		log "warning: this pgharbor has no 'pool' command yet; skipping the pgharbor target"
 		TARGETS=$(echo " $TARGETS " | sed 's/ pgharbor / /; s/^ *//; s/ *$//')
 	fi
+fi
+if [[ " $TARGETS " == *" baseline "* ]]; then
+	[ -n "${PGHARBOR_BASE_BIN:-}" ] || die "target baseline needs PGHARBOR_BASE_BIN"
+	"$PGHARBOR_BASE_BIN" pool --help >/dev/null 2>&1 || die "$PGHARBOR_BASE_BIN has no 'pool' command"
 fi
 
 # --- PostgreSQL --------------------------------------------------------------------------------
@@ -194,10 +203,12 @@ EOT
 fi
 
 # --- pgharbor pool -----------------------------------------------------------------------------
-if [[ " $TARGETS " == *" pgharbor "* ]]; then
-	cat >"$WORK/pgharbor.yaml" <<EOT
+# start_harbor NAME BINARY PORT PIDVAR: starts a pool and sets the variable PIDVAR to its pid.
+start_harbor() {
+	local name=$1 bin=$2 port=$3 pid
+	cat >"$WORK/$name.yaml" <<EOT
 pool:
-  listen: 127.0.0.1:$HARBOR_PORT
+  listen: 127.0.0.1:$port
   pool_mode: transaction
   default_pool_size: $POOL_SIZE
   max_client_conn: $((SELECT_CLIENTS + TPCB_CLIENTS + 100))
@@ -208,7 +219,7 @@ pool:
         port: $PG_PORT
         name: primary
 EOT
-	log "starting pgharbor pool on port $HARBOR_PORT, pool size $POOL_SIZE"
+	log "starting $name ($bin) on port $port, pool size $POOL_SIZE"
 	# In a session of its own, as PgBouncer is (-d) and as a service manager starts it. With
 	# Linux's autogroup (kernel.sched_autogroup_enabled), the scheduler shares the CPU fairly
 	# between sessions first, then between the tasks of a session; every PostgreSQL backend is
@@ -216,16 +227,23 @@ EOT
 	# share one session's CPU with pgbench. Measured on the 2-core test machine (TPC-B, 5
 	# rounds of 10 s): p99 latency 71-96 ms in pgbench's session against 35-54 ms in its own;
 	# PgBouncer's was 30-46 ms.
-	setsid "$HARBOR_BIN" pool --config "$WORK/pgharbor.yaml" >"$WORK/pgharbor.log" 2>&1 </dev/null &
-	HARBOR_PID=$!
-	wait_sql "$HARBOR_PORT" "$HARBOR_PID" || die "pgharbor pool not answering: $(tail -20 "$WORK/pgharbor.log")"
+	setsid "$bin" pool --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 </dev/null &
+	pid=$!
+	printf -v "$4" '%s' "$pid"
+	wait_sql "$port" "$pid" || die "$name not answering: $(tail -20 "$WORK/$name.log")"
 	# Fields after the ")" that closes the command name: state 1, ppid 2, pgrp 3, session 4.
-	[ "$(sed 's/^.*) //' "/proc/$HARBOR_PID/stat" | awk '{print $4}')" = "$HARBOR_PID" ] \
-		|| die "pgharbor pool (pid $HARBOR_PID) is not in a session of its own; setsid forked?"
+	[ "$(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $4}')" = "$pid" ] \
+		|| die "$name (pid $pid) is not in a session of its own; setsid forked?"
+}
+if [[ " $TARGETS " == *" pgharbor "* ]]; then
+	start_harbor pgharbor "$HARBOR_BIN" "$HARBOR_PORT" HARBOR_PID
+fi
+if [[ " $TARGETS " == *" baseline "* ]]; then
+	start_harbor baseline "$PGHARBOR_BASE_BIN" "$BASE_PORT" BASE_PID
 fi
 
-port_of() { case $1 in direct) echo "$PG_PORT" ;; pgbouncer) echo "$BOUNCER_PORT" ;; pgharbor) echo "$HARBOR_PORT" ;; esac; }
-pid_of() { case $1 in direct) echo "" ;; pgbouncer) echo "$BOUNCER_PID" ;; pgharbor) echo "$HARBOR_PID" ;; esac; }
+port_of() { case $1 in direct) echo "$PG_PORT" ;; pgbouncer) echo "$BOUNCER_PORT" ;; pgharbor) echo "$HARBOR_PORT" ;; baseline) echo "$BASE_PORT" ;; esac; }
+pid_of() { case $1 in direct) echo "" ;; pgbouncer) echo "$BOUNCER_PID" ;; pgharbor) echo "$HARBOR_PID" ;; baseline) echo "$BASE_PID" ;; esac; }
 
 # run_one WORKLOAD TARGET ROUND: one pgbench run; appends "workload target round tps p99ms cores
 # machine_us" to results.
@@ -241,7 +259,7 @@ run_one() {
 	if ! out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -M "$MODE" "${args[@]}" \
 		-c "$clients" -j "$THREADS" -T "$DURATION" --log --log-prefix="$prefix" postgres 2>&1); then
 		printf '%s\n' "$out" | tail -15 >&2
-		[ "$t" = pgharbor ] && { log "pgharbor log (tail):"; tail -20 "$WORK/pgharbor.log" >&2; }
+		case $t in pgharbor | baseline) log "$t log (tail):"; tail -20 "$WORK/$t.log" >&2 ;; esac
 		log "round $r $w $t: pgbench FAILED (counted as a failed run; the benchmark goes on)"
 		echo "$w $t $r nan nan nan nan" >>"$WORK/results.txt"
 		echo "round $r $w $t" >>"$WORK/failed.txt"
@@ -326,7 +344,7 @@ report() {
 	if [[ " ${targets[*]} " == *" pgharbor "* ]]; then
 		echo "pgharbor's tps over the other target's, round by round (median):"
 		for w in $WORKLOADS; do
-			for t in pgbouncer direct; do
+			for t in pgbouncer direct baseline; do
 				[[ " ${targets[*]} " == *" $t "* ]] || continue
 				printf '  %-8s vs %-10s %s (%s)\n' "$w" "$t" "$(paired "$w" pgharbor "$t" | paste -sd' ')" "$(fmt3 "$(paired "$w" pgharbor "$t" | median)")"
 			done
