@@ -313,16 +313,26 @@ func stageWAL(ctx context.Context, src Source, pl *restore.Plan, o Options, c ch
 		o.Logger.Debug("archived WAL not staged", "segments", len(names), "complete", complete)
 		return 0
 	}
+	walDir := filepath.Join(o.PGData, "pg_wal")
 	err = wal.StageSegments(ctx, src.Repo, o.PGData, names, 2)
 	for _, n := range names {
-		if err == nil && owner != nil {
-			err = os.Chown(filepath.Join(o.PGData, "pg_wal", n), int(owner.Uid), int(owner.Gid))
+		// Marked archived, as PostgreSQL marks a segment restore_command gave it: a standby
+		// promoted later must not archive them again.
+		done := filepath.Join(walDir, "archive_status", n+".done")
+		if err == nil {
+			err = os.WriteFile(done, nil, 0o600)
+		}
+		for _, p := range []string{filepath.Join(walDir, n), done} {
+			if err == nil && owner != nil {
+				err = os.Chown(p, int(owner.Uid), int(owner.Gid))
+			}
 		}
 	}
 	if err != nil {
 		// Nothing half-staged stays behind (possibly owned by another user than the server's).
 		for _, n := range names {
-			os.Remove(filepath.Join(o.PGData, "pg_wal", n))
+			os.Remove(filepath.Join(walDir, n))
+			os.Remove(filepath.Join(walDir, "archive_status", n+".done"))
 		}
 		o.Logger.Warn("archived WAL not staged; the standby fetches it through restore_command", "err", err)
 		return 0
