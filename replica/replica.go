@@ -79,7 +79,7 @@ type Report struct {
 // ended (0: the step did not run).
 type Phases struct {
 	Preflight float64 `json:"preflight_s"`
-	Copy      float64 `json:"copy_s"` // restore, delta restore or pg_rewind
+	Copy      float64 `json:"copy_s"`            // restore, delta restore or pg_rewind
 	Stage     float64 `json:"stage_s,omitempty"` // archived WAL written into pg_wal
 	Config    float64 `json:"config_s"`
 	StartTimes

@@ -55,11 +55,11 @@ type StartOptions struct {
 
 // StartTimes are the seconds at which each step of StartAndWaitStreaming ended.
 type StartTimes struct {
-	PgCtl           float64 `json:"pg_ctl_s"`            // pg_ctl start returned
-	StandbyAnswered float64 `json:"standby_answered_s"`  // the standby first answered a query
-	StandbyStreams  float64 `json:"standby_streaming_s"` // its WAL receiver said streaming
-	Confirmed       float64 `json:"confirmed_s"`         // the primary saw it stream
-	PrimaryAsked    int     `json:"primary_asked"`       // connections made to the primary
+	PgCtl           float64 `json:"pg_ctl_s"`                // pg_ctl start returned
+	StandbyAnswered float64 `json:"standby_answered_s"`      // the standby first answered a query
+	StandbyStreams  float64 `json:"standby_streaming_s"`     // its WAL receiver said streaming
+	Confirmed       float64 `json:"confirmed_s"`             // the primary saw it stream
+	PrimaryAsked    int     `json:"primary_asked"`           // connections made to the primary
 	AfterStart      float64 `json:"after_start_s,omitempty"` // StartOptions.AfterStart ran
 }
 

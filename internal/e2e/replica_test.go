@@ -276,8 +276,16 @@ func TestReplicaCreateUnderLoadThenRebuildDamagedStandby(t *testing.T) {
 		if rep.WALStaged == 0 {
 			t.Errorf("no archived WAL staged: %+v", rep)
 		}
-		if got := s2.QueryString(t, "postgres", "SHOW restore_command"); !strings.Contains(got, " wal fetch %f %p") {
-			t.Fatalf("rebuilt standby runs with restore_command %q", got)
+		for i := 0; ; i++ {
+			// The reload is a signal: the postmaster may take a moment to apply it.
+			got := s2.QueryString(t, "postgres", "SHOW restore_command")
+			if strings.Contains(got, " wal fetch %f %p") {
+				break
+			}
+			if i == 50 {
+				t.Fatalf("rebuilt standby runs with restore_command %q", got)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 		pg.Pgbench(t, "postgres", "-n", "-c", "1", "-t", "100")
 		waitSame(t, pg, s2)
