@@ -196,6 +196,11 @@ func StartAndWaitStreaming(ctx context.Context, o StartOptions) (err error) {
 			if err := runAfter(); err != nil {
 				return err
 			}
+			// What the log said before restore_command was set (e.g. the primary no longer
+			// has a segment) is healed by it: only what comes after counts.
+			if st, err := os.Stat(o.LogFile); err == nil {
+				logFrom = st.Size()
+			}
 		}
 		if after != nil && time.Since(lookedAtLog) > time.Second {
 			lookedAtLog = time.Now()
