@@ -66,7 +66,10 @@ type Report struct {
 	SlotCreated bool            `json:"slot_created"`
 	AppName     string          `json:"application_name"`
 	Streaming   bool            `json:"streaming"`
-	Seconds     float64         `json:"seconds"`
+	// WALStaged counts the archived segments written into pg_wal before the start (see
+	// stageWAL).
+	WALStaged int     `json:"wal_staged"`
+	Seconds   float64 `json:"seconds"`
 	// Phases says where the time went: seconds from the command's start at which each step
 	// ended.
 	Phases Phases `json:"phases"`
@@ -76,7 +79,8 @@ type Report struct {
 // ended (0: the step did not run).
 type Phases struct {
 	Preflight float64 `json:"preflight_s"`
-	Copy      float64 `json:"copy_s"` // restore, delta restore or pg_rewind
+	Copy      float64 `json:"copy_s"`            // restore, delta restore or pg_rewind
+	Stage     float64 `json:"stage_s,omitempty"` // archived WAL written into pg_wal
 	Config    float64 `json:"config_s"`
 	StartTimes
 }
@@ -210,12 +214,12 @@ func Create(ctx context.Context, src Source, o Options) (*Report, error) {
 	}
 	rep := &Report{PGData: o.PGData, Method: "restore", Backup: pl.Backup.Label, Restore: res, Slot: o.Slot, AppName: c.appName}
 	rep.Phases.Preflight, rep.Phases.Copy = tPre, since(t0)
-	return rep, finishStandby(ctx, o, c, rep, t0)
+	return rep, finishStandby(ctx, src, pl, o, c, rep, t0)
 }
 
 // finishStandby creates the slot when asked, writes the standby configuration and starts
-// the standby when asked.
-func finishStandby(ctx context.Context, o Options, c checked, rep *Report, t0 time.Time) error {
+// the standby when asked. pl is the backup just restored (nil after pg_rewind).
+func finishStandby(ctx context.Context, src Source, pl *restore.Plan, o Options, c checked, rep *Report, t0 time.Time) error {
 	defer func() { rep.Seconds = time.Since(t0).Seconds() }()
 	owner, err := restore.OwnerFor(o.PGData)
 	if err != nil {
@@ -235,7 +239,31 @@ func finishStandby(ctx context.Context, o Options, c checked, rep *Report, t0 ti
 	if o.SocketDir != "" {
 		extra["unix_socket_directories"] = o.SocketDir
 	}
-	if err := WriteAutoConf(o.PGData, Settings{PrimaryConnInfo: c.conninfo, SlotName: o.Slot, RestoreCommand: o.RestoreCommand, Standby: true, Extra: extra}, owner); err != nil {
+	final := Settings{PrimaryConnInfo: c.conninfo, SlotName: o.Slot, RestoreCommand: o.RestoreCommand, Standby: true, Extra: extra}
+	first := final
+	var afterStart func() error
+	if o.Start && o.RestoreCommand != "" && pl != nil {
+		if n := stageWAL(ctx, src, pl, o, c, owner); n > 0 {
+			rep.WALStaged = n
+			rep.Phases.Stage = since(t0)
+			// The server starts without restore_command and gets it once it streams (or
+			// cannot): see StartOptions.AfterStart.
+			first.RestoreCommand = ""
+			afterStart = func() error {
+				if err := WriteAutoConf(o.PGData, final, owner); err != nil {
+					return fmt.Errorf("%w; the standby runs without restore_command until it is set", err)
+				}
+				if pid := PostmasterPID(o.PGData); pid != 0 {
+					if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+						return fmt.Errorf("reload the standby (PID %d) for its restore_command: %w; run pg_ctl reload -D %s", pid, err, o.PGData)
+					}
+				}
+				o.Logger.Debug("restore_command set", "pgdata", o.PGData)
+				return nil
+			}
+		}
+	}
+	if err := WriteAutoConf(o.PGData, first, owner); err != nil {
 		return err
 	}
 	rep.Phases.Config = since(t0)
@@ -243,13 +271,74 @@ func finishStandby(ctx context.Context, o Options, c checked, rep *Report, t0 ti
 		return nil
 	}
 	err = StartAndWaitStreaming(ctx, StartOptions{PGData: o.PGData, BinDir: o.BinDir, Cred: owner, Wait: o.Wait, SyncFS: true,
-		PrimaryConnInfo: c.conninfo, Slot: o.Slot, AppName: c.appName, Logger: o.Logger, Times: &rep.Phases.StartTimes, Since: t0})
+		PrimaryConnInfo: c.conninfo, Slot: o.Slot, AppName: c.appName, Logger: o.Logger, Times: &rep.Phases.StartTimes, Since: t0,
+		AfterStart: afterStart})
 	o.Logger.Debug("replica phases", "pgdata", o.PGData, "phases", rep.Phases)
 	if err != nil {
 		return err
 	}
 	rep.Streaming = true
 	return nil
+}
+
+// maxStaged bounds the archived segments written into pg_wal before a standby starts: past
+// it the standby starts with restore_command as usual, and fetches them one call at a time.
+const maxStaged = 64
+
+// stageWAL writes into the restored data directory's pg_wal the archived segments the
+// standby replays before it can stream: from the backup's start to the newest archived
+// segment, when they are all there (at most maxStaged) and the primary is still on the
+// backup's timeline. It returns how many it wrote, 0 when the standby should start with
+// restore_command instead.
+//
+// Why: PostgreSQL in standby mode asks restore_command first for every file it reads (the
+// next timeline's history file, each segment, the segment after the archive's end, twice),
+// one process each, before it turns to streaming; those calls were most of a rebuild's
+// start. A standby whose pg_wal already holds the archived WAL, and that has no
+// restore_command yet, reads pg_wal and then streams, with no process started. The segments
+// are checked as a fetch checks them (decoded whole, header naming the position and the
+// system in the restored pg_control) before they appear in pg_wal.
+func stageWAL(ctx context.Context, src Source, pl *restore.Plan, o Options, c checked, owner *syscall.Credential) int {
+	b := pl.Backup
+	tli := wal.TimelineID(b.Timeline)
+	if tli != c.primary.Timeline || (b.StopTimeline != 0 && wal.TimelineID(b.StopTimeline) != tli) {
+		return 0 // a timeline switch to follow: restore_command brings the history files
+	}
+	start, err := wal.ParseLSN(b.StartLSN)
+	if err != nil {
+		return 0
+	}
+	names, complete := wal.StageRange(src.Archive, tli, start, maxStaged)
+	if !complete || len(names) == 0 {
+		o.Logger.Debug("archived WAL not staged", "segments", len(names), "complete", complete)
+		return 0
+	}
+	walDir := filepath.Join(o.PGData, "pg_wal")
+	err = wal.StageSegments(ctx, src.Repo, o.PGData, names, 2)
+	for _, n := range names {
+		// Marked archived, as PostgreSQL marks a segment restore_command gave it: a standby
+		// promoted later must not archive them again.
+		done := filepath.Join(walDir, "archive_status", n+".done")
+		if err == nil {
+			err = os.WriteFile(done, nil, 0o600)
+		}
+		for _, p := range []string{filepath.Join(walDir, n), done} {
+			if err == nil && owner != nil {
+				err = os.Chown(p, int(owner.Uid), int(owner.Gid))
+			}
+		}
+	}
+	if err != nil {
+		// Nothing half-staged stays behind (possibly owned by another user than the server's).
+		for _, n := range names {
+			os.Remove(filepath.Join(walDir, n))
+			os.Remove(filepath.Join(walDir, "archive_status", n+".done"))
+		}
+		o.Logger.Warn("archived WAL not staged; the standby fetches it through restore_command", "err", err)
+		return 0
+	}
+	o.Logger.Debug("archived WAL staged in pg_wal", "first", names[0], "last", names[len(names)-1], "segments", len(names))
+	return len(names)
 }
 
 // configFiles are the node's own configuration, kept across a rebuild: pg_rewind copies the
@@ -359,7 +448,10 @@ func Rebuild(ctx context.Context, src Source, o Options) (*Report, error) {
 			return nil, err
 		}
 	}
-	return rep, finishStandby(ctx, o, c, rep, t0)
+	if rep.Method == "rewind" {
+		pl = nil // no backup was restored: nothing to stage WAL from
+	}
+	return rep, finishStandby(ctx, src, pl, o, c, rep, t0)
 }
 
 // rewind runs pg_rewind against the primary as the data directory's owner (pg_rewind

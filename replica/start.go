@@ -46,16 +46,31 @@ type StartOptions struct {
 	// server's own sync at the start of crash recovery is then one call on the file system
 	// instead of an open and fsync of every file.
 	SyncFS bool
+	// AfterStart, when set, runs once after pg_ctl start: as soon as the standby says it
+	// streams, or the log shows why it does not, or afterStartBy has passed, and in any case
+	// before StartAndWaitStreaming returns. Its error is returned. It gives a standby
+	// started without restore_command (its WAL staged in pg_wal) its restore_command.
+	AfterStart func() error
 }
 
 // StartTimes are the seconds at which each step of StartAndWaitStreaming ended.
 type StartTimes struct {
-	PgCtl           float64 `json:"pg_ctl_s"`            // pg_ctl start returned
-	StandbyAnswered float64 `json:"standby_answered_s"`  // the standby first answered a query
-	StandbyStreams  float64 `json:"standby_streaming_s"` // its WAL receiver said streaming
-	Confirmed       float64 `json:"confirmed_s"`         // the primary saw it stream
-	PrimaryAsked    int     `json:"primary_asked"`       // connections made to the primary
+	PgCtl           float64 `json:"pg_ctl_s"`                // pg_ctl start returned
+	StandbyAnswered float64 `json:"standby_answered_s"`      // the standby first answered a query
+	StandbyStreams  float64 `json:"standby_streaming_s"`     // its WAL receiver said streaming
+	Confirmed       float64 `json:"confirmed_s"`             // the primary saw it stream
+	PrimaryAsked    int     `json:"primary_asked"`           // connections made to the primary
+	AfterStart      float64 `json:"after_start_s,omitempty"` // StartOptions.AfterStart ran
 }
+
+// hasReason says whether the server's log shows a reason it does not stream.
+func hasReason(log string) bool {
+	_, ok := Classify(log)
+	return ok
+}
+
+// afterStartBy is how long after pg_ctl start StartOptions.AfterStart runs at the latest.
+const afterStartBy = 10 * time.Second
 
 // decisive reasons do not heal by waiting: once the log shows one for a while, the wait ends.
 var decisive = map[Reason]bool{
@@ -71,7 +86,25 @@ const decisiveAfter = 15 * time.Second
 // StartAndWaitStreaming starts PostgreSQL on a configured standby and returns once it
 // streams: pg_stat_wal_receiver says streaming on the standby and the primary sees it (its
 // slot active, or a walsender for its application_name). Otherwise a *StreamError.
-func StartAndWaitStreaming(ctx context.Context, o StartOptions) error {
+func StartAndWaitStreaming(ctx context.Context, o StartOptions) (err error) {
+	after := o.AfterStart
+	runAfter := func() error {
+		if after == nil {
+			return nil
+		}
+		f := after
+		after = nil
+		ferr := f()
+		if o.Times != nil {
+			o.Times.AfterStart = since(o.Since)
+		}
+		return ferr
+	}
+	defer func() {
+		if ferr := runAfter(); ferr != nil {
+			err = errors.Join(err, ferr)
+		}
+	}()
 	if o.Wait <= 0 {
 		o.Wait = 10 * time.Minute
 	}
@@ -131,6 +164,7 @@ func StartAndWaitStreaming(ctx context.Context, o StartOptions) error {
 	answered := false // the standby answered the last question
 	asker := &standbyAsker{o: o}
 	defer asker.close()
+	lookedAtLog := start // AfterStart pending: when the log was last looked at
 	for {
 		pid := PostmasterPID(o.PGData)
 		if pid != 0 {
@@ -157,6 +191,19 @@ func StartAndWaitStreaming(ctx context.Context, o StartOptions) error {
 			if status == "streaming" && times.StandbyStreams == 0 {
 				times.StandbyStreams = at()
 			}
+		}
+		if after != nil && pid != 0 && (status == "streaming" || time.Since(start) > afterStartBy || time.Since(lookedAtLog) > time.Second && hasReason(readLog())) {
+			if err := runAfter(); err != nil {
+				return err
+			}
+			// What the log said before restore_command was set (e.g. the primary no longer
+			// has a segment) is healed by it: only what comes after counts.
+			if st, err := os.Stat(o.LogFile); err == nil {
+				logFrom = st.Size()
+			}
+		}
+		if after != nil && time.Since(lookedAtLog) > time.Second {
+			lookedAtLog = time.Now()
 		}
 		// A standby that cannot be asked (hot_standby = off, an authentication that refuses
 		// this OS user, or not yet accepting connections) is judged by the primary alone,

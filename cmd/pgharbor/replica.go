@@ -144,6 +144,9 @@ func (a *app) runReplica(cmd *cobra.Command, f replicaFlags, rebuild bool) error
 			fmt.Fprintf(a.stdout, ": %s written in %d files (%s%d kept, %d removed)", humanBytes(res.Bytes), res.FilesWritten, patchedNote(res), res.FilesKept, res.FilesRemoved)
 		}
 		fmt.Fprintf(a.stdout, ", %.1f s\n", rep.Seconds)
+		if rep.WALStaged > 0 {
+			fmt.Fprintf(a.stdout, "%d archived WAL segments staged in pg_wal; restore_command set once the standby streamed\n", rep.WALStaged)
+		}
 		if rep.SlotCreated {
 			fmt.Fprintf(a.stdout, "slot %s created on the primary\n", rep.Slot)
 		}

@@ -23,6 +23,7 @@ type replicaReport struct {
 	Diverged  bool   `json:"diverged"`
 	Streaming bool   `json:"streaming"`
 	AppName   string `json:"application_name"`
+	WALStaged int    `json:"wal_staged"`
 	Restore   *struct {
 		Files        int `json:"files"`
 		FilesWritten int `json:"files_written"`
@@ -269,6 +270,22 @@ func TestReplicaCreateUnderLoadThenRebuildDamagedStandby(t *testing.T) {
 		}
 		if !slotActive(t, pg, "standby2") {
 			t.Fatal("slot standby2 is not active after the rebuild")
+		}
+		// The archived WAL after the backup was staged in pg_wal, and the standby, started
+		// without restore_command, got it once it streamed (a reload, not a restart).
+		if rep.WALStaged == 0 {
+			t.Errorf("no archived WAL staged: %+v", rep)
+		}
+		for i := 0; ; i++ {
+			// The reload is a signal: the postmaster may take a moment to apply it.
+			got := s2.QueryString(t, "postgres", "SHOW restore_command")
+			if strings.Contains(got, " wal fetch %f %p") {
+				break
+			}
+			if i == 50 {
+				t.Fatalf("rebuilt standby runs with restore_command %q", got)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 		pg.Pgbench(t, "postgres", "-n", "-c", "1", "-t", "100")
 		waitSame(t, pg, s2)
