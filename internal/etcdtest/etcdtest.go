@@ -44,6 +44,21 @@ func StartTLS(t testing.TB, c TLS) string {
 }
 
 func start(t testing.TB, c *TLS, args ...string) string {
+	// The free ports are picked before etcd binds them: a test running beside this one may
+	// take one in between. Then etcd exits at once, and new ports are tried.
+	for attempt := 1; ; attempt++ {
+		url, busy := startOnce(t, c, args...)
+		if !busy {
+			return url
+		}
+		if attempt == 5 {
+			t.Fatalf("etcd: its ports were taken by others %d times in a row", attempt)
+		}
+	}
+}
+
+// startOnce starts etcd on new free ports; busy reports that a port was taken meanwhile.
+func startOnce(t testing.TB, c *TLS, args ...string) (url string, busy bool) {
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
 		if ci.Enabled() {
@@ -86,12 +101,15 @@ func start(t testing.TB, c *TLS, args ...string) string {
 		if err == nil {
 			res.Body.Close()
 			if res.StatusCode == 200 {
-				return curl
+				return curl, false
 			}
 		}
 		select {
 		case <-exited:
 			b, _ := os.ReadFile(dir + "/etcd.log")
+			if strings.Contains(string(b), "address already in use") {
+				return "", true
+			}
 			t.Fatalf("etcd exited: %s", b)
 		default:
 		}
