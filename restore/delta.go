@@ -47,8 +47,10 @@ func (d diskCopy) same() bool {
 // compareUnit is how many bytes of a file one compare job reads at once: large enough that
 // the read is one long sequential request, small enough that the big relation segments,
 // which hold almost all the bytes, are spread over every worker instead of leaving one
-// core to hash a whole segment alone.
-const compareUnit = 8 << 20
+// core to hash a whole segment alone, and that a run read into the buffer is still in the
+// core's cache when it is hashed (with runs of several MiB the hash reads it from memory
+// again).
+const compareUnit = 2 << 20
 
 // compareJob is a run of whole extents of one file, read with one pread and hashed.
 type compareJob struct {
