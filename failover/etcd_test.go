@@ -116,6 +116,26 @@ func runCandidate(t *testing.T, name string, endpoints []string, ttl time.Durati
 	return c
 }
 
+// pair is two candidates whose terms are counted together: active is how many lead at
+// once, overlap records that two ever did.
+type pair struct {
+	a, b    *candidate
+	active  atomic.Int32
+	overlap atomic.Bool
+}
+
+// leaderAndFollower starts candidate a on aURL until it leads, then b on bURL until it
+// knows a leads.
+func leaderAndFollower(t *testing.T, aURL, bURL string, ttl time.Duration) *pair {
+	t.Helper()
+	p := &pair{}
+	p.a = runCandidate(t, "a", []string{aURL}, ttl, &p.active, &p.overlap)
+	waitFor(t, "a leads", 10*time.Second, p.a.e.IsLeader)
+	p.b = runCandidate(t, "b", []string{bURL}, ttl, &p.active, &p.overlap)
+	waitFor(t, "b knows a leads", 10*time.Second, func() bool { return p.b.e.Status().Holder == "a" })
+	return p
+}
+
 func (c *candidate) terms() (int, int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -139,15 +159,11 @@ func (c *candidate) lastStart() time.Time {
 func TestEtcdElectionOneLeaderAndTakeover(t *testing.T) {
 	url := startEtcd(t)
 	const ttl = 3 * time.Second
-	var active atomic.Int32
-	var overlap atomic.Bool
-	a := runCandidate(t, "a", []string{url}, ttl, &active, &overlap)
-	waitFor(t, "a leads", 10*time.Second, a.e.IsLeader)
-	b := runCandidate(t, "b", []string{url}, ttl, &active, &overlap)
-	waitFor(t, "b knows a leads", 10*time.Second, func() bool { return b.e.Status().Holder == "a" })
+	p := leaderAndFollower(t, url, url, ttl)
+	a, b := p.a, p.b
 	time.Sleep(2 * ttl) // a keeps the lease alive through several keepalives; b never leads
-	if b.e.IsLeader() || !a.e.IsLeader() || active.Load() != 1 {
-		t.Fatalf("a leader %v, b leader %v, active %d", a.e.IsLeader(), b.e.IsLeader(), active.Load())
+	if b.e.IsLeader() || !a.e.IsLeader() || p.active.Load() != 1 {
+		t.Fatalf("a leader %v, b leader %v, active %d", a.e.IsLeader(), b.e.IsLeader(), p.active.Load())
 	}
 	if err := a.e.Confirm(context.Background()); err != nil {
 		t.Fatalf("leader a cannot confirm: %v", err)
@@ -164,7 +180,7 @@ func TestEtcdElectionOneLeaderAndTakeover(t *testing.T) {
 	<-a.done
 	waitFor(t, "b leads after a stopped", ttl+2*time.Second, b.e.IsLeader)
 	t.Logf("takeover after a clean stop: %v", time.Since(stopped).Round(time.Millisecond))
-	if overlap.Load() {
+	if p.overlap.Load() {
 		t.Fatal("two candidates led at once")
 	}
 	if n, _ := b.terms(); n != 1 {
@@ -206,12 +222,8 @@ func TestEtcdElectionLeaderPartitioned(t *testing.T) {
 	url := startEtcd(t)
 	const ttl = 3 * time.Second
 	proxy, purl := newProxy(t, strings.TrimPrefix(url, "http://"))
-	var active atomic.Int32
-	var overlap atomic.Bool
-	a := runCandidate(t, "a", []string{purl}, ttl, &active, &overlap)
-	waitFor(t, "a leads", 10*time.Second, a.e.IsLeader)
-	b := runCandidate(t, "b", []string{url}, ttl, &active, &overlap)
-	waitFor(t, "b knows a leads", 10*time.Second, func() bool { return b.e.Status().Holder == "a" })
+	p := leaderAndFollower(t, purl, url, ttl)
+	a, b := p.a, p.b
 	time.Sleep(ttl / 2)
 
 	cut := time.Now()
@@ -230,7 +242,7 @@ func TestEtcdElectionLeaderPartitioned(t *testing.T) {
 	waitFor(t, "b leads", 2*ttl+2*time.Second, b.e.IsLeader)
 	takeover := b.lastStart().Sub(cut)
 	t.Logf("partitioned leader stopped after %v; the other led after %v", stoppedAfter.Round(time.Millisecond), takeover.Round(time.Millisecond))
-	if !b.lastStart().After(a.lastEnd()) || overlap.Load() {
+	if !b.lastStart().After(a.lastEnd()) || p.overlap.Load() {
 		t.Fatalf("b started leading (%v) before a stopped (%v)", b.lastStart(), a.lastEnd())
 	}
 	if st := a.e.Status(); st.EtcdError == "" {
@@ -327,12 +339,8 @@ func TestEtcdElectionTLS(t *testing.T) {
 func TestEtcdElectionKeyDeleted(t *testing.T) {
 	url := startEtcd(t)
 	const ttl = 3 * time.Second
-	var active atomic.Int32
-	var overlap atomic.Bool
-	a := runCandidate(t, "a", []string{url}, ttl, &active, &overlap)
-	waitFor(t, "a leads", 10*time.Second, a.e.IsLeader)
-	b := runCandidate(t, "b", []string{url}, ttl, &active, &overlap)
-	waitFor(t, "b knows a leads", 10*time.Second, func() bool { return b.e.Status().Holder == "a" })
+	p := leaderAndFollower(t, url, url, ttl)
+	a, b := p.a, p.b
 	res, err := http.Post(url+"/v3/kv/deleterange", "application/json", strings.NewReader(fmt.Sprintf(`{"key":%q}`, b64("/pgharbor/test/leader"))))
 	if err != nil {
 		t.Fatal(err)
@@ -353,8 +361,8 @@ func TestEtcdElectionKeyDeleted(t *testing.T) {
 	t.Logf("a stopped acting %v after the key was deleted; b led %v after", a.lastEnd().Sub(deleted).Round(time.Millisecond),
 		b.lastStart().Sub(deleted).Round(time.Millisecond))
 	time.Sleep(ttl)
-	if a.e.IsLeader() || !b.e.IsLeader() || active.Load() != 1 {
-		t.Fatalf("a leader %v, b leader %v, active %d", a.e.IsLeader(), b.e.IsLeader(), active.Load())
+	if a.e.IsLeader() || !b.e.IsLeader() || p.active.Load() != 1 {
+		t.Fatalf("a leader %v, b leader %v, active %d", a.e.IsLeader(), b.e.IsLeader(), p.active.Load())
 	}
 }
 

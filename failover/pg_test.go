@@ -34,15 +34,7 @@ func TestMonitorAloneSkipsNoFailoverNode(t *testing.T) {
 	cfg := Config{HealthCheckPeriod: 200 * time.Millisecond, ConnectTimeout: time.Second, QueryTimeout: time.Second,
 		Retries: -1, RetryDelay: 100 * time.Millisecond,
 		Nodes: map[string]NodeOptions{"keep": {NoFailover: true, Priority: 100}, "promote": {DataDir: promote.DataDir}}}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	m, err := New(cfg, nodes, nil, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); m.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	m, _ := runMonitor(t, cfg, nodes)
 	waitFor(t, "monitor watches the primary", 30*time.Second, func() bool { return m.Primary() == 0 })
 
 	primary.Stop(t, "immediate")
@@ -102,14 +94,7 @@ func TestMonitorStartsBesideAnOldPrimary(t *testing.T) {
 	}
 	cfg := Config{HealthCheckPeriod: 200 * time.Millisecond, ConnectTimeout: time.Second, QueryTimeout: time.Second,
 		Retries: -1, RetryDelay: 100 * time.Millisecond}
-	m, err := New(cfg, nodes, nil, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); m.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	m, ctx := runMonitor(t, cfg, nodes)
 	waitFor(t, "monitor watches the promoted node", 30*time.Second, func() bool { return m.Primary() == 1 })
 	if !m.isFailed(0) {
 		t.Fatal("the old primary is not taken for a former primary")
@@ -122,4 +107,19 @@ func TestMonitorStartsBesideAnOldPrimary(t *testing.T) {
 	if m.Primary() != 1 || len(m.Events()) != 0 {
 		t.Fatalf("primary %d, events %+v", m.Primary(), m.Events())
 	}
+}
+
+// runMonitor runs a monitor of nodes (without a pool) until the test ends; ctx is the
+// context it runs under.
+func runMonitor(t *testing.T, cfg Config, nodes []cluster.NodeConfig) (*Monitor, context.Context) {
+	t.Helper()
+	m, err := New(cfg, nodes, nil, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return m, ctx
 }
