@@ -105,7 +105,6 @@ type serverFacts struct {
 	walLevel       string
 	archiveMode    string
 	archiveCommand string
-	segSize        int64
 }
 
 // runCheck runs every check it can; a failed check stops only the ones that need it.
@@ -157,15 +156,9 @@ func (a *app) runCheck(ctx context.Context, timeout time.Duration, noSwitch bool
 	var f serverFacts
 	err = conn.QueryRow(ctx, `SELECT current_setting('server_version_num')::int, pg_is_in_recovery(),
 		(SELECT system_identifier::text FROM pg_control_system()), current_setting('wal_level'),
-		current_setting('archive_mode'), current_setting('archive_command'),
-		current_setting('wal_segment_size', true)`).Scan(&f.version, &f.standby, &f.sysid, &f.walLevel, &f.archiveMode, &f.archiveCommand, new(string))
+		current_setting('archive_mode'), current_setting('archive_command')`).Scan(&f.version, &f.standby, &f.sysid, &f.walLevel, &f.archiveMode, &f.archiveCommand)
 	if err != nil {
 		rep.add("server", checkFail, "query the server's settings: %v", err)
-		return rep
-	}
-	if err := conn.QueryRow(ctx, `SELECT setting::bigint * CASE unit WHEN '8kB' THEN 8192 WHEN 'MB' THEN 1048576 ELSE 1 END
-		FROM pg_settings WHERE name = 'wal_segment_size'`).Scan(&f.segSize); err != nil {
-		rep.add("server", checkFail, "query wal_segment_size: %v", err)
 		return rep
 	}
 	role := "primary"
