@@ -39,6 +39,7 @@ func TestRestoreOnlySomeDatabases(t *testing.T) {
 	}
 	bigConn.Close(context.Background())
 	appWant := appSnapshot(t, pg.ConnString("app"))
+	bigWant := bigSnapshot(t, pg.ConnString("big"))
 	waitArchived(t, pg)
 
 	var out struct {
@@ -122,18 +123,31 @@ func TestRestoreOnlySomeDatabases(t *testing.T) {
 		t.Fatalf("a refused selective restore wrote %d entries", len(ents))
 	}
 
-	// refresh drops what it left out.
+	// refresh drops what it left out, also over a directory an earlier whole refresh filled
+	// (the delta zeroes big's real files), and a whole refresh after it brings big back.
 	node := e.newNode(pg)
-	var rr struct {
+	type refreshReport struct {
 		Dropped []struct {
 			Name string `json:"name"`
 		} `json:"dropped_databases"`
+		Restore struct {
+			FilesZeroed int `json:"files_zeroed"`
+		} `json:"restore"`
 	}
-	if err := json.Unmarshal([]byte(e.must("refresh", "--pgdata", node.DataDir, "--port", strconv.Itoa(node.Port), "--socket-dir", node.SocketDir,
-		"--db-include", "app", "--output", "json")), &rr); err != nil {
-		t.Fatal(err)
+	refresh := func(args ...string) refreshReport {
+		t.Helper()
+		var rr refreshReport
+		if err := json.Unmarshal([]byte(e.must(append([]string{"refresh", "--pgdata", node.DataDir, "--port", strconv.Itoa(node.Port),
+			"--socket-dir", node.SocketDir, "--output", "json"}, args...)...)), &rr); err != nil {
+			t.Fatal(err)
+		}
+		return rr
 	}
-	if len(rr.Dropped) != 1 || rr.Dropped[0].Name != "big" {
+	if rr := refresh(); len(rr.Dropped) != 0 || rr.Restore.FilesZeroed != 0 || bigSnapshot(t, node.ConnString("big")) != bigWant {
+		t.Fatalf("whole refresh: %+v, big %s, want %s", rr, bigSnapshot(t, node.ConnString("big")), bigWant)
+	}
+	rr := refresh("--db-include", "app")
+	if rr.Restore.FilesZeroed == 0 || len(rr.Dropped) != 1 || rr.Dropped[0].Name != "big" {
 		t.Fatalf("refresh dropped %+v", rr.Dropped)
 	}
 	if got := node.QueryString(t, "postgres", "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database"); got != "app,postgres,template0,template1" {
@@ -142,6 +156,15 @@ func TestRestoreOnlySomeDatabases(t *testing.T) {
 	if got := appSnapshot(t, node.ConnString("app")); got != appWant {
 		t.Fatalf("app after refresh: %s, want %s", got, appWant)
 	}
+	if rr := refresh(); len(rr.Dropped) != 0 || bigSnapshot(t, node.ConnString("big")) != bigWant || appSnapshot(t, node.ConnString("app")) != appWant {
+		t.Fatalf("whole refresh after a selective one: %+v", rr)
+	}
+}
+
+// bigSnapshot is a digest of the blob table of the database left out.
+func bigSnapshot(t *testing.T, connStr string) string {
+	t.Helper()
+	return queryDigest(t, connStr, `SELECT md5(string_agg(g::text || ':' || v, ',' ORDER BY g)) FROM blob`)
 }
 
 // appSnapshot is a digest of the pgbench tables of a database.
