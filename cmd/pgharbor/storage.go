@@ -76,6 +76,7 @@ func (a *app) codecConfig(needIdentity bool) (codec.Config, error) {
 	cc := codec.Config{
 		Compression: a.cfg.Compression.Type,
 		Level:       a.cfg.Compression.Level,
+		Encoder:     a.cfg.Compression.Encoder,
 		Encryption:  e.Mode,
 		Recipients:  e.Recipients,
 		Passphrase:  e.Passphrase,

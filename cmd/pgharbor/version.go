@@ -6,6 +6,8 @@ import (
 	"runtime/debug"
 
 	"github.com/spf13/cobra"
+
+	"github.com/pgharbor/pgharbor/storage/codec"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -25,8 +27,11 @@ func newVersionCmd(a *app) *cobra.Command {
 					}
 				}
 			}
-			return a.print(map[string]string{"version": version, "go": runtime.Version()},
-				func() { fmt.Fprintf(a.stdout, "pgharbor %s%s %s\n", version, rev, runtime.Version()) })
+			enc := codec.AutoEncoder()
+			return a.print(map[string]string{"version": version, "go": runtime.Version(), "zstd_encoder": enc},
+				func() {
+					fmt.Fprintf(a.stdout, "pgharbor %s%s %s, zstd encoder %s\n", version, rev, runtime.Version(), enc)
+				})
 		},
 	}
 }

@@ -2,6 +2,7 @@ package codec
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"testing"
 )
@@ -180,3 +181,70 @@ func benchOpenSegment(b *testing.B, verify bool) {
 
 func BenchmarkOpenSegmentVerified(b *testing.B)   { benchOpenSegment(b, true) }
 func BenchmarkOpenSegmentUnverified(b *testing.B) { benchOpenSegment(b, false) }
+
+// benchEncoders are the zstd encoders this binary has.
+func benchEncoders() []string {
+	if haveCZstd {
+		return []string{EncoderGo, EncoderC}
+	}
+	return []string{EncoderGo}
+}
+
+// mixedPages is n bytes of heap-like pages with 1 KiB of random bytes inline in each, like
+// the backup benchmark's inline data set.
+func mixedPages(n int, seed uint64) []byte {
+	data := pgLikeData(n, seed)
+	rnd := randomData(n/8+1024, seed)
+	for off := 0; off+8192 <= len(data); off += 8192 {
+		copy(data[off+4096:off+5120], rnd[off/8:])
+	}
+	return data
+}
+
+// BenchmarkDataSealerBundle seals 4 MiB bundles as a backup's sealers do, with each zstd
+// encoder at levels 1 and 3; "ratio" is the payload's size over the sealed size.
+func BenchmarkDataSealerBundle(b *testing.B) {
+	payload := mixedPages(4<<20, 400)
+	for _, encoder := range benchEncoders() {
+		for _, level := range []int{1, 3} {
+			b.Run(fmt.Sprintf("%s/level%d", encoder, level), func(b *testing.B) {
+				c := mustNew(b, Config{Level: level, Encoder: encoder, Encryption: "age", Recipients: []string{testRecipientA}})
+				s, err := c.NewDataSealer()
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer s.Close()
+				var buf bytes.Buffer
+				b.SetBytes(int64(len(payload)))
+				for b.Loop() {
+					buf.Reset()
+					if err := s.Seal(&buf, payload, false); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(len(payload))/float64(buf.Len()), "ratio")
+			})
+		}
+	}
+}
+
+// BenchmarkSealDigestSegmentEncoders is a `wal push` seal of one segment at the WAL level
+// (1) with each zstd encoder.
+func BenchmarkSealDigestSegmentEncoders(b *testing.B) {
+	payload := benchSegment()
+	for _, encoder := range benchEncoders() {
+		b.Run(encoder, func(b *testing.B) {
+			c := mustNew(b, Config{Level: 1, Encoder: encoder, Encryption: "age", Recipients: []string{testRecipientA}})
+			b.SetBytes(int64(len(payload)))
+			var n int
+			for b.Loop() {
+				sealed, _, err := c.SealDigest(payload)
+				if err != nil {
+					b.Fatal(err)
+				}
+				n = len(sealed)
+			}
+			b.ReportMetric(float64(len(payload))/float64(n), "ratio")
+		})
+	}
+}

@@ -69,9 +69,14 @@ func damaged(truncated bool, detail string, cause error) error {
 type Config struct {
 	// Compression of new objects: "zstd" (default when empty) or "none".
 	Compression string
-	// Level is the zstd level, 1..22 as in the zstd CLI (mapped onto klauspost's four
-	// encoder speeds: <3 fastest, 3..5 default, 6..9 better, ≥10 best); 0 means 3.
+	// Level is the zstd level, 1..22 as in the zstd CLI; 0 means 3. The C encoder (Encoder)
+	// takes it as it is; the Go encoders map it onto klauspost's four encoder speeds (<3
+	// fastest, 3..5 default, 6..9 better, ≥10 best).
 	Level int
+	// Encoder is the zstd encoder of DataSealer (backup bundles and manifests): EncoderAuto
+	// (default when empty), EncoderGo or EncoderC. Streamed objects (NewWriter: WAL,
+	// uploads of unknown size) always use the Go encoder.
+	Encoder string
 	// Encryption of new objects: "age" (to Recipients), "passphrase" or "none". Required:
 	// never defaulted, so that "no encryption" is always an explicit choice.
 	Encryption string
@@ -130,9 +135,16 @@ type Codec struct {
 	signer     ed25519.PrivateKey
 	verifiers  map[[KeyIDSize]byte]ed25519.PublicKey
 
-	encOpts  []zstd.EOption
-	dataOpts []zstd.EOption // DataSealer's encoder
-	encPool  sync.Pool      // *zstd.Encoder
+	encOpts    []zstd.EOption
+	dataOpts   []zstd.EOption // DataSealer's Go encoder
+	encoder    string         // Config.Encoder
+	level      int            // zstd level, 1..22
+	dataWindow int            // DataSealer's zstd window
+	// wholeWindow is the zstd window of payloads sealed whole (SealAll, SealDigest): the
+	// streaming writer's. wholeC is a free list of C encoders for them.
+	wholeWindow int
+	wholeC      chan dataEncoder
+	encPool     sync.Pool // *zstd.Encoder
 	// whole compresses payloads held in memory (SealAll). One encoder, made on first use and
 	// kept: EncodeAll may run concurrently (up to GOMAXPROCS calls at once), and unlike the
 	// pooled stream encoders, which the garbage collector drops, its history buffers and
@@ -151,7 +163,7 @@ type Codec struct {
 // New validates cfg and returns a Codec. Errors wrap ErrConfig and say which setting is
 // wrong; they never contain secret key material.
 func New(cfg Config) (*Codec, error) {
-	c := &Codec{header: Header{Version: FormatVersion}, decoders: make(chan *zstd.Decoder, runtime.GOMAXPROCS(0)+2), sealers: make(chan *DataSealer, 2)}
+	c := &Codec{header: Header{Version: FormatVersion}, decoders: make(chan *zstd.Decoder, runtime.GOMAXPROCS(0)+2), sealers: make(chan *DataSealer, 2), wholeC: make(chan dataEncoder, runtime.GOMAXPROCS(0))}
 
 	switch cfg.Compression {
 	case "", "zstd":
@@ -170,6 +182,15 @@ func New(cfg Config) (*Codec, error) {
 	}
 	if level < 1 || level > 22 {
 		return nil, fmt.Errorf("%w: zstd level %d out of range 1..22", ErrConfig, cfg.Level)
+	}
+	c.level = level
+	switch cfg.Encoder {
+	case "", EncoderAuto:
+		c.encoder = EncoderAuto
+	case EncoderGo, EncoderC:
+		c.encoder = cfg.Encoder
+	default:
+		return nil, fmt.Errorf("%w: unknown zstd encoder %q (use %s, %s or %s)", ErrConfig, cfg.Encoder, EncoderAuto, EncoderC, EncoderGo)
 	}
 	conc := cfg.Concurrency
 	if conc == 0 {
@@ -291,6 +312,8 @@ func New(cfg Config) (*Codec, error) {
 	if level < 6 {
 		dataWindow = dataZstdWindow
 	}
+	c.dataWindow = dataWindow
+	c.wholeWindow = window
 	c.dataOpts = []zstd.EOption{
 		zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)),
 		// No content checksum in objects sealed whole (bundles, manifests): the age AEAD
@@ -308,6 +331,14 @@ func New(cfg Config) (*Codec, error) {
 			return nil, fmt.Errorf("%w: zstd: %w", ErrConfig, err)
 		}
 		c.encPool.Put(enc)
+		if c.encoder == EncoderC {
+			// Likewise for the C encoder, which a build without cgo does not have.
+			enc, err := c.newDataEncoder()
+			if err != nil {
+				return nil, err
+			}
+			enc.close()
+		}
 	}
 	return c, nil
 }
@@ -440,16 +471,16 @@ func (c *Codec) IdentityFingerprints() []string {
 // concurrent use: one per goroutine.
 type DataSealer struct {
 	c   *Codec
-	enc *zstd.Encoder // nil when the codec does not compress
+	enc dataEncoder // nil when the codec does not compress
 }
 
 // NewDataSealer returns a DataSealer for c's settings.
 func (c *Codec) NewDataSealer() (*DataSealer, error) {
 	s := &DataSealer{c: c}
 	if c.header.Compression == CompressionZstd {
-		enc, err := zstd.NewWriter(nil, c.dataOpts...)
+		enc, err := c.newDataEncoder()
 		if err != nil {
-			return nil, fmt.Errorf("zstd encoder: %w", err)
+			return nil, err
 		}
 		s.enc = enc
 	}
@@ -469,13 +500,7 @@ func (s *DataSealer) Seal(w io.Writer, plain []byte, stored bool) error {
 		return err
 	}
 	if h.Compression == CompressionZstd {
-		s.enc.ResetContentSize(ow, int64(len(plain)))
-		_, err = s.enc.Write(plain)
-		if err == nil {
-			err = s.enc.Close()
-		}
-		s.enc.Reset(io.Discard) // drop the reference to w
-		if err != nil {
+		if err := s.enc.encode(ow, plain); err != nil {
 			return fmt.Errorf("zstd: %w", err)
 		}
 	} else if _, err := ow.Write(plain); err != nil {
@@ -487,6 +512,6 @@ func (s *DataSealer) Seal(w io.Writer, plain []byte, stored bool) error {
 // Close releases the encoder.
 func (s *DataSealer) Close() {
 	if s.enc != nil {
-		s.enc.Close()
+		s.enc.close()
 	}
 }

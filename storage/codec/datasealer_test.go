@@ -2,6 +2,8 @@ package codec
 
 import (
 	"bytes"
+	"errors"
+	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -92,5 +94,63 @@ func TestDataSealerWindow(t *testing.T) {
 		if zh.HasCheckSum {
 			t.Errorf("%s: the zstd frame has a content checksum", name)
 		}
+	}
+}
+
+// Both zstd encoders write frames the one reader opens, at the levels users pick, with the
+// window and checksum rules of TestDataSealerWindow; the C encoder, at the same level, makes
+// objects no larger than the Go encoder's (beyond a small margin) on page-like data.
+func TestDataSealerEncodersWriteFramesTheReaderReads(t *testing.T) {
+	mixed := mixedPages(2<<20, 11) // incompressible values inline
+	payloads := map[string][]byte{"pgLike": pgLikeData(4<<20, 12), "mixed": mixed, "random": randomData(1<<20, 13), "tiny": []byte("x")}
+	encoders := []string{EncoderGo, EncoderC}
+	if !haveCZstd {
+		encoders = encoders[:1]
+		if _, err := New(Config{Compression: "zstd", Encryption: "none", Encoder: EncoderC}); !errors.Is(err, ErrConfig) {
+			t.Errorf("encoder libzstd without cgo: %v, want a configuration error", err)
+		}
+	}
+	for _, level := range []int{1, 3, 9} {
+		sizes := map[string]map[string]int{}
+		for _, encoder := range encoders {
+			cfg := testConfig("zstd", "age")
+			cfg.Level, cfg.Encoder = level, encoder
+			c := mustNew(t, cfg)
+			if got := c.EncoderName(); got != encoder {
+				t.Fatalf("EncoderName %q, want %q", got, encoder)
+			}
+			s, err := c.NewDataSealer()
+			if err != nil {
+				t.Fatal(err)
+			}
+			sizes[encoder] = map[string]int{}
+			for name, p := range payloads {
+				var buf bytes.Buffer
+				if err := s.Seal(&buf, p, false); err != nil {
+					t.Fatalf("%s level %d %s: %v", encoder, level, name, err)
+				}
+				got, err := open(c, buf.Bytes())
+				if err != nil || !bytes.Equal(got, p) {
+					t.Fatalf("%s level %d %s: round trip: %d bytes in, %d out, %v", encoder, level, name, len(p), len(got), err)
+				}
+				sizes[encoder][name] = buf.Len()
+			}
+			s.Close()
+		}
+		t.Logf("level %d: %v", level, sizes)
+		if len(encoders) == 2 && level <= 3 {
+			for _, name := range []string{"pgLike", "mixed"} {
+				if c, g := sizes[EncoderC][name], sizes[EncoderGo][name]; c > g+g/50 {
+					t.Errorf("level %d %s: libzstd made %d bytes, Go %d", level, name, c, g)
+				}
+			}
+		}
+	}
+}
+
+func TestUnknownEncoderIsAConfigError(t *testing.T) {
+	_, err := New(Config{Compression: "zstd", Encryption: "none", Encoder: "lz4"})
+	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), `"lz4"`) {
+		t.Fatalf("got %v, want a configuration error naming the encoder", err)
 	}
 }

@@ -63,9 +63,9 @@ func (c *Codec) SealDigest(plain []byte) ([]byte, [DigestSize]byte, error) {
 	return buf.Bytes(), digest, nil
 }
 
-// SealAll writes to w the object NewWriter would make of plain, for a payload held whole in
-// memory. zstd compresses it in one call (EncodeAll) into scratch, instead of through the
-// streaming encoder, which first copies every byte into its own buffers; SealAll returns
+// SealAll writes to w an object of plain with NewWriter's header, for a payload held whole
+// in memory. zstd compresses it in one call into scratch (with the C encoder when the codec
+// uses it), instead of through the streaming encoder; SealAll returns
 // scratch, grown as needed, for the caller's next call. With stored, the payload is not
 // compressed: for payloads the caller knows do not compress (random bytes, compressed data);
 // readers need no setting, the header says so.
@@ -89,6 +89,9 @@ func (c *Codec) SealAll(w io.Writer, plain []byte, stored bool, scratch []byte) 
 func (c *Codec) compressWhole(h Header, plain, dst []byte) ([]byte, error) {
 	if h.Compression != CompressionZstd {
 		return plain, nil
+	}
+	if c.useC() {
+		return c.compressWholeC(plain, dst)
 	}
 	enc, err := c.wholeEncoder()
 	if err != nil {
