@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"runtime/trace"
 	"syscall"
 )
 
@@ -33,9 +34,18 @@ func main() {
 			}
 		}
 	}
+	// PGHARBOR_TRACE=FILE writes an execution trace (go tool trace) of the whole command.
+	if p := os.Getenv("PGHARBOR_TRACE"); p != "" {
+		if f, err := os.Create(p); err == nil {
+			if trace.Start(f) == nil {
+				defer trace.Stop()
+			}
+		}
+	}
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()
 	pprof.StopCPUProfile()
+	trace.Stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pgharbor:", err)
 		var ee *exitError
