@@ -19,11 +19,11 @@ func (a *app) archiveCheck(r *repo.Repo, timeout time.Duration) func(ctx context
 		if err != nil {
 			return err
 		}
-		deadline := time.Now().Add(timeout)
-		// The segment usually arrives a moment after the server switched WAL: look again
-		// soon, then less often (a full poll interval would often be most of a small
-		// backup's wait).
-		wait := 20 * time.Millisecond
+		begin := time.Now()
+		deadline := begin.Add(timeout)
+		// The segment usually arrives a moment after the server switched WAL (the archiver
+		// starts archive_command, which stores it): look every 20 ms for the first seconds,
+		// when a longer interval would be most of a small backup's wait, then less often.
 		for _, seg := range segs {
 			name, err := seg.SegmentName(segSize)
 			if err != nil {
@@ -45,12 +45,15 @@ func (a *app) archiveCheck(r *repo.Repo, timeout time.Duration) func(ctx context
 					return fmt.Errorf("segment %s is not in %s after %s: is archive_command = 'pgharbor wal push %%p' set and working (see pg_stat_archiver)?",
 						name, r.Location(r.Key(wal.Dir)), timeout)
 				}
+				wait := 20 * time.Millisecond
+				if time.Since(begin) > 3*time.Second {
+					wait = 200 * time.Millisecond
+				}
 				select {
 				case <-ctx.Done():
 					return ctx.Err()
 				case <-time.After(wait):
 				}
-				wait = min(2*wait, 200*time.Millisecond)
 			}
 		}
 		return nil
