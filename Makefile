@@ -22,6 +22,9 @@ setup:
 # closing "N passed, N failed, N skipped" line (so an all-skipped package is seen).
 test: setup
 	$(GO) vet $(PKGS)
+	# A build without cgo has the pure-Go zstd encoder only: it must build and seal.
+	CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/pgharbor
+	CGO_ENABLED=0 $(GO) test -count=1 -run 'DataSealer|Encoder' ./storage/codec/
 	set -o pipefail; $(GO) test -json $(TESTFLAGS) $(PKGS) | $(GO) run ./internal/testsummary
 
 test-short:
