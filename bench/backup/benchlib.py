@@ -3,11 +3,13 @@
 
   benchlib.py run LOG -- CMD...   run CMD (stdout+stderr appended to LOG); print
                                   "<wall s> <peak RSS MiB> <peak tree RSS MiB> <CPU s>
-                                  <read bytes> <exit code>":
+                                  <read bytes> <exit code> <peak tree RssAnon MiB>":
                                   peak RSS is ru_maxrss from wait4 (the largest single process of
                                   the tree: CMD and the children it waited for), peak tree RSS the
                                   largest sum of RSS over CMD and all its descendants, sampled
-                                  every 20 ms. CPU s is user + system time of CMD and the
+                                  every 20 ms, and peak tree RssAnon the same sum of private
+                                  memory only (RSS also counts the tool's executable pages, which
+                                  depend on the page cache, see tree_rss). CPU s is user + system time of CMD and the
                                   descendants it waited for (wait4); read bytes is what they
                                   fetched from storage (read_bytes of /proc/PID/io: the kernel
                                   adds a reaped child's counters to its parent's, so this
@@ -40,7 +42,10 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def tree_rss(root):
-    """Sum of RSS (bytes) over root and its descendants."""
+    """Sums over root and its descendants: (RSS, RssAnon) in bytes. RSS counts the pages of
+    a process's executable and libraries it has mapped, which depends on how much of those
+    files the page cache holds (the kernel maps cached neighbours of a faulting page too);
+    RssAnon is its private memory only."""
     parent = {}
     rss = {}
     for name in os.listdir("/proc"):
@@ -56,7 +61,7 @@ def tree_rss(root):
             rss[pid] = int(fields[21]) * PAGE
         except (OSError, ValueError, IndexError):
             continue
-    total, todo, seen = 0, [root], set()
+    total, anon, todo, seen = 0, 0, [root], set()
     children = {}
     for pid, pp in parent.items():
         children.setdefault(pp, []).append(pid)
@@ -66,8 +71,20 @@ def tree_rss(root):
             continue
         seen.add(pid)
         total += rss.get(pid, 0)
+        anon += rss_anon(pid)
         todo.extend(children.get(pid, []))
-    return total
+    return total, anon
+
+
+def rss_anon(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def read_bytes(pid="self"):
@@ -121,12 +138,13 @@ def cmd_run(argv):
                 os.execvp(cmd[0], cmd)
             finally:
                 os._exit(127)
-        peak_tree = 0
+        peak_tree, peak_anon = 0, 0
         while True:
             wpid, status, ru = os.wait4(pid, os.WNOHANG)
             if wpid == pid:
                 break
-            peak_tree = max(peak_tree, tree_rss(pid))
+            rss, anon = tree_rss(pid)
+            peak_tree, peak_anon = max(peak_tree, rss), max(peak_anon, anon)
             time.sleep(0.02)
         wall = time.monotonic() - start
         io = read_bytes() - io0
@@ -134,7 +152,7 @@ def cmd_run(argv):
     maxrss_mib = ru.ru_maxrss / 1024.0  # KiB on Linux
     peak_tree = max(peak_tree / 1048576.0, maxrss_mib)
     cpu = ru.ru_utime + ru.ru_stime
-    print(f"{wall:.3f} {maxrss_mib:.1f} {peak_tree:.1f} {cpu:.2f} {io} {code}")
+    print(f"{wall:.3f} {maxrss_mib:.1f} {peak_tree:.1f} {cpu:.2f} {io} {code} {peak_anon / 1048576.0:.1f}")
 
 
 def cmd_gencopy(argv):
@@ -217,14 +235,16 @@ def cmd_blockdiff(argv):
 TOOLS = ["pgharbor", "pgbr_enc", "pgbr_plain", "pg_basebackup"]
 # backups also by pgharbor --method stream (BASE_BACKUP), for comparison with its default
 # optional: pgharbor_base (another build, PGHARBOR_BASE_BIN), pgharbor_l1 (zstd level 1,
-# BENCH_PGH_LEVEL1=1); measured only when asked for, reported when present
-BACKUP_TOOLS = ["pgharbor", "pgharbor_stream", "pgharbor_base", "pgharbor_l1", "pgbr_enc", "pgbr_plain", "pg_basebackup"]
+# BENCH_PGH_LEVEL1=1), pgharbor_go (the pure-Go zstd encoder, BENCH_PGH_GO=1); measured only
+# when asked for, reported when present
+BACKUP_TOOLS = ["pgharbor", "pgharbor_stream", "pgharbor_base", "pgharbor_l1", "pgharbor_go", "pgbr_enc", "pgbr_plain", "pg_basebackup"]
 WAL_TOOLS = ["pgharbor", "pgbr_async", "pgbr_sync"]
 NAMES = {
     "pgharbor": "pgharbor (age+zstd3)",
     "pgharbor_stream": "pgharbor --method stream",
     "pgharbor_base": "pgharbor, base build",
     "pgharbor_l1": "pgharbor (age+zstd1)",
+    "pgharbor_go": "pgharbor (age+zstd3, Go enc)",
     "pgbr_enc": "pgBackRest aes+zst3",
     "pgbr_plain": "pgBackRest zst3",
     "pg_basebackup": "pg_basebackup zstd3",
@@ -233,15 +253,17 @@ NAMES = {
 }
 # metric: (title, unit, tools, ratio denominators, target text, target check on the medians)
 METRICS = [
-    ("backup_s", "full backup wall time", "s", BACKUP_TOOLS, ["pgharbor_base", "pgbr_enc", "pgbr_plain", "pg_basebackup"],
+    ("backup_s", "full backup wall time", "s", BACKUP_TOOLS, ["pgharbor_base", "pgharbor_go", "pgbr_enc", "pgbr_plain", "pg_basebackup"],
      "pgharbor <= 0.6x pgBackRest aes", lambda m: m["pgharbor"] <= 0.6 * m["pgbr_enc"]),
-    ("backup_rss", "full backup peak RSS, largest process", "MiB", BACKUP_TOOLS, ["pgharbor_base", "pgbr_enc", "pgbr_plain", "pg_basebackup"],
+    ("backup_rss", "full backup peak RSS, largest process", "MiB", BACKUP_TOOLS, ["pgharbor_base", "pgharbor_go", "pgbr_enc", "pgbr_plain", "pg_basebackup"],
      "pgharbor <= 128 MiB", lambda m: m["pgharbor"] <= 128),
-    ("backup_tree", "full backup peak RSS, sum over process tree", "MiB", BACKUP_TOOLS, ["pgharbor_base", "pgbr_enc", "pgbr_plain", "pg_basebackup"],
+    ("backup_tree", "full backup peak RSS, sum over process tree", "MiB", BACKUP_TOOLS, ["pgharbor_base", "pgharbor_go", "pgbr_enc", "pgbr_plain", "pg_basebackup"],
      None, None),
-    ("backup_stored", "full backup stored size", "MB", BACKUP_TOOLS, ["pgharbor_base", "pgbr_enc", "pgbr_plain", "pg_basebackup"], None, None),
+    ("backup_anon", "full backup peak private memory (RssAnon), sum over process tree", "MiB", BACKUP_TOOLS, ["pgharbor_base", "pgharbor_go", "pgbr_enc", "pgbr_plain", "pg_basebackup"],
+     None, None),
+    ("backup_stored", "full backup stored size", "MB", BACKUP_TOOLS, ["pgharbor_base", "pgharbor_go", "pgbr_enc", "pgbr_plain", "pg_basebackup"], None, None),
     ("backup_cpu_gb", "full backup CPU seconds per GB of data directory without pg_wal (tool side)", "s/GB", BACKUP_TOOLS,
-     ["pgharbor_base", "pgbr_enc", "pgbr_plain", "pg_basebackup"], None, None),
+     ["pgharbor_base", "pgharbor_go", "pgbr_enc", "pgbr_plain", "pg_basebackup"], None, None),
     ("restore_s", "full restore wall time (tool exits)", "s", TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
      "pgharbor <= 0.8x pgBackRest aes", lambda m: m["pgharbor"] <= 0.8 * m["pgbr_enc"]),
     ("restore_sync_s", "full restore wall time + sync(1) after it", "s", TOOLS, ["pgbr_enc", "pgbr_plain", "pg_basebackup"],
@@ -305,11 +327,11 @@ def cmd_report(argv):
             if nf:
                 line += f"  ({nf} failed)"
             out.append(line)
-        for h in ("pgharbor", "pgharbor_stream", "pgharbor_l1"):
+        for h in ("pgharbor", "pgharbor_stream", "pgharbor_l1", "pgharbor_go"):
             if h not in med:
                 continue
             for d in denoms:
-                if d in med and med[d] > 0 and not (d == "pgharbor_base" and h != "pgharbor"):
+                if d in med and med[d] > 0 and not (d in ("pgharbor_base", "pgharbor_go") and h != "pgharbor"):
                     ratio = med[h] / med[d]
                     # ratio range from the extremes: best and worst pairing over rounds
                     hv, dv = data[(metric, h)], data[(metric, d)]
@@ -342,6 +364,9 @@ def cmd_report(argv):
         r = med("backup_rss", "pgharbor")
         if r:
             print(f"  peak RSS pgharbor <= 64 MiB: {r:.0f} MiB -> {'MET' if r <= 64 else 'MISSED'}")
+        a, ab = med("backup_anon", "pgharbor"), med("backup_anon", "pgbr_enc")
+        if a and ab:
+            print(f"  (peak private memory, RssAnon over the process tree: pgharbor {a:.0f} MiB, pgBackRest aes {ab:.0f} MiB)")
         print("  wall time pgharbor <= 1.0x WAL-G: not measured (WAL-G not installable here)")
 
 

@@ -61,6 +61,9 @@
 #     repository, in the same rounds ("pgharbor, base build"; ratios against it): a paired
 #     comparison of two builds on one data set
 #   BENCH_PGH_LEVEL1=1: also back up with pgharbor at zstd level 1 ("pgharbor (age+zstd1)")
+#   BENCH_PGH_GO=1: also back up with pgharbor's pure-Go zstd encoder (compression.encoder: go)
+#     at level 3 ("pgharbor (age+zstd3, Go enc)"); the default row uses libzstd when the
+#     binary was built with cgo (`pgharbor version` says which)
 #   (both only with BENCH_PARTS without restore: pgharbor's restore takes the newest backup)
 #   KEEP=1 (keep the work dir under /tmp: logs, repositories, cluster)
 # Output: the table on stdout; raw numbers, settings and the table in bench/results/backup-<UTC>.txt.
@@ -79,8 +82,8 @@ SHAPE=${BENCH_SHAPE:-toast}
 INLINE_RND=${BENCH_INLINE_RND:-1024}
 INLINE_TXT=${BENCH_INLINE_TXT:-512}
 case $SHAPE in toast | inline) ;; *) echo "BENCH_SHAPE must be toast or inline" >&2; exit 2 ;; esac
-if [[ " $PARTS " == *" restore "* ]] && { [ -n "${PGHARBOR_BASE_BIN:-}" ] || [ "${BENCH_PGH_LEVEL1:-0}" != 0 ]; }; then
-	echo "PGHARBOR_BASE_BIN and BENCH_PGH_LEVEL1 need BENCH_PARTS without restore" >&2
+if [[ " $PARTS " == *" restore "* ]] && { [ -n "${PGHARBOR_BASE_BIN:-}" ] || [ "${BENCH_PGH_LEVEL1:-0}" != 0 ] || [ "${BENCH_PGH_GO:-0}" != 0 ]; }; then
+	echo "PGHARBOR_BASE_BIN, BENCH_PGH_LEVEL1 and BENCH_PGH_GO need BENCH_PARTS without restore" >&2
 	exit 2
 fi
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
@@ -153,14 +156,14 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 PSQL=(as_pg env PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -h "$WORK" -p "$PORT" -U postgres -d postgres -qAtX -v ON_ERROR_STOP=1)
 sql() { "${PSQL[@]}" -c "$1"; }
 
-# measure NAME CMD...: run CMD as postgres; sets M_WALL M_RSS M_TREE M_CPU M_READ, fails on a
+# measure NAME CMD...: run CMD as postgres; sets M_WALL M_RSS M_TREE M_CPU M_READ M_ANON, fails on a
 # non-zero exit.
 measure() {
 	local name=$1; shift
 	sync
 	local out
 	out=$(as_pg python3 "$WORK/benchlib.py" run "$WORK/logs/$name.log" -- "$@")
-	read -r M_WALL M_RSS M_TREE M_CPU M_READ M_CODE <<<"$out"
+	read -r M_WALL M_RSS M_TREE M_CPU M_READ M_CODE M_ANON <<<"$out"
 	if [ "$M_CODE" != 0 ]; then
 		log "$name: exit $M_CODE; last lines of $WORK/logs/$name.log:"
 		tail -n 20 "$WORK/logs/$name.log" >&2
@@ -278,7 +281,8 @@ YAML
 [ "$(id -u)" != 0 ] || chown postgres: "$WORK/pgharbor.yaml"
 PGH=("$WORK/pgharbor" --config "$WORK/pgharbor.yaml")
 sed 's/^  level: 3$/  level: 1/' "$WORK/pgharbor.yaml" >"$WORK/pgharbor-l1.yaml"
-[ "$(id -u)" != 0 ] || chown postgres: "$WORK/pgharbor-l1.yaml"
+sed 's/^  level: 3$/  level: 3\n  encoder: go/' "$WORK/pgharbor.yaml" >"$WORK/pgharbor-go.yaml"
+[ "$(id -u)" != 0 ] || chown postgres: "$WORK/pgharbor-l1.yaml" "$WORK/pgharbor-go.yaml"
 as_pg "${PGH[@]}" repo init >"$WORK/logs/repo-init.log" 2>&1 || { cat "$WORK/logs/repo-init.log" >&2; die "pgharbor repo init failed"; }
 PGH_ARCHIVE="$WORK/pgharbor --config $WORK/pgharbor.yaml wal push %p"
 
@@ -329,7 +333,7 @@ rotate() { # rotate N WORDS...: the words, starting at index N mod count
 backup_one() { # backup_one TOOL ROUND
 	local t=$1 r=$2 dir before after
 	case $t in
-	pgharbor | pgharbor_stream | pgharbor_base | pgharbor_l1) dir=$WORK/pgh-repo ;;
+	pgharbor | pgharbor_stream | pgharbor_base | pgharbor_l1 | pgharbor_go) dir=$WORK/pgh-repo ;;
 	pgbr_enc) dir=$WORK/pgbr-repo-enc ;;
 	pgbr_plain) dir=$WORK/pgbr-repo-plain ;;
 	pg_basebackup) rm -rf "$WORK/pgbb"; dir=$WORK/pgbb ;;
@@ -340,6 +344,7 @@ backup_one() { # backup_one TOOL ROUND
 	pgharbor_stream) measure "backup-$t-$r" "${PGH[@]}" backup --method stream ;;
 	pgharbor_base) measure "backup-$t-$r" "$WORK/pgharbor-base" --config "$WORK/pgharbor.yaml" backup ;;
 	pgharbor_l1) measure "backup-$t-$r" "$WORK/pgharbor" --config "$WORK/pgharbor-l1.yaml" backup ;;
+	pgharbor_go) measure "backup-$t-$r" "$WORK/pgharbor" --config "$WORK/pgharbor-go.yaml" backup ;;
 	pgbr_enc) measure "backup-$t-$r" pgbackrest --config "$WORK/pgbr-enc.conf" --stanza=bench --type=full --archive-check=n backup ;;
 	pgbr_plain) measure "backup-$t-$r" pgbackrest --config "$WORK/pgbr-plain.conf" --stanza=bench --type=full --archive-check=n backup ;;
 	pg_basebackup) measure "backup-$t-$r" "$PGBIN/pg_basebackup" -h "$WORK" -p "$PORT" -U postgres -D "$WORK/pgbb" -Ft -X none \
@@ -349,6 +354,7 @@ backup_one() { # backup_one TOOL ROUND
 	record backup_s "$t" "$r" "$M_WALL"
 	record backup_rss "$t" "$r" "$M_RSS"
 	record backup_tree "$t" "$r" "$M_TREE"
+	record backup_anon "$t" "$r" "$M_ANON"
 	record backup_stored "$t" "$r" "$(((after - before) / 1000000))"
 	record backup_cpu_gb "$t" "$r" "$(python3 -c "print(f'{$M_CPU / ($DATA_BYTES / 1e9):.2f}')")"
 	log "  backup  $t: ${M_WALL}s, CPU ${M_CPU}s, peak RSS ${M_RSS} MiB (tree ${M_TREE} MiB), stored $(((after - before) / 1000000)) MB"
@@ -444,6 +450,7 @@ TOOLS=(pgharbor pgbr_enc pgbr_plain pg_basebackup)
 BACKUP_TOOLS=(pgharbor pgharbor_stream pgbr_enc pgbr_plain pg_basebackup)
 [ -z "${PGHARBOR_BASE_BIN:-}" ] || BACKUP_TOOLS+=(pgharbor_base)
 [ "${BENCH_PGH_LEVEL1:-0}" = 0 ] || BACKUP_TOOLS+=(pgharbor_l1)
+[ "${BENCH_PGH_GO:-0}" = 0 ] || BACKUP_TOOLS+=(pgharbor_go)
 WAL_TOOLS=(pgharbor pgbr_async)
 [ "$WAL_SYNC" = 0 ] || WAL_TOOLS+=(pgbr_sync)
 

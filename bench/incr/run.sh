@@ -113,7 +113,7 @@ measure() {
 	sync
 	local out
 	out=$(as_pg python3 "$WORK/benchlib.py" run "$WORK/logs/$name.log" -- "$@")
-	read -r M_WALL M_RSS M_TREE M_CPU M_READ M_CODE <<<"$out"
+	read -r M_WALL M_RSS M_TREE M_CPU M_READ M_CODE M_ANON <<<"$out"
 	if [ "$M_CODE" != 0 ]; then
 		log "$name: exit $M_CODE; last lines of $WORK/logs/$name.log:"
 		tail -n 20 "$WORK/logs/$name.log" >&2
