@@ -321,7 +321,11 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	if b != nil {
 		typ, parent = o.Type, b.label
 	}
-	o.Logger.Info("backup starting", "label", label, "type", typ, "parent", parent, "method", method, "from", from, "repository", r.Location(BackupPrefix(r, label)))
+	zstdEncoder := "none"
+	if r.Codec().Compresses() {
+		zstdEncoder = r.Codec().EncoderName()
+	}
+	o.Logger.Info("backup starting", "label", label, "type", typ, "parent", parent, "method", method, "from", from, "repository", r.Location(BackupPrefix(r, label)), "zstd_encoder", zstdEncoder)
 	if b != nil && method == MethodStream {
 		o.Logger.Info("the stream method reads every file in full (BASE_BACKUP sends them all); only the chunks that changed since the parent are stored", "parent", parent)
 	}
