@@ -73,9 +73,10 @@ type Config struct {
 	// takes it as it is; the Go encoders map it onto klauspost's four encoder speeds (<3
 	// fastest, 3..5 default, 6..9 better, ≥10 best).
 	Level int
-	// Encoder is the zstd encoder of DataSealer (backup bundles and manifests): EncoderAuto
-	// (default when empty), EncoderGo or EncoderC. Streamed objects (NewWriter: WAL,
-	// uploads of unknown size) always use the Go encoder.
+	// Encoder is the zstd encoder of payloads held whole in memory (DataSealer: backup
+	// bundles and manifests; SealAll and SealDigest: `wal push`): EncoderAuto (default when
+	// empty), EncoderGo or EncoderC. Streamed objects (NewWriter, NewFrameEncoder) always use
+	// the Go encoder.
 	Encoder string
 	// Encryption of new objects: "age" (to Recipients), "passphrase" or "none". Required:
 	// never defaulted, so that "no encryption" is always an explicit choice.
