@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"io"
 	"sort"
+	"sync"
 
 	"golang.org/x/sync/errgroup"
 
@@ -21,6 +22,79 @@ type VerifyResult struct {
 	Bytes   int64  `json:"bytes"`
 	// References are the earlier backups whose bundles were checked for this one's pieces.
 	References []string `json:"references,omitempty"`
+	// AlreadyVerified counts the bundles of earlier backups that hold pieces of this one
+	// and were not read again: the same Verifier had found those pieces intact, reading
+	// their bundles whole, earlier in the run.
+	AlreadyVerified int `json:"already_verified_bundles,omitempty"`
+}
+
+// A Verifier verifies backups of one repository and remembers every bundle piece it found
+// intact, so that a run over a chain (a full backup, then the diff and incr backups whose
+// pieces point into it) reads each bundle once rather than once per backup that uses it.
+// Verify the oldest backup first. Not safe for concurrent use.
+type Verifier struct {
+	r       *repo.Repo
+	workers int
+	mu      sync.Mutex
+	intact  map[pieceAt]pieceSum
+	labels  map[string]uint32 // backup labels numbered, for small keys in intact
+}
+
+// pieceAt is where a piece is: a backup (numbered in Verifier.labels), one of its bundles
+// and an offset in the bundle's decoded bytes.
+type pieceAt struct {
+	label  uint32
+	bundle uint32
+	offset int64
+}
+
+// pieceSum is what a piece was found to be: its length, CRC-32C and digest (of which kind).
+type pieceSum struct {
+	length   int64
+	crc      uint32
+	sha      Digest
+	pageTree bool
+}
+
+func sumOf(e Extent) pieceSum {
+	return pieceSum{length: e.Length, crc: e.CRC, sha: e.SHA256, pageTree: e.PageTree}
+}
+
+// NewVerifier returns a Verifier reading workers bundles in parallel (4 when workers <= 0).
+func NewVerifier(r *repo.Repo, workers int) *Verifier {
+	if workers <= 0 {
+		workers = 4
+	}
+	return &Verifier{r: r, workers: workers, intact: map[pieceAt]pieceSum{}, labels: map[string]uint32{}}
+}
+
+// at returns the key of a piece; v.mu must be held.
+func (v *Verifier) at(label string, n int, e Extent) pieceAt {
+	id, ok := v.labels[label]
+	if !ok {
+		id = uint32(len(v.labels))
+		v.labels[label] = id
+	}
+	return pieceAt{id, uint32(n), e.Offset}
+}
+
+// known says whether the piece e of bundle n of backup label was found intact, with the
+// same length, CRC-32C and digest, earlier in the run.
+func (v *Verifier) known(label string, n int, e Extent) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	got, ok := v.intact[v.at(label, n, e)]
+	return ok && got == sumOf(e)
+}
+
+// remember records pieces of bundle n of backup label as intact; call it only after the
+// whole object was read (its authentication or checksum is checked at its last byte).
+func (v *Verifier) remember(label string, n int, es []Extent) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, e := range es {
+		v.intact[v.at(label, n, e)] = sumOf(e)
+	}
 }
 
 // Verify reads every bundle of a backup, decrypting and decompressing it (which checks its
@@ -30,6 +104,14 @@ type VerifyResult struct {
 // point into exists, decrypts and holds those pieces intact; an error names the object and
 // the backup it belongs to. workers bundles are read in parallel.
 func Verify(ctx context.Context, r *repo.Repo, label string, workers int) (*VerifyResult, error) {
+	return NewVerifier(r, workers).Verify(ctx, label)
+}
+
+// Verify verifies one backup as the function Verify does, except that pieces of earlier
+// backups that v found intact earlier in the run are not read again (a bundle none of whose
+// needed pieces is left is not read at all).
+func (v *Verifier) Verify(ctx context.Context, label string) (*VerifyResult, error) {
+	r := v.r
 	m, err := ReadManifest(ctx, r, label)
 	if err != nil {
 		return nil, err
@@ -56,16 +138,35 @@ func Verify(ctx context.Context, r *repo.Repo, label string, workers int) (*Veri
 			return nil, fmt.Errorf("backup %s: manifest: %s has %d bytes in its pieces, size %d", label, f.Path, total, f.Size)
 		}
 	}
+	pieceOK := make([][]bool, len(m.FileList))
+	for i, f := range m.FileList {
+		pieceOK[i] = make([]bool, len(f.Extents))
+	}
 	// Every bundle of the backup is read, even one no piece points into; of the referenced
-	// backups, the bundles that hold pieces of this one.
+	// backups, the bundles that hold pieces of this one that were not found intact before.
 	bundles := make([]bundle, 0, m.Bundles+len(byBundle))
 	for n := 0; n < m.Bundles; n++ {
 		bundles = append(bundles, bundle{label, n})
 	}
-	for k := range byBundle {
-		if k.label != label {
-			bundles = append(bundles, k)
+	alreadyVerified := 0
+	for k, pieces := range byBundle {
+		if k.label == label {
+			continue
 		}
+		left := pieces[:0]
+		for _, p := range pieces {
+			if v.known(k.label, k.n, m.FileList[p.file].Extents[p.ext]) {
+				pieceOK[p.file][p.ext] = true
+			} else {
+				left = append(left, p)
+			}
+		}
+		byBundle[k] = left
+		if len(left) == 0 {
+			alreadyVerified++
+			continue
+		}
+		bundles = append(bundles, k)
 	}
 	sort.Slice(bundles[m.Bundles:], func(i, j int) bool {
 		a, b := bundles[m.Bundles+i], bundles[m.Bundles+j]
@@ -74,15 +175,8 @@ func Verify(ctx context.Context, r *repo.Repo, label string, workers int) (*Veri
 		}
 		return a.n < b.n
 	})
-	pieceOK := make([][]bool, len(m.FileList))
-	for i, f := range m.FileList {
-		pieceOK[i] = make([]bool, len(f.Extents))
-	}
-	if workers <= 0 {
-		workers = 4
-	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(workers)
+	g.SetLimit(v.workers)
 	var bytesRead = make([]int64, len(bundles))
 	for bi, b := range bundles {
 		pieces := byBundle[b]
@@ -103,6 +197,7 @@ func Verify(ctx context.Context, r *repo.Repo, label string, workers int) (*Veri
 			br := bufio.NewReaderSize(rc, 256<<10)
 			var pos int64
 			h := newPieceHash()
+			checked := make([]Extent, 0, len(pieces))
 			for _, p := range pieces {
 				e := m.FileList[p.file].Extents[p.ext]
 				if e.Offset < pos {
@@ -120,6 +215,7 @@ func Verify(ctx context.Context, r *repo.Repo, label string, workers int) (*Veri
 					return fmt.Errorf("backup %s: %s: a piece in %s%s does not match its checksum: the object is damaged", label, m.FileList[p.file].Path, r.Location(key), note)
 				}
 				pieceOK[p.file][p.ext] = true
+				checked = append(checked, e)
 				pos = e.Offset + e.Length
 			}
 			// Read to the end: the object's integrity is checked at its last byte.
@@ -128,13 +224,14 @@ func Verify(ctx context.Context, r *repo.Repo, label string, workers int) (*Veri
 				return fmt.Errorf("read %s%s: %w", r.Location(key), note, err)
 			}
 			bytesRead[bi] = pos + n
+			v.remember(b.label, b.n, checked)
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	res := &VerifyResult{Label: label, Bundles: m.Bundles, References: m.References}
+	res := &VerifyResult{Label: label, Bundles: m.Bundles, References: m.References, AlreadyVerified: alreadyVerified}
 	for _, n := range bytesRead {
 		res.Bytes += n
 	}

@@ -1,11 +1,19 @@
 package backup
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"math/rand/v2"
 	"path"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/pgharbor/pgharbor/internal/repo"
+	"github.com/pgharbor/pgharbor/storage"
+	"github.com/pgharbor/pgharbor/storage/codec"
+	"github.com/pgharbor/pgharbor/storage/mem"
 )
 
 // Verify checks page-tree digests (manifest format 2) and the plain SHA-256 of manifests of
@@ -110,5 +118,132 @@ func TestPieceHashMatchesPieceDigest(t *testing.T) {
 	ph.Write(short)
 	if d := ph.sum(); !d.IsZero() {
 		t.Fatal("a streamed page tree of a partial page")
+	}
+}
+
+// countingBackend counts the reads of each object.
+type countingBackend struct {
+	storage.Backend
+	mu    sync.Mutex
+	reads map[string]int
+}
+
+func (b *countingBackend) Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
+	b.mu.Lock()
+	b.reads[key]++
+	b.mu.Unlock()
+	return b.Backend.Get(ctx, key, offset, length)
+}
+
+// One Verifier over a chain (a full backup and two incrementals whose unchanged pieces
+// point into it) reads a bundle of the full backup once when the incrementals point at
+// whole pieces of it (unchanged chunks and files); a bundle they point into by parts of
+// pieces (the unchanged pages of a changed chunk) is read again for those parts. Verifying
+// an incremental alone reads the full backup's bundles it needs; damage in the full backup is
+// named by the verify of either.
+func TestVerifierReadsWholePiecesOfAChainOnce(t *testing.T) {
+	ctx := context.Background()
+	c, err := codec.New(codec.Config{Encryption: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb := &countingBackend{Backend: mem.New(), reads: map[string]int{}}
+	r, err := repo.New(cb, c, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(9, 10))
+	const rel, other = "base/5/16390", "base/5/16391"
+	// With 1 MiB bundles (8 chunks), rel fills bundle 0 of A and other bundles 1 and 2.
+	v1 := map[string][]byte{rel: make([]byte, 8*ChunkSize), other: make([]byte, 16*ChunkSize)}
+	for _, b := range v1 {
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+	}
+	save := func(m *Manifest) {
+		t.Helper()
+		m.Format = ManifestFormat
+		prefix := BackupPrefix(r, m.Label)
+		if err := r.PutBytes(ctx, path.Join(prefix, pgManifestName), []byte("{}"), false); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.PutJSON(ctx, path.Join(prefix, manifestName), m, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	paths := []string{rel, other}
+	full := storeFiles(t, r, "A", nil, 1<<20, paths, v1)
+	save(full)
+	v2 := map[string][]byte{rel: bytes.Clone(v1[rel]), other: v1[other]}
+	v2[rel][5*ChunkSize+100] ^= 1
+	incr1 := storeFiles(t, r, "B", newBase(full, false), 1<<20, paths, v2)
+	save(incr1)
+	v3 := map[string][]byte{rel: bytes.Clone(v2[rel]), other: v2[other]}
+	v3[rel][6*ChunkSize+PageSize+7] ^= 1
+	incr2 := storeFiles(t, r, "C", newBase(incr1, false), 1<<20, paths, v3)
+	save(incr2)
+	if full.Bundles != 3 {
+		t.Fatalf("full backup in %d bundles, want 3", full.Bundles)
+	}
+
+	v := NewVerifier(r, 2)
+	for _, label := range []string{"A", "B", "C"} {
+		res, err := v.Verify(ctx, label)
+		if err != nil {
+			t.Fatalf("verify %s: %v", label, err)
+		}
+		if label != "A" && res.AlreadyVerified == 0 {
+			t.Errorf("verify %s: no bundle of its chain was taken as verified", label)
+		}
+	}
+	for n := 1; n < full.Bundles; n++ {
+		if got := cb.reads[BundleKey(r, "A", n)]; got != 1 {
+			t.Errorf("bundle %d of A read %d times by one run over the chain, want 1", n, got)
+		}
+	}
+	// Once for A, once for the parts of chunk 5 that B points at, once for chunk 6 and C.
+	if got := cb.reads[BundleKey(r, "A", 0)]; got != 3 {
+		t.Errorf("bundle 0 of A read %d times, want 3", got)
+	}
+
+	// Alone, C's verify reads what it needs of A (and B) itself.
+	clear(cb.reads)
+	res, err := Verify(ctx, r, "C", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.AlreadyVerified != 0 {
+		t.Errorf("a fresh verify took %d bundles as verified", res.AlreadyVerified)
+	}
+	readA := 0
+	for n := 0; n < full.Bundles; n++ {
+		readA += cb.reads[BundleKey(r, "A", n)]
+	}
+	if readA == 0 {
+		t.Error("verifying C alone read no bundle of A")
+	}
+
+	// Damage in A: a run over the chain stops at A, and C alone names A's object.
+	key := BundleKey(r, "A", 0)
+	rc, err := cb.Backend.Get(ctx, key, 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj[len(obj)/2] ^= 0x40
+	if err := cb.Backend.Put(ctx, key, bytes.NewReader(obj), storage.PutOptions{Size: int64(len(obj))}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewVerifier(r, 2).Verify(ctx, "A"); err == nil {
+		t.Fatal("verify of A passed with a damaged bundle")
+	}
+	_, err = NewVerifier(r, 2).Verify(ctx, "C")
+	if err == nil || !strings.Contains(err.Error(), "backup A") {
+		t.Fatalf("verify of C with A's bundle damaged: %v, want an error naming backup A", err)
 	}
 }

@@ -168,7 +168,9 @@ decompressing it, checks every file's pieces against the manifest's CRC-32C and 
 reads the WAL from the backup's start to its stop (it must decrypt, be signed when verify
 keys are configured, and belong to this system). For a diff or
 incr backup it also reads the bundles of the earlier backups its pieces point into (the chain),
-and an error names the damaged object and the backup it belongs to.`,
+and an error names the damaged object and the backup it belongs to. Verifying all backups,
+oldest first, reads a bundle that several backups point into once: a piece found intact
+earlier in the run is not read again.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			results, err := a.runVerify(cmd.Context(), label, workers)
@@ -184,6 +186,9 @@ and an error names the damaged object and the backup it belongs to.`,
 					chain := ""
 					if len(res.References) > 0 {
 						chain = ", pieces in " + strings.Join(res.References, ", ") + " intact"
+						if res.AlreadyVerified > 0 {
+							chain += fmt.Sprintf(" (%d of their bundles verified earlier in this run, not read again)", res.AlreadyVerified)
+						}
 					}
 					fmt.Fprintf(a.stdout, "backup %s OK: %d files, %d bundles, %s%s, its WAL intact\n", res.Label, res.Files, res.Bundles, humanBytes(res.Bytes), chain)
 				}
@@ -223,8 +228,11 @@ func (a *app) runVerify(ctx context.Context, label string, workers int) ([]*back
 	}
 	check := a.archiveCheck(r, 0)
 	var results []*backup.VerifyResult
+	// One Verifier for the run, oldest backup first: a bundle that several backups of a
+	// chain point into is read once.
+	v := backup.NewVerifier(r, workers)
 	for _, b := range todo {
-		res, err := backup.Verify(ctx, r, b.Label, workers)
+		res, err := v.Verify(ctx, b.Label)
 		if err != nil {
 			return nil, err
 		}
