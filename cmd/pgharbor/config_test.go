@@ -44,13 +44,14 @@ func TestEnvironmentOverridesTheFile(t *testing.T) {
 	t.Setenv("PGHARBOR_BACKUP_LOCK_TIMEOUT", "90s")
 	t.Setenv("PGHARBOR_BACKUP_METHOD", "stream")
 	t.Setenv("PGHARBOR_COMPRESSION_WAL_LEVEL", "3")
+	t.Setenv("PGHARBOR_COMPRESSION_ENCODER", "go")
 	cfg, err := LoadConfig("../../docs/pgharbor.example.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Repo.URL != "file:///elsewhere" || strings.Join(cfg.Encryption.Recipients, "|") != "age1a|age1b" ||
 		cfg.Backup.Workers != 7 || cfg.Backup.FastCheckpoint == nil || *cfg.Backup.FastCheckpoint || cfg.Backup.LockTimeout != 90*time.Second ||
-		cfg.Backup.Method != "stream" || cfg.Compression.WALLevel != 3 {
+		cfg.Backup.Method != "stream" || cfg.Compression.WALLevel != 3 || cfg.Compression.Encoder != "go" {
 		t.Fatalf("env not applied: %+v", cfg)
 	}
 }
