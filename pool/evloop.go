@@ -113,12 +113,6 @@ type evLoop struct {
 	// holdP: the short waits keep the thread's P (epollWaitRaw). Not with a single P, which
 	// every other goroutine (logins, goroutine sessions, timers) would wait for meanwhile.
 	holdP bool
-	// yieldFD is an eventfd in Go's poller that the loop's passes through the scheduler
-	// park on (yield); nil: they call runtime.Gosched.
-	yieldFD   *os.File
-	yieldRC   syscall.RawConn
-	yieldOnce func(fd uintptr) bool
-	yieldSent bool
 }
 
 type loopEntry struct {
@@ -209,10 +203,6 @@ func newLoop(ctx context.Context, srv *Server) (*evLoop, error) {
 		sessions: map[*session]struct{}{}, waiting: map[*session]struct{}{},
 		parked: map[*session]struct{}{}, buf: make([]byte, loopReadSize), events: make([]epollEvent, 128),
 		holdP: runtime.GOMAXPROCS(0) > 1}
-	l.yieldOnce = l.yieldStep
-	if l.holdP {
-		l.openYield()
-	}
 	ev := epollEvent{Events: epEPOLLIN | epollET, Fd: int32(efd)}
 	if err := epollCtl(epfd, epEPOLL_CTL_ADD, int(efd), &ev); err != nil {
 		_ = syscall.Close(epfd)
@@ -305,8 +295,11 @@ func (l *evLoop) run() {
 			// with a signal, and, while it is in a system call, take its P away on every
 			// pass of its own until the preemption lands, which costs more CPU than the
 			// pass through the scheduler done here now and then, when the loop is about to
-			// wait for events (yield); see docs/pool.md, "Design measurements".
-			l.yield()
+			// wait for events (the scheduler wakes another thread, which often takes the
+			// goroutine over, a hundred times a second). A pass is not free on a busy CPU,
+			// where the other thread has to be scheduled first; see docs/pool.md, "Design
+			// measurements".
+			runtime.Gosched()
 			l.lastYield = l.now
 			l.batchThread()
 		}
@@ -317,54 +310,6 @@ func (l *evLoop) run() {
 		}
 		l.mu.Unlock()
 	}
-}
-
-// openYield sets up the eventfd yield parks on; without it yield calls runtime.Gosched.
-func (l *evLoop) openYield() {
-	fd, err := eventFD()
-	if err != nil {
-		return
-	}
-	f := os.NewFile(uintptr(fd), "pgharbor-event-loop-yield")
-	rc, err := f.SyscallConn()
-	if err == nil {
-		err = f.SetReadDeadline(time.Time{}) // os.ErrNoDeadline: not in Go's poller
-	}
-	if err != nil {
-		_ = f.Close()
-		return
-	}
-	l.yieldFD, l.yieldRC = f, rc
-}
-
-// yield passes through the Go scheduler. runtime.Gosched puts the goroutine on the global
-// run queue and wakes an idle thread to look for work (which often takes the goroutine
-// over); parking on an eventfd the loop itself made readable does neither: the same
-// thread finds the goroutine ready in Go's poller and runs it again, unless a thread is
-// already blocked in the poller, which then runs it.
-func (l *evLoop) yield() {
-	if l.yieldRC == nil {
-		runtime.Gosched()
-		return
-	}
-	l.yieldSent = false
-	if err := l.yieldRC.Read(l.yieldOnce); err != nil {
-		runtime.Gosched()
-	}
-}
-
-// yieldStep is yield's read function: the first call makes the eventfd readable and asks
-// to wait (the goroutine parks until the poller reports it), the second drains it.
-func (l *evLoop) yieldStep(fd uintptr) bool {
-	if !l.yieldSent {
-		l.yieldSent = true
-		one := uint64(1)
-		_, _, _ = syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&one)), 8)
-		return false
-	}
-	var b [8]byte
-	_, _, _ = syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), 8)
-	return true
 }
 
 // batchThread puts the thread the loop runs on under SCHED_BATCH: woken by an event, it
@@ -1548,7 +1493,4 @@ func (l *evLoop) quit() {
 	}
 	_ = syscall.Close(l.epfd)
 	_ = syscall.Close(l.efd)
-	if l.yieldFD != nil {
-		_ = l.yieldFD.Close()
-	}
 }

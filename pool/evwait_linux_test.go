@@ -9,7 +9,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 )
 
 // socketFDs returns the two ends of a loopback TCP connection as non-blocking descriptors
@@ -214,53 +213,5 @@ func TestBatchThreadSetsTheCallingThreadsPolicy(t *testing.T) {
 	}()
 	if err := <-done; err != nil {
 		t.Fatal(err)
-	}
-}
-
-// The loop's pass through the scheduler (yield) parks on its eventfd and comes back: other
-// goroutines of its P run meanwhile (with one P, the one started just before must have run
-// when yield returns), the eventfd is drained each time, and no pass is left waiting.
-func TestLoopYieldPassesThroughTheScheduler(t *testing.T) {
-	l := newWaitLoop(t)
-	l.yieldOnce = l.yieldStep
-	l.openYield()
-	if l.yieldRC == nil {
-		t.Fatal("the yield eventfd is not in Go's poller")
-	}
-	t.Cleanup(func() { _ = l.yieldFD.Close() })
-	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	done := make(chan error, 1)
-	go func() {
-		for i := 0; i < 200; i++ {
-			ran := make(chan struct{})
-			go close(ran)
-			l.yield()
-			select {
-			case <-ran:
-			default:
-				done <- errors.New("yield returned without letting another goroutine run")
-				return
-			}
-			var b [8]byte
-			if err := l.yieldRC.Read(func(fd uintptr) bool {
-				_, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), 8)
-				if errno != syscall.EAGAIN {
-					done <- errors.New("the yield eventfd was not drained")
-				}
-				return true
-			}); err != nil {
-				done <- err
-				return
-			}
-		}
-		done <- nil
-	}()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("a yield did not come back")
 	}
 }
