@@ -746,7 +746,7 @@ func (l *evLoop) query(s *session, msg []byte) bool {
 func (l *evLoop) acquire(s *session, req attachReq, msg []byte) bool {
 	ls := s.ev
 	ls.want = req
-	sc, st := req.p.acquireLoop(s)
+	sc, st := req.p.acquireLoop(s, l.now)
 	switch st {
 	case acqClosed:
 		l.kill(s, fatal(sqlstateAdminShutdown, "pgharbor pool is shutting down"))
@@ -1227,7 +1227,7 @@ func (l *evLoop) endAttachment(s *session, sc *serverConn, status byte) {
 	ls := s.ev
 	s.srv.attached.Add(-1)
 	if status == 'I' && !sc.needsReset() {
-		sc.pool.release(sc)
+		sc.pool.releaseAt(sc, l.now)
 	} else {
 		l.rollback(sc, status)
 	}

@@ -46,8 +46,9 @@ type poolStats struct {
 
 var errPoolClosed = errors.New("pool is shutting down")
 
-// tryIdle returns an idle connection without waiting, or nil.
-func (p *serverPool) tryIdle() *serverConn {
+// tryIdle returns an idle connection without waiting, or nil; now is the current time (the
+// event loop passes the time of its batch rather than read the clock again).
+func (p *serverPool) tryIdle(now time.Time) *serverConn {
 	for {
 		p.mu.Lock()
 		n := len(p.idle)
@@ -59,7 +60,7 @@ func (p *serverPool) tryIdle() *serverConn {
 		p.idle = p.idle[:n-1]
 		sc.active = true
 		p.mu.Unlock()
-		if !p.reusable(sc) {
+		if !p.reusable(sc, now) {
 			p.drop(sc)
 			continue
 		}
@@ -73,13 +74,13 @@ func (p *serverPool) tryIdle() *serverConn {
 // socket of its own as it happens (hup); any other connection is probed without waiting
 // (a non-blocking peek), and one the loop owns also when it sat idle past
 // server_check_delay.
-func (p *serverPool) reusable(sc *serverConn) bool {
+func (p *serverPool) reusable(sc *serverConn, now time.Time) bool {
 	if sc.ev != nil {
 		if sc.ev.hup.Load() {
 			return false
 		}
 		d := p.srv.config().ServerCheckDelay
-		return d <= 0 || time.Since(sc.lastUsed) <= d || sc.alive()
+		return d <= 0 || now.Sub(sc.lastUsed) <= d || sc.alive()
 	}
 	return sc.alive()
 }
@@ -128,7 +129,7 @@ func (p *serverPool) acquireWait(ctx context.Context, w *waitSlot, timeout time.
 			p.idle = p.idle[:n-1]
 			sc.active = true
 			p.mu.Unlock()
-			if !p.reusable(sc) {
+			if !p.reusable(sc, time.Now()) {
 				p.drop(sc)
 				continue
 			}
@@ -276,6 +277,11 @@ func (p *serverPool) unwait(sess *session) bool {
 
 // release returns a clean (ReadyForQuery idle) connection: to the first waiter, or idle.
 func (p *serverPool) release(sc *serverConn) {
+	p.releaseAt(sc, time.Now())
+}
+
+// releaseAt is release with the current time given (the event loop's batch time).
+func (p *serverPool) releaseAt(sc *serverConn, now time.Time) {
 	if sc.needsReset() {
 		// every path resets such a connection first (serverConn.cleanUp): this one did
 		// not, and the connection must not reach another client as it is
@@ -284,7 +290,7 @@ func (p *serverPool) release(sc *serverConn) {
 		return
 	}
 	cfg := p.srv.config()
-	if lt := positive(cfg.ServerLifetime); lt > 0 && time.Since(sc.created) > lt {
+	if lt := positive(cfg.ServerLifetime); lt > 0 && now.Sub(sc.created) > lt {
 		p.drop(sc)
 		return
 	}
@@ -305,7 +311,7 @@ func (p *serverPool) release(sc *serverConn) {
 		return
 	}
 	sc.active = false
-	sc.lastUsed = time.Now()
+	sc.lastUsed = now
 	p.idle = append(p.idle, sc)
 	p.mu.Unlock()
 }
@@ -417,8 +423,8 @@ const (
 // acquireLoop is acquire for a session of the event loop, which must not block: it returns
 // an idle connection, or starts opening one on a goroutine, or queues the session. The
 // outcome of the last two reaches the session through the loop's inbox (msgGrant).
-func (p *serverPool) acquireLoop(sess *session) (*serverConn, int) {
-	if sc := p.tryIdle(); sc != nil {
+func (p *serverPool) acquireLoop(sess *session, now time.Time) (*serverConn, int) {
+	if sc := p.tryIdle(now); sc != nil {
 		return sc, acqGot
 	}
 	p.mu.Lock()
@@ -428,7 +434,7 @@ func (p *serverPool) acquireLoop(sess *session) (*serverConn, int) {
 	}
 	if len(p.idle) > 0 { // released since tryIdle looked
 		p.mu.Unlock()
-		return p.acquireLoop(sess)
+		return p.acquireLoop(sess, now)
 	}
 	if len(p.all)+p.opening < p.size {
 		p.opening++

@@ -837,7 +837,7 @@ func (s *session) attach(ctx context.Context, readOnly bool) (*serverConn, error
 			}
 			continue
 		}
-		sc := p.tryIdle()
+		sc := p.tryIdle(time.Now())
 		if sc == nil {
 			if actx != nil { // already waited (pause, no primary): same deadline
 				sc, err = p.acquire(actx)
