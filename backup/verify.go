@@ -30,8 +30,10 @@ type VerifyResult struct {
 
 // A Verifier verifies backups of one repository and remembers every bundle piece it found
 // intact, so that a run over a chain (a full backup, then the diff and incr backups whose
-// pieces point into it) reads each bundle once rather than once per backup that uses it.
-// Verify the oldest backup first. Not safe for concurrent use.
+// pieces point into it) does not read a bundle again for pieces it already checked: an
+// incremental's unchanged chunks and files point at exactly those pieces. Parts of pieces
+// (the unchanged pages of a changed chunk) are read again. Verify the oldest backup first.
+// Not safe for concurrent use.
 type Verifier struct {
 	r       *repo.Repo
 	workers int
