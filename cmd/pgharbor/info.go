@@ -168,9 +168,10 @@ decompressing it, checks every file's pieces against the manifest's CRC-32C and 
 reads the WAL from the backup's start to its stop (it must decrypt, be signed when verify
 keys are configured, and belong to this system). For a diff or
 incr backup it also reads the bundles of the earlier backups its pieces point into (the chain),
-and an error names the damaged object and the backup it belongs to. Verifying all backups,
-oldest first, reads a bundle that several backups point into once: a piece found intact
-earlier in the run is not read again.`,
+and an error names the damaged object and the backup it belongs to. Verifying all backups
+(oldest first), a piece found intact earlier in the run is not read again: an incremental's
+unchanged chunks and files are those pieces; the unchanged pages of a changed chunk are
+parts of one, read again.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			results, err := a.runVerify(cmd.Context(), label, workers)
