@@ -11,9 +11,8 @@ import (
 	"time"
 )
 
-// socketFDs returns the two ends of a loopback TCP connection as non-blocking descriptors
-// of their own (closed with the test).
-func socketFDs(t *testing.T) (int, int) {
+// loopbackPair returns the dialled and the accepted end of a loopback TCP connection.
+func loopbackPair(t *testing.T) (net.Conn, net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -26,8 +25,17 @@ func socketFDs(t *testing.T) (int, int) {
 	}
 	c2, err := ln.Accept()
 	if err != nil {
+		c1.Close()
 		t.Fatal(err)
 	}
+	return c1, c2
+}
+
+// socketFDs returns the two ends of a loopback TCP connection as non-blocking descriptors
+// of their own (closed with the test).
+func socketFDs(t *testing.T) (int, int) {
+	t.Helper()
+	c1, c2 := loopbackPair(t)
 	fds := make([]int, 2)
 	for i, c := range []net.Conn{c1, c2} {
 		fd, err := dupSocket(c)
@@ -72,20 +80,8 @@ func TestRawSocketCallsOfTheEventLoop(t *testing.T) {
 	}
 
 	// rawSocket (the goroutine engine's reads and writes) over the same calls
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	cc, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cc, sc := loopbackPair(t)
 	defer cc.Close()
-	sc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer sc.Close()
 	rw, ok := socketIO(cc).(*rawSocket)
 	if !ok {
