@@ -11,17 +11,24 @@ import (
 	"time"
 
 	"github.com/pgharbor/pgharbor/internal/repo"
+	"github.com/pgharbor/pgharbor/storage"
 	"github.com/pgharbor/pgharbor/storage/codec"
 	"github.com/pgharbor/pgharbor/storage/mem"
 )
 
 func memRepo(t *testing.T) *repo.Repo {
 	t.Helper()
+	return repoOn(t, mem.New())
+}
+
+// repoOn is an unencrypted repository of cluster main on backend b.
+func repoOn(t *testing.T, b storage.Backend) *repo.Repo {
+	t.Helper()
 	c, err := codec.New(codec.Config{Encryption: "none"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := repo.New(mem.New(), c, "main")
+	r, err := repo.New(b, c, "main")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,9 +10,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/pgharbor/pgharbor/internal/repo"
 	"github.com/pgharbor/pgharbor/storage"
-	"github.com/pgharbor/pgharbor/storage/codec"
 	"github.com/pgharbor/pgharbor/storage/mem"
 )
 
@@ -143,15 +141,8 @@ func (b *countingBackend) Get(ctx context.Context, key string, offset, length in
 // named by the verify of either.
 func TestVerifierReadsWholePiecesOfAChainOnce(t *testing.T) {
 	ctx := context.Background()
-	c, err := codec.New(codec.Config{Encryption: "none"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	cb := &countingBackend{Backend: mem.New(), reads: map[string]int{}}
-	r, err := repo.New(cb, c, "main")
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := repoOn(t, cb)
 	rng := rand.New(rand.NewPCG(9, 10))
 	const rel, other = "base/5/16390", "base/5/16391"
 	// With 1 MiB bundles (8 chunks), rel fills bundle 0 of A and other bundles 1 and 2.
