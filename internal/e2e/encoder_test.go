@@ -15,10 +15,7 @@ import (
 func TestZstdEncodersShareOneChain(t *testing.T) {
 	parallel(t)
 	e := newEnv(t, "", "")
-	pg := e.startPrimary(nil)
-	pg.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
-	pg.Exec(t, "CREATE TABLE marks (k int PRIMARY KEY)")
-	e.must("repo", "init")
+	pg := e.primaryWithData()
 
 	var ver struct {
 		Encoder string `json:"zstd_encoder"`

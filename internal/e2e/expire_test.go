@@ -162,10 +162,7 @@ func expected(before []string, dropped []string, firstKept string) []string {
 // on both; a restore to the window's first second equals a snapshot taken then.
 func TestExpireKeepsTheRecoveryWindowOnFilesystemAndS3(t *testing.T) {
 	e := newEnv(t, "", "")
-	pg := e.startPrimary(nil)
-	pg.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
-	pg.Exec(t, "CREATE TABLE marks (k int PRIMARY KEY)")
-	e.must("repo", "init")
+	pg := e.primaryWithData()
 
 	a := e.backupJSON(pg)
 	pg.Pgbench(t, "postgres", "-n", "-c", "2", "-t", "200")

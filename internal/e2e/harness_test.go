@@ -151,6 +151,18 @@ func (e *env) must(args ...string) string {
 	return r.stdout
 }
 
+// primaryWithData starts a primary archiving into the env's repository, with pgbench's
+// tables at scale 1 and an empty marks table (what snapshot and markPoint read), and
+// initialises the repository.
+func (e *env) primaryWithData() *pgtest.Cluster {
+	e.t.Helper()
+	pg := e.startPrimary(nil)
+	pg.Pgbench(e.t, "postgres", "-i", "-s", "1", "-q")
+	pg.Exec(e.t, "CREATE TABLE marks (k int PRIMARY KEY)")
+	e.must("repo", "init")
+	return pg
+}
+
 // startPrimary starts a cluster archiving into the env's repository.
 func (e *env) startPrimary(extraConf map[string]string) *pgtest.Cluster {
 	e.t.Helper()

@@ -14,10 +14,7 @@ import (
 func TestBackupMaxRateAndAnnotations(t *testing.T) {
 	parallel(t)
 	e := newEnv(t, "", "")
-	pg := e.startPrimary(nil)
-	pg.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
-	pg.Exec(t, "CREATE TABLE marks (k int PRIMARY KEY)")
-	e.must("repo", "init")
+	pg := e.primaryWithData()
 	const rate = 8 << 20
 	for _, method := range []string{"local", "stream"} {
 		start := time.Now()

@@ -21,10 +21,7 @@ func TestPassphraseRepository(t *testing.T) {
 			repoDir, pass, filepath.Join(e.dir, "spool"))
 	}
 	e.writeOwned(e.config, conf("correct horse battery staple"), 0o600)
-	pg := e.startPrimary(nil)
-	pg.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
-	pg.Exec(t, "CREATE TABLE marks (k int PRIMARY KEY)")
-	e.must("repo", "init")
+	pg := e.primaryWithData()
 	e.must("backup", "--conn", pg.ConnString("postgres"))
 	pg.Pgbench(t, "postgres", "-n", "-c", "2", "-t", "100")
 	p := markPoint(t, pg, 1)

@@ -262,10 +262,7 @@ func TestWALReceiverRPOSynchronous(t *testing.T) {
 // the newest WAL after the new primary is lost with its disk equals the data it had.
 func TestWALReceiverSurvivesRestartsAndFollowsAPromotion(t *testing.T) {
 	e := newEnv(t, "", "")
-	pg := e.startPrimary(nil)
-	pg.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
-	pg.Exec(t, "CREATE TABLE marks (k int PRIMARY KEY)")
-	e.must("repo", "init")
+	pg := e.primaryWithData()
 	e.must("backup", "--conn", pg.ConnString("postgres"))
 	sb := pg.StartStandby(t)
 	rc := e.startReceiver(t, sb)

@@ -75,10 +75,7 @@ func TestDeltaRestoreOverARestoredAndPromotedCopy(t *testing.T) {
 // connection failing with "could not open file".
 func TestDeltaRestoreOfThePrimaryAcrossVacuumFullOfMappedCatalogs(t *testing.T) {
 	e := newEnv(t, "", "")
-	pg := e.startPrimary(nil)
-	pg.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
-	pg.Exec(t, "CREATE TABLE marks (k int PRIMARY KEY)")
-	e.must("repo", "init")
+	pg := e.primaryWithData()
 	e.must("backup", "--conn", pg.ConnString("postgres"))
 	pg.Pgbench(t, "postgres", "-n", "-t", "100")
 	before := markPoint(t, pg, 1)
@@ -121,10 +118,7 @@ func TestTwoClustersOfOneNameRestoreFromTheirOwnRepositories(t *testing.T) {
 	var sides [2]side
 	for i := range sides {
 		e := newEnvSpool(t, "", "", true)
-		pg := e.startPrimary(nil)
-		pg.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
-		pg.Exec(t, "CREATE TABLE marks (k int PRIMARY KEY)")
-		e.must("repo", "init")
+		pg := e.primaryWithData()
 		e.must("backup", "--conn", pg.ConnString("postgres"))
 		early := markPoint(t, pg, 1)
 		// Several segments after the early point, so that a restore to it prefetches some.

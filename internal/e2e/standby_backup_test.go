@@ -173,10 +173,7 @@ func lastLine(s string) string {
 func TestBackupFromStandbyOnNewTimelineAfterPromotion(t *testing.T) {
 	parallel(t)
 	e := newEnv(t, "", "")
-	old := e.startPrimary(nil)
-	old.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
-	old.Exec(t, "CREATE TABLE marks (k int PRIMARY KEY)")
-	e.must("repo", "init")
+	old := e.primaryWithData()
 	e.must("backup", "--conn", old.ConnString("postgres"))
 	promoted := old.StartStandby(t)
 	defer promoted.Stop(t, "immediate")
