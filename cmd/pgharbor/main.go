@@ -44,6 +44,14 @@ func main() {
 	}
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()
+	// PGHARBOR_MEMPROFILE=FILE writes a heap profile (what is live, and where it was
+	// allocated) when the command ends, before its memory is let go.
+	if p := os.Getenv("PGHARBOR_MEMPROFILE"); p != "" {
+		if f, err := os.Create(p); err == nil {
+			_ = pprof.Lookup("heap").WriteTo(f, 0)
+			f.Close()
+		}
+	}
 	pprof.StopCPUProfile()
 	trace.Stop()
 	if err != nil {
