@@ -254,10 +254,12 @@ func (p *pipeline) hashExtents(b rawBundle, ds []byte) []byte {
 }
 
 // setDigests fills in the digest of every extent of files the reader did not hash (and the
-// page hashes of the paged ones); call it after close.
+// page hashes of the paged ones); call it after close. It lets go of the digests after: the
+// files hold them now, and the manifest is yet to be written.
 func (p *pipeline) setDigests(files []File) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	defer func() { p.digests = nil }()
 	for i := range files {
 		for j := range files[i].Extents {
 			e := &files[i].Extents[j]
