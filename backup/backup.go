@@ -412,7 +412,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 		return nil, fmt.Errorf("store summary: %w", err)
 	}
 	// The manifest goes last: from this moment the backup exists.
-	if err := r.PutJSON(ctx, path.Join(prefix, manifestName), Manifest{Summary: sum, PageKey: p.pages.key, FileList: files}, true); err != nil {
+	if err := writeManifestTo(ctx, r, &Manifest{Summary: sum, PageKey: p.pages.key, FileList: files}); err != nil {
 		return nil, fmt.Errorf("store manifest: %w", err)
 	}
 	o.Logger.Info("backup complete", "label", label, "type", sum.Type, "parent", sum.Parent, "size", sum.Size, "stored", sum.StoredSize, "reused", sum.Reused,

@@ -22,7 +22,7 @@ func memRepo(t *testing.T) *repo.Repo {
 }
 
 // repoOn is an unencrypted repository of cluster main on backend b.
-func repoOn(t *testing.T, b storage.Backend) *repo.Repo {
+func repoOn(t testing.TB, b storage.Backend) *repo.Repo {
 	t.Helper()
 	c, err := codec.New(codec.Config{Encryption: "none"})
 	if err != nil {

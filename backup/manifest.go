@@ -1,12 +1,17 @@
 package backup
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"path"
+	"strings"
 	"time"
 
 	"github.com/pgharbor/pgharbor/internal/repo"
@@ -203,17 +208,145 @@ func (f File) ManifestPath(ts []Tablespace) string {
 
 // ReadManifest reads a complete backup's manifest.
 func ReadManifest(ctx context.Context, r *repo.Repo, label string) (*Manifest, error) {
-	var m Manifest
-	if err := r.GetJSON(ctx, path.Join(BackupPrefix(r, label), manifestName), &m); err != nil {
+	var m *Manifest
+	err := r.GetStreamed(ctx, path.Join(BackupPrefix(r, label), manifestName), func(rd io.Reader) error {
+		var err error
+		m, err = decodeManifest(rd)
+		return err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("backup %s: read manifest: %w", label, err)
 	}
 	if !ReadableFormat(m.Format) {
 		return nil, fmt.Errorf("backup %s: manifest format %d, this pgharbor reads %d to %d (a newer pgharbor wrote it?)", label, m.Format, oldestManifestFormat, ManifestFormat)
 	}
-	return &m, nil
+	return m, nil
 }
 
 // ReadPGManifest returns PostgreSQL's own backup_manifest of a backup.
 func ReadPGManifest(ctx context.Context, r *repo.Repo, label string) ([]byte, error) {
 	return r.GetBytes(ctx, path.Join(BackupPrefix(r, label), pgManifestName))
+}
+
+// writeManifestTo stores m as its backup's manifest.
+func writeManifestTo(ctx context.Context, r *repo.Repo, m *Manifest) error {
+	return r.PutStreamed(ctx, path.Join(BackupPrefix(r, m.Label), manifestName), true, func(w io.Writer) error {
+		return encodeManifest(w, m)
+	})
+}
+
+// A manifest holds an entry for every extent of every file: some hundred bytes of JSON per
+// 128 KiB of the cluster. encodeManifest and decodeManifest take it one file at a time, so
+// that its JSON never exists whole in memory; what they write and read is what json.Marshal
+// and json.Unmarshal make of a Manifest.
+
+// fileListTail is how json.Marshal ends a Manifest without files.
+const fileListTail = `"file_list":null}`
+
+// encodeManifest writes m to w as json.Marshal would.
+func encodeManifest(w io.Writer, m *Manifest) error {
+	head := *m
+	head.FileList = nil
+	b, err := json.Marshal(&head)
+	if err != nil {
+		return err
+	}
+	if !bytes.HasSuffix(b, []byte(fileListTail)) {
+		return errors.New("encode manifest: file_list is not its last field")
+	}
+	if m.FileList == nil {
+		_, err := w.Write(b)
+		return err
+	}
+	b = append(b[:len(b)-len(fileListTail)], `"file_list":[`...)
+	for i := range m.FileList {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		fb, err := json.Marshal(&m.FileList[i])
+		if err != nil {
+			return err
+		}
+		if b = append(b, fb...); len(b) >= 64<<10 {
+			if _, err := w.Write(b); err != nil {
+				return err
+			}
+			b = b[:0]
+		}
+	}
+	_, err = w.Write(append(b, "]}"...))
+	return err
+}
+
+// decodeManifest reads one manifest from rd as json.Unmarshal would, its files one at a time.
+func decodeManifest(rd io.Reader) (*Manifest, error) {
+	dec := json.NewDecoder(rd)
+	if err := expectDelim(dec, '{'); err != nil {
+		return nil, err
+	}
+	var files []File
+	head := []byte{'{'}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		key, _ := t.(string)
+		// encoding/json matches field names without regard to case.
+		if !strings.EqualFold(key, "file_list") {
+			var v json.RawMessage
+			if err := dec.Decode(&v); err != nil {
+				return nil, err
+			}
+			if len(head) > 1 {
+				head = append(head, ',')
+			}
+			kb, _ := json.Marshal(key)
+			head = append(append(append(head, kb...), ':'), v...)
+			continue
+		}
+		if t, err = dec.Token(); err != nil {
+			return nil, err
+		}
+		if t == nil { // null
+			files = nil
+			continue
+		}
+		if t != json.Delim('[') {
+			return nil, fmt.Errorf("decode manifest: file_list is %v, not a list", t)
+		}
+		files = []File{}
+		for dec.More() {
+			files = append(files, File{})
+			if err := dec.Decode(&files[len(files)-1]); err != nil {
+				return nil, err
+			}
+		}
+		if err := expectDelim(dec, ']'); err != nil {
+			return nil, err
+		}
+	}
+	if err := expectDelim(dec, '}'); err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, errors.New("decode manifest: data after the manifest")
+	}
+	var m Manifest
+	if err := json.Unmarshal(append(head, '}'), &m); err != nil {
+		return nil, err
+	}
+	m.FileList = files
+	return &m, nil
+}
+
+func expectDelim(dec *json.Decoder, d json.Delim) error {
+	t, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if t != d {
+		return fmt.Errorf("decode manifest: found %v where %v belongs", t, d)
+	}
+	return nil
 }

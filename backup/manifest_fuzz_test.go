@@ -22,8 +22,23 @@ func FuzzManifest(f *testing.F) {
 	f.Add([]byte(`{"format":2,"label":"l","file_list":[{"path":"base/5/1","type":"file","mode":384,"size":8192,"mtime":"2026-01-01T00:00:00Z","chunk":131072,"extents":[{"b":0,"o":0,"l":8192,"c":2,"t":true,"p":"CQoLDA0ODxA="}]}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var m Manifest
-		if json.Unmarshal(data, &m) != nil {
+		uerr := json.Unmarshal(data, &m)
+		// ReadManifest decodes file by file (decodeManifest): it must accept what
+		// json.Unmarshal accepts, refuse what it refuses, and read the same manifest.
+		sm, serr := decodeManifest(bytes.NewReader(data))
+		if (uerr == nil) != (serr == nil) {
+			t.Fatalf("json.Unmarshal: %v; decodeManifest: %v", uerr, serr)
+		}
+		if uerr != nil {
 			return
+		}
+		want, _ := json.Marshal(&m)
+		if got, _ := json.Marshal(sm); !bytes.Equal(got, want) {
+			t.Fatalf("decodeManifest read\n%s\njson.Unmarshal read\n%s", got, want)
+		}
+		var enc bytes.Buffer
+		if err := encodeManifest(&enc, &m); err != nil || !bytes.Equal(enc.Bytes(), want) {
+			t.Fatalf("encodeManifest wrote\n%s\njson.Marshal writes\n%s (%v)", enc.Bytes(), want, err)
 		}
 		roundTrip(t, &m, new(Manifest))
 		for _, fl := range m.FileList {

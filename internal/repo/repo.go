@@ -11,6 +11,7 @@
 package repo
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -214,13 +215,58 @@ func (r *Repo) GetBytes(ctx context.Context, key string) ([]byte, error) {
 	return io.ReadAll(rc)
 }
 
-// PutJSON stores v as sealed JSON.
+// PutJSON stores v as sealed JSON. Compact: every such object is sealed, so indentation
+// would never help a reader, and a backup manifest holds an entry for every extent of every
+// file: indenting it made it a third larger and took longer than encoding it.
 func (r *Repo) PutJSON(ctx context.Context, key string, v any, ifNotExists bool) error {
-	data, err := json.MarshalIndent(v, "", "  ")
+	data, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
 	return r.PutBytes(ctx, key, data, ifNotExists)
+}
+
+// PutStreamed stores, sealed (and signed), what write writes: for objects made in pieces,
+// such as a backup manifest, whose unsealed bytes then never exist whole in memory. Only the
+// sealed object is held, to be signed and stored in one piece.
+func (r *Repo) PutStreamed(ctx context.Context, key string, ifNotExists bool, write func(io.Writer) error) error {
+	var sealed bytes.Buffer
+	ow, err := r.codec.NewWriter(&sealed)
+	if err != nil {
+		return fmt.Errorf("seal %s: %w", key, err)
+	}
+	bw := bufio.NewWriterSize(ow, 256<<10)
+	if err := write(bw); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("seal %s: %w", key, err)
+	}
+	if err := ow.Close(); err != nil {
+		return fmt.Errorf("seal %s: %w", key, err)
+	}
+	signed, err := r.sign(sealed.Bytes(), key)
+	if err != nil {
+		return err
+	}
+	return r.PutSealed(ctx, key, signed, ifNotExists)
+}
+
+// GetStreamed passes the decoded payload of key to read, then reads what read left to the
+// end, where the object's tag or signature is checked: an error there is returned instead
+// of read's result, and the caller must not use what read produced.
+func (r *Repo) GetStreamed(ctx context.Context, key string, read func(io.Reader) error) error {
+	rc, err := r.GetStream(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	br := bufio.NewReaderSize(rc, 256<<10)
+	rerr := read(br)
+	if _, err := io.Copy(io.Discard, br); err != nil {
+		return err
+	}
+	return rerr
 }
 
 // GetAdvisoryJSON reads sealed JSON into v without checking a signature: for locks, whose
