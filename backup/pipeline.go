@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"io"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -99,11 +100,11 @@ type pipeline struct {
 	reused atomic.Int64
 	// pages hashes the pages of relation files for page-level incrementals (incremental.go).
 	pages *pageHasher
-	// digests holds each extent's digest (and page hashes) by bundle and offset. The sealers
-	// compute them in parallel, beside the compression, rather than the single reader on its
-	// way through.
-	mu      sync.Mutex
-	digests map[extentAt]extentSum
+	// sums holds, by bundle number, the digest (and page hashes) of each extent the sealers
+	// hashed, in the order of the bundle's extents. The sealers compute them in parallel,
+	// beside the compression, rather than the single reader on its way through.
+	mu   sync.Mutex
+	sums []bundleSums
 }
 
 // extentKind says what the sealers compute for an extent.
@@ -135,9 +136,12 @@ func rawBundles(workers int) int {
 	return max(workers, 2)
 }
 
-type extentAt struct {
-	bundle int
-	offset int64
+// bundleSums is what the sealers computed for a bundle: sums[i] for the extent at starts[i],
+// unless kinds[i] is extentKnown.
+type bundleSums struct {
+	starts []int64
+	kinds  []extentKind
+	sums   []extentSum
 }
 
 type rawBundle struct {
@@ -156,11 +160,10 @@ func newPipeline(ctx context.Context, r *repo.Repo, label string, bundleSize, wo
 	g, gctx := errgroup.WithContext(ctx)
 	p := &pipeline{
 		r: r, label: label, size: bundleSize, g: g, ctx: gctx,
-		free:    make(chan []byte, rawBundles(workers)),
-		toSeal:  make(chan rawBundle),
-		toPut:   make(chan sealedBlob),
-		blocks:  make(chan []byte, (workers+uploads)*(bundleSize/sealBlockSize+2)),
-		digests: map[extentAt]extentSum{},
+		free:   make(chan []byte, rawBundles(workers)),
+		toSeal: make(chan rawBundle),
+		toPut:  make(chan sealedBlob),
+		blocks: make(chan []byte, (workers+uploads)*(bundleSize/sealBlockSize+2)),
 	}
 	for i := 0; i < rawBundles(workers); i++ {
 		p.free <- make([]byte, 0, bundleSize)
@@ -244,11 +247,10 @@ func (p *pipeline) hashExtents(b rawBundle, ds []byte) []byte {
 		}
 	}
 	p.mu.Lock()
-	for i, off := range b.starts {
-		if b.kinds[i] != extentKnown {
-			p.digests[extentAt{b.n, off}] = sums[i]
-		}
+	if b.n >= len(p.sums) {
+		p.sums = slices.Grow(p.sums, b.n+1-len(p.sums))[:b.n+1]
 	}
+	p.sums[b.n] = bundleSums{starts: b.starts, kinds: b.kinds, sums: sums}
 	p.mu.Unlock()
 	return ds
 }
@@ -259,17 +261,22 @@ func (p *pipeline) hashExtents(b rawBundle, ds []byte) []byte {
 func (p *pipeline) setDigests(files []File) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	defer func() { p.digests = nil }()
+	defer func() { p.sums = nil }()
 	for i := range files {
 		for j := range files[i].Extents {
 			e := &files[i].Extents[j]
 			if e.Backup != "" || !e.SHA256.IsZero() {
 				continue // taken from an earlier backup, or hashed by the reader
 			}
-			d, ok := p.digests[extentAt{e.Bundle, e.Offset}]
-			if !ok {
+			var bs bundleSums
+			if e.Bundle < len(p.sums) {
+				bs = p.sums[e.Bundle]
+			}
+			k, ok := slices.BinarySearch(bs.starts, e.Offset)
+			if !ok || bs.sums == nil || bs.kinds[k] == extentKnown {
 				return fmt.Errorf("no SHA-256 for %s at bundle %d offset %d", files[i].Path, e.Bundle, e.Offset)
 			}
+			d := bs.sums[k]
 			e.SHA256 = d.digest
 			if d.pages != nil {
 				e.Pages, e.PageTree = d.pages, true
