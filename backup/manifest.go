@@ -235,8 +235,8 @@ func writeManifestTo(ctx context.Context, r *repo.Repo, m *Manifest) error {
 	})
 }
 
-// A manifest holds an entry for every extent of every file: some hundred bytes of JSON per
-// 128 KiB of the cluster. encodeManifest and decodeManifest take it one file at a time, so
+// A manifest holds an entry for every extent of every file: about 300 bytes of JSON per
+// 128 KiB of relation files. encodeManifest and decodeManifest take it one file at a time, so
 // that its JSON never exists whole in memory; what they write and read is what json.Marshal
 // and json.Unmarshal make of a Manifest.
 

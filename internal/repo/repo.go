@@ -215,9 +215,7 @@ func (r *Repo) GetBytes(ctx context.Context, key string) ([]byte, error) {
 	return io.ReadAll(rc)
 }
 
-// PutJSON stores v as sealed JSON. Compact: every such object is sealed, so indentation
-// would never help a reader, and a backup manifest holds an entry for every extent of every
-// file: indenting it made it a third larger and took longer than encoding it.
+// PutJSON stores v as sealed JSON, without indentation: no one reads a sealed object's text.
 func (r *Repo) PutJSON(ctx context.Context, key string, v any, ifNotExists bool) error {
 	data, err := json.Marshal(v)
 	if err != nil {
