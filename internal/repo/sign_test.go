@@ -135,7 +135,7 @@ func TestSignStoredSignsOnceAndRefusesForeignSignatures(t *testing.T) {
 	if out, err := w.SignStored(ctx, key, false); out != repo.SignedNow || err != nil {
 		t.Fatalf("SignStored: %s %v", out, err)
 	}
-	if got, err := r.GetBytes(ctx, key); err != nil || !strings.Contains(string(got), `"label": "L"`) {
+	if got, err := r.GetBytes(ctx, key); err != nil || !strings.Contains(string(got), `"label":"L"`) {
 		t.Fatalf("after signing: %q %v", got, err)
 	}
 	if out, err := w.SignStored(ctx, key, false); out != repo.AlreadySigned || err != nil {
