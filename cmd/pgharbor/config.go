@@ -93,7 +93,7 @@ type CompressionConfig struct {
 	// the server's write rate, and on WAL zstd's fastest level costs half the CPU of level 3
 	// for about the same size.
 	WALLevel int `yaml:"wal_level"`
-	// Encoder is the zstd encoder of backup bundles and manifests: auto (default: the C
+	// Encoder is the zstd encoder of backup bundles and wal push: auto (default: the C
 	// library, libzstd, when this binary was built with cgo), libzstd, or go.
 	Encoder string `yaml:"encoder"`
 }

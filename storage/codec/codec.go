@@ -74,7 +74,8 @@ type Config struct {
 	// fastest, 3..5 default, 6..9 better, ≥10 best).
 	Level int
 	// Encoder is the zstd encoder of payloads held whole in memory (DataSealer: backup
-	// bundles and manifests; SealAll and SealDigest: `wal push`): EncoderAuto (default when
+	// bundles; Seal: summaries, PostgreSQL's backup_manifest; SealAll and SealDigest:
+	// `wal push`): EncoderAuto (default when
 	// empty), EncoderGo or EncoderC. Streamed objects (NewWriter, NewFrameEncoder) always use
 	// the Go encoder.
 	Encoder string
@@ -317,7 +318,7 @@ func New(cfg Config) (*Codec, error) {
 	c.wholeWindow = window
 	c.dataOpts = []zstd.EOption{
 		zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)),
-		// No content checksum in objects sealed whole (bundles, manifests): the age AEAD
+		// No content checksum in objects sealed whole (bundles, summaries): the age AEAD
 		// (or, unencrypted, the envelope's CRC-32C trailer) already covers every byte of
 		// the frame, and each piece of a bundle carries its own CRC-32C and digest in the
 		// manifest.

@@ -50,7 +50,7 @@
 //
 // inner is the payload itself (compression 0) or one or more zstd frames (compression 1;
 // the WAL receiver ends one at each flush) with the content checksum on (off in objects
-// sealed whole, bundles and manifests, which the AEAD or the trailer covers) and
+// sealed whole, such as bundles, which the AEAD or the trailer covers) and
 // a window of at most 8 MiB; readers refuse larger windows, which bounds their memory. Nothing may follow the age stream or the trailer, except on a
 // signed object (flag 0x02):
 //
