@@ -45,8 +45,9 @@ func syntheticManifest(gb int) *Manifest {
 }
 
 // A manifest is written and read one file at a time (encodeManifest, decodeManifest): the
-// object holds exactly what json.Marshal makes of the manifest, reads back the same, and a
-// damaged or cut object is refused.
+// object holds exactly what json.Marshal makes of the manifest, reads back the same, an
+// indented manifest of older pgharbor versions reads too, and a damaged or cut object is
+// refused.
 func TestManifestObjectIsJSONWrittenAndReadFileByFile(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -84,6 +85,25 @@ func TestManifestObjectIsJSONWrittenAndReadFileByFile(t *testing.T) {
 		if (got.FileList == nil) != (m.FileList == nil) {
 			t.Fatalf("manifest %s: file list nil %v, written nil %v", m.Label, got.FileList == nil, m.FileList == nil)
 		}
+	}
+
+	// A manifest as pgharbor wrote it before: indented JSON, sealed whole.
+	old := syntheticManifest(1)
+	old.Label = "20261204T000003Z"
+	indented, err := json.MarshalIndent(old, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.PutBytes(ctx, ManifestKey(r, old.Label), indented, true); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadManifest(ctx, r, old.Label)
+	if err != nil {
+		t.Fatalf("indented manifest: %v", err)
+	}
+	want, _ := json.Marshal(old)
+	if back, _ := json.Marshal(got); !bytes.Equal(back, want) {
+		t.Fatal("indented manifest read back differs")
 	}
 
 	file := filepath.Join(dir, filepath.FromSlash(ManifestKey(r, big.Label)))
