@@ -392,7 +392,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 		SystemIdentifier: facts.systemID, PGVersion: facts.version, WALSegmentSize: facts.segSize,
 		Timeline: src.startTLI, StartLSN: src.startLSN, StopLSN: src.stopLSN, StopTimeline: src.stopTLI, Method: src.method, From: from,
 		StartTime: serverStart.UTC(), StopTime: stopTime.UTC(), StopNextXID: nextXID,
-		Files: len(files), Bundles: bundles, BundlesUncompressed: int(p.uncompressed.Load()), StoredSize: p.stored.Load(),
+		Files: len(files), Bundles: bundles, BundlesUncompressed: int(p.uncompressed.Load()), BundlesDense: int(p.dense.Load()), StoredSize: p.stored.Load(),
 		Encryption: id.Encryption, Tablespaces: src.tablespaces, Databases: dbs, ChecksumFailures: src.checksumFailures,
 		Duration: duration.Seconds(), Annotations: o.Annotations,
 	}
@@ -416,7 +416,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 		return nil, fmt.Errorf("store manifest: %w", err)
 	}
 	o.Logger.Info("backup complete", "label", label, "type", sum.Type, "parent", sum.Parent, "size", sum.Size, "stored", sum.StoredSize, "reused", sum.Reused,
-		"files", sum.Files, "bundles", sum.Bundles, "from", from, "start_lsn", sum.StartLSN, "stop_lsn", sum.StopLSN,
+		"files", sum.Files, "bundles", sum.Bundles, "bundles_uncompressed", sum.BundlesUncompressed, "bundles_dense", sum.BundlesDense, "from", from, "start_lsn", sum.StartLSN, "stop_lsn", sum.StopLSN,
 		"seconds", fmt.Sprintf("%.1f", sum.Duration))
 	return &sum, nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"hash/crc32"
+	"io"
 	"math/rand/v2"
 	"os"
 	"testing"
@@ -218,6 +219,101 @@ func TestCrossCheckCatchesAMismatchWithTheServersManifest(t *testing.T) {
 	} {
 		if err := crossCheck(files, []byte(bad)); err == nil {
 			t.Errorf("mismatch accepted: %s", bad)
+		}
+	}
+}
+
+// The pipeline seals each bundle by how its samples compress: random bytes stored as they
+// are, pages that keep more than half their size under zstd at the dense level, the rest at
+// the repository's level; every bundle reads back as it was written, and the summary's
+// counters say how many went each way.
+func TestPipelineSealsEachBundleByHowItCompresses(t *testing.T) {
+	ctx := context.Background()
+	const bundle = 256 << 10
+	cfg := codec.Config{Encryption: "none", Level: 3, DenseLevel: 1}
+	c, err := codec.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := repo.New(mem.New(), c, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	random := func(b []byte) {
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+	}
+	text := func(b []byte) {
+		words := []string{"aid ", "bid ", "tid ", "balance ", "filler ", "history ", "delta "}
+		for i := 0; i < len(b); {
+			i += copy(b[i:], words[rng.IntN(len(words))])
+		}
+	}
+	// Each 8 KiB page: a compressible third (tuple headers and text), then random bytes.
+	dense := func(b []byte) {
+		for p := 0; p < len(b); p += 8 << 10 {
+			text(b[p : p+(8<<10)/3])
+			random(b[p+(8<<10)/3 : p+8<<10])
+		}
+	}
+	bundles := []struct {
+		name string
+		fill func([]byte)
+		want codec.SealMode
+	}{{"random", random, codec.SealStored}, {"text", text, codec.SealCompressed}, {"dense", dense, codec.SealDense}}
+
+	p := newPipeline(ctx, r, "L", bundle, 2, 2)
+	var datas [][]byte
+	for _, b := range bundles {
+		data := make([]byte, bundle)
+		b.fill(data)
+		if _, err := p.write(data, nil); err != nil {
+			t.Fatal(err)
+		}
+		datas = append(datas, data)
+	}
+	n, err := p.close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != len(bundles) {
+		t.Fatalf("%d bundles, want %d", n, len(bundles))
+	}
+	if got := p.uncompressed.Load(); got != 1 {
+		t.Errorf("%d bundles stored uncompressed, want 1", got)
+	}
+	if got := p.dense.Load(); got != 1 {
+		t.Errorf("%d bundles compressed at the dense level, want 1", got)
+	}
+	for i, b := range bundles {
+		rc, err := r.Backend().Get(ctx, BundleKey(r, "L", i), 0, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sealed, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// What a sealer of the same settings makes of the bundle in the expected mode: the
+		// unencrypted envelope is deterministic.
+		s, err := c.NewDataSealer()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want bytes.Buffer
+		if err := s.Seal(&want, datas[i], b.want); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		if !bytes.Equal(sealed, want.Bytes()) {
+			t.Errorf("%s bundle: sealed as %d bytes, not as the %d bytes of mode %d", b.name, len(sealed), want.Len(), b.want)
+		}
+		got, err := r.GetBytes(ctx, BundleKey(r, "L", i))
+		if err != nil || !bytes.Equal(got, datas[i]) {
+			t.Errorf("%s bundle: read back %d bytes, %v", b.name, len(got), err)
 		}
 	}
 }

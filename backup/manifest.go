@@ -81,6 +81,9 @@ type Summary struct {
 	Bundles    int   `json:"bundles"`
 	// BundlesUncompressed counts bundles kept without compression (samples did not shrink).
 	BundlesUncompressed int `json:"bundles_uncompressed,omitempty"`
+	// BundlesDense counts bundles compressed at the dense level (samples kept more than
+	// half their size).
+	BundlesDense int `json:"bundles_dense,omitempty"`
 	// ChecksumFailures counts data pages whose checksum failed in a local backup of a cluster
 	// with data checksums (File.PageErrors says where). The backup holds them as read.
 	ChecksumFailures int    `json:"checksum_failures,omitempty"`

@@ -18,14 +18,21 @@ import (
 
 	"github.com/pgharbor/pgharbor/internal/repo"
 	"github.com/pgharbor/pgharbor/storage"
+	"github.com/pgharbor/pgharbor/storage/codec"
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// probe tells compressible bundles from incompressible ones (random bytes, data the
-// application compressed or encrypted) by compressing a few page-sized samples with zstd's
-// fastest level: incompressible bundles are stored without compression, which saves zstd's
-// work at backup and at restore and loses nothing.
+// probe sorts bundles by how well they compress, by compressing a few page-sized samples
+// with zstd's fastest level:
+//   - incompressible bundles (random bytes, data the application compressed or encrypted)
+//     are stored without compression, which saves zstd's work at backup and at restore and
+//     loses nothing;
+//   - dense bundles, which shrink by less than half (pages of incompressible values beside
+//     their tuple headers), are compressed at the dense level (compression.dense_level):
+//     what is left to remove in them is the headers' redundancy, which the fastest levels
+//     find, and higher levels spend several times the CPU for a percent or two more;
+//   - the rest get the configured level.
 type probe struct {
 	enc *zstd.Encoder
 }
@@ -35,6 +42,8 @@ const (
 	probeSampleSize = 8 << 10
 	// A bundle whose samples shrink by less than 3% is not worth compressing.
 	probeThreshold = 0.97
+	// A bundle whose samples keep more than half their size is dense.
+	denseThreshold = 0.5
 )
 
 func newProbe() (*probe, error) {
@@ -45,13 +54,12 @@ func newProbe() (*probe, error) {
 	return &probe{enc: enc}, nil
 }
 
-// compressible tells whether data is worth compressing; scratch holds the compressed
-// samples and is returned for the caller's next call. It may be called from several
-// goroutines at once (each with its own scratch): they take turns with the one encoder, and
-// a probe is short.
-func (pr *probe) compressible(data, scratch []byte) ([]byte, bool) {
+// mode tells how data should be sealed; scratch holds the compressed samples and is
+// returned for the caller's next call. It may be called from several goroutines at once
+// (each with its own scratch): they take turns with the one encoder, and a probe is short.
+func (pr *probe) mode(data, scratch []byte) ([]byte, codec.SealMode) {
 	if len(data) < probeSamples*probeSampleSize*2 {
-		return scratch, true
+		return scratch, codec.SealCompressed
 	}
 	step := len(data) / probeSamples
 	in, out := 0, 0
@@ -60,7 +68,13 @@ func (pr *probe) compressible(data, scratch []byte) ([]byte, bool) {
 		scratch = pr.enc.EncodeAll(sample, scratch[:0])
 		in, out = in+len(sample), out+len(scratch)
 	}
-	return scratch, float64(out) < probeThreshold*float64(in)
+	switch {
+	case float64(out) >= probeThreshold*float64(in):
+		return scratch, codec.SealStored
+	case float64(out) > denseThreshold*float64(in):
+		return scratch, codec.SealDense
+	}
+	return scratch, codec.SealCompressed
 }
 
 func (pr *probe) Close() { pr.enc.Close() }
@@ -84,6 +98,7 @@ type pipeline struct {
 	next         int             // number of the bundle being filled
 	stored       atomic.Int64    // sealed bytes uploaded
 	uncompressed atomic.Int64    // bundles stored without compression
+	dense        atomic.Int64    // bundles compressed at the dense level
 	// endSealOnce closes toSeal once; sealing (set only by the producer, which alone calls
 	// flush, wait and close) says it is no longer open.
 	endSealOnce sync.Once
@@ -204,16 +219,19 @@ func (p *pipeline) sealLoop() error {
 	var probeOut, ds []byte
 	for b := range p.toSeal {
 		ds = p.hashExtents(b, ds)
-		var compressible bool
+		mode := codec.SealStored
 		if p.r.Codec().Compresses() {
-			probeOut, compressible = p.probe.compressible(b.data, probeOut)
+			probeOut, mode = p.probe.mode(b.data, probeOut)
 		}
-		stored := p.r.Codec().Compresses() && !compressible
-		if stored {
+		switch {
+		case !p.r.Codec().Compresses():
+		case mode == codec.SealStored:
 			p.uncompressed.Add(1)
+		case mode == codec.SealDense:
+			p.dense.Add(1)
 		}
 		buf := &blockBuf{free: p.blocks}
-		if err := sealer.Seal(buf, b.data, stored); err != nil {
+		if err := sealer.Seal(buf, b.data, mode); err != nil {
 			buf.release()
 			return fmt.Errorf("seal bundle %d: %w", b.n, err)
 		}

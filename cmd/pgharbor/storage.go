@@ -81,6 +81,10 @@ func (a *app) codecConfig(needIdentity bool) (codec.Config, error) {
 		Recipients:  e.Recipients,
 		Passphrase:  e.Passphrase,
 	}
+	cc.DenseLevel = a.cfg.Compression.DenseLevel
+	if cc.DenseLevel == 0 && cc.Compression != "none" {
+		cc.DenseLevel = defaultDenseLevel
+	}
 	if e.Mode == "" {
 		return cc, fmt.Errorf("encryption is not configured: set encryption.mode to age (with encryption.recipients), passphrase, or none (PGHARBOR_ENCRYPTION_MODE); pgharbor never stores unencrypted data unless told so")
 	}

@@ -218,7 +218,7 @@ func BenchmarkDataSealerBundle(b *testing.B) {
 				b.SetBytes(int64(len(payload)))
 				for b.Loop() {
 					buf.Reset()
-					if err := s.Seal(&buf, payload, false); err != nil {
+					if err := s.Seal(&buf, payload, SealCompressed); err != nil {
 						b.Fatal(err)
 					}
 				}

@@ -73,6 +73,11 @@ type Config struct {
 	// takes it as it is; the Go encoders map it onto klauspost's four encoder speeds (<3
 	// fastest, 3..5 default, 6..9 better, ≥10 best).
 	Level int
+	// DenseLevel is the zstd level of the DataSealer payloads their caller marks dense
+	// (SealDense): data that compresses to more than half its size, such as pages of
+	// incompressible values beside their tuple headers, where higher levels find little
+	// more to remove at several times the CPU. 0 means Level.
+	DenseLevel int
 	// Encoder is the zstd encoder of payloads held whole in memory (DataSealer: backup
 	// bundles; Seal: summaries, PostgreSQL's backup_manifest; SealAll and SealDigest:
 	// `wal push`): EncoderAuto (default when
@@ -138,10 +143,9 @@ type Codec struct {
 	verifiers  map[[KeyIDSize]byte]ed25519.PublicKey
 
 	encOpts    []zstd.EOption
-	dataOpts   []zstd.EOption // DataSealer's Go encoder
-	encoder    string         // Config.Encoder
-	level      int            // zstd level, 1..22
-	dataWindow int            // DataSealer's zstd window
+	encoder    string // Config.Encoder
+	level      int    // zstd level, 1..22
+	denseLevel int    // zstd level of dense DataSealer payloads, 1..22
 	// wholeWindow is the zstd window of payloads sealed whole (SealAll, SealDigest): the
 	// streaming writer's. wholeC is a free list of C encoders for them.
 	wholeWindow int
@@ -186,6 +190,16 @@ func New(cfg Config) (*Codec, error) {
 		return nil, fmt.Errorf("%w: zstd level %d out of range 1..22", ErrConfig, cfg.Level)
 	}
 	c.level = level
+	c.denseLevel = level
+	if cfg.DenseLevel != 0 {
+		if c.header.Compression != CompressionZstd {
+			return nil, fmt.Errorf("%w: dense compression level %d is set but compression is none", ErrConfig, cfg.DenseLevel)
+		}
+		if cfg.DenseLevel < 1 || cfg.DenseLevel > 22 {
+			return nil, fmt.Errorf("%w: dense zstd level %d out of range 1..22", ErrConfig, cfg.DenseLevel)
+		}
+		c.denseLevel = cfg.DenseLevel
+	}
 	switch cfg.Encoder {
 	case "", EncoderAuto:
 		c.encoder = EncoderAuto
@@ -310,22 +324,7 @@ func New(cfg Config) (*Codec, error) {
 		zstd.WithEncoderConcurrency(conc),
 		zstd.WithWindowSize(window),
 	}
-	dataWindow := window
-	if level < 6 {
-		dataWindow = dataZstdWindow
-	}
-	c.dataWindow = dataWindow
 	c.wholeWindow = window
-	c.dataOpts = []zstd.EOption{
-		zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)),
-		// No content checksum in objects sealed whole (bundles, summaries): the age AEAD
-		// (or, unencrypted, the envelope's CRC-32C trailer) already covers every byte of
-		// the frame, and each piece of a bundle carries its own CRC-32C and digest in the
-		// manifest.
-		zstd.WithEncoderCRC(false),
-		zstd.WithEncoderConcurrency(1), // synchronous: the caller runs one sealer per core
-		zstd.WithWindowSize(dataWindow),
-	}
 	if c.header.Compression == CompressionZstd {
 		// Build one encoder now so option errors surface here, not on the first write.
 		enc, err := zstd.NewWriter(nil, c.encOpts...)
@@ -335,7 +334,7 @@ func New(cfg Config) (*Codec, error) {
 		c.encPool.Put(enc)
 		if c.encoder == EncoderC {
 			// Likewise for the C encoder, which a build without cgo does not have.
-			enc, err := c.newDataEncoder()
+			enc, err := c.newDataEncoder(c.level)
 			if err != nil {
 				return nil, err
 			}
@@ -421,7 +420,7 @@ func (c *Codec) Seal(plain []byte) ([]byte, error) {
 	}
 	var buf bytes.Buffer
 	buf.Grow(len(plain)/2 + 512)
-	err := s.Seal(&buf, plain, false)
+	err := s.Seal(&buf, plain, SealCompressed)
 	select {
 	case c.sealers <- s:
 	default:
@@ -472,15 +471,30 @@ func (c *Codec) IdentityFingerprints() []string {
 // checksum. Not safe for
 // concurrent use: one per goroutine.
 type DataSealer struct {
-	c   *Codec
-	enc dataEncoder // nil when the codec does not compress
+	c     *Codec
+	enc   dataEncoder // nil when the codec does not compress
+	dense dataEncoder // at the codec's dense level; made on first use
 }
+
+// SealMode says how DataSealer.Seal treats a payload.
+type SealMode int
+
+const (
+	// SealCompressed compresses at the codec's level.
+	SealCompressed SealMode = iota
+	// SealDense compresses at the codec's dense level (Config.DenseLevel): for payloads the
+	// caller found to compress to more than half their size.
+	SealDense
+	// SealStored does not compress: for payloads the caller knows do not compress (random
+	// bytes, compressed data). Readers need no setting: the header says so.
+	SealStored
+)
 
 // NewDataSealer returns a DataSealer for c's settings.
 func (c *Codec) NewDataSealer() (*DataSealer, error) {
 	s := &DataSealer{c: c}
 	if c.header.Compression == CompressionZstd {
-		enc, err := c.newDataEncoder()
+		enc, err := c.newDataEncoder(c.level)
 		if err != nil {
 			return nil, err
 		}
@@ -489,20 +503,32 @@ func (c *Codec) NewDataSealer() (*DataSealer, error) {
 	return s, nil
 }
 
-// Seal writes the object for plain to w. With stored, the payload is not compressed: for
-// payloads the caller knows do not compress (random bytes, compressed data); readers need
-// no setting, the header says so. After an error the bytes written to w are not an object.
-func (s *DataSealer) Seal(w io.Writer, plain []byte, stored bool) error {
+// Seal writes the object for plain to w, compressed as mode says when the codec
+// compresses. After an error the bytes written to w are not an object.
+func (s *DataSealer) Seal(w io.Writer, plain []byte, mode SealMode) error {
 	h := s.c.header
-	if stored || s.enc == nil {
+	if mode == SealStored || s.enc == nil {
 		h.Compression = CompressionNone
+	}
+	enc := s.enc
+	if mode == SealDense && s.c.denseLevel != s.c.level && h.Compression == CompressionZstd {
+		if s.dense == nil {
+			// A second encoder rather than one switched between levels: a libzstd context
+			// reset to another level reallocates its tables, which left more memory in use.
+			d, err := s.c.newDataEncoder(s.c.denseLevel)
+			if err != nil {
+				return err
+			}
+			s.dense = d
+		}
+		enc = s.dense
 	}
 	ow, err := s.c.newWriter(w, h, false)
 	if err != nil {
 		return err
 	}
 	if h.Compression == CompressionZstd {
-		if err := s.enc.encode(ow, plain); err != nil {
+		if err := enc.encode(ow, plain); err != nil {
 			return fmt.Errorf("zstd: %w", err)
 		}
 	} else if _, err := ow.Write(plain); err != nil {
@@ -515,5 +541,8 @@ func (s *DataSealer) Seal(w io.Writer, plain []byte, stored bool) error {
 func (s *DataSealer) Close() {
 	if s.enc != nil {
 		s.enc.close()
+	}
+	if s.dense != nil {
+		s.dense.close()
 	}
 }

@@ -34,12 +34,30 @@ type dataEncoder interface {
 // useC says whether objects are compressed with the C encoder.
 func (c *Codec) useC() bool { return c.encoder == EncoderC || c.encoder == EncoderAuto && haveCZstd }
 
-// newDataEncoder returns the encoder the codec's setting asks for.
-func (c *Codec) newDataEncoder() (dataEncoder, error) {
-	if c.useC() {
-		return newCDataEncoder(c.level, windowLog(c.dataWindow))
+// dataWindow is the zstd window of DataSealer objects compressed at level: smaller than
+// the streaming writer's below level 6 (dataZstdWindow).
+func dataWindow(level int) int {
+	if level < 6 {
+		return dataZstdWindow
 	}
-	enc, err := zstd.NewWriter(nil, c.dataOpts...)
+	return maxZstdWindow
+}
+
+// newDataEncoder returns an encoder of the codec's kind (Config.Encoder) at level.
+func (c *Codec) newDataEncoder(level int) (dataEncoder, error) {
+	if c.useC() {
+		return newCDataEncoder(level, windowLog(dataWindow(level)))
+	}
+	enc, err := zstd.NewWriter(nil,
+		zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)),
+		// No content checksum in objects sealed whole (bundles, summaries): the age AEAD
+		// (or, unencrypted, the envelope's CRC-32C trailer) already covers every byte of
+		// the frame, and each piece of a bundle carries its own CRC-32C and digest in the
+		// manifest.
+		zstd.WithEncoderCRC(false),
+		zstd.WithEncoderConcurrency(1), // synchronous: the caller runs one sealer per core
+		zstd.WithWindowSize(dataWindow(level)),
+	)
 	if err != nil {
 		return nil, fmt.Errorf("zstd encoder: %w", err)
 	}

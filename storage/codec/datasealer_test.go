@@ -25,33 +25,34 @@ func TestDataSealerRoundTripsWhenReused(t *testing.T) {
 		{"4MiBPgLikeAgain", pgLikeData(4<<20, 7)},
 	}
 	forEachCombo(t, func(t *testing.T, c *Codec) {
+		c.denseLevel = 1 // as the backup's default; the combinations' level is 3
 		s, err := c.NewDataSealer()
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer s.Close()
 		for _, p := range payloads {
-			for _, stored := range []bool{false, true} {
+			for _, mode := range []SealMode{SealCompressed, SealStored, SealDense} {
 				var buf bytes.Buffer
-				if err := s.Seal(&buf, p.data, stored); err != nil {
-					t.Fatalf("%s stored=%v: %v", p.name, stored, err)
+				if err := s.Seal(&buf, p.data, mode); err != nil {
+					t.Fatalf("%s mode %d: %v", p.name, mode, err)
 				}
 				h, err := ParseHeader(buf.Bytes())
 				if err != nil {
 					t.Fatalf("%s: header: %v", p.name, err)
 				}
 				want := c.Header()
-				if stored {
+				if mode == SealStored {
 					want.Compression = CompressionNone
 				}
 				if h != want {
-					t.Fatalf("%s stored=%v: header %+v, want %+v", p.name, stored, h, want)
+					t.Fatalf("%s mode %d: header %+v, want %+v", p.name, mode, h, want)
 				}
 				got, err := open(c, buf.Bytes())
 				if err != nil || !bytes.Equal(got, p.data) {
-					t.Fatalf("%s stored=%v: round trip: %d bytes in, %d out, %v", p.name, stored, len(p.data), len(got), err)
+					t.Fatalf("%s mode %d: round trip: %d bytes in, %d out, %v", p.name, mode, len(p.data), len(got), err)
 				}
-				if h.Compression == CompressionZstd && len(p.data) >= 4<<20 {
+				if h.Compression == CompressionZstd && mode == SealCompressed && len(p.data) >= 4<<20 {
 					// The smaller window must not cost size on page-like data.
 					streamed := seal(t, c, p.data)
 					if buf.Len() > len(streamed)+len(streamed)/50 {
@@ -61,6 +62,81 @@ func TestDataSealerRoundTripsWhenReused(t *testing.T) {
 			}
 		}
 	})
+}
+
+// A payload sealed dense is compressed at the dense level, exactly as a codec whose level
+// is the dense level compresses it, and one sealed normally at the codec's level, in any
+// order on one sealer; with both
+// levels the same, dense changes nothing. Each encoder kind.
+func TestDataSealerDenseLevel(t *testing.T) {
+	data := pgLikeData(4<<20, 11)
+	// sealWith seals data once per mode, in order, with one DataSealer.
+	sealWith := func(t *testing.T, cfg Config, modes ...SealMode) [][]byte {
+		t.Helper()
+		s, err := mustNew(t, cfg).NewDataSealer()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		var out [][]byte
+		for _, m := range modes {
+			var buf bytes.Buffer
+			if err := s.Seal(&buf, data, m); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, buf.Bytes())
+		}
+		return out
+	}
+	for _, enc := range []string{EncoderGo, AutoEncoder()} {
+		t.Run(enc, func(t *testing.T) {
+			cfg := testConfig("zstd", "none")
+			cfg.Encoder = enc
+			cfg.Level, cfg.DenseLevel = 3, 1
+			one := cfg
+			one.Level, one.DenseLevel = 1, 0
+			atOne := sealWith(t, one, SealCompressed)[0]
+			three := cfg
+			three.DenseLevel = 0
+			atThree := sealWith(t, three, SealCompressed)[0]
+			if bytes.Equal(atOne, atThree) {
+				t.Fatalf("levels 1 and 3 made the same %d bytes: the test cannot tell them apart", len(atOne))
+			}
+
+			got := sealWith(t, cfg, SealDense, SealCompressed, SealDense, SealCompressed)
+			for i, want := range [][]byte{atOne, atThree, atOne, atThree} {
+				if !bytes.Equal(got[i], want) {
+					t.Errorf("object %d: %d bytes, not the %d bytes of its level", i, len(got[i]), len(want))
+				}
+				if back, err := open(mustNew(t, cfg), got[i]); err != nil || !bytes.Equal(back, data) {
+					t.Errorf("object %d: round trip: %d bytes out, %v", i, len(back), err)
+				}
+			}
+			if got := sealWith(t, three, SealDense)[0]; !bytes.Equal(got, atThree) {
+				t.Errorf("with no dense level, a dense object (%d bytes) differs from a normal one (%d bytes)", len(got), len(atThree))
+			}
+		})
+	}
+}
+
+// New refuses a dense level it cannot use.
+func TestDenseLevelConfigErrors(t *testing.T) {
+	for _, tc := range []struct {
+		comp  string
+		dense int
+		want  string
+	}{
+		{"zstd", 23, "dense zstd level 23 out of range"},
+		{"zstd", -1, "dense zstd level -1 out of range"},
+		{"none", 1, "dense compression level 1 is set but compression is none"},
+	} {
+		cfg := testConfig(tc.comp, "none")
+		cfg.DenseLevel = tc.dense
+		_, err := New(cfg)
+		if !errors.Is(err, ErrConfig) || err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s dense %d: error %v, want ErrConfig with %q", tc.comp, tc.dense, err, tc.want)
+		}
+	}
 }
 
 // Objects from a DataSealer declare a window of at most dataZstdWindow at the default
@@ -75,7 +151,7 @@ func TestDataSealerWindow(t *testing.T) {
 	defer s.Close()
 	payload := pgLikeData(4<<20, 8)
 	var buf bytes.Buffer
-	if err := s.Seal(&buf, payload, false); err != nil {
+	if err := s.Seal(&buf, payload, SealCompressed); err != nil {
 		t.Fatal(err)
 	}
 	small, err := c.Seal(payload)
@@ -126,7 +202,7 @@ func TestDataSealerEncodersWriteFramesTheReaderReads(t *testing.T) {
 			sizes[encoder] = map[string]int{}
 			for name, p := range payloads {
 				var buf bytes.Buffer
-				if err := s.Seal(&buf, p, false); err != nil {
+				if err := s.Seal(&buf, p, SealCompressed); err != nil {
 					t.Fatalf("%s level %d %s: %v", encoder, level, name, err)
 				}
 				got, err := open(c, buf.Bytes())
