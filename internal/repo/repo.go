@@ -225,11 +225,26 @@ func (r *Repo) PutJSON(ctx context.Context, key string, v any, ifNotExists bool)
 }
 
 // PutStreamed stores, sealed (and signed), what write writes: for objects made in pieces,
-// such as a backup manifest, whose unsealed bytes then never exist whole in memory. Only the
-// sealed object is held, to be signed and stored in one piece.
+// such as a backup manifest, whose bytes then never exist whole in memory. The sealed object
+// is signed as it is sealed and held for the upload (which may be retried) in memory up to
+// spillLimit, beyond that in a temporary file.
 func (r *Repo) PutStreamed(ctx context.Context, key string, ifNotExists bool, write func(io.Writer) error) error {
-	var sealed bytes.Buffer
-	ow, err := r.codec.NewWriter(&sealed)
+	return r.putStreamed(ctx, key, ifNotExists, spillLimit, write)
+}
+
+func (r *Repo) putStreamed(ctx context.Context, key string, ifNotExists bool, limit int, write func(io.Writer) error) error {
+	held := &spill{limit: limit}
+	defer held.Close()
+	var dst io.Writer = held
+	var signer *codec.ObjectSigner
+	if r.codec.Signs() {
+		var err error
+		if signer, err = r.codec.NewObjectSigner(held, key); err != nil {
+			return fmt.Errorf("sign %s: %w", key, err)
+		}
+		dst = signer
+	}
+	ow, err := r.codec.NewWriter(dst)
 	if err != nil {
 		return fmt.Errorf("seal %s: %w", key, err)
 	}
@@ -243,11 +258,12 @@ func (r *Repo) PutStreamed(ctx context.Context, key string, ifNotExists bool, wr
 	if err := ow.Close(); err != nil {
 		return fmt.Errorf("seal %s: %w", key, err)
 	}
-	signed, err := r.sign(sealed.Bytes(), key)
-	if err != nil {
-		return err
+	if signer != nil {
+		if err := signer.Finish(); err != nil {
+			return fmt.Errorf("sign %s: %w", key, err)
+		}
 	}
-	return r.PutSealed(ctx, key, signed, ifNotExists)
+	return r.backend.Put(ctx, key, held.reader(), storage.PutOptions{IfNotExists: ifNotExists, Size: held.n})
 }
 
 // GetStreamed passes the decoded payload of key to read, then reads what read left to the

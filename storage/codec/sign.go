@@ -210,12 +210,62 @@ func (c *Codec) Sign(sealed []byte, name string) ([]byte, error) {
 		}
 		body = sealed[:len(sealed)-SignatureSize]
 	}
-	body[7] |= FlagSigned
+	body[flagOffset] |= FlagSigned
 	sum := sha256.Sum256(body)
 	sig := ed25519.Sign(c.signer, signedMessage(name, sum[:]))
 	id := keyID(c.signer.Public().(ed25519.PublicKey))
 	out := append(body, id[:]...)
 	return append(out, sig...), nil
+}
+
+// ObjectSigner signs a sealed object as it is written through it, for objects too large to
+// hold whole: what it passes to its destination, followed by the trailer Finish writes, is
+// exactly what Sign returns for the same sealed bytes.
+type ObjectSigner struct {
+	c    *Codec
+	name string
+	dst  io.Writer
+	sum  hash.Hash
+	n    int64 // bytes passed so far
+}
+
+// NewObjectSigner returns a signer of the new (not yet signed) object to be stored under
+// name, writing to dst.
+func (c *Codec) NewObjectSigner(dst io.Writer, name string) (*ObjectSigner, error) {
+	if c.signer == nil {
+		return nil, fmt.Errorf("%w: no signing key configured", ErrConfig)
+	}
+	return &ObjectSigner{c: c, name: name, dst: dst, sum: sha256.New()}, nil
+}
+
+// flagOffset is the header byte that carries FlagSigned.
+const flagOffset = 7
+
+// Write passes p on, with FlagSigned set in the header, and hashes it.
+func (s *ObjectSigner) Write(p []byte) (int, error) {
+	out := p
+	if s.n <= flagOffset && s.n+int64(len(p)) > flagOffset {
+		out = bytes.Clone(p)
+		out[flagOffset-s.n] |= FlagSigned
+	}
+	s.sum.Write(out)
+	n, err := s.dst.Write(out)
+	s.n += int64(n)
+	return n, err
+}
+
+// Finish writes the signature trailer. The object must be whole by then.
+func (s *ObjectSigner) Finish() error {
+	if s.n <= flagOffset {
+		return damaged(true, "object shorter than its header", nil)
+	}
+	sig := ed25519.Sign(s.c.signer, signedMessage(s.name, s.sum.Sum(nil)))
+	id := keyID(s.c.signer.Public().(ed25519.PublicKey))
+	if _, err := s.dst.Write(id[:]); err != nil {
+		return err
+	}
+	_, err := s.dst.Write(sig)
+	return err
 }
 
 // sigReader passes its source on minus the SignatureSize-byte trailer, hashing what it

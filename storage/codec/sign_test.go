@@ -309,3 +309,57 @@ func FuzzNewReaderFor(f *testing.F) {
 		t.Fatalf("accepted a payload the write key never signed: %q", got[:min(len(got), 64)])
 	})
 }
+
+// An ObjectSigner fed a sealed object in pieces of any size, the header's flag byte split
+// or not, writes exactly what Sign makes of the whole object, and readers that verify take it.
+func TestObjectSignerWritesWhatSignMakes(t *testing.T) {
+	payload := pgLikeData(200<<10, 2)
+	signedCombos(t, func(t *testing.T, w, r *Codec) {
+		var sealed bytes.Buffer
+		ow, err := w.NewWriter(&sealed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ow.Write(payload); err != nil {
+			t.Fatal(err)
+		}
+		if err := ow.Close(); err != nil {
+			t.Fatal(err)
+		}
+		want, err := w.Sign(bytes.Clone(sealed.Bytes()), objName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		orig := bytes.Clone(sealed.Bytes())
+		for _, piece := range []int{1, 3, 7, 8, 4096, sealed.Len()} {
+			var out bytes.Buffer
+			s, err := w.NewObjectSigner(&out, objName)
+			if err != nil {
+				t.Fatal(err)
+			}
+			src := sealed.Bytes()
+			for len(src) > 0 {
+				n := min(piece, len(src))
+				if _, err := s.Write(src[:n]); err != nil {
+					t.Fatal(err)
+				}
+				src = src[n:]
+			}
+			if err := s.Finish(); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(out.Bytes(), want) {
+				t.Fatalf("pieces of %d bytes: %d bytes signed, not Sign's %d", piece, out.Len(), len(want))
+			}
+		}
+		if !bytes.Equal(sealed.Bytes(), orig) {
+			t.Fatal("the signer changed the bytes written to it")
+		}
+		if got, err := openFor(r, want, objName); err != nil || !bytes.Equal(got, payload) {
+			t.Fatalf("open: %d bytes, %v", len(got), err)
+		}
+	})
+	if _, err := mustNew(t, testConfig("zstd", "none")).NewObjectSigner(io.Discard, objName); !errors.Is(err, ErrConfig) {
+		t.Fatalf("signer without a signing key: %v, want ErrConfig", err)
+	}
+}

@@ -1,0 +1,146 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pgharbor/pgharbor/storage"
+	"github.com/pgharbor/pgharbor/storage/codec"
+	"github.com/pgharbor/pgharbor/storage/mem"
+	"github.com/pgharbor/pgharbor/storage/retry"
+)
+
+// A spill keeps small objects in memory and moves larger ones to a temporary file; with
+// nowhere to put one, it keeps it in memory. Either way it reads back whole, from its start,
+// as often as asked.
+func TestSpillHoldsWhatWasWritten(t *testing.T) {
+	data := make([]byte, 100<<10)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	for _, tc := range []struct {
+		name, tmp string
+		limit     int
+		disk      bool
+	}{
+		{"memory", t.TempDir(), 1 << 20, false},
+		{"file", t.TempDir(), 10 << 10, true},
+		{"no temporary directory", filepath.Join(t.TempDir(), "missing"), 10 << 10, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("TMPDIR", tc.tmp)
+			s := &spill{limit: tc.limit}
+			defer s.Close()
+			for rest := data; len(rest) > 0; {
+				n := min(len(rest), 7000)
+				if _, err := s.Write(rest[:n]); err != nil {
+					t.Fatal(err)
+				}
+				rest = rest[n:]
+			}
+			if s.onDisk() != tc.disk {
+				t.Fatalf("on disk %v, want %v", s.onDisk(), tc.disk)
+			}
+			for range 2 {
+				got, err := io.ReadAll(s.reader())
+				if err != nil || !bytes.Equal(got, data) {
+					t.Fatalf("read back %d of %d bytes: %v", len(got), len(data), err)
+				}
+			}
+		})
+	}
+}
+
+// flaky fails its first Put after reading part of the body, as a connection cut mid-upload.
+type flaky struct {
+	storage.Backend
+	puts atomic.Int32
+}
+
+func (f *flaky) Put(ctx context.Context, key string, r io.Reader, opts storage.PutOptions) error {
+	if f.puts.Add(1) == 1 {
+		io.CopyN(io.Discard, r, 1000)
+		return errors.New("connection reset")
+	}
+	return f.Backend.Put(ctx, key, r, opts)
+}
+
+// An object larger than the spill limit is sealed and signed as it is written, lands whole
+// (after a retried upload), and reads back under its name through a verifying reader; in
+// memory or on disk, the stored bytes are what Sign makes of the sealed object.
+func TestPutStreamedSignsSpilledObjects(t *testing.T) {
+	ctx := context.Background()
+	sk, vk, err := codec.GenerateSigningKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wc, err := codec.New(codec.Config{Encryption: "none", SigningKey: sk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := codec.New(codec.Config{Encryption: "none", VerifyKeys: []string{vk}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := make([]byte, 300<<10)
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range payload {
+		payload[i] = "abcdefgh"[rng.IntN(8)]
+	}
+	write := func(w io.Writer) error {
+		for rest := payload; len(rest) > 0; {
+			n := min(len(rest), 5000)
+			if _, err := w.Write(rest[:n]); err != nil {
+				return err
+			}
+			rest = rest[n:]
+		}
+		return nil
+	}
+	for _, limit := range []int{spillLimit, 4 << 10} {
+		t.Setenv("TMPDIR", t.TempDir())
+		b := &flaky{Backend: mem.New()}
+		rb := retry.New(b, retry.Policy{Attempts: 3, Base: time.Millisecond})
+		w, err := New(rb, wc, "main")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := New(rb, rc, "main")
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := w.Key("backups", "L", "manifest")
+		if err := w.putStreamed(ctx, key, true, limit, write); err != nil {
+			t.Fatalf("limit %d: %v", limit, err)
+		}
+		if b.puts.Load() != 2 {
+			t.Fatalf("limit %d: %d uploads, want a failed one and its retry", limit, b.puts.Load())
+		}
+		var got []byte
+		if err := r.GetStreamed(ctx, key, func(rd io.Reader) error {
+			got, err = io.ReadAll(rd)
+			return err
+		}); err != nil || !bytes.Equal(got, payload) {
+			t.Fatalf("limit %d: read back %d bytes: %v", limit, len(got), err)
+		}
+		stored, err := storage.ReadAll(ctx, rb, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sealed bytes.Buffer
+		ow, _ := wc.NewWriter(&sealed)
+		write(ow)
+		ow.Close()
+		if want, _ := wc.Sign(sealed.Bytes(), key); !bytes.Equal(stored, want) {
+			t.Fatalf("limit %d: stored %d bytes, not what Sign makes of the sealed object (%d)", limit, len(stored), len(want))
+		}
+	}
+}
