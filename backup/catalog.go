@@ -118,7 +118,7 @@ func LoadCatalog(ctx context.Context, r *repo.Repo) (*Catalog, error) {
 				return nil, fmt.Errorf("backup %s: %w", l, err)
 			}
 		} else {
-			m, err := ReadManifest(ctx, r, l)
+			m, err := ReadManifestWithoutPageHashes(ctx, r, l)
 			if errors.Is(err, codec.ErrUnauthenticated) {
 				cat.Refused = append(cat.Refused, Refused{Label: l, Reason: err.Error()})
 				continue

@@ -11,6 +11,7 @@ import (
 	"io"
 	"io/fs"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -211,10 +212,20 @@ func (f File) ManifestPath(ts []Tablespace) string {
 
 // ReadManifest reads a complete backup's manifest.
 func ReadManifest(ctx context.Context, r *repo.Repo, label string) (*Manifest, error) {
+	return readManifest(ctx, r, label, true)
+}
+
+// ReadManifestWithoutPageHashes reads a complete backup's manifest without the extents' page
+// hashes (Extent.Pages): everything a restore or a verify uses, in less than half the memory.
+func ReadManifestWithoutPageHashes(ctx context.Context, r *repo.Repo, label string) (*Manifest, error) {
+	return readManifest(ctx, r, label, false)
+}
+
+func readManifest(ctx context.Context, r *repo.Repo, label string, keepPages bool) (*Manifest, error) {
 	var m *Manifest
 	err := r.GetStreamed(ctx, path.Join(BackupPrefix(r, label), manifestName), func(rd io.Reader) error {
 		var err error
-		m, err = decodeManifest(rd)
+		m, err = decodeManifest(rd, keepPages)
 		return err
 	})
 	if err != nil {
@@ -281,8 +292,10 @@ func encodeManifest(w io.Writer, m *Manifest) error {
 	return err
 }
 
-// decodeManifest reads one manifest from rd as json.Unmarshal would, its files one at a time.
-func decodeManifest(rd io.Reader) (*Manifest, error) {
+// decodeManifest reads one manifest from rd as json.Unmarshal would, its files one at a time;
+// without keepPages it leaves out the extents' page hashes (Extent.Pages), which only the
+// next incremental backup compares, and which are over half of what an extent holds.
+func decodeManifest(rd io.Reader, keepPages bool) (*Manifest, error) {
 	dec := json.NewDecoder(rd)
 	if err := expectDelim(dec, '{'); err != nil {
 		return nil, err
@@ -321,8 +334,19 @@ func decodeManifest(rd io.Reader) (*Manifest, error) {
 		files = []File{}
 		for dec.More() {
 			files = append(files, File{})
-			if err := dec.Decode(&files[len(files)-1]); err != nil {
+			f := &files[len(files)-1]
+			if err := dec.Decode(f); err != nil {
 				return nil, err
+			}
+			if !keepPages {
+				for i := range f.Extents {
+					f.Extents[i].Pages = nil
+				}
+			}
+			if n := len(f.Extents); cap(f.Extents)-n > n/8 {
+				// The decoder grows the list as append does; a large file's list is kept
+				// for the whole restore, so not with up to a quarter of it unused.
+				f.Extents = slices.Clone(f.Extents)
 			}
 		}
 		if err := expectDelim(dec, ']'); err != nil {

@@ -25,9 +25,13 @@ func FuzzManifest(f *testing.F) {
 		uerr := json.Unmarshal(data, &m)
 		// ReadManifest decodes file by file (decodeManifest): it must accept what
 		// json.Unmarshal accepts, refuse what it refuses, and read the same manifest.
-		sm, serr := decodeManifest(bytes.NewReader(data))
+		sm, serr := decodeManifest(bytes.NewReader(data), true)
 		if (uerr == nil) != (serr == nil) {
 			t.Fatalf("json.Unmarshal: %v; decodeManifest: %v", uerr, serr)
+		}
+		lean, lerr := decodeManifest(bytes.NewReader(data), false)
+		if (lerr == nil) != (serr == nil) {
+			t.Fatalf("decodeManifest with page hashes: %v; without: %v", serr, lerr)
 		}
 		if uerr != nil {
 			return
@@ -35,6 +39,18 @@ func FuzzManifest(f *testing.F) {
 		want, _ := json.Marshal(&m)
 		if got, _ := json.Marshal(sm); !bytes.Equal(got, want) {
 			t.Fatalf("decodeManifest read\n%s\njson.Unmarshal read\n%s", got, want)
+		}
+		// Without page hashes: the same manifest, less every extent's Pages.
+		var noPages Manifest
+		json.Unmarshal(data, &noPages)
+		for i := range noPages.FileList {
+			for j := range noPages.FileList[i].Extents {
+				noPages.FileList[i].Extents[j].Pages = nil
+			}
+		}
+		wantLean, _ := json.Marshal(&noPages)
+		if got, _ := json.Marshal(lean); !bytes.Equal(got, wantLean) {
+			t.Fatalf("decodeManifest without page hashes read\n%s\nwant\n%s", got, wantLean)
 		}
 		var enc bytes.Buffer
 		if err := encodeManifest(&enc, &m); err != nil || !bytes.Equal(enc.Bytes(), want) {

@@ -172,7 +172,7 @@ func BenchmarkManifestMemory(b *testing.B) {
 	r := repoOn(b, be)
 	old := debug.SetGCPercent(5) // collections often enough for the samples to see the peaks
 	defer debug.SetGCPercent(old)
-	var writePeak, readPeak uint64
+	var writePeak, readPeak, leanPeak uint64
 	i := 0
 	for b.Loop() {
 		label := fmt.Sprintf("20261204T%06dZ", i)
@@ -192,7 +192,18 @@ func BenchmarkManifestMemory(b *testing.B) {
 		if len(got.FileList) != len(m.FileList) {
 			b.Fatalf("read %d files, wrote %d", len(got.FileList), len(m.FileList))
 		}
+		got = nil
+		stop = livePeak()
+		lean, err := ReadManifestWithoutPageHashes(ctx, r, label)
+		if err != nil {
+			b.Fatal(err)
+		}
+		leanPeak = max(leanPeak, stop())
+		if len(lean.FileList) != len(m.FileList) {
+			b.Fatalf("read %d files without page hashes, wrote %d", len(lean.FileList), len(m.FileList))
+		}
 	}
 	b.ReportMetric(float64(writePeak)/(1<<20), "write-peak-MiB")
 	b.ReportMetric(float64(readPeak)/(1<<20), "read-peak-MiB")
+	b.ReportMetric(float64(leanPeak)/(1<<20), "read-no-pages-peak-MiB")
 }

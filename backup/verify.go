@@ -114,7 +114,7 @@ func Verify(ctx context.Context, r *repo.Repo, label string, workers int) (*Veri
 // needed pieces is left is not read at all).
 func (v *Verifier) Verify(ctx context.Context, label string) (*VerifyResult, error) {
 	r := v.r
-	m, err := ReadManifest(ctx, r, label)
+	m, err := ReadManifestWithoutPageHashes(ctx, r, label)
 	if err != nil {
 		return nil, err
 	}

@@ -95,7 +95,7 @@ func Execute(ctx context.Context, r *repo.Repo, plan *Plan, o Options) (*Result,
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	m, err := backup.ReadManifest(ctx, r, plan.Backup.Label)
+	m, err := backup.ReadManifestWithoutPageHashes(ctx, r, plan.Backup.Label)
 	if err != nil {
 		return nil, err
 	}
