@@ -31,7 +31,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 //   - dense bundles, which shrink by less than half (pages of incompressible values beside
 //     their tuple headers), are compressed at the dense level (compression.dense_level):
 //     what is left to remove in them is the headers' redundancy, which the fastest levels
-//     find, and higher levels spend several times the CPU for a percent or two more;
+//     find, and higher levels spend much more CPU for a percent or two more;
 //   - the rest get the configured level.
 type probe struct {
 	enc *zstd.Encoder

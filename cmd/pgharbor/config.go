@@ -94,8 +94,8 @@ type CompressionConfig struct {
 	// for about the same size.
 	WALLevel int `yaml:"wal_level"`
 	// DenseLevel is the zstd level of backup bundles that compress to more than half their
-	// size (default 1): on such data higher levels remove a percent or two more at several
-	// times the CPU. Set it to level to compress every bundle alike.
+	// size (default 1): on such data higher levels remove a percent or two more at much more
+	// CPU. Set it to level to compress every bundle alike.
 	DenseLevel int `yaml:"dense_level"`
 	// Encoder is the zstd encoder of backup bundles and wal push: auto (default: the C
 	// library, libzstd, when this binary was built with cgo), libzstd, or go.

@@ -76,7 +76,7 @@ type Config struct {
 	// DenseLevel is the zstd level of the DataSealer payloads their caller marks dense
 	// (SealDense): data that compresses to more than half its size, such as pages of
 	// incompressible values beside their tuple headers, where higher levels find little
-	// more to remove at several times the CPU. 0 means Level.
+	// more to remove at much more CPU. 0 means Level.
 	DenseLevel int
 	// Encoder is the zstd encoder of payloads held whole in memory (DataSealer: backup
 	// bundles; Seal: summaries, PostgreSQL's backup_manifest; SealAll and SealDigest:
