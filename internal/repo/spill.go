@@ -2,7 +2,6 @@ package repo
 
 import (
 	"bytes"
-	"fmt"
 	"io"
 	"os"
 )
@@ -12,39 +11,64 @@ import (
 // cluster of terabytes takes gigabytes.
 const spillLimit = 4 << 20
 
-// spill holds what is written to it in memory up to limit bytes, then in an unlinked
-// temporary file (in os.TempDir, that is $TMPDIR), which it reads back from for the upload:
-// seekable either way, so that a failed upload can be retried. When no temporary file can
-// be made (a read-only or full /tmp) it stays in memory, as objects always were before.
+// spillFile is what a spill keeps an object in beyond its limit: an *os.File.
+type spillFile interface {
+	io.Writer
+	io.ReaderAt
+	io.Closer
+}
+
+// tempSpillFile makes an unlinked temporary file in os.TempDir (that is, $TMPDIR).
+func tempSpillFile() (spillFile, error) {
+	f, err := os.CreateTemp("", "pgharbor-object-*")
+	if err != nil {
+		return nil, err
+	}
+	os.Remove(f.Name()) // gone with the last descriptor, whatever ends the process
+	return f, nil
+}
+
+// spill holds what is written to it in memory up to limit bytes, then in a temporary file
+// (made by create), which it reads back from for the upload: seekable either way, so that a
+// failed upload can be retried. When no temporary file can be made, or writing to it fails
+// (a read-only or full /tmp), it keeps the object in memory, as objects always were before:
+// a backup must not fail at its last step for want of scratch space.
 type spill struct {
-	limit int
-	mem   bytes.Buffer
-	f     *os.File
-	n     int64
+	limit  int
+	create func() (spillFile, error)
+	mem    bytes.Buffer
+	f      spillFile
+	n      int64
 }
 
 func (s *spill) Write(p []byte) (int, error) {
-	if s.f == nil && s.mem.Len()+len(p) > s.limit {
-		if f, err := os.CreateTemp("", "pgharbor-object-*"); err == nil {
-			os.Remove(f.Name()) // gone with the last descriptor, whatever ends the process
+	if s.f == nil && s.create != nil && s.mem.Len()+len(p) > s.limit {
+		if f, err := s.create(); err == nil {
 			if _, err := f.Write(s.mem.Bytes()); err != nil {
 				f.Close()
-				return 0, fmt.Errorf("temporary file: %w", err)
+			} else {
+				s.f = f
+				s.mem = bytes.Buffer{}
 			}
-			s.f = f
-			s.mem = bytes.Buffer{}
 		}
+		s.create = nil // one attempt: if it failed, memory it is
 	}
-	var n int
-	var err error
 	if s.f != nil {
-		n, err = s.f.Write(p)
-		if err != nil {
-			err = fmt.Errorf("temporary file: %w", err)
+		if _, err := s.f.Write(p); err != nil {
+			// Back to memory, with what the file holds so far.
+			held, rerr := io.ReadAll(io.NewSectionReader(s.f, 0, s.n))
+			s.f.Close()
+			s.f = nil
+			if rerr != nil {
+				return 0, rerr
+			}
+			s.mem = *bytes.NewBuffer(held)
+		} else {
+			s.n += int64(len(p))
+			return len(p), nil
 		}
-	} else {
-		n, err = s.mem.Write(p)
 	}
+	n, err := s.mem.Write(p)
 	s.n += int64(n)
 	return n, err
 }
@@ -57,7 +81,7 @@ func (s *spill) reader() io.Reader {
 	return bytes.NewReader(s.mem.Bytes())
 }
 
-// onDisk reports whether the object went to a temporary file.
+// onDisk reports whether the object is in a temporary file.
 func (s *spill) onDisk() bool { return s.f != nil }
 
 func (s *spill) Close() error {

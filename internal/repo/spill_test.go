@@ -6,8 +6,10 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,32 +19,60 @@ import (
 	"github.com/pgharbor/pgharbor/storage/retry"
 )
 
+// failingFile is a temporary file whose disk fills after room bytes.
+type failingFile struct {
+	*os.File
+	room int
+}
+
+func (f *failingFile) Write(p []byte) (int, error) {
+	if len(p) > f.room {
+		n, _ := f.File.Write(p[:f.room])
+		f.room = 0
+		return n, syscall.ENOSPC
+	}
+	f.room -= len(p)
+	return f.File.Write(p)
+}
+
 // A spill keeps small objects in memory and moves larger ones to a temporary file; with
-// nowhere to put one, it keeps it in memory. Either way it reads back whole, from its start,
-// as often as asked.
+// nowhere to put one, or when the file's disk fills, it keeps the object in memory. Either
+// way it reads back whole, from its start, as often as asked.
 func TestSpillHoldsWhatWasWritten(t *testing.T) {
 	data := make([]byte, 100<<10)
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range data {
 		data[i] = byte(rng.Uint32())
 	}
+	fullAfter := func(room int) func() (spillFile, error) {
+		return func() (spillFile, error) {
+			f, err := tempSpillFile()
+			if err != nil {
+				return nil, err
+			}
+			return &failingFile{File: f.(*os.File), room: room}, nil
+		}
+	}
 	for _, tc := range []struct {
 		name, tmp string
 		limit     int
+		create    func() (spillFile, error)
 		disk      bool
 	}{
-		{"memory", t.TempDir(), 1 << 20, false},
-		{"file", t.TempDir(), 10 << 10, true},
-		{"no temporary directory", filepath.Join(t.TempDir(), "missing"), 10 << 10, false},
+		{"memory", t.TempDir(), 1 << 20, tempSpillFile, false},
+		{"file", t.TempDir(), 10 << 10, tempSpillFile, true},
+		{"no temporary directory", filepath.Join(t.TempDir(), "missing"), 10 << 10, tempSpillFile, false},
+		{"disk full on the first write", t.TempDir(), 10 << 10, fullAfter(100), false},
+		{"disk full later", t.TempDir(), 10 << 10, fullAfter(50 << 10), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("TMPDIR", tc.tmp)
-			s := &spill{limit: tc.limit}
+			s := &spill{limit: tc.limit, create: tc.create}
 			defer s.Close()
 			for rest := data; len(rest) > 0; {
 				n := min(len(rest), 7000)
-				if _, err := s.Write(rest[:n]); err != nil {
-					t.Fatal(err)
+				if k, err := s.Write(rest[:n]); err != nil || k != n {
+					t.Fatalf("write %d bytes: %d, %v", n, k, err)
 				}
 				rest = rest[n:]
 			}
