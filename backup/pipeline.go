@@ -219,16 +219,15 @@ func (p *pipeline) sealLoop() error {
 	var probeOut, ds []byte
 	for b := range p.toSeal {
 		ds = p.hashExtents(b, ds)
-		mode := codec.SealStored
+		mode := codec.SealStored // the codec compresses nothing
 		if p.r.Codec().Compresses() {
 			probeOut, mode = p.probe.mode(b.data, probeOut)
-		}
-		switch {
-		case !p.r.Codec().Compresses():
-		case mode == codec.SealStored:
-			p.uncompressed.Add(1)
-		case mode == codec.SealDense:
-			p.dense.Add(1)
+			switch mode {
+			case codec.SealStored:
+				p.uncompressed.Add(1)
+			case codec.SealDense:
+				p.dense.Add(1)
+			}
 		}
 		buf := &blockBuf{free: p.blocks}
 		if err := sealer.Seal(buf, b.data, mode); err != nil {

@@ -212,10 +212,13 @@ func (c *Codec) Sign(sealed []byte, name string) ([]byte, error) {
 	}
 	body[flagOffset] |= FlagSigned
 	sum := sha256.Sum256(body)
-	sig := ed25519.Sign(c.signer, signedMessage(name, sum[:]))
+	return append(body, c.signatureTrailer(name, sum[:])...), nil
+}
+
+// signatureTrailer is what follows a signed object whose bytes, FlagSigned set, hash to sum.
+func (c *Codec) signatureTrailer(name string, sum []byte) []byte {
 	id := keyID(c.signer.Public().(ed25519.PublicKey))
-	out := append(body, id[:]...)
-	return append(out, sig...), nil
+	return append(id[:], ed25519.Sign(c.signer, signedMessage(name, sum))...)
 }
 
 // ObjectSigner signs a sealed object as it is written through it, for objects too large to
@@ -259,12 +262,7 @@ func (s *ObjectSigner) Finish() error {
 	if s.n <= flagOffset {
 		return damaged(true, "object shorter than its header", nil)
 	}
-	sig := ed25519.Sign(s.c.signer, signedMessage(s.name, s.sum.Sum(nil)))
-	id := keyID(s.c.signer.Public().(ed25519.PublicKey))
-	if _, err := s.dst.Write(id[:]); err != nil {
-		return err
-	}
-	_, err := s.dst.Write(sig)
+	_, err := s.dst.Write(s.c.signatureTrailer(s.name, s.sum.Sum(nil)))
 	return err
 }
 
