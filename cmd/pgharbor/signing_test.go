@@ -92,3 +92,35 @@ func TestSpoolIDSeparatesFetchesThatCheckSignatures(t *testing.T) {
 		t.Fatalf("spool %q is shared by fetches with and without verify keys", plain)
 	}
 }
+
+// Compression levels out of range, or set with compression off, are refused naming the key.
+func TestCompressionLevelErrorsNameTheKey(t *testing.T) {
+	for _, tc := range []struct {
+		typ          string
+		level, dense int
+		want         string
+	}{
+		{"zstd", 30, 0, "compression.level 30: want a zstd level 1..22"},
+		{"zstd", 3, 23, "compression.dense_level 23: want a zstd level 1..22"},
+		{"zstd", 0, -1, "compression.dense_level -1: want a zstd level 1..22"},
+		{"none", 0, 2, "compression.dense_level 2 is set but compression.type is none"},
+		{"none", 3, 0, "compression.level 3 is set but compression.type is none"},
+	} {
+		a, _, _ := signingApp(t)
+		a.cfg.Encryption.Mode = "none"
+		a.cfg.Compression.Type, a.cfg.Compression.Level, a.cfg.Compression.DenseLevel = tc.typ, tc.level, tc.dense
+		if _, err := a.codecConfig(false); err == nil || err.Error() != tc.want {
+			t.Errorf("%+v: error %v, want %q", tc, err, tc.want)
+		}
+	}
+	a, _, _ := signingApp(t)
+	a.cfg.Encryption.Mode = "none"
+	cc, err := a.codecConfig(false)
+	if err != nil || cc.DenseLevel != defaultDenseLevel {
+		t.Fatalf("defaults: dense level %d, %v; want %d", cc.DenseLevel, err, defaultDenseLevel)
+	}
+	a.cfg.Compression.Type = "none"
+	if cc, err := a.codecConfig(false); err != nil || cc.DenseLevel != 0 {
+		t.Fatalf("compression none: dense level %d, %v; want 0", cc.DenseLevel, err)
+	}
+}

@@ -81,8 +81,22 @@ func (a *app) codecConfig(needIdentity bool) (codec.Config, error) {
 		Recipients:  e.Recipients,
 		Passphrase:  e.Passphrase,
 	}
-	cc.DenseLevel = a.cfg.Compression.DenseLevel
-	if cc.DenseLevel == 0 && cc.Compression != "none" {
+	// The codec checks the levels too; these errors name the keys to change.
+	comp := a.cfg.Compression
+	for _, l := range []struct {
+		key   string
+		level int
+	}{{"level", cc.Level}, {"dense_level", comp.DenseLevel}} {
+		switch {
+		case l.level == 0:
+		case comp.Type == "none":
+			return cc, fmt.Errorf("compression.%s %d is set but compression.type is none", l.key, l.level)
+		case l.level < 1 || l.level > 22:
+			return cc, fmt.Errorf("compression.%s %d: want a zstd level 1..22", l.key, l.level)
+		}
+	}
+	cc.DenseLevel = comp.DenseLevel
+	if cc.DenseLevel == 0 && comp.Type != "none" {
 		cc.DenseLevel = defaultDenseLevel
 	}
 	if e.Mode == "" {
