@@ -13,10 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgharbor/pgharbor/internal/testserver"
 	"github.com/pgharbor/pgharbor/storage"
 	"github.com/pgharbor/pgharbor/storage/codec"
+	"github.com/pgharbor/pgharbor/storage/gcs"
 	"github.com/pgharbor/pgharbor/storage/mem"
 	"github.com/pgharbor/pgharbor/storage/retry"
+	"github.com/pgharbor/pgharbor/storage/s3"
 )
 
 // failingFile is a temporary file whose disk fills after room bytes.
@@ -107,6 +110,38 @@ func (f *flaky) Put(ctx context.Context, key string, r io.Reader, opts storage.P
 // (after a retried upload), and reads back under its name through a verifying reader; in
 // memory or on disk, the stored bytes are what Sign makes of the sealed object.
 func TestPutStreamedSignsSpilledObjects(t *testing.T) {
+	for _, limit := range []int{spillLimit, 4 << 10} {
+		checkPutStreamed(t, mem.New(), limit)
+	}
+}
+
+// The same through the real S3 gateway and fake-gcs-server: the upload that fails half-way
+// is replayed from the temporary file.
+func TestPutStreamedSpilledToObjectStores(t *testing.T) {
+	ctx := context.Background()
+	v := testserver.StartVersity(t)
+	v.CreateBucket(t, "spill")
+	sb, err := s3.New(ctx, s3.Config{Bucket: "spill", Endpoint: v.Endpoint, PathStyle: true, AccessKeyID: v.AccessKey, SecretAccessKey: v.SecretKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	checkPutStreamed(t, sb, 4<<10)
+
+	f := testserver.StartFakeGCS(t)
+	f.CreateBucket(t, "spill")
+	gb, err := gcs.New(ctx, gcs.Config{Bucket: "spill", Endpoint: f.Endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gb.Close()
+	checkPutStreamed(t, gb, 4<<10)
+}
+
+// checkPutStreamed stores a 300 KiB signed object on backend with putStreamed at limit, the
+// first upload failing after 1,000 bytes, and checks what was stored and what reads back.
+func checkPutStreamed(t *testing.T, backend storage.Backend, limit int) {
+	t.Helper()
 	ctx := context.Background()
 	sk, vk, err := codec.GenerateSigningKey()
 	if err != nil {
@@ -135,42 +170,40 @@ func TestPutStreamedSignsSpilledObjects(t *testing.T) {
 		}
 		return nil
 	}
-	for _, limit := range []int{spillLimit, 4 << 10} {
-		t.Setenv("TMPDIR", t.TempDir())
-		b := &flaky{Backend: mem.New()}
-		rb := retry.New(b, retry.Policy{Attempts: 3, Base: time.Millisecond})
-		w, err := New(rb, wc, "main")
-		if err != nil {
-			t.Fatal(err)
-		}
-		r, err := New(rb, rc, "main")
-		if err != nil {
-			t.Fatal(err)
-		}
-		key := w.Key("backups", "L", "manifest")
-		if err := w.putStreamed(ctx, key, true, limit, write); err != nil {
-			t.Fatalf("limit %d: %v", limit, err)
-		}
-		if b.puts.Load() != 2 {
-			t.Fatalf("limit %d: %d uploads, want a failed one and its retry", limit, b.puts.Load())
-		}
-		var got []byte
-		if err := r.GetStreamed(ctx, key, func(rd io.Reader) error {
-			got, err = io.ReadAll(rd)
-			return err
-		}); err != nil || !bytes.Equal(got, payload) {
-			t.Fatalf("limit %d: read back %d bytes: %v", limit, len(got), err)
-		}
-		stored, err := storage.ReadAll(ctx, rb, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var sealed bytes.Buffer
-		ow, _ := wc.NewWriter(&sealed)
-		write(ow)
-		ow.Close()
-		if want, _ := wc.Sign(sealed.Bytes(), key); !bytes.Equal(stored, want) {
-			t.Fatalf("limit %d: stored %d bytes, not what Sign makes of the sealed object (%d)", limit, len(stored), len(want))
-		}
+	t.Setenv("TMPDIR", t.TempDir())
+	b := &flaky{Backend: backend}
+	rb := retry.New(b, retry.Policy{Attempts: 3, Base: time.Millisecond})
+	w, err := New(rb, wc, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(rb, rc, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := w.Key("backups", "L", "manifest")
+	if err := w.putStreamed(ctx, key, true, limit, write); err != nil {
+		t.Fatalf("%s, limit %d: %v", backend.Location(), limit, err)
+	}
+	if b.puts.Load() != 2 {
+		t.Fatalf("%s, limit %d: %d uploads, want a failed one and its retry", backend.Location(), limit, b.puts.Load())
+	}
+	var got []byte
+	if err := r.GetStreamed(ctx, key, func(rd io.Reader) error {
+		got, err = io.ReadAll(rd)
+		return err
+	}); err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("%s, limit %d: read back %d bytes: %v", backend.Location(), limit, len(got), err)
+	}
+	stored, err := storage.ReadAll(ctx, rb, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sealed bytes.Buffer
+	ow, _ := wc.NewWriter(&sealed)
+	write(ow)
+	ow.Close()
+	if want, _ := wc.Sign(sealed.Bytes(), key); !bytes.Equal(stored, want) {
+		t.Fatalf("%s, limit %d: stored %d bytes, not what Sign makes of the sealed object (%d)", backend.Location(), limit, len(stored), len(want))
 	}
 }
