@@ -335,6 +335,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	}
 	p := newPipeline(ctx, r, label, o.BundleSize, o.Workers, o.Uploads)
 	p.base, p.pages = b, pages
+	defer p.files.close()
 	var src *source
 	if method == MethodLocal {
 		src, err = readLocal(ctx, conn, dir, "pgharbor "+label, o, facts, p)
@@ -354,7 +355,8 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 			return nil, err
 		}
 	}
-	if err := p.setDigests(src.files); err != nil {
+	entries, err := p.endFiles()
+	if err != nil {
 		return nil, err
 	}
 	o.Logger.Debug("backup data stored", "label", label, "seconds", time.Since(start).Seconds())
@@ -388,7 +390,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 		o.Logger.Debug("backup WAL archived", "label", label, "seconds", time.Since(start).Seconds())
 	}
 	sum := Summary{
-		Format: ManifestFormat, Label: label, Type: typ, Parent: parent, References: references(files), Reused: p.reused.Load(),
+		Format: ManifestFormat, Label: label, Type: typ, Parent: parent, References: entries.references(), Reused: p.reused.Load(),
 		SystemIdentifier: facts.systemID, PGVersion: facts.version, WALSegmentSize: facts.segSize,
 		Timeline: src.startTLI, StartLSN: src.startLSN, StopLSN: src.stopLSN, StopTimeline: src.stopTLI, Method: src.method, From: from,
 		StartTime: serverStart.UTC(), StopTime: stopTime.UTC(), StopNextXID: nextXID,
@@ -412,7 +414,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 		return nil, fmt.Errorf("store summary: %w", err)
 	}
 	// The manifest goes last: from this moment the backup exists.
-	if err := writeManifestTo(ctx, r, &Manifest{Summary: sum, PageKey: p.pages.key, FileList: files}); err != nil {
+	if err := writeManifestEntries(ctx, r, &Manifest{Summary: sum, PageKey: p.pages.key}, entries.entries()); err != nil {
 		return nil, fmt.Errorf("store manifest: %w", err)
 	}
 	o.Logger.Info("backup complete", "label", label, "type", sum.Type, "parent", sum.Parent, "size", sum.Size, "stored", sum.StoredSize, "reused", sum.Reused,
@@ -452,9 +454,9 @@ func readStream(ctx context.Context, o Options, label string, p *pipeline) (*sou
 }
 
 // readArchives consumes every archive of the COPY stream, sending file bytes down the
-// pipeline, and returns the file list and PostgreSQL's backup_manifest.
+// pipeline and the files to its manifest entries, and returns the file list (without
+// extents) and PostgreSQL's backup_manifest.
 func readArchives(bb *baseBackupStream, p *pipeline, throttled func(io.Reader) io.Reader) ([]File, []byte, error) {
-	var files []File
 	var pgManifest []byte
 	for {
 		name, _, isManifest, err := bb.nextArchive()
@@ -509,7 +511,9 @@ func readArchives(bb *baseBackupStream, p *pipeline, throttled func(io.Reader) i
 			default:
 				return nil, nil, fmt.Errorf("archive %s: unsupported entry type %q for %s", name, hdr.Typeflag, hdr.Name)
 			}
-			files = append(files, f)
+			if err := p.addFile(f); err != nil {
+				return nil, nil, err
+			}
 		}
 		if _, err := io.Copy(io.Discard, ar); err != nil { // tar padding after the end blocks
 			return nil, nil, err
@@ -518,7 +522,7 @@ func readArchives(bb *baseBackupStream, p *pipeline, throttled func(io.Reader) i
 	if pgManifest == nil {
 		return nil, nil, errors.New("the server sent no backup_manifest")
 	}
-	return files, pgManifest, nil
+	return p.files.lean, pgManifest, nil
 }
 
 // crossCheck compares what pgharbor read with PostgreSQL's own manifest: every file, its

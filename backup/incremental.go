@@ -532,19 +532,3 @@ func chooseBase(ctx context.Context, r *repo.Repo, typ string, facts serverFacts
 	}
 	return newBase(m, !checksumAll), nil
 }
-
-// references lists the other backups files' extents point into, oldest (by label) first.
-func references(files []File) []string {
-	seen := map[string]bool{}
-	var out []string
-	for _, f := range files {
-		for _, e := range f.Extents {
-			if e.Backup != "" && !seen[e.Backup] {
-				seen[e.Backup] = true
-				out = append(out, e.Backup)
-			}
-		}
-	}
-	slices.Sort(out)
-	return out
-}

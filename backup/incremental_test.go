@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"hash/crc32"
 	"math/rand/v2"
@@ -31,15 +32,25 @@ func storeFiles(t *testing.T, r *repo.Repo, label string, b *base, bundle int, p
 		if err != nil || n != f.Size {
 			t.Fatalf("%s: read %d of %d: %v", path, n, f.Size, err)
 		}
-		m.FileList = append(m.FileList, f)
+		if err := p.addFile(f); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if m.Bundles, err = p.close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.setDigests(m.FileList); err != nil {
+	fe, err := p.endFiles()
+	if err != nil {
 		t.Fatal(err)
 	}
-	m.References = references(m.FileList)
+	defer fe.close()
+	if err := json.NewDecoder(fe.entries()).Decode(&m.FileList); err != nil {
+		t.Fatal(err)
+	}
+	if len(m.FileList) != len(paths) {
+		t.Fatalf("%d manifest entries for %d files", len(m.FileList), len(paths))
+	}
+	m.References = fe.references()
 	m.Reused = p.reused.Load()
 	return m
 }

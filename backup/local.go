@@ -333,7 +333,6 @@ func readLocal(ctx context.Context, conn *pgx.Conn, dir, label string, o Options
 	for _, e := range w.entries {
 		total += e.Size
 	}
-	files := make([]File, 0, len(w.entries)+1)
 	for _, e := range w.entries {
 		if e.Type == "file" {
 			ok, err := readLocalFile(p, &e.File, e.abs, checksums == "on", startLSN, throttled)
@@ -353,7 +352,9 @@ func readLocal(ctx context.Context, conn *pgx.Conn, dir, label string, o Options
 				o.Progress(done, total)
 			}
 		}
-		files = append(files, e.File)
+		if err := p.addFile(e.File); err != nil {
+			return nil, err
+		}
 	}
 
 	var labelFile, spcmap string
@@ -386,7 +387,10 @@ func readLocal(ctx context.Context, conn *pgx.Conn, dir, label string, o Options
 		return nil, err
 	}
 	lf.CRC = extentsCRC(lf.Extents)
-	res.files = append([]File{lf}, files...)
+	if err := p.addFile(lf); err != nil {
+		return nil, err
+	}
+	res.files = p.files.lean
 	res.pgManifest = buildPGManifest(res.files, res.startTLI, res.startLSN, res.stopLSN)
 	return &res, nil
 }

@@ -249,6 +249,25 @@ func writeManifestTo(ctx context.Context, r *repo.Repo, m *Manifest) error {
 	})
 }
 
+// writeManifestEntries stores m, whose FileList is ignored, as its backup's manifest with
+// files, the JSON list of its file entries (fileEntries.entries), in the list's place.
+func writeManifestEntries(ctx context.Context, r *repo.Repo, m *Manifest, files io.Reader) error {
+	return r.PutStreamed(ctx, path.Join(BackupPrefix(r, m.Label), manifestName), true, func(w io.Writer) error {
+		head, err := manifestHead(m)
+		if err != nil {
+			return err
+		}
+		if _, err := w.Write(head); err != nil {
+			return err
+		}
+		if _, err := io.Copy(w, files); err != nil {
+			return err
+		}
+		_, err = w.Write([]byte{'}'})
+		return err
+	})
+}
+
 // A manifest holds an entry for every extent of every file: about 300 bytes of JSON per
 // 128 KiB of relation files. encodeManifest and decodeManifest take it one file at a time, so
 // that its JSON never exists whole in memory; what they write and read is what json.Marshal
@@ -257,22 +276,32 @@ func writeManifestTo(ctx context.Context, r *repo.Repo, m *Manifest) error {
 // fileListTail is how json.Marshal ends a Manifest without files.
 const fileListTail = `"file_list":null}`
 
-// encodeManifest writes m to w as json.Marshal would.
-func encodeManifest(w io.Writer, m *Manifest) error {
+// manifestHead is the start of what json.Marshal makes of m, up to its file list's value:
+// file_list is a manifest's last field.
+func manifestHead(m *Manifest) ([]byte, error) {
 	head := *m
 	head.FileList = nil
 	b, err := json.Marshal(&head)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !bytes.HasSuffix(b, []byte(fileListTail)) {
-		return errors.New("encode manifest: file_list is not its last field")
+		return nil, errors.New("encode manifest: file_list is not its last field")
 	}
-	if m.FileList == nil {
-		_, err := w.Write(b)
+	return b[:len(b)-len(fileListTail)+len(`"file_list":`)], nil
+}
+
+// encodeManifest writes m to w as json.Marshal would.
+func encodeManifest(w io.Writer, m *Manifest) error {
+	b, err := manifestHead(m)
+	if err != nil {
 		return err
 	}
-	b = append(b[:len(b)-len(fileListTail)], `"file_list":[`...)
+	if m.FileList == nil {
+		_, err := w.Write(append(b, "null}"...))
+		return err
+	}
+	b = append(b, '[')
 	for i := range m.FileList {
 		if i > 0 {
 			b = append(b, ',')

@@ -19,13 +19,19 @@ import (
 	"github.com/pgharbor/pgharbor/storage/fs"
 )
 
-// syntheticManifest describes a full backup of gb GB of relation files in 1 GB segments, cut
-// into 128 KiB extents that each carry their page tree digest and 16 page hashes, as a local
-// backup of such a cluster writes it.
+// syntheticManifest describes a full backup of gb GB of relation files (syntheticFiles).
 func syntheticManifest(gb int) *Manifest {
+	m := &Manifest{Summary: Summary{Format: ManifestFormat, Label: "20261204T000000Z", Type: TypeFull}, PageKey: make([]byte, 32)}
+	syntheticFiles(gb, func(f File) { m.FileList = append(m.FileList, f) })
+	return m
+}
+
+// syntheticFiles passes to add, one at a time, the entries of gb GB of relation files in 1 GB
+// segments, cut into 128 KiB extents that each carry their page tree digest and 16 page
+// hashes, as a local backup of such a cluster makes them.
+func syntheticFiles(gb int, add func(File)) {
 	const chunk, seg, bundle = 128 << 10, 1 << 30, 4 << 20
 	rng := rand.New(rand.NewPCG(1, 2))
-	m := &Manifest{Summary: Summary{Format: ManifestFormat, Label: "20261204T000000Z", Type: TypeFull}, PageKey: make([]byte, 32)}
 	n := 0
 	for i := 0; i < gb; i++ {
 		f := File{Path: fmt.Sprintf("base/5/%d", 16384+i), Type: "file", Mode: 0o600, Size: seg, ModTime: time.Unix(1733270400, 0).UTC(), Chunk: chunk}
@@ -40,9 +46,8 @@ func syntheticManifest(gb int) *Manifest {
 			f.Extents = append(f.Extents, e)
 			n++
 		}
-		m.FileList = append(m.FileList, f)
+		add(f)
 	}
-	return m
 }
 
 // A manifest is written and read one file at a time (encodeManifest, decodeManifest): the

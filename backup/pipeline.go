@@ -8,7 +8,6 @@ import (
 	"hash/crc32"
 	"io"
 	"runtime"
-	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -116,10 +115,14 @@ type pipeline struct {
 	// pages hashes the pages of relation files for page-level incrementals (incremental.go).
 	pages *pageHasher
 	// sums holds, by bundle number, the digest (and page hashes) of each extent the sealers
-	// hashed, in the order of the bundle's extents. The sealers compute them in parallel,
-	// beside the compression, rather than the single reader on its way through.
+	// hashed, in the order of the bundle's extents, until the files they belong to take them
+	// (entries.go). The sealers compute them in parallel, beside the compression, rather than
+	// the single reader on its way through. A bundle is here from when the sealers are done
+	// with it until its last sum is taken.
 	mu   sync.Mutex
-	sums []bundleSums
+	sums map[int]*bundleSums
+	// files are the entries of the files read so far (entries.go); only the producer uses it.
+	files fileEntries
 }
 
 // extentKind says what the sealers compute for an extent.
@@ -157,6 +160,7 @@ type bundleSums struct {
 	starts []int64
 	kinds  []extentKind
 	sums   []extentSum
+	left   int // extents whose sum no file has taken yet
 }
 
 type rawBundle struct {
@@ -179,6 +183,7 @@ func newPipeline(ctx context.Context, r *repo.Repo, label string, bundleSize, wo
 		toSeal: make(chan rawBundle),
 		toPut:  make(chan sealedBlob),
 		blocks: make(chan []byte, (workers+uploads)*(bundleSize/sealBlockSize+2)),
+		sums:   map[int]*bundleSums{},
 	}
 	for i := 0; i < rawBundles(workers); i++ {
 		p.free <- make([]byte, 0, bundleSize)
@@ -263,44 +268,18 @@ func (p *pipeline) hashExtents(b rawBundle, ds []byte) []byte {
 			sums[i].digest = sha256.Sum256(b.data[off:end])
 		}
 	}
-	p.mu.Lock()
-	if b.n >= len(p.sums) {
-		p.sums = slices.Grow(p.sums, b.n+1-len(p.sums))[:b.n+1]
-	}
-	p.sums[b.n] = bundleSums{starts: b.starts, kinds: b.kinds, sums: sums}
-	p.mu.Unlock()
-	return ds
-}
-
-// setDigests fills in the digest of every extent of files the reader did not hash (and the
-// page hashes of the paged ones); call it after close. It lets go of the digests after: the
-// files hold them now, and the manifest is yet to be written.
-func (p *pipeline) setDigests(files []File) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	defer func() { p.sums = nil }()
-	for i := range files {
-		for j := range files[i].Extents {
-			e := &files[i].Extents[j]
-			if e.Backup != "" || !e.SHA256.IsZero() {
-				continue // taken from an earlier backup, or hashed by the reader
-			}
-			var bs bundleSums
-			if e.Bundle < len(p.sums) {
-				bs = p.sums[e.Bundle]
-			}
-			k, ok := slices.BinarySearch(bs.starts, e.Offset)
-			if !ok || bs.sums == nil || bs.kinds[k] == extentKnown {
-				return fmt.Errorf("no SHA-256 for %s at bundle %d offset %d", files[i].Path, e.Bundle, e.Offset)
-			}
-			d := bs.sums[k]
-			e.SHA256 = d.digest
-			if d.pages != nil {
-				e.Pages, e.PageTree = d.pages, true
-			}
+	left := 0
+	for _, k := range b.kinds {
+		if k != extentKnown {
+			left++
 		}
 	}
-	return nil
+	p.mu.Lock()
+	if left > 0 {
+		p.sums[b.n] = &bundleSums{starts: b.starts, kinds: b.kinds, sums: sums, left: left}
+	}
+	p.mu.Unlock()
+	return ds
 }
 
 func (p *pipeline) putLoop() error {

@@ -233,7 +233,7 @@ func (r *Repo) PutStreamed(ctx context.Context, key string, ifNotExists bool, wr
 }
 
 func (r *Repo) putStreamed(ctx context.Context, key string, ifNotExists bool, limit int, write func(io.Writer) error) error {
-	held := &spill{limit: limit, create: tempSpillFile}
+	held := &Spill{limit: limit, create: tempSpillFile}
 	defer held.Close()
 	var dst io.Writer = held
 	var signer *codec.ObjectSigner
@@ -263,7 +263,7 @@ func (r *Repo) putStreamed(ctx context.Context, key string, ifNotExists bool, li
 			return fmt.Errorf("sign %s: %w", key, err)
 		}
 	}
-	return r.backend.Put(ctx, key, held.reader(), storage.PutOptions{IfNotExists: ifNotExists, Size: held.n})
+	return r.backend.Put(ctx, key, held.Reader(), storage.PutOptions{IfNotExists: ifNotExists, Size: held.n})
 }
 
 // GetStreamed passes the decoded payload of key to read, then reads what read left to the

@@ -6,9 +6,9 @@ import (
 	"os"
 )
 
-// spillLimit is how much of an object PutStreamed keeps in memory before it moves the
-// object to a temporary file: a manifest lists every extent of every file, so that of a
-// cluster of terabytes takes gigabytes.
+// spillLimit is how much a Spill keeps in memory before it moves to a temporary file: a
+// manifest lists every extent of every file, so that of a cluster of terabytes takes
+// gigabytes.
 const spillLimit = 4 << 20
 
 // spillFile is what a spill keeps an object in beyond its limit: an *os.File.
@@ -28,12 +28,13 @@ func tempSpillFile() (spillFile, error) {
 	return f, nil
 }
 
-// spill holds what is written to it in memory up to limit bytes, then in a temporary file
-// (made by create), which it reads back from for the upload: seekable either way, so that a
-// failed upload can be retried. When no temporary file can be made, or writing to it fails
-// (a read-only or full /tmp), it keeps the object in memory, as objects always were before:
-// a backup must not fail at its last step for want of scratch space.
-type spill struct {
+// Spill holds what is written to it in memory up to a limit, then in a temporary file, which
+// it reads back from as often as asked: for an upload, seekable so that a failed one can be
+// retried; for a backup, the manifest entries of the files it has read. When no temporary
+// file can be made, or writing to it fails (a read-only or full /tmp), it keeps what it holds
+// in memory, as objects always were before: a backup must not fail at its last step for want
+// of scratch space.
+type Spill struct {
 	limit  int
 	create func() (spillFile, error)
 	mem    bytes.Buffer
@@ -41,7 +42,11 @@ type spill struct {
 	n      int64
 }
 
-func (s *spill) Write(p []byte) (int, error) {
+// NewSpill returns an empty Spill that moves to a temporary file in $TMPDIR beyond 4 MiB.
+// Close it to let go of the file.
+func NewSpill() *Spill { return &Spill{limit: spillLimit, create: tempSpillFile} }
+
+func (s *Spill) Write(p []byte) (int, error) {
 	if s.f == nil && s.create != nil && s.mem.Len()+len(p) > s.limit {
 		if f, err := s.create(); err == nil {
 			if _, err := f.Write(s.mem.Bytes()); err != nil {
@@ -73,18 +78,21 @@ func (s *spill) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// reader returns what was written, from its start.
-func (s *spill) reader() io.Reader {
+// Reader returns what was written, from its start.
+func (s *Spill) Reader() io.Reader {
 	if s.f != nil {
 		return io.NewSectionReader(s.f, 0, s.n)
 	}
 	return bytes.NewReader(s.mem.Bytes())
 }
 
-// onDisk reports whether the object is in a temporary file.
-func (s *spill) onDisk() bool { return s.f != nil }
+// OnDisk reports whether what was written is in a temporary file.
+func (s *Spill) OnDisk() bool { return s.f != nil }
 
-func (s *spill) Close() error {
+// Size is the number of bytes written.
+func (s *Spill) Size() int64 { return s.n }
+
+func (s *Spill) Close() error {
 	if s.f != nil {
 		return s.f.Close()
 	}

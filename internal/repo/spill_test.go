@@ -70,7 +70,7 @@ func TestSpillHoldsWhatWasWritten(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("TMPDIR", tc.tmp)
-			s := &spill{limit: tc.limit, create: tc.create}
+			s := &Spill{limit: tc.limit, create: tc.create}
 			defer s.Close()
 			for rest := data; len(rest) > 0; {
 				n := min(len(rest), 7000)
@@ -79,11 +79,11 @@ func TestSpillHoldsWhatWasWritten(t *testing.T) {
 				}
 				rest = rest[n:]
 			}
-			if s.onDisk() != tc.disk {
-				t.Fatalf("on disk %v, want %v", s.onDisk(), tc.disk)
+			if s.OnDisk() != tc.disk {
+				t.Fatalf("on disk %v, want %v", s.OnDisk(), tc.disk)
 			}
 			for range 2 {
-				got, err := io.ReadAll(s.reader())
+				got, err := io.ReadAll(s.Reader())
 				if err != nil || !bytes.Equal(got, data) {
 					t.Fatalf("read back %d of %d bytes: %v", len(got), len(data), err)
 				}

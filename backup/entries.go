@@ -1,0 +1,173 @@
+package backup
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+
+	"github.com/pgharbor/pgharbor/internal/repo"
+)
+
+// fileEntries collects a backup's manifest entries as its files are read. An entry lists every
+// extent of its file with the extent's SHA-256 and page hashes: about 300 bytes of JSON per
+// 128 KiB of relation files, gigabytes for a cluster of terabytes. So an entry is written out
+// (to a Spill: memory, then a temporary file) as soon as the sealers have hashed every bundle
+// its file lies in, and only what the rest of the backup needs of it stays: the file without
+// its extents. The manifest is assembled from the spill at the end.
+type fileEntries struct {
+	pending []File      // read, waiting for the sums of their extents, in the order read
+	lean    []File      // every file read, without extents, in the order read
+	json    *repo.Spill // entries written out, separated by commas, in the order read
+	written int         // entries in json
+	refs    map[string]bool
+	buf     []byte // entries on their way to json
+}
+
+// addFile records f, which the reader has finished, for the manifest, and writes out the
+// entries of the files whose sums are all in. Only the producer calls it.
+func (p *pipeline) addFile(f File) error {
+	l := f
+	l.Extents = nil
+	p.files.lean = append(p.files.lean, l)
+	p.files.pending = append(p.files.pending, f)
+	return p.writeEntries(false)
+}
+
+// endFiles writes out the entries of the files still waiting, once the pipeline is closed and
+// every sum is in, and returns what was collected. The caller closes its spill.
+func (p *pipeline) endFiles() (*fileEntries, error) {
+	if err := p.writeEntries(true); err != nil {
+		return nil, err
+	}
+	p.sums = nil
+	if p.files.json == nil {
+		p.files.json = repo.NewSpill()
+	}
+	if err := p.files.flush(); err != nil {
+		return nil, err
+	}
+	p.files.buf = nil
+	return &p.files, nil
+}
+
+// writeEntries writes out the entries of the files at the head of the queue whose extents'
+// sums are all in (with all, of every file: the pipeline is closed), filling the sums in.
+func (p *pipeline) writeEntries(all bool) error {
+	fe := &p.files
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for len(fe.pending) > 0 {
+		f := &fe.pending[0]
+		if !all && !p.summed(f) {
+			return nil
+		}
+		if err := p.takeSums(f); err != nil {
+			return err
+		}
+		if err := fe.write(f); err != nil {
+			return err
+		}
+		fe.pending[0] = File{}
+		fe.pending = fe.pending[1:]
+	}
+	fe.pending = nil // start the queue afresh, not at the end of an array only growing
+	return nil
+}
+
+// summed reports whether the sealers have hashed every extent of f that needs their sum.
+func (p *pipeline) summed(f *File) bool {
+	for _, e := range f.Extents {
+		if e.Backup == "" && e.SHA256.IsZero() && p.sums[e.Bundle] == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// takeSums fills in the digest of every extent of f the reader did not hash (and the page
+// hashes of the paged ones), and forgets each bundle's sums once all are taken.
+func (p *pipeline) takeSums(f *File) error {
+	for j := range f.Extents {
+		e := &f.Extents[j]
+		if e.Backup != "" || !e.SHA256.IsZero() {
+			continue // taken from an earlier backup, or hashed by the reader
+		}
+		bs := p.sums[e.Bundle]
+		var k int
+		ok := false
+		if bs != nil {
+			k, ok = slices.BinarySearch(bs.starts, e.Offset)
+		}
+		if !ok || bs.kinds[k] == extentKnown {
+			return fmt.Errorf("no SHA-256 for %s at bundle %d offset %d", f.Path, e.Bundle, e.Offset)
+		}
+		d := bs.sums[k]
+		e.SHA256 = d.digest
+		if d.pages != nil {
+			e.Pages, e.PageTree = d.pages, true
+		}
+		bs.sums[k] = extentSum{}
+		if bs.left--; bs.left == 0 {
+			delete(p.sums, e.Bundle)
+		}
+	}
+	return nil
+}
+
+// write appends f's entry to the spill, through buf.
+func (fe *fileEntries) write(f *File) error {
+	if fe.json == nil {
+		fe.json = repo.NewSpill()
+		fe.refs = map[string]bool{}
+	}
+	fb, err := json.Marshal(f)
+	if err != nil {
+		return fmt.Errorf("manifest entry of %s: %w", f.Path, err)
+	}
+	if fe.written > 0 {
+		fe.buf = append(fe.buf, ',')
+	}
+	fe.buf = append(fe.buf, fb...)
+	fe.written++
+	for _, e := range f.Extents {
+		if e.Backup != "" {
+			fe.refs[e.Backup] = true
+		}
+	}
+	if len(fe.buf) >= 64<<10 {
+		return fe.flush()
+	}
+	return nil
+}
+
+func (fe *fileEntries) flush() error {
+	if _, err := fe.json.Write(fe.buf); err != nil {
+		return fmt.Errorf("manifest entries: %w", err)
+	}
+	fe.buf = fe.buf[:0]
+	return nil
+}
+
+// references are the earlier backups whose bundles the entries name, sorted.
+func (fe *fileEntries) references() []string {
+	var out []string
+	for l := range fe.refs {
+		out = append(out, l)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// entries returns the spilled entries as the JSON list they make.
+func (fe *fileEntries) entries() io.Reader {
+	return io.MultiReader(bytes.NewReader([]byte{'['}), fe.json.Reader(), bytes.NewReader([]byte{']'}))
+}
+
+// close lets go of the spill's temporary file, if it made one.
+func (fe *fileEntries) close() {
+	if fe.json != nil {
+		fe.json.Close()
+	}
+}

@@ -1,0 +1,215 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/pgharbor/pgharbor/internal/repo"
+	"github.com/pgharbor/pgharbor/storage/fs"
+)
+
+// A file's manifest entry leaves memory as soon as the sealers have hashed the bundles it lies
+// in, not when the backup ends: however large the cluster, the backup holds the entries of
+// the files in the last few bundles only. The entries written out make the same manifest,
+// every file reassembling from its extents with their digests and page hashes.
+func TestManifestEntriesLeaveMemoryAsBundlesAreHashed(t *testing.T) {
+	r := memRepo(t)
+	// One sealer hashes the bundles in order, so how many files may wait is fixed; with more,
+	// it depends on how long one sealer is kept off a core while the others go on.
+	const bundle, workers = 64 << 10, 1
+	pages, err := newPageHasher(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPipeline(context.Background(), r, "A", bundle, workers, 2)
+	p.pages = pages
+	defer p.files.close()
+	rng := rand.New(rand.NewPCG(3, 4))
+	content := map[string][]byte{}
+	var paths []string
+	// Unhashed bundles are the one being filled, the ones the sealer holds and those queued
+	// for it (rawBundles in all, beside the one being filled); files of at least 40 KiB in 64
+	// KiB bundles touch at most 3 per bundle.
+	maxPending := (rawBundles(workers) + 1) * 3
+	for i := range 300 {
+		path := fmt.Sprintf("base/5/%d", 16384+i) // a relation file: its pages are hashed
+		n := (5 + rng.IntN(8)) * 8192
+		if i%3 == 0 {
+			path = fmt.Sprintf("pg_xact/%04d", i) // hashed whole
+			n = 40<<10 + rng.IntN(60<<10)
+		}
+		data := make([]byte, n)
+		for j := range data {
+			data[j] = byte(rng.Uint32() >> 28) // compressible
+		}
+		f := File{Path: path, Type: "file", Mode: 0o600, Size: int64(n), ModTime: time.Unix(1733270400, 0).UTC()}
+		if got, err := p.readFile(bytes.NewReader(data), &f); err != nil || got != int64(n) {
+			t.Fatalf("%s: read %d of %d: %v", path, got, n, err)
+		}
+		if err := p.addFile(f); err != nil {
+			t.Fatal(err)
+		}
+		if len(p.files.pending) > maxPending {
+			t.Fatalf("after %d files, %d wait for their sums (at most %d may)", i+1, len(p.files.pending), maxPending)
+		}
+		// Sums are held for the hashed bundles of the pending files only.
+		p.mu.Lock()
+		held := len(p.sums)
+		p.mu.Unlock()
+		if held > maxPending {
+			t.Fatalf("after %d files, the sums of %d bundles are held", i+1, held)
+		}
+		content[path], paths = data, append(paths, path)
+	}
+	if p.files.written < 300-maxPending {
+		t.Fatalf("%d of 300 entries written out before the end", p.files.written)
+	}
+	if _, err := p.close(); err != nil {
+		t.Fatal(err)
+	}
+	fe, err := p.endFiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fe.pending) != 0 || p.sums != nil {
+		t.Fatalf("%d files still pending, %d bundles' sums held after the end", len(fe.pending), len(p.sums))
+	}
+	var files []File
+	if err := json.NewDecoder(fe.entries()).Decode(&files); err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != len(paths) || len(fe.lean) != len(paths) {
+		t.Fatalf("%d entries and %d files listed for %d files read", len(files), len(fe.lean), len(paths))
+	}
+	paged := 0
+	for i, f := range files {
+		if f.Path != paths[i] || fe.lean[i].Path != paths[i] || fe.lean[i].Extents != nil || fe.lean[i].CRC != f.CRC {
+			t.Fatalf("entry %d is %s (listed as %s, CRC %x/%x), read as %s", i, f.Path, fe.lean[i].Path, fe.lean[i].CRC, f.CRC, paths[i])
+		}
+		got := reassemble(t, r, "A", f)
+		if string(got) != string(content[f.Path]) {
+			t.Fatalf("%s: reassembled %d bytes differ from the %d read", f.Path, len(got), len(content[f.Path]))
+		}
+		for _, e := range f.Extents {
+			if e.PageTree {
+				paged++
+				if len(e.Pages) != int(e.Length/8192)*PageHashSize {
+					t.Fatalf("%s: %d bytes of page hashes for %d bytes", f.Path, len(e.Pages), e.Length)
+				}
+			}
+		}
+	}
+	if paged == 0 {
+		t.Fatal("no extent carries page hashes")
+	}
+}
+
+// Entries beyond the spill's memory go to a temporary file and come back in order.
+func TestManifestEntriesSpillToATemporaryFile(t *testing.T) {
+	t.Setenv("TMPDIR", t.TempDir())
+	p := newPipeline(context.Background(), memRepo(t), "A", 64<<10, 2, 2)
+	defer p.files.close()
+	const n = 60000 // about 6 MB of entries
+	for i := range n {
+		if err := p.addFile(File{Path: fmt.Sprintf("base/5/%d_fsm", i), Type: "file", Mode: 0o600, ModTime: time.Unix(1733270400, 0).UTC()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := p.close(); err != nil {
+		t.Fatal(err)
+	}
+	fe, err := p.endFiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !fe.json.OnDisk() {
+		t.Fatalf("%d bytes of entries held in memory", fe.json.Size())
+	}
+	dec := json.NewDecoder(fe.entries())
+	if _, err := dec.Token(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; dec.More(); i++ {
+		var f File
+		if err := dec.Decode(&f); err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("base/5/%d_fsm", i); f.Path != want {
+			t.Fatalf("entry %d is %s, want %s", i, f.Path, want)
+		}
+		if i == n-1 {
+			return
+		}
+	}
+	t.Fatal("fewer entries than files")
+}
+
+// BenchmarkBackupEntriesMemory measures the live heap a backup's manifest entries take, from
+// the first file read to the manifest stored, for a cluster of 8 and of 32 GB of relation files
+// ("held": every entry kept until the end, as backups did before entries were written out).
+func BenchmarkBackupEntriesMemory(b *testing.B) {
+	ctx := context.Background()
+	for _, gb := range []int{8, 32} {
+		for _, held := range []bool{false, true} {
+			name := fmt.Sprintf("%dGB", gb)
+			if held {
+				name += "-held"
+			}
+			b.Run(name, func(b *testing.B) {
+				be, err := fs.New(b.TempDir())
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Setenv("TMPDIR", b.TempDir())
+				r := repoOn(b, be)
+				var peak uint64
+				i := 0
+				for b.Loop() {
+					label := fmt.Sprintf("20261205T%06dZ", i)
+					i++
+					stop := livePeak()
+					if err := storeSyntheticEntries(ctx, r, label, gb, held); err != nil {
+						b.Fatal(err)
+					}
+					peak = max(peak, stop())
+				}
+				b.ReportMetric(float64(peak)/(1<<20), "peak-MiB")
+			})
+		}
+	}
+}
+
+// storeSyntheticEntries passes the entries of syntheticFiles through a pipeline's file
+// entries (or, held, keeps them all) and stores the manifest.
+func storeSyntheticEntries(ctx context.Context, r *repo.Repo, label string, gb int, held bool) error {
+	p := newPipeline(ctx, r, label, 4<<20, 1, 1)
+	defer p.files.close()
+	m := &Manifest{Summary: Summary{Format: ManifestFormat, Label: label, Type: TypeFull}, PageKey: make([]byte, 32)}
+	var err error
+	syntheticFiles(gb, func(f File) {
+		if held {
+			m.FileList = append(m.FileList, f)
+		} else if err == nil {
+			err = p.addFile(f)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := p.close(); err != nil {
+		return err
+	}
+	if held {
+		return writeManifestTo(ctx, r, m)
+	}
+	fe, err := p.endFiles()
+	if err != nil {
+		return err
+	}
+	return writeManifestEntries(ctx, r, m, fe.entries())
+}
