@@ -107,6 +107,27 @@ func TestManifestEntriesLeaveMemoryAsBundlesAreHashed(t *testing.T) {
 	if paged == 0 {
 		t.Fatal("no extent carries page hashes")
 	}
+
+	// The manifest made from the entries is what json.Marshal makes of it, and reads back.
+	m := &Manifest{Summary: Summary{Format: ManifestFormat, Label: "A", Type: TypeFull, Files: len(files)}, PageKey: pages.key}
+	if err := writeManifestEntries(context.Background(), r, m, fe.entries()); err != nil {
+		t.Fatal(err)
+	}
+	m.FileList = files
+	want, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored, err := r.GetBytes(context.Background(), ManifestKey(r, "A")); err != nil || !bytes.Equal(stored, want) {
+		t.Fatalf("stored manifest of %d bytes is not json.Marshal's %d (%v)", len(stored), len(want), err)
+	}
+	got, err := ReadManifest(context.Background(), r, "A")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back, _ := json.Marshal(got); !bytes.Equal(back, want) {
+		t.Fatal("manifest read back differs")
+	}
 }
 
 // Entries beyond the spill's memory go to a temporary file and come back in order.
