@@ -317,6 +317,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	if err != nil {
 		return nil, err
 	}
+	defer b.close()
 	typ, parent := TypeFull, ""
 	if b != nil {
 		typ, parent = o.Type, b.label

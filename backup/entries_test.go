@@ -234,3 +234,104 @@ func storeSyntheticEntries(ctx context.Context, r *repo.Repo, label string, gb i
 	}
 	return writeManifestEntries(ctx, r, m, fe.entries())
 }
+
+// A parent's extents set aside by base come back as they were, from memory and from the
+// temporary file, and a damaged record is refused, never misread.
+func TestBaseSetsParentExtentsAsideAndReadsThemBack(t *testing.T) {
+	t.Setenv("TMPDIR", t.TempDir())
+	var files []File
+	syntheticFiles(3, func(f File) { files = append(files, f) }) // beyond the spill's memory
+	files[1].Extents[7].Backup, files[1].Extents[8].Backup = "20261201T000000Z", "20261202T000000Z"
+	files[2].Extents[0].Pages, files[2].Extents[0].PageTree = nil, false
+	files = append(files, File{Path: "PG_VERSION", Type: "file", Size: 3, CRC: 9, Extents: []Extent{{Bundle: 1 << 40, Offset: -1, Length: 3}}},
+		File{Path: "empty", Type: "file"}, File{Path: "base", Type: "dir"})
+	b := emptyBase(false)
+	defer b.close()
+	for i := range files {
+		if err := b.add(&files[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.setParent(&Manifest{Summary: Summary{Label: "20261203T000000Z"}})
+	if !b.extents.OnDisk() {
+		t.Fatalf("%d bytes of extents held in memory", b.extents.Size())
+	}
+	for _, want := range files {
+		got, err := b.file(fileKey{want.Tablespace, want.Path})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want.Type != "file" {
+			if got != nil {
+				t.Fatalf("%s (%s) listed as a file", want.Path, want.Type)
+			}
+			continue
+		}
+		wb, _ := json.Marshal(want)
+		gb, _ := json.Marshal(got)
+		if !bytes.Equal(wb, gb) {
+			t.Fatalf("%s read back differs", want.Path)
+		}
+	}
+	if f, err := b.file(fileKey{0, "missing"}); f != nil || err != nil {
+		t.Fatalf("a file the parent lacks: %v, %v", f, err)
+	}
+
+	rec := appendExtents(nil, files[1].Extents[:10])
+	for n := range len(rec) {
+		if _, err := b.decodeExtents(rec[:n]); err == nil {
+			t.Fatalf("a record cut to %d of %d bytes read without an error", n, len(rec))
+		}
+	}
+	if _, err := b.decodeExtents(append(rec, 0)); err == nil {
+		t.Fatal("a record with a byte too many read without an error")
+	}
+}
+
+// BenchmarkParentBaseMemory measures the live heap an incremental backup's parent takes
+// while it is read ("manifest": the whole manifest with page hashes, as backups held it
+// before base set the extents aside).
+func BenchmarkParentBaseMemory(b *testing.B) {
+	ctx := context.Background()
+	for _, gb := range []int{8, 32} {
+		be, err := fs.New(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		r := repoOn(b, be)
+		m := syntheticManifest(gb)
+		if err := writeManifestTo(ctx, r, m); err != nil {
+			b.Fatal(err)
+		}
+		m = nil
+		for _, whole := range []bool{false, true} {
+			name := fmt.Sprintf("%dGB", gb)
+			if whole {
+				name += "-manifest"
+			}
+			b.Run(name, func(b *testing.B) {
+				b.Setenv("TMPDIR", b.TempDir())
+				var peak uint64
+				for b.Loop() {
+					stop := livePeak()
+					if whole {
+						if _, err := ReadManifest(ctx, r, "20261204T000000Z"); err != nil {
+							b.Fatal(err)
+						}
+					} else {
+						base := emptyBase(true)
+						if _, err := readManifestFiles(ctx, r, "20261204T000000Z", true, base.add); err != nil {
+							b.Fatal(err)
+						}
+						if f, err := base.file(fileKey{0, "base/5/16384"}); err != nil || f == nil {
+							b.Fatal(f, err)
+						}
+						base.close()
+					}
+					peak = max(peak, stop())
+				}
+				b.ReportMetric(float64(peak)/(1<<20), "peak-MiB")
+			})
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash"
@@ -181,26 +182,188 @@ type fileKey struct {
 }
 
 // base is the backup a diff or incr backup compares its files with.
+//
+// The parent's extents, each with its digest and page hashes, come to about 1.5 MiB per GB of
+// relation files: gigabytes for a cluster of terabytes. So base keeps in memory only each
+// file without its extents, and the extents in a Spill (memory, then a temporary file) in a
+// compact binary form, read back one file at a time as the backup reaches it.
 type base struct {
 	label string
 	start time.Time
-	files map[fileKey]*File
+	files map[fileKey]baseFile
+	// extents holds each file's extents, encoded by appendExtents, where its baseFile says.
+	extents *repo.Spill
 	// trustMtime lets a local backup reuse a file's extents without reading it when size and
 	// modification time equal the parent's (false with ChecksumAll).
 	trustMtime bool
 	// pageKey keys the parent's page hashes (Manifest.PageKey); nil if it has none.
 	pageKey []byte
+	// labels interns the backup labels of extents read back: the same few, over and over.
+	labels map[string]string
+	buf    []byte
 }
 
-func newBase(m *Manifest, trustMtime bool) *base {
-	b := &base{label: m.Label, start: m.StartTime, files: make(map[fileKey]*File, len(m.FileList)), trustMtime: trustMtime, pageKey: m.PageKey}
-	for i := range m.FileList {
-		f := &m.FileList[i]
-		if f.Type == "file" {
-			b.files[fileKey{f.Tablespace, f.Path}] = f
+// baseFile is a file of the parent without its extents, and where they are in base.extents.
+type baseFile struct {
+	File
+	off int64
+	n   int
+}
+
+func emptyBase(trustMtime bool) *base {
+	return &base{files: map[fileKey]baseFile{}, extents: repo.NewSpill(), trustMtime: trustMtime, labels: map[string]string{}}
+}
+
+// setParent records what base needs of the parent's manifest beside its files.
+func (b *base) setParent(m *Manifest) {
+	b.label, b.start, b.pageKey = m.Label, m.StartTime, m.PageKey
+}
+
+// add records f, a file of the parent, and sets its extents aside.
+func (b *base) add(f *File) error {
+	if f.Type != "file" {
+		return nil
+	}
+	b.buf = appendExtents(b.buf[:0], f.Extents)
+	off := b.extents.Size()
+	if _, err := b.extents.Write(b.buf); err != nil {
+		return fmt.Errorf("set the parent's extents aside: %w", err)
+	}
+	lean := *f
+	lean.Extents = nil
+	b.files[fileKey{f.Tablespace, f.Path}] = baseFile{File: lean, off: off, n: len(b.buf)}
+	return nil
+}
+
+// file returns the parent's copy of the file at k, with its extents; nil if it has none.
+func (b *base) file(k fileKey) (*File, error) {
+	bf, ok := b.files[k]
+	if !ok {
+		return nil, nil
+	}
+	return b.load(bf)
+}
+
+func (b *base) load(bf baseFile) (*File, error) {
+	buf := make([]byte, bf.n)
+	if _, err := b.extents.ReadAt(buf, bf.off); err != nil {
+		return nil, fmt.Errorf("read back the parent's extents of %s: %w", bf.Path, err)
+	}
+	f := bf.File
+	var err error
+	if f.Extents, err = b.decodeExtents(buf); err != nil {
+		return nil, fmt.Errorf("read back the parent's extents of %s: %w", bf.Path, err)
+	}
+	return &f, nil
+}
+
+// close lets go of the temporary file of the parent's extents, if there is one.
+func (b *base) close() {
+	if b != nil {
+		b.extents.Close()
+	}
+}
+
+// appendExtents appends es to buf in base's binary form: a count, then per extent its owning
+// backup's label, bundle, offset, length, CRC, digest, page tree flag and page hashes.
+func appendExtents(buf []byte, es []Extent) []byte {
+	buf = binary.AppendUvarint(buf, uint64(len(es)))
+	for _, e := range es {
+		buf = binary.AppendUvarint(buf, uint64(len(e.Backup)))
+		buf = append(buf, e.Backup...)
+		buf = binary.AppendVarint(buf, int64(e.Bundle))
+		buf = binary.AppendVarint(buf, e.Offset)
+		buf = binary.AppendVarint(buf, e.Length)
+		buf = binary.LittleEndian.AppendUint32(buf, e.CRC)
+		buf = append(buf, e.SHA256[:]...)
+		var tree byte
+		if e.PageTree {
+			tree = 1
+		}
+		buf = append(buf, tree)
+		buf = binary.AppendUvarint(buf, uint64(len(e.Pages)))
+		buf = append(buf, e.Pages...)
+	}
+	return buf
+}
+
+// decodeExtents reads what appendExtents wrote. The page hashes point into buf.
+func (b *base) decodeExtents(buf []byte) ([]Extent, error) {
+	bad := errors.New("damaged extent list")
+	uvarint := func() (uint64, bool) {
+		v, n := binary.Uvarint(buf)
+		if n <= 0 {
+			return 0, false
+		}
+		buf = buf[n:]
+		return v, true
+	}
+	varint := func() (int64, bool) {
+		v, n := binary.Varint(buf)
+		if n <= 0 {
+			return 0, false
+		}
+		buf = buf[n:]
+		return v, true
+	}
+	bytesOf := func(n uint64) ([]byte, bool) {
+		if n > uint64(len(buf)) {
+			return nil, false
+		}
+		v := buf[:n:n]
+		buf = buf[n:]
+		return v, true
+	}
+	count, ok := uvarint()
+	if !ok || count > uint64(len(buf)) {
+		return nil, bad
+	}
+	var es []Extent
+	if count > 0 {
+		es = make([]Extent, count)
+	}
+	for i := range es {
+		e := &es[i]
+		n, ok := uvarint()
+		if !ok {
+			return nil, bad
+		}
+		label, ok := bytesOf(n)
+		if !ok {
+			return nil, bad
+		}
+		if len(label) > 0 {
+			l, seen := b.labels[string(label)]
+			if !seen {
+				l = string(label)
+				b.labels[l] = l
+			}
+			e.Backup = l
+		}
+		bundle, ok1 := varint()
+		off, ok2 := varint()
+		length, ok3 := varint()
+		if !ok1 || !ok2 || !ok3 || len(buf) < 4+len(e.SHA256)+1 {
+			return nil, bad
+		}
+		e.Bundle, e.Offset, e.Length = int(bundle), off, length
+		e.CRC = binary.LittleEndian.Uint32(buf)
+		copy(e.SHA256[:], buf[4:])
+		e.PageTree = buf[4+len(e.SHA256)] == 1
+		buf = buf[4+len(e.SHA256)+1:]
+		if n, ok = uvarint(); !ok {
+			return nil, bad
+		}
+		if n > 0 {
+			if e.Pages, ok = bytesOf(n); !ok {
+				return nil, bad
+			}
 		}
 	}
-	return b
+	if len(buf) != 0 {
+		return nil, bad
+	}
+	return es, nil
 }
 
 // ref is the parent's extent e as a child backup points at it: it names the backup that
@@ -216,15 +379,15 @@ func (b *base) ref(e Extent) Extent {
 // the file: same size and modification time, and a modification time safely before the
 // parent started (a write during or after the parent's read would have moved it). Never for
 // pg_control, which PostgreSQL rewrites in place.
-func (b *base) unchanged(f *File) *File {
+func (b *base) unchanged(f *File) (*File, error) {
 	if b == nil || !b.trustMtime || (f.Tablespace == 0 && f.Path == "global/pg_control") {
-		return nil
+		return nil, nil
 	}
-	prev := b.files[fileKey{f.Tablespace, f.Path}]
-	if prev == nil || prev.Size != f.Size || !prev.ModTime.Equal(f.ModTime) || !f.ModTime.Before(b.start.Add(-mtimeMargin)) {
-		return nil
+	prev, ok := b.files[fileKey{f.Tablespace, f.Path}]
+	if !ok || prev.Size != f.Size || !prev.ModTime.Equal(f.ModTime) || !f.ModTime.Before(b.start.Add(-mtimeMargin)) {
+		return nil, nil
 	}
-	return prev
+	return b.load(prev)
 }
 
 // reuse fills f from the parent's copy prev.
@@ -255,7 +418,11 @@ func (p *pipeline) readFile(r io.Reader, f *File) (int64, error) {
 	chunk := p.chunkSize()
 	var prev []placed
 	if p.base != nil {
-		if pf := p.base.files[fileKey{f.Tablespace, f.Path}]; pf != nil && pf.Chunk == chunk {
+		pf, err := p.base.file(fileKey{f.Tablespace, f.Path})
+		if err != nil {
+			return 0, err
+		}
+		if pf != nil && pf.Chunk == chunk {
 			prev = place(pf.Extents)
 		}
 	}
@@ -526,9 +693,12 @@ func chooseBase(ctx context.Context, r *repo.Repo, typ string, facts serverFacts
 		log.Warn(fmt.Sprintf("the newest %s %s is of PostgreSQL %d, the server runs %d: taking a full backup instead of %s", want, parent.Label, parent.PGVersion/10000, facts.version/10000, typ))
 		return nil, nil
 	}
-	m, err := ReadManifest(ctx, r, parent.Label)
+	b := emptyBase(!checksumAll)
+	m, err := readManifestFiles(ctx, r, parent.Label, true, b.add)
 	if err != nil {
+		b.close()
 		return nil, fmt.Errorf("read the parent backup: %w", err)
 	}
-	return newBase(m, !checksumAll), nil
+	b.setParent(m)
+	return b, nil
 }

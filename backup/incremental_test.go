@@ -15,6 +15,18 @@ import (
 	"github.com/pgharbor/pgharbor/internal/repo"
 )
 
+// newBase is the base of parent m, read in full.
+func newBase(m *Manifest, trustMtime bool) *base {
+	b := emptyBase(trustMtime)
+	for i := range m.FileList {
+		if err := b.add(&m.FileList[i]); err != nil {
+			panic(err)
+		}
+	}
+	b.setParent(m)
+	return b
+}
+
 // storeFiles writes files (path → content) through a pipeline of backup label with parent
 // base (nil: full) and returns the manifest it would write.
 func storeFiles(t *testing.T, r *repo.Repo, label string, b *base, bundle int, paths []string, content map[string][]byte) *Manifest {
@@ -189,12 +201,16 @@ func TestUnchangedTrustsMtimeOnlyWellBeforeTheParentStarted(t *testing.T) {
 		{File{Path: "base/5/3", Size: 8192, ModTime: old}, false},
 	}
 	for _, c := range cases {
-		if got := b.unchanged(&c.f) != nil; got != c.want {
+		prev, err := b.unchanged(&c.f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := prev != nil; got != c.want {
 			t.Errorf("%s size %d mtime %s: unchanged %v, want %v", c.f.Path, c.f.Size, c.f.ModTime, got, c.want)
 		}
 	}
-	if newBase(m, false).unchanged(&cases[0].f) != nil {
-		t.Error("checksum-all trusted an mtime")
+	if prev, err := newBase(m, false).unchanged(&cases[0].f); prev != nil || err != nil {
+		t.Errorf("checksum-all trusted an mtime (%v)", err)
 	}
 }
 

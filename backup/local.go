@@ -404,7 +404,11 @@ func readLocal(ctx context.Context, conn *pgx.Conn, dir, label string, o Options
 // In a diff or incr backup, a file whose size and modification time show it unchanged since
 // the parent is taken from the parent without being read (base.unchanged).
 func readLocalFile(p *pipeline, f *File, abs string, checkPages bool, startLSN uint64, throttled func(io.Reader) io.Reader) (bool, error) {
-	if prev := p.base.unchanged(f); prev != nil {
+	prev, err := p.base.unchanged(f)
+	if err != nil {
+		return false, err
+	}
+	if prev != nil {
 		p.reuse(f, prev)
 		return true, nil
 	}

@@ -222,10 +222,18 @@ func ReadManifestWithoutPageHashes(ctx context.Context, r *repo.Repo, label stri
 }
 
 func readManifest(ctx context.Context, r *repo.Repo, label string, keepPages bool) (*Manifest, error) {
+	return readManifestFiles(ctx, r, label, keepPages, nil)
+}
+
+// readManifestFiles reads a complete backup's manifest. With each, it passes each file to each
+// as it is decoded instead of listing it in FileList; each must not keep f. What each made of
+// the files is valid only if readManifestFiles returns no error: the object's tag or signature
+// is checked at its end.
+func readManifestFiles(ctx context.Context, r *repo.Repo, label string, keepPages bool, each func(f *File) error) (*Manifest, error) {
 	var m *Manifest
 	err := r.GetStreamed(ctx, path.Join(BackupPrefix(r, label), manifestName), func(rd io.Reader) error {
 		var err error
-		m, err = decodeManifest(rd, keepPages)
+		m, err = decodeManifestFiles(rd, keepPages, each)
 		return err
 	})
 	if err != nil {
@@ -325,6 +333,12 @@ func encodeManifest(w io.Writer, m *Manifest) error {
 // without keepPages it leaves out the extents' page hashes (Extent.Pages), which only the
 // next incremental backup compares, and which are over half of what an extent holds.
 func decodeManifest(rd io.Reader, keepPages bool) (*Manifest, error) {
+	return decodeManifestFiles(rd, keepPages, nil)
+}
+
+// decodeManifestFiles is decodeManifest; with each, it passes each file to each instead of
+// listing it.
+func decodeManifestFiles(rd io.Reader, keepPages bool, each func(*File) error) (*Manifest, error) {
 	dec := json.NewDecoder(rd)
 	if err := expectDelim(dec, '{'); err != nil {
 		return nil, err
@@ -361,9 +375,15 @@ func decodeManifest(rd io.Reader, keepPages bool) (*Manifest, error) {
 			return nil, fmt.Errorf("decode manifest: file_list is %v, not a list", t)
 		}
 		files = []File{}
+		var one File
 		for dec.More() {
-			files = append(files, File{})
-			f := &files[len(files)-1]
+			f := &one
+			if each == nil {
+				files = append(files, File{})
+				f = &files[len(files)-1]
+			} else {
+				one = File{}
+			}
 			if err := dec.Decode(f); err != nil {
 				return nil, err
 			}
@@ -371,6 +391,12 @@ func decodeManifest(rd io.Reader, keepPages bool) (*Manifest, error) {
 				for i := range f.Extents {
 					f.Extents[i].Pages = nil
 				}
+			}
+			if each != nil {
+				if err := each(f); err != nil {
+					return nil, err
+				}
+				continue
 			}
 			if n := len(f.Extents); cap(f.Extents)-n > n/8 {
 				// The decoder grows the list as append does; a large file's list is kept

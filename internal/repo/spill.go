@@ -86,6 +86,14 @@ func (s *Spill) Reader() io.Reader {
 	return bytes.NewReader(s.mem.Bytes())
 }
 
+// ReadAt reads what was written at off.
+func (s *Spill) ReadAt(p []byte, off int64) (int, error) {
+	if s.f != nil {
+		return s.f.ReadAt(p, off)
+	}
+	return bytes.NewReader(s.mem.Bytes()).ReadAt(p, off)
+}
+
 // OnDisk reports whether what was written is in a temporary file.
 func (s *Spill) OnDisk() bool { return s.f != nil }
 
