@@ -511,10 +511,16 @@ func (x *executor) removeExtra(root string, keep map[string]bool) error {
 	return nil
 }
 
+// piece is the extent ext of file file of the manifest (indexes, not a copy: a restore of a
+// large cluster holds millions), which starts at off in its file.
 type piece struct {
-	file int
-	ext  backup.Extent
-	off  int64 // where the piece starts in its file
+	file, ext int32
+	off       int64
+}
+
+// extent is the manifest's extent pc names.
+func (x *executor) extent(pc piece) *backup.Extent {
+	return &x.m.FileList[pc.file].Extents[pc.ext]
 }
 
 // bundleRef names a bundle: the backup that stored it and its number. A diff or incr
@@ -538,7 +544,7 @@ func (x *executor) fetch(ctx context.Context) error {
 		for j, e := range f.Extents {
 			if x.kept[i] == nil || !x.kept[i][j] {
 				k := bundleRef{e.Owner(x.m.Label), e.Bundle}
-				byBundle[k] = append(byBundle[k], piece{file: i, ext: e, off: off})
+				byBundle[k] = append(byBundle[k], piece{file: int32(i), ext: int32(j), off: off})
 			}
 			off += e.Length
 		}
@@ -558,7 +564,7 @@ func (x *executor) fetch(ctx context.Context) error {
 	g.SetLimit(x.o.Workers)
 	for _, b := range interleave(bundles, x.o.Workers) {
 		pieces := byBundle[b]
-		sort.Slice(pieces, func(i, j int) bool { return pieces[i].ext.Offset < pieces[j].ext.Offset })
+		sort.Slice(pieces, func(i, j int) bool { return x.extent(pieces[i]).Offset < x.extent(pieces[j]).Offset })
 		g.Go(func() error { return x.writeBundle(gctx, b, pieces) })
 	}
 	return g.Wait()
@@ -610,13 +616,14 @@ func (x *executor) writeBundle(ctx context.Context, b bundleRef, pieces []piece)
 		}
 	}()
 	for _, pc := range pieces {
-		if pc.ext.Offset < pos {
+		e := x.extent(pc)
+		if e.Offset < pos {
 			return fmt.Errorf("backup %s: bundle %d of backup %s: overlapping pieces in the manifest", x.m.Label, b.n, b.label)
 		}
-		if _, err := br.Discard(int(pc.ext.Offset - pos)); err != nil {
+		if _, err := br.Discard(int(e.Offset - pos)); err != nil {
 			return fmt.Errorf("read %s%s: %w", x.r.Location(key), x.ownerNote(b.label), err)
 		}
-		pos = pc.ext.Offset
+		pos = e.Offset
 		f := x.m.FileList[pc.file]
 		p := x.filePath(f)
 		if p != open {
@@ -635,7 +642,7 @@ func (x *executor) writeBundle(ctx context.Context, b bundleRef, pieces []piece)
 		fileOff := pc.off
 		pieceOff := fileOff
 		crc := uint32(0)
-		left := pc.ext.Length
+		left := e.Length
 		for left > 0 {
 			chunk := buf[:min(int64(len(buf)), left)]
 			if _, err := io.ReadFull(br, chunk); err != nil {
@@ -657,13 +664,13 @@ func (x *executor) writeBundle(ctx context.Context, b bundleRef, pieces []piece)
 		// the tail, instead of for every byte written (with a large page cache nothing
 		// reaches the disk on its own until long after the restore wrote it).
 		if x.flush != nil {
-			startWriteback(fh, pieceOff, pc.ext.Length)
-			x.flush.wrote(p, pieceOff, pc.ext.Length)
+			startWriteback(fh, pieceOff, e.Length)
+			x.flush.wrote(p, pieceOff, e.Length)
 		}
-		if crc != pc.ext.CRC {
+		if crc != e.CRC {
 			return fmt.Errorf("backup %s: %s: checksum mismatch in a piece from %s%s: the object is damaged (run `pgharbor verify --backup %s`)", x.m.Label, f.Path, x.r.Location(key), x.ownerNote(b.label), x.m.Label)
 		}
-		pos += pc.ext.Length
+		pos += e.Length
 	}
 	if fh != nil {
 		err := fh.Close()
