@@ -10,6 +10,12 @@ import (
 	"github.com/pgharbor/pgharbor/internal/repo"
 )
 
+// spillInMemory is how much of the file entries, and of an incremental's parent's extents,
+// a backup keeps in memory before it moves them to a temporary file: the bytes of small
+// clusters' backups never touch the disk, and those of large ones do not add to the backup's
+// peak memory, which the bundles in flight set.
+const spillInMemory = 1 << 20
+
 // fileEntries collects a backup's manifest entries as its files are read. An entry lists every
 // extent of its file with the extent's SHA-256 and page hashes: about 300 bytes of JSON per
 // 128 KiB of relation files, gigabytes for a cluster of terabytes. So an entry is written out
@@ -43,7 +49,7 @@ func (p *pipeline) endFiles() (*fileEntries, error) {
 	}
 	p.sums = nil
 	if p.files.json == nil {
-		p.files.json = repo.NewSpill()
+		p.files.json = repo.NewSpill(spillInMemory)
 	}
 	if err := p.files.flush(); err != nil {
 		return nil, err
@@ -116,26 +122,51 @@ func (p *pipeline) takeSums(f *File) error {
 	return nil
 }
 
-// write appends f's entry to the spill, through buf.
+// write appends f's entry to the spill, through buf, as json.Marshal makes it. It is made
+// an extent at a time: the entry of a 1 GB segment is megabytes, which json.Marshal would
+// build whole (and keep the buffer of in its pool).
 func (fe *fileEntries) write(f *File) error {
 	if fe.json == nil {
-		fe.json = repo.NewSpill()
+		fe.json = repo.NewSpill(spillInMemory)
 		fe.refs = map[string]bool{}
-	}
-	fb, err := json.Marshal(f)
-	if err != nil {
-		return fmt.Errorf("manifest entry of %s: %w", f.Path, err)
 	}
 	if fe.written > 0 {
 		fe.buf = append(fe.buf, ',')
 	}
-	fe.buf = append(fe.buf, fb...)
-	fe.written++
-	for _, e := range f.Extents {
-		if e.Backup != "" {
-			fe.refs[e.Backup] = true
-		}
+	lean := *f
+	lean.Extents = nil
+	head, err := json.Marshal(&lean)
+	if err != nil {
+		return fmt.Errorf("manifest entry of %s: %w", f.Path, err)
 	}
+	if len(f.Extents) == 0 {
+		fe.buf = append(fe.buf, head...)
+	} else {
+		// Extents is File's last field, left out when empty: the entry is the head without
+		// its closing brace, then the list.
+		fe.buf = append(append(fe.buf, head[:len(head)-1]...), `,"extents":[`...)
+		for i := range f.Extents {
+			e := &f.Extents[i]
+			if e.Backup != "" {
+				fe.refs[e.Backup] = true
+			}
+			eb, err := json.Marshal(e)
+			if err != nil {
+				return fmt.Errorf("manifest entry of %s: %w", f.Path, err)
+			}
+			if i > 0 {
+				fe.buf = append(fe.buf, ',')
+			}
+			fe.buf = append(fe.buf, eb...)
+			if len(fe.buf) >= 64<<10 {
+				if err := fe.flush(); err != nil {
+					return err
+				}
+			}
+		}
+		fe.buf = append(fe.buf, "]}"...)
+	}
+	fe.written++
 	if len(fe.buf) >= 64<<10 {
 		return fe.flush()
 	}

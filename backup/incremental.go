@@ -211,7 +211,7 @@ type baseFile struct {
 }
 
 func emptyBase(trustMtime bool) *base {
-	return &base{files: map[fileKey]baseFile{}, extents: repo.NewSpill(), trustMtime: trustMtime, labels: map[string]string{}}
+	return &base{files: map[fileKey]baseFile{}, extents: repo.NewSpill(spillInMemory), trustMtime: trustMtime, labels: map[string]string{}}
 }
 
 // setParent records what base needs of the parent's manifest beside its files.

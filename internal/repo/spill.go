@@ -42,9 +42,9 @@ type Spill struct {
 	n      int64
 }
 
-// NewSpill returns an empty Spill that moves to a temporary file in $TMPDIR beyond 4 MiB.
-// Close it to let go of the file.
-func NewSpill() *Spill { return &Spill{limit: spillLimit, create: tempSpillFile} }
+// NewSpill returns an empty Spill that moves to a temporary file in $TMPDIR beyond limit
+// bytes. Close it to let go of the file.
+func NewSpill(limit int) *Spill { return &Spill{limit: limit, create: tempSpillFile} }
 
 func (s *Spill) Write(p []byte) (int, error) {
 	if s.f == nil && s.create != nil && s.mem.Len()+len(p) > s.limit {
