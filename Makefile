@@ -7,6 +7,12 @@ PKGS    := ./...
 # 2-core machines this runs on. -count=1: internal/e2e builds the binary itself, which the
 # test cache cannot see.
 TESTFLAGS ?= -p 2 -count=1 -timeout 20m
+# cloud.google.com/go/storage links its gRPC client's DirectPath support (gRPC xDS with the
+# Envoy protos, RLS) unless built with disable_grpc_modules. pgharbor talks to GCS over the
+# JSON API, so every build and test here leaves them out: their initialisers cost every
+# pgharbor process memory (bench/backup/README.md). Building by hand: go build -tags
+# disable_grpc_modules ./cmd/pgharbor.
+export GOFLAGS += -tags=disable_grpc_modules
 
 .PHONY: all build setup test test-short demo bench lint fuzz clean
 
@@ -25,6 +31,8 @@ test: setup
 	# A build without cgo has the pure-Go zstd encoder only: it must build and seal.
 	CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/pgharbor
 	CGO_ENABLED=0 $(GO) test -count=1 -run 'DataSealer|Encoder' ./storage/codec/
+	# The build leaves gRPC DirectPath out (GOFLAGS above).
+	if $(GO) list -deps ./cmd/pgharbor | grep -q 'google.golang.org/grpc/xds'; then echo "gRPC xDS is linked into pgharbor" >&2; exit 1; fi
 	set -o pipefail; $(GO) test -json $(TESTFLAGS) $(PKGS) | $(GO) run ./internal/testsummary
 
 test-short:

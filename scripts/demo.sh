@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 BIN=$(pwd)/bin/pgharbor
-[ -x "$BIN" ] || go build -o "$BIN" ./cmd/pgharbor
+[ -x "$BIN" ] || go build -tags disable_grpc_modules -o "$BIN" ./cmd/pgharbor
 
 WORK=$(mktemp -d /tmp/pgharbor-demo-XXXXXX)
 chmod 755 "$WORK"

@@ -56,7 +56,7 @@
 #   BENCH_SCALE=100 BENCH_RANDOM_MB=800 BENCH_ROUNDS=3 BENCH_WAL_MB=1300 BENCH_WAL_SYNC=1
 #   BENCH_SHAPE=toast|inline  BENCH_INLINE_RND=1024 BENCH_INLINE_TXT=512
 #   BENCH_PARTS="backup restore wal"   PGBIN=/usr/lib/postgresql/15/bin
-#   PGHARBOR_BIN=path (default: go build -o bench/bin/pgharbor ./cmd/pgharbor)
+#   PGHARBOR_BIN=path (default: go build -tags disable_grpc_modules -o bench/bin/pgharbor ./cmd/pgharbor)
 #   PGHARBOR_BASE_BIN=path: also back up with this other pgharbor build, same settings and
 #     repository, in the same rounds ("pgharbor, base build"; ratios against it): a paired
 #     comparison of two builds on one data set
@@ -107,7 +107,7 @@ HARBOR_BIN=${PGHARBOR_BIN:-$REPO/bench/bin/pgharbor}
 if [ -z "${PGHARBOR_BIN:-}" ]; then
 	log "building bench/bin/pgharbor"
 	mkdir -p "$REPO/bench/bin"
-	(cd "$REPO" && go build -o bench/bin/pgharbor ./cmd/pgharbor) || die "go build ./cmd/pgharbor failed"
+	(cd "$REPO" && go build -tags disable_grpc_modules -o bench/bin/pgharbor ./cmd/pgharbor) || die "go build ./cmd/pgharbor failed"
 fi
 [ -x "$HARBOR_BIN" ] || die "$HARBOR_BIN is not executable"
 

@@ -15,7 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 GW=${VERSITYGW:-$(command -v versitygw || echo "$HOME/go/bin/versitygw")}
 [ -x "$GW" ] || { echo "versitygw not found; go install github.com/versity/versitygw/cmd/versitygw@v1.8.0" >&2; exit 2; }
 mkdir -p bench/bin
-go build -o bench/bin/pgharbor ./cmd/pgharbor
+go build -tags disable_grpc_modules -o bench/bin/pgharbor ./cmd/pgharbor
 go build -o bench/bin/expire-bench ./bench/expire
 bench/bin/expire-bench -versitygw "$GW" -pgharbor bench/bin/pgharbor \
 	-wal "${WAL_OBJECTS:-20000}" -backups "${BACKUPS:-30}" -bundles "${BUNDLES:-20}" -full-count "${FULL_COUNT:-1}" \

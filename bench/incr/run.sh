@@ -41,7 +41,7 @@
 #   BENCH_SCALE=100 BENCH_RANDOM_MB=800 BENCH_ROUNDS=3 BENCH_CHANGE_PCT=1
 #   BENCH_PARTS="block restore" (drop "block" to skip pgBackRest block incremental, "restore"
 #   to skip step 4)   PGBIN=/usr/lib/postgresql/15/bin
-#   PGHARBOR_BIN=path (default: go build -o bench/bin/pgharbor ./cmd/pgharbor)
+#   PGHARBOR_BIN=path (default: go build -tags disable_grpc_modules -o bench/bin/pgharbor ./cmd/pgharbor)
 #   KEEP=1 (keep the work dir under /tmp)
 # Output: the table on stdout; raw numbers in bench/results/incr-<UTC>.txt.
 # Needs: postgresql-15, pgbackrest, python3, Go. Runs as root (tools run as postgres) or as a
@@ -73,7 +73,7 @@ HARBOR_BIN=${PGHARBOR_BIN:-$REPO/bench/bin/pgharbor}
 if [ -z "${PGHARBOR_BIN:-}" ]; then
 	log "building bench/bin/pgharbor"
 	mkdir -p "$REPO/bench/bin"
-	(cd "$REPO" && go build -o bench/bin/pgharbor ./cmd/pgharbor) || die "go build ./cmd/pgharbor failed"
+	(cd "$REPO" && go build -tags disable_grpc_modules -o bench/bin/pgharbor ./cmd/pgharbor) || die "go build ./cmd/pgharbor failed"
 fi
 [ -x "$HARBOR_BIN" ] || die "$HARBOR_BIN is not executable"
 

@@ -133,7 +133,7 @@ if [[ " $TARGETS " == *" pgharbor "* ]]; then
 	if [ -z "${PGHARBOR_BIN:-}" ]; then
 		log "building pgharbor"
 		mkdir -p "$REPO/bench/bin"
-		(cd "$REPO" && go build -o bench/bin/pgharbor ./cmd/pgharbor) || die "go build ./cmd/pgharbor failed"
+		(cd "$REPO" && go build -tags disable_grpc_modules -o bench/bin/pgharbor ./cmd/pgharbor) || die "go build ./cmd/pgharbor failed"
 	fi
 	if ! "$HARBOR_BIN" pool --help >/dev/null 2>&1; then
 		log "warning: this pgharbor has no 'pool' command yet; skipping the pgharbor target"

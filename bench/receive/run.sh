@@ -36,7 +36,7 @@ as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 
 HARBOR_BIN=${PGHARBOR_BIN:-$REPO/bench/bin/pgharbor}
 if [ -z "${PGHARBOR_BIN:-}" ]; then
-	(cd "$REPO" && go build -o bench/bin/pgharbor ./cmd/pgharbor) || die "go build failed"
+	(cd "$REPO" && go build -tags disable_grpc_modules -o bench/bin/pgharbor ./cmd/pgharbor) || die "go build failed"
 fi
 WORK=$(mktemp -d /tmp/pgharbor-bench-receive-XXXXXX)
 chmod 755 "$WORK"

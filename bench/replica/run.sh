@@ -67,7 +67,7 @@ HARBOR_BIN=${PGHARBOR_BIN:-$REPO/bench/bin/pgharbor}
 if [ -z "${PGHARBOR_BIN:-}" ]; then
 	log "building bench/bin/pgharbor"
 	mkdir -p "$REPO/bench/bin"
-	(cd "$REPO" && go build -o bench/bin/pgharbor ./cmd/pgharbor) || die "go build ./cmd/pgharbor failed"
+	(cd "$REPO" && go build -tags disable_grpc_modules -o bench/bin/pgharbor ./cmd/pgharbor) || die "go build ./cmd/pgharbor failed"
 fi
 [ -x "$HARBOR_BIN" ] || die "$HARBOR_BIN is not executable"
 

@@ -27,7 +27,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-go build -o "$work/pgharbor" ./cmd/pgharbor
+go build -tags disable_grpc_modules -o "$work/pgharbor" ./cmd/pgharbor
 bin="$work/pgharbor"
 recipient=$("$bin" keygen --out "$work/identity.txt")
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -291,7 +291,7 @@ func buildWithHooks(t *testing.T) string {
 	if _, err := os.Stat(bin); err == nil {
 		return bin
 	}
-	out, err := exec.Command("go", "build", "-tags", "pgharbor_testhooks", "-o", bin, "github.com/pgharbor/pgharbor/cmd/pgharbor").CombinedOutput()
+	out, err := exec.Command("go", "build", "-tags", "pgharbor_testhooks,disable_grpc_modules", "-o", bin, "github.com/pgharbor/pgharbor/cmd/pgharbor").CombinedOutput()
 	if err != nil {
 		t.Fatalf("build with hooks: %v\n%s", err, out)
 	}

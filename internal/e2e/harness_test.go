@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 	}
 	os.Chmod(dir, 0o755)
 	binary = filepath.Join(dir, "pgharbor")
-	out, err := exec.Command("go", "build", "-o", binary, "github.com/pgharbor/pgharbor/cmd/pgharbor").CombinedOutput()
+	out, err := exec.Command("go", "build", "-tags", "disable_grpc_modules", "-o", binary, "github.com/pgharbor/pgharbor/cmd/pgharbor").CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build pgharbor: %v\n%s", err, out)
 		os.Exit(1)
