@@ -40,6 +40,36 @@ type Verifier struct {
 	mu      sync.Mutex
 	intact  map[pieceAt]pieceSum
 	labels  map[string]uint32 // backup labels numbered, for small keys in intact
+	// needed, once Expect is called, holds the backups whose pieces are worth remembering:
+	// those a backup still to be verified points into. nil: every backup's.
+	needed map[string]bool
+}
+
+// Expect tells v the backups still to be verified in this run, the next one first. From
+// then on v remembers only the pieces of backups that one of them points into (a full backup
+// no incremental of the run references is not remembered at all), and forgets at once those
+// no backup to come points into: a run over a whole repository holds the pieces of one chain
+// at a time at most, not of every backup. Call it before each Verify of a run.
+func (v *Verifier) Expect(todo []Summary) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.needed = map[string]bool{}
+	for _, b := range todo {
+		for _, l := range b.References {
+			v.needed[l] = true
+		}
+	}
+	keep := map[uint32]bool{}
+	for l, n := range v.labels {
+		keep[n] = v.needed[l]
+	}
+	kept := make(map[pieceAt]pieceSum)
+	for k, s := range v.intact {
+		if keep[k.label] {
+			kept[k] = s
+		}
+	}
+	v.intact = kept // a new map: deleting from the old one would not give its memory back
 }
 
 // pieceAt is where a piece is: a backup (numbered in Verifier.labels), one of its bundles
@@ -94,6 +124,9 @@ func (v *Verifier) known(label string, n int, e Extent) bool {
 func (v *Verifier) remember(label string, n int, es []Extent) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if v.needed != nil && !v.needed[label] {
+		return
+	}
 	for _, e := range es {
 		v.intact[v.at(label, n, e)] = sumOf(e)
 	}

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -196,6 +198,48 @@ func TestVerifierReadsWholePiecesOfAChainOnce(t *testing.T) {
 	// Once for A, once for the parts of chunk 5 that B points at, once for chunk 6 and C.
 	if got := cb.reads[BundleKey(r, "A", 0)]; got != 3 {
 		t.Errorf("bundle 0 of A read %d times, want 3", got)
+	}
+
+	// The same run told what is still to come reads the same, remembers only the pieces of
+	// backups a later one points into, and ends holding none.
+	firstRun := maps.Clone(cb.reads)
+	clear(cb.reads)
+	chain := []Summary{full.Summary, incr1.Summary, incr2.Summary}
+	if len(incr2.References) == 0 {
+		t.Fatal("C references no backup")
+	}
+	v = NewVerifier(r, 2)
+	for i, b := range chain {
+		v.Expect(chain[i:])
+		if _, err := v.Verify(ctx, b.Label); err != nil {
+			t.Fatalf("verify %s: %v", b.Label, err)
+		}
+		for k := range v.intact {
+			for l, n := range v.labels {
+				if n == k.label && !slices.ContainsFunc(chain[i:], func(s Summary) bool { return slices.Contains(s.References, l) }) {
+					t.Fatalf("after %s, pieces of %s are remembered, which neither it nor a later backup references", b.Label, l)
+				}
+			}
+		}
+		if i == 0 && len(v.intact) == 0 {
+			t.Fatal("the pieces of A, which B points into, were not remembered")
+		}
+	}
+	v.Expect(nil) // the run is over
+	if len(v.intact) != 0 {
+		t.Fatalf("%d pieces remembered after the run", len(v.intact))
+	}
+	if !maps.Equal(cb.reads, firstRun) {
+		t.Fatalf("reads %v, the run without Expect read %v", cb.reads, firstRun)
+	}
+	// A run over A alone, which nothing to come references, remembers nothing of it.
+	v = NewVerifier(r, 2)
+	v.Expect(chain[:1])
+	if _, err := v.Verify(ctx, "A"); err != nil {
+		t.Fatal(err)
+	}
+	if len(v.intact) != 0 {
+		t.Fatalf("%d pieces of A remembered with no backup to come", len(v.intact))
 	}
 
 	// Alone, C's verify reads what it needs of A (and B) itself.

@@ -232,7 +232,8 @@ func (a *app) runVerify(ctx context.Context, label string, workers int) ([]*back
 	// One Verifier for the run, oldest backup first: a bundle that several backups of a
 	// chain point into is read once.
 	v := backup.NewVerifier(r, workers)
-	for _, b := range todo {
+	for i, b := range todo {
+		v.Expect(todo[i:])
 		res, err := v.Verify(ctx, b.Label)
 		if err != nil {
 			return nil, err
