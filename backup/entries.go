@@ -62,14 +62,18 @@ func (p *pipeline) endFiles() (*fileEntries, error) {
 // sums are all in (with all, of every file: the pipeline is closed), filling the sums in.
 func (p *pipeline) writeEntries(all bool) error {
 	fe := &p.files
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	for len(fe.pending) > 0 {
 		f := &fe.pending[0]
+		// The sealers record sums under p.mu: it is held to take them, not while the
+		// entry (megabytes for a 1 GB segment) is written.
+		p.mu.Lock()
 		if !all && !p.summed(f) {
+			p.mu.Unlock()
 			return nil
 		}
-		if err := p.takeSums(f); err != nil {
+		err := p.takeSums(f)
+		p.mu.Unlock()
+		if err != nil {
 			return err
 		}
 		if err := fe.write(f); err != nil {
