@@ -376,6 +376,7 @@ func decodeManifestFiles(rd io.Reader, keepPages bool, each func(*File) error) (
 		}
 		files = []File{}
 		var one File
+		labels := map[string]string{}
 		for dec.More() {
 			f := &one
 			if each == nil {
@@ -397,6 +398,17 @@ func decodeManifestFiles(rd io.Reader, keepPages bool, each func(*File) error) (
 					return nil, err
 				}
 				continue
+			}
+			// An incremental's extents name the backups holding them, a few labels over
+			// and over: one string each, not one per extent, in a list kept for a restore.
+			for i := range f.Extents {
+				if l := f.Extents[i].Backup; l != "" {
+					if held, ok := labels[l]; ok {
+						f.Extents[i].Backup = held
+					} else {
+						labels[l] = l
+					}
+				}
 			}
 			if n := len(f.Extents); cap(f.Extents)-n > n/8 {
 				// The decoder grows the list as append does; a large file's list is kept
