@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -132,9 +133,22 @@ func TestManifestEntriesLeaveMemoryAsBundlesAreHashed(t *testing.T) {
 }
 
 // Entries beyond the spill's memory go to a temporary file and come back in order, each as
-// json.Marshal makes it, that of a 1 GB segment too (written out in pieces).
+// json.Marshal makes it, that of a 1 GB segment too (written out in pieces). Where no
+// temporary file can be made, they stay in memory and come back the same.
 func TestManifestEntriesSpillToATemporaryFile(t *testing.T) {
-	t.Setenv("TMPDIR", t.TempDir())
+	for _, disk := range []bool{true, false} {
+		t.Run(fmt.Sprintf("on disk %v", disk), func(t *testing.T) {
+			tmp := t.TempDir()
+			if !disk {
+				tmp = filepath.Join(tmp, "missing")
+			}
+			t.Setenv("TMPDIR", tmp)
+			spillEntries(t, disk)
+		})
+	}
+}
+
+func spillEntries(t *testing.T, disk bool) {
 	p := newPipeline(context.Background(), memRepo(t), "A", 64<<10, 2, 2)
 	defer p.files.close()
 	const n = 60000 // about 6 MB of entries
@@ -163,8 +177,8 @@ func TestManifestEntriesSpillToATemporaryFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !fe.json.OnDisk() {
-		t.Fatalf("%d bytes of entries held in memory", fe.json.Size())
+	if fe.json.OnDisk() != disk {
+		t.Fatalf("%d bytes of entries on disk %v, want %v", fe.json.Size(), fe.json.OnDisk(), disk)
 	}
 	got, err := io.ReadAll(fe.entries())
 	if err != nil {
