@@ -26,9 +26,8 @@ type fileEntries struct {
 	pending []File      // read, waiting for the sums of their extents, in the order read
 	lean    []File      // every file read, without extents, in the order read
 	json    *repo.Spill // entries written out, separated by commas, in the order read
-	written int         // entries in json
+	out     entryWriter // writes entries to json
 	refs    map[string]bool
-	buf     []byte // entries on their way to json
 }
 
 // addFile records f, which the reader has finished, for the manifest, and writes out the
@@ -51,10 +50,10 @@ func (p *pipeline) endFiles() (*fileEntries, error) {
 	if p.files.json == nil {
 		p.files.json = repo.NewSpill(spillInMemory)
 	}
-	if err := p.files.flush(); err != nil {
-		return nil, err
+	if err := p.files.out.flush(); err != nil {
+		return nil, fmt.Errorf("manifest entries: %w", err)
 	}
-	p.files.buf = nil
+	p.files.out.buf = nil
 	return &p.files, nil
 }
 
@@ -126,16 +125,33 @@ func (p *pipeline) takeSums(f *File) error {
 	return nil
 }
 
-// write appends f's entry to the spill, through buf, as json.Marshal makes it. It is made
-// an extent at a time: the entry of a 1 GB segment is megabytes, which json.Marshal would
-// build whole (and keep the buffer of in its pool).
+// write appends f's entry to the spill.
 func (fe *fileEntries) write(f *File) error {
 	if fe.json == nil {
 		fe.json = repo.NewSpill(spillInMemory)
+		fe.out.w = fe.json
 		fe.refs = map[string]bool{}
 	}
-	if fe.written > 0 {
-		fe.buf = append(fe.buf, ',')
+	for _, e := range f.Extents {
+		if e.Backup != "" {
+			fe.refs[e.Backup] = true
+		}
+	}
+	return fe.out.write(f)
+}
+
+// entryWriter writes file entries to w, separated by commas, as json.Marshal makes them, and
+// an extent at a time: the entry of a 1 GB segment is megabytes, which json.Marshal would
+// build whole (and keep the buffer of in its pool). It writes through buf, every 64 KiB.
+type entryWriter struct {
+	w   io.Writer
+	buf []byte
+	n   int // entries written
+}
+
+func (ew *entryWriter) write(f *File) error {
+	if ew.n > 0 {
+		ew.buf = append(ew.buf, ',')
 	}
 	lean := *f
 	lean.Extents = nil
@@ -144,44 +160,41 @@ func (fe *fileEntries) write(f *File) error {
 		return fmt.Errorf("manifest entry of %s: %w", f.Path, err)
 	}
 	if len(f.Extents) == 0 {
-		fe.buf = append(fe.buf, head...)
+		ew.buf = append(ew.buf, head...)
 	} else {
 		// Extents is File's last field, left out when empty: the entry is the head without
 		// its closing brace, then the list.
-		fe.buf = append(append(fe.buf, head[:len(head)-1]...), `,"extents":[`...)
+		ew.buf = append(append(ew.buf, head[:len(head)-1]...), `,"extents":[`...)
 		for i := range f.Extents {
-			e := &f.Extents[i]
-			if e.Backup != "" {
-				fe.refs[e.Backup] = true
-			}
-			eb, err := json.Marshal(e)
+			eb, err := json.Marshal(&f.Extents[i])
 			if err != nil {
 				return fmt.Errorf("manifest entry of %s: %w", f.Path, err)
 			}
 			if i > 0 {
-				fe.buf = append(fe.buf, ',')
+				ew.buf = append(ew.buf, ',')
 			}
-			fe.buf = append(fe.buf, eb...)
-			if len(fe.buf) >= 64<<10 {
-				if err := fe.flush(); err != nil {
-					return err
+			if ew.buf = append(ew.buf, eb...); len(ew.buf) >= 64<<10 {
+				if err := ew.flush(); err != nil {
+					return fmt.Errorf("manifest entry of %s: %w", f.Path, err)
 				}
 			}
 		}
-		fe.buf = append(fe.buf, "]}"...)
+		ew.buf = append(ew.buf, "]}"...)
 	}
-	fe.written++
-	if len(fe.buf) >= 64<<10 {
-		return fe.flush()
+	ew.n++
+	if len(ew.buf) >= 64<<10 {
+		if err := ew.flush(); err != nil {
+			return fmt.Errorf("manifest entry of %s: %w", f.Path, err)
+		}
 	}
 	return nil
 }
 
-func (fe *fileEntries) flush() error {
-	if _, err := fe.json.Write(fe.buf); err != nil {
-		return fmt.Errorf("manifest entries: %w", err)
+func (ew *entryWriter) flush() error {
+	if _, err := ew.w.Write(ew.buf); err != nil {
+		return err
 	}
-	fe.buf = fe.buf[:0]
+	ew.buf = ew.buf[:0]
 	return nil
 }
 

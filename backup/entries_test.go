@@ -68,8 +68,8 @@ func TestManifestEntriesLeaveMemoryAsBundlesAreHashed(t *testing.T) {
 		}
 		content[path], paths = data, append(paths, path)
 	}
-	if p.files.written < 300-maxPending {
-		t.Fatalf("%d of 300 entries written out before the end", p.files.written)
+	if p.files.out.n < 300-maxPending {
+		t.Fatalf("%d of 300 entries written out before the end", p.files.out.n)
 	}
 	if _, err := p.close(); err != nil {
 		t.Fatal(err)

@@ -309,24 +309,14 @@ func encodeManifest(w io.Writer, m *Manifest) error {
 		_, err := w.Write(append(b, "null}"...))
 		return err
 	}
-	b = append(b, '[')
+	ew := entryWriter{w: w, buf: append(b, '[')}
 	for i := range m.FileList {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		fb, err := json.Marshal(&m.FileList[i])
-		if err != nil {
+		if err := ew.write(&m.FileList[i]); err != nil {
 			return err
 		}
-		if b = append(b, fb...); len(b) >= 64<<10 {
-			if _, err := w.Write(b); err != nil {
-				return err
-			}
-			b = b[:0]
-		}
 	}
-	_, err = w.Write(append(b, "]}"...))
-	return err
+	ew.buf = append(ew.buf, "]}"...)
+	return ew.flush()
 }
 
 // decodeManifest reads one manifest from rd as json.Unmarshal would, its files one at a time;
