@@ -254,6 +254,7 @@ func (p *pipeline) sealLoop() error {
 // ds is scratch space for page digests, returned for the next call.
 func (p *pipeline) hashExtents(b rawBundle, ds []byte) []byte {
 	sums := make([]extentSum, len(b.starts))
+	left := 0 // extents whose sum a file will take
 	for i, off := range b.starts {
 		end := int64(len(b.data))
 		if i+1 < len(b.starts) {
@@ -261,18 +262,14 @@ func (p *pipeline) hashExtents(b rawBundle, ds []byte) []byte {
 		}
 		switch b.kinds[i] {
 		case extentKnown:
+			continue
 		case extentPaged:
 			ds = pageDigests(ds[:0], b.data[off:end])
 			sums[i] = extentSum{digest: pageTree(ds), pages: p.pages.keyed(ds)}
 		default:
 			sums[i].digest = sha256.Sum256(b.data[off:end])
 		}
-	}
-	left := 0
-	for _, k := range b.kinds {
-		if k != extentKnown {
-			left++
-		}
+		left++
 	}
 	p.mu.Lock()
 	if left > 0 {

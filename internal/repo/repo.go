@@ -233,7 +233,7 @@ func (r *Repo) PutStreamed(ctx context.Context, key string, ifNotExists bool, wr
 }
 
 func (r *Repo) putStreamed(ctx context.Context, key string, ifNotExists bool, limit int, write func(io.Writer) error) error {
-	held := &Spill{limit: limit, create: tempSpillFile}
+	held := NewSpill(limit)
 	defer held.Close()
 	var dst io.Writer = held
 	var signer *codec.ObjectSigner
