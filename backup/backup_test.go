@@ -17,6 +17,21 @@ import (
 	"github.com/pgharbor/pgharbor/storage/mem"
 )
 
+// storedObject returns the bytes stored under key, as they are (sealed).
+func storedObject(t *testing.T, b storage.Backend, key string) []byte {
+	t.Helper()
+	rc, err := b.Get(context.Background(), key, 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	obj, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return obj
+}
+
 func memRepo(t *testing.T) *repo.Repo {
 	t.Helper()
 	return repoOn(t, mem.New())
@@ -288,15 +303,7 @@ func TestPipelineSealsEachBundleByHowItCompresses(t *testing.T) {
 		t.Errorf("%d bundles compressed at the dense level, want 1", got)
 	}
 	for i, b := range bundles {
-		rc, err := r.Backend().Get(ctx, BundleKey(r, "L", i), 0, -1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sealed, err := io.ReadAll(rc)
-		rc.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
+		sealed := storedObject(t, r.Backend(), BundleKey(r, "L", i))
 		// What a sealer of the same settings makes of the bundle in the expected mode: the
 		// unencrypted envelope is deterministic.
 		s, err := c.NewDataSealer()

@@ -261,15 +261,7 @@ func TestVerifierReadsWholePiecesOfAChainOnce(t *testing.T) {
 
 	// Damage in A: a run over the chain stops at A, and C alone names A's object.
 	key := BundleKey(r, "A", 0)
-	rc, err := cb.Backend.Get(ctx, key, 0, -1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	obj, err := io.ReadAll(rc)
-	rc.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	obj := storedObject(t, cb.Backend, key)
 	obj[len(obj)/2] ^= 0x40
 	if err := cb.Backend.Put(ctx, key, bytes.NewReader(obj), storage.PutOptions{Size: int64(len(obj))}); err != nil {
 		t.Fatal(err)
