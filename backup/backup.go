@@ -64,6 +64,10 @@ type Options struct {
 	// Type is TypeFull (default), TypeDiff or TypeIncr. Without a backup to compare with, a
 	// diff or incr backup is taken full, with a warning.
 	Type string
+	// SpillInMemory is how many bytes of manifest entries, and of an incremental's parent's
+	// extents, the backup keeps in memory before it moves them to a temporary file in
+	// $TMPDIR; 0 means 1 MiB.
+	SpillInMemory int
 	// ChecksumAll makes a local diff or incr backup read and hash every file, instead of
 	// taking the files whose size and modification time are unchanged from the parent.
 	ChecksumAll bool
@@ -313,7 +317,11 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	if sb != nil {
 		from = FromStandby
 	}
-	b, err := chooseBase(ctx, r, o.Type, facts, o.ChecksumAll, o.FullAfter, start, o.Logger)
+	spill := o.SpillInMemory
+	if spill <= 0 {
+		spill = spillInMemory
+	}
+	b, err := chooseBase(ctx, r, o.Type, facts, o.ChecksumAll, o.FullAfter, start, spill, o.Logger)
 	if err != nil {
 		return nil, err
 	}
@@ -335,7 +343,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 		return nil, err
 	}
 	p := newPipeline(ctx, r, label, o.BundleSize, o.Workers, o.Uploads)
-	p.base, p.pages = b, pages
+	p.base, p.pages, p.files.spill = b, pages, spill
 	defer p.files.close()
 	var src *source
 	if method == MethodLocal {
@@ -360,6 +368,7 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	if err != nil {
 		return nil, err
 	}
+	o.Logger.Debug("manifest entries written out", "label", label, "bytes", entries.json.Size(), "temporary_file", entries.json.OnDisk())
 	o.Logger.Debug("backup data stored", "label", label, "seconds", time.Since(start).Seconds())
 	files, pgManifest := src.files, src.pgManifest
 	duration := time.Since(start)

@@ -11,7 +11,8 @@ import (
 )
 
 // spillInMemory is how much of the file entries, and of an incremental's parent's extents,
-// a backup keeps in memory before it moves them to a temporary file: the bytes of small
+// a backup keeps in memory by default (Options.SpillInMemory) before it moves them to a
+// temporary file: the bytes of small
 // clusters' backups never touch the disk, and those of large ones do not add to the backup's
 // peak memory, which the bundles in flight set.
 const spillInMemory = 1 << 20
@@ -28,6 +29,7 @@ type fileEntries struct {
 	json    *repo.Spill // entries written out, separated by commas, in the order read
 	out     entryWriter // writes entries to json
 	refs    map[string]bool
+	spill   int // bytes json keeps in memory; 0: spillInMemory
 }
 
 // addFile records f, which the reader has finished, for the manifest, and writes out the
@@ -48,7 +50,7 @@ func (p *pipeline) endFiles() (*fileEntries, error) {
 	}
 	p.sums = nil
 	if p.files.json == nil {
-		p.files.json = repo.NewSpill(spillInMemory)
+		p.files.json = p.files.newSpill()
 	}
 	if err := p.files.out.flush(); err != nil {
 		return nil, fmt.Errorf("manifest entries: %w", err)
@@ -125,10 +127,17 @@ func (p *pipeline) takeSums(f *File) error {
 	return nil
 }
 
+func (fe *fileEntries) newSpill() *repo.Spill {
+	if fe.spill > 0 {
+		return repo.NewSpill(fe.spill)
+	}
+	return repo.NewSpill(spillInMemory)
+}
+
 // write appends f's entry to the spill.
 func (fe *fileEntries) write(f *File) error {
 	if fe.json == nil {
-		fe.json = repo.NewSpill(spillInMemory)
+		fe.json = fe.newSpill()
 		fe.out.w = fe.json
 		fe.refs = map[string]bool{}
 	}

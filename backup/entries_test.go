@@ -267,7 +267,7 @@ func TestBaseSetsParentExtentsAsideAndReadsThemBack(t *testing.T) {
 	files[2].Extents[0].Pages, files[2].Extents[0].PageTree = nil, false
 	files = append(files, File{Path: "PG_VERSION", Type: "file", Size: 3, CRC: 9, Extents: []Extent{{Bundle: 1 << 40, Offset: -1, Length: 3}}},
 		File{Path: "empty", Type: "file"}, File{Path: "base", Type: "dir"})
-	b := emptyBase(false)
+	b := emptyBase(false, spillInMemory)
 	defer b.close()
 	for i := range files {
 		if err := b.add(&files[i]); err != nil {
@@ -341,7 +341,7 @@ func BenchmarkParentBaseMemory(b *testing.B) {
 							b.Fatal(err)
 						}
 					} else {
-						base := emptyBase(true)
+						base := emptyBase(true, spillInMemory)
 						if _, err := readManifestFiles(ctx, r, "20261204T000000Z", true, base.add); err != nil {
 							b.Fatal(err)
 						}

@@ -210,8 +210,9 @@ type baseFile struct {
 	n   int
 }
 
-func emptyBase(trustMtime bool) *base {
-	return &base{files: map[fileKey]baseFile{}, extents: repo.NewSpill(spillInMemory), trustMtime: trustMtime, labels: map[string]string{}}
+// emptyBase returns a base that keeps up to spill bytes of extents in memory.
+func emptyBase(trustMtime bool, spill int) *base {
+	return &base{files: map[fileKey]baseFile{}, extents: repo.NewSpill(spill), trustMtime: trustMtime, labels: map[string]string{}}
 }
 
 // setParent records what base needs of the parent's manifest beside its files.
@@ -643,7 +644,7 @@ func (zeros) Read(b []byte) (int, error) {
 // With fullAfter set, a diff or incr backup is taken full when the newest full backup
 // started more than fullAfter before now (one schedule of incrementals that renews its
 // full backup every week, say).
-func chooseBase(ctx context.Context, r *repo.Repo, typ string, facts serverFacts, checksumAll bool, fullAfter time.Duration, now time.Time, log *slog.Logger) (*base, error) {
+func chooseBase(ctx context.Context, r *repo.Repo, typ string, facts serverFacts, checksumAll bool, fullAfter time.Duration, now time.Time, spill int, log *slog.Logger) (*base, error) {
 	switch typ {
 	case TypeFull, "":
 		return nil, nil
@@ -693,12 +694,13 @@ func chooseBase(ctx context.Context, r *repo.Repo, typ string, facts serverFacts
 		log.Warn(fmt.Sprintf("the newest %s %s is of PostgreSQL %d, the server runs %d: taking a full backup instead of %s", want, parent.Label, parent.PGVersion/10000, facts.version/10000, typ))
 		return nil, nil
 	}
-	b := emptyBase(!checksumAll)
+	b := emptyBase(!checksumAll, spill)
 	m, err := readManifestFiles(ctx, r, parent.Label, true, b.add)
 	if err != nil {
 		b.close()
 		return nil, fmt.Errorf("read the parent backup: %w", err)
 	}
 	b.setParent(m)
+	log.Debug("parent's extents set aside", "parent", parent.Label, "bytes", b.extents.Size(), "temporary_file", b.extents.OnDisk())
 	return b, nil
 }

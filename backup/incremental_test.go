@@ -17,7 +17,7 @@ import (
 
 // newBase is the base of parent m, read in full.
 func newBase(m *Manifest, trustMtime bool) *base {
-	b := emptyBase(trustMtime)
+	b := emptyBase(trustMtime, spillInMemory)
 	for i := range m.FileList {
 		if err := b.add(&m.FileList[i]); err != nil {
 			panic(err)

@@ -180,6 +180,7 @@ func (a *app) runBackup(ctx context.Context, req backupRequest) (*backup.Summary
 		Workers: bc.Workers, Uploads: bc.Uploads, BundleSize: bc.BundleSizeMB << 20, LockStale: bc.LockTimeout,
 		Progress: req.progress, Logger: a.logger, Type: req.typ, ChecksumAll: req.checksumAll, FullAfter: bc.FullAfter,
 		FromStandby: req.fromStandby, PrimaryConnString: req.primary, MaxRate: maxRate, Annotations: req.annotations,
+		SpillInMemory: backupTestSpill(),
 	}
 	if req.archiveCheck {
 		o.ArchiveCheck = a.archiveCheck(r, req.archiveTimeout)

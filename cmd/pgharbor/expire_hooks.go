@@ -4,6 +4,7 @@ package main
 
 import (
 	"os"
+	"strconv"
 	"time"
 )
 
@@ -13,4 +14,12 @@ import (
 func expireTestDelay() time.Duration {
 	d, _ := time.ParseDuration(os.Getenv("PGHARBOR_TEST_EXPIRE_DELAY"))
 	return d
+}
+
+// backupTestSpill lets the end-to-end tests make a backup move its manifest entries and its
+// parent's extents to temporary files at a few bytes (PGHARBOR_TEST_SPILL_BYTES), as a
+// multi-terabyte cluster's do. Only binaries built with -tags pgharbor_testhooks read it.
+func backupTestSpill() int {
+	n, _ := strconv.Atoi(os.Getenv("PGHARBOR_TEST_SPILL_BYTES"))
+	return n
 }

@@ -6,3 +6,7 @@ import "time"
 
 // expireTestDelay is zero in every build but the e2e tests' (see expire_hooks.go).
 func expireTestDelay() time.Duration { return 0 }
+
+// backupTestSpill is zero (the default) in every build but the e2e tests' (see
+// expire_hooks.go).
+func backupTestSpill() int { return 0 }
