@@ -71,6 +71,22 @@ type Backend interface {
 	Close() error
 }
 
+// Streamer is implemented by a Backend whose Put writes its body out as it reads it: it
+// holds none of it in memory, needs no size in advance and never reads a body twice (a local
+// filesystem). A writer that produces a body piece by piece can then hand it over as it
+// goes, through a pipe, instead of holding it whole until a Put can take it. Object stores
+// do not stream: they need a body's size, or hold parts of it for a multipart upload, and
+// send a seekable body again when a request fails, so a body for them is best held whole.
+type Streamer interface {
+	StreamsPuts() bool
+}
+
+// StreamsPuts reports whether b's Put streams its body (Streamer).
+func StreamsPuts(b Backend) bool {
+	s, ok := b.(Streamer)
+	return ok && s.StreamsPuts()
+}
+
 // PermanentError marks an error that retrying cannot fix (bad credentials, missing bucket,
 // invalid argument). Drivers wrap such errors with Permanent.
 type PermanentError struct{ Err error }

@@ -78,6 +78,10 @@ func (b *Backend) do(ctx context.Context, what string, op func() error) error {
 	}
 }
 
+// StreamsPuts implements storage.Streamer: the inner backend's answer. A streamed body is
+// not seekable, so it gets the one attempt a local filesystem needs.
+func (b *Backend) StreamsPuts() bool { return storage.StreamsPuts(b.inner) }
+
 // Put implements storage.Backend. Only a body that implements io.Seeker can be sent again;
 // other bodies get one attempt.
 func (b *Backend) Put(ctx context.Context, key string, r io.Reader, opts storage.PutOptions) error {

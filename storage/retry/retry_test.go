@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgharbor/pgharbor/storage"
 	"github.com/pgharbor/pgharbor/storage/fault"
+	"github.com/pgharbor/pgharbor/storage/fs"
 	"github.com/pgharbor/pgharbor/storage/mem"
 	"github.com/pgharbor/pgharbor/storage/retry"
 	"github.com/pgharbor/pgharbor/storage/storagetest"
@@ -112,5 +113,20 @@ func TestCancelledContextStopsRetrying(t *testing.T) {
 	}
 	if time.Since(start) > 2*time.Second {
 		t.Fatalf("took %v", time.Since(start))
+	}
+}
+
+// A retrying backend streams Puts exactly when the backend it wraps does, so that a backup
+// over a local filesystem still streams its bundles through the retry layer.
+func TestStreamsPutsIsTheInnerBackends(t *testing.T) {
+	local, err := fs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !storage.StreamsPuts(retry.New(local, fast)) {
+		t.Error("retry over the file backend does not stream")
+	}
+	if storage.StreamsPuts(retry.New(mem.New(), fast)) {
+		t.Error("retry over the in-memory backend streams")
 	}
 }
