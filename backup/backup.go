@@ -33,13 +33,17 @@ type Options struct {
 	ConnString string
 	// FastCheckpoint asks for an immediate checkpoint (the default in pgharbor).
 	FastCheckpoint bool
-	// Workers seal bundles in parallel (default 2); Uploads store them (default 3).
+	// Workers seal bundles in parallel (default 2); Uploads store them (default 3). On a
+	// backend that streams (storage.Streamer: a local filesystem) each worker is also joined
+	// to an upload while it seals, so Workers more run.
 	Workers, Uploads int
 	// BundleSize is the size of a bundle's decoded bytes (default 4 MiB). The data pipeline
 	// holds Workers+1 raw bundles (Workers, at least 2, when the host has no more cores than
-	// Workers) and up to Workers+Uploads sealed ones, each as large as it is sealed, besides
-	// one zstd encoder per worker: at most about (2×Workers + Uploads + 1) × BundleSize,
-	// whatever the cluster's size, and much less when the data compresses.
+	// Workers) besides one zstd encoder per worker. On an object store it also holds up to
+	// Workers+Uploads sealed bundles, each as large as it is sealed: at most about
+	// (2×Workers + Uploads + 1) × BundleSize, whatever the cluster's size, and much less when
+	// the data compresses. On a backend that streams, sealed bundles go to their files as
+	// they are sealed and none is held.
 	BundleSize int
 	// LockStale is how old a lock's heartbeat may be before it is taken over (default 2 min).
 	LockStale time.Duration

@@ -14,6 +14,7 @@ import (
 	"github.com/pgharbor/pgharbor/internal/repo"
 	"github.com/pgharbor/pgharbor/storage"
 	"github.com/pgharbor/pgharbor/storage/codec"
+	"github.com/pgharbor/pgharbor/storage/fs"
 	"github.com/pgharbor/pgharbor/storage/mem"
 )
 
@@ -37,6 +38,28 @@ func memRepo(t *testing.T) *repo.Repo {
 	return repoOn(t, mem.New())
 }
 
+// pipelineBackends are the two ways a pipeline hands sealed bundles to a backend: held
+// whole until an upload takes them (an object store; here the in-memory backend), and
+// streamed through a pipe while they are sealed (a local filesystem, storage.Streamer).
+func pipelineBackends(t *testing.T) map[string]func() storage.Backend {
+	return map[string]func() storage.Backend{
+		"held":     func() storage.Backend { return mem.New() },
+		"streamed": func() storage.Backend { return fsBackend(t) },
+	}
+}
+
+func fsBackend(t testing.TB) storage.Backend {
+	t.Helper()
+	b, err := fs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !storage.StreamsPuts(b) {
+		t.Fatal("the file backend does not say it streams")
+	}
+	return b
+}
+
 // repoOn is an unencrypted repository of cluster main on backend b.
 func repoOn(t testing.TB, b storage.Backend) *repo.Repo {
 	t.Helper()
@@ -54,8 +77,14 @@ func repoOn(t testing.TB, b storage.Backend) *repo.Repo {
 // A cancelled backup must end at once: the sealers, idle between bundles, once kept waiting
 // for a bundle that never came, and the backup (and a server's shutdown) with them.
 func TestPipelineEndsWhenItsContextIsCancelled(t *testing.T) {
+	for name, backend := range pipelineBackends(t) {
+		t.Run(name, func(t *testing.T) { testPipelineEndsWhenItsContextIsCancelled(t, repoOn(t, backend())) })
+	}
+}
+
+func testPipelineEndsWhenItsContextIsCancelled(t *testing.T, r *repo.Repo) {
 	ctx, cancel := context.WithCancel(context.Background())
-	p := newPipeline(ctx, memRepo(t), "L", 64<<10, 2, 2)
+	p := newPipeline(ctx, r, "L", 64<<10, 2, 2)
 	data := make([]byte, 100<<10)
 	if _, err := p.write(data, nil); err != nil {
 		t.Fatal(err)
@@ -83,8 +112,13 @@ func TestPipelineEndsWhenItsContextIsCancelled(t *testing.T) {
 }
 
 func TestPipelineBundlesSmallFilesAndSplitsLargeOnes(t *testing.T) {
+	for name, backend := range pipelineBackends(t) {
+		t.Run(name, func(t *testing.T) { testPipelineBundlesSmallFilesAndSplitsLargeOnes(t, repoOn(t, backend())) })
+	}
+}
+
+func testPipelineBundlesSmallFilesAndSplitsLargeOnes(t *testing.T, r *repo.Repo) {
 	ctx := context.Background()
-	r := memRepo(t)
 	const bundle = 64 << 10
 	p := newPipeline(ctx, r, "L", bundle, 2, 2)
 	rng := rand.New(rand.NewPCG(7, 8))
@@ -120,12 +154,17 @@ func TestPipelineBundlesSmallFilesAndSplitsLargeOnes(t *testing.T) {
 		t.Fatalf("%d bundles for %d bytes, want %d", bundles, total, want)
 	}
 	decoded := map[int][]byte{}
+	var stored int64
 	for b := 0; b < bundles; b++ {
 		data, err := r.GetBytes(ctx, BundleKey(r, "L", b))
 		if err != nil {
 			t.Fatal(err)
 		}
 		decoded[b] = data
+		stored += int64(len(storedObject(t, r.Backend(), BundleKey(r, "L", b))))
+	}
+	if got := p.stored.Load(); got != stored {
+		t.Errorf("the pipeline counted %d bytes stored, the bundles hold %d", got, stored)
 	}
 	for i, data := range files {
 		var got []byte
@@ -243,6 +282,12 @@ func TestCrossCheckCatchesAMismatchWithTheServersManifest(t *testing.T) {
 // the repository's level; every bundle reads back as it was written, and the summary's
 // counters say how many went each way.
 func TestPipelineSealsEachBundleByHowItCompresses(t *testing.T) {
+	for name, backend := range pipelineBackends(t) {
+		t.Run(name, func(t *testing.T) { testPipelineSealsEachBundleByHowItCompresses(t, backend()) })
+	}
+}
+
+func testPipelineSealsEachBundleByHowItCompresses(t *testing.T, be storage.Backend) {
 	ctx := context.Background()
 	const bundle = 256 << 10
 	cfg := codec.Config{Encryption: "none", Level: 3, DenseLevel: 1}
@@ -250,7 +295,7 @@ func TestPipelineSealsEachBundleByHowItCompresses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := repo.New(mem.New(), c, "main")
+	r, err := repo.New(be, c, "main")
 	if err != nil {
 		t.Fatal(err)
 	}

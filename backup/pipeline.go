@@ -80,7 +80,9 @@ func (pr *probe) Close() { pr.enc.Close() }
 
 // pipeline cuts file bytes into bundles and seals and uploads them with bounded memory:
 // at most rawBundles(workers) raw bundles and workers+uploads sealed bundles exist at
-// once, the sealed ones in blocks as large as their sealed size.
+// once, the sealed ones in blocks as large as their sealed size. When the backend streams
+// (a local filesystem) no sealed bundle is held: each sealer hands the blocks of what it
+// seals to an upload as it fills them (blockPipe).
 type pipeline struct {
 	r            *repo.Repo
 	label        string
@@ -112,6 +114,9 @@ type pipeline struct {
 	// full backup. reused counts the file bytes taken from it instead of stored.
 	base   *base
 	reused atomic.Int64
+	// stream says the backend's Put streams (storage.Streamer): the sealers hand each
+	// bundle to an upload while they seal it, instead of holding it sealed until one is free.
+	stream bool
 	// pages hashes the pages of relation files for page-level incrementals (incremental.go).
 	pages *pageHasher
 	// sums holds, by bundle number, the digest (and page hashes) of each extent the sealers
@@ -170,9 +175,12 @@ type rawBundle struct {
 	kinds  []extentKind
 }
 
+// sealedBlob is a sealed bundle for an upload: held whole in buf, or, when the backend
+// streams, coming through pipe from the sealer that is sealing it.
 type sealedBlob struct {
-	n   int
-	buf *blockBuf
+	n    int
+	buf  *blockBuf
+	pipe *blockPipe
 }
 
 func newPipeline(ctx context.Context, r *repo.Repo, label string, bundleSize, workers, uploads int) *pipeline {
@@ -184,6 +192,13 @@ func newPipeline(ctx context.Context, r *repo.Repo, label string, bundleSize, wo
 		toPut:  make(chan sealedBlob),
 		blocks: make(chan []byte, (workers+uploads)*(bundleSize/sealBlockSize+2)),
 		sums:   map[int]*bundleSums{},
+		stream: storage.StreamsPuts(r.Backend()),
+	}
+	if p.stream {
+		// Each sealer is joined to an upload while it seals, and an upload then makes its
+		// object durable (for a file, an fsync) after the sealer has moved on: enough
+		// uploads that the sealers need not wait for one.
+		uploads += workers
 	}
 	for i := 0; i < rawBundles(workers); i++ {
 		p.free <- make([]byte, 0, bundleSize)
@@ -234,6 +249,12 @@ func (p *pipeline) sealLoop() error {
 				p.dense.Add(1)
 			}
 		}
+		if p.stream {
+			if err := p.sealStreamed(sealer, b, mode); err != nil {
+				return err
+			}
+			continue
+		}
 		buf := &blockBuf{free: p.blocks}
 		if err := sealer.Seal(buf, b.data, mode); err != nil {
 			buf.release()
@@ -247,6 +268,22 @@ func (p *pipeline) sealLoop() error {
 			return p.ctx.Err()
 		}
 	}
+	return nil
+}
+
+// sealStreamed seals bundle b through a pipe into an upload.
+func (p *pipeline) sealStreamed(sealer *codec.DataSealer, b rawBundle, mode codec.SealMode) error {
+	pipe := newBlockPipe(p.blocks)
+	select {
+	case p.toPut <- sealedBlob{n: b.n, pipe: pipe}:
+	case <-p.ctx.Done():
+		return p.ctx.Err()
+	}
+	// A failed seal fails the upload's read, and the backend stores nothing.
+	if err := pipe.closeWrite(sealer.Seal(pipe, b.data, mode)); err != nil {
+		return fmt.Errorf("seal bundle %d: %w", b.n, err)
+	}
+	p.free <- b.data[:0]
 	return nil
 }
 
@@ -282,6 +319,20 @@ func (p *pipeline) hashExtents(b rawBundle, ds []byte) []byte {
 func (p *pipeline) putLoop() error {
 	for s := range p.toPut {
 		key := BundleKey(p.r, p.label, s.n)
+		if s.pipe != nil {
+			err := p.r.Backend().Put(p.ctx, key, s.pipe, storage.PutOptions{Size: -1})
+			if err != nil {
+				err = fmt.Errorf("store %s: %w", p.r.Location(key), err)
+			}
+			// A Put that returned before the end of the body lets the sealer go, with the
+			// reason it stopped.
+			s.pipe.closeRead(err)
+			if err != nil {
+				return err
+			}
+			p.stored.Add(s.pipe.n)
+			continue
+		}
 		// What Repo.PutSealed does with a byte slice, from the blocks.
 		err := p.r.Backend().Put(p.ctx, key, &blockReader{b: s.buf}, storage.PutOptions{Size: s.buf.n})
 		n := s.buf.n
