@@ -391,6 +391,11 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 			return nil, err
 		}
 	}
+	// The archiver stores the backup's last WAL segment while the backup's other objects are
+	// made and stored: all but the manifest, which waits for the check.
+	archived := make(chan error, 1)
+	checkCtx, cancelCheck := context.WithCancel(ctx)
+	defer cancelCheck()
 	if o.ArchiveCheck != nil {
 		check := o.ArchiveCheck
 		if sb != nil {
@@ -398,10 +403,9 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 				return waitArchived(ctx, o, sb, src, segSize)
 			}
 		}
-		if err := check(ctx, src.startTLI, src.startLSN, src.stopLSN, facts.segSize); err != nil {
-			return nil, fmt.Errorf("WAL needed to make the backup consistent is not in the repository: %w", err)
-		}
-		o.Logger.Debug("backup WAL archived", "label", label, "seconds", time.Since(start).Seconds())
+		go func() { archived <- check(checkCtx, src.startTLI, src.startLSN, src.stopLSN, facts.segSize) }()
+	} else {
+		archived <- nil
 	}
 	sum := Summary{
 		Format: ManifestFormat, Label: label, Type: typ, Parent: parent, References: entries.references(), Reused: p.reused.Load(),
@@ -415,7 +419,34 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	for _, f := range files {
 		sum.Size += f.Size
 	}
-	prefix := BackupPrefix(r, label)
+	manifest, err := storeAllButManifest(ctx, r, &sum, pgManifest, p.pages.key, entries.entries())
+	if err != nil {
+		cancelCheck()
+		<-archived
+		return nil, err
+	}
+	defer manifest.Close()
+	if err := <-archived; err != nil {
+		return nil, fmt.Errorf("WAL needed to make the backup consistent is not in the repository: %w", err)
+	}
+	if o.ArchiveCheck != nil {
+		o.Logger.Debug("backup WAL archived", "label", label, "seconds", time.Since(start).Seconds())
+	}
+	// The manifest goes last: from this moment the backup exists.
+	if err := manifest.Put(ctx, true); err != nil {
+		return nil, fmt.Errorf("store manifest: %w", err)
+	}
+	o.Logger.Info("backup complete", "label", label, "type", sum.Type, "parent", sum.Parent, "size", sum.Size, "stored", sum.StoredSize, "reused", sum.Reused,
+		"files", sum.Files, "bundles", sum.Bundles, "bundles_uncompressed", sum.BundlesUncompressed, "bundles_dense", sum.BundlesDense, "from", from, "start_lsn", sum.StartLSN, "stop_lsn", sum.StopLSN,
+		"seconds", fmt.Sprintf("%.1f", sum.Duration))
+	return &sum, nil
+}
+
+// storeAllButManifest stores the backup's copy of PostgreSQL's backup_manifest and its
+// summary (counting the first in sum.StoredSize), and returns its manifest sealed, for the
+// caller to store last.
+func storeAllButManifest(ctx context.Context, r *repo.Repo, sum *Summary, pgManifest []byte, pageKey []byte, entries io.Reader) (*repo.Sealed, error) {
+	prefix := BackupPrefix(r, sum.Label)
 	sealed, err := r.Codec().Seal(pgManifest)
 	if err != nil {
 		return nil, err
@@ -427,14 +458,11 @@ func run(ctx context.Context, r *repo.Repo, o Options, label string, start time.
 	if err := r.PutJSON(ctx, path.Join(prefix, summaryName), sum, true); err != nil {
 		return nil, fmt.Errorf("store summary: %w", err)
 	}
-	// The manifest goes last: from this moment the backup exists.
-	if err := writeManifestEntries(ctx, r, &Manifest{Summary: sum, PageKey: p.pages.key}, entries.entries()); err != nil {
+	manifest, err := sealManifestEntries(r, &Manifest{Summary: *sum, PageKey: pageKey}, entries)
+	if err != nil {
 		return nil, fmt.Errorf("store manifest: %w", err)
 	}
-	o.Logger.Info("backup complete", "label", label, "type", sum.Type, "parent", sum.Parent, "size", sum.Size, "stored", sum.StoredSize, "reused", sum.Reused,
-		"files", sum.Files, "bundles", sum.Bundles, "bundles_uncompressed", sum.BundlesUncompressed, "bundles_dense", sum.BundlesDense, "from", from, "start_lsn", sum.StartLSN, "stop_lsn", sum.StopLSN,
-		"seconds", fmt.Sprintf("%.1f", sum.Duration))
-	return &sum, nil
+	return manifest, nil
 }
 
 // readStream reads the cluster through BASE_BACKUP on a replication connection.

@@ -260,7 +260,18 @@ func writeManifestTo(ctx context.Context, r *repo.Repo, m *Manifest) error {
 // writeManifestEntries stores m, whose FileList is ignored, as its backup's manifest with
 // files, the JSON list of its file entries (fileEntries.entries), in the list's place.
 func writeManifestEntries(ctx context.Context, r *repo.Repo, m *Manifest, files io.Reader) error {
-	return r.PutStreamed(ctx, path.Join(BackupPrefix(r, m.Label), manifestName), true, func(w io.Writer) error {
+	s, err := sealManifestEntries(r, m, files)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	return s.Put(ctx, true)
+}
+
+// sealManifestEntries is writeManifestEntries up to the upload: the manifest, sealed and
+// held, for the caller to store when the backup may exist.
+func sealManifestEntries(r *repo.Repo, m *Manifest, files io.Reader) (*repo.Sealed, error) {
+	return r.SealStreamed(path.Join(BackupPrefix(r, m.Label), manifestName), func(w io.Writer) error {
 		head, err := manifestHead(m)
 		if err != nil {
 			return err

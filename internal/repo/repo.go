@@ -233,38 +233,72 @@ func (r *Repo) PutStreamed(ctx context.Context, key string, ifNotExists bool, wr
 }
 
 func (r *Repo) putStreamed(ctx context.Context, key string, ifNotExists bool, limit int, write func(io.Writer) error) error {
+	s, err := r.sealStreamed(key, limit, write)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	return s.Put(ctx, ifNotExists)
+}
+
+// Sealed is an object SealStreamed sealed (and signed) for its key, held until Put stores it.
+type Sealed struct {
+	r    *Repo
+	key  string
+	held *Spill
+}
+
+// SealStreamed is PutStreamed's first half: it seals what write writes and holds it, so
+// that the caller can make an object ready while it waits for the moment to store it (a
+// backup's manifest while the archiver stores its last WAL). The caller closes it.
+func (r *Repo) SealStreamed(key string, write func(io.Writer) error) (*Sealed, error) {
+	return r.sealStreamed(key, spillLimit, write)
+}
+
+func (r *Repo) sealStreamed(key string, limit int, write func(io.Writer) error) (_ *Sealed, err error) {
 	held := NewSpill(limit)
-	defer held.Close()
+	defer func() {
+		if err != nil {
+			held.Close()
+		}
+	}()
 	var dst io.Writer = held
 	var signer *codec.ObjectSigner
 	if r.codec.Signs() {
-		var err error
 		if signer, err = r.codec.NewObjectSigner(held, key); err != nil {
-			return fmt.Errorf("sign %s: %w", key, err)
+			return nil, fmt.Errorf("sign %s: %w", key, err)
 		}
 		dst = signer
 	}
 	ow, err := r.codec.NewWriter(dst)
 	if err != nil {
-		return fmt.Errorf("seal %s: %w", key, err)
+		return nil, fmt.Errorf("seal %s: %w", key, err)
 	}
 	bw := bufio.NewWriterSize(ow, 256<<10)
 	if err := write(bw); err != nil {
-		return err
+		return nil, err
 	}
 	if err := bw.Flush(); err != nil {
-		return fmt.Errorf("seal %s: %w", key, err)
+		return nil, fmt.Errorf("seal %s: %w", key, err)
 	}
 	if err := ow.Close(); err != nil {
-		return fmt.Errorf("seal %s: %w", key, err)
+		return nil, fmt.Errorf("seal %s: %w", key, err)
 	}
 	if signer != nil {
 		if err := signer.Finish(); err != nil {
-			return fmt.Errorf("sign %s: %w", key, err)
+			return nil, fmt.Errorf("sign %s: %w", key, err)
 		}
 	}
-	return r.backend.Put(ctx, key, held.Reader(), storage.PutOptions{IfNotExists: ifNotExists, Size: held.n})
+	return &Sealed{r: r, key: key, held: held}, nil
 }
+
+// Put stores the sealed object under its key.
+func (s *Sealed) Put(ctx context.Context, ifNotExists bool) error {
+	return s.r.backend.Put(ctx, s.key, s.held.Reader(), storage.PutOptions{IfNotExists: ifNotExists, Size: s.held.n})
+}
+
+// Close lets the sealed object go (its temporary file, if it has one).
+func (s *Sealed) Close() { s.held.Close() }
 
 // GetStreamed passes the decoded payload of key to read, then reads what read left to the
 // end, where the object's tag or signature is checked: an error there is returned instead
