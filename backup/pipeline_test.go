@@ -7,7 +7,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"testing"
-	"time"
 
 	"github.com/pgharbor/pgharbor/storage"
 )
@@ -92,29 +91,14 @@ func TestStreamedBundleWhoseUploadFailsFailsThePipeline(t *testing.T) {
 		if !p.stream {
 			t.Fatal("the pipeline does not stream to a backend that streams")
 		}
-		done := make(chan error, 1)
-		go func() {
-			rng := rand.New(rand.NewPCG(5, 6))
-			data := make([]byte, bundle)
-			var err error
-			for i := 0; i < 20 && err == nil; i++ {
-				for j := range data {
-					data[j] = byte(rng.Uint32())
-				}
-				_, err = p.write(data, nil)
+		rng := rand.New(rand.NewPCG(5, 6))
+		random := func(b []byte) {
+			for j := range b {
+				b[j] = byte(rng.Uint32())
 			}
-			if _, cerr := p.close(); err == nil {
-				err = cerr
-			}
-			done <- err
-		}()
-		select {
-		case err := <-done:
-			if !errors.Is(err, injected) {
-				t.Fatalf("upload failing after %d bytes: the pipeline returned %v, want the upload's error", readFirst, err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("upload failing after %d bytes: the pipeline did not end within 10 s", readFirst)
+		}
+		if err := feedPipeline(t, p, make([]byte, bundle), 20, random); !errors.Is(err, injected) {
+			t.Fatalf("upload failing after %d bytes: the pipeline returned %v, want the upload's error", readFirst, err)
 		}
 		if _, err := be.Stat(context.Background(), be.key); !errors.Is(err, storage.ErrNotFound) {
 			t.Fatalf("the failed bundle's key: Stat says %v, want not found", err)
