@@ -31,11 +31,7 @@ func (p *blockPipe) Write(b []byte) (int, error) {
 	written := 0
 	for len(b) > 0 {
 		if p.cur == nil {
-			select {
-			case p.cur = <-p.free:
-			default:
-				p.cur = make([]byte, 0, sealBlockSize)
-			}
+			p.cur = takeBlock(p.free)
 		}
 		m := copy(p.cur[len(p.cur):cap(p.cur)], b)
 		p.cur = p.cur[:len(p.cur)+m]
@@ -70,17 +66,24 @@ func (p *blockPipe) closeWrite(err error) error {
 	return err
 }
 
+// next makes sure p.rd holds bytes to read, taking the next block when it is empty; false
+// means the writer has closed the pipe (with p.werr, nil when the body is complete).
+func (p *blockPipe) next() bool {
+	if len(p.rd) > 0 {
+		return true
+	}
+	p.giveBack()
+	blk, ok := <-p.filled
+	p.rdBlk, p.rd = blk, blk
+	return ok
+}
+
 func (p *blockPipe) Read(b []byte) (int, error) {
-	if len(p.rd) == 0 {
-		p.giveBack()
-		blk, ok := <-p.filled
-		if !ok {
-			if p.werr != nil {
-				return 0, p.werr
-			}
-			return 0, io.EOF
+	if !p.next() {
+		if p.werr != nil {
+			return 0, p.werr
 		}
-		p.rdBlk, p.rd = blk, blk
+		return 0, io.EOF
 	}
 	n := copy(b, p.rd)
 	p.rd = p.rd[n:]
@@ -91,15 +94,7 @@ func (p *blockPipe) Read(b []byte) (int, error) {
 // WriteTo writes the blocks to w as they come, without copying them first.
 func (p *blockPipe) WriteTo(w io.Writer) (int64, error) {
 	var total int64
-	for {
-		if len(p.rd) == 0 {
-			p.giveBack()
-			blk, ok := <-p.filled
-			if !ok {
-				return total, p.werr
-			}
-			p.rdBlk, p.rd = blk, blk
-		}
+	for p.next() {
 		n, err := w.Write(p.rd)
 		p.rd = p.rd[n:]
 		p.n += int64(n)
@@ -108,14 +103,12 @@ func (p *blockPipe) WriteTo(w io.Writer) (int64, error) {
 			return total, err
 		}
 	}
+	return total, p.werr
 }
 
 func (p *blockPipe) giveBack() {
 	if p.rdBlk != nil {
-		select {
-		case p.free <- p.rdBlk[:0]:
-		default:
-		}
+		giveBlock(p.free, p.rdBlk)
 		p.rdBlk = nil
 	}
 }

@@ -362,13 +362,7 @@ func (b *blockBuf) Write(p []byte) (int, error) {
 	for len(p) > 0 {
 		k := len(b.blocks) - 1
 		if k < 0 || len(b.blocks[k]) == cap(b.blocks[k]) {
-			var blk []byte
-			select {
-			case blk = <-b.free:
-			default:
-				blk = make([]byte, 0, sealBlockSize)
-			}
-			b.blocks = append(b.blocks, blk)
+			b.blocks = append(b.blocks, takeBlock(b.free))
 			k++
 		}
 		blk := b.blocks[k]
@@ -383,12 +377,27 @@ func (b *blockBuf) Write(p []byte) (int, error) {
 // release gives the blocks back to the free list; b must not be used after.
 func (b *blockBuf) release() {
 	for _, blk := range b.blocks {
-		select {
-		case b.free <- blk[:0]:
-		default:
-		}
+		giveBlock(b.free, blk)
 	}
 	b.blocks, b.n = nil, 0
+}
+
+// takeBlock returns an empty block of sealBlockSize from the free list, or a new one.
+func takeBlock(free chan []byte) []byte {
+	select {
+	case blk := <-free:
+		return blk
+	default:
+		return make([]byte, 0, sealBlockSize)
+	}
+}
+
+// giveBlock puts blk back on the free list, unless the list is full.
+func giveBlock(free chan []byte, blk []byte) {
+	select {
+	case free <- blk[:0]:
+	default:
+	}
 }
 
 // blockReader reads a blockBuf; it seeks, so that a failed upload can be sent again.

@@ -58,9 +58,9 @@ const (
 // live in C memory, allocated once. It compresses each payload where it lies
 // (ZSTD_c_stableInBuffer): libzstd's streaming API otherwise copies its input, in the
 // caller's pieces, into a window buffer of its own, and then compresses most blocks against
-// that buffer's other end, in its slower "external dictionary" mode. The frame, its window
-// and its blocks are those of the streaming API; only the compressed output goes out in
-// pieces of outSize.
+// that buffer's other end, in its slower "external dictionary" mode. The frame has the
+// window it is given, and its header records the payload's size; the compressed output goes
+// out in pieces of cEncoderOut.
 type cDataEncoder struct {
 	cctx *C.ZSTD_CCtx
 	out  []byte
