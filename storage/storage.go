@@ -87,6 +87,29 @@ func StreamsPuts(b Backend) bool {
 	return ok && s.StreamsPuts()
 }
 
+// TempRemover is implemented by a Backend on which a writer killed in the middle of a Put
+// can leave something behind that no key shows but that takes space: a temporary file on
+// a filesystem without unnamed files, an unfinished multipart upload in a bucket.
+// RemoveTemp removes what was last written to before cutoff (a live writer's is newer; one
+// removed all the same only fails that Put, which is then retried) and says how much.
+type TempRemover interface {
+	RemoveTemp(ctx context.Context, cutoff time.Time) (TempRemoved, error)
+}
+
+// TempRemoved counts what RemoveTemp removed.
+type TempRemoved struct {
+	Count int   `json:"count"`
+	Bytes int64 `json:"bytes"`
+}
+
+// RemoveTemp calls b's RemoveTemp when it has one (TempRemover); else there is nothing to remove.
+func RemoveTemp(ctx context.Context, b Backend, cutoff time.Time) (TempRemoved, error) {
+	if t, ok := b.(TempRemover); ok {
+		return t.RemoveTemp(ctx, cutoff)
+	}
+	return TempRemoved{}, nil
+}
+
 // PermanentError marks an error that retrying cannot fix (bad credentials, missing bucket,
 // invalid argument). Drivers wrap such errors with Permanent.
 type PermanentError struct{ Err error }

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgharbor/pgharbor/backup"
+	"github.com/pgharbor/pgharbor/storage"
 )
 
 func newBackupCmd(a *app) *cobra.Command {
@@ -189,9 +190,10 @@ func (a *app) runBackup(ctx context.Context, req backupRequest) (*backup.Summary
 }
 
 func newBackupCleanupCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	tempAge := time.Hour
+	cmd := &cobra.Command{
 		Use:   "cleanup",
-		Short: "Remove the objects of backups that did not finish (no manifest, not running)",
+		Short: "Remove what killed backups and writes left behind: unfinished backups (no manifest, not running) and stale temporary files",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -207,16 +209,29 @@ func newBackupCleanupCmd(a *app) *cobra.Command {
 			if removed == nil {
 				removed = []string{}
 			}
-			return a.print(map[string][]string{"removed": removed}, func() {
+			temp, err := storage.RemoveTemp(ctx, r.Backend(), time.Now().Add(-tempAge))
+			if err != nil {
+				return fmt.Errorf("remove temporary files: %w", err)
+			}
+			return a.print(struct {
+				Removed   []string            `json:"removed"`
+				TempFiles storage.TempRemoved `json:"temp_files"`
+			}{removed, temp}, func() {
 				if len(removed) == 0 {
 					fmt.Fprintln(a.stdout, "no incomplete backups to remove")
 				}
 				for _, l := range removed {
 					fmt.Fprintf(a.stdout, "removed incomplete backup %s\n", l)
 				}
+				if temp.Count > 0 {
+					fmt.Fprintf(a.stdout, "removed %d temporary files of interrupted writes (%s)\n", temp.Count, humanBytes(temp.Bytes))
+				}
 			})
 		},
 	}
+	cmd.Flags().DurationVar(&tempAge, "temp-age", tempAge,
+		"remove temporary files (of writes killed before they finished) not written to for this long")
+	return cmd
 }
 
 // fromNote says, in the one-line report, that a backup was read from a standby.

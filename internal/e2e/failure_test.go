@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	iofs "io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -68,6 +69,10 @@ func TestKilledBackupNeverLooksFinished(t *testing.T) {
 	}
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
+	// The writes the kill cut short were to unnamed files (O_TMPFILE): nothing of them is left.
+	if left := tempFiles(t, filepath.Join(e.dir, "repo")); len(left) != 0 {
+		t.Fatalf("the killed backup left temporary files: %v", left)
+	}
 
 	info := e.info()
 	if len(info.Catalog.Backups) != 0 {
@@ -82,9 +87,25 @@ func TestKilledBackupNeverLooksFinished(t *testing.T) {
 	}
 	// The lock the killed process held does not block the next backup.
 	e.must("backup", "--conn", pg.ConnString("postgres"))
+	// A temporary file as a writer without unnamed files leaves it (another filesystem, an
+	// older version), not written to for two hours, and one being written now.
+	stale := filepath.Join(repoDir, killed, "data", ".pgharbor-tmp-0123456789abcdef")
+	live := filepath.Join(e.dir, "repo", "main", ".pgharbor-tmp-fedcba9876543210")
+	for _, p := range []string{stale, live} {
+		if err := os.WriteFile(p, make([]byte, 3000), 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
+	past := time.Now().Add(-2 * time.Hour)
+	if err := os.Chtimes(stale, past, past); err != nil {
+		t.Fatal(err)
+	}
 	out := e.must("backup", "cleanup")
-	if !strings.Contains(out, killed) {
-		t.Fatalf("cleanup did not remove %s: %s", killed, out)
+	if !strings.Contains(out, killed) || !strings.Contains(out, "removed 1 temporary files of interrupted writes (2.9 KiB)") {
+		t.Fatalf("cleanup did not remove %s and one temporary file: %s", killed, out)
+	}
+	if left := tempFiles(t, filepath.Join(e.dir, "repo")); len(left) != 1 || left[0] != live {
+		t.Fatalf("temporary files after cleanup: %v, want only %s", left, live)
 	}
 	info = e.info()
 	if len(info.Catalog.Backups) != 1 || len(info.Catalog.Incomplete) != 0 {
@@ -93,6 +114,22 @@ func TestKilledBackupNeverLooksFinished(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(repoDir, killed, "data", "00000000")); !os.IsNotExist(err) {
 		t.Fatalf("leftover bundle still there: %v", err)
 	}
+}
+
+// tempFiles lists the temporary files of unfinished writes under dir.
+func tempFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	var left []string
+	err := filepath.WalkDir(dir, func(path string, d iofs.DirEntry, err error) error {
+		if err == nil && strings.HasPrefix(d.Name(), ".pgharbor-tmp-") {
+			left = append(left, path)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return left
 }
 
 func TestSecondConcurrentBackupIsRefused(t *testing.T) {

@@ -1,9 +1,11 @@
 // Package fs is the filesystem storage.Backend: a directory tree whose files are objects.
 //
-// Writes go to a temp file in the target directory, are fsynced, then renamed (or, for
-// IfNotExists, hard-linked: link(2) fails atomically when the name exists, so concurrent
-// writers from any process cannot both win), and the directory is fsynced. A crash leaves at
-// most a temp file, which List never shows.
+// Writes go to a new file in the target directory, are fsynced, then named (for
+// IfNotExists by a hard link: link(2) fails atomically when the name exists, so concurrent
+// writers from any process cannot both win; else by a rename over the key), and the
+// directory is fsynced. On Linux the new file has no name until then (O_TMPFILE), so a
+// process killed mid-write leaves nothing; elsewhere, or on a filesystem without unnamed
+// files, it is a temp file, which List never shows.
 //
 // When running as root, new files and directories take the owner of the repository root, so
 // that an archive_command running as the postgres user and a backup running as root can share
@@ -24,6 +26,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/pgharbor/pgharbor/storage"
 )
@@ -36,6 +39,8 @@ type Backend struct {
 	uid, gid int // owner for new entries, -1 to leave as created
 	// copyBufs holds Put's copy buffers (*[]byte of copyBufSize).
 	copyBufs sync.Pool
+	probe    sync.Once
+	unnamed  bool // Put writes unnamed files (unnamedOK)
 }
 
 // copyBufSize is Put's copy buffer: large enough for a sealed object's 64 KiB encryption
@@ -152,18 +157,30 @@ func (b *Backend) Put(ctx context.Context, key string, r io.Reader, opts storage
 	if err := b.mkdirAll(dir); err != nil {
 		return fmt.Errorf("put %s: create directory: %w", key, err)
 	}
-	var rnd [8]byte
-	_, _ = rand.Read(rnd[:])
-	tmp := filepath.Join(dir, tmpPrefix+hex.EncodeToString(rnd[:]))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
-	if err != nil {
-		return fmt.Errorf("put %s: %w", key, err)
+	// The body goes to a file without a name where the filesystem has them, else to a
+	// temporary name that List skips; either way the key appears only once the file is
+	// complete and on disk.
+	var f *os.File
+	tmp := "" // the temporary name, removed on the way out (after a rename or link, the name only)
+	if b.unnamedOK() {
+		f, err = openUnnamed(dir, 0o640)
+		if err != nil && !errors.Is(err, errors.ErrUnsupported) {
+			return fmt.Errorf("put %s: %w", key, err)
+		}
+	}
+	if f == nil {
+		tmp = b.tempName(dir)
+		if f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640); err != nil {
+			return fmt.Errorf("put %s: %w", key, err)
+		}
 	}
 	defer func() {
 		if f != nil {
 			f.Close()
 		}
-		os.Remove(tmp) // after a rename or link this removes the temp name only
+		if tmp != "" {
+			os.Remove(tmp)
+		}
 	}()
 	if err := b.copyTo(ctx, f, r); err != nil {
 		return fmt.Errorf("put %s: write: %w", key, err)
@@ -179,30 +196,129 @@ func (b *Backend) Put(ctx context.Context, key string, r io.Reader, opts storage
 	// 2-3 s of system time more with the cache growing (bench/backup, 7.1 s against 9.2 s,
 	// medians of 3 alternating runs).
 	dropCached(f)
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("put %s: close: %w", key, err)
-	}
-	f = nil
-	if err := b.own(tmp); err != nil {
-		return fmt.Errorf("put %s: chown: %w", key, err)
+	if b.uid >= 0 {
+		if err := f.Chown(b.uid, b.gid); err != nil {
+			return fmt.Errorf("put %s: chown: %w", key, err)
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if opts.IfNotExists {
-		if err := os.Link(tmp, path); err != nil {
-			if errors.Is(err, fs.ErrExist) {
-				return fmt.Errorf("put %s: %w", key, storage.ErrExists)
+	if tmp == "" {
+		// Unnamed: link it under the key (IfNotExists), or under a temporary name that
+		// is then renamed over the key; it is closed after, as it has to be open to link.
+		if opts.IfNotExists {
+			if err := linkUnnamed(f, path); err != nil {
+				if errors.Is(err, fs.ErrExist) {
+					return fmt.Errorf("put %s: %w", key, storage.ErrExists)
+				}
+				return fmt.Errorf("put %s: %w", key, err)
 			}
-			return fmt.Errorf("put %s: link: %w", key, err)
+		} else {
+			name := b.tempName(dir)
+			if err := linkUnnamed(f, name); err != nil {
+				return fmt.Errorf("put %s: %w", key, err)
+			}
+			tmp = name
+			if err := os.Rename(tmp, path); err != nil {
+				return fmt.Errorf("put %s: rename: %w", key, err)
+			}
 		}
-	} else if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("put %s: rename: %w", key, err)
+		err := f.Close()
+		f = nil
+		if err != nil {
+			return fmt.Errorf("put %s: close: %w", key, err)
+		}
+	} else {
+		err := f.Close()
+		f = nil
+		if err != nil {
+			return fmt.Errorf("put %s: close: %w", key, err)
+		}
+		if opts.IfNotExists {
+			if err := os.Link(tmp, path); err != nil {
+				if errors.Is(err, fs.ErrExist) {
+					return fmt.Errorf("put %s: %w", key, storage.ErrExists)
+				}
+				return fmt.Errorf("put %s: link: %w", key, err)
+			}
+		} else if err := os.Rename(tmp, path); err != nil {
+			return fmt.Errorf("put %s: rename: %w", key, err)
+		}
 	}
 	if err := syncDir(dir); err != nil {
 		return fmt.Errorf("put %s: fsync directory: %w", key, err)
 	}
 	return nil
+}
+
+// tempName is a new temporary name in dir, which List skips and keys cannot take.
+func (b *Backend) tempName(dir string) string {
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	return filepath.Join(dir, tmpPrefix+hex.EncodeToString(rnd[:]))
+}
+
+// unnamedOK reports whether Put writes unnamed files (openUnnamed), found out once by
+// making one in the root and linking it under a temporary name: a filesystem can have
+// them and the link still fail (no /proc), which Put must know before it writes a body.
+func (b *Backend) unnamedOK() bool {
+	b.probe.Do(func() {
+		f, err := openUnnamed(b.root, 0o640)
+		if err != nil {
+			return
+		}
+		defer f.Close()
+		name := b.tempName(b.root)
+		if linkUnnamed(f, name) == nil {
+			_ = os.Remove(name)
+			b.unnamed = true
+		}
+	})
+	return b.unnamed
+}
+
+// RemoveTemp implements storage.TempRemover: it removes the temporary files, anywhere under
+// the root, last written to before cutoff. A Put leaves one behind only when its process
+// dies between creating and renaming it, and only where files cannot be unnamed
+// (openUnnamed): on another system, a filesystem without them, or from a version of
+// pgharbor before unnamed files.
+func (b *Backend) RemoveTemp(ctx context.Context, cutoff time.Time) (storage.TempRemoved, error) {
+	var n storage.TempRemoved
+	err := filepath.WalkDir(b.root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if d.IsDir() || !strings.HasPrefix(d.Name(), tmpPrefix) {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // its Put just finished
+			}
+			return err
+		}
+		if !info.ModTime().Before(cutoff) {
+			return nil
+		}
+		if err := os.Remove(path); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return fmt.Errorf("remove temporary file %s: %w", path, err)
+		}
+		n.Count++
+		n.Bytes += info.Size()
+		return nil
+	})
+	return n, err
 }
 
 // copyTo copies r to f: straight from r's own buffers when it has them (io.WriterTo),

@@ -1,16 +1,21 @@
 package fs_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	iofs "io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/pgharbor/pgharbor/storage"
 	"github.com/pgharbor/pgharbor/storage/fs"
@@ -18,13 +23,155 @@ import (
 )
 
 func TestConformance(t *testing.T) {
-	storagetest.Run(t, func(t *testing.T) storage.Backend {
-		b, err := fs.New(t.TempDir())
+	t.Run("unnamed", func(t *testing.T) {
+		storagetest.Run(t, func(t *testing.T) storage.Backend {
+			b, err := fs.New(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if runtime.GOOS == "linux" && !fs.WritesUnnamed(b) {
+				t.Fatal("Put does not write unnamed files (O_TMPFILE) in a temp dir on Linux")
+			}
+			return b
+		})
+	})
+	t.Run("named", func(t *testing.T) {
+		storagetest.Run(t, func(t *testing.T) storage.Backend {
+			b, err := fs.New(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			fs.NamedTempOnly(b)
+			return b
+		})
+	})
+}
+
+// A writer killed in the middle of a Put leaves nothing in the repository where files can
+// be unnamed; where they cannot, it leaves one temporary file, which RemoveTemp removes once
+// it is older than the cutoff.
+func TestKilledPutLeavesNothing(t *testing.T) {
+	if dir := os.Getenv("PGHARBOR_FS_KILL_DIR"); dir != "" {
+		b, err := fs.New(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return b
-	})
+		if os.Getenv("PGHARBOR_FS_KILL_NAMED") != "" {
+			fs.NamedTempOnly(b)
+		}
+		body := io.MultiReader(bytes.NewReader(make([]byte, 1<<20)), stallReader{})
+		err = b.Put(context.Background(), "backups/x/data/00000001", body, storage.PutOptions{})
+		t.Fatalf("Put returned: %v", err)
+	}
+	for _, named := range []bool{false, true} {
+		t.Run(fmt.Sprintf("named=%v", named), func(t *testing.T) {
+			dir := t.TempDir()
+			cmd := exec.Command(os.Args[0], "-test.run", "^TestKilledPutLeavesNothing$")
+			cmd.Env = append(os.Environ(), "PGHARBOR_FS_KILL_DIR="+dir)
+			if named {
+				cmd.Env = append(cmd.Env, "PGHARBOR_FS_KILL_NAMED=1")
+			}
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd.Stderr = os.Stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			line, err := bufio.NewReader(out).ReadString('\n')
+			if err != nil || line != "STALLED\n" {
+				cmd.Process.Kill()
+				t.Fatalf("the writer said %q, %v", line, err)
+			}
+			cmd.Process.Signal(syscall.SIGKILL)
+			cmd.Wait()
+
+			var left []string
+			var size int64
+			filepath.WalkDir(dir, func(path string, d iofs.DirEntry, err error) error {
+				if err == nil && !d.IsDir() {
+					left = append(left, path)
+					if info, err := d.Info(); err == nil {
+						size += info.Size()
+					}
+				}
+				return err
+			})
+			b, err := fs.New(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			if got, err := b.RemoveTemp(ctx, time.Now().Add(-time.Hour)); err != nil || got.Count != 0 {
+				t.Fatalf("RemoveTemp of files older than an hour: %+v, %v", got, err)
+			}
+			got, err := b.RemoveTemp(ctx, time.Now().Add(time.Second))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !named {
+				if runtime.GOOS == "linux" && len(left) != 0 {
+					t.Fatalf("a killed writer left %v", left)
+				}
+				return
+			}
+			if len(left) != 1 || !strings.HasPrefix(filepath.Base(left[0]), ".pgharbor-tmp-") || size != 1<<20 {
+				t.Fatalf("a killed writer without unnamed files left %v (%d bytes), want one temporary file of 1 MiB", left, size)
+			}
+			if got.Count != 1 || got.Bytes != 1<<20 {
+				t.Fatalf("RemoveTemp removed %+v, want 1 file of 1 MiB", got)
+			}
+			if _, err := os.Stat(left[0]); !os.IsNotExist(err) {
+				t.Fatalf("%s is still there: %v", left[0], err)
+			}
+		})
+	}
+}
+
+// stallReader says STALLED on stdout and blocks: the body of a Put whose writer is killed.
+type stallReader struct{}
+
+func (stallReader) Read([]byte) (int, error) {
+	fmt.Println("STALLED")
+	select {}
+}
+
+// RemoveTemp leaves objects and fresh temporary files alone.
+func TestRemoveTempKeepsObjectsAndLiveWrites(t *testing.T) {
+	dir := t.TempDir()
+	b, err := fs.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := b.Put(ctx, "wal/seg", bytes.NewReader([]byte("x")), storage.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(dir, "wal", ".pgharbor-tmp-0ld")
+	fresh := filepath.Join(dir, ".pgharbor-tmp-fresh")
+	for _, p := range []string{old, fresh} {
+		if err := os.WriteFile(p, []byte("half"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	past := time.Now().Add(-2 * time.Hour)
+	if err := os.Chtimes(old, past, past); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.RemoveTemp(ctx, time.Now().Add(-time.Hour))
+	if err != nil || got != (storage.TempRemoved{Count: 1, Bytes: 4}) {
+		t.Fatalf("RemoveTemp: %+v, %v", got, err)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Fatalf("old temporary file still there: %v", err)
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Fatalf("fresh temporary file removed: %v", err)
+	}
+	if _, err := b.Stat(ctx, "wal/seg"); err != nil {
+		t.Fatalf("object removed: %v", err)
+	}
 }
 
 func TestListIgnoresLeftoverTempFiles(t *testing.T) {

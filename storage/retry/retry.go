@@ -82,6 +82,11 @@ func (b *Backend) do(ctx context.Context, what string, op func() error) error {
 // not seekable, so it gets the one attempt a local filesystem needs.
 func (b *Backend) StreamsPuts() bool { return storage.StreamsPuts(b.inner) }
 
+// RemoveTemp implements storage.TempRemover: the inner backend's.
+func (b *Backend) RemoveTemp(ctx context.Context, cutoff time.Time) (storage.TempRemoved, error) {
+	return storage.RemoveTemp(ctx, b.inner, cutoff)
+}
+
 // Put implements storage.Backend. Only a body that implements io.Seeker can be sent again;
 // other bodies get one attempt.
 func (b *Backend) Put(ctx context.Context, key string, r io.Reader, opts storage.PutOptions) error {

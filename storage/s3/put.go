@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -249,3 +250,60 @@ func newBufferPool(size int) bufferPool {
 
 func (p bufferPool) get() *[]byte  { return p.pool.Get().(*[]byte) }
 func (p bufferPool) put(b *[]byte) { p.pool.Put(b) }
+
+// RemoveTemp implements storage.TempRemover: it aborts the multipart uploads under the
+// backend's prefix that were started before cutoff. Put aborts its own when it fails, but a
+// process killed in the middle of one leaves it behind: invisible to readers, its parts
+// stored (and billed) until aborted or a lifecycle rule for incomplete uploads removes them.
+func (b *Backend) RemoveTemp(ctx context.Context, cutoff time.Time) (storage.TempRemoved, error) {
+	var n storage.TempRemoved
+	root := ""
+	if b.prefix != "" {
+		root = b.prefix + "/"
+	}
+	in := &s3.ListMultipartUploadsInput{Bucket: &b.bucket, Prefix: aws.String(root)}
+	for {
+		out, err := b.client.ListMultipartUploads(ctx, in)
+		if err != nil {
+			return n, b.mapErr(ctx, "list multipart uploads", "*", err)
+		}
+		for _, u := range out.Uploads {
+			if u.Initiated == nil || !u.Initiated.Before(cutoff) || !strings.HasPrefix(aws.ToString(u.Key), root) {
+				continue
+			}
+			size, err := b.uploadedBytes(ctx, u.Key, u.UploadId)
+			if err != nil {
+				return n, err
+			}
+			b.abort(ctx, aws.ToString(u.Key), u.UploadId)
+			n.Count++
+			n.Bytes += size
+		}
+		if !aws.ToBool(out.IsTruncated) {
+			return n, nil
+		}
+		in.KeyMarker, in.UploadIdMarker = out.NextKeyMarker, out.NextUploadIdMarker
+	}
+}
+
+// uploadedBytes is the size of the parts an unfinished multipart upload holds.
+func (b *Backend) uploadedBytes(ctx context.Context, okey, uploadID *string) (int64, error) {
+	var size int64
+	in := &s3.ListPartsInput{Bucket: &b.bucket, Key: okey, UploadId: uploadID}
+	for {
+		out, err := b.client.ListParts(ctx, in)
+		if err != nil {
+			if apiCode(err) == "NoSuchUpload" {
+				return size, nil // finished or aborted meanwhile
+			}
+			return size, b.mapErr(ctx, "list parts", aws.ToString(okey), err)
+		}
+		for _, p := range out.Parts {
+			size += aws.ToInt64(p.Size)
+		}
+		if !aws.ToBool(out.IsTruncated) {
+			return size, nil
+		}
+		in.PartNumberMarker = out.NextPartNumberMarker
+	}
+}

@@ -346,6 +346,47 @@ func TestFailedStreamAbortsMultipartUpload(t *testing.T) {
 	}
 }
 
+// A multipart upload left by a writer killed mid-Put is aborted by RemoveTemp once it was
+// started before the cutoff; uploads outside the backend's prefix are not its to remove.
+func TestRemoveTempAbortsLeftoverUploads(t *testing.T) {
+	srv := testserver.StartVersity(t)
+	createBucket(t, srv, "leftover")
+	b := newBackend(t, config(srv, "leftover", "repo"))
+	ctx := context.Background()
+	raw := rawClient(srv)
+	start := func(key string, size int) {
+		t.Helper()
+		up, err := raw.CreateMultipartUpload(ctx, &awss3.CreateMultipartUploadInput{Bucket: aws.String("leftover"), Key: aws.String(key)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := raw.UploadPart(ctx, &awss3.UploadPartInput{Bucket: aws.String("leftover"), Key: aws.String(key),
+			UploadId: up.UploadId, PartNumber: aws.Int32(1), Body: bytes.NewReader(make([]byte, size))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start("repo/main/backups/x/data/00000001", 5<<20)
+	start("other/main/backups/x/data/00000001", 1<<20)
+	if got, err := b.RemoveTemp(ctx, time.Now().Add(-time.Hour)); err != nil || got.Count != 0 {
+		t.Fatalf("RemoveTemp of uploads older than an hour: %+v, %v", got, err)
+	}
+	got, err := storage.RemoveTemp(ctx, b, time.Now().Add(time.Minute))
+	if err != nil || got != (storage.TempRemoved{Count: 1, Bytes: 5 << 20}) {
+		t.Fatalf("RemoveTemp: %+v, %v; want 1 upload of 5 MiB", got, err)
+	}
+	out, err := raw.ListMultipartUploads(ctx, &awss3.ListMultipartUploadsInput{Bucket: aws.String("leftover")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Uploads) != 1 || aws.ToString(out.Uploads[0].Key) != "other/main/backups/x/data/00000001" {
+		var keys []string
+		for _, u := range out.Uploads {
+			keys = append(keys, aws.ToString(u.Key))
+		}
+		t.Fatalf("uploads left: %v, want only the one outside the prefix", keys)
+	}
+}
+
 // zeroReader yields n zero bytes without holding them.
 type zeroReader struct{ left int64 }
 
