@@ -321,9 +321,10 @@ done
 val() { awk -v w="$1" -v t="$2" -v c="$3" '$1 == w && $2 == t {print $c}' "$WORK/results.txt" | grep -v nan | median; }
 fmt3() { awk -v x="$1" 'BEGIN {if (x == "nan" || x == "") print "-"; else printf "%.3f", x}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "nan" || b == "nan" || b == 0) print "-"; else printf "%.3f", a / b}'; }
-# paired W A B: A's tps over B's in each round where both ran, one per line, in round order.
+# paired W A B [C]: A's value in column C of results.txt (default 4, tps; 6 is the pooler's
+# CPU per transaction) over B's, in each round where both ran, one per line, in round order.
 paired() {
-	awk -v w="$1" -v a="$2" -v b="$3" '$1 == w && $4 != "nan" {if ($2 == a) x[$3] = $4; if ($2 == b) y[$3] = $4}
+	awk -v w="$1" -v a="$2" -v b="$3" -v c="${4:-4}" '$1 == w && $c != "nan" {if ($2 == a) x[$3] = $c; if ($2 == b) y[$3] = $c}
 		END {for (r = 1; r <= 1000; r++) if ((r in x) && (r in y) && y[r] > 0) printf "%.3f\n", x[r] / y[r]}' "$WORK/results.txt"
 }
 report() {
@@ -331,7 +332,7 @@ report() {
 	echo "medians over rounds; p99 from pgbench per-transaction logs; cores/10k = pooler CPU (user+sys) per 10k tps;"
 	echo "machine_us = the whole machine's CPU per transaction (pgbench, PostgreSQL and the pooler)"
 	printf '%-8s %-10s %12s %10s %10s %10s %10s %12s\n' workload target tps p99_ms cores/10k machine_us vs_direct vs_pgbouncer
-	local failed=0 w t tps p99 cores machine d b rd rb
+	local failed=0 w t tps p99 cores machine d b rd rb rc
 	for w in $WORKLOADS; do
 		d=$(val "$w" direct 4); b=$(val "$w" pgbouncer 4)
 		for t in "${targets[@]}"; do
@@ -349,12 +350,24 @@ report() {
 				printf '  %-8s vs %-10s %s (%s)\n' "$w" "$t" "$(paired "$w" pgharbor "$t" | paste -sd' ')" "$(fmt3 "$(paired "$w" pgharbor "$t" | median)")"
 			done
 		done
+		echo "pgharbor's pool CPU per transaction over the other pooler's, round by round (median):"
+		for w in $WORKLOADS; do
+			for t in pgbouncer baseline; do
+				[[ " ${targets[*]} " == *" $t "* ]] || continue
+				printf '  %-8s vs %-10s %s (%s)\n' "$w" "$t" "$(paired "$w" pgharbor "$t" 6 | paste -sd' ')" "$(fmt3 "$(paired "$w" pgharbor "$t" 6 | median)")"
+			done
+		done
 		echo "targets (medians of the round-by-round ratios):"
 		for w in $WORKLOADS; do
 			if [[ " ${targets[*]} " == *" pgbouncer "* ]]; then
 				rb=$(paired "$w" pgharbor pgbouncer | median)
 				if awk -v x="$rb" 'BEGIN {exit !(x >= 1.0)}'; then s=PASS; else s=MISS; failed=1; fi
 				echo "  $w: pgharbor >= 1.00x PgBouncer tps: $(fmt3 "$rb") $s"
+				if [ "$w" = tpcb ]; then
+					rc=$(paired "$w" pgharbor pgbouncer 6 | median)
+					if awk -v x="$rc" 'BEGIN {exit !(x <= 1.0)}'; then s=PASS; else s=MISS; failed=1; fi
+					echo "  $w: pgharbor pool CPU per transaction <= 1.00x PgBouncer's: $(fmt3 "$rc") $s"
+				fi
 			fi
 			if [ "$w" = select ] && [[ " ${targets[*]} " == *" direct "* ]]; then
 				rd=$(paired "$w" pgharbor direct | median)
