@@ -295,10 +295,11 @@ func (l *evLoop) run() {
 			// with a signal, and, while it is in a system call, take its P away on every
 			// pass of its own until the preemption lands, which costs more CPU than the
 			// pass through the scheduler done here now and then, when the loop is about to
-			// wait for events. The pass stays on this thread and P (goyield, not
-			// runtime.Gosched, which would wake another thread that often takes the
-			// goroutine over); see docs/pool.md, "Design measurements".
-			goyield()
+			// wait for events (the scheduler wakes another thread, which often takes the
+			// goroutine over, a hundred times a second). A pass is not free on a busy CPU,
+			// where the other thread has to be scheduled first; see docs/pool.md, "Design
+			// measurements".
+			runtime.Gosched()
 			l.lastYield = l.now
 			l.batchThread()
 		}
