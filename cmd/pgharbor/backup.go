@@ -230,7 +230,7 @@ func newBackupCleanupCmd(a *app) *cobra.Command {
 		},
 	}
 	cmd.Flags().DurationVar(&tempAge, "temp-age", tempAge,
-		"remove temporary files (of writes killed before they finished) not written to for this long")
+		"remove temporary files of writes killed before they finished (file://) not written to for this long, and S3 multipart uploads started longer ago")
 	return cmd
 }
 
