@@ -204,45 +204,40 @@ func (b *Backend) Put(ctx context.Context, key string, r io.Reader, opts storage
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if tmp == "" {
-		// Unnamed: link it under the key (IfNotExists), or under a temporary name that
-		// is then renamed over the key; it is closed after, as it has to be open to link.
-		if opts.IfNotExists {
-			if err := linkUnnamed(f, path); err != nil {
-				if errors.Is(err, fs.ErrExist) {
-					return fmt.Errorf("put %s: %w", key, storage.ErrExists)
-				}
-				return fmt.Errorf("put %s: %w", key, err)
-			}
-		} else {
-			name := b.tempName(dir)
-			if err := linkUnnamed(f, name); err != nil {
-				return fmt.Errorf("put %s: %w", key, err)
-			}
-			tmp = name
-			if err := os.Rename(tmp, path); err != nil {
-				return fmt.Errorf("put %s: rename: %w", key, err)
-			}
+	unnamed := tmp == ""
+	if unnamed {
+		// It has to be open to be linked: under the key when it must not replace an
+		// object, else under a temporary name that is then renamed over the key.
+		target := path
+		if !opts.IfNotExists {
+			target = b.tempName(dir)
 		}
-		err := f.Close()
-		f = nil
-		if err != nil {
-			return fmt.Errorf("put %s: close: %w", key, err)
-		}
-	} else {
-		err := f.Close()
-		f = nil
-		if err != nil {
-			return fmt.Errorf("put %s: close: %w", key, err)
-		}
-		if opts.IfNotExists {
-			if err := os.Link(tmp, path); err != nil {
-				if errors.Is(err, fs.ErrExist) {
-					return fmt.Errorf("put %s: %w", key, storage.ErrExists)
-				}
-				return fmt.Errorf("put %s: link: %w", key, err)
+		if err := linkUnnamed(f, target); err != nil {
+			if opts.IfNotExists && errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("put %s: %w", key, storage.ErrExists)
 			}
-		} else if err := os.Rename(tmp, path); err != nil {
+			return fmt.Errorf("put %s: %w", key, err)
+		}
+		if !opts.IfNotExists {
+			tmp = target
+		}
+	}
+	err = f.Close()
+	f = nil
+	if err != nil {
+		return fmt.Errorf("put %s: close: %w", key, err)
+	}
+	switch {
+	case unnamed && opts.IfNotExists: // linked under the key above
+	case opts.IfNotExists:
+		if err := os.Link(tmp, path); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("put %s: %w", key, storage.ErrExists)
+			}
+			return fmt.Errorf("put %s: link: %w", key, err)
+		}
+	default:
+		if err := os.Rename(tmp, path); err != nil {
 			return fmt.Errorf("put %s: rename: %w", key, err)
 		}
 	}
