@@ -280,28 +280,13 @@ func (b *Backend) unnamedOK() bool {
 // pgharbor before unnamed files.
 func (b *Backend) RemoveTemp(ctx context.Context, cutoff time.Time) (storage.TempRemoved, error) {
 	var n storage.TempRemoved
-	err := filepath.WalkDir(b.root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
+	err := walk(ctx, b.root, func(path string, d fs.DirEntry) error {
 		if d.IsDir() || !strings.HasPrefix(d.Name(), tmpPrefix) {
 			return nil
 		}
-		info, err := d.Info()
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil // its Put just finished
-			}
+		info, ok, err := entryInfo(d)
+		if !ok || !info.ModTime().Before(cutoff) {
 			return err
-		}
-		if !info.ModTime().Before(cutoff) {
-			return nil
 		}
 		if err := os.Remove(path); err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
@@ -314,6 +299,33 @@ func (b *Backend) RemoveTemp(ctx context.Context, cutoff time.Time) (storage.Tem
 		return nil
 	})
 	return n, err
+}
+
+// walk is filepath.WalkDir from start, skipping entries removed during the walk and ending
+// when ctx does.
+func walk(ctx context.Context, start string, fn func(path string, d fs.DirEntry) error) error {
+	return filepath.WalkDir(start, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return fn(path, d)
+	})
+}
+
+// entryInfo is the info of d, from a walk; ok is false when d was removed since (err nil)
+// or the info cannot be read (err set).
+func entryInfo(d fs.DirEntry) (info fs.FileInfo, ok bool, err error) {
+	info, err = d.Info()
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, false, nil
+	}
+	return info, err == nil, err
 }
 
 // copyTo copies r to f: straight from r's own buffers when it has them (io.WriterTo),
@@ -433,16 +445,7 @@ func (b *Backend) List(ctx context.Context, prefix string, fn func(storage.Objec
 		start = filepath.Join(b.root, filepath.FromSlash(prefix[:i]))
 	}
 	var infos []storage.ObjectInfo
-	err := filepath.WalkDir(start, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
+	err := walk(ctx, start, func(path string, d fs.DirEntry) error {
 		rel, _ := filepath.Rel(b.root, path)
 		key := filepath.ToSlash(rel)
 		if d.IsDir() {
@@ -454,11 +457,8 @@ func (b *Backend) List(ctx context.Context, prefix string, fn func(storage.Objec
 		if strings.HasPrefix(d.Name(), tmpPrefix) || !strings.HasPrefix(key, prefix) {
 			return nil
 		}
-		info, err := d.Info()
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil // deleted during the walk
-			}
+		info, ok, err := entryInfo(d)
+		if !ok {
 			return err
 		}
 		infos = append(infos, storage.ObjectInfo{Key: key, Size: info.Size(), ModTime: info.ModTime()})

@@ -139,22 +139,10 @@ func (stallReader) Read([]byte) (int, error) {
 
 // RemoveTemp leaves objects and fresh temporary files alone.
 func TestRemoveTempKeepsObjectsAndLiveWrites(t *testing.T) {
-	dir := t.TempDir()
-	b, err := fs.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, b := withLeftovers(t, "wal/.pgharbor-tmp-0ld", ".pgharbor-tmp-fresh")
 	ctx := context.Background()
-	if err := b.Put(ctx, "wal/seg", bytes.NewReader([]byte("x")), storage.PutOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	old := filepath.Join(dir, "wal", ".pgharbor-tmp-0ld")
 	fresh := filepath.Join(dir, ".pgharbor-tmp-fresh")
-	for _, p := range []string{old, fresh} {
-		if err := os.WriteFile(p, []byte("half"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
 	past := time.Now().Add(-2 * time.Hour)
 	if err := os.Chtimes(old, past, past); err != nil {
 		t.Fatal(err)
@@ -174,20 +162,30 @@ func TestRemoveTempKeepsObjectsAndLiveWrites(t *testing.T) {
 	}
 }
 
-func TestListIgnoresLeftoverTempFiles(t *testing.T) {
+// withLeftovers is a backend in a new directory holding the object wal/seg and, at each of
+// rel (slash-separated, under the root), a 4-byte temporary file as a killed writer leaves one
+// where files cannot be unnamed.
+func withLeftovers(t *testing.T, rel ...string) (string, *fs.Backend) {
+	t.Helper()
 	dir := t.TempDir()
 	b, err := fs.New(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := b.Put(context.Background(), "wal/seg", bytes.NewReader([]byte("x")), storage.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rel {
+		if err := os.WriteFile(filepath.Join(dir, filepath.FromSlash(r)), []byte("half"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir, b
+}
+
+func TestListIgnoresLeftoverTempFiles(t *testing.T) {
+	_, b := withLeftovers(t, "wal/.pgharbor-tmp-deadbeef")
 	ctx := context.Background()
-	if err := b.Put(ctx, "wal/seg", bytes.NewReader([]byte("x")), storage.PutOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	// A crash between create and rename leaves a temp file behind.
-	if err := os.WriteFile(filepath.Join(dir, "wal", ".pgharbor-tmp-deadbeef"), []byte("half"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	var keys []string
 	if err := b.List(ctx, "", func(i storage.ObjectInfo) error { keys = append(keys, i.Key); return nil }); err != nil {
 		t.Fatal(err)
