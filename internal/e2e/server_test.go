@@ -649,6 +649,18 @@ server: {listen: %s, refresh_interval: 1s}
 schedules: {backup: "@every 2s"}
 retention: {full_count: 2}
 `, pg.ConnString("postgres"), listen), 0o600)
+	// A writer killed two days ago left a temporary file; one being written now has another.
+	stale := filepath.Join(e.dir, "repo", "main", ".pgharbor-tmp-0123456789abcdef")
+	live := filepath.Join(e.dir, "repo", "main", ".pgharbor-tmp-fedcba9876543210")
+	for _, p := range []string{stale, live} {
+		if err := os.WriteFile(p, []byte("half"), 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
+	past := time.Now().Add(-48 * time.Hour)
+	if err := os.Chtimes(stale, past, past); err != nil {
+		t.Fatal(err)
+	}
 	srv := e.startServer(cfg, listen)
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -676,6 +688,12 @@ retention: {full_count: 2}
 	}
 	if strings.Contains(srv.logText(), `"job":"expire"`) && strings.Contains(srv.logText(), "not built") {
 		t.Fatalf("expire job not wired:\n%s", srv.logText())
+	}
+	if left := tempFiles(t, filepath.Join(e.dir, "repo")); len(left) != 1 || left[0] != live {
+		t.Fatalf("temporary files after the server's expire jobs: %v, want only %s\nserver log:\n%s", left, live, srv.logText())
+	}
+	if !strings.Contains(srv.logText(), "removed temporary files of interrupted writes") {
+		t.Fatalf("the server did not log the removal:\n%s", srv.logText())
 	}
 	e.must("verify")
 }
