@@ -15,9 +15,8 @@ const serverTempAge = 24 * time.Hour
 
 // runExpireJob runs one expire of the cluster with its retention policy, as `pgharbor expire`
 // does, then removes what killed writers left a day or more ago, and returns how many
-// repository objects expire deleted. The server's expire job (its
-// schedule, and after every scheduled backup when a retention section is configured) calls
-// only this function.
+// repository objects expire deleted. The server's expire job (its schedule, and after every
+// scheduled backup when a retention section is configured) calls only this function.
 func runExpireJob(ctx context.Context, c *serverCluster) (expired int64, err error) {
 	a := c.app
 	policy, err := a.cfg.Retention.Policy()
