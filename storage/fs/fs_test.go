@@ -296,25 +296,37 @@ func TestNewRepositoryDirTakesItsParentsOwner(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
-	parent := t.TempDir()
-	const uid, gid = 4242, 4343
-	if err := os.Chown(parent, uid, gid); err != nil {
-		t.Fatal(err)
-	}
-	b, err := fs.New(filepath.Join(parent, "repo", "sub"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Put(context.Background(), "main/x", bytes.NewReader([]byte("x")), storage.PutOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range []string{"repo", "repo/sub", "repo/sub/main", "repo/sub/main/x"} {
-		st, err := os.Stat(filepath.Join(parent, p))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if sys := st.Sys().(*syscall.Stat_t); sys.Uid != uid || sys.Gid != gid {
-			t.Errorf("%s owned by %d:%d, want %d:%d", p, sys.Uid, sys.Gid, uid, gid)
-		}
+	// Both ways of writing a file, and both ways of naming it (rename, and a link that must
+	// not replace an object).
+	for _, named := range []bool{false, true} {
+		t.Run(fmt.Sprintf("named=%v", named), func(t *testing.T) {
+			parent := t.TempDir()
+			const uid, gid = 4242, 4343
+			if err := os.Chown(parent, uid, gid); err != nil {
+				t.Fatal(err)
+			}
+			b, err := fs.New(filepath.Join(parent, "repo", "sub"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if named {
+				fs.NamedTempOnly(b)
+			}
+			if err := b.Put(context.Background(), "main/x", bytes.NewReader([]byte("x")), storage.PutOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Put(context.Background(), "main/y", bytes.NewReader([]byte("y")), storage.PutOptions{IfNotExists: true}); err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range []string{"repo", "repo/sub", "repo/sub/main", "repo/sub/main/x", "repo/sub/main/y"} {
+				st, err := os.Stat(filepath.Join(parent, p))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if sys := st.Sys().(*syscall.Stat_t); sys.Uid != uid || sys.Gid != gid {
+					t.Errorf("%s owned by %d:%d, want %d:%d", p, sys.Uid, sys.Gid, uid, gid)
+				}
+			}
+		})
 	}
 }
