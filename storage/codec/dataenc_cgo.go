@@ -97,10 +97,11 @@ func (e *cDataEncoder) encode(w io.Writer, plain []byte) error {
 	if len(src) == 0 {
 		src = []byte{0} // a valid address for an empty input
 	}
-	// libzstd keeps the input's address from call to call until the frame ends: the
-	// garbage collector must not move or free it before.
+	// libzstd keeps the input's address from call to call until the frame ends, and both
+	// buffers go to C as addresses: the garbage collector must not move or free them before.
 	var pin runtime.Pinner
 	pin.Pin(&src[0])
+	pin.Pin(&e.out[0])
 	defer pin.Unpin()
 	var srcPos C.size_t
 	for {
