@@ -196,6 +196,10 @@ func newBackupCleanupCmd(a *app) *cobra.Command {
 		Short: "Remove what killed backups and writes left behind: unfinished backups (no manifest, not running) and stale temporary files",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if tempAge < 0 {
+				// A cutoff in the future would take files still being written.
+				return fmt.Errorf("--temp-age %s: must not be negative", tempAge)
+			}
 			ctx := cmd.Context()
 			r, err := a.openRepo(ctx, false)
 			if err != nil {

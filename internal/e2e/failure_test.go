@@ -100,6 +100,11 @@ func TestKilledBackupNeverLooksFinished(t *testing.T) {
 	if err := os.Chtimes(stale, past, past); err != nil {
 		t.Fatal(err)
 	}
+	// A negative age would take files still being written: refused, nothing removed (the
+	// cleanup after it still finds both the backup and the stale file).
+	if r := e.run("backup", "cleanup", "--temp-age", "-1h"); r.code == 0 || !strings.Contains(r.stderr, "must not be negative") {
+		t.Fatalf("cleanup --temp-age -1h: exit %d, %s", r.code, r.stderr)
+	}
 	out := e.must("backup", "cleanup")
 	if !strings.Contains(out, killed) || !strings.Contains(out, "removed 1 temporary files of interrupted writes (2.9 KiB)") {
 		t.Fatalf("cleanup did not remove %s and one temporary file: %s", killed, out)
