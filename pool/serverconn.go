@@ -35,6 +35,12 @@ type serverConn struct {
 	// dirty names the ones a client changed away from the login value.
 	params map[string]string
 	dirty  map[string]bool
+	// matchKey is the paramsKey of the client settings that params and dirty were last
+	// found to match (matchOK), so the next attach of a client with the same settings
+	// compares one string instead of walking both maps. Every change to params or dirty
+	// clears matchOK (paramsChanged).
+	matchKey string
+	matchOK  bool
 	// prepared holds the ids (see stmtRegistry) of statements prepared on this connection.
 	// The value is the batch (see batch) that last used the statement.
 	prepared map[uint64]uint64
@@ -192,6 +198,7 @@ func loginServer(conn net.Conn, cfg *Config, host, db string, creds serverCreds)
 			if err := ps.Decode(body); err == nil {
 				k := strings.ToLower(ps.Name)
 				sc.params[k] = ps.Value
+				sc.paramsChanged()
 				sc.reported[k] = true
 				if !trackedParams[k] {
 					sc.loginVals[k] = ps.Value
@@ -415,10 +422,28 @@ func (sc *serverConn) preparedShown() int {
 // setParam records a setting the server reported (k in lower case).
 func (sc *serverConn) setParam(k, v string) {
 	sc.params[k] = v
+	sc.paramsChanged()
 	if lv, ok := sc.loginVals[k]; ok && lv != v {
 		sc.identity = true
 	}
 }
+
+// discarded records what DISCARD ALL did to the connection: the settings clients changed
+// are the login ones again, and nothing is prepared.
+func (sc *serverConn) discarded() {
+	for k := range sc.dirty {
+		if !sc.reported[k] {
+			delete(sc.params, k)
+		}
+	}
+	sc.dirty = map[string]bool{}
+	sc.paramsChanged()
+	sc.prepared = map[uint64]uint64{}
+	sc.resetRole = false // DISCARD ALL includes SET SESSION AUTHORIZATION DEFAULT and RESET ROLE
+}
+
+// paramsChanged forgets which client settings params and dirty were found to match.
+func (sc *serverConn) paramsChanged() { sc.matchOK = false }
 
 // needsReset says whether the connection may carry a client's role or session
 // authorization (or another reported setting no client may pass on) and must be reset
@@ -444,14 +469,7 @@ func (sc *serverConn) cleanUp(status byte, discard bool) error {
 		if err := sc.simpleQuery("DISCARD ALL", nil); err != nil {
 			return err
 		}
-		for k := range sc.dirty {
-			if !sc.reported[k] {
-				delete(sc.params, k)
-			}
-		}
-		sc.dirty = map[string]bool{}
-		sc.prepared = map[uint64]uint64{}
-		sc.resetRole = false // DISCARD ALL includes SET SESSION AUTHORIZATION DEFAULT and RESET ROLE
+		sc.discarded()
 	}
 	if sc.needsReset() {
 		if err := sc.simpleQuery(resetSQL, nil); err != nil {

@@ -54,6 +54,10 @@ type session struct {
 	poolCache   *serverPool      // the pool last used (client loop only)
 	wait        waitSlot         // reused by every wait for a server connection (client loop only)
 	virt        virtualState     // SHOW POOL_NODES over the extended protocol
+	// key is params in one string (paramsKey), keyOK while it is current: every change to
+	// params clears keyOK (paramsChanged).
+	key   string
+	keyOK bool
 	// ev is the session's state in the event loop, nil when a goroutine runs it (evloop.go);
 	// inLoop says which, for other goroutines.
 	ev     *loopSess

@@ -3,6 +3,8 @@ package pool
 import (
 	"bytes"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -110,6 +112,8 @@ func (s *session) resetDoneLocked(sc *serverConn, status byte) {
 				sc.params[kv[0]] = v
 				sc.dirty[kv[0]] = true
 			}
+			s.paramsChanged()
+			sc.paramsChanged()
 		}
 		s.setPending, s.setUndone = s.setPending[:0], false
 		s.setsOpen.Store(false)
@@ -118,6 +122,8 @@ func (s *session) resetDoneLocked(sc *serverConn, status byte) {
 		s.resetNames, s.resetAll = s.resetNames[:0], false
 		return
 	}
+	s.paramsChanged()
+	sc.paramsChanged()
 	apply := func(k string) {
 		if v, ok := s.startup[k]; ok {
 			s.params[k] = v
@@ -233,10 +239,26 @@ func (s *session) paramsApplied(sc *serverConn) {
 		sc.params[k] = v
 		sc.dirty[k] = true
 	}
+	sc.matchKey, sc.matchOK = s.paramsKey(), true
 }
 
 // paramsMatch says whether syncParams has nothing to send to sc (the same checks, no SQL).
+// It runs at every attach: when sc last matched a client with the same settings and has not
+// changed since, one string comparison answers.
 func (s *session) paramsMatch(sc *serverConn) bool {
+	key := s.paramsKey()
+	if sc.matchOK && sc.matchKey == key {
+		return true
+	}
+	if !s.paramsMatchMaps(sc) {
+		return false
+	}
+	sc.matchKey, sc.matchOK = key, true
+	return true
+}
+
+// paramsMatchMaps is paramsMatch by walking the settings of both sides.
+func (s *session) paramsMatchMaps(sc *serverConn) bool {
 	for k, v := range s.params {
 		if cur, ok := sc.params[k]; ok && cur == v {
 			continue
@@ -252,6 +274,38 @@ func (s *session) paramsMatch(sc *serverConn) bool {
 	}
 	return true
 }
+
+// paramsKey returns the client's settings that paramsMatch depends on (those with a valid
+// name) as one string, sorted by name, each name and value prefixed by its length (values
+// may hold any byte, see rawValue). Two sessions with the same key match the same server
+// connections.
+func (s *session) paramsKey() string {
+	if s.keyOK {
+		return s.key
+	}
+	names := make([]string, 0, len(s.params))
+	for k := range s.params {
+		if validGUC(k) {
+			names = append(names, k)
+		}
+	}
+	slices.Sort(names)
+	var b []byte
+	for _, k := range names {
+		v := s.params[k]
+		b = strconv.AppendInt(b, int64(len(k)), 10)
+		b = append(b, ':')
+		b = append(b, k...)
+		b = strconv.AppendInt(b, int64(len(v)), 10)
+		b = append(b, ':')
+		b = append(b, v...)
+	}
+	s.key, s.keyOK = string(b), true
+	return s.key
+}
+
+// paramsChanged forgets paramsKey's string after a change to params.
+func (s *session) paramsChanged() { s.keyOK = false }
 
 func validGUC(k string) bool {
 	if k == "" {
@@ -283,6 +337,7 @@ func (s *session) serverParam(sc *serverConn, body []byte) {
 	if trackedParams[k] {
 		s.params[k] = ps.Value
 		sc.dirty[k] = true
+		s.paramsChanged()
 	}
 	s.mu.Unlock()
 }
