@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pgharbor/pgharbor/internal/repo"
+	"github.com/pgharbor/pgharbor/internal/testmem"
 	"github.com/pgharbor/pgharbor/storage/fs"
 )
 
@@ -215,7 +216,7 @@ func BenchmarkBackupEntriesMemory(b *testing.B) {
 				for b.Loop() {
 					label := fmt.Sprintf("20261205T%06dZ", i)
 					i++
-					stop := livePeak()
+					stop := testmem.LivePeak()
 					if err := storeSyntheticEntries(ctx, r, label, gb, held); err != nil {
 						b.Fatal(err)
 					}
@@ -335,7 +336,7 @@ func BenchmarkParentBaseMemory(b *testing.B) {
 				b.Setenv("TMPDIR", b.TempDir())
 				var peak uint64
 				for b.Loop() {
-					stop := livePeak()
+					stop := testmem.LivePeak()
 					if whole {
 						if _, err := ReadManifest(ctx, r, "20261204T000000Z"); err != nil {
 							b.Fatal(err)

@@ -73,14 +73,6 @@ func (x *executor) compare(ctx context.Context, idx []int) ([]diskCopy, error) {
 	if !x.o.Delta {
 		return out, nil
 	}
-	var jobs []compareJob
-	for k, i := range idx {
-		f := x.m.FileList[i]
-		if alwaysWritten(f) {
-			continue
-		}
-		out[k], jobs = planCompare(k, x.filePath(f), f, jobs)
-	}
 	workers := max(x.o.Workers, 2*runtime.NumCPU())
 	next := make(chan compareJob)
 	var wg sync.WaitGroup
@@ -97,14 +89,25 @@ func (x *executor) compare(ctx context.Context, idx []int) ([]diskCopy, error) {
 			}
 		}()
 	}
+	// Files are planned one at a time as the workers take their runs: a file's extents are
+	// made in backup.Extent's form only while its runs are compared.
 	var err error
+	var jobs []compareJob
 feed:
-	for _, j := range jobs {
-		select {
-		case next <- j:
-		case <-ctx.Done():
-			err = ctx.Err()
-			break feed
+	for k, i := range idx {
+		f := x.m.FileList[i]
+		if alwaysWritten(f) {
+			continue
+		}
+		f.Extents = x.ps.extents(i)
+		out[k], jobs = planCompare(k, x.filePath(f), f, jobs[:0])
+		for _, j := range jobs {
+			select {
+			case next <- j:
+			case <-ctx.Done():
+				err = ctx.Err()
+				break feed
+			}
 		}
 	}
 	close(next)

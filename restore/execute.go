@@ -95,7 +95,7 @@ func Execute(ctx context.Context, r *repo.Repo, plan *Plan, o Options) (*Result,
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	m, err := backup.ReadManifestWithoutPageHashes(ctx, r, plan.Backup.Label)
+	m, ps, err := readPieces(ctx, r, plan.Backup.Label, o.Delta)
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +107,7 @@ func Execute(ctx context.Context, r *repo.Repo, plan *Plan, o Options) (*Result,
 	if err != nil {
 		return nil, err
 	}
-	if err := validateManifest(m, roots); err != nil {
+	if err := validatePieces(m, roots, ps); err != nil {
 		return nil, err
 	}
 	excluded, err := excludedDatabases(m, o.DBInclude)
@@ -123,7 +123,7 @@ func Execute(ctx context.Context, r *repo.Repo, plan *Plan, o Options) (*Result,
 			return nil, err
 		}
 	}
-	x := &executor{r: r, m: m, o: o, roots: roots, owner: owner, excluded: excluded}
+	x := &executor{r: r, m: m, ps: ps, o: o, roots: roots, owner: owner, excluded: excluded}
 	x.res.Excluded = excludedList(m, excluded)
 	t0 := time.Now()
 	if err := x.layout(ctx); err != nil {
@@ -162,7 +162,8 @@ func Execute(ctx context.Context, r *repo.Repo, plan *Plan, o Options) (*Result,
 
 type executor struct {
 	r     *repo.Repo
-	m     *backup.Manifest
+	m     *backup.Manifest // its FileList without extents: they are in ps
+	ps    *pieces
 	o     Options
 	roots map[uint32]string // tablespace OID (0 = data directory) -> directory
 	owner *syscall.Credential
@@ -282,6 +283,9 @@ func (x *executor) filePath(f backup.File) string {
 // old pg_control over new files.
 const controlFile = "global/pg_control"
 
+// isControl says whether f is the data directory's pg_control.
+func isControl(f backup.File) bool { return f.Tablespace == 0 && f.Path == controlFile }
+
 // alwaysWritten says whether a delta restore must rewrite the file whatever its content:
 // the files PostgreSQL treats specially at startup.
 // A database whose default tablespace is another one keeps its pg_filenode.map there.
@@ -389,9 +393,9 @@ func (x *executor) layout(ctx context.Context) error {
 			// its recorded size (cut or extended) first.
 			x.kept[i] = kept
 			x.res.FilesPatched++
-			for j, e := range f.Extents {
+			for j, e := range x.ps.file[i] {
 				if !kept[j] {
-					x.total += e.Length
+					x.total += e.length
 				}
 			}
 			if err := os.Truncate(p, f.Size); err != nil {
@@ -400,7 +404,7 @@ func (x *executor) layout(ctx context.Context) error {
 			continue
 		}
 		x.total += f.Size
-		if f.Tablespace == 0 && f.Path == controlFile {
+		if isControl(f) {
 			x.control = i // written by finish, last
 			continue
 		}
@@ -519,8 +523,8 @@ type piece struct {
 }
 
 // extent is the manifest's extent pc names.
-func (x *executor) extent(pc piece) *backup.Extent {
-	return &x.m.FileList[pc.file].Extents[pc.ext]
+func (x *executor) extent(pc piece) *ext {
+	return &x.ps.file[pc.file][pc.ext]
 }
 
 // bundleRef names a bundle: the backup that stored it and its number. A diff or incr
@@ -536,17 +540,17 @@ type bundleRef struct {
 // restore followed by increments.
 func (x *executor) fetch(ctx context.Context) error {
 	byBundle := map[bundleRef][]piece{}
-	for i, f := range x.m.FileList {
+	for i, xs := range x.ps.file {
 		if !x.need[i] || i == x.control {
 			continue
 		}
 		var off int64
-		for j, e := range f.Extents {
+		for j, e := range xs {
 			if x.kept[i] == nil || !x.kept[i][j] {
-				k := bundleRef{e.Owner(x.m.Label), e.Bundle}
+				k := bundleRef{x.ps.label(e), int(e.bundle)}
 				byBundle[k] = append(byBundle[k], piece{file: int32(i), ext: int32(j), off: off})
 			}
-			off += e.Length
+			off += e.length
 		}
 	}
 	bundles := make([]bundleRef, 0, len(byBundle))
@@ -564,7 +568,7 @@ func (x *executor) fetch(ctx context.Context) error {
 	g.SetLimit(x.o.Workers)
 	for _, b := range interleave(bundles, x.o.Workers) {
 		pieces := byBundle[b]
-		sort.Slice(pieces, func(i, j int) bool { return x.extent(pieces[i]).Offset < x.extent(pieces[j]).Offset })
+		sort.Slice(pieces, func(i, j int) bool { return x.extent(pieces[i]).off < x.extent(pieces[j]).off })
 		g.Go(func() error { return x.writeBundle(gctx, b, pieces) })
 	}
 	return g.Wait()
@@ -617,13 +621,13 @@ func (x *executor) writeBundle(ctx context.Context, b bundleRef, pieces []piece)
 	}()
 	for _, pc := range pieces {
 		e := x.extent(pc)
-		if e.Offset < pos {
+		if e.off < pos {
 			return fmt.Errorf("backup %s: bundle %d of backup %s: overlapping pieces in the manifest", x.m.Label, b.n, b.label)
 		}
-		if _, err := br.Discard(int(e.Offset - pos)); err != nil {
+		if _, err := br.Discard(int(e.off - pos)); err != nil {
 			return fmt.Errorf("read %s%s: %w", x.r.Location(key), x.ownerNote(b.label), err)
 		}
-		pos = e.Offset
+		pos = e.off
 		f := x.m.FileList[pc.file]
 		p := x.filePath(f)
 		if p != open {
@@ -642,7 +646,7 @@ func (x *executor) writeBundle(ctx context.Context, b bundleRef, pieces []piece)
 		fileOff := pc.off
 		pieceOff := fileOff
 		crc := uint32(0)
-		left := e.Length
+		left := e.length
 		for left > 0 {
 			chunk := buf[:min(int64(len(buf)), left)]
 			if _, err := io.ReadFull(br, chunk); err != nil {
@@ -664,13 +668,13 @@ func (x *executor) writeBundle(ctx context.Context, b bundleRef, pieces []piece)
 		// the tail, instead of for every byte written (with a large page cache nothing
 		// reaches the disk on its own until long after the restore wrote it).
 		if x.flush != nil {
-			startWriteback(fh, pieceOff, e.Length)
-			x.flush.wrote(p, pieceOff, e.Length)
+			startWriteback(fh, pieceOff, e.length)
+			x.flush.wrote(p, pieceOff, e.length)
 		}
-		if crc != e.CRC {
+		if crc != e.crc {
 			return fmt.Errorf("backup %s: %s: checksum mismatch in a piece from %s%s: the object is damaged (run `pgharbor verify --backup %s`)", x.m.Label, f.Path, x.r.Location(key), x.ownerNote(b.label), x.m.Label)
 		}
-		pos += e.Length
+		pos += e.length
 	}
 	if fh != nil {
 		err := fh.Close()
@@ -754,7 +758,7 @@ func (x *executor) writeControl(ctx context.Context) error {
 	}
 	f := x.m.FileList[x.control]
 	data := make([]byte, 0, f.Size)
-	for _, e := range f.Extents {
+	for _, e := range x.ps.extents(x.control) {
 		piece, err := x.readPiece(ctx, f, e)
 		if err != nil {
 			return err

@@ -23,9 +23,22 @@ var ErrBadManifest = errors.New("the backup manifest is unsafe to restore")
 // location), nothing below such a link, pieces that add up to the file's size, and
 // tablespace directories that neither hold nor sit inside each other.
 func validateManifest(m *backup.Manifest, roots map[uint32]string) error {
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w: backup %s: %s (nothing was written)", ErrBadManifest, m.Label, fmt.Sprintf(format, args...))
+	ps := newPieces(m.Label)
+	for i := range m.FileList {
+		if err := ps.add(&m.FileList[i], false); err != nil {
+			return badManifest(m, "%v", err)
+		}
 	}
+	return validatePieces(m, roots, ps)
+}
+
+func badManifest(m *backup.Manifest, format string, args ...any) error {
+	return fmt.Errorf("%w: backup %s: %s (nothing was written)", ErrBadManifest, m.Label, fmt.Sprintf(format, args...))
+}
+
+// validatePieces is validateManifest for a manifest whose extents are in ps.
+func validatePieces(m *backup.Manifest, roots map[uint32]string, ps *pieces) error {
+	bad := func(format string, args ...any) error { return badManifest(m, format, args...) }
 	for _, ref := range m.References {
 		// A reference becomes part of an object key: it must name a backup, nothing else.
 		if ref == "" || ref == "." || ref == ".." || ref == m.Label || strings.ContainsAny(ref, "/\\") {
@@ -52,8 +65,17 @@ func validateManifest(m *backup.Manifest, roots map[uint32]string) error {
 			}
 		}
 	}
+	if len(ps.file) != len(m.FileList) {
+		return bad("%d files, pieces for %d", len(m.FileList), len(ps.file))
+	}
+	// ps.owners[0] is this backup; a piece elsewhere must be in a backup the manifest references
+	referenced := make([]bool, len(ps.owners))
+	referenced[0] = true
+	for k := 1; k < len(ps.owners); k++ {
+		referenced[k] = slices.Contains(m.References, ps.owners[k])
+	}
 	seen := make(map[string]bool, len(m.FileList))
-	for _, f := range m.FileList {
+	for i, f := range m.FileList {
 		if err := checkEntryPath(f.Path); err != nil {
 			return bad("entry %q: %v", f.Path, err)
 		}
@@ -93,14 +115,16 @@ func validateManifest(m *backup.Manifest, roots map[uint32]string) error {
 				return bad("file %q has a negative size", f.Path)
 			}
 			var sum int64
-			for _, e := range f.Extents {
-				if e.Bundle < 0 || e.Offset < 0 || e.Length <= 0 {
-					return bad("file %q has a piece at bundle %d offset %d length %d", f.Path, e.Bundle, e.Offset, e.Length)
+			for _, e := range ps.file[i] {
+				if e.bundle < 0 || e.off < 0 || e.length <= 0 {
+					return bad("file %q has a piece at bundle %d offset %d length %d", f.Path, e.bundle, e.off, e.length)
 				}
-				if e.Backup != "" && !slices.Contains(m.References, e.Backup) {
-					return bad("file %q has a piece in backup %q, which the manifest does not list among its references", f.Path, e.Backup)
+				if !referenced[e.owner] {
+					return bad("file %q has a piece in backup %q, which the manifest does not list among its references", f.Path, ps.label(e))
 				}
-				sum += e.Length
+				if sum += e.length; sum < 0 {
+					return bad("file %q has more bytes in its pieces than a file can hold", f.Path)
+				}
 			}
 			if sum != f.Size {
 				return bad("file %q has %d bytes in its pieces but a size of %d", f.Path, sum, f.Size)
