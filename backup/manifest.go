@@ -221,15 +221,6 @@ func ReadManifestWithoutPageHashes(ctx context.Context, r *repo.Repo, label stri
 	return readManifest(ctx, r, label, false)
 }
 
-// ReadManifestEach reads a complete backup's manifest without the extents' page hashes, as
-// ReadManifestWithoutPageHashes does, but passes each file to each as it is decoded instead
-// of listing it in FileList, so that a reader can keep what it needs of them in a form of
-// its own. each must not keep f or its Extents. What each made of the files is valid only
-// if ReadManifestEach returns no error: the object's tag or signature is checked at its end.
-func ReadManifestEach(ctx context.Context, r *repo.Repo, label string, each func(f *File) error) (*Manifest, error) {
-	return readManifestFiles(ctx, r, label, false, each)
-}
-
 func readManifest(ctx context.Context, r *repo.Repo, label string, keepPages bool) (*Manifest, error) {
 	return readManifestFiles(ctx, r, label, keepPages, nil)
 }

@@ -147,7 +147,8 @@ func Verify(ctx context.Context, r *repo.Repo, label string, workers int) (*Veri
 // needed pieces is left is not read at all).
 func (v *Verifier) Verify(ctx context.Context, label string) (*VerifyResult, error) {
 	r := v.r
-	m, err := ReadManifestWithoutPageHashes(ctx, r, label)
+	// Every piece is held for the whole verify, in Pieces' form (see Piece).
+	m, ps, err := ReadManifestPieces(ctx, r, label, func(*File) bool { return true })
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +156,7 @@ func (v *Verifier) Verify(ctx context.Context, label string) (*VerifyResult, err
 		return nil, fmt.Errorf("backup %s: backup_manifest: %w", label, err)
 	}
 	type piece struct {
-		file, ext int
+		file, ext int32
 	}
 	type bundle struct {
 		label string
@@ -164,18 +165,18 @@ func (v *Verifier) Verify(ctx context.Context, label string) (*VerifyResult, err
 	byBundle := map[bundle][]piece{}
 	for i, f := range m.FileList {
 		var total int64
-		for j, e := range f.Extents {
-			k := bundle{e.Owner(label), e.Bundle}
-			byBundle[k] = append(byBundle[k], piece{i, j})
-			total += e.Length
+		for j, p := range ps.File(i) {
+			k := bundle{ps.Owner(p), int(p.Bundle)}
+			byBundle[k] = append(byBundle[k], piece{int32(i), int32(j)})
+			total += p.Length
 		}
 		if f.Type == "file" && total != f.Size {
 			return nil, fmt.Errorf("backup %s: manifest: %s has %d bytes in its pieces, size %d", label, f.Path, total, f.Size)
 		}
 	}
 	pieceOK := make([][]bool, len(m.FileList))
-	for i, f := range m.FileList {
-		pieceOK[i] = make([]bool, len(f.Extents))
+	for i := range m.FileList {
+		pieceOK[i] = make([]bool, len(ps.File(i)))
 	}
 	// Every bundle of the backup is read, even one no piece points into; of the referenced
 	// backups, the bundles that hold pieces of this one that were not found intact before.
@@ -190,7 +191,7 @@ func (v *Verifier) Verify(ctx context.Context, label string) (*VerifyResult, err
 		}
 		left := pieces[:0]
 		for _, p := range pieces {
-			if v.known(k.label, k.n, m.FileList[p.file].Extents[p.ext]) {
+			if v.known(k.label, k.n, ps.Extent(int(p.file), int(p.ext))) {
 				pieceOK[p.file][p.ext] = true
 			} else {
 				left = append(left, p)
@@ -216,7 +217,7 @@ func (v *Verifier) Verify(ctx context.Context, label string) (*VerifyResult, err
 	for bi, b := range bundles {
 		pieces := byBundle[b]
 		sort.Slice(pieces, func(i, j int) bool {
-			return m.FileList[pieces[i].file].Extents[pieces[i].ext].Offset < m.FileList[pieces[j].file].Extents[pieces[j].ext].Offset
+			return ps.File(int(pieces[i].file))[pieces[i].ext].Offset < ps.File(int(pieces[j].file))[pieces[j].ext].Offset
 		})
 		note := ""
 		if b.label != label {
@@ -234,7 +235,7 @@ func (v *Verifier) Verify(ctx context.Context, label string) (*VerifyResult, err
 			h := newPieceHash()
 			checked := make([]Extent, 0, len(pieces))
 			for _, p := range pieces {
-				e := m.FileList[p.file].Extents[p.ext]
+				e := ps.Extent(int(p.file), int(p.ext))
 				if e.Offset < pos {
 					return fmt.Errorf("backup %s: %s: overlapping pieces in %s%s", label, m.FileList[p.file].Path, r.Location(key), note)
 				}
@@ -271,9 +272,9 @@ func (v *Verifier) Verify(ctx context.Context, label string) (*VerifyResult, err
 		res.Bytes += n
 	}
 	for i, f := range m.FileList {
-		for j, e := range f.Extents {
+		for j, p := range ps.File(i) {
 			if !pieceOK[i][j] {
-				return nil, fmt.Errorf("backup %s: %s: piece %d was not found in bundle %d of backup %s", label, f.Path, j, e.Bundle, e.Owner(label))
+				return nil, fmt.Errorf("backup %s: %s: piece %d was not found in bundle %d of backup %s", label, f.Path, j, p.Bundle, ps.Owner(p))
 			}
 		}
 		if f.Type == "file" {

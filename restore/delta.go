@@ -99,7 +99,7 @@ feed:
 		if alwaysWritten(f) {
 			continue
 		}
-		f.Extents = x.ps.extents(i)
+		f.Extents = x.ps.Extents(i)
 		out[k], jobs = planCompare(k, x.filePath(f), f, jobs[:0])
 		for _, j := range jobs {
 			select {

@@ -72,9 +72,12 @@ func TestDeltaCompareInRunsJudgesEveryPiece(t *testing.T) {
 		}
 	}
 	full := slices.Clone(m.FileList) // the extents as the manifest has them, for compareContent
-	ps, err := compactManifest(m, func(*backup.File) bool { return true })
-	if err != nil {
-		t.Fatal(err)
+	ps := backup.NewPieces(m.Label)
+	for i := range m.FileList {
+		if err := ps.Add(&m.FileList[i], true); err != nil {
+			t.Fatal(err)
+		}
+		m.FileList[i].Extents = nil
 	}
 	x := &executor{m: m, ps: ps, o: Options{Delta: true, Workers: 3}, roots: map[uint32]string{0: dir}}
 	got, err := x.compare(context.Background(), idx)

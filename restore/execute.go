@@ -163,7 +163,7 @@ func Execute(ctx context.Context, r *repo.Repo, plan *Plan, o Options) (*Result,
 type executor struct {
 	r     *repo.Repo
 	m     *backup.Manifest // its FileList without extents: they are in ps
-	ps    *pieces
+	ps    *backup.Pieces
 	o     Options
 	roots map[uint32]string // tablespace OID (0 = data directory) -> directory
 	owner *syscall.Credential
@@ -393,9 +393,9 @@ func (x *executor) layout(ctx context.Context) error {
 			// its recorded size (cut or extended) first.
 			x.kept[i] = kept
 			x.res.FilesPatched++
-			for j, e := range x.ps.file[i] {
+			for j, e := range x.ps.File(i) {
 				if !kept[j] {
-					x.total += e.length
+					x.total += e.Length
 				}
 			}
 			if err := os.Truncate(p, f.Size); err != nil {
@@ -523,8 +523,8 @@ type piece struct {
 }
 
 // extent is the manifest's extent pc names.
-func (x *executor) extent(pc piece) *ext {
-	return &x.ps.file[pc.file][pc.ext]
+func (x *executor) extent(pc piece) *backup.Piece {
+	return &x.ps.File(int(pc.file))[pc.ext]
 }
 
 // bundleRef names a bundle: the backup that stored it and its number. A diff or incr
@@ -540,17 +540,18 @@ type bundleRef struct {
 // restore followed by increments.
 func (x *executor) fetch(ctx context.Context) error {
 	byBundle := map[bundleRef][]piece{}
-	for i, xs := range x.ps.file {
+	for i := range x.ps.Len() {
+		xs := x.ps.File(i)
 		if !x.need[i] || i == x.control {
 			continue
 		}
 		var off int64
 		for j, e := range xs {
 			if x.kept[i] == nil || !x.kept[i][j] {
-				k := bundleRef{x.ps.label(e), int(e.bundle)}
+				k := bundleRef{x.ps.Owner(e), int(e.Bundle)}
 				byBundle[k] = append(byBundle[k], piece{file: int32(i), ext: int32(j), off: off})
 			}
-			off += e.length
+			off += e.Length
 		}
 	}
 	bundles := make([]bundleRef, 0, len(byBundle))
@@ -568,7 +569,7 @@ func (x *executor) fetch(ctx context.Context) error {
 	g.SetLimit(x.o.Workers)
 	for _, b := range interleave(bundles, x.o.Workers) {
 		pieces := byBundle[b]
-		sort.Slice(pieces, func(i, j int) bool { return x.extent(pieces[i]).off < x.extent(pieces[j]).off })
+		sort.Slice(pieces, func(i, j int) bool { return x.extent(pieces[i]).Offset < x.extent(pieces[j]).Offset })
 		g.Go(func() error { return x.writeBundle(gctx, b, pieces) })
 	}
 	return g.Wait()
@@ -621,13 +622,13 @@ func (x *executor) writeBundle(ctx context.Context, b bundleRef, pieces []piece)
 	}()
 	for _, pc := range pieces {
 		e := x.extent(pc)
-		if e.off < pos {
+		if e.Offset < pos {
 			return fmt.Errorf("backup %s: bundle %d of backup %s: overlapping pieces in the manifest", x.m.Label, b.n, b.label)
 		}
-		if _, err := br.Discard(int(e.off - pos)); err != nil {
+		if _, err := br.Discard(int(e.Offset - pos)); err != nil {
 			return fmt.Errorf("read %s%s: %w", x.r.Location(key), x.ownerNote(b.label), err)
 		}
-		pos = e.off
+		pos = e.Offset
 		f := x.m.FileList[pc.file]
 		p := x.filePath(f)
 		if p != open {
@@ -646,7 +647,7 @@ func (x *executor) writeBundle(ctx context.Context, b bundleRef, pieces []piece)
 		fileOff := pc.off
 		pieceOff := fileOff
 		crc := uint32(0)
-		left := e.length
+		left := e.Length
 		for left > 0 {
 			chunk := buf[:min(int64(len(buf)), left)]
 			if _, err := io.ReadFull(br, chunk); err != nil {
@@ -668,13 +669,13 @@ func (x *executor) writeBundle(ctx context.Context, b bundleRef, pieces []piece)
 		// the tail, instead of for every byte written (with a large page cache nothing
 		// reaches the disk on its own until long after the restore wrote it).
 		if x.flush != nil {
-			startWriteback(fh, pieceOff, e.length)
-			x.flush.wrote(p, pieceOff, e.length)
+			startWriteback(fh, pieceOff, e.Length)
+			x.flush.wrote(p, pieceOff, e.Length)
 		}
-		if crc != e.crc {
+		if crc != e.CRC {
 			return fmt.Errorf("backup %s: %s: checksum mismatch in a piece from %s%s: the object is damaged (run `pgharbor verify --backup %s`)", x.m.Label, f.Path, x.r.Location(key), x.ownerNote(b.label), x.m.Label)
 		}
-		pos += e.length
+		pos += e.Length
 	}
 	if fh != nil {
 		err := fh.Close()
@@ -758,7 +759,7 @@ func (x *executor) writeControl(ctx context.Context) error {
 	}
 	f := x.m.FileList[x.control]
 	data := make([]byte, 0, f.Size)
-	for _, e := range x.ps.extents(x.control) {
+	for _, e := range x.ps.Extents(x.control) {
 		piece, err := x.readPiece(ctx, f, e)
 		if err != nil {
 			return err

@@ -103,12 +103,12 @@ func TestReadPiecesKeepsEveryExtent(t *testing.T) {
 				}
 				want = append(want, e)
 			}
-			if have := ps.extents(i); !reflect.DeepEqual(have, want) && (len(have) != 0 || len(want) != 0) {
+			if have := ps.Extents(i); !reflect.DeepEqual(have, want) && (len(have) != 0 || len(want) != 0) {
 				t.Errorf("delta %v: %s: extents\n%+v\nwant\n%+v", delta, f.Path, have, want)
 			}
-			for j, e := range ps.file[i] {
-				if ps.label(e) != f.Extents[j].Owner(piecesLabel) {
-					t.Errorf("delta %v: %s extent %d is in backup %s, want %s", delta, f.Path, j, ps.label(e), f.Extents[j].Owner(piecesLabel))
+			for j, e := range ps.File(i) {
+				if ps.Owner(e) != f.Extents[j].Owner(piecesLabel) {
+					t.Errorf("delta %v: %s extent %d is in backup %s, want %s", delta, f.Path, j, ps.Owner(e), f.Extents[j].Owner(piecesLabel))
 				}
 			}
 		}
@@ -139,8 +139,8 @@ func TestPiecesRefuseWhatTheyCannotHold(t *testing.T) {
 	for i := range math.MaxUint16 + 1 {
 		owners = append(owners, backup.Extent{Backup: fmt.Sprintf("b%d", i), Length: 1})
 	}
-	ps := newPieces(piecesLabel)
-	if err := ps.add(&backup.File{Path: "base/5/1", Extents: owners}, false); err == nil || !strings.Contains(err.Error(), "more than") {
+	ps := backup.NewPieces(piecesLabel)
+	if err := ps.Add(&backup.File{Path: "base/5/1", Extents: owners}, false); err == nil || !strings.Contains(err.Error(), "more than") {
 		t.Errorf("pieces in %d backups: %v", len(owners), err)
 	}
 }
@@ -195,7 +195,7 @@ func BenchmarkManifestHeld(b *testing.B) {
 					case "manifest":
 						keep, err = backup.ReadManifestWithoutPageHashes(ctx, r, piecesLabel)
 					default:
-						var ps *pieces
+						var ps *backup.Pieces
 						_, ps, err = readPieces(ctx, r, piecesLabel, form == "pieces-delta")
 						keep = ps
 					}

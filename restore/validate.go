@@ -23,9 +23,9 @@ var ErrBadManifest = errors.New("the backup manifest is unsafe to restore")
 // location), nothing below such a link, pieces that add up to the file's size, and
 // tablespace directories that neither hold nor sit inside each other.
 func validateManifest(m *backup.Manifest, roots map[uint32]string) error {
-	ps := newPieces(m.Label)
+	ps := backup.NewPieces(m.Label)
 	for i := range m.FileList {
-		if err := ps.add(&m.FileList[i], false); err != nil {
+		if err := ps.Add(&m.FileList[i], false); err != nil {
 			return badManifest(m, "%v", err)
 		}
 	}
@@ -37,7 +37,7 @@ func badManifest(m *backup.Manifest, format string, args ...any) error {
 }
 
 // validatePieces is validateManifest for a manifest whose extents are in ps.
-func validatePieces(m *backup.Manifest, roots map[uint32]string, ps *pieces) error {
+func validatePieces(m *backup.Manifest, roots map[uint32]string, ps *backup.Pieces) error {
 	bad := func(format string, args ...any) error { return badManifest(m, format, args...) }
 	for _, ref := range m.References {
 		// A reference becomes part of an object key: it must name a backup, nothing else.
@@ -65,14 +65,8 @@ func validatePieces(m *backup.Manifest, roots map[uint32]string, ps *pieces) err
 			}
 		}
 	}
-	if len(ps.file) != len(m.FileList) {
-		return bad("%d files, pieces for %d", len(m.FileList), len(ps.file))
-	}
-	// ps.owners[0] is this backup; a piece elsewhere must be in a backup the manifest references
-	referenced := make([]bool, len(ps.owners))
-	referenced[0] = true
-	for k := 1; k < len(ps.owners); k++ {
-		referenced[k] = slices.Contains(m.References, ps.owners[k])
+	if ps.Len() != len(m.FileList) {
+		return bad("%d files, pieces for %d", len(m.FileList), ps.Len())
 	}
 	seen := make(map[string]bool, len(m.FileList))
 	for i, f := range m.FileList {
@@ -115,14 +109,14 @@ func validatePieces(m *backup.Manifest, roots map[uint32]string, ps *pieces) err
 				return bad("file %q has a negative size", f.Path)
 			}
 			var sum int64
-			for _, e := range ps.file[i] {
-				if e.bundle < 0 || e.off < 0 || e.length <= 0 {
-					return bad("file %q has a piece at bundle %d offset %d length %d", f.Path, e.bundle, e.off, e.length)
+			for _, e := range ps.File(i) {
+				if e.Bundle < 0 || e.Offset < 0 || e.Length <= 0 {
+					return bad("file %q has a piece at bundle %d offset %d length %d", f.Path, e.Bundle, e.Offset, e.Length)
 				}
-				if !referenced[e.owner] {
-					return bad("file %q has a piece in backup %q, which the manifest does not list among its references", f.Path, ps.label(e))
+				if named, ok := ps.Named(e); ok && !slices.Contains(m.References, named) {
+					return bad("file %q has a piece in backup %q, which the manifest does not list among its references", f.Path, named)
 				}
-				if sum += e.length; sum < 0 {
+				if sum += e.Length; sum < 0 {
 					return bad("file %q has more bytes in its pieces than a file can hold", f.Path)
 				}
 			}
