@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,7 +30,7 @@ type serverPool struct {
 	idle    []*serverConn // LIFO: the most recently used first (warm caches)
 	all     map[*serverConn]struct{}
 	opening int
-	waiters []waiter // FIFO; a nil handed over means "capacity freed, try again"
+	waiters waitQueue // a nil handed over means "capacity freed, try again"
 	size    int
 	minSize int
 
@@ -166,7 +167,7 @@ func (p *serverPool) acquireWait(ctx context.Context, w *waitSlot, timeout time.
 		} else {
 			ch = make(chan *serverConn, 1)
 		}
-		p.waiters = append(p.waiters, waiter{ch: ch})
+		p.waiters.push(waiter{ch: ch})
 		p.mu.Unlock()
 		waited = true
 		if timeout > 0 && !armed {
@@ -193,14 +194,7 @@ func (p *serverPool) acquireWait(ctx context.Context, w *waitSlot, timeout time.
 		}
 		{
 			p.mu.Lock()
-			found := false
-			for i, w := range p.waiters {
-				if w.ch == ch {
-					p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
-					found = true
-					break
-				}
-			}
+			found := p.waiters.remove(func(w waiter) bool { return w.ch == ch })
 			p.mu.Unlock()
 			if !found { // a connection (or a wake-up) is on its way: pass it on
 				if sc := <-ch; sc != nil {
@@ -242,6 +236,63 @@ type waiter struct {
 	sess *session
 }
 
+// waitQueue is a pool's wait queue, first in first out. It reuses its slice: under a steady
+// queue (more clients than server connections) taking from the front and adding at the back
+// allocate nothing, where reslicing a plain slice from the front would reallocate it again
+// and again.
+type waitQueue struct {
+	buf  []waiter
+	head int // buf[:head] were taken
+}
+
+func (q *waitQueue) len() int { return len(q.buf) - q.head }
+
+func (q *waitQueue) push(w waiter) {
+	if q.head > 0 && len(q.buf) == cap(q.buf) {
+		n := copy(q.buf, q.buf[q.head:])
+		clear(q.buf[n:])
+		q.buf, q.head = q.buf[:n], 0
+	}
+	q.buf = append(q.buf, w)
+}
+
+// pop takes the first waiter.
+func (q *waitQueue) pop() (waiter, bool) {
+	if q.head == len(q.buf) {
+		return waiter{}, false
+	}
+	w := q.buf[q.head]
+	q.buf[q.head] = waiter{} // the session or channel is no longer held here
+	q.head++
+	if q.head == len(q.buf) {
+		q.buf, q.head = q.buf[:0], 0
+	}
+	return w, true
+}
+
+// remove takes out the first waiter match accepts; false when there is none.
+func (q *waitQueue) remove(match func(waiter) bool) bool {
+	for i := q.head; i < len(q.buf); i++ {
+		if match(q.buf[i]) {
+			copy(q.buf[i:], q.buf[i+1:])
+			q.buf[len(q.buf)-1] = waiter{}
+			q.buf = q.buf[:len(q.buf)-1]
+			if q.head == len(q.buf) {
+				q.buf, q.head = q.buf[:0], 0
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// drain takes every waiter, in order.
+func (q *waitQueue) drain() []waiter {
+	out := slices.Clone(q.buf[q.head:])
+	*q = waitQueue{}
+	return out
+}
+
 // hand gives w a released connection, or nil for "capacity freed, try again". Neither way
 // blocks: a waiter's channel has room for one, and the loop's inbox is a slice.
 func (w waiter) hand(sc *serverConn) {
@@ -254,9 +305,7 @@ func (w waiter) hand(sc *serverConn) {
 
 // wakeOneLocked tells the first waiter that capacity was freed.
 func (p *serverPool) wakeOneLocked() {
-	if len(p.waiters) > 0 {
-		w := p.waiters[0]
-		p.waiters = p.waiters[1:]
+	if w, ok := p.waiters.pop(); ok {
 		w.hand(nil)
 	}
 }
@@ -266,13 +315,7 @@ func (p *serverPool) wakeOneLocked() {
 func (p *serverPool) unwait(sess *session) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for i, w := range p.waiters {
-		if w.sess == sess {
-			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
-			return true
-		}
-	}
-	return false
+	return p.waiters.remove(func(w waiter) bool { return w.sess == sess })
 }
 
 // release returns a clean (ReadyForQuery idle) connection: to the first waiter, or idle.
@@ -303,9 +346,7 @@ func (p *serverPool) releaseAt(sc *serverConn, now time.Time) {
 		p.drop(sc)
 		return
 	}
-	if len(p.waiters) > 0 {
-		w := p.waiters[0]
-		p.waiters = p.waiters[1:]
+	if w, ok := p.waiters.pop(); ok {
 		p.mu.Unlock()
 		w.hand(sc)
 		return
@@ -391,8 +432,7 @@ func (p *serverPool) closeAll() {
 	for _, sc := range idle {
 		delete(p.all, sc)
 	}
-	waiters := p.waiters
-	p.waiters = nil
+	waiters := p.waiters.drain()
 	p.mu.Unlock()
 	for _, w := range waiters {
 		w.hand(nil)
@@ -410,7 +450,7 @@ func (p *serverPool) name() string {
 func (p *serverPool) counts() (int, int, int, int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.all) - len(p.idle), len(p.idle), p.opening, len(p.waiters)
+	return len(p.all) - len(p.idle), len(p.idle), p.opening, p.waiters.len()
 }
 
 // Results of acquireLoop.
@@ -455,7 +495,7 @@ func (p *serverPool) acquireLoop(sess *session, now time.Time) (*serverConn, int
 		}()
 		return nil, acqPending
 	}
-	p.waiters = append(p.waiters, waiter{sess: sess})
+	p.waiters.push(waiter{sess: sess})
 	p.mu.Unlock()
 	return nil, acqPending
 }
