@@ -317,16 +317,7 @@ func TestBaseSetsParentExtentsAsideAndReadsThemBack(t *testing.T) {
 func BenchmarkParentBaseMemory(b *testing.B) {
 	ctx := context.Background()
 	for _, gb := range []int{8, 32} {
-		be, err := fs.New(b.TempDir())
-		if err != nil {
-			b.Fatal(err)
-		}
-		r := repoOn(b, be)
-		m := syntheticManifest(gb)
-		if err := writeManifestTo(ctx, r, m); err != nil {
-			b.Fatal(err)
-		}
-		m = nil
+		r, _ := syntheticRepo(b, gb)
 		for _, whole := range []bool{false, true} {
 			name := fmt.Sprintf("%dGB", gb)
 			if whole {

@@ -10,14 +10,11 @@ import (
 	"math/rand/v2"
 	"path"
 	"reflect"
-	"runtime"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/pgharbor/pgharbor/backup"
 	"github.com/pgharbor/pgharbor/internal/repo"
-	"github.com/pgharbor/pgharbor/internal/testmem"
 	"github.com/pgharbor/pgharbor/storage/codec"
 	"github.com/pgharbor/pgharbor/storage/fs"
 )
@@ -142,75 +139,5 @@ func TestPiecesRefuseWhatTheyCannotHold(t *testing.T) {
 	ps := backup.NewPieces(piecesLabel)
 	if err := ps.Add(&backup.File{Path: "base/5/1", Extents: owners}, false); err == nil || !strings.Contains(err.Error(), "more than") {
 		t.Errorf("pieces in %d backups: %v", len(owners), err)
-	}
-}
-
-// syntheticManifest describes a full backup of gb GB of relation files in 1 GB segments,
-// cut into 128 KiB extents with their page tree digests and page hashes, as a local backup
-// of such a cluster makes them.
-func syntheticManifest(gb int) *backup.Manifest {
-	const chunk, seg, bundle = 128 << 10, 1 << 30, 4 << 20
-	m := &backup.Manifest{Summary: backup.Summary{Format: backup.ManifestFormat, Label: piecesLabel, Type: "full"}}
-	rng := rand.New(rand.NewPCG(1, 2))
-	n := 0
-	for i := range gb {
-		f := backup.File{Path: fmt.Sprintf("base/5/%d", 16384+i), Type: "file", Mode: 0o600, Size: seg,
-			ModTime: time.Unix(1733270400, 0).UTC(), Chunk: chunk}
-		for off := int64(0); off < seg; off += chunk {
-			e := backup.Extent{Bundle: n / (bundle / chunk), Offset: int64(n%(bundle/chunk)) * chunk, Length: chunk,
-				CRC: rng.Uint32(), PageTree: true, Pages: make([]byte, chunk/backup.PageSize*backup.PageHashSize)}
-			for j := range e.SHA256 {
-				e.SHA256[j] = byte(rng.Uint32())
-			}
-			for j := range e.Pages {
-				e.Pages[j] = byte(rng.Uint32())
-			}
-			f.Extents = append(f.Extents, e)
-			n++
-		}
-		m.FileList = append(m.FileList, f)
-	}
-	return m
-}
-
-// BenchmarkManifestHeld measures the live heap a restore holds for the manifest of a full
-// backup of 8 and 32 GB of relation files, per GB: "manifest" is the manifest's own form
-// (without page hashes), which restores held before pieces; "pieces" what a restore holds
-// now, and "pieces-delta" what a delta restore holds (every SHA-256 kept). peak-B/GB is the
-// largest live heap while the manifest is read, held-B/GB what stays for the restore.
-func BenchmarkManifestHeld(b *testing.B) {
-	ctx := context.Background()
-	for _, gb := range []int{8, 32} {
-		r := testRepo(b)
-		putManifest(b, r, syntheticManifest(gb))
-		for _, form := range []string{"manifest", "pieces", "pieces-delta"} {
-			b.Run(fmt.Sprintf("%dGB-%s", gb, form), func(b *testing.B) {
-				var peak, held uint64
-				for b.Loop() {
-					base := testmem.Live()
-					stop := testmem.LivePeak()
-					var keep any
-					var err error
-					switch form {
-					case "manifest":
-						keep, err = backup.ReadManifestWithoutPageHashes(ctx, r, piecesLabel)
-					default:
-						var ps *backup.Pieces
-						_, ps, err = readPieces(ctx, r, piecesLabel, form == "pieces-delta")
-						keep = ps
-					}
-					if err != nil {
-						b.Fatal(err)
-					}
-					peak = max(peak, stop())
-					if live := testmem.Live(); live > base {
-						held = max(held, live-base)
-					}
-					runtime.KeepAlive(keep)
-				}
-				b.ReportMetric(float64(peak)/float64(gb), "peak-B/GB")
-				b.ReportMetric(float64(held)/float64(gb), "held-B/GB")
-			})
-		}
 	}
 }
