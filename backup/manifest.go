@@ -216,7 +216,8 @@ func ReadManifest(ctx context.Context, r *repo.Repo, label string) (*Manifest, e
 }
 
 // ReadManifestWithoutPageHashes reads a complete backup's manifest without the extents' page
-// hashes (Extent.Pages): everything a restore or a verify uses, in less than half the memory.
+// hashes (Extent.Pages), in less than half the memory. A reader that keeps every extent for
+// long (restore, verify) takes ReadManifestPieces instead.
 func ReadManifestWithoutPageHashes(ctx context.Context, r *repo.Repo, label string) (*Manifest, error) {
 	return readManifest(ctx, r, label, false)
 }
