@@ -157,6 +157,9 @@ type Cluster struct {
 	// saw the nodes before the failover (the new primary still in recovery) and is dropped.
 	epoch uint64
 	subs  []chan struct{}
+	// rounds counts the rounds of checks applied: Run does not repeat one its caller has
+	// just made.
+	rounds int
 }
 
 type snapshot struct {
@@ -533,11 +536,18 @@ func (c *Cluster) setStatus(n *node, s Status, r Role, reason string) bool {
 	return true
 }
 
-// Run checks all nodes at once and then every HealthCheckPeriod (and right after MarkUp or
-// SetPrimary) until ctx is done; it then returns nil. Unreachable nodes are marked down and
-// the cluster runs degraded; Run never fails because of a node.
+// Run checks all nodes at once (unless a round of checks was already made, as a caller
+// that needs the roles before it starts makes one with CheckNow) and then every
+// HealthCheckPeriod (and right after MarkUp or SetPrimary) until ctx is done; it then
+// returns nil. Unreachable nodes are marked down and the cluster runs degraded; Run never
+// fails because of a node.
 func (c *Cluster) Run(ctx context.Context) error {
-	c.CheckNow(ctx)
+	c.mu.Lock()
+	checked := c.rounds > 0
+	c.mu.Unlock()
+	if !checked {
+		c.CheckNow(ctx)
+	}
 	var down []string
 	for _, n := range c.Nodes() {
 		if n.Status != StatusUp {
@@ -653,6 +663,7 @@ func (c *Cluster) apply(outs []outcome, epoch uint64) {
 	if epoch != c.epoch {
 		return // began before a SetPrimary: stale (the next round is already asked for)
 	}
+	c.rounds++
 	defer c.publishLocked()
 	now := c.now()
 	changed := false

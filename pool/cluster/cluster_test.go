@@ -367,3 +367,36 @@ func TestConnStringQuotes(t *testing.T) {
 		t.Fatal(s)
 	}
 }
+
+// A caller that made the first round of checks itself (the pool, before its first client)
+// does not get a second round from Run at once: that round could see a node fail just after
+// the first one and take it down, while the pool has already been routing to it, a race
+// the pool's failover-wait test lost on a loaded machine. Run alone still checks at once.
+func TestRunDoesNotRepeatTheCallersFirstRound(t *testing.T) {
+	for _, checkFirst := range []bool{true, false} {
+		c, f := newFakeCluster(t, 2)
+		c.cfg.HealthCheckPeriod = time.Hour
+		f.set(6000, primaryAt(1), nil)
+		f.set(6001, standbyAt(1, 0), nil)
+		if checkFirst {
+			c.CheckNow(context.Background())
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- c.Run(ctx) }()
+		time.Sleep(100 * time.Millisecond)
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		f.mu.Lock()
+		calls := f.calls[6000]
+		f.mu.Unlock()
+		if calls != 1 {
+			t.Errorf("CheckNow first %v: the primary was checked %d times in Run's first 100 ms, want 1", checkFirst, calls)
+		}
+		if _, ok := c.Primary(); !ok {
+			t.Errorf("CheckNow first %v: no primary: %s", checkFirst, roles(c))
+		}
+	}
+}
