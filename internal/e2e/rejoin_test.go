@@ -26,6 +26,12 @@ func TestAutoRejoinRebuildsFormerPrimary(t *testing.T) {
 	n0 := nodes[0]
 	n0.Exec(t, "ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (s1, s2)'")
 	n0.Exec(t, "SELECT pg_reload_conf()")
+	// The monitor promotes only a standby it saw in sync at the primary's last good check:
+	// the standbys must be quorum standbys before it starts, or its first checks (the only
+	// ones before the crash) may find none in sync and leave no standby electable.
+	waitUntil(t, "both standbys streaming as quorum standbys", 60*time.Second, func() bool {
+		return n0.QueryString(t, "postgres", "SELECT count(*)::text FROM pg_stat_replication WHERE state = 'streaming' AND sync_state = 'quorum'") == "2"
+	})
 	e.must("repo", "init")
 	e.must("backup", "--conn", n0.ConnString("postgres"))
 	h := startHAPool(t, nodes, nil, e, "  auto_rejoin: true\n")
