@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/pgharbor/pgharbor/internal/repo"
-	"github.com/pgharbor/pgharbor/internal/testmem"
 	"github.com/pgharbor/pgharbor/storage/fs"
 )
 
@@ -216,7 +215,7 @@ func BenchmarkBackupEntriesMemory(b *testing.B) {
 				for b.Loop() {
 					label := fmt.Sprintf("20261205T%06dZ", i)
 					i++
-					stop := testmem.LivePeak()
+					stop := livePeak()
 					if err := storeSyntheticEntries(ctx, r, label, gb, held); err != nil {
 						b.Fatal(err)
 					}
@@ -327,7 +326,7 @@ func BenchmarkParentBaseMemory(b *testing.B) {
 				b.Setenv("TMPDIR", b.TempDir())
 				var peak uint64
 				for b.Loop() {
-					stop := testmem.LivePeak()
+					stop := livePeak()
 					if whole {
 						if _, err := ReadManifest(ctx, r, "20261204T000000Z"); err != nil {
 							b.Fatal(err)

@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/pgharbor/pgharbor/internal/repo"
-	"github.com/pgharbor/pgharbor/internal/testmem"
 	"github.com/pgharbor/pgharbor/storage/fs"
 )
 
@@ -25,8 +24,8 @@ func BenchmarkPiecesHeld(b *testing.B) {
 			b.Run(fmt.Sprintf("%dGB-%s", gb, form), func(b *testing.B) {
 				var peak, held uint64
 				for b.Loop() {
-					base := testmem.Live()
-					stop := testmem.LivePeak()
+					base := liveHeap()
+					stop := livePeak()
 					var keep any
 					var err error
 					if form == "manifest" {
@@ -39,7 +38,7 @@ func BenchmarkPiecesHeld(b *testing.B) {
 						b.Fatal(err)
 					}
 					peak = max(peak, stop())
-					if live := testmem.Live(); live > base {
+					if live := liveHeap(); live > base {
 						held = max(held, live-base)
 					}
 					runtime.KeepAlive(keep)
