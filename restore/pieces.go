@@ -3,7 +3,6 @@ package restore
 import (
 	"context"
 	"errors"
-	"fmt"
 
 	"github.com/pgharbor/pgharbor/backup"
 	"github.com/pgharbor/pgharbor/internal/repo"
@@ -17,7 +16,7 @@ import (
 func readPieces(ctx context.Context, r *repo.Repo, label string, delta bool) (*backup.Manifest, *backup.Pieces, error) {
 	m, ps, err := backup.ReadManifestPieces(ctx, r, label, func(f *backup.File) bool { return delta || isControl(*f) })
 	if pe, ok := errors.AsType[*backup.PiecesError](err); ok {
-		return nil, nil, fmt.Errorf("%w: backup %s: %v (nothing was written)", ErrBadManifest, label, pe.Err)
+		return nil, nil, badManifest(label, "%v", pe.Err)
 	}
 	return m, ps, err
 }

@@ -17,28 +17,14 @@ import (
 // and restore often runs as root: every entry is checked before the first byte is written.
 var ErrBadManifest = errors.New("the backup manifest is unsafe to restore")
 
-// validateManifest checks every entry of m against the restore's roots (tablespace OID ->
-// directory, 0 the data directory): relative local paths only, no entry twice, symlinks
-// only where PostgreSQL has them (pg_tblspc/<oid>, pointing at that tablespace's recorded
-// location), nothing below such a link, pieces that add up to the file's size, and
-// tablespace directories that neither hold nor sit inside each other.
-func validateManifest(m *backup.Manifest, roots map[uint32]string) error {
-	ps := backup.NewPieces(m.Label)
-	for i := range m.FileList {
-		if err := ps.Add(&m.FileList[i], false); err != nil {
-			return badManifest(m, "%v", err)
-		}
-	}
-	return validatePieces(m, roots, ps)
-}
-
-func badManifest(m *backup.Manifest, format string, args ...any) error {
-	return fmt.Errorf("%w: backup %s: %s (nothing was written)", ErrBadManifest, m.Label, fmt.Sprintf(format, args...))
-}
-
-// validatePieces is validateManifest for a manifest whose extents are in ps.
+// validatePieces checks every entry of m, whose extents are in ps, against the restore's
+// roots (tablespace OID -> directory, 0 the data directory): relative local paths only, no
+// entry twice, symlinks only where PostgreSQL has them (pg_tblspc/<oid>, pointing at that
+// tablespace's recorded location), nothing below such a link, pieces that add up to the
+// file's size and lie in this backup or one it references, and tablespace directories that
+// neither hold nor sit inside each other.
 func validatePieces(m *backup.Manifest, roots map[uint32]string, ps *backup.Pieces) error {
-	bad := func(format string, args ...any) error { return badManifest(m, format, args...) }
+	bad := func(format string, args ...any) error { return badManifest(m.Label, format, args...) }
 	for _, ref := range m.References {
 		// A reference becomes part of an object key: it must name a backup, nothing else.
 		if ref == "" || ref == "." || ref == ".." || ref == m.Label || strings.ContainsAny(ref, "/\\") {
@@ -128,6 +114,11 @@ func validatePieces(m *backup.Manifest, roots map[uint32]string, ps *backup.Piec
 		}
 	}
 	return nil
+}
+
+// badManifest is ErrBadManifest for backup label, saying why.
+func badManifest(label, format string, args ...any) error {
+	return fmt.Errorf("%w: backup %s: %s (nothing was written)", ErrBadManifest, label, fmt.Sprintf(format, args...))
 }
 
 // checkEntryPath accepts only clean, relative, local slash-separated paths.
