@@ -157,9 +157,9 @@ type Cluster struct {
 	// saw the nodes before the failover (the new primary still in recovery) and is dropped.
 	epoch uint64
 	subs  []chan struct{}
-	// rounds counts the rounds of checks applied: Run does not repeat one its caller has
-	// just made.
-	rounds int
+	// checked is set once a round of checks was applied: Run does not repeat the one its
+	// caller made before it.
+	checked bool
 }
 
 type snapshot struct {
@@ -543,7 +543,7 @@ func (c *Cluster) setStatus(n *node, s Status, r Role, reason string) bool {
 // fails because of a node.
 func (c *Cluster) Run(ctx context.Context) error {
 	c.mu.Lock()
-	checked := c.rounds > 0
+	checked := c.checked
 	c.mu.Unlock()
 	if !checked {
 		c.CheckNow(ctx)
@@ -663,7 +663,7 @@ func (c *Cluster) apply(outs []outcome, epoch uint64) {
 	if epoch != c.epoch {
 		return // began before a SetPrimary: stale (the next round is already asked for)
 	}
-	c.rounds++
+	c.checked = true
 	defer c.publishLocked()
 	now := c.now()
 	changed := false
