@@ -103,6 +103,10 @@ type Config struct {
 	// IOEngine is how transaction-mode sessions on plain sockets run: "epoll" (the default)
 	// on one event-loop thread, "goroutines" on a goroutine each like every other session.
 	IOEngine string `yaml:"io_engine"`
+	// IOUring is whether the event loop reads the sockets of one batch of events in one
+	// system call through an io_uring: "auto" (the default) where the kernel allows it,
+	// "off" never (one recvfrom per socket).
+	IOUring string `yaml:"io_uring"`
 }
 
 // IOEngine values.
@@ -210,6 +214,13 @@ func (c Config) withDefaults() (Config, error) {
 	case IOEngineEpoll, IOEngineGoroutines:
 	default:
 		return c, fmt.Errorf("pool: io_engine %q: want epoll or goroutines", c.IOEngine)
+	}
+	switch c.IOUring {
+	case "":
+		c.IOUring = "auto"
+	case "auto", "off":
+	default:
+		return c, fmt.Errorf("pool: io_uring %q: want auto or off", c.IOUring)
 	}
 	for name, d := range c.Databases {
 		if d.PoolMode != "" {

@@ -51,3 +51,19 @@ func send(fd uintptr, p []byte) (uintptr, syscall.Errno) {
 	n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 	return n, errno
 }
+
+// Without io_uring the loop reads socket by socket.
+type readRing struct{}
+
+type ringRead struct {
+	fd   int
+	buf  []byte
+	res  int32
+	done bool
+}
+
+var errNoRing = errors.New("io_uring needs Linux")
+
+func newReadRing(uint32) (*readRing, error) { return nil, errNoRing }
+func (*readRing) read([]ringRead) error     { return errNoRing }
+func (*readRing) close()                    {}

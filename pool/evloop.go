@@ -46,6 +46,8 @@ import (
 // loop thread or in the pool's wait queue, never blocking the loop.
 const (
 	loopReadSize = 64 << 10  // one read from a socket
+	aheadSize    = 16 << 10  // one read of readAhead's
+	aheadMax     = 64        // reads in one readAhead
 	loopMaxMsg   = 256 << 10 // a client message the loop handles whole
 	loopOutHigh  = 256 << 10 // output held for a peer above which the loop stops reading the other side
 	loopTick     = 100 * time.Millisecond
@@ -113,6 +115,11 @@ type evLoop struct {
 	// holdP: the short waits keep the thread's P (epollWaitRaw). Not with a single P, which
 	// every other goroutine (logins, goroutine sessions, timers) would wait for meanwhile.
 	holdP bool
+	// ring reads a batch's sockets in one system call (readAhead); nil: one by one.
+	ring     *readRing
+	ahead    []ringRead
+	aheadEv  []int // the event each read of ahead is for
+	aheadBuf []byte
 }
 
 type loopEntry struct {
@@ -181,6 +188,10 @@ type loopServer struct {
 	rdReady   bool
 	wrBlocked bool
 	swallow   int // answers to the pool's own SET queries still to drop
+	// ahead: part ends with bytes readAhead read that readServer has not handled yet;
+	// aheadErr: the error readAhead's read returned, for readServer's next read.
+	ahead    bool
+	aheadErr syscall.Errno
 	// hup is set by the loop when the server closed the connection while it was idle.
 	hup atomic.Bool
 }
@@ -208,6 +219,13 @@ func newLoop(ctx context.Context, srv *Server) (*evLoop, error) {
 		_ = syscall.Close(epfd)
 		_ = syscall.Close(int(efd))
 		return nil, fmt.Errorf("event loop: epoll_ctl: %w", err)
+	}
+	if srv.config().IOUring != "off" {
+		if r, err := newReadRing(aheadMax); err != nil {
+			srv.log.Info("event loop: reading socket by socket (no io_uring)", "err", err)
+		} else {
+			l.ring, l.aheadBuf = r, make([]byte, aheadMax*aheadSize)
+		}
 	}
 	go l.run()
 	return l, nil
@@ -255,6 +273,7 @@ func (l *evLoop) run() {
 			n = 0
 		}
 		l.now = time.Now()
+		l.readAhead(n)
 		for i := 0; i < n; i++ {
 			l.event(l.events[i])
 		}
@@ -495,7 +514,7 @@ func (l *evLoop) pump(s *session) {
 			return
 		}
 		progress := false
-		if es := l.server(s); es != nil && es.rdReady && len(ls.out) < loopOutHigh {
+		if es := l.server(s); es != nil && es.readable() && len(ls.out) < loopOutHigh {
 			l.readServer(s, es)
 			progress = true
 			continue
@@ -1051,8 +1070,23 @@ func (l *evLoop) failQuery(s *session, pe *pgError) {
 // readServer reads and forwards what the server sent.
 func (l *evLoop) readServer(s *session, es *loopServer) {
 	ls := s.ev
-	for es.rdReady && len(ls.out) < loopOutHigh {
-		n, errno := rawRead(es.fd, l.buf)
+	for es.readable() && len(ls.out) < loopOutHigh {
+		if es.ahead {
+			es.ahead = false // the bytes are at the end of es.part
+			l.serverData(s, es, nil)
+			l.endBatchAnswer(s)
+			if es.ls != s {
+				return
+			}
+			continue
+		}
+		var n int
+		var errno syscall.Errno
+		if es.aheadErr != 0 {
+			errno, es.aheadErr = es.aheadErr, 0
+		} else {
+			n, errno = rawRead(es.fd, l.buf)
+		}
 		if errno == syscall.EAGAIN {
 			es.rdReady = false
 			return
@@ -1077,14 +1111,25 @@ func (l *evLoop) readServer(s *session, es *loopServer) {
 			es.rdReady = false
 		}
 		l.serverData(s, es, l.buf[:n])
-		if len(ls.out) > 0 && !ls.deferred && !ls.closed && s.txStatus == 'I' {
-			ls.deferred = true
-			l.flushList = append(l.flushList, s)
-		}
+		l.endBatchAnswer(s)
 		if es.ls != s {
 			return // released at ReadyForQuery (or lost): the rest is not this session's
 		}
 	}
+}
+
+// endBatchAnswer defers the write of an answer that ended s's transaction to the batch's end.
+func (l *evLoop) endBatchAnswer(s *session) {
+	if ls := s.ev; len(ls.out) > 0 && !ls.deferred && !ls.closed && s.txStatus == 'I' {
+		ls.deferred = true
+		l.flushList = append(l.flushList, s)
+	}
+}
+
+// readable says whether readServer has something to do: the socket may have data, or
+// readAhead left bytes or an error.
+func (es *loopServer) readable() bool {
+	return es.rdReady || es.ahead || es.aheadErr != 0
 }
 
 // serverData forwards server bytes to the client, acting on ReadyForQuery and
@@ -1493,4 +1538,7 @@ func (l *evLoop) quit() {
 	}
 	_ = syscall.Close(l.epfd)
 	_ = syscall.Close(l.efd)
+	if l.ring != nil {
+		l.ring.close()
+	}
 }
