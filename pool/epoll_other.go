@@ -52,18 +52,20 @@ func send(fd uintptr, p []byte) (uintptr, syscall.Errno) {
 	return n, errno
 }
 
-// Without io_uring the loop reads socket by socket.
-type readRing struct{}
+// Without io_uring the loop makes one system call per socket.
+type sockRing struct{}
 
-type ringRead struct {
+type ringOp struct {
+	send bool
 	fd   int
 	buf  []byte
 	res  int32
 	done bool
+	lost bool
 }
 
 var errNoRing = errors.New("io_uring needs Linux")
 
-func newReadRing(uint32) (*readRing, error) { return nil, errNoRing }
-func (*readRing) read([]ringRead) error     { return errNoRing }
-func (*readRing) close()                    {}
+func newSockRing(uint32) (*sockRing, error) { return nil, errNoRing }
+func (*sockRing) do([]ringOp) error         { return errNoRing }
+func (*sockRing) close()                    {}

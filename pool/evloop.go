@@ -116,10 +116,17 @@ type evLoop struct {
 	// every other goroutine (logins, goroutine sessions, timers) would wait for meanwhile.
 	holdP bool
 	// ring reads a batch's sockets in one system call (readAhead); nil: one by one.
-	ring     *readRing
-	ahead    []ringRead
+	ring     *sockRing
+	ahead    []ringOp
 	aheadEv  []int // the event each read of ahead is for
 	aheadBuf []byte
+	// batching: writes wait in srvQ and cliQ for the batch's end (flushQueued), where
+	// they are made through the ring together
+	batching bool
+	srvQ     []*loopServer
+	cliQ     []*session
+	wops     []ringOp
+	wto      []queuedWrite
 }
 
 type loopEntry struct {
@@ -144,6 +151,7 @@ type loopSess struct {
 	rdReady   bool   // the client socket may have data
 	wrBlocked bool   // the last write to the client returned EAGAIN
 	deferred  bool   // out waits for the end of the batch (the session is in flushList)
+	queued    bool   // out is written at the end of the batch (the session is in cliQ)
 	copyIn    bool   // the server waits for COPY data
 	stalled   bool   // input held until no answer is outstanding (a busy read-only attachment)
 	demote    bool   // hand the session to a goroutine once no answer is outstanding
@@ -192,6 +200,7 @@ type loopServer struct {
 	// aheadErr: the error readAhead's read returned, for readServer's next read.
 	ahead    bool
 	aheadErr syscall.Errno
+	queued   bool // out is written at the end of the batch (in srvQ)
 	// hup is set by the loop when the server closed the connection while it was idle.
 	hup atomic.Bool
 }
@@ -221,7 +230,7 @@ func newLoop(ctx context.Context, srv *Server) (*evLoop, error) {
 		return nil, fmt.Errorf("event loop: epoll_ctl: %w", err)
 	}
 	if srv.config().IOUring != "off" {
-		if r, err := newReadRing(aheadMax); err != nil {
+		if r, err := newSockRing(aheadMax); err != nil {
 			srv.log.Info("event loop: reading socket by socket (no io_uring)", "err", err)
 		} else {
 			l.ring, l.aheadBuf = r, make([]byte, aheadMax*aheadSize)
@@ -273,6 +282,7 @@ func (l *evLoop) run() {
 			n = 0
 		}
 		l.now = time.Now()
+		l.batching = l.ring != nil
 		l.readAhead(n)
 		for i := 0; i < n; i++ {
 			l.event(l.events[i])
@@ -293,13 +303,14 @@ func (l *evLoop) run() {
 		for _, s := range l.flushList {
 			if ls := s.ev; ls != nil && ls.deferred {
 				ls.deferred = false
-				if !ls.closed && !ls.wrBlocked {
-					l.writeClient(s)
+				if !ls.closed && !ls.wrBlocked && !ls.queued {
+					l.writeClientSoon(s)
 				}
 			}
 		}
 		clear(l.flushList)
 		l.flushList = l.flushList[:0]
+		l.flushQueued()
 		if !l.now.Before(l.nextTick) {
 			l.tick()
 			l.nextTick = l.now.Add(loopTick)
@@ -522,13 +533,13 @@ func (l *evLoop) pump(s *session) {
 		if !ls.closed && l.takesInput(s) && (ls.rdReady || len(ls.in) > 0) {
 			progress = l.readClient(s)
 		}
-		if es := l.server(s); es != nil && len(es.out) > 0 && !es.wrBlocked {
+		if es := l.server(s); es != nil && len(es.out) > 0 && !es.wrBlocked && !es.queued {
 			l.writeServer(s, es)
 			progress = true
 		}
-		if !ls.closed && len(ls.out) > 0 && !ls.wrBlocked && (!ls.deferred || len(ls.out) >= loopOutHigh/4) {
+		if !ls.closed && len(ls.out) > 0 && !ls.wrBlocked && !ls.queued && (!ls.deferred || len(ls.out) >= loopOutHigh/4) {
 			before := len(ls.out)
-			l.writeClient(s)
+			l.writeClientSoon(s)
 			// the server may have been left unread while this was too much
 			progress = progress || len(ls.out) < before
 		}
@@ -1300,9 +1311,21 @@ func (l *evLoop) rollback(sc *serverConn, status byte) {
 	}()
 }
 
+// writeServer writes es.out, at the batch's end when the loop batches writes.
 func (l *evLoop) writeServer(s *session, es *loopServer) {
+	if l.batching {
+		es.queued = true
+		l.srvQ = append(l.srvQ, es)
+		return
+	}
 	before := len(es.out)
-	if errno := l.flush(es.fd, &es.out, &es.wrBlocked); errno != 0 {
+	l.wroteServer(s, es, before, l.flush(es.fd, &es.out, &es.wrBlocked))
+}
+
+// wroteServer handles the error of a write to s's server connection that began with
+// before bytes to write.
+func (l *evLoop) wroteServer(s *session, es *loopServer, before int, errno syscall.Errno) {
+	if errno != 0 {
 		if ls := s.ev; ls.fresh && len(es.out) == before && unsentReset(errno) {
 			// the server closed the connection before the transaction's first query
 			// reached it: nothing of it was written
@@ -1314,6 +1337,7 @@ func (l *evLoop) writeServer(s *session, es *loopServer) {
 	}
 }
 
+// writeClient writes ls.out now.
 func (l *evLoop) writeClient(s *session) {
 	ls := s.ev
 	if errno := l.flush(ls.fd, &ls.out, &ls.wrBlocked); errno != 0 {
@@ -1321,14 +1345,31 @@ func (l *evLoop) writeClient(s *session) {
 	}
 }
 
+// writeClientSoon writes ls.out, at the batch's end when the loop batches writes.
+func (l *evLoop) writeClientSoon(s *session) {
+	if !l.batching {
+		l.writeClient(s)
+		return
+	}
+	s.ev.queued = true
+	l.cliQ = append(l.cliQ, s)
+}
+
 // flush writes *out to fd and keeps what did not fit; a full socket sets *blocked and gets
 // EPOLLOUT registered. It returns the error of a failed write.
 func (l *evLoop) flush(fd int, out *[]byte, blocked *bool) syscall.Errno {
+	n, errno := rawWrite(fd, *out)
+	return l.wrote(fd, out, blocked, n, errno)
+}
+
+// wrote takes the n bytes a write to fd took from the start of *out; a write that stopped
+// short (a full socket) sets *blocked and gets EPOLLOUT registered. It returns the error of
+// a failed write.
+func (l *evLoop) wrote(fd int, out *[]byte, blocked *bool, n int, errno syscall.Errno) syscall.Errno {
 	b := *out
-	n, errno := rawWrite(fd, b)
 	b = b[:copy(b, b[n:])]
 	switch {
-	case errno == syscall.EAGAIN:
+	case errno == syscall.EAGAIN || (errno == 0 && len(b) > 0):
 		*blocked = true
 		l.wantOut(fd)
 		errno = 0

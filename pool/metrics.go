@@ -25,13 +25,13 @@ var (
 	descPaused     = prometheus.NewDesc("pgharbor_pool_paused", "1 while the pool is paused.", nil, nil)
 	descLoginTotal = prometheus.NewDesc("pgharbor_pool_client_logins_total", "Successful client logins.", nil, nil)
 	descHandovers  = prometheus.NewDesc("pgharbor_pool_loop_handovers_total", "Sessions the event loop handed to a goroutine (a message or state the loop does not handle).", nil, nil)
-	descRingReads  = prometheus.NewDesc("pgharbor_pool_loop_ring_reads_total", "Socket reads the event loop made in batches through io_uring (io_uring: auto).", nil, nil)
+	descRingOps    = prometheus.NewDesc("pgharbor_pool_loop_ring_ops_total", "Socket reads (op recv) and writes (op send) the event loop made in batches through io_uring (io_uring: auto).", []string{"op"}, nil)
 )
 
 type poolCollector struct{ s *Server }
 
 func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descClients, descServers, descWaiting, descXacts, descQueries, descXactTime, descQueryTime, descWaits, descWaitTime, descWaitTO, descLoginErr, descPaused, descLoginTotal, descHandovers, descRingReads} {
+	for _, d := range []*prometheus.Desc{descClients, descServers, descWaiting, descXacts, descQueries, descXactTime, descQueryTime, descWaits, descWaitTime, descWaitTO, descLoginErr, descPaused, descLoginTotal, descHandovers, descRingOps} {
 		ch <- d
 	}
 }
@@ -78,7 +78,8 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, b2f(paused))
 	ch <- prometheus.MustNewConstMetric(descLoginTotal, prometheus.CounterValue, float64(s.totalLogins.Load()))
 	ch <- prometheus.MustNewConstMetric(descHandovers, prometheus.CounterValue, float64(s.handovers.Load()))
-	ch <- prometheus.MustNewConstMetric(descRingReads, prometheus.CounterValue, float64(s.ringReads.Load()))
+	ch <- prometheus.MustNewConstMetric(descRingOps, prometheus.CounterValue, float64(s.ringRecvs.Load()), "recv")
+	ch <- prometheus.MustNewConstMetric(descRingOps, prometheus.CounterValue, float64(s.ringSends.Load()), "send")
 }
 
 func b2f(b bool) float64 {

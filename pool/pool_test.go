@@ -220,7 +220,7 @@ func TestPool(t *testing.T) {
 	t.Run("NamedStatementSessionsStayOnTheEventLoop", func(t *testing.T) { testPreparedOnLoop(t, f) })
 	t.Run("LargeMessagesBatchesAndPipelines", func(t *testing.T) { testLargeAndPipelined(t, f) })
 	t.Run("EventLoopSessions", func(t *testing.T) { testEventLoop(t, f) })
-	t.Run("EventLoopReadsABatchInOneCall", func(t *testing.T) { testLoopReadAhead(t, f) })
+	t.Run("EventLoopReadsAndWritesABatchInOneCall", func(t *testing.T) { testLoopBatchedIO(t, f) })
 	t.Run("LimitsTimeoutsUnixSocketServerTLSMode", func(t *testing.T) { testLimits(t, f) })
 	t.Run("StartsDegradedWithAnUnreachableStandby", func(t *testing.T) {
 		cfg := baseConfig(f, ModeTransaction)

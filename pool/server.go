@@ -45,9 +45,10 @@ type Server struct {
 	attached atomic.Int64 // sessions holding a server connection
 	// handovers counts sessions the event loop moved to a goroutine (demoteSession).
 	handovers atomic.Int64
-	// ringReads counts socket reads the event loop made through its io_uring (readAhead).
-	ringReads atomic.Int64
-	loop      *evLoop // runs transaction-mode sessions on plain sockets; nil with io_engine goroutines
+	// ringRecvs and ringSends count the socket reads and writes the event loop made in
+	// batches through its io_uring (readAhead, flushQueued).
+	ringRecvs, ringSends atomic.Int64
+	loop                 *evLoop // runs transaction-mode sessions on plain sockets; nil with io_engine goroutines
 
 	mu       sync.Mutex
 	pools    map[poolKey]*serverPool

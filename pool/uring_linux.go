@@ -1,22 +1,22 @@
 package pool
 
 import (
-	"errors"
 	"fmt"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
 )
 
-// An io_uring used only to make several socket reads in one system call. The event loop's
-// reads are each a system call, and on machines where a system call's entry and exit cost
-// far more than the copy it does (kernel page-table isolation on a virtual machine) those
-// crossings were a large part of the pool's CPU per transaction. After epoll reports a batch
-// of readable sockets, the loop reads them all with one io_uring_enter (readAhead). Every read
-// is submitted with MSG_DONTWAIT, so the kernel does it during the submission and never
-// queues it: when io_uring_enter returns, every read has completed and no buffer is left in
-// the kernel's hands. A kernel without io_uring, or one that refuses it (io_uring_disabled,
-// a seccomp filter), leaves the loop reading socket by socket as before.
+// An io_uring used only to make several socket reads or writes in one system call. The event
+// loop's reads and writes are each a system call, and on machines where a system call's
+// entry and exit cost far more than the copy it does (kernel page-table isolation on a
+// virtual machine) those crossings were a large part of the pool's CPU per transaction.
+// After epoll reports a batch of readable sockets, the loop reads them all with one
+// io_uring_enter (readAhead), and it makes the batch's writes with another (flushQueued).
+// Every operation is submitted with MSG_DONTWAIT, so the kernel does it during the submission
+// and never queues it: when io_uring_enter returns, every one has completed and no buffer is
+// left in the kernel's hands. A kernel without io_uring, or one that refuses it
+// (io_uring_disabled, a seccomp filter), leaves the loop making one system call per socket.
 
 const (
 	sysIOUringSetup = 425 // the same number on every architecture (since Linux 5.1)
@@ -27,6 +27,7 @@ const (
 	uringOffSQEs   = 0x10000000
 
 	uringFeatSingleMmap = 1 << 0
+	uringOpSend         = 26
 	uringOpRecv         = 27
 )
 
@@ -70,8 +71,9 @@ type uringCQE struct {
 	flags    uint32
 }
 
-// readRing is an io_uring for batches of non-blocking reads (loop thread only).
-type readRing struct {
+// sockRing is an io_uring for batches of non-blocking socket reads and writes (loop thread
+// only).
+type sockRing struct {
 	fd      int
 	entries uint32
 	ringMem []byte
@@ -88,27 +90,26 @@ type readRing struct {
 	cqes    []uringCQE
 }
 
-// ringRead is one read of a batch: the descriptor, where to read, and what it returned
-// (bytes, or -errno).
-type ringRead struct {
+// ringOp is one read (recv) or write (send) of a batch: the descriptor, the bytes to read
+// into or write, and what it returned (a count, or -errno).
+type ringOp struct {
+	send bool
 	fd   int
 	buf  []byte
 	res  int32
 	done bool // res is set
-	lost bool // submitted and not done: the kernel may still read into buf
+	lost bool // submitted and not done: the kernel may still use buf
 }
 
-var errRingLost = errors.New("io_uring: a read did not complete during its submission")
-
-func newReadRing(entries uint32) (*readRing, error) {
+func newSockRing(entries uint32) (*sockRing, error) {
 	var p uringParams
 	fd, _, errno := syscall.RawSyscall(sysIOUringSetup, uintptr(entries), uintptr(unsafe.Pointer(&p)), 0)
 	if errno != 0 {
 		return nil, fmt.Errorf("io_uring_setup: %w", errno)
 	}
-	r := &readRing{fd: int(fd), entries: p.sqEntries}
+	r := &sockRing{fd: int(fd), entries: p.sqEntries}
 	syscall.CloseOnExec(r.fd)
-	fail := func(err error) (*readRing, error) {
+	fail := func(err error) (*sockRing, error) {
 		r.close()
 		return nil, err
 	}
@@ -147,9 +148,9 @@ func newReadRing(entries uint32) (*readRing, error) {
 	return r, nil
 }
 
-// selfTest reads an empty socket and one with data through the ring: both must complete
-// during the submission (the first with EAGAIN), or the ring is not used.
-func (r *readRing) selfTest() error {
+// selfTest reads an empty socket and one with data, and writes to one, through the ring:
+// each must complete during the submission (the first with EAGAIN), or the ring is not used.
+func (r *sockRing) selfTest() error {
 	pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("io_uring self-test: %w", err)
@@ -160,34 +161,54 @@ func (r *readRing) selfTest() error {
 		return fmt.Errorf("io_uring self-test: %w", err)
 	}
 	var a, b [8]byte
-	reads := []ringRead{{fd: pair[1], buf: a[:]}, {fd: pair[0], buf: b[:]}}
-	if err := r.read(reads); err != nil {
+	ops := []ringOp{{fd: pair[1], buf: a[:]}, {fd: pair[0], buf: b[:]}, {send: true, fd: pair[0], buf: []byte("back")}}
+	if err := r.do(ops); err != nil {
 		return err
 	}
-	if reads[0].res != -int32(syscall.EAGAIN) || reads[1].res != 4 || string(b[:4]) != "ring" {
-		return fmt.Errorf("io_uring self-test: reads returned %d and %d", reads[0].res, reads[1].res)
+	if ops[0].res != -int32(syscall.EAGAIN) || ops[1].res != 4 || string(b[:4]) != "ring" || ops[2].res != 4 {
+		return fmt.Errorf("io_uring self-test: operations returned %d, %d and %d", ops[0].res, ops[1].res, ops[2].res)
+	}
+	if n, err := syscall.Read(pair[1], a[:]); err != nil || string(a[:n]) != "back" {
+		return fmt.Errorf("io_uring self-test: the write through the ring read back as %q (%v)", a[:max(n, 0)], err)
 	}
 	return nil
 }
 
-// read makes every read of reads (at most the ring's entries) in one io_uring_enter and
-// sets each one's res and done. On an error, a read not done was either never submitted
-// (its socket untouched) or is lost: queued in the kernel, where it may still take the
-// socket's data into its buffer. The ring must then not be used again (close cancels what
-// it queued) and the buffers of lost reads must never be reused.
-func (r *readRing) read(reads []ringRead) error {
+// do makes every operation of ops in io_uring_enter calls of at most the ring's entries
+// each, and sets each one's res and done. On an error, an operation not done was either
+// never submitted (its socket untouched) or is lost: queued in the kernel, where it may
+// still read into or write from its buffer. The ring must then not be used again (close
+// cancels what it queued) and the buffers of lost operations must never be reused.
+func (r *sockRing) do(ops []ringOp) error {
+	for i := range ops {
+		ops[i].done, ops[i].lost = false, false
+	}
+	for len(ops) > 0 {
+		k := min(len(ops), int(r.entries))
+		if err := r.submit(ops[:k]); err != nil {
+			return err
+		}
+		ops = ops[k:]
+	}
+	return nil
+}
+
+func (r *sockRing) submit(ops []ringOp) error {
 	tail := *r.sqTail
-	for i := range reads {
-		rd := &reads[i]
-		rd.done, rd.lost = false, false
+	for i := range ops {
+		op := &ops[i]
 		idx := tail & r.sqMask
-		r.sqes[idx] = uringSQE{opcode: uringOpRecv, fd: int32(rd.fd), addr: uint64(uintptr(unsafe.Pointer(&rd.buf[0]))),
-			len: uint32(len(rd.buf)), opFlags: syscall.MSG_DONTWAIT, userData: uint64(i)}
+		sqe := uringSQE{opcode: uringOpRecv, fd: int32(op.fd), addr: uint64(uintptr(unsafe.Pointer(&op.buf[0]))),
+			len: uint32(len(op.buf)), opFlags: syscall.MSG_DONTWAIT, userData: uint64(i)}
+		if op.send {
+			sqe.opcode, sqe.opFlags = uringOpSend, syscall.MSG_DONTWAIT|syscall.MSG_NOSIGNAL
+		}
+		r.sqes[idx] = sqe
 		r.sqArray[idx] = idx
 		tail++
 	}
 	atomic.StoreUint32(r.sqTail, tail)
-	want := len(reads)
+	want := len(ops)
 	var err error
 	submitted := 0
 	for submitted < want {
@@ -196,7 +217,7 @@ func (r *readRing) read(reads []ringRead) error {
 			continue
 		}
 		if errno != 0 || n == 0 {
-			err = fmt.Errorf("io_uring_enter: %d of %d reads submitted: %w", submitted, want, errno)
+			err = fmt.Errorf("io_uring_enter: %d of %d operations submitted: %w", submitted, want, errno)
 			break
 		}
 		submitted += int(n)
@@ -205,15 +226,15 @@ func (r *readRing) read(reads []ringRead) error {
 	got := 0
 	for ctail := atomic.LoadUint32(r.cqTail); head != ctail; head++ {
 		c := r.cqes[head&r.cqMask]
-		if c.userData < uint64(len(reads)) && !reads[c.userData].done {
-			reads[c.userData].res, reads[c.userData].done = c.res, true
+		if c.userData < uint64(len(ops)) && !ops[c.userData].done {
+			ops[c.userData].res, ops[c.userData].done = c.res, true
 			got++
 		}
 	}
 	atomic.StoreUint32(r.cqHead, head)
 	if got != submitted {
-		for i := range reads[:submitted] {
-			reads[i].lost = !reads[i].done
+		for i := range ops[:submitted] {
+			ops[i].lost = !ops[i].done
 		}
 		if err == nil {
 			err = errRingLost
@@ -222,7 +243,7 @@ func (r *readRing) read(reads []ringRead) error {
 	return err
 }
 
-func (r *readRing) close() {
+func (r *sockRing) close() {
 	for _, m := range [][]byte{r.sqeMem, r.cqMem, r.ringMem} {
 		if m != nil {
 			_ = syscall.Munmap(m)

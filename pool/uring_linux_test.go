@@ -22,18 +22,18 @@ func socketPairs(t testing.TB, n int) [][2]int {
 }
 
 func TestReadRingReadsABatch(t *testing.T) {
-	r, err := newReadRing(64)
+	r, err := newSockRing(64)
 	if err != nil {
 		t.Skipf("no io_uring here: %v", err)
 	}
 	defer r.close()
 	pairs := socketPairs(t, 40)
 	for round := 0; round < 50; round++ {
-		var reads []ringRead
+		var reads []ringOp
 		want := map[int][]byte{}
 		for i, p := range pairs {
 			if (i+round)%3 == 0 {
-				reads = append(reads, ringRead{fd: p[0], buf: make([]byte, 16)}) // empty: EAGAIN
+				reads = append(reads, ringOp{fd: p[0], buf: make([]byte, 16)}) // empty: EAGAIN
 				want[len(reads)-1] = nil
 				continue
 			}
@@ -41,10 +41,10 @@ func TestReadRingReadsABatch(t *testing.T) {
 			if _, err := syscall.Write(p[1], msg); err != nil {
 				t.Fatal(err)
 			}
-			reads = append(reads, ringRead{fd: p[0], buf: make([]byte, 16)})
+			reads = append(reads, ringOp{fd: p[0], buf: make([]byte, 16)})
 			want[len(reads)-1] = msg
 		}
-		if err := r.read(reads); err != nil {
+		if err := r.do(reads); err != nil {
 			t.Fatal(err)
 		}
 		for i, rd := range reads {
@@ -69,8 +69,8 @@ func TestReadRingReadsABatch(t *testing.T) {
 	// a closed peer reads as the end (0), a reset as ECONNRESET-free EOF here
 	p := pairs[0]
 	syscall.Close(p[1])
-	reads := []ringRead{{fd: p[0], buf: make([]byte, 8)}, {fd: pairs[1][0], buf: make([]byte, 8)}}
-	if err := r.read(reads); err != nil {
+	reads := []ringOp{{fd: p[0], buf: make([]byte, 8)}, {fd: pairs[1][0], buf: make([]byte, 8)}}
+	if err := r.do(reads); err != nil {
 		t.Fatal(err)
 	}
 	if reads[0].res != 0 || reads[1].res != -int32(syscall.EAGAIN) {
@@ -103,18 +103,18 @@ func BenchmarkSocketReads(b *testing.B) {
 		}
 	})
 	b.Run("ring", func(b *testing.B) {
-		r, err := newReadRing(64)
+		r, err := newSockRing(64)
 		if err != nil {
 			b.Skip(err)
 		}
 		defer r.close()
-		reads := make([]ringRead, batch)
+		reads := make([]ringOp, batch)
 		for b.Loop() {
 			fill()
 			for i, p := range pairs {
-				reads[i] = ringRead{fd: p[0], buf: buf[i*4096 : (i+1)*4096]}
+				reads[i] = ringOp{fd: p[0], buf: buf[i*4096 : (i+1)*4096]}
 			}
-			if err := r.read(reads); err != nil {
+			if err := r.do(reads); err != nil {
 				b.Fatal(err)
 			}
 			for _, rd := range reads {

@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -11,14 +12,15 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// testLoopReadAhead runs many transaction-mode clients through the event loop at once, so
-// that its epoll batches hold several readable sockets, once reading them through the
-// loop's io_uring (readAhead) and once socket by socket, and checks every answer: short
-// statements inside transactions, results larger than one read ahead, a client that leaves
-// inside a transaction. With the ring, reads must have gone through it.
-func testLoopReadAhead(t *testing.T, f *fixture) {
+// testLoopBatchedIO runs many transaction-mode clients through the event loop at once, so
+// that its epoll batches hold several readable sockets, once reading and writing them
+// through the loop's io_uring (readAhead, flushQueued) and once socket by socket, and
+// checks every answer: short statements inside transactions, results larger than one read
+// ahead, a client that leaves inside a transaction, COPY both ways. With the ring, reads
+// and writes must have gone through it.
+func testLoopBatchedIO(t *testing.T, f *fixture) {
 	ringHere := false
-	if r, err := newReadRing(8); err == nil {
+	if r, err := newSockRing(8); err == nil {
 		r.close()
 		ringHere = true
 	} else {
@@ -59,13 +61,13 @@ func testLoopReadAhead(t *testing.T, f *fixture) {
 			if got := mustOne(t, ctx, c, "SELECT count(*) FROM pg_class WHERE relname LIKE 'ahead_left_%'"); got != "0" {
 				t.Fatalf("tables of abandoned transactions: %s, want 0", got)
 			}
-			n := s.ringReads.Load()
-			t.Logf("reads through io_uring: %d", n)
+			recvs, sends := s.ringRecvs.Load(), s.ringSends.Load()
+			t.Logf("through io_uring: %d reads, %d writes", recvs, sends)
 			switch {
-			case ring == "off" && n != 0:
-				t.Fatalf("io_uring off: %d reads through the ring", n)
-			case ring == "auto" && ringHere && n == 0:
-				t.Fatal("io_uring auto: no read went through the ring")
+			case ring == "off" && recvs+sends != 0:
+				t.Fatalf("io_uring off: %d reads and %d writes through the ring", recvs, sends)
+			case ring == "auto" && ringHere && (recvs == 0 || sends == 0):
+				t.Fatalf("io_uring auto: %d reads and %d writes through the ring, want some of each", recvs, sends)
 			}
 		})
 	}
@@ -87,6 +89,26 @@ func aheadClient(ctx context.Context, conn *pgconn.PgConn, c, rounds int) error 
 			want := strings.Repeat(tag, 40000/len(tag))
 			if got, err := one(ctx, conn, fmt.Sprintf("SELECT repeat('%s', %d)", tag, 40000/len(tag))); err != nil || got != want {
 				return fmt.Errorf("%s: large result: %d bytes %v, want %d", tag, len(got), err, len(want))
+			}
+		}
+		if i%10 == 3 {
+			// COPY both ways inside the transaction, larger than the loop's output limit
+			// (loopOutHigh) and than a socket's buffer: writes that stop short and resume
+			var in bytes.Buffer
+			const rows = 60000
+			for r := 0; r < rows; r++ {
+				fmt.Fprintf(&in, "%d\t%s\n", r, tag)
+			}
+			want := append([]byte(nil), in.Bytes()...)
+			if _, err := one(ctx, conn, fmt.Sprintf("CREATE TEMP TABLE ahead_copy_%d (v int, t text) ON COMMIT DROP", c)); err != nil {
+				return fmt.Errorf("%s: %v", tag, err)
+			}
+			if ct, err := conn.CopyFrom(ctx, &in, fmt.Sprintf("COPY ahead_copy_%d FROM STDIN", c)); err != nil || ct.RowsAffected() != rows {
+				return fmt.Errorf("%s: COPY FROM: %v %v", tag, ct, err)
+			}
+			var out bytes.Buffer
+			if _, err := conn.CopyTo(ctx, &out, fmt.Sprintf("COPY (SELECT * FROM ahead_copy_%d ORDER BY v) TO STDOUT", c)); err != nil || !bytes.Equal(out.Bytes(), want) {
+				return fmt.Errorf("%s: COPY TO: %d bytes %v, want %d", tag, out.Len(), err, len(want))
 			}
 		}
 		if c%4 == 3 && i == rounds-1 {
