@@ -174,19 +174,14 @@ func (l *evLoop) flushQueued() {
 		if op.lost {
 			continue
 		}
-		if !op.done { // not through the ring
-			n, errno := rawWrite(op.fd, op.buf)
-			op.res = int32(n)
-			if errno != 0 && errno != syscall.EAGAIN {
-				op.res = -int32(errno)
-			} else if errno == syscall.EAGAIN && n == 0 {
-				op.res = -int32(syscall.EAGAIN)
-			}
-		}
-		n, errno := 0, syscall.Errno(0)
-		if op.res >= 0 {
+		var n int
+		var errno syscall.Errno
+		switch {
+		case !op.done: // not through the ring
+			n, errno = rawWrite(op.fd, op.buf)
+		case op.res >= 0:
 			n = int(op.res)
-		} else {
+		default:
 			errno = syscall.Errno(-op.res)
 		}
 		if q.es != nil {

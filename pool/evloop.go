@@ -23,19 +23,22 @@ import (
 // socket, on one thread: simple queries, and the extended protocol with named prepared
 // statements (rewritten as the goroutine engine does them, prepared.go). One epoll set
 // holds every such client socket and the server connections they use, and one goroutine
-// locked to that thread reads, forwards and writes with raw system calls. A session
+// reads, forwards and writes with raw system calls. A session
 // goroutine per client (session.run) costs a goroutine wake-up per message and a scheduler
 // hand-off around the blocking ones, which made pgharbor use much more CPU per short
 // transaction than PgBouncer's single-threaded libevent loop (figures: docs/pool.md,
 // "Design measurements").
 //
-// An answer that ends a transaction is written to its client after every event of the
-// epoll batch is handled (and the server connection it freed went to the next waiting
-// client): the loop does the cheap reads and the writes to servers first, and the writes
-// that wake clients (and get the loop preempted by them) last, so clients find several
-// answers ready at once. An answer inside a transaction is written at once: the transaction
-// may hold row locks until its client's next statement, and deferring it cost TPC-B
-// throughput. An answer over loopOutHigh/4 is written as it comes.
+// With an io_uring (evbatch.go), the batch's reads are made together before its events are
+// handled, and its writes together after: servers first, then clients. Without one, each
+// read and write is its own system call, and an answer inside a transaction is written at
+// once (the transaction may hold row locks until its client's next statement, and
+// deferring it behind the batch's other system calls cost TPC-B throughput). Either way an
+// answer that ends a transaction is written to its client after every event of the batch
+// is handled (and the server connection it freed went to the next waiting client), so that
+// the writes that wake clients (and get the loop preempted by them) come last and clients
+// find several answers ready at once; an answer over loopOutHigh/4 is written as it comes
+// (or at the batch's end).
 //
 // Anything else a session sends (SHOW POOL_NODES, DEALLOCATE, DISCARD, the extended
 // protocol under statement-level load balancing, a message over loopMaxMsg) moves the
