@@ -13,8 +13,9 @@
 //     the primary by its weight), chosen by pool/cluster.
 //   - pause: new transactions wait; running ones finish (for switchovers).
 //   - engine: what runs a session: a goroutine per session (session.go, sessionserver.go)
-//     or the event loop (evloop.go); evhandover.go moves sessions and server connections
-//     between them. The protocol state both share is in sessionstate.go, and the settings
+//     or the event loop (evloop.go: its mechanics; evproto.go: what it does with messages
+//     and answers; evbatch.go with uring_linux.go: a batch's reads and writes in one system
+//     call each); evhandover.go moves sessions and server connections between them. The protocol state both share is in sessionstate.go, and the settings
 //     that follow a client between server connections (and the role reset before another
 //     client gets one) in settings.go.
 //
