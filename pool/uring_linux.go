@@ -107,8 +107,7 @@ func newSockRing(entries uint32) (*sockRing, error) {
 	if errno != 0 {
 		return nil, fmt.Errorf("io_uring_setup: %w", errno)
 	}
-	r := &sockRing{fd: int(fd), entries: p.sqEntries}
-	syscall.CloseOnExec(r.fd)
+	r := &sockRing{fd: int(fd), entries: p.sqEntries} // the kernel opens it close-on-exec
 	fail := func(err error) (*sockRing, error) {
 		r.close()
 		return nil, err
