@@ -172,6 +172,7 @@ func (l *evLoop) flushQueued() {
 	for k := range ops {
 		op, q := &ops[k], &to[k]
 		if op.lost {
+			l.lostBufs = append(l.lostBufs, op.buf)
 			continue
 		}
 		var n int

@@ -118,6 +118,7 @@ type evLoop struct {
 	ahead    []ringOp
 	aheadEv  []int // the event each read of ahead is for
 	aheadBuf []byte
+	lostBufs [][]byte // buffers of writes the ring lost (never reused)
 	// batching: writes wait in srvQ and cliQ for the batch's end (flushQueued), where
 	// they are made through the ring together
 	batching bool
@@ -229,9 +230,10 @@ func newLoop(ctx context.Context, srv *Server) (*evLoop, error) {
 	}
 	if srv.config().IOUring != "off" {
 		if r, err := newSockRing(aheadMax); err != nil {
-			srv.log.Info("event loop: reading socket by socket (no io_uring)", "err", err)
+			srv.log.Info("event loop: one system call per socket read and write (no io_uring)", "err", err)
 		} else {
 			l.ring, l.aheadBuf = r, make([]byte, aheadMax*aheadSize)
+			srv.log.Info("event loop: a batch's socket reads and writes through io_uring")
 		}
 	}
 	go l.run()

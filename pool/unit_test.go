@@ -204,7 +204,7 @@ func TestClientParamsFromOptions(t *testing.T) {
 func TestConfigDefaultsAndValidation(t *testing.T) {
 	nodes := cluster.Config{Nodes: []cluster.NodeConfig{{Host: "h", Port: 5432}}}
 	c, err := Config{AuthType: AuthTrust, Cluster: nodes}.withDefaults()
-	if err != nil || c.PoolMode != ModeSession || c.DefaultPoolSize != DefaultPoolSize || c.Listen != DefaultListen || c.MaxPreparedStatements != DefaultMaxPreparedStatements || c.IOEngine != IOEngineEpoll {
+	if err != nil || c.PoolMode != ModeSession || c.DefaultPoolSize != DefaultPoolSize || c.Listen != DefaultListen || c.MaxPreparedStatements != DefaultMaxPreparedStatements || c.IOEngine != IOEngineEpoll || c.IOUring != "auto" {
 		t.Fatalf("%+v %v", c, err)
 	}
 	for _, bad := range []Config{
@@ -217,6 +217,7 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		{AuthType: AuthTrust, ClientTLSMode: "require", Cluster: nodes},
 		{AuthType: AuthTrust, Databases: map[string]DatabaseConfig{"x": {Route: "standby"}}, Cluster: nodes},
 		{AuthType: AuthTrust, IOEngine: "io_uring", Cluster: nodes},
+		{AuthType: AuthTrust, IOUring: "on", Cluster: nodes},
 	} {
 		if _, err := bad.withDefaults(); err == nil {
 			t.Errorf("accepted %+v", bad)
