@@ -113,7 +113,8 @@ type evLoop struct {
 	// holdP: the short waits keep the thread's P (epollWaitRaw). Not with a single P, which
 	// every other goroutine (logins, goroutine sessions, timers) would wait for meanwhile.
 	holdP bool
-	// ring reads a batch's sockets in one system call (readAhead); nil: one by one.
+	// ring makes a batch's reads (readAhead) and its writes (flushQueued) in one system
+	// call each; nil: one per socket.
 	ring     *sockRing
 	ahead    []ringOp
 	aheadEv  []int // the event each read of ahead is for
