@@ -2,10 +2,12 @@ package backup
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"hash/crc32"
 	"io"
+	"slices"
 	"sort"
 	"sync"
 
@@ -38,8 +40,8 @@ type Verifier struct {
 	r       *repo.Repo
 	workers int
 	mu      sync.Mutex
-	intact  map[pieceAt]pieceSum
-	labels  map[string]uint32 // backup labels numbered, for small keys in intact
+	intact  map[bundleAt][]pieceMark // by bundle, sorted by offset
+	labels  map[string]uint32        // backup labels numbered, for small keys in intact
 	// needed, once Expect is called, holds the backups whose pieces are worth remembering:
 	// those a backup still to be verified points into. nil: every backup's.
 	needed map[string]bool
@@ -63,21 +65,27 @@ func (v *Verifier) Expect(todo []Summary) {
 	for l, n := range v.labels {
 		keep[n] = v.needed[l]
 	}
-	kept := make(map[pieceAt]pieceSum)
-	for k, s := range v.intact {
+	kept := make(map[bundleAt][]pieceMark)
+	for k, marks := range v.intact {
 		if keep[k.label] {
-			kept[k] = s
+			kept[k] = marks
 		}
 	}
 	v.intact = kept // a new map: deleting from the old one would not give its memory back
 }
 
-// pieceAt is where a piece is: a backup (numbered in Verifier.labels), one of its bundles
-// and an offset in the bundle's decoded bytes.
-type pieceAt struct {
+// bundleAt is a bundle of a backup numbered in Verifier.labels.
+type bundleAt struct {
 	label  uint32
 	bundle uint32
+}
+
+// pieceMark is a piece found intact: its offset in the bundle's decoded bytes and what it
+// was found to be. A Verifier keeps them in one sorted slice per bundle rather than in a map
+// by piece, which held more than twice the memory per piece (BenchmarkVerifierRemembers).
+type pieceMark struct {
 	offset int64
+	sum    pieceSum
 }
 
 // pieceSum is what a piece was found to be: its length, CRC-32C and digest (of which kind).
@@ -97,39 +105,55 @@ func NewVerifier(r *repo.Repo, workers int) *Verifier {
 	if workers <= 0 {
 		workers = 4
 	}
-	return &Verifier{r: r, workers: workers, intact: map[pieceAt]pieceSum{}, labels: map[string]uint32{}}
+	return &Verifier{r: r, workers: workers, intact: map[bundleAt][]pieceMark{}, labels: map[string]uint32{}}
 }
 
-// at returns the key of a piece; v.mu must be held.
-func (v *Verifier) at(label string, n int, e Extent) pieceAt {
+// at returns the key of bundle n of backup label; v.mu must be held.
+func (v *Verifier) at(label string, n int) bundleAt {
 	id, ok := v.labels[label]
 	if !ok {
 		id = uint32(len(v.labels))
 		v.labels[label] = id
 	}
-	return pieceAt{id, uint32(n), e.Offset}
+	return bundleAt{id, uint32(n)}
 }
 
 // known says whether the piece e of bundle n of backup label was found intact, with the
-// same length, CRC-32C and digest, earlier in the run.
+// same offset, length, CRC-32C and digest, earlier in the run.
 func (v *Verifier) known(label string, n int, e Extent) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	got, ok := v.intact[v.at(label, n, e)]
-	return ok && got == sumOf(e)
+	marks := v.intact[v.at(label, n)]
+	i, found := slices.BinarySearchFunc(marks, e.Offset, func(m pieceMark, off int64) int { return cmp.Compare(m.offset, off) })
+	return found && marks[i].sum == sumOf(e)
 }
 
 // remember records pieces of bundle n of backup label as intact; call it only after the
-// whole object was read (its authentication or checksum is checked at its last byte).
+// whole object was read (its authentication or checksum is checked at its last byte). A
+// piece at an offset already recorded replaces what was recorded there.
 func (v *Verifier) remember(label string, n int, es []Extent) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.needed != nil && !v.needed[label] {
+	if v.needed != nil && !v.needed[label] || len(es) == 0 {
 		return
 	}
+	k := v.at(label, n)
+	old := v.intact[k]
+	marks := make([]pieceMark, 0, len(old)+len(es))
+	marks = append(marks, old...)
 	for _, e := range es {
-		v.intact[v.at(label, n, e)] = sumOf(e)
+		marks = append(marks, pieceMark{offset: e.Offset, sum: sumOf(e)})
 	}
+	// stable: of two marks at one offset, the one remembered last comes last and stays
+	slices.SortStableFunc(marks, func(a, b pieceMark) int { return cmp.Compare(a.offset, b.offset) })
+	kept := marks[:0]
+	for i, m := range marks {
+		if i+1 < len(marks) && marks[i+1].offset == m.offset {
+			continue
+		}
+		kept = append(kept, m)
+	}
+	v.intact[k] = slices.Clip(kept)
 }
 
 // Verify reads every bundle of a backup, decrypting and decompressing it (which checks its

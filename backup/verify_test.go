@@ -227,7 +227,7 @@ func TestVerifierReadsWholePiecesOfAChainOnce(t *testing.T) {
 	}
 	v.Expect(nil) // the run is over
 	if len(v.intact) != 0 {
-		t.Fatalf("%d pieces remembered after the run", len(v.intact))
+		t.Fatalf("pieces of %d bundles remembered after the run", len(v.intact))
 	}
 	if !maps.Equal(cb.reads, firstRun) {
 		t.Fatalf("reads %v, the run without Expect read %v", cb.reads, firstRun)
@@ -239,7 +239,7 @@ func TestVerifierReadsWholePiecesOfAChainOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(v.intact) != 0 {
-		t.Fatalf("%d pieces of A remembered with no backup to come", len(v.intact))
+		t.Fatalf("pieces of %d bundles of A remembered with no backup to come", len(v.intact))
 	}
 
 	// Alone, C's verify reads what it needs of A (and B) itself.
