@@ -103,9 +103,9 @@ type Config struct {
 	// IOEngine is how transaction-mode sessions on plain sockets run: "epoll" (the default)
 	// on one event-loop thread, "goroutines" on a goroutine each like every other session.
 	IOEngine string `yaml:"io_engine"`
-	// IOUring is whether the event loop reads the sockets of one batch of events in one
-	// system call through an io_uring: "auto" (the default) where the kernel allows it,
-	// "off" never (one recvfrom per socket).
+	// IOUring is whether the event loop makes the socket reads and the writes of one batch
+	// of events in one system call each through an io_uring: "auto" (the default) where the
+	// kernel allows it, "off" never (a recvfrom or sendto per socket).
 	IOUring string `yaml:"io_uring"`
 }
 

@@ -61,13 +61,36 @@ func testLoopBatchedIO(t *testing.T, f *fixture) {
 			if got := mustOne(t, ctx, c, "SELECT count(*) FROM pg_class WHERE relname LIKE 'ahead_left_%'"); got != "0" {
 				t.Fatalf("tables of abandoned transactions: %s, want 0", got)
 			}
-			recvs, sends := s.ringRecvs.Load(), s.ringSends.Load()
-			t.Logf("through io_uring: %d reads, %d writes", recvs, sends)
+			// as pgharbor_pool_loop_ring_ops_total reports them
+			mfs, err := s.Registry().Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var recvs, sends float64
+			for _, mf := range mfs {
+				if mf.GetName() != "pgharbor_pool_loop_ring_ops_total" {
+					continue
+				}
+				for _, m := range mf.GetMetric() {
+					switch op := m.GetLabel()[0].GetValue(); op {
+					case "recv":
+						recvs = m.GetCounter().GetValue()
+					case "send":
+						sends = m.GetCounter().GetValue()
+					default:
+						t.Fatalf("pgharbor_pool_loop_ring_ops_total{op=%q}", op)
+					}
+				}
+			}
+			if recvs != float64(s.ringRecvs.Load()) || sends != float64(s.ringSends.Load()) {
+				t.Fatalf("metric %v reads, %v writes; counters %d, %d", recvs, sends, s.ringRecvs.Load(), s.ringSends.Load())
+			}
+			t.Logf("through io_uring: %v reads, %v writes", recvs, sends)
 			switch {
 			case ring == "off" && recvs+sends != 0:
-				t.Fatalf("io_uring off: %d reads and %d writes through the ring", recvs, sends)
+				t.Fatalf("io_uring off: %v reads and %v writes through the ring", recvs, sends)
 			case ring == "auto" && ringHere && (recvs == 0 || sends == 0):
-				t.Fatalf("io_uring auto: %d reads and %d writes through the ring, want some of each", recvs, sends)
+				t.Fatalf("io_uring auto: %v reads and %v writes through the ring, want some of each", recvs, sends)
 			}
 		})
 	}
