@@ -228,9 +228,7 @@ func (l *evLoop) acquire(s *session, req attachReq, msg []byte) bool {
 		ls.waitPool = req.p
 		ls.waitStart = l.now
 		l.waiting[s] = struct{}{}
-		s.mu.Lock()
-		s.waiting = true
-		s.mu.Unlock()
+		s.setWaiting(true)
 		return false
 	}
 	if !l.attach(s, sc) {
@@ -439,18 +437,14 @@ func (l *evLoop) park(s *session, fo *FailoverOptions) {
 	ls.parkRetry = l.now.Add(failoverRetry)
 	ls.parked = true
 	l.parked[s] = struct{}{}
-	s.mu.Lock()
-	s.waiting = true
-	s.mu.Unlock()
+	s.setWaiting(true)
 }
 
 // unpark lets s take input again.
 func (l *evLoop) unpark(s *session) {
 	s.ev.parked = false
 	delete(l.parked, s)
-	s.mu.Lock()
-	s.waiting = false
-	s.mu.Unlock()
+	s.setWaiting(false)
 }
 
 // unparkAll retries every parked session after a change of the cluster.
@@ -487,9 +481,7 @@ func cfgWait(srv *Server) time.Duration {
 func (l *evLoop) endWait(s *session) {
 	s.ev.waitPool = nil
 	delete(l.waiting, s)
-	s.mu.Lock()
-	s.waiting = false
-	s.mu.Unlock()
+	s.setWaiting(false)
 }
 
 // firstMsg returns the complete message at the start of b, or nil.
@@ -525,58 +517,51 @@ func (l *evLoop) failQuery(s *session, pe *pgError) {
 func (l *evLoop) readServer(s *session, es *loopServer) {
 	ls := s.ev
 	for es.readable() && len(ls.out) < loopOutHigh {
+		var data []byte // nil: the bytes readAhead read, at the end of es.part
 		if es.ahead {
-			es.ahead = false // the bytes are at the end of es.part
-			l.serverData(s, es, nil)
-			l.endBatchAnswer(s)
-			if es.ls != s {
+			es.ahead = false
+		} else {
+			var n int
+			var errno syscall.Errno
+			if es.aheadErr != 0 {
+				errno, es.aheadErr = es.aheadErr, 0
+			} else {
+				n, errno = rawRead(es.fd, l.buf)
+			}
+			if errno == syscall.EAGAIN {
+				es.rdReady = false
 				return
 			}
-			continue
-		}
-		var n int
-		var errno syscall.Errno
-		if es.aheadErr != 0 {
-			errno, es.aheadErr = es.aheadErr, 0
-		} else {
-			n, errno = rawRead(es.fd, l.buf)
-		}
-		if errno == syscall.EAGAIN {
-			es.rdReady = false
-			return
-		}
-		// (es.part may hold what the server sent while the connection was idle, such as
-		// its FATAL read together with the last transaction's ReadyForQuery: from before
-		// the Query, so no sign that the server read it)
-		if ls.fresh && resetBeforeRead(errnoErr(errno), l.now.Sub(s.lastQuery)) {
-			ls.fresh = false
-			l.retryFirst(s)
-			return
-		}
-		if errno != 0 || n == 0 {
-			err := error(io.EOF)
-			if errno != 0 {
-				err = os.NewSyscallError("read", errno)
+			// (es.part may hold what the server sent while the connection was idle, such as
+			// its FATAL read together with the last transaction's ReadyForQuery: from before
+			// the Query, so no sign that the server read it)
+			if ls.fresh && resetBeforeRead(errnoErr(errno), l.now.Sub(s.lastQuery)) {
+				ls.fresh = false
+				l.retryFirst(s)
+				return
 			}
-			l.serverLost(s, err)
-			return
+			if errno != 0 || n == 0 {
+				err := error(io.EOF)
+				if errno != 0 {
+					err = os.NewSyscallError("read", errno)
+				}
+				l.serverLost(s, err)
+				return
+			}
+			if n < len(l.buf) {
+				es.rdReady = false
+			}
+			data = l.buf[:n]
 		}
-		if n < len(l.buf) {
-			es.rdReady = false
+		l.serverData(s, es, data)
+		if len(ls.out) > 0 && !ls.deferred && !ls.closed && s.txStatus == 'I' {
+			// an answer that ended the transaction: written at the batch's end
+			ls.deferred = true
+			l.flushList = append(l.flushList, s)
 		}
-		l.serverData(s, es, l.buf[:n])
-		l.endBatchAnswer(s)
 		if es.ls != s {
 			return // released at ReadyForQuery (or lost): the rest is not this session's
 		}
-	}
-}
-
-// endBatchAnswer defers the write of an answer that ended s's transaction to the batch's end.
-func (l *evLoop) endBatchAnswer(s *session) {
-	if ls := s.ev; len(ls.out) > 0 && !ls.deferred && !ls.closed && s.txStatus == 'I' {
-		ls.deferred = true
-		l.flushList = append(l.flushList, s)
 	}
 }
 

@@ -957,3 +957,11 @@ func (s *session) writeClient(b []byte, flush bool) {
 		_ = s.cw.Flush()
 	}
 }
+
+// setWaiting sets whether s waits for a server connection or a primary (SHOW POOLS, SHOW
+// CLIENTS, pgharbor_pool_clients).
+func (s *session) setWaiting(w bool) {
+	s.mu.Lock()
+	s.waiting = w
+	s.mu.Unlock()
+}
